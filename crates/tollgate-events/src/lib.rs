@@ -1,0 +1,213 @@
+//! Sans-IO decoders (and the matching encoders) for the events a SIP proxy sends to a
+//! tollgate agent.
+//!
+//! Two wire formats share one event model ([`Event`]):
+//! - the line-oriented **text protocol** of MISSION.md (`call-start <call-id> …`), see [`text`];
+//! - a compact **binary batch** format for high-rate senders, see [`binary`].
+//!
+//! [`decode`] looks at the first byte of a datagram and picks the format. Decoding never
+//! allocates and never panics: events borrow from the datagram, and a malformed line or
+//! record is reported as [`Malformed`] with a low-cardinality reason while the rest of the
+//! datagram still decodes.
+//!
+//! What this crate deliberately lacks: sockets, clocks, hashing, any notion of state. It
+//! turns bytes into [`Event`]s and back, nothing more.
+
+pub mod binary;
+pub mod text;
+
+/// Longest call-id, from-tag, AoR, contact or sender id accepted, in bytes.
+pub const FIELD_LEN_MAX: usize = 255;
+
+/// One event, borrowing its strings from the datagram it was decoded from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A call was answered (`call-start`).
+    CallStart { call: CallRef<'a>, emergency: bool },
+    /// A call ended (`call-stop`).
+    CallStop { call: CallRef<'a> },
+    /// A call is still up (`call-refresh`): pushes its maximum-duration deadline out.
+    CallRefresh { call: CallRef<'a> },
+    /// A registration binding (`reg`); `expires_s == 0` removes that contact.
+    Register { aor: &'a [u8], contact: &'a [u8], expires_s: u32 },
+    /// The number of provisioned subscribers on the platform (`subscribers`).
+    Subscribers { count: u64 },
+    /// A query, not a change: may this call be admitted (`admit`)?
+    Admit { call_id: &'a [u8], emergency: bool },
+}
+
+/// Identity of one call: Call-ID plus the optional From-tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CallRef<'a> {
+    pub call_id: &'a [u8],
+    pub from_tag: Option<&'a [u8]>,
+}
+
+/// The kind of an [`Event`], for per-verb counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Verb {
+    CallStart = 0,
+    CallStop = 1,
+    CallRefresh = 2,
+    Register = 3,
+    Subscribers = 4,
+    Admit = 5,
+}
+
+impl Verb {
+    /// Number of verbs, for arrays of counters indexed by `verb as usize`.
+    pub const COUNT: usize = 6;
+    pub const ALL: [Verb; Verb::COUNT] = [
+        Verb::CallStart,
+        Verb::CallStop,
+        Verb::CallRefresh,
+        Verb::Register,
+        Verb::Subscribers,
+        Verb::Admit,
+    ];
+
+    /// The text-protocol spelling, also used as the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::CallStart => "call-start",
+            Verb::CallStop => "call-stop",
+            Verb::CallRefresh => "call-refresh",
+            Verb::Register => "reg",
+            Verb::Subscribers => "subscribers",
+            Verb::Admit => "admit",
+        }
+    }
+}
+
+impl Event<'_> {
+    pub fn verb(&self) -> Verb {
+        match self {
+            Event::CallStart { .. } => Verb::CallStart,
+            Event::CallStop { .. } => Verb::CallStop,
+            Event::CallRefresh { .. } => Verb::CallRefresh,
+            Event::Register { .. } => Verb::Register,
+            Event::Subscribers { .. } => Verb::Subscribers,
+            Event::Admit { .. } => Verb::Admit,
+        }
+    }
+}
+
+/// The optional per-sender sequence header of a datagram (`seq <sender-id> <n>` in text,
+/// the header fields in binary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seq<'a> {
+    /// Opaque sender identity (text: the token as sent; binary: the 8 header bytes).
+    pub sender: &'a [u8],
+    pub n: u64,
+}
+
+/// Why a line, record or datagram was dropped. Low cardinality: used as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[repr(u8)]
+pub enum Malformed {
+    #[error("unknown verb")]
+    UnknownVerb = 0,
+    #[error("missing field")]
+    MissingField = 1,
+    #[error("unexpected extra field")]
+    ExtraField = 2,
+    #[error("invalid number")]
+    BadNumber = 3,
+    #[error("field longer than 255 bytes")]
+    FieldTooLong = 4,
+    #[error("empty field (double space or trailing space)")]
+    EmptyField = 5,
+    #[error("unknown option")]
+    BadOption = 6,
+    #[error("seq line not first")]
+    MisplacedSeq = 7,
+    #[error("bad binary header")]
+    BadHeader = 8,
+    #[error("unsupported binary version")]
+    BadVersion = 9,
+    #[error("binary record runs past the end")]
+    Truncated = 10,
+    #[error("binary datagram has bytes after its last record")]
+    TrailingBytes = 11,
+    #[error("datagram truncated by the receive buffer")]
+    Oversize = 12,
+}
+
+impl Malformed {
+    pub const COUNT: usize = 13;
+    pub const ALL: [Malformed; Malformed::COUNT] = [
+        Malformed::UnknownVerb,
+        Malformed::MissingField,
+        Malformed::ExtraField,
+        Malformed::BadNumber,
+        Malformed::FieldTooLong,
+        Malformed::EmptyField,
+        Malformed::BadOption,
+        Malformed::MisplacedSeq,
+        Malformed::BadHeader,
+        Malformed::BadVersion,
+        Malformed::Truncated,
+        Malformed::TrailingBytes,
+        Malformed::Oversize,
+    ];
+
+    /// Metric label (`reason="…"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Malformed::UnknownVerb => "unknown_verb",
+            Malformed::MissingField => "missing_field",
+            Malformed::ExtraField => "extra_field",
+            Malformed::BadNumber => "bad_number",
+            Malformed::FieldTooLong => "field_too_long",
+            Malformed::EmptyField => "empty_field",
+            Malformed::BadOption => "bad_option",
+            Malformed::MisplacedSeq => "misplaced_seq",
+            Malformed::BadHeader => "bad_header",
+            Malformed::BadVersion => "bad_version",
+            Malformed::Truncated => "truncated",
+            Malformed::TrailingBytes => "trailing_bytes",
+            Malformed::Oversize => "oversize",
+        }
+    }
+}
+
+/// A decoded datagram: its optional sequence header and an iterator over its events.
+#[derive(Debug, Clone)]
+pub struct Datagram<'a> {
+    pub seq: Option<Seq<'a>>,
+    pub events: Events<'a>,
+}
+
+/// Iterator over the events of one datagram, whichever its format.
+#[derive(Debug, Clone)]
+pub enum Events<'a> {
+    Text(text::Lines<'a>),
+    Binary(binary::Records<'a>),
+    /// The datagram was rejected as a whole (bad binary header): yields this one error once.
+    Rejected(Option<Malformed>),
+}
+
+impl<'a> Iterator for Events<'a> {
+    type Item = Result<Event<'a>, Malformed>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Events::Text(lines) => lines.next(),
+            Events::Binary(records) => records.next(),
+            Events::Rejected(reason) => reason.take().map(Err),
+        }
+    }
+}
+
+/// Decodes one datagram, choosing the format by its first byte: [`binary::MAGIC`] starts a
+/// binary batch, anything else is text.
+#[inline]
+pub fn decode(datagram: &[u8]) -> Datagram<'_> {
+    if datagram.first() == Some(&binary::MAGIC[0]) {
+        binary::decode(datagram)
+    } else {
+        text::decode(datagram)
+    }
+}
