@@ -1,12 +1,73 @@
 //! Sans-IO usage tables: what is in use on this node right now.
 //!
-//! SKELETON: the public API below is the contract the IO crates code against; bodies are
-//! being written.
+//! [`Tables`] holds the active calls and the registrations a SIP proxy reported, plus the
+//! provisioned-subscriber gauge, and answers [`Tables::usage`] — the counts a license is
+//! held against — without taking a lock. Events come in through
+//! [`Tables::apply`]`(now, &Event)`; time only ever comes in as an argument.
+//!
+//! - [`calls`]: active calls keyed by a keyed fingerprint of Call-ID + From-tag, ending at a
+//!   stop or at `max_call_duration_s` after the start or last refresh.
+//! - [`registrations`]: AoR → contacts with their expiry; an AoR with a live contact is a
+//!   registered subscriber.
+//! - [`fingerprint`]: the keyed 128-bit fingerprints (xxh3-128 with a secret; why, and the
+//!   measurements, are there).
+//! - [`sequence`]: per-sender datagram numbering: duplicates, losses, restarts.
+//! - [`peaks`]: highest usage since start and per minute over the last 24 hours.
+//! - [`snapshot`]: the tables as bytes, so a restarted agent keeps its counts.
+//!
+//! **Invariants.**
+//! - Every event is idempotent: a duplicate start, a stop without a start, a second stop, a
+//!   refresh of an unknown call, a removal of an unknown contact change nothing.
+//! - Counts equal the entries in the tables: each shard keeps its counters next to its map,
+//!   updated under the shard's lock; [`Tables::usage`] sums them with relaxed loads, at a
+//!   cost independent of the number of entries. A sum is not an atomic cut across shards.
+//! - An expired call or contact is counted until [`Tables::sweep`] removes it (the IO layer
+//!   calls it periodically) or the next event for it arrives; every event treats it as
+//!   absent, so no outcome depends on when the sweep ran.
+//! - Every table has a bound (named constants: contacts per AoR, tombstones per shard,
+//!   sequence senders, minute slots).
+//!
+//! **What this crate deliberately lacks:** sockets, clocks, threads, files, logging, license
+//! logic. It never stores Call-IDs, AoRs or contacts, only keyed fingerprints of them. It
+//! does not decide admission; it only counts.
 
-use tollgate_events::{Event, Seq};
+pub mod calls;
+pub mod fingerprint;
+pub mod peaks;
+pub mod registrations;
+pub mod sequence;
+pub mod snapshot;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tollgate_events::Event;
+
+pub use calls::{Swept, TOMBSTONES_PER_SHARD_MAX};
+pub use fingerprint::{Fingerprint, FingerprintKey, Fingerprinter};
+pub use peaks::{MINUTE_SLOT_COUNT, MinutePeak, PeakCounts, Peaks};
+pub use registrations::CONTACTS_PER_AOR_MAX;
+pub use sequence::{SEQ_SENDERS_MAX, SEQ_WINDOW_LEN, SeqVerdict, SequenceTracker};
+pub use snapshot::{
+    AorRecord, CallRecord, ContactRecord, Restored, Snapshot, SnapshotError, decode, encode,
+};
+
+use calls::{CallEntry, CallTable};
+use registrations::{Binding, RegTable};
 
 /// Wall-clock time as milliseconds since the Unix epoch. Always passed in, never read here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
@@ -14,7 +75,7 @@ impl Timestamp {
         Timestamp(ms)
     }
     pub const fn from_unix_secs(s: u64) -> Self {
-        Timestamp(s * 1000)
+        Timestamp(s.saturating_mul(1000))
     }
     pub const fn unix_ms(self) -> u64 {
         self.0
@@ -22,22 +83,40 @@ impl Timestamp {
     pub const fn unix_secs(self) -> u64 {
         self.0 / 1000
     }
+    /// Unix seconds as the tables store them: u32, saturating (until 2106).
+    pub const fn unix_secs_u32(self) -> u32 {
+        let s = self.unix_secs();
+        if s > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            s as u32
+        }
+    }
 }
 
-/// The secret key of the call/registration fingerprints.
-#[derive(Clone)]
-pub struct FingerprintKey(pub [u8; 32]);
+/// Largest shard count [`Tables::new`] uses.
+pub const SHARD_COUNT_MAX: usize = 4096;
 
 /// Tunables of [`Tables`].
 #[derive(Debug, Clone)]
 pub struct TablesConfig {
+    /// A call with no stop and no refresh ends this long after its start or last refresh.
+    /// At least 1 (0 is taken as 1).
     pub max_call_duration_s: u32,
+    /// Shards per table; rounded up to a power of two within `1 ..= SHARD_COUNT_MAX`.
     pub shard_count: usize,
+    /// How long a stop for an unknown call makes a late start of that call be ignored
+    /// (see [`calls`]); 0 disables tombstones.
+    pub tombstone_ttl_s: u32,
 }
 
 impl Default for TablesConfig {
     fn default() -> Self {
-        TablesConfig { max_call_duration_s: 4 * 3600, shard_count: 64 }
+        TablesConfig {
+            max_call_duration_s: 4 * 3600,
+            shard_count: 64,
+            tombstone_ttl_s: 32,
+        }
     }
 }
 
@@ -57,6 +136,8 @@ pub struct Usage {
 pub enum Outcome {
     CallStarted,
     CallAlreadyActive,
+    /// A start that arrived after a stop of the same call (a tombstone): ignored.
+    CallAlreadyStopped,
     CallStopped,
     CallUnknown,
     CallRefreshed,
@@ -69,33 +150,278 @@ pub enum Outcome {
     NotAChange,
 }
 
-pub struct Tables {}
+impl Outcome {
+    /// Whether the event changed the tables' contents.
+    pub fn is_change(self) -> bool {
+        matches!(
+            self,
+            Outcome::CallStarted
+                | Outcome::CallStopped
+                | Outcome::CallRefreshed
+                | Outcome::ContactAdded
+                | Outcome::ContactRefreshed
+                | Outcome::ContactRemoved
+                | Outcome::SubscribersSet
+        )
+    }
+}
+
+/// `subscribers_reported_at` value meaning "never".
+const REPORTED_NEVER: u64 = u64::MAX;
+
+/// The usage tables of one node. `&self` everywhere: share it between threads.
+pub struct Tables {
+    fingerprinter: Fingerprinter,
+    fingerprint_key_id: u64,
+    calls: CallTable,
+    registrations: RegTable,
+    subscribers: AtomicU64,
+    subscribers_reported_at_ms: AtomicU64,
+    peaks: Peaks,
+    sweep_cursor: AtomicUsize,
+}
+
+impl std::fmt::Debug for Tables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tables")
+            .field("shard_count", &self.shard_count())
+            .field("usage", &self.usage())
+            .finish_non_exhaustive()
+    }
+}
 
 impl Tables {
-    pub fn new(_config: TablesConfig, _key: FingerprintKey) -> Self {
-        unimplemented!()
+    pub fn new(config: TablesConfig, key: FingerprintKey) -> Self {
+        let shard_count = config
+            .shard_count
+            .clamp(1, SHARD_COUNT_MAX)
+            .next_power_of_two();
+        Tables {
+            fingerprinter: Fingerprinter::new(&key),
+            fingerprint_key_id: key.id(),
+            calls: CallTable::new(
+                shard_count,
+                config.max_call_duration_s.max(1),
+                config.tombstone_ttl_s,
+            ),
+            registrations: RegTable::new(shard_count),
+            subscribers: AtomicU64::new(0),
+            subscribers_reported_at_ms: AtomicU64::new(REPORTED_NEVER),
+            peaks: Peaks::new(),
+            sweep_cursor: AtomicUsize::new(0),
+        }
     }
-    pub fn apply(&self, _now: Timestamp, _event: &Event<'_>) -> Outcome {
-        unimplemented!()
+
+    /// Applies one event. Idempotent (see the crate doc).
+    #[inline]
+    pub fn apply(&self, now: Timestamp, event: &Event<'_>) -> Outcome {
+        let now_s = now.unix_secs_u32();
+        match *event {
+            Event::CallStart { call, emergency } => {
+                self.calls
+                    .start(self.fingerprinter.call(call), emergency, now_s)
+            }
+            Event::CallStop { call } => self.calls.stop(self.fingerprinter.call(call), now_s),
+            Event::CallRefresh { call } => self.calls.refresh(self.fingerprinter.call(call), now_s),
+            Event::Register {
+                aor,
+                contact,
+                expires_s,
+            } => self.registrations.register(
+                self.fingerprinter.aor(aor),
+                self.fingerprinter.contact(contact),
+                expires_s,
+                now_s,
+            ),
+            Event::Subscribers { count } => {
+                self.set_subscribers(now, count);
+                Outcome::SubscribersSet
+            }
+            Event::Admit { .. } => Outcome::NotAChange,
+        }
     }
+
+    fn set_subscribers(&self, now: Timestamp, count: u64) {
+        // Two stores: a concurrent reader may pair one report's count with the next one's
+        // time; both are real reports.
+        self.subscribers.store(count, Ordering::Relaxed);
+        let at = if now.0 == REPORTED_NEVER {
+            REPORTED_NEVER - 1
+        } else {
+            now.0
+        };
+        self.subscribers_reported_at_ms.store(at, Ordering::Relaxed);
+    }
+
+    /// The counts: relaxed loads of per-shard counters, no lock, cost independent of the
+    /// number of entries.
     pub fn usage(&self) -> Usage {
-        unimplemented!()
+        let (calls, emergency_calls) = self.calls.counts();
+        let (registered_subscribers, registered_contacts) = self.registrations.counts();
+        let reported_at = self.subscribers_reported_at_ms.load(Ordering::Relaxed);
+        Usage {
+            calls,
+            emergency_calls,
+            registered_subscribers,
+            registered_contacts,
+            subscribers: self.subscribers.load(Ordering::Relaxed),
+            subscribers_reported_at: (reported_at != REPORTED_NEVER)
+                .then_some(Timestamp(reported_at)),
+        }
+    }
+
+    /// Removes expired calls, contacts and tombstones from up to `shard_budget` shards
+    /// (at least one), continuing where the previous sweep stopped. Holds one shard lock
+    /// at a time. A full pass takes `shard_count()` shards' worth of budget; the IO layer
+    /// calls this periodically, e.g. every 100 ms with a budget that completes a pass every
+    /// few seconds.
+    pub fn sweep(&self, now: Timestamp, shard_budget: usize) -> Swept {
+        let now_s = now.unix_secs_u32();
+        let shard_count = self.shard_count();
+        let mut swept = Swept::default();
+        for _ in 0..shard_budget.clamp(1, shard_count) {
+            let index = self.sweep_cursor.fetch_add(1, Ordering::Relaxed) % shard_count;
+            self.calls.sweep_shard(index, now_s, &mut swept);
+            self.registrations.sweep_shard(index, now_s, &mut swept);
+            swept.shards += 1;
+            swept.pass_completed |= index == shard_count - 1;
+        }
+        swept
+    }
+
+    /// Shards per table (a power of two).
+    pub fn shard_count(&self) -> usize {
+        self.calls.shards.len()
+    }
+
+    /// The public id of the fingerprint key these tables use.
+    pub fn fingerprint_key_id(&self) -> u64 {
+        self.fingerprint_key_id
+    }
+
+    /// The peaks these tables' usage reached, as fed by [`Tables::observe_peaks`].
+    pub fn peaks(&self) -> &Peaks {
+        &self.peaks
+    }
+
+    /// Feeds the current usage into [`Tables::peaks`] and returns it. Call once per ingest
+    /// batch (see [`peaks`] for why not on every event).
+    pub fn observe_peaks(&self, now: Timestamp) -> Usage {
+        let usage = self.usage();
+        self.peaks
+            .observe(now, usage.calls, usage.registered_subscribers);
+        usage
+    }
+
+    /// Copies the live contents, shard by shard (one lock at a time).
+    pub fn snapshot(&self, now: Timestamp) -> Snapshot {
+        let now_s = now.unix_secs_u32();
+        let usage = self.usage();
+        let mut calls = Vec::with_capacity(usage.calls as usize);
+        for shard in self.calls.shards.iter() {
+            let state = shard.state.lock();
+            calls.extend(
+                state
+                    .map
+                    .iter()
+                    .filter(|(_, e)| !e.is_tombstone())
+                    .filter_map(|(fp, e)| {
+                        (e.deadline_s() > now_s).then_some(CallRecord {
+                            fingerprint: fp.to_bytes(),
+                            deadline_s: e.deadline_s(),
+                            started_s: e.started_s(),
+                            emergency: e.is_emergency(),
+                        })
+                    }),
+            );
+        }
+        let mut registrations = Vec::with_capacity(usage.registered_subscribers as usize);
+        for shard in self.registrations.shards.iter() {
+            let map = shard.map.lock();
+            registrations.extend(map.iter().filter_map(|(fp, aor)| {
+                let contacts: Vec<ContactRecord> = aor
+                    .bindings()
+                    .filter(|b| b.expires_s > now_s)
+                    .map(|b| ContactRecord {
+                        contact_hash: b.contact_hash(),
+                        expires_s: b.expires_s,
+                    })
+                    .collect();
+                (!contacts.is_empty()).then_some(AorRecord {
+                    fingerprint: fp.to_bytes(),
+                    contacts,
+                })
+            }));
+        }
+        let usage = self.usage();
+        let snapshot = Snapshot {
+            taken_at: now,
+            fingerprint_key_id: self.fingerprint_key_id,
+            calls,
+            registrations,
+            subscribers: usage.subscribers,
+            subscribers_reported_at: usage.subscribers_reported_at,
+            peaks: self.peaks.minutes(now),
+        };
+        debug_assert!(snapshot.validate().is_ok());
+        snapshot
+    }
+
+    /// Puts a snapshot's entries back, dropping those expired by `now`. Meant for empty
+    /// tables at start-up; entries already present are kept as they are (a known contact
+    /// keeps the later expiry). The subscriber gauge is restored unless a newer report is
+    /// already here; minute peaks are merged.
+    pub fn restore(&self, now: Timestamp, snapshot: &Snapshot) -> Result<Restored, SnapshotError> {
+        if snapshot.fingerprint_key_id != self.fingerprint_key_id {
+            return Err(SnapshotError::KeyMismatch);
+        }
+        snapshot.validate()?;
+        let now_s = now.unix_secs_u32();
+        let mut restored = Restored::default();
+        for call in &snapshot.calls {
+            if call.deadline_s <= now_s {
+                restored.dropped_expired += 1;
+                continue;
+            }
+            let entry = CallEntry::call(call.deadline_s, call.started_s, call.emergency);
+            if self
+                .calls
+                .restore(Fingerprint::from_bytes(call.fingerprint), entry)
+            {
+                restored.calls += 1;
+            }
+        }
+        let mut live = Vec::with_capacity(CONTACTS_PER_AOR_MAX);
+        for aor in &snapshot.registrations {
+            live.clear();
+            live.extend(
+                aor.contacts
+                    .iter()
+                    .filter(|c| c.expires_s > now_s)
+                    .map(|c| Binding::new(c.contact_hash, c.expires_s)),
+            );
+            restored.dropped_expired += (aor.contacts.len() - live.len()) as u64;
+            restored.contacts +=
+                self.registrations
+                    .restore(Fingerprint::from_bytes(aor.fingerprint), &live, now_s);
+        }
+        let current = self.usage();
+        if let Some(reported_at) = snapshot.subscribers_reported_at
+            && current
+                .subscribers_reported_at
+                .is_none_or(|at| at < reported_at)
+        {
+            self.set_subscribers(reported_at, snapshot.subscribers);
+        }
+        self.peaks.merge_minutes(now, &snapshot.peaks);
+        Ok(restored)
+    }
+
+    #[cfg(test)]
+    fn tombstones(&self) -> u64 {
+        self.calls.tombstones()
     }
 }
 
-/// Per-sender sequence tracking.
-pub struct SequenceTracker {}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeqVerdict {
-    /// Apply the datagram; `lost` datagrams of this sender are now known lost.
-    Fresh { lost: u64 },
-    /// Seen before: drop the whole datagram.
-    Duplicate,
-}
-
-impl SequenceTracker {
-    pub fn check(&self, _now: Timestamp, _seq: &Seq<'_>) -> SeqVerdict {
-        unimplemented!()
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,385 @@
+//! The active-calls table: sharded maps from call fingerprint to a 8-byte entry.
+//!
+//! **Invariant:** a shard's `calls` and `emergency_calls` atomics equal the number of
+//! non-tombstone entries (and of those with the emergency flag) in its map. They are written
+//! only while the shard lock is held and read by [`crate::Tables::usage`] without it.
+//!
+//! **Expiry.** A call ends at its deadline (start or last refresh + `max_call_duration_s`).
+//! An expired entry stays (and is counted) until the sweep removes it or the next event for
+//! the same call touches it; every event treats an expired entry exactly as an absent one,
+//! so outcomes do not depend on when the sweep ran.
+//!
+//! **Tombstones (stop before start).** A stop for an unknown call leaves a tombstone for
+//! `tombstone_ttl_s` (default 32 s): a start arriving within that time (reordered behind its
+//! stop, or a late retransmission) is ignored with [`Outcome::CallAlreadyStopped`]. This
+//! costs nothing on the normal path: a start only looks at the flag when it finds an entry
+//! (which it must look up anyway to be idempotent), and only stops of unknown calls insert.
+//! Tombstones are not counted as calls, are not snapshotted, and are capped per shard
+//! ([`TOMBSTONES_PER_SHARD_MAX`]) so a flood of bogus stops cannot grow the table without
+//! bound: past the cap a stop without start just changes nothing. A stop does *not* leave a
+//! tombstone for a call it ended: a duplicate start after its stop is caught by the
+//! datagram sequence check ([`crate::SequenceTracker`]) when the sender numbers its
+//! datagrams, and otherwise counts until `max_call_duration_s` — the documented bound.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+use hashbrown::HashMap;
+use hashbrown::hash_map::Entry;
+use parking_lot::Mutex;
+
+use crate::Outcome;
+use crate::fingerprint::{BuildIdentityHasher, Fingerprint};
+
+/// Most tombstones one shard holds (see the module doc). 64 shards × 1024 × 24 bytes ≈ 3 MiB.
+pub const TOMBSTONES_PER_SHARD_MAX: u32 = 1024;
+
+/// Times in entries are u32 unix seconds (until 2106); `started` is stored as seconds since
+/// this epoch (2024-01-01T00:00:00Z) in 30 bits (until 2058, then saturating: it is
+/// informational only).
+pub const STARTED_EPOCH_UNIX_S: u32 = 1_704_067_200;
+
+const EMERGENCY_FLAG: u32 = 1 << 31;
+const TOMBSTONE_FLAG: u32 = 1 << 30;
+const STARTED_MASK: u32 = TOMBSTONE_FLAG - 1;
+
+/// One active call (or tombstone): 8 bytes, so a map slot is 24 bytes with its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CallEntry {
+    /// The call ends (or the tombstone lapses) when `now_s >= deadline_s`.
+    deadline_s: u32,
+    /// Emergency flag (bit 31), tombstone flag (bit 30), started (bits 0..30).
+    meta: u32,
+}
+
+const _: () = assert!(size_of::<CallEntry>() == 8);
+const _: () = assert!(size_of::<(Fingerprint, CallEntry)>() == 24);
+
+impl CallEntry {
+    pub(crate) fn call(deadline_s: u32, started_s: u32, emergency: bool) -> Self {
+        let started = started_s
+            .saturating_sub(STARTED_EPOCH_UNIX_S)
+            .min(STARTED_MASK);
+        let meta = started | if emergency { EMERGENCY_FLAG } else { 0 };
+        CallEntry { deadline_s, meta }
+    }
+
+    fn tombstone(deadline_s: u32) -> Self {
+        CallEntry {
+            deadline_s,
+            meta: TOMBSTONE_FLAG,
+        }
+    }
+
+    pub(crate) fn deadline_s(self) -> u32 {
+        self.deadline_s
+    }
+
+    pub(crate) fn is_emergency(self) -> bool {
+        self.meta & EMERGENCY_FLAG != 0
+    }
+
+    pub(crate) fn is_tombstone(self) -> bool {
+        self.meta & TOMBSTONE_FLAG != 0
+    }
+
+    /// Unix seconds the call started (saturated to the 2024 epoch).
+    pub(crate) fn started_s(self) -> u32 {
+        STARTED_EPOCH_UNIX_S.saturating_add(self.meta & STARTED_MASK)
+    }
+
+    fn is_expired(self, now_s: u32) -> bool {
+        now_s >= self.deadline_s
+    }
+}
+
+type CallMap = HashMap<Fingerprint, CallEntry, BuildIdentityHasher>;
+
+pub(crate) struct CallState {
+    pub(crate) map: CallMap,
+    tombstones: u32,
+}
+
+pub(crate) struct CallShard {
+    pub(crate) state: Mutex<CallState>,
+    calls: AtomicU64,
+    emergency_calls: AtomicU64,
+}
+
+impl CallShard {
+    fn new() -> Self {
+        CallShard {
+            state: Mutex::new(CallState {
+                map: CallMap::default(),
+                tombstones: 0,
+            }),
+            calls: AtomicU64::new(0),
+            emergency_calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Adjusts the counters; the caller holds this shard's lock (a plain load + store is
+    /// enough: no other writer can run).
+    #[inline]
+    fn count(&self, calls: i64, emergency_calls: i64) {
+        add(&self.calls, calls);
+        if emergency_calls != 0 {
+            add(&self.emergency_calls, emergency_calls);
+        }
+    }
+}
+
+#[inline]
+pub(crate) fn add(counter: &AtomicU64, delta: i64) {
+    let old = counter.load(Ordering::Relaxed);
+    debug_assert!(
+        delta >= 0 || old >= delta.unsigned_abs(),
+        "counter went below zero"
+    );
+    counter.store(old.wrapping_add_signed(delta), Ordering::Relaxed);
+}
+
+fn emergency_delta(emergency: bool) -> i64 {
+    i64::from(emergency)
+}
+
+/// What a sweep of some shards removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Swept {
+    /// Calls that reached their deadline.
+    pub calls: u64,
+    /// Registered contacts that reached their expiry.
+    pub contacts: u64,
+    /// Tombstones that lapsed.
+    pub tombstones: u64,
+    /// Shards visited by this call.
+    pub shards: usize,
+    /// Whether this call visited the last shard, completing a pass over the tables.
+    pub pass_completed: bool,
+}
+
+pub(crate) struct CallTable {
+    pub(crate) shards: Box<[CachePadded<CallShard>]>,
+    shard_mask: u64,
+    max_call_duration_s: u32,
+    tombstone_ttl_s: u32,
+}
+
+impl CallTable {
+    pub(crate) fn new(shard_count: usize, max_call_duration_s: u32, tombstone_ttl_s: u32) -> Self {
+        debug_assert!(shard_count.is_power_of_two());
+        debug_assert!(max_call_duration_s > 0);
+        CallTable {
+            shards: (0..shard_count)
+                .map(|_| CachePadded::new(CallShard::new()))
+                .collect(),
+            shard_mask: shard_count as u64 - 1,
+            max_call_duration_s,
+            tombstone_ttl_s,
+        }
+    }
+
+    /// The shard of a fingerprint: from its second word, so the bits hashbrown uses within a
+    /// shard (first word) stay uniform.
+    #[inline]
+    pub(crate) fn shard(&self, fp: Fingerprint) -> &CallShard {
+        &self.shards[(fp.0[1] & self.shard_mask) as usize]
+    }
+
+    pub(crate) fn start(&self, fp: Fingerprint, emergency: bool, now_s: u32) -> Outcome {
+        let shard = self.shard(fp);
+        let mut state = shard.state.lock();
+        let new = CallEntry::call(
+            now_s.saturating_add(self.max_call_duration_s),
+            now_s,
+            emergency,
+        );
+        match state.map.entry(fp) {
+            Entry::Vacant(vacant) => {
+                vacant.insert(new);
+                shard.count(1, emergency_delta(emergency));
+                Outcome::CallStarted
+            }
+            Entry::Occupied(mut occupied) => {
+                let old = *occupied.get();
+                if !old.is_expired(now_s) {
+                    return if old.is_tombstone() {
+                        Outcome::CallAlreadyStopped
+                    } else {
+                        Outcome::CallAlreadyActive
+                    };
+                }
+                // Expired: as if absent, so this start starts the call anew.
+                *occupied.get_mut() = new;
+                if old.is_tombstone() {
+                    state.tombstones -= 1;
+                    shard.count(1, emergency_delta(emergency));
+                } else {
+                    shard.count(
+                        0,
+                        emergency_delta(emergency) - emergency_delta(old.is_emergency()),
+                    );
+                }
+                Outcome::CallStarted
+            }
+        }
+    }
+
+    pub(crate) fn stop(&self, fp: Fingerprint, now_s: u32) -> Outcome {
+        let shard = self.shard(fp);
+        let mut guard = shard.state.lock();
+        let state = &mut *guard;
+        let tombstone_allowed =
+            self.tombstone_ttl_s > 0 && state.tombstones < TOMBSTONES_PER_SHARD_MAX;
+        let tombstone = CallEntry::tombstone(now_s.saturating_add(self.tombstone_ttl_s));
+        match state.map.entry(fp) {
+            Entry::Occupied(mut occupied) => {
+                let old = *occupied.get();
+                if old.is_tombstone() {
+                    if old.is_expired(now_s) {
+                        // A lapsed tombstone is absent: this stop leaves a new one.
+                        *occupied.get_mut() = tombstone;
+                    }
+                    return Outcome::CallUnknown;
+                }
+                shard.count(-1, -emergency_delta(old.is_emergency()));
+                if !old.is_expired(now_s) {
+                    occupied.remove();
+                    return Outcome::CallStopped;
+                }
+                // Expired: the call already ended; this is a stop without a (live) start.
+                if tombstone_allowed {
+                    *occupied.get_mut() = tombstone;
+                    state.tombstones += 1;
+                } else {
+                    occupied.remove();
+                }
+                Outcome::CallUnknown
+            }
+            Entry::Vacant(vacant) => {
+                if tombstone_allowed {
+                    vacant.insert(tombstone);
+                    state.tombstones += 1;
+                }
+                Outcome::CallUnknown
+            }
+        }
+    }
+
+    pub(crate) fn refresh(&self, fp: Fingerprint, now_s: u32) -> Outcome {
+        let shard = self.shard(fp);
+        let mut state = shard.state.lock();
+        let Some(entry) = state.map.get_mut(&fp) else {
+            return Outcome::CallUnknown;
+        };
+        let old = *entry;
+        if old.is_tombstone() {
+            return Outcome::CallUnknown;
+        }
+        if old.is_expired(now_s) {
+            state.map.remove(&fp);
+            shard.count(-1, -emergency_delta(old.is_emergency()));
+            return Outcome::CallUnknown;
+        }
+        entry.deadline_s = now_s.saturating_add(self.max_call_duration_s);
+        Outcome::CallRefreshed
+    }
+
+    /// Removes expired calls and lapsed tombstones from shard `index`.
+    pub(crate) fn sweep_shard(&self, index: usize, now_s: u32, swept: &mut Swept) {
+        let shard = &self.shards[index];
+        let mut guard = shard.state.lock();
+        let state = &mut *guard;
+        let (mut calls, mut emergency_calls, mut tombstones) = (0u64, 0u64, 0u64);
+        state.map.retain(|_, entry| {
+            if !entry.is_expired(now_s) {
+                return true;
+            }
+            if entry.is_tombstone() {
+                tombstones += 1;
+            } else {
+                calls += 1;
+                emergency_calls += u64::from(entry.is_emergency());
+            }
+            false
+        });
+        state.tombstones -= tombstones as u32;
+        shard.count(-(calls as i64), -(emergency_calls as i64));
+        shrink_if_sparse(&mut state.map);
+        swept.calls += calls;
+        swept.tombstones += tombstones;
+    }
+
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        self.shards
+            .iter()
+            .fold((0, 0), |(calls, emergency_calls), shard| {
+                (
+                    calls + shard.calls.load(Ordering::Relaxed),
+                    emergency_calls + shard.emergency_calls.load(Ordering::Relaxed),
+                )
+            })
+    }
+
+    /// Inserts a restored call unless the call (or a tombstone) is already present.
+    /// Returns whether it was inserted.
+    pub(crate) fn restore(&self, fp: Fingerprint, entry: CallEntry) -> bool {
+        debug_assert!(!entry.is_tombstone());
+        let shard = self.shard(fp);
+        let mut state = shard.state.lock();
+        match state.map.entry(fp) {
+            Entry::Vacant(vacant) => {
+                vacant.insert(entry);
+                shard.count(1, emergency_delta(entry.is_emergency()));
+                true
+            }
+            Entry::Occupied(_) => false,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn tombstones(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| u64::from(s.state.lock().tombstones))
+            .sum()
+    }
+}
+
+/// Gives memory back after a mass expiry, keeping room to double.
+pub(crate) fn shrink_if_sparse<K, V, S>(map: &mut HashMap<K, V, S>)
+where
+    K: Eq + std::hash::Hash,
+    S: std::hash::BuildHasher,
+{
+    const SHRINK_CAPACITY_MIN: usize = 1024;
+    if map.capacity() > SHRINK_CAPACITY_MIN && map.len() < map.capacity() / 8 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_packs_flags_and_started() {
+        let now_s = STARTED_EPOCH_UNIX_S + 1000;
+        let e = CallEntry::call(now_s + 60, now_s, true);
+        assert!(e.is_emergency());
+        assert!(!e.is_tombstone());
+        assert_eq!(e.started_s(), now_s);
+        assert_eq!(e.deadline_s(), now_s + 60);
+        let t = CallEntry::tombstone(5);
+        assert!(t.is_tombstone() && !t.is_emergency());
+        // Before the epoch, `started` saturates; far after it, too.
+        assert_eq!(
+            CallEntry::call(10, 5, false).started_s(),
+            STARTED_EPOCH_UNIX_S
+        );
+        assert_eq!(
+            CallEntry::call(u32::MAX, u32::MAX, false).started_s(),
+            STARTED_EPOCH_UNIX_S + STARTED_MASK
+        );
+    }
+}

@@ -1,0 +1,377 @@
+//! The registrations table: AoR fingerprint → the AoR's live contacts with their expiry.
+//!
+//! An AoR is a *registered subscriber* while it has at least one live contact. Contacts
+//! within an AoR are told apart by a 64-bit keyed hash of the contact (collisions within one
+//! AoR: ~n²/2^65, negligible). The first binding is stored inline, further ones in a boxed
+//! spill `Vec`, so a single-contact AoR costs one 40-byte map slot and no allocation.
+//!
+//! **Invariant:** every map entry has at least one binding; a shard's `registered_subscribers`
+//! and `registered_contacts` atomics equal its number of entries and of bindings (written
+//! under the shard lock, read without it).
+//!
+//! **Expiry** works as for calls: an expired binding is counted until the sweep removes it or
+//! the next `reg` for the same AoR touches it (which prunes the AoR's expired bindings first),
+//! and every event treats an expired binding as absent.
+//!
+//! **Bound:** an AoR tracks at most [`CONTACTS_PER_AOR_MAX`] contacts; a further contact
+//! replaces the binding that expires first, so `registered_contacts` is then a lower bound
+//! (the registered-subscriber count, which licenses are about, is unaffected).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+use hashbrown::HashMap;
+use hashbrown::hash_map::Entry;
+use parking_lot::Mutex;
+
+use crate::Outcome;
+use crate::calls::{Swept, add, shrink_if_sparse};
+use crate::fingerprint::{BuildIdentityHasher, Fingerprint};
+
+/// Most contacts tracked per AoR (see the module doc).
+pub const CONTACTS_PER_AOR_MAX: usize = 32;
+
+/// One contact of an AoR: 12 bytes, alignment 4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Binding {
+    contact: [u32; 2],
+    /// Unix seconds; the binding is gone when `now_s >= expires_s`.
+    pub(crate) expires_s: u32,
+}
+
+impl Binding {
+    pub(crate) fn new(contact_hash: u64, expires_s: u32) -> Self {
+        Binding {
+            contact: [contact_hash as u32, (contact_hash >> 32) as u32],
+            expires_s,
+        }
+    }
+
+    pub(crate) fn contact_hash(self) -> u64 {
+        u64::from(self.contact[0]) | (u64::from(self.contact[1]) << 32)
+    }
+
+    fn is_expired(self, now_s: u32) -> bool {
+        now_s >= self.expires_s
+    }
+}
+
+/// The bindings of one AoR: the first inline, the rest spilled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AorEntry {
+    first: Binding,
+    #[allow(
+        clippy::box_collection,
+        reason = "a thin 8-byte pointer keeps the map slot at 40 bytes"
+    )]
+    more: Option<Box<Vec<Binding>>>,
+}
+
+const _: () = assert!(size_of::<AorEntry>() == 24);
+const _: () = assert!(size_of::<(Fingerprint, AorEntry)>() == 40);
+
+impl AorEntry {
+    fn new(first: Binding) -> Self {
+        AorEntry { first, more: None }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        1 + self.more.as_ref().map_or(0, |more| more.len())
+    }
+
+    pub(crate) fn bindings(&self) -> impl Iterator<Item = Binding> + '_ {
+        std::iter::once(self.first).chain(self.more.iter().flat_map(|more| more.iter().copied()))
+    }
+
+    fn position(&self, contact_hash: u64) -> Option<usize> {
+        self.bindings()
+            .position(|b| b.contact_hash() == contact_hash)
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut Binding> {
+        match index {
+            0 => Some(&mut self.first),
+            i => self.more.as_mut().and_then(|more| more.get_mut(i - 1)),
+        }
+    }
+
+    /// Removes binding `index`; returns `true` if that was the last one (the entry must then
+    /// be removed or given a new first binding).
+    fn remove(&mut self, index: usize) -> bool {
+        debug_assert!(index < self.len());
+        let Some(more) = self.more.as_mut() else {
+            return true;
+        };
+        if index == 0 {
+            match more.pop() {
+                Some(last) => self.first = last,
+                None => return true,
+            }
+        } else if index - 1 < more.len() {
+            more.swap_remove(index - 1);
+        }
+        if more.is_empty() {
+            self.more = None;
+        }
+        false
+    }
+
+    /// Adds a binding; past [`CONTACTS_PER_AOR_MAX`] replaces the one expiring first.
+    /// Returns whether the number of bindings grew.
+    fn push(&mut self, binding: Binding) -> bool {
+        if self.len() >= CONTACTS_PER_AOR_MAX {
+            let soonest = self
+                .bindings()
+                .enumerate()
+                .min_by_key(|(_, b)| b.expires_s)
+                .map_or(0, |(index, _)| index);
+            if let Some(slot) = self.get_mut(soonest) {
+                *slot = binding;
+            }
+            return false;
+        }
+        self.more.get_or_insert_with(Box::default).push(binding);
+        true
+    }
+
+    /// Drops expired bindings. Returns how many, and whether none is left (then `first` is
+    /// stale: the caller removes the entry or overwrites `first`).
+    fn retain_live(&mut self, now_s: u32) -> (u64, bool) {
+        let mut removed = 0u64;
+        if let Some(more) = self.more.as_mut() {
+            let before = more.len();
+            more.retain(|b| !b.is_expired(now_s));
+            removed += (before - more.len()) as u64;
+        }
+        let mut empty = false;
+        if self.first.is_expired(now_s) {
+            removed += 1;
+            match self.more.as_mut().and_then(|more| more.pop()) {
+                Some(last) => self.first = last,
+                None => empty = true,
+            }
+        }
+        if self.more.as_ref().is_some_and(|more| more.is_empty()) {
+            self.more = None;
+        }
+        (removed, empty)
+    }
+}
+
+type RegMap = HashMap<Fingerprint, AorEntry, BuildIdentityHasher>;
+
+pub(crate) struct RegShard {
+    pub(crate) map: Mutex<RegMap>,
+    registered_subscribers: AtomicU64,
+    registered_contacts: AtomicU64,
+}
+
+impl RegShard {
+    fn new() -> Self {
+        RegShard {
+            map: Mutex::new(RegMap::default()),
+            registered_subscribers: AtomicU64::new(0),
+            registered_contacts: AtomicU64::new(0),
+        }
+    }
+
+    /// Adjusts the counters; the caller holds this shard's lock.
+    #[inline]
+    fn count(&self, subscribers: i64, contacts: i64) {
+        if subscribers != 0 {
+            add(&self.registered_subscribers, subscribers);
+        }
+        if contacts != 0 {
+            add(&self.registered_contacts, contacts);
+        }
+    }
+}
+
+pub(crate) struct RegTable {
+    pub(crate) shards: Box<[CachePadded<RegShard>]>,
+    shard_mask: u64,
+}
+
+impl RegTable {
+    pub(crate) fn new(shard_count: usize) -> Self {
+        debug_assert!(shard_count.is_power_of_two());
+        RegTable {
+            shards: (0..shard_count)
+                .map(|_| CachePadded::new(RegShard::new()))
+                .collect(),
+            shard_mask: shard_count as u64 - 1,
+        }
+    }
+
+    #[inline]
+    fn shard(&self, aor: Fingerprint) -> &RegShard {
+        &self.shards[(aor.0[1] & self.shard_mask) as usize]
+    }
+
+    /// `reg <aor> <contact> <expires_s>`.
+    pub(crate) fn register(
+        &self,
+        aor: Fingerprint,
+        contact_hash: u64,
+        expires_s: u32,
+        now_s: u32,
+    ) -> Outcome {
+        let shard = self.shard(aor);
+        let mut map = shard.map.lock();
+        let entry = map.entry(aor);
+        if expires_s == 0 {
+            let Entry::Occupied(mut occupied) = entry else {
+                return Outcome::ContactUnknown;
+            };
+            let (pruned, empty) = occupied.get_mut().retain_live(now_s);
+            let found = if empty {
+                None
+            } else {
+                occupied.get().position(contact_hash)
+            };
+            let removed = u64::from(found.is_some());
+            let empty = match found {
+                Some(index) => occupied.get_mut().remove(index),
+                None => empty,
+            };
+            if empty {
+                occupied.remove();
+            }
+            shard.count(-i64::from(empty), -((pruned + removed) as i64));
+            return if found.is_some() {
+                Outcome::ContactRemoved
+            } else {
+                Outcome::ContactUnknown
+            };
+        }
+        let binding = Binding::new(contact_hash, now_s.saturating_add(expires_s));
+        match entry {
+            Entry::Vacant(vacant) => {
+                vacant.insert(AorEntry::new(binding));
+                shard.count(1, 1);
+                Outcome::ContactAdded
+            }
+            Entry::Occupied(mut occupied) => {
+                let aor_entry = occupied.get_mut();
+                let (pruned, empty) = aor_entry.retain_live(now_s);
+                if empty {
+                    aor_entry.first = binding;
+                    shard.count(0, 1 - pruned as i64);
+                    return Outcome::ContactAdded;
+                }
+                if let Some(slot) = aor_entry
+                    .position(contact_hash)
+                    .and_then(|index| aor_entry.get_mut(index))
+                {
+                    slot.expires_s = binding.expires_s;
+                    shard.count(0, -(pruned as i64));
+                    return Outcome::ContactRefreshed;
+                }
+                let grew = aor_entry.push(binding);
+                shard.count(0, i64::from(grew) - pruned as i64);
+                Outcome::ContactAdded
+            }
+        }
+    }
+
+    /// Removes expired bindings (and AoRs left without any) from shard `index`.
+    pub(crate) fn sweep_shard(&self, index: usize, now_s: u32, swept: &mut Swept) {
+        let shard = &self.shards[index];
+        let mut map = shard.map.lock();
+        let (mut subscribers, mut contacts) = (0u64, 0u64);
+        map.retain(|_, aor_entry| {
+            let (removed, empty) = aor_entry.retain_live(now_s);
+            contacts += removed;
+            subscribers += u64::from(empty);
+            !empty
+        });
+        shard.count(-(subscribers as i64), -(contacts as i64));
+        shrink_if_sparse(&mut map);
+        swept.contacts += contacts;
+    }
+
+    /// `(registered_subscribers, registered_contacts)`, summed without locks.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        self.shards
+            .iter()
+            .fold((0, 0), |(subscribers, contacts), shard| {
+                (
+                    subscribers + shard.registered_subscribers.load(Ordering::Relaxed),
+                    contacts + shard.registered_contacts.load(Ordering::Relaxed),
+                )
+            })
+    }
+
+    /// Adds restored live bindings to an AoR, merging with what is there (a known contact
+    /// keeps the later expiry). Returns how many contacts were added.
+    pub(crate) fn restore(&self, aor: Fingerprint, bindings: &[Binding], now_s: u32) -> u64 {
+        let shard = self.shard(aor);
+        let mut map = shard.map.lock();
+        let (mut subscribers, mut contacts) = (0i64, 0u64);
+        for &binding in bindings {
+            debug_assert!(!binding.is_expired(now_s));
+            match map.entry(aor) {
+                Entry::Vacant(vacant) => {
+                    vacant.insert(AorEntry::new(binding));
+                    subscribers += 1;
+                    contacts += 1;
+                }
+                Entry::Occupied(mut occupied) => {
+                    let aor_entry = occupied.get_mut();
+                    match aor_entry
+                        .position(binding.contact_hash())
+                        .and_then(|index| aor_entry.get_mut(index))
+                    {
+                        Some(slot) => slot.expires_s = slot.expires_s.max(binding.expires_s),
+                        None => contacts += u64::from(aor_entry.push(binding)),
+                    }
+                }
+            }
+        }
+        shard.count(subscribers, contacts as i64);
+        contacts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aor_entry_keeps_first_inline_and_spills_the_rest() {
+        let mut e = AorEntry::new(Binding::new(1, 100));
+        assert!(e.more.is_none());
+        assert!(e.push(Binding::new(2, 200)));
+        assert!(e.push(Binding::new(3, 300)));
+        assert_eq!(e.len(), 3);
+        // Removing the inline one promotes a spilled one.
+        assert!(!e.remove(0));
+        assert_eq!(e.len(), 2);
+        assert!(e.position(1).is_none());
+        assert!(!e.remove(e.position(2).unwrap_or(0)));
+        assert!(e.more.is_none());
+        assert!(e.remove(0));
+    }
+
+    #[test]
+    fn retain_live_prunes_and_reports_empty() {
+        let mut e = AorEntry::new(Binding::new(1, 100));
+        e.push(Binding::new(2, 200));
+        e.push(Binding::new(3, 300));
+        assert_eq!(e.retain_live(150), (1, false));
+        assert_eq!(e.len(), 2);
+        assert_eq!(e.retain_live(300), (2, true));
+    }
+
+    #[test]
+    fn push_past_the_bound_replaces_the_soonest_expiring() {
+        let mut e = AorEntry::new(Binding::new(0, 1000));
+        for i in 1..CONTACTS_PER_AOR_MAX as u64 {
+            assert!(e.push(Binding::new(i, 1000 + i as u32)));
+        }
+        assert!(!e.push(Binding::new(999, 5000)));
+        assert_eq!(e.len(), CONTACTS_PER_AOR_MAX);
+        assert!(e.position(0).is_none());
+        assert!(e.position(999).is_some());
+    }
+}

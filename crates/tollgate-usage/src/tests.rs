@@ -1,0 +1,844 @@
+//! Behaviour of [`Tables`] through its public API, one test per rule, and the call table
+//! against a `HashMap` model.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use tollgate_events::{CallRef, Event};
+
+use super::*;
+
+/// A realistic time (2025-06-15), so stored times are far from their saturation points.
+const T0_S: u64 = 1_750_000_000;
+
+fn at(s: u64) -> Timestamp {
+    Timestamp::from_unix_secs(T0_S + s)
+}
+
+fn config() -> TablesConfig {
+    TablesConfig {
+        max_call_duration_s: 3600,
+        shard_count: 8,
+        tombstone_ttl_s: 30,
+    }
+}
+
+fn tables() -> Tables {
+    Tables::new(config(), FingerprintKey([9; 32]))
+}
+
+fn call(call_id: &str) -> CallRef<'_> {
+    CallRef {
+        call_id: call_id.as_bytes(),
+        from_tag: None,
+    }
+}
+
+fn start(call_id: &str) -> Event<'_> {
+    Event::CallStart {
+        call: call(call_id),
+        emergency: false,
+    }
+}
+
+fn start_emergency(call_id: &str) -> Event<'_> {
+    Event::CallStart {
+        call: call(call_id),
+        emergency: true,
+    }
+}
+
+fn stop(call_id: &str) -> Event<'_> {
+    Event::CallStop {
+        call: call(call_id),
+    }
+}
+
+fn refresh(call_id: &str) -> Event<'_> {
+    Event::CallRefresh {
+        call: call(call_id),
+    }
+}
+
+fn reg<'a>(aor: &'a str, contact: &'a str, expires_s: u32) -> Event<'a> {
+    Event::Register {
+        aor: aor.as_bytes(),
+        contact: contact.as_bytes(),
+        expires_s,
+    }
+}
+
+/// Applies `(time, event, expected outcome)` steps in order.
+fn check(t: &Tables, steps: &[(u64, Event<'_>, Outcome)]) {
+    for (i, (s, event, expected)) in steps.iter().enumerate() {
+        assert_eq!(t.apply(at(*s), event), *expected, "step {i}: {event:?}");
+    }
+}
+
+fn calls(t: &Tables) -> (u64, u64) {
+    let usage = t.usage();
+    (usage.calls, usage.emergency_calls)
+}
+
+fn registered(t: &Tables) -> (u64, u64) {
+    let usage = t.usage();
+    (usage.registered_subscribers, usage.registered_contacts)
+}
+
+fn full_sweep(t: &Tables, s: u64) -> Swept {
+    t.sweep(at(s), t.shard_count())
+}
+
+// ---- calls ----
+
+#[test]
+fn start_then_stop_counts_one_call_then_none() {
+    let t = tables();
+    check(&t, &[(0, start("a"), Outcome::CallStarted)]);
+    assert_eq!(calls(&t), (1, 0));
+    check(&t, &[(5, stop("a"), Outcome::CallStopped)]);
+    assert_eq!(calls(&t), (0, 0));
+}
+
+#[test]
+fn duplicate_start_changes_nothing_and_does_not_extend_the_deadline() {
+    let t = tables();
+    check(
+        &t,
+        &[
+            (0, start("a"), Outcome::CallStarted),
+            (3000, start("a"), Outcome::CallAlreadyActive),
+        ],
+    );
+    assert_eq!(calls(&t), (1, 0));
+    // The deadline is still start + 3600 s, not 3000 + 3600 s.
+    assert_eq!(full_sweep(&t, 3600).calls, 1);
+    assert_eq!(calls(&t), (0, 0));
+}
+
+#[test]
+fn stop_without_start_changes_nothing() {
+    let t = tables();
+    check(&t, &[(0, stop("a"), Outcome::CallUnknown)]);
+    assert_eq!(t.usage(), Usage::default());
+}
+
+#[test]
+fn second_stop_is_unknown() {
+    let t = tables();
+    check(
+        &t,
+        &[
+            (0, start("a"), Outcome::CallStarted),
+            (1, stop("a"), Outcome::CallStopped),
+            (2, stop("a"), Outcome::CallUnknown),
+        ],
+    );
+    assert_eq!(calls(&t), (0, 0));
+}
+
+#[test]
+fn refresh_pushes_the_deadline_to_now_plus_max_duration() {
+    let t = tables();
+    check(
+        &t,
+        &[
+            (0, start("a"), Outcome::CallStarted),
+            (3000, refresh("a"), Outcome::CallRefreshed),
+        ],
+    );
+    assert_eq!(full_sweep(&t, 6599).calls, 0);
+    assert_eq!(calls(&t), (1, 0));
+    assert_eq!(full_sweep(&t, 6600).calls, 1);
+    assert_eq!(calls(&t), (0, 0));
+}
+
+#[test]
+fn refresh_of_an_unknown_call_does_not_create_it() {
+    let t = tables();
+    check(&t, &[(0, refresh("a"), Outcome::CallUnknown)]);
+    assert_eq!(calls(&t), (0, 0));
+    check(&t, &[(1, stop("a"), Outcome::CallUnknown)]);
+}
+
+#[test]
+fn emergency_flag_is_kept_and_counted() {
+    let t = tables();
+    check(
+        &t,
+        &[
+            (0, start_emergency("sos"), Outcome::CallStarted),
+            (0, start("a"), Outcome::CallStarted),
+            // A duplicate start without the flag does not clear it.
+            (1, start("sos"), Outcome::CallAlreadyActive),
+            (2, refresh("sos"), Outcome::CallRefreshed),
+        ],
+    );
+    assert_eq!(calls(&t), (2, 1));
+    check(&t, &[(3, stop("sos"), Outcome::CallStopped)]);
+    assert_eq!(calls(&t), (1, 0));
+}
+
+#[test]
+fn from_tag_tells_calls_with_one_call_id_apart() {
+    let t = tables();
+    let tagged = |tag: &'static str| CallRef {
+        call_id: b"same",
+        from_tag: Some(tag.as_bytes()),
+    };
+    check(
+        &t,
+        &[
+            (
+                0,
+                Event::CallStart {
+                    call: tagged("x"),
+                    emergency: false,
+                },
+                Outcome::CallStarted,
+            ),
+            (
+                0,
+                Event::CallStart {
+                    call: tagged("y"),
+                    emergency: false,
+                },
+                Outcome::CallStarted,
+            ),
+            (0, start("same"), Outcome::CallStarted),
+            (
+                1,
+                Event::CallStop { call: tagged("x") },
+                Outcome::CallStopped,
+            ),
+        ],
+    );
+    assert_eq!(calls(&t), (2, 0));
+}
+
+#[test]
+fn call_without_stop_ends_after_max_call_duration() {
+    let t = tables();
+    check(&t, &[(0, start_emergency("a"), Outcome::CallStarted)]);
+    assert_eq!(full_sweep(&t, 3599).calls, 0);
+    let swept = full_sweep(&t, 3600);
+    assert_eq!((swept.calls, swept.pass_completed), (1, true));
+    assert_eq!(calls(&t), (0, 0));
+}
+
+#[test]
+fn expired_call_is_counted_until_swept_or_touched() {
+    let t = tables();
+    check(
+        &t,
+        &[
+            (0, start("a"), Outcome::CallStarted),
+            (0, start("b"), Outcome::CallStarted),
+        ],
+    );
+    // Past the deadline, before any sweep: still counted.
+    assert_eq!(calls(&t), (2, 0));
+    // Touching it treats it as absent: a refresh does not revive it, and removes it.
+    check(&t, &[(4000, refresh("a"), Outcome::CallUnknown)]);
+    assert_eq!(calls(&t), (1, 0));
+}
+
+#[test]
+fn start_for_an_expired_entry_restarts_it() {
+    let t = tables();
+    check(
+        &t,
+        &[
+            (0, start("a"), Outcome::CallStarted),
+            (4000, start_emergency("a"), Outcome::CallStarted),
+        ],
+    );
+    assert_eq!(calls(&t), (1, 1));
+    // The new deadline counts from the restart.
+    assert_eq!(full_sweep(&t, 7599).calls, 0);
+    assert_eq!(full_sweep(&t, 7600).calls, 1);
+}
+
+#[test]
+fn stop_for_an_expired_entry_is_unknown_and_removes_it() {
+    let t = tables();
+    check(
+        &t,
+        &[
+            (0, start_emergency("a"), Outcome::CallStarted),
+            (3600, stop("a"), Outcome::CallUnknown),
+        ],
+    );
+    assert_eq!(calls(&t), (0, 0));
+}
+
+#[test]
+fn late_start_after_its_stop_is_ignored() {
+    let t = tables();
+    check(
+        &t,
+        &[
+            (0, stop("a"), Outcome::CallUnknown),
+            (1, start("a"), Outcome::CallAlreadyStopped),
+            (2, start("a"), Outcome::CallAlreadyStopped),
+            (3, refresh("a"), Outcome::CallUnknown),
+            (4, stop("a"), Outcome::CallUnknown),
+        ],
+    );
+    assert_eq!(calls(&t), (0, 0));
+    assert_eq!(t.tombstones(), 1);
+}
+
+#[test]
+fn tombstone_lapses_after_its_ttl() {
+    let t = tables();
+    check(
+        &t,
+        &[
+            (0, stop("a"), Outcome::CallUnknown),
+            (30, start("a"), Outcome::CallStarted),
+        ],
+    );
+    assert_eq!(calls(&t), (1, 0));
+    assert_eq!(t.tombstones(), 0);
+    check(&t, &[(31, stop("b"), Outcome::CallUnknown)]);
+    let swept = full_sweep(&t, 61);
+    assert_eq!((swept.tombstones, swept.calls), (1, 0));
+    assert_eq!(t.tombstones(), 0);
+}
+
+#[test]
+fn tombstones_are_bounded_per_shard() {
+    let t = Tables::new(
+        TablesConfig {
+            shard_count: 1,
+            ..config()
+        },
+        FingerprintKey([9; 32]),
+    );
+    let ids: Vec<String> = (0..TOMBSTONES_PER_SHARD_MAX + 10)
+        .map(|i| format!("c{i}"))
+        .collect();
+    for id in &ids {
+        check(&t, &[(0, stop(id), Outcome::CallUnknown)]);
+    }
+    assert_eq!(t.tombstones(), u64::from(TOMBSTONES_PER_SHARD_MAX));
+    // Past the bound a stop without start just changes nothing: the late start counts.
+    check(
+        &t,
+        &[(
+            1,
+            start(ids.last().map_or("", String::as_str)),
+            Outcome::CallStarted,
+        )],
+    );
+}
+
+#[test]
+fn zero_tombstone_ttl_disables_tombstones() {
+    let t = Tables::new(
+        TablesConfig {
+            tombstone_ttl_s: 0,
+            ..config()
+        },
+        FingerprintKey([9; 32]),
+    );
+    check(
+        &t,
+        &[
+            (0, stop("a"), Outcome::CallUnknown),
+            (1, start("a"), Outcome::CallStarted),
+        ],
+    );
+    assert_eq!(t.tombstones(), 0);
+}
+
+#[test]
+fn sweep_is_incremental_and_reports_each_full_pass() {
+    let t = tables();
+    for i in 0..100 {
+        t.apply(at(0), &start(&format!("c{i}")));
+    }
+    let mut removed = 0;
+    let mut passes = 0;
+    for _ in 0..t.shard_count() * 2 {
+        let swept = t.sweep(at(3600), 1);
+        assert_eq!(swept.shards, 1);
+        removed += swept.calls;
+        passes += usize::from(swept.pass_completed);
+    }
+    assert_eq!((removed, passes), (100, 2));
+    assert_eq!(calls(&t), (0, 0));
+    // A budget beyond the shard count is one pass.
+    assert_eq!(t.sweep(at(3600), usize::MAX).shards, t.shard_count());
+}
+
+#[test]
+fn shard_count_is_rounded_up_to_a_power_of_two() {
+    for (asked, used) in [
+        (0, 1),
+        (1, 1),
+        (3, 4),
+        (64, 64),
+        (100, 128),
+        (usize::MAX, SHARD_COUNT_MAX),
+    ] {
+        let t = Tables::new(
+            TablesConfig {
+                shard_count: asked,
+                ..config()
+            },
+            FingerprintKey([9; 32]),
+        );
+        assert_eq!(t.shard_count(), used, "asked {asked}");
+    }
+}
+
+#[test]
+fn concurrent_appliers_keep_exact_counts() {
+    let t = tables();
+    std::thread::scope(|s| {
+        for thread in 0..2 {
+            let t = &t;
+            s.spawn(move || {
+                for i in 0..5_000 {
+                    let id = format!("t{thread}-{i}");
+                    t.apply(at(0), &start(&id));
+                    if i % 2 == 0 {
+                        t.apply(at(1), &stop(&id));
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(calls(&t), (5_000, 0));
+}
+
+// ---- registrations ----
+
+#[test]
+fn contact_is_added_refreshed_and_removed() {
+    let t = tables();
+    check(
+        &t,
+        &[
+            (0, reg("alice", "sip:a@1", 600), Outcome::ContactAdded),
+            (10, reg("alice", "sip:a@1", 600), Outcome::ContactRefreshed),
+            (20, reg("alice", "sip:a@1", 0), Outcome::ContactRemoved),
+            (21, reg("alice", "sip:a@1", 0), Outcome::ContactUnknown),
+        ],
+    );
+    assert_eq!(registered(&t), (0, 0));
+}
+
+#[test]
+fn aor_is_a_registered_subscriber_while_it_has_a_live_contact() {
+    let t = tables();
+    check(
+        &t,
+        &[
+            (0, reg("alice", "sip:a@1", 600), Outcome::ContactAdded),
+            (0, reg("alice", "sip:a@2", 600), Outcome::ContactAdded),
+            (0, reg("alice", "sip:a@3", 600), Outcome::ContactAdded),
+            (0, reg("bob", "sip:b@1", 600), Outcome::ContactAdded),
+        ],
+    );
+    assert_eq!(registered(&t), (2, 4));
+    check(
+        &t,
+        &[
+            (1, reg("alice", "sip:a@1", 0), Outcome::ContactRemoved),
+            (1, reg("alice", "sip:a@3", 0), Outcome::ContactRemoved),
+        ],
+    );
+    assert_eq!(registered(&t), (2, 2));
+    check(
+        &t,
+        &[(2, reg("alice", "sip:a@2", 0), Outcome::ContactRemoved)],
+    );
+    assert_eq!(registered(&t), (1, 1));
+}
+
+#[test]
+fn removing_an_unknown_contact_changes_nothing() {
+    let t = tables();
+    check(
+        &t,
+        &[
+            (0, reg("nobody", "sip:x", 0), Outcome::ContactUnknown),
+            (0, reg("alice", "sip:a@1", 600), Outcome::ContactAdded),
+            (0, reg("alice", "sip:other", 0), Outcome::ContactUnknown),
+        ],
+    );
+    assert_eq!(registered(&t), (1, 1));
+}
+
+#[test]
+fn contacts_expire_and_the_aor_goes_with_its_last_one() {
+    let t = tables();
+    check(
+        &t,
+        &[
+            (0, reg("alice", "sip:a@1", 100), Outcome::ContactAdded),
+            (0, reg("alice", "sip:a@2", 200), Outcome::ContactAdded),
+        ],
+    );
+    assert_eq!(full_sweep(&t, 100).contacts, 1);
+    assert_eq!(registered(&t), (1, 1));
+    assert_eq!(full_sweep(&t, 200).contacts, 1);
+    assert_eq!(registered(&t), (0, 0));
+}
+
+#[test]
+fn expired_contacts_are_treated_as_absent_by_the_next_reg() {
+    let t = tables();
+    check(
+        &t,
+        &[
+            (0, reg("alice", "sip:a@1", 100), Outcome::ContactAdded),
+            (0, reg("alice", "sip:a@2", 100), Outcome::ContactAdded),
+            // Both expired, not swept: this reg prunes them and adds itself.
+            (150, reg("alice", "sip:a@1", 100), Outcome::ContactAdded),
+        ],
+    );
+    assert_eq!(registered(&t), (1, 1));
+    check(
+        &t,
+        &[(300, reg("alice", "sip:a@1", 0), Outcome::ContactUnknown)],
+    );
+    assert_eq!(registered(&t), (0, 0));
+}
+
+#[test]
+fn contacts_per_aor_are_bounded() {
+    let t = tables();
+    for i in 0..CONTACTS_PER_AOR_MAX + 5 {
+        let contact = format!("sip:a@{i}");
+        check(
+            &t,
+            &[(i as u64, reg("alice", &contact, 600), Outcome::ContactAdded)],
+        );
+    }
+    assert_eq!(registered(&t), (1, CONTACTS_PER_AOR_MAX as u64));
+}
+
+// ---- subscribers, admit ----
+
+#[test]
+fn subscribers_sets_the_gauge_and_its_report_time() {
+    let t = tables();
+    assert_eq!(t.usage().subscribers_reported_at, None);
+    check(
+        &t,
+        &[(
+            7,
+            Event::Subscribers { count: 1500 },
+            Outcome::SubscribersSet,
+        )],
+    );
+    let usage = t.usage();
+    assert_eq!(
+        (usage.subscribers, usage.subscribers_reported_at),
+        (1500, Some(at(7)))
+    );
+}
+
+#[test]
+fn admit_changes_nothing() {
+    let t = tables();
+    check(
+        &t,
+        &[(
+            0,
+            Event::Admit {
+                call_id: b"a",
+                emergency: false,
+            },
+            Outcome::NotAChange,
+        )],
+    );
+    assert_eq!(t.usage(), Usage::default());
+    assert!(!Outcome::NotAChange.is_change());
+}
+
+// ---- peaks ----
+
+#[test]
+fn observe_peaks_feeds_the_current_usage() {
+    let t = tables();
+    t.apply(at(0), &start("a"));
+    t.apply(at(0), &reg("alice", "sip:a", 600));
+    t.observe_peaks(at(0));
+    t.apply(at(1), &stop("a"));
+    t.observe_peaks(at(1));
+    assert_eq!(
+        t.peaks().since_start(),
+        PeakCounts {
+            calls: 1,
+            registered_subscribers: 1
+        }
+    );
+    assert_eq!(t.peaks().minutes(at(1)).len(), 1);
+}
+
+// ---- snapshots ----
+
+fn populated() -> Tables {
+    let t = tables();
+    check(
+        &t,
+        &[
+            (0, start("a"), Outcome::CallStarted),
+            (0, start_emergency("sos"), Outcome::CallStarted),
+            (0, start("short"), Outcome::CallStarted),
+            (0, stop("never-started"), Outcome::CallUnknown),
+            (0, reg("alice", "sip:a@1", 600), Outcome::ContactAdded),
+            (0, reg("alice", "sip:a@2", 60), Outcome::ContactAdded),
+            (0, reg("bob", "sip:b@1", 60), Outcome::ContactAdded),
+            (0, Event::Subscribers { count: 99 }, Outcome::SubscribersSet),
+        ],
+    );
+    // "short" is refreshed less: make its deadline earlier than the others'.
+    check(&t, &[(1000, refresh("a"), Outcome::CallRefreshed)]);
+    check(&t, &[(1000, refresh("sos"), Outcome::CallRefreshed)]);
+    t.observe_peaks(at(0));
+    t
+}
+
+#[test]
+fn snapshot_then_restore_gives_the_same_usage() {
+    let t = populated();
+    let snapshot = decode(&encode(&t.snapshot(at(10)))).expect("own snapshot decodes");
+    assert_eq!(snapshot.calls.len(), 3);
+    assert_eq!(snapshot.emergency_call_count(), 1);
+    assert_eq!(snapshot.contact_count(), 3);
+    let fresh = tables();
+    let restored = fresh.restore(at(20), &snapshot).expect("same key");
+    assert_eq!(
+        restored,
+        Restored {
+            calls: 3,
+            contacts: 3,
+            dropped_expired: 0
+        }
+    );
+    assert_eq!(fresh.usage(), t.usage());
+    assert_eq!(fresh.peaks().minutes(at(20)), t.peaks().minutes(at(20)));
+    // The restored calls are the same calls: a stop finds them.
+    check(&fresh, &[(30, stop("sos"), Outcome::CallStopped)]);
+    // The snapshot does not carry tombstones.
+    check(
+        &fresh,
+        &[(30, start("never-started"), Outcome::CallStarted)],
+    );
+}
+
+#[test]
+fn restore_drops_what_expired_meanwhile() {
+    let snapshot = populated().snapshot(at(10));
+    // At 100 s, alice's "sip:a@2" and bob's contact have expired.
+    let fresh = tables();
+    let restored = fresh.restore(at(100), &snapshot).expect("same key");
+    assert_eq!(
+        restored,
+        Restored {
+            calls: 3,
+            contacts: 1,
+            dropped_expired: 2
+        }
+    );
+    assert_eq!(registered(&fresh), (1, 1));
+    // At 3600 s "short" has ended too, and every contact.
+    let fresh = tables();
+    let restored = fresh.restore(at(3600), &snapshot).expect("same key");
+    assert_eq!(
+        restored,
+        Restored {
+            calls: 2,
+            contacts: 0,
+            dropped_expired: 4
+        }
+    );
+    assert_eq!(calls(&fresh), (2, 1));
+    assert_eq!(registered(&fresh), (0, 0));
+}
+
+#[test]
+fn restore_refuses_a_snapshot_of_another_key() {
+    let snapshot = populated().snapshot(at(10));
+    let other = Tables::new(config(), FingerprintKey([1; 32]));
+    assert!(matches!(
+        other.restore(at(10), &snapshot),
+        Err(SnapshotError::KeyMismatch)
+    ));
+    assert_eq!(other.usage(), Usage::default());
+}
+
+#[test]
+fn restore_keeps_entries_already_present() {
+    let t = populated();
+    let snapshot = t.snapshot(at(10));
+    let restored = t.restore(at(10), &snapshot).expect("same key");
+    assert_eq!((restored.calls, restored.contacts), (0, 0));
+    assert_eq!(calls(&t), (3, 1));
+    assert_eq!(registered(&t), (2, 3));
+}
+
+// ---- the call table against a model ----
+
+#[derive(Debug, Clone)]
+enum Op {
+    Start { key: u8, emergency: bool },
+    Stop { key: u8 },
+    Refresh { key: u8 },
+    Sweep,
+    Advance { s: u32 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..8, any::<bool>()).prop_map(|(key, emergency)| Op::Start { key, emergency }),
+        3 => (0u8..8).prop_map(|key| Op::Stop { key }),
+        2 => (0u8..8).prop_map(|key| Op::Refresh { key }),
+        1 => Just(Op::Sweep),
+        2 => (0u32..40).prop_map(|s| Op::Advance { s }),
+    ]
+}
+
+const MODEL_MAX_DURATION_S: u32 = 60;
+const MODEL_TOMBSTONE_TTL_S: u32 = 10;
+
+#[derive(Debug, Clone, Copy)]
+struct ModelEntry {
+    deadline_s: u32,
+    emergency: bool,
+    tombstone: bool,
+}
+
+/// The rules of the call table, written as plainly as possible over a `HashMap`.
+#[derive(Default)]
+struct Model {
+    entries: HashMap<u8, ModelEntry>,
+}
+
+impl Model {
+    fn live(&self, key: u8, now_s: u32) -> Option<ModelEntry> {
+        self.entries
+            .get(&key)
+            .copied()
+            .filter(|e| now_s < e.deadline_s)
+    }
+
+    fn apply(&mut self, op: &Op, now_s: u32) -> Option<Outcome> {
+        let call = |emergency| ModelEntry {
+            deadline_s: now_s + MODEL_MAX_DURATION_S,
+            emergency,
+            tombstone: false,
+        };
+        let tombstone = ModelEntry {
+            deadline_s: now_s + MODEL_TOMBSTONE_TTL_S,
+            emergency: false,
+            tombstone: true,
+        };
+        Some(match *op {
+            Op::Start { key, emergency } => match self.live(key, now_s) {
+                Some(e) if e.tombstone => Outcome::CallAlreadyStopped,
+                Some(_) => Outcome::CallAlreadyActive,
+                None => {
+                    self.entries.insert(key, call(emergency));
+                    Outcome::CallStarted
+                }
+            },
+            Op::Stop { key } => match self.live(key, now_s) {
+                Some(e) if e.tombstone => Outcome::CallUnknown,
+                Some(_) => {
+                    self.entries.remove(&key);
+                    Outcome::CallStopped
+                }
+                None => {
+                    // Few keys: the per-shard tombstone bound is never reached here.
+                    self.entries.insert(key, tombstone);
+                    Outcome::CallUnknown
+                }
+            },
+            Op::Refresh { key } => match self.live(key, now_s) {
+                Some(e) if e.tombstone => Outcome::CallUnknown,
+                Some(_) => {
+                    self.entries.insert(
+                        key,
+                        ModelEntry {
+                            emergency: self.entries[&key].emergency,
+                            ..call(false)
+                        },
+                    );
+                    Outcome::CallRefreshed
+                }
+                None => {
+                    // An expired call is removed when touched; an expired tombstone stays.
+                    if self.entries.get(&key).is_some_and(|e| !e.tombstone) {
+                        self.entries.remove(&key);
+                    }
+                    Outcome::CallUnknown
+                }
+            },
+            Op::Sweep => {
+                self.entries.retain(|_, e| now_s < e.deadline_s);
+                return None;
+            }
+            Op::Advance { .. } => return None,
+        })
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        let calls = self.entries.values().filter(|e| !e.tombstone);
+        let (n, emergency) = calls.fold((0, 0), |(n, em), e| (n + 1, em + u64::from(e.emergency)));
+        (n, emergency)
+    }
+}
+
+proptest! {
+    #[test]
+    fn call_table_acts_like_a_hashmap_model(ops in proptest::collection::vec(op(), 1..200)) {
+        let t = Tables::new(
+            TablesConfig {
+                max_call_duration_s: MODEL_MAX_DURATION_S,
+                shard_count: 4,
+                tombstone_ttl_s: MODEL_TOMBSTONE_TTL_S,
+            },
+            FingerprintKey([5; 32]),
+        );
+        let mut model = Model::default();
+        let mut now_s = T0_S as u32;
+        for op in &ops {
+            if let Op::Advance { s } = op {
+                now_s += s;
+            }
+            let now = Timestamp::from_unix_secs(u64::from(now_s));
+            let expected = model.apply(op, now_s);
+            let id;
+            let event = match *op {
+                Op::Start { key, emergency } => {
+                    id = format!("call-{key}");
+                    Some(Event::CallStart { call: call(&id), emergency })
+                }
+                Op::Stop { key } => {
+                    id = format!("call-{key}");
+                    Some(Event::CallStop { call: call(&id) })
+                }
+                Op::Refresh { key } => {
+                    id = format!("call-{key}");
+                    Some(Event::CallRefresh { call: call(&id) })
+                }
+                Op::Sweep => {
+                    t.sweep(now, t.shard_count());
+                    None
+                }
+                Op::Advance { .. } => None,
+            };
+            if let Some(event) = event {
+                prop_assert_eq!(Some(t.apply(now, &event)), expected, "{:?}", op);
+            }
+            prop_assert_eq!(calls(&t), model.counts(), "after {:?}", op);
+        }
+    }
+}
