@@ -10,11 +10,35 @@
 //! record is reported as [`Malformed`] with a low-cardinality reason while the rest of the
 //! datagram still decodes.
 //!
+//! Each format has an encoder beside its decoder ([`text::Encoder`], [`binary::Encoder`],
+//! [`text::write_event`]) that refuses, with an [`EncodeError`], whatever would not decode
+//! back equal. The formats are specified byte by byte in `docs/protocol.md`.
+//!
+//! ```
+//! use tollgate_events::{CallRef, Event, Malformed, binary, decode};
+//!
+//! let datagram = decode(b"seq proxy-01 7\ncall-stop abc tag=x\nbogus\n");
+//! assert_eq!(datagram.seq.map(|seq| seq.n), Some(7));
+//! let stop = Event::CallStop { call: CallRef { call_id: b"abc", from_tag: Some(b"x") } };
+//! let items: Vec<_> = datagram.events.collect();
+//! assert_eq!(items, [Ok(stop), Err(Malformed::UnknownVerb)]);
+//!
+//! let mut encoder = binary::Encoder::new(1400);
+//! encoder.reset(Some((*b"proxy-01", 8)));
+//! encoder.push(&stop)?;
+//! let items: Vec<_> = decode(encoder.as_bytes()).events.collect();
+//! assert_eq!(items, [Ok(stop)]);
+//! # Ok::<(), tollgate_events::EncodeError>(())
+//! ```
+//!
 //! What this crate deliberately lacks: sockets, clocks, hashing, any notion of state. It
 //! turns bytes into [`Event`]s and back, nothing more.
 
 pub mod binary;
 pub mod text;
+
+#[cfg(test)]
+mod test_util;
 
 /// Longest call-id, from-tag, AoR, contact or sender id accepted, in bytes.
 pub const FIELD_LEN_MAX: usize = 255;
@@ -29,7 +53,11 @@ pub enum Event<'a> {
     /// A call is still up (`call-refresh`): pushes its maximum-duration deadline out.
     CallRefresh { call: CallRef<'a> },
     /// A registration binding (`reg`); `expires_s == 0` removes that contact.
-    Register { aor: &'a [u8], contact: &'a [u8], expires_s: u32 },
+    Register {
+        aor: &'a [u8],
+        contact: &'a [u8],
+        expires_s: u32,
+    },
     /// The number of provisioned subscribers on the platform (`subscribers`).
     Subscribers { count: u64 },
     /// A query, not a change: may this call be admitted (`admit`)?
@@ -172,6 +200,25 @@ impl Malformed {
     }
 }
 
+/// Why an event could not be encoded. Decoding never returns this; it reports [`Malformed`].
+///
+/// `field` names the offending field: `call_id`, `from_tag`, `aor`, `contact`, `sender` or
+/// `code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("{field} is empty")]
+    EmptyField { field: &'static str },
+    #[error("{field} is longer than 255 bytes ({len})")]
+    FieldTooLong { field: &'static str, len: usize },
+    /// Text only: a field may not contain a space, CR or LF (they delimit fields and lines).
+    #[error("{field} contains a space, CR or LF")]
+    ForbiddenByte { field: &'static str },
+    /// The datagram being built has no room for this event (size or record count limit):
+    /// send it and start a new one.
+    #[error("batch full")]
+    BatchFull,
+}
+
 /// A decoded datagram: its optional sequence header and an iterator over its events.
 #[derive(Debug, Clone)]
 pub struct Datagram<'a> {
@@ -209,5 +256,38 @@ pub fn decode(datagram: &[u8]) -> Datagram<'_> {
         binary::decode(datagram)
     } else {
         text::decode(datagram)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_all_is_indexed_by_discriminant_and_labels_are_unique() {
+        for (i, reason) in Malformed::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i);
+        }
+        let mut labels: Vec<_> = Malformed::ALL.iter().map(|r| r.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), Malformed::COUNT);
+    }
+
+    #[test]
+    fn verb_all_is_indexed_by_discriminant() {
+        for (i, verb) in Verb::ALL.iter().enumerate() {
+            assert_eq!(*verb as usize, i);
+        }
+    }
+
+    #[test]
+    fn decode_dispatches_on_the_first_byte() {
+        assert!(matches!(decode(b"call-stop a").events, Events::Text(_)));
+        assert!(matches!(decode(b"").events, Events::Text(_)));
+        assert!(matches!(
+            decode(&[0xFF]).events,
+            Events::Rejected(Some(Malformed::BadHeader))
+        ));
     }
 }
