@@ -1,1 +1,157 @@
-fn main() {}
+//! `tollgate`: one binary, one subcommand per role. This file only parses the command line,
+//! sets up logging, dispatches to the crates and maps errors to exit codes.
+
+mod demo;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Usage metering and license enforcement for SIP platforms.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about, long_about = None)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `tollgate_agent=debug`.
+    #[arg(long, global = true, env = "TOLLGATE_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the per-node agent: ingest call and registration events, count usage, serve the
+    /// admin API (default 127.0.0.1:7173). Works with no config file (loopback only).
+    Agent(AgentArgs),
+    /// Show usage from a running agent (as a table, or the raw JSON).
+    Status(status::StatusArgs),
+    /// Send synthetic traffic to an agent: Poisson call arrivals with exponential holding
+    /// times and registrations (erlang), or a max-rate flood of start/stop pairs.
+    Loadgen(tollgate_loadgen::LoadgenArgs),
+    /// Start an agent on loopback with load against it and show a live view (~20 s or Ctrl-C).
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// TOML configuration file; every key is optional (see docs/configuration.md).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// State directory (snapshots, keys, the unix event socket); overrides `[state] dir`.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+/// Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration (as clap does),
+/// 3 could not reach the agent (status).
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Config(anyhow::Error),
+    Unreachable(anyhow::Error),
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log, matches!(cli.command, Command::Demo(_)));
+    let result = match cli.command {
+        Command::Agent(args) => run_agent(args),
+        Command::Status(args) => status::run(args),
+        Command::Loadgen(args) => run_loadgen(args),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("tollgate: configuration error: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Unreachable(e)) => {
+            eprintln!("tollgate: {e:#}");
+            ExitCode::from(3)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("tollgate: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(filter: &str, quiet: bool) {
+    let filter = if quiet { "warn" } else { filter };
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))
+}
+
+fn run_agent(args: AgentArgs) -> Result<(), Failure> {
+    let config = tollgate_agent::Config::load(args.config.as_deref(), args.state_dir.as_deref())
+        .map_err(|e| Failure::Config(e.into()))?;
+    runtime()?.block_on(async move {
+        tollgate_agent::run(config, shutdown_signal(), |_| {})
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the agent can only be killed; keep running.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn run_loadgen(args: tollgate_loadgen::LoadgenArgs) -> Result<(), Failure> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&stop);
+    // Ctrl-C ends the run early; the report still prints.
+    std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(shutdown_signal());
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let report = tollgate_loadgen::run(&args, &stop).map_err(|e| Failure::Runtime(e.into()))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(anyhow::Error::from)?
+        );
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}

@@ -1,1 +1,312 @@
-//! The agent.
+//! The per-node tollgate agent: wires the sans-IO usage tables to the ingest sockets, the
+//! state directory and the admin HTTP server.
+//!
+//! Threads and tasks of a running agent:
+//! - ingest threads (`tollgate-ingest`): datagrams → tables, one batch at a time;
+//! - the sweeper thread: expires calls past `max_call_duration` and lapsed contacts,
+//!   a few shards per tick so ingest never waits long on a shard;
+//! - tokio tasks: snapshots every `snapshot_interval`, the usage-report log line every
+//!   `report_interval`, and the admin HTTP server.
+//!
+//! What it deliberately lacks: usage rules (in `tollgate-usage`), wire formats
+//! (`tollgate-events`), socket tricks (`tollgate-ingest`).
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tollgate_ingest::{
+    AdmitAll, BatchObserver, Endpoint, Ingest, IngestConfig, IngestStats, Pipeline, SocketOptions,
+    wall_clock,
+};
+use tollgate_usage::{SequenceTracker, Tables, TablesConfig, Timestamp};
+
+pub use config::Config;
+use state::StateDir;
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error(transparent)]
+    Ingest(#[from] tollgate_ingest::IngestError),
+    #[error("cannot bind admin HTTP on {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin HTTP server failed: {0}")]
+    AdminServe(std::io::Error),
+}
+
+/// Counters of the snapshot writer, shown in `/metrics`.
+#[derive(Debug, Default, Clone)]
+pub struct SnapshotStats {
+    pub written: u64,
+    pub failed: u64,
+    pub last_success_unix_s: u64,
+    pub last_bytes: u64,
+}
+
+/// What the admin server and the background tasks share.
+#[derive(Debug)]
+pub struct AgentState {
+    pub node_id: String,
+    pub tables: Arc<Tables>,
+    pub ingest_stats: IngestStats,
+    pub started: Instant,
+    pub snapshots: Mutex<SnapshotStats>,
+}
+
+/// Where a running agent listens: written to `<state_dir>/agent.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RuntimeInfo {
+    pub pid: u32,
+    pub node_id: String,
+    pub admin: SocketAddr,
+    pub events_udp: Option<SocketAddr>,
+    pub events_unix: Option<PathBuf>,
+}
+
+/// Samples peaks after every ingest batch.
+struct PeakSampler(Arc<Tables>);
+
+impl BatchObserver for PeakSampler {
+    fn after_batch(&self, now: Timestamp) {
+        self.0.observe_peaks(now);
+    }
+}
+
+/// Runs an agent until `shutdown` completes, then stops ingest, writes a final snapshot
+/// and returns. `on_ready` is called once every listener is bound.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&RuntimeInfo),
+) -> Result<(), AgentError> {
+    let state_dir = Arc::new(StateDir::open(&config.state_dir)?);
+    let key = state_dir.fingerprint_key()?;
+    let tables = Arc::new(Tables::new(
+        TablesConfig {
+            max_call_duration_s: config.max_call_duration_s,
+            shard_count: config.shard_count,
+            ..TablesConfig::default()
+        },
+        key,
+    ));
+    restore_snapshot(&state_dir, &tables);
+
+    let pipeline = Pipeline {
+        tables: Arc::clone(&tables),
+        sequences: Arc::new(SequenceTracker::default()),
+        admission: Arc::new(AdmitAll),
+        observer: Some(Arc::new(PeakSampler(Arc::clone(&tables)))),
+    };
+    let mut endpoints = Vec::new();
+    endpoints.extend(config.events_udp.map(Endpoint::Udp));
+    endpoints.extend(config.events_unix.clone().map(Endpoint::Unix));
+    let ingest_config = IngestConfig {
+        threads_per_socket: config.ingest_threads,
+        recv_batch: config.recv_batch,
+        max_datagram_bytes: config.max_datagram_bytes,
+        socket: SocketOptions {
+            receive_buffer_bytes: config.receive_buffer_bytes,
+            unix_mode: config.unix_mode,
+        },
+    };
+    let ingest = Ingest::start(&endpoints, &ingest_config, pipeline)?;
+    let bound = ingest.endpoints();
+
+    let state = Arc::new(AgentState {
+        node_id: config.node_id.clone(),
+        tables: Arc::clone(&tables),
+        ingest_stats: ingest.stats().clone(),
+        started: Instant::now(),
+        snapshots: Mutex::new(SnapshotStats::default()),
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|source| AgentError::AdminBind {
+            addr: config.admin_listen,
+            source,
+        })?;
+    let admin = listener
+        .local_addr()
+        .map_err(|source| AgentError::AdminBind {
+            addr: config.admin_listen,
+            source,
+        })?;
+
+    let info = RuntimeInfo {
+        pid: std::process::id(),
+        node_id: config.node_id.clone(),
+        admin,
+        events_udp: bound.iter().find_map(|e| match e {
+            Endpoint::Udp(a) => Some(*a),
+            Endpoint::Unix(_) => None,
+        }),
+        events_unix: bound.iter().find_map(|e| match e {
+            Endpoint::Unix(p) => Some(p.clone()),
+            Endpoint::Udp(_) => None,
+        }),
+    };
+    if let Ok(json) = serde_json::to_vec_pretty(&info) {
+        if let Err(e) = state_dir.write_runtime(&json) {
+            tracing::warn!(error = %e, "cannot write runtime file");
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sweeper = spawn_sweeper(
+        Arc::clone(&tables),
+        config.sweep_interval,
+        Arc::clone(&stop),
+    );
+    let snapshots = tokio::spawn(snapshot_task(
+        Arc::clone(&state),
+        Arc::clone(&state_dir),
+        config.snapshot_interval,
+    ));
+    let reports = tokio::spawn(report_task(Arc::clone(&state), config.report_interval));
+
+    tracing::info!(
+        node_id = %config.node_id,
+        admin = %admin,
+        events_udp = ?info.events_udp,
+        events_unix = ?info.events_unix,
+        state_dir = %config.state_dir.display(),
+        "agent ready"
+    );
+    on_ready(&info);
+
+    let server =
+        axum::serve(listener, http::router(Arc::clone(&state))).with_graceful_shutdown(shutdown);
+    let served = server.await;
+
+    tracing::info!("shutting down: stopping ingest and writing a final snapshot");
+    ingest.shutdown();
+    stop.store(true, Ordering::Relaxed);
+    let _ = sweeper.join();
+    snapshots.abort();
+    reports.abort();
+    write_snapshot(&state, &state_dir);
+    state_dir.clear_runtime();
+    served.map_err(AgentError::AdminServe)
+}
+
+fn restore_snapshot(state_dir: &StateDir, tables: &Tables) {
+    let bytes = match state_dir.read_snapshot() {
+        Ok(Some(b)) => b,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read snapshot; starting empty");
+            return;
+        }
+    };
+    let now = wall_clock();
+    let restored = tollgate_usage::decode_snapshot(&bytes)
+        .and_then(|snapshot| Ok((tables.restore(now, &snapshot)?, snapshot.taken_at)));
+    match restored {
+        Ok((restored, taken_at)) => tracing::info!(
+            calls = restored.calls,
+            contacts = restored.contacts,
+            dropped_expired = restored.dropped_expired,
+            taken_at_ms = taken_at.unix_ms(),
+            "restored usage from snapshot"
+        ),
+        Err(e) => match state_dir.quarantine_snapshot(now.unix_ms()) {
+            Ok(moved) => tracing::error!(
+                error = %e,
+                moved_to = %moved.display(),
+                "snapshot unreadable; moved aside, starting empty"
+            ),
+            Err(e2) => tracing::error!(
+                error = %e,
+                move_error = %e2,
+                "snapshot unreadable and cannot be moved aside"
+            ),
+        },
+    }
+}
+
+/// Takes, encodes and writes one snapshot; counts the result.
+fn write_snapshot(state: &AgentState, state_dir: &StateDir) {
+    let now = wall_clock();
+    let snapshot = state.tables.snapshot(now);
+    let bytes = tollgate_usage::encode_snapshot(&snapshot);
+    let result = state_dir.write_snapshot(&bytes);
+    let mut stats = state.snapshots.lock();
+    match result {
+        Ok(()) => {
+            stats.written += 1;
+            stats.last_success_unix_s = now.unix_secs();
+            stats.last_bytes = bytes.len() as u64;
+        }
+        Err(e) => {
+            stats.failed += 1;
+            // Logged once per failure streak.
+            if stats.failed == 1 || stats.written > 0 {
+                tracing::error!(error = %e, "snapshot write failed");
+            }
+        }
+    }
+}
+
+async fn snapshot_task(state: Arc<AgentState>, state_dir: Arc<StateDir>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (s, d) = (Arc::clone(&state), Arc::clone(&state_dir));
+        let _ = tokio::task::spawn_blocking(move || write_snapshot(&s, &d)).await;
+    }
+}
+
+async fn report_task(state: Arc<AgentState>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let u = state.tables.usage();
+        tracing::info!(
+            "Usage report: {} calls, {} subscribers, {} registered subscribers",
+            u.calls,
+            u.subscribers,
+            u.registered_subscribers
+        );
+    }
+}
+
+fn spawn_sweeper(
+    tables: Arc<Tables>,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("sweeper".into())
+        .spawn(move || {
+            // A full pass over the shards every `every`, in ten steps, so no step holds
+            // the shards for long.
+            let step = every / 10;
+            let budget = tables.shard_count().div_ceil(10);
+            while !stop.load(Ordering::Relaxed) {
+                tables.sweep(wall_clock(), budget);
+                std::thread::sleep(step);
+            }
+        })
+        .unwrap_or_else(|e| panic!("cannot start the sweeper thread: {e}"))
+}

@@ -1,1 +1,256 @@
-//! Event ingest IO.
+//! Event ingest IO: the agent's UDP and unix datagram sockets, read in `recvmmsg` batches by
+//! dedicated threads, each datagram handed to the sans-IO [`Pipeline`].
+//!
+//! Data path: kernel → [`RecvBatch::recv`] (up to `recv_batch` datagrams per syscall) →
+//! [`Pipeline::process`] (sequence check, decode, `Tables::apply`, `admit` answers) →
+//! counters published once per batch. The only clock read is one wall-clock sample per
+//! batch; nothing here allocates per datagram.
+//!
+//! What it deliberately lacks: any policy. Usage rules live in `tollgate-usage`, the decoders
+//! in `tollgate-events`, admission decisions behind the [`Admission`] trait.
+
+mod pipeline;
+mod recv;
+mod socket;
+pub mod stats;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use pipeline::{Admission, AdmitAll, BatchObserver, Decision, Pipeline, REPLY_BYTES_MAX};
+pub use recv::{RECV_BATCH_MAX, Received, RecvBatch};
+pub use socket::{Endpoint, EventSocket, RECV_TIMEOUT, SocketOptions};
+pub use stats::{IngestStats, LocalStats, StatsSnapshot, ThreadStats};
+
+use tollgate_usage::Timestamp;
+
+/// Failures of the ingest IO.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("cannot bind {endpoint}: {source}")]
+    Bind {
+        endpoint: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start ingest thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Tunables of the receive loops.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Threads reading each socket (they share the socket; the kernel spreads datagrams).
+    pub threads_per_socket: usize,
+    /// Datagrams per `recvmmsg` call.
+    pub recv_batch: usize,
+    /// Largest datagram accepted whole; a larger one is counted as `oversize` and dropped.
+    pub max_datagram_bytes: usize,
+    pub socket: SocketOptions,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            threads_per_socket: 1,
+            recv_batch: 64,
+            max_datagram_bytes: 65_535,
+            socket: SocketOptions::default(),
+        }
+    }
+}
+
+/// The wall clock, as the sans-IO cores want it.
+pub fn wall_clock() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis();
+    Timestamp::from_unix_ms(ms as u64)
+}
+
+/// Running ingest: one or more threads per socket until [`Ingest::shutdown`].
+#[derive(Debug)]
+pub struct Ingest {
+    sockets: Vec<Arc<EventSocket>>,
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    stats: IngestStats,
+}
+
+impl Ingest {
+    /// Binds every endpoint and starts reading. Fails without leaving threads behind.
+    pub fn start(
+        endpoints: &[Endpoint],
+        config: &IngestConfig,
+        pipeline: Pipeline,
+    ) -> Result<Self, IngestError> {
+        let sockets = endpoints
+            .iter()
+            .map(|e| EventSocket::bind(e, &config.socket))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::start_on(sockets, config, pipeline)
+    }
+
+    /// Starts reading sockets that are already bound.
+    pub fn start_on(
+        sockets: Vec<EventSocket>,
+        config: &IngestConfig,
+        pipeline: Pipeline,
+    ) -> Result<Self, IngestError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = IngestStats::default();
+        let mut ingest = Ingest {
+            sockets: Vec::new(),
+            threads: Vec::new(),
+            stop,
+            stats,
+        };
+        for socket in sockets {
+            let socket = Arc::new(socket);
+            if socket.receive_buffer_bytes < config.socket.receive_buffer_bytes {
+                tracing::warn!(
+                    endpoint = %socket.endpoint(),
+                    requested = config.socket.receive_buffer_bytes,
+                    granted = socket.receive_buffer_bytes,
+                    "receive buffer capped by the kernel; raise net.core.rmem_max to absorb bursts"
+                );
+            }
+            let drops = ingest.stats.register_socket();
+            for i in 0..config.threads_per_socket.max(1) {
+                let (socket, pipeline, stop) = (
+                    Arc::clone(&socket),
+                    pipeline.clone(),
+                    Arc::clone(&ingest.stop),
+                );
+                let (thread_stats, drops) = (ingest.stats.register(), Arc::clone(&drops));
+                let mut batch = RecvBatch::new(config.recv_batch, config.max_datagram_bytes);
+                let spawned = std::thread::Builder::new()
+                    .name(format!("ingest-{i}"))
+                    .spawn(move || {
+                        receive_loop(&socket, &pipeline, &mut batch, &thread_stats, &drops, &stop)
+                    });
+                match spawned {
+                    Ok(handle) => ingest.threads.push(handle),
+                    Err(e) => {
+                        ingest.stop_threads();
+                        return Err(IngestError::Spawn(e));
+                    }
+                }
+            }
+            tracing::info!(endpoint = %socket.endpoint(), threads = config.threads_per_socket.max(1), "ingest listening");
+            ingest.sockets.push(socket);
+        }
+        Ok(ingest)
+    }
+
+    /// The bound endpoints, in the order given (with real ports when 0 was asked for).
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.sockets.iter().map(|s| s.endpoint().clone()).collect()
+    }
+
+    pub fn stats(&self) -> &IngestStats {
+        &self.stats
+    }
+
+    /// Stops the threads (within [`RECV_TIMEOUT`]) and closes the sockets. Datagrams already
+    /// received are applied before the threads exit.
+    pub fn shutdown(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+/// The agent's receive loop on one socket, until `stop` is set. Public so the bench tool can
+/// run exactly this loop beside a bare drain loop.
+pub fn receive_loop(
+    socket: &EventSocket,
+    pipeline: &Pipeline,
+    batch: &mut RecvBatch,
+    stats: &ThreadStats,
+    kernel_drops: &AtomicU64,
+    stop: &AtomicBool,
+) {
+    let fd = socket.raw_fd();
+    let mut local = LocalStats::default();
+    let mut reply = Vec::with_capacity(REPLY_BYTES_MAX);
+    let mut error_logged = false;
+    while !stop.load(Ordering::Relaxed) {
+        let n = match batch.recv(fd) {
+            Ok(n) => n,
+            Err(e) if is_transient(&e) => continue,
+            Err(e) => {
+                local.recv_errors += 1;
+                if !error_logged {
+                    tracing::error!(endpoint = %socket.endpoint(), error = %e, "receive failed");
+                    error_logged = true;
+                }
+                stats.publish(&mut local);
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let now = wall_clock();
+        local.record_batch(n);
+        for received in batch.iter() {
+            if received.truncated {
+                pipeline.reject_oversize(received.data.len(), &mut local);
+                continue;
+            }
+            reply.clear();
+            pipeline.process(now, received.data, &mut local, &mut reply);
+            if !reply.is_empty() {
+                match batch.reply_to(fd, received.slot, &reply) {
+                    Ok(true) => local.replies += 1,
+                    Ok(false) => local.replies_unaddressable += 1,
+                    Err(_) => local.reply_errors += 1,
+                }
+            }
+        }
+        pipeline.after_batch(now);
+        if let Some(d) = batch.kernel_drops() {
+            kernel_drops.fetch_max(u64::from(d), Ordering::Relaxed);
+        }
+        stats.publish(&mut local);
+    }
+    stats.publish(&mut local);
+}
+
+/// A bare drain loop: receive in the same batches and count, nothing else. The baseline the
+/// ingest benchmark compares [`receive_loop`] against.
+pub fn drain_loop(socket: &EventSocket, batch: &mut RecvBatch, stop: &AtomicBool) -> (u64, u64) {
+    let (mut datagrams, mut bytes) = (0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        match batch.recv(socket.raw_fd()) {
+            Ok(n) => {
+                datagrams += n as u64;
+                bytes += batch.iter().map(|r| r.data.len() as u64).sum::<u64>();
+            }
+            Err(e) if is_transient(&e) => continue,
+            Err(_) => break,
+        }
+    }
+    (datagrams, bytes)
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::Interrupted
+    )
+}

@@ -1,0 +1,367 @@
+//! The agent's configuration: one TOML file, every key optional, parsed in two stages —
+//! [`RawConfig`] mirrors the file (unknown keys are errors that name the key), then
+//! [`Config::from_raw`] validates it into typed values. `docs/configuration.md` lists every
+//! key; a test keeps the two in step.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default UDP event address (MISSION.md).
+pub const DEFAULT_EVENTS_UDP: &str = "127.0.0.1:7171";
+/// Default admin HTTP address (MISSION.md).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7173";
+/// Default state directory (MISSION.md).
+pub const DEFAULT_STATE_DIR: &str = "./tollgate-state";
+/// File name of the unix event socket inside the state dir.
+pub const EVENTS_SOCKET_NAME: &str = "events.sock";
+
+/// Errors reading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The file as written. Every field is optional; absent means the embedded default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub general: RawGeneral,
+    #[serde(default)]
+    pub state: RawState,
+    #[serde(default)]
+    pub ingest: RawIngest,
+    #[serde(default)]
+    pub calls: RawCalls,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub report: RawReport,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeneral {
+    pub license_key: Option<String>,
+    pub node_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub dir: Option<PathBuf>,
+    pub snapshot_interval_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIngest {
+    pub udp: Option<String>,
+    pub unix: Option<String>,
+    pub unix_mode: Option<String>,
+    pub threads: Option<usize>,
+    pub recv_batch: Option<usize>,
+    pub max_datagram_bytes: Option<usize>,
+    pub receive_buffer_bytes: Option<usize>,
+    pub sweep_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCalls {
+    pub max_call_duration_s: Option<u32>,
+    pub shard_count: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReport {
+    pub interval_s: Option<u64>,
+}
+
+impl RawConfig {
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+}
+
+/// Validated, typed configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub license_key: Option<String>,
+    pub node_id: String,
+    pub state_dir: PathBuf,
+    pub snapshot_interval: Duration,
+    pub events_udp: Option<SocketAddr>,
+    pub events_unix: Option<PathBuf>,
+    pub unix_mode: u32,
+    pub ingest_threads: usize,
+    pub recv_batch: usize,
+    pub max_datagram_bytes: usize,
+    pub receive_buffer_bytes: usize,
+    pub sweep_interval: Duration,
+    pub max_call_duration_s: u32,
+    pub shard_count: usize,
+    pub admin_listen: SocketAddr,
+    pub report_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The embedded defaults are valid by construction (a test checks it).
+        Config::from_raw(RawConfig::default(), None).unwrap_or_else(|e| panic!("bad defaults: {e}"))
+    }
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+fn addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|e| invalid(key, format!("{value:?}: {e}")))
+}
+
+/// `""` and `"off"` switch an optional listener off.
+fn is_off(value: &str) -> bool {
+    value.is_empty() || value.eq_ignore_ascii_case("off")
+}
+
+fn positive<T: PartialOrd + Default + Copy>(key: &'static str, v: T) -> Result<T, ConfigError> {
+    if v > T::default() {
+        Ok(v)
+    } else {
+        Err(invalid(key, "must be greater than 0"))
+    }
+}
+
+impl Config {
+    /// Validates `raw`; `state_dir_override` (the `--state-dir` flag) wins over `[state] dir`.
+    pub fn from_raw(
+        raw: RawConfig,
+        state_dir_override: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let state_dir = state_dir_override
+            .map(Path::to_path_buf)
+            .or(raw.state.dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let node_id = match raw.general.node_id {
+            Some(id) => id,
+            None => hostname().unwrap_or_else(|| "tollgate".to_owned()),
+        };
+        if node_id.is_empty() || node_id.len() > 64 || node_id.contains(char::is_whitespace) {
+            return Err(invalid("general.node_id", "1 to 64 characters, no spaces"));
+        }
+        let license_key = raw.general.license_key.filter(|k| !k.trim().is_empty());
+        let events_udp = match raw.ingest.udp.as_deref() {
+            None => Some(addr("ingest.udp", DEFAULT_EVENTS_UDP)?),
+            Some(v) if is_off(v) => None,
+            Some(v) => Some(addr("ingest.udp", v)?),
+        };
+        let events_unix = match raw.ingest.unix.as_deref() {
+            None => Some(state_dir.join(EVENTS_SOCKET_NAME)),
+            Some(v) if is_off(v) => None,
+            Some(v) => Some(PathBuf::from(v)),
+        };
+        let unix_mode = match raw.ingest.unix_mode.as_deref() {
+            None => 0o660,
+            Some(v) => u32::from_str_radix(v.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    invalid("ingest.unix_mode", format!("{v:?} is not an octal mode"))
+                })?,
+        };
+        let shard_count = positive("calls.shard_count", raw.calls.shard_count.unwrap_or(64))?;
+        if !shard_count.is_power_of_two() {
+            return Err(invalid("calls.shard_count", "must be a power of two"));
+        }
+        Ok(Config {
+            license_key,
+            node_id,
+            snapshot_interval: Duration::from_secs(positive(
+                "state.snapshot_interval_s",
+                raw.state.snapshot_interval_s.unwrap_or(5),
+            )?),
+            state_dir,
+            events_udp,
+            events_unix,
+            unix_mode,
+            ingest_threads: positive("ingest.threads", raw.ingest.threads.unwrap_or(1))?,
+            recv_batch: positive("ingest.recv_batch", raw.ingest.recv_batch.unwrap_or(64))?
+                .min(tollgate_ingest::RECV_BATCH_MAX),
+            max_datagram_bytes: positive(
+                "ingest.max_datagram_bytes",
+                raw.ingest.max_datagram_bytes.unwrap_or(65_535),
+            )?,
+            receive_buffer_bytes: raw.ingest.receive_buffer_bytes.unwrap_or(8 << 20),
+            sweep_interval: Duration::from_millis(positive(
+                "ingest.sweep_interval_ms",
+                raw.ingest.sweep_interval_ms.unwrap_or(1000),
+            )?),
+            max_call_duration_s: positive(
+                "calls.max_call_duration_s",
+                raw.calls.max_call_duration_s.unwrap_or(4 * 3600),
+            )?,
+            shard_count,
+            admin_listen: addr(
+                "admin.listen",
+                raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+            )?,
+            report_interval: Duration::from_secs(positive(
+                "report.interval_s",
+                raw.report.interval_s.unwrap_or(120),
+            )?),
+        })
+    }
+
+    /// Reads `path` (or takes the embedded defaults when `None`) and validates it.
+    pub fn load(
+        path: Option<&Path>,
+        state_dir_override: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let raw = match path {
+            Some(p) => RawConfig::load(p)?,
+            None => RawConfig::default(),
+        };
+        Self::from_raw(raw, state_dir_override)
+    }
+}
+
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).into_owned();
+    (!name.is_empty()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_raw(RawConfig::parse(text, Path::new("test.toml"))?, None)
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.events_udp, Some("127.0.0.1:7171".parse().unwrap()));
+        assert_eq!(c.admin_listen, "127.0.0.1:7173".parse().unwrap());
+        assert_eq!(c.state_dir, PathBuf::from("./tollgate-state"));
+        assert_eq!(
+            c.events_unix,
+            Some(PathBuf::from("./tollgate-state/events.sock"))
+        );
+        assert_eq!(c.max_call_duration_s, 14_400);
+        assert_eq!(c.snapshot_interval, Duration::from_secs(5));
+        assert_eq!(c.report_interval, Duration::from_secs(120));
+        assert_eq!(c.license_key, None);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_that_names_it() {
+        let err = parse("[ingest]\nudpp = \"127.0.0.1:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("udpp"), "{err}");
+        let err = parse("[bogus]\n").unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn license_key_is_read_from_general() {
+        let c = parse("[general]\nlicense_key = \"ABC_123\"\nnode_id = \"sip-1\"\n").unwrap();
+        assert_eq!(c.license_key.as_deref(), Some("ABC_123"));
+        assert_eq!(c.node_id, "sip-1");
+    }
+
+    #[test]
+    fn listeners_can_be_switched_off_and_state_dir_overridden() {
+        let raw =
+            RawConfig::parse("[ingest]\nudp = \"off\"\nunix = \"\"\n", Path::new("t")).unwrap();
+        let c = Config::from_raw(raw, Some(Path::new("/tmp/x"))).unwrap();
+        assert_eq!(c.events_udp, None);
+        assert_eq!(c.events_unix, None);
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("[ingest]\nudp = \"nonsense\"", "ingest.udp"),
+            ("[calls]\nshard_count = 3", "calls.shard_count"),
+            ("[ingest]\nunix_mode = \"999\"", "ingest.unix_mode"),
+            ("[report]\ninterval_s = 0", "report.interval_s"),
+            ("[general]\nnode_id = \"a b\"", "general.node_id"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        let doc = include_str!("../../../docs/configuration.md");
+        for key in [
+            "license_key",
+            "node_id",
+            "dir",
+            "snapshot_interval_s",
+            "udp",
+            "unix",
+            "unix_mode",
+            "threads",
+            "recv_batch",
+            "max_datagram_bytes",
+            "receive_buffer_bytes",
+            "sweep_interval_ms",
+            "max_call_duration_s",
+            "shard_count",
+            "listen",
+            "interval_s",
+        ] {
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "docs/configuration.md lacks `{key}`"
+            );
+        }
+    }
+}

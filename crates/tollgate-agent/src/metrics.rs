@@ -1,0 +1,242 @@
+//! Prometheus text exposition (format 0.0.4), written by hand: a few dozen series do not
+//! need a registry. Names follow `tollgate_<name>_<unit>[_total]`; dropped things carry a
+//! low-cardinality `reason` label.
+
+use std::fmt::Write as _;
+
+use tollgate_events::{Malformed, Verb};
+use tollgate_ingest::stats::{BATCH_BUCKETS, DatagramDrop, EventOutcome};
+
+use crate::AgentState;
+
+/// Builds one exposition document.
+#[derive(Debug, Default)]
+pub struct MetricsWriter {
+    out: String,
+}
+
+impl MetricsWriter {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str, value: impl std::fmt::Display) {
+        self.header(name, "gauge", help);
+        let _ = writeln!(self.out, "{name} {value}");
+    }
+
+    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.header(name, "counter", help);
+        let _ = writeln!(self.out, "{name} {value}");
+    }
+
+    /// One counter family with a single label.
+    pub fn labeled_counter<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: impl IntoIterator<Item = (&'a str, u64)>,
+    ) {
+        self.header(name, "counter", help);
+        for (l, v) in values {
+            let _ = writeln!(self.out, "{name}{{{label}=\"{l}\"}} {v}");
+        }
+    }
+
+    /// A histogram from per-bucket (non-cumulative) counts; the last count is `+Inf`.
+    pub fn histogram(&mut self, name: &str, help: &str, bounds: &[u64], counts: &[u64], sum: u64) {
+        self.header(name, "histogram", help);
+        let mut cumulative = 0;
+        for (bound, count) in bounds.iter().zip(counts) {
+            cumulative += count;
+            let _ = writeln!(self.out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += counts.get(bounds.len()).copied().unwrap_or(0);
+        let _ = writeln!(self.out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(self.out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+/// Renders every metric of the agent.
+pub fn render(state: &AgentState) -> String {
+    let mut m = MetricsWriter::default();
+    let usage = state.tables.usage();
+    let peaks = state.tables.peaks().since_start();
+    let ingest = state.ingest_stats.snapshot();
+    let t = &ingest.totals;
+
+    let _ = writeln!(
+        m.out,
+        "# HELP tollgate_build_info Build information.\n# TYPE tollgate_build_info gauge\ntollgate_build_info{{version=\"{}\",node_id=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        state.node_id
+    );
+    m.gauge(
+        "tollgate_uptime_seconds",
+        "Seconds since the agent started.",
+        state.started.elapsed().as_secs(),
+    );
+    m.gauge(
+        "tollgate_calls",
+        "Active calls on this node (emergency calls included).",
+        usage.calls,
+    );
+    m.gauge(
+        "tollgate_emergency_calls",
+        "Active emergency calls on this node.",
+        usage.emergency_calls,
+    );
+    m.gauge(
+        "tollgate_registered_subscribers",
+        "AoRs with at least one live contact on this node.",
+        usage.registered_subscribers,
+    );
+    m.gauge(
+        "tollgate_registered_contacts",
+        "Live registration contacts on this node.",
+        usage.registered_contacts,
+    );
+    m.gauge(
+        "tollgate_subscribers",
+        "Provisioned subscribers, as last reported.",
+        usage.subscribers,
+    );
+    m.gauge(
+        "tollgate_peak_calls",
+        "Highest concurrent calls since the agent started.",
+        peaks.calls,
+    );
+    m.gauge(
+        "tollgate_peak_registered_subscribers",
+        "Highest registered subscribers since the agent started.",
+        peaks.registered_subscribers,
+    );
+
+    m.counter(
+        "tollgate_ingest_datagrams_total",
+        "Datagrams received on the event sockets.",
+        t.datagrams,
+    );
+    m.counter(
+        "tollgate_ingest_bytes_total",
+        "Bytes received on the event sockets.",
+        t.bytes,
+    );
+    m.labeled_counter(
+        "tollgate_events_total",
+        "Well-formed events received, by verb.",
+        "verb",
+        Verb::ALL
+            .iter()
+            .map(|v| (v.as_str(), t.events[*v as usize])),
+    );
+    m.labeled_counter(
+        "tollgate_events_malformed_total",
+        "Malformed lines or records dropped, by reason.",
+        "reason",
+        Malformed::ALL
+            .iter()
+            .map(|r| (r.as_str(), t.malformed[*r as usize])),
+    );
+    m.labeled_counter(
+        "tollgate_event_outcomes_total",
+        "What applied events did (idempotency at work: call_already_active, call_unknown, ...).",
+        "outcome",
+        EventOutcome::ALL
+            .iter()
+            .map(|o| (o.as_str(), t.outcomes[*o as usize])),
+    );
+    m.labeled_counter(
+        "tollgate_datagrams_dropped_total",
+        "Whole datagrams dropped, by reason.",
+        "reason",
+        DatagramDrop::ALL
+            .iter()
+            .map(|d| (d.as_str(), t.dropped[*d as usize])),
+    );
+    m.counter(
+        "tollgate_datagrams_lost_total",
+        "Datagrams never received, from gaps in per-sender sequence numbers.",
+        t.lost_datagrams,
+    );
+    m.counter(
+        "tollgate_sender_restarts_total",
+        "Senders whose sequence started over.",
+        t.sender_restarts,
+    );
+    m.counter(
+        "tollgate_kernel_drops_total",
+        "Datagrams the kernel dropped because a socket's receive queue was full (SO_RXQ_OVFL).",
+        ingest.kernel_drops,
+    );
+    m.histogram(
+        "tollgate_ingest_batch_datagrams",
+        "Datagrams per recvmmsg batch.",
+        &BATCH_BUCKETS,
+        &t.batch_buckets,
+        t.datagrams,
+    );
+    m.counter(
+        "tollgate_admit_replies_total",
+        "Reply datagrams sent to admit queries.",
+        t.replies,
+    );
+    m.labeled_counter(
+        "tollgate_admit_reply_failures_total",
+        "Admit replies that could not be sent, by reason.",
+        "reason",
+        [
+            ("send_error", t.reply_errors),
+            ("no_return_address", t.replies_unaddressable),
+        ],
+    );
+    m.counter(
+        "tollgate_ingest_receive_errors_total",
+        "Failed receive calls.",
+        t.recv_errors,
+    );
+
+    let snap = state.snapshots.lock().clone();
+    m.counter(
+        "tollgate_snapshots_total",
+        "Snapshots written.",
+        snap.written,
+    );
+    m.counter(
+        "tollgate_snapshot_failures_total",
+        "Snapshots that failed to write.",
+        snap.failed,
+    );
+    m.gauge(
+        "tollgate_snapshot_last_success_timestamp_seconds",
+        "Unix time of the last snapshot written (0: none yet).",
+        snap.last_success_unix_s,
+    );
+    m.gauge(
+        "tollgate_snapshot_bytes",
+        "Size of the last snapshot written.",
+        snap.last_bytes,
+    );
+    m.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let mut m = MetricsWriter::default();
+        m.histogram("h", "help", &[1, 2], &[3, 4, 5], 99);
+        let out = m.finish();
+        assert!(out.contains("h_bucket{le=\"1\"} 3\n"));
+        assert!(out.contains("h_bucket{le=\"2\"} 7\n"));
+        assert!(out.contains("h_bucket{le=\"+Inf\"} 12\n"));
+        assert!(out.contains("h_count 12\n"));
+    }
+}

@@ -1,0 +1,220 @@
+//! The agent's state directory: an exclusive lock, the fingerprint key, snapshots and the
+//! runtime file that tells tools where the agent listens.
+//!
+//! Layout (all inside `state_dir`, created 0700):
+//! - `agent.lock` — `flock`ed while an agent runs: two agents never share a state dir;
+//! - `fingerprint.key` — 32 random bytes (0600) keying the call/registration fingerprints,
+//!   so fingerprints restored from a snapshot still match the stops that come after a restart;
+//! - `usage.snapshot` — the latest snapshot, replaced atomically (temp file, fsync, rename,
+//!   fsync of the directory); a corrupt one is renamed `usage.snapshot.corrupt-<unix_ms>`;
+//! - `agent.json` — the bound addresses and pid of the running agent;
+//! - `events.sock` — the unix event socket (by default).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use tollgate_usage::FingerprintKey;
+
+pub const LOCK_FILE: &str = "agent.lock";
+pub const KEY_FILE: &str = "fingerprint.key";
+pub const SNAPSHOT_FILE: &str = "usage.snapshot";
+pub const RUNTIME_FILE: &str = "agent.json";
+
+/// Errors of the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot create state dir {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("state dir {path} is in use by another agent")]
+    Locked { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: fingerprint key must be 32 bytes, found {len}")]
+    BadKey { path: PathBuf, len: usize },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// An opened, locked state directory.
+#[derive(Debug)]
+pub struct StateDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl StateDir {
+    /// Creates the directory if needed and locks it for this process.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|source| StateError::Create {
+                path: path.to_owned(),
+                source,
+            })?;
+        let lock_path = path.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        // SAFETY: flock on an fd we own.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(StateError::Locked {
+                path: path.to_owned(),
+            });
+        }
+        Ok(StateDir {
+            path: path.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The fingerprint key, created (0600) on first use.
+    pub fn fingerprint_key(&self) -> Result<FingerprintKey, StateError> {
+        let path = self.path.join(KEY_FILE);
+        match File::open(&path) {
+            Ok(mut f) => {
+                let mut bytes = Vec::with_capacity(32);
+                f.read_to_end(&mut bytes).map_err(io_err(&path))?;
+                let key: [u8; 32] =
+                    bytes
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| StateError::BadKey {
+                            path: path.clone(),
+                            len: bytes.len(),
+                        })?;
+                Ok(FingerprintKey(key))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let key = FingerprintKey::random();
+                write_atomically(&path, &key.0, 0o600)?;
+                Ok(key)
+            }
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Replaces the snapshot atomically: a crash leaves either the old or the new one.
+    pub fn write_snapshot(&self, bytes: &[u8]) -> Result<(), StateError> {
+        write_atomically(&self.path.join(SNAPSHOT_FILE), bytes, 0o600)
+    }
+
+    /// The snapshot's bytes, or `None` when there is none yet.
+    pub fn read_snapshot(&self) -> Result<Option<Vec<u8>>, StateError> {
+        let path = self.path.join(SNAPSHOT_FILE);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Moves an unreadable snapshot aside (kept for inspection) and returns its new path.
+    pub fn quarantine_snapshot(&self, unix_ms: u64) -> Result<PathBuf, StateError> {
+        let from = self.path.join(SNAPSHOT_FILE);
+        let to = self.path.join(format!("{SNAPSHOT_FILE}.corrupt-{unix_ms}"));
+        std::fs::rename(&from, &to).map_err(io_err(&from))?;
+        Ok(to)
+    }
+
+    /// Writes `agent.json` (bound addresses, pid) for tools and tests.
+    pub fn write_runtime(&self, json: &[u8]) -> Result<(), StateError> {
+        write_atomically(&self.path.join(RUNTIME_FILE), json, 0o644)
+    }
+
+    /// Removes `agent.json` at shutdown.
+    pub fn clear_runtime(&self) {
+        let _ = std::fs::remove_file(self.path.join(RUNTIME_FILE));
+    }
+}
+
+/// Temp file in the same directory, fsync, rename over `path`, fsync the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_agent_on_the_same_state_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = StateDir::open(dir.path()).unwrap();
+        let err = StateDir::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StateError::Locked { .. }), "{err}");
+    }
+
+    #[test]
+    fn fingerprint_key_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let k1 = StateDir::open(dir.path())
+            .unwrap()
+            .fingerprint_key()
+            .unwrap();
+        let k2 = StateDir::open(dir.path())
+            .unwrap()
+            .fingerprint_key()
+            .unwrap();
+        assert_eq!(k1.0, k2.0);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn snapshot_round_trips_and_quarantine_moves_it_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        assert_eq!(s.read_snapshot().unwrap(), None);
+        s.write_snapshot(b"one").unwrap();
+        s.write_snapshot(b"two").unwrap();
+        assert_eq!(s.read_snapshot().unwrap().as_deref(), Some(&b"two"[..]));
+        let moved = s.quarantine_snapshot(42).unwrap();
+        assert!(moved.ends_with("usage.snapshot.corrupt-42"));
+        assert_eq!(s.read_snapshot().unwrap(), None);
+    }
+}

@@ -1,0 +1,124 @@
+//! `tollgate status`: usage from a running agent's admin API, as a table or JSON.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use tollgate_agent::http::UsageReport;
+
+use crate::Failure;
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print the agent's JSON (`GET /api/v1/usage`) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Admin API of the agent to ask.
+    #[arg(long, env = "TOLLGATE_ADMIN", default_value = "http://127.0.0.1:7173")]
+    admin: String,
+    /// Find the agent through its state directory (`agent.json`) instead of `--admin`.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+pub fn run(args: StatusArgs) -> Result<(), Failure> {
+    let base = match &args.state_dir {
+        Some(dir) => {
+            let path = dir.join(tollgate_agent::state::RUNTIME_FILE);
+            let text = std::fs::read(&path)
+                .with_context(|| format!("no running agent found: cannot read {}", path.display()))
+                .map_err(Failure::Unreachable)?;
+            let info: tollgate_agent::RuntimeInfo = serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not valid", path.display()))
+                .map_err(Failure::Runtime)?;
+            format!("http://{}", info.admin)
+        }
+        None => args.admin.trim_end_matches('/').to_owned(),
+    };
+    let url = format!("{base}/api/v1/usage");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    let body = rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the agent at {base}"))
+            .map_err(Failure::Unreachable)?;
+        let status = resp.status();
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| Failure::Unreachable(e.into()))?;
+        if !status.is_success() {
+            return Err(Failure::Runtime(anyhow::anyhow!(
+                "{url}: HTTP {status}: {body}"
+            )));
+        }
+        Ok(body)
+    })?;
+    if args.json {
+        println!("{}", body.trim_end());
+        return Ok(());
+    }
+    let report: UsageReport = serde_json::from_str(&body)
+        .with_context(|| format!("unexpected answer from {url}"))
+        .map_err(Failure::Runtime)?;
+    print!("{}", render(&report, &base));
+    Ok(())
+}
+
+/// The human table.
+pub fn render(r: &UsageReport, base: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "tollgate agent {}  (up {})  {base}",
+        r.node_id,
+        human_duration(r.uptime_s)
+    );
+    let _ = writeln!(s, "{:<26}{:>12}{:>12}", "", "now", "peak");
+    let _ = writeln!(s, "{:<26}{:>12}{:>12}", "calls", r.calls, r.peak_calls);
+    let _ = writeln!(s, "{:<26}{:>12}", "  of which emergency", r.emergency_calls);
+    let _ = writeln!(
+        s,
+        "{:<26}{:>12}{:>12}",
+        "registered subscribers", r.registered_subscribers, r.peak_registered_subscribers
+    );
+    let _ = writeln!(
+        s,
+        "{:<26}{:>12}",
+        "registered contacts", r.registered_contacts
+    );
+    let reported = match r.subscribers_reported_at_ms {
+        Some(at) => format!(
+            "  (reported {} ago)",
+            human_duration(r.timestamp_ms.saturating_sub(at) / 1000)
+        ),
+        None => "  (never reported)".to_owned(),
+    };
+    let _ = writeln!(
+        s,
+        "{:<26}{:>12}{reported}",
+        "provisioned subscribers", r.subscribers
+    );
+    let i = &r.ingest;
+    let _ = writeln!(
+        s,
+        "ingest: {} datagrams, {} events, {} malformed, {} duplicate, {} lost, {} kernel drops",
+        i.datagrams, i.events, i.malformed, i.duplicate_datagrams, i.lost_datagrams, i.kernel_drops
+    );
+    s
+}
+
+fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86_400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}

@@ -1,0 +1,239 @@
+//! Helpers for whole-system tests: start the real `tollgate` binary on loopback with
+//! ephemeral ports and a temp state dir, talk to it over real sockets.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+/// What `agent.json` says.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Runtime {
+    pub pid: u32,
+    pub node_id: String,
+    pub admin: SocketAddr,
+    pub events_udp: Option<SocketAddr>,
+    pub events_unix: Option<PathBuf>,
+}
+
+/// A running agent process.
+pub struct Agent {
+    pub child: Child,
+    pub state_dir: PathBuf,
+    pub config: PathBuf,
+    pub rt: Runtime,
+}
+
+/// A config with ephemeral ports and quick snapshots; `extra` is appended verbatim.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let config = dir.join("agent.toml");
+    let text = format!(
+        "[general]\nnode_id = \"test-node\"\n\n[ingest]\nudp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{extra}\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+impl Agent {
+    pub fn start(state_dir: &Path, config: &Path) -> Agent {
+        let _ = std::fs::remove_file(state_dir.join("agent.json"));
+        let child = Command::new(BIN)
+            .args(["agent", "--config"])
+            .arg(config)
+            .arg("--state-dir")
+            .arg(state_dir)
+            .env("TOLLGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tollgate agent");
+        let mut agent = Agent {
+            child,
+            state_dir: state_dir.to_owned(),
+            config: config.to_owned(),
+            rt: Runtime {
+                pid: 0,
+                node_id: String::new(),
+                admin: "127.0.0.1:1".parse().unwrap(),
+                events_udp: None,
+                events_unix: None,
+            },
+        };
+        let runtime_file = state_dir.join("agent.json");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(bytes) = std::fs::read(&runtime_file) {
+                if let Ok(rt) = serde_json::from_slice::<Runtime>(&bytes) {
+                    if rt.pid == agent.child.id() {
+                        agent.rt = rt;
+                        return agent;
+                    }
+                }
+            }
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = agent.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("agent exited early with {status}: {err}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not write agent.json in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn udp(&self) -> SocketAddr {
+        self.rt.events_udp.expect("agent has a UDP socket")
+    }
+
+    pub fn unix(&self) -> PathBuf {
+        self.rt
+            .events_unix
+            .clone()
+            .expect("agent has a unix socket")
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.rt.admin, path)
+    }
+
+    pub fn usage(&self) -> serde_json::Value {
+        let (status, body) = self.get("/api/v1/usage");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Polls usage until `pred` holds (or panics after 10 s with the last value).
+    pub fn wait_usage(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let u = self.usage();
+            if pred(&u) {
+                return u;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last usage: {u:#}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The value of one metric line (exact series name with labels), if present.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0);
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        self.signal(libc::SIGTERM);
+        self.wait_exit()
+    }
+
+    /// SIGKILL: no final snapshot.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+
+    pub fn wait_exit(&mut self) -> (ExitStatus, String) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return (status, err);
+            }
+            assert!(Instant::now() < deadline, "agent did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET: status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = match text.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked") =>
+        {
+            dechunk(body)
+        }
+        Some((_, body)) => body.to_owned(),
+        None => String::new(),
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn send_udp(to: SocketAddr, datagram: &[u8]) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.send_to(datagram, to).unwrap();
+}
+
+pub fn send_unix(to: &Path, datagram: &[u8]) {
+    let s = UnixDatagram::unbound().unwrap();
+    s.send_to(datagram, to).unwrap();
+}
