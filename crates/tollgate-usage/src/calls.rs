@@ -20,6 +20,12 @@
 //! tombstone for a call it ended: a duplicate start after its stop is caught by the
 //! datagram sequence check ([`crate::SequenceTracker`]) when the sender numbers its
 //! datagrams, and otherwise counts until `max_call_duration_s` — the documented bound.
+//!
+//! **Measured** (`benches/tables.rs`, `tools/table-memory`): a start+stop pair through
+//! [`crate::Tables::apply`] 40 ns (59 ns with a From-tag); 52.5 heap bytes per call at 1 M
+//! calls (an entry is 24 bytes plus a control byte; the rest is hash-table slack, at worst
+//! ~57 bytes just after a growth step); a sweep holds one shard's lock ~36 µs at 1 M calls
+//! (64 shards).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -48,7 +48,8 @@ pub use peaks::{MINUTE_SLOT_COUNT, MinutePeak, PeakCounts, Peaks};
 pub use registrations::CONTACTS_PER_AOR_MAX;
 pub use sequence::{SEQ_SENDERS_MAX, SEQ_WINDOW_LEN, SeqVerdict, SequenceTracker};
 pub use snapshot::{
-    AorRecord, CallRecord, ContactRecord, Restored, Snapshot, SnapshotError, decode, encode,
+    AorRecord, CallRecord, ContactRecord, Restored, Snapshot, SnapshotError,
+    decode as decode_snapshot, encode as encode_snapshot,
 };
 
 use calls::{CallEntry, CallTable};
@@ -272,9 +273,10 @@ impl Tables {
 
     /// Removes expired calls, contacts and tombstones from up to `shard_budget` shards
     /// (at least one), continuing where the previous sweep stopped. Holds one shard lock
-    /// at a time. A full pass takes `shard_count()` shards' worth of budget; the IO layer
-    /// calls this periodically, e.g. every 100 ms with a budget that completes a pass every
-    /// few seconds.
+    /// at a time (~36 µs per shard at 1 M calls over 64 shards). A full pass takes
+    /// `shard_count()` shards' worth of budget; the IO layer calls this periodically, e.g.
+    /// every 100 ms with a budget that completes a pass every second or so. Expired entries
+    /// are counted until swept, so the pass period bounds how long usage overstates.
     pub fn sweep(&self, now: Timestamp, shard_budget: usize) -> Swept {
         let now_s = now.unix_secs_u32();
         let shard_count = self.shard_count();

@@ -16,6 +16,10 @@
 //! **Bound:** an AoR tracks at most [`CONTACTS_PER_AOR_MAX`] contacts; a further contact
 //! replaces the binding that expires first, so `registered_contacts` is then a lower bound
 //! (the registered-subscriber count, which licenses are about, is unaffected).
+//!
+//! **Measured** (`tools/table-memory`, `benches/tables.rs`): 86 heap bytes per contact at
+//! 1 M single-contact AoRs, 45.5 at 3 contacts per AoR (target ≤ 128); a `reg`
+//! add/refresh/remove cycle ~69 ns (3 events).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -608,7 +608,8 @@ fn populated() -> Tables {
 #[test]
 fn snapshot_then_restore_gives_the_same_usage() {
     let t = populated();
-    let snapshot = decode(&encode(&t.snapshot(at(10)))).expect("own snapshot decodes");
+    let snapshot =
+        decode_snapshot(&encode_snapshot(&t.snapshot(at(10)))).expect("own snapshot decodes");
     assert_eq!(snapshot.calls.len(), 3);
     assert_eq!(snapshot.emergency_call_count(), 1);
     assert_eq!(snapshot.contact_count(), 3);
