@@ -798,6 +798,15 @@ impl Model {
 }
 
 proptest! {
+    // Deterministic (fixed seed) and merge-free (no regression files): a failure prints the
+    // minimal sequence of operations; add it as a unit test.
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x7011_6a7e),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
     #[test]
     fn call_table_acts_like_a_hashmap_model(ops in proptest::collection::vec(op(), 1..200)) {
         let t = Tables::new(
