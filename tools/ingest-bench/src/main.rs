@@ -269,9 +269,11 @@ fn run_phase(
     // stopped, a receive times out (RECV_TIMEOUT) as soon as the queue is empty.
     let mut leftover = RecvBatch::new(recv_batch, 2048);
     while leftover.recv(socket.raw_fd()).is_ok() {}
-    Ok(Phase {
-        datagrams_per_s: received as f64 / elapsed,
-    })
+    if std::env::var_os("INGEST_BENCH_DEBUG").is_some() {
+        let sent = sent.load(Ordering::Relaxed);
+        eprintln!("  phase: sent {sent} received {received} in {elapsed:.2}s");
+    }
+    Ok(Phase { datagrams_per_s: received as f64 / elapsed })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
