@@ -68,13 +68,12 @@ impl Agent {
         let runtime_file = state_dir.join("agent.json");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(bytes) = std::fs::read(&runtime_file) {
-                if let Ok(rt) = serde_json::from_slice::<Runtime>(&bytes) {
-                    if rt.pid == agent.child.id() {
-                        agent.rt = rt;
-                        return agent;
-                    }
-                }
+            if let Ok(bytes) = std::fs::read(&runtime_file)
+                && let Ok(rt) = serde_json::from_slice::<Runtime>(&bytes)
+                && rt.pid == agent.child.id()
+            {
+                agent.rt = rt;
+                return agent;
             }
             if let Ok(Some(status)) = agent.child.try_wait() {
                 let mut err = String::new();

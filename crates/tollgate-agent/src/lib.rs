@@ -162,10 +162,10 @@ pub async fn run(
             Endpoint::Udp(_) => None,
         }),
     };
-    if let Ok(json) = serde_json::to_vec_pretty(&info) {
-        if let Err(e) = state_dir.write_runtime(&json) {
-            tracing::warn!(error = %e, "cannot write runtime file");
-        }
+    if let Ok(json) = serde_json::to_vec_pretty(&info)
+        && let Err(e) = state_dir.write_runtime(&json)
+    {
+        tracing::warn!(error = %e, "cannot write runtime file");
     }
 
     let stop = Arc::new(AtomicBool::new(false));
