@@ -121,7 +121,10 @@ fn admit_query_gets_a_reply_over_udp_and_unix() {
 fn sigterm_writes_a_snapshot_and_restart_restores_the_counts() {
     let dir = tempfile::tempdir().unwrap();
     // A long snapshot interval: only the shutdown snapshot can carry the counts over.
-    let config = write_config(dir.path(), "[state]\nsnapshot_interval_s = 3600\n");
+    let config = write_config(
+        dir.path(),
+        "[state]\nsnapshot_interval_s = 3600\n[report]\ninterval_s = 1\n",
+    );
     let state = dir.path().join("state");
     let agent = Agent::start(&state, &config);
     send_udp(
@@ -131,8 +134,13 @@ fn sigterm_writes_a_snapshot_and_restart_restores_the_counts() {
     agent.wait_usage("events applied", |u| {
         u["calls"] == 2 && u["registered_subscribers"] == 1
     });
+    std::thread::sleep(Duration::from_millis(1500));
     let (status, log) = agent.stop();
     assert!(status.success(), "{status}: {log}");
+    assert!(
+        log.contains("Usage report: 2 calls, 77 subscribers, 1 registered subscribers"),
+        "the operator's grep line: {log}"
+    );
 
     let agent = Agent::start(&state, &config);
     let u = agent.usage();
