@@ -75,6 +75,7 @@ pub struct RawIngest {
     pub max_datagram_bytes: Option<usize>,
     pub receive_buffer_bytes: Option<usize>,
     pub sweep_interval_ms: Option<u64>,
+    pub busy_poll: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +129,7 @@ pub struct Config {
     pub max_datagram_bytes: usize,
     pub receive_buffer_bytes: usize,
     pub sweep_interval: Duration,
+    pub busy_poll: bool,
     pub max_call_duration_s: u32,
     pub shard_count: usize,
     pub admin_listen: SocketAddr,
@@ -231,6 +233,7 @@ impl Config {
                 "ingest.sweep_interval_ms",
                 raw.ingest.sweep_interval_ms.unwrap_or(1000),
             )?),
+            busy_poll: raw.ingest.busy_poll.unwrap_or(false),
             max_call_duration_s: positive(
                 "calls.max_call_duration_s",
                 raw.calls.max_call_duration_s.unwrap_or(4 * 3600),

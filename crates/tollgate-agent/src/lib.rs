@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tollgate_ingest::{
-    AdmitAll, BatchObserver, Endpoint, Ingest, IngestConfig, IngestStats, Pipeline, SocketOptions,
-    wall_clock,
+    AdmitAll, BatchObserver, Endpoint, Ingest, IngestConfig, IngestStats, Pipeline, RecvMode,
+    SocketOptions, wall_clock,
 };
 use tollgate_usage::{SequenceTracker, Tables, TablesConfig, Timestamp};
 
@@ -120,6 +120,11 @@ pub async fn run(
         threads_per_socket: config.ingest_threads,
         recv_batch: config.recv_batch,
         max_datagram_bytes: config.max_datagram_bytes,
+        recv_mode: if config.busy_poll {
+            RecvMode::Spin
+        } else {
+            RecvMode::Block
+        },
         socket: SocketOptions {
             receive_buffer_bytes: config.receive_buffer_bytes,
             unix_mode: config.unix_mode,

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use pipeline::{Admission, AdmitAll, BatchObserver, Decision, Pipeline, REPLY_BYTES_MAX};
-pub use recv::{RECV_BATCH_MAX, Received, RecvBatch};
+pub use recv::{RECV_BATCH_MAX, Received, RecvBatch, RecvMode};
 pub use socket::{Endpoint, EventSocket, RECV_TIMEOUT, SocketOptions};
 pub use stats::{IngestStats, LocalStats, StatsSnapshot, ThreadStats};
 
@@ -47,6 +47,8 @@ pub struct IngestConfig {
     pub recv_batch: usize,
     /// Largest datagram accepted whole; a larger one is counted as `oversize` and dropped.
     pub max_datagram_bytes: usize,
+    /// Sleep or spin while a socket's queue is empty.
+    pub recv_mode: RecvMode,
     pub socket: SocketOptions,
 }
 
@@ -56,6 +58,7 @@ impl Default for IngestConfig {
             threads_per_socket: 1,
             recv_batch: 64,
             max_datagram_bytes: 65_535,
+            recv_mode: RecvMode::Block,
             socket: SocketOptions::default(),
         }
     }
@@ -126,10 +129,17 @@ impl Ingest {
                 );
                 let (thread_stats, drops) = (ingest.stats.register(), Arc::clone(&drops));
                 let mut batch = RecvBatch::new(config.recv_batch, config.max_datagram_bytes);
+                let mode = config.recv_mode;
                 let spawned = std::thread::Builder::new()
                     .name(format!("ingest-{i}"))
                     .spawn(move || {
-                        receive_loop(&socket, &pipeline, &mut batch, &thread_stats, &drops, &stop)
+                        let ctx = LoopContext {
+                            stats: &thread_stats,
+                            kernel_drops: &drops,
+                            stop: &stop,
+                            mode,
+                        };
+                        receive_loop(&socket, &pipeline, &mut batch, &ctx)
                     });
                 match spawned {
                     Ok(handle) => ingest.threads.push(handle),
@@ -174,24 +184,43 @@ impl Drop for Ingest {
     }
 }
 
+/// What a receive loop reports to and listens to.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopContext<'a> {
+    pub stats: &'a ThreadStats,
+    /// The socket's cumulative kernel drop count, raised with `fetch_max`.
+    pub kernel_drops: &'a AtomicU64,
+    pub stop: &'a AtomicBool,
+    pub mode: RecvMode,
+}
+
 /// The agent's receive loop on one socket, until `stop` is set. Public so the bench tool can
 /// run exactly this loop beside a bare drain loop.
 pub fn receive_loop(
     socket: &EventSocket,
     pipeline: &Pipeline,
     batch: &mut RecvBatch,
-    stats: &ThreadStats,
-    kernel_drops: &AtomicU64,
-    stop: &AtomicBool,
+    ctx: &LoopContext<'_>,
 ) {
+    let LoopContext {
+        stats,
+        kernel_drops,
+        stop,
+        mode,
+    } = *ctx;
     let fd = socket.raw_fd();
     let mut local = LocalStats::default();
     let mut reply = Vec::with_capacity(REPLY_BYTES_MAX);
     let mut error_logged = false;
     while !stop.load(Ordering::Relaxed) {
-        let n = match batch.recv(fd) {
+        let n = match batch.recv_mode(fd, mode) {
             Ok(n) => n,
-            Err(e) if is_transient(&e) => continue,
+            Err(e) if is_transient(&e) => {
+                if mode == RecvMode::Spin {
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
             Err(e) => {
                 local.recv_errors += 1;
                 if !error_logged {
@@ -231,10 +260,15 @@ pub fn receive_loop(
 
 /// A bare drain loop: receive in the same batches and count, nothing else. The baseline the
 /// ingest benchmark compares [`receive_loop`] against.
-pub fn drain_loop(socket: &EventSocket, batch: &mut RecvBatch, stop: &AtomicBool) -> (u64, u64) {
+pub fn drain_loop(
+    socket: &EventSocket,
+    batch: &mut RecvBatch,
+    stop: &AtomicBool,
+    mode: RecvMode,
+) -> (u64, u64) {
     let (mut datagrams, mut bytes) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
-        match batch.recv(socket.raw_fd()) {
+        match batch.recv_mode(socket.raw_fd(), mode) {
             Ok(n) => {
                 datagrams += n as u64;
                 bytes += batch.iter().map(|r| r.data.len() as u64).sum::<u64>();

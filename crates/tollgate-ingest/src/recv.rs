@@ -13,6 +13,18 @@ pub const RECV_BATCH_MAX: usize = 1024;
 /// Control-message space per datagram: one `SO_RXQ_OVFL` u32 with room to spare, aligned.
 const CONTROL_WORDS: usize = 8;
 
+/// How a receive waits for the first datagram of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecvMode {
+    /// Sleep in the kernel until a datagram arrives (or the receive timeout passes).
+    #[default]
+    Block,
+    /// Never sleep: poll the queue in a loop. Spends a core to save the sender the wake-up
+    /// of a sleeping receiver (an inter-processor interrupt per datagram when the receiver
+    /// keeps up), which is what limits a loopback sender in a VM.
+    Spin,
+}
+
 /// One received datagram, borrowed from a [`RecvBatch`].
 #[derive(Debug)]
 pub struct Received<'a> {
@@ -106,6 +118,16 @@ impl RecvBatch {
     /// there (or the socket's receive timeout passes), then takes whatever else is queued
     /// without blocking (`MSG_WAITFORONE`). Returns the number received.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_mode(fd, RecvMode::Block)
+    }
+
+    /// [`recv`](Self::recv), or with [`RecvMode::Spin`] a receive that never sleeps: it
+    /// returns `WouldBlock` at once when the queue is empty.
+    pub fn recv_mode(&mut self, fd: RawFd, mode: RecvMode) -> io::Result<usize> {
+        let flags = match mode {
+            RecvMode::Block => libc::MSG_WAITFORONE,
+            RecvMode::Spin => libc::MSG_WAITFORONE | libc::MSG_DONTWAIT,
+        };
         for m in &mut self.msgs {
             m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
             m.msg_hdr.msg_controllen = std::mem::size_of::<[u64; CONTROL_WORDS]>();
@@ -119,7 +141,7 @@ impl RecvBatch {
                 fd,
                 self.msgs.as_mut_ptr(),
                 self.msgs.len() as libc::c_uint,
-                libc::MSG_WAITFORONE,
+                flags,
                 std::ptr::null_mut(),
             )
         };

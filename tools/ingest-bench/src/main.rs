@@ -12,8 +12,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use tollgate_events::{CallRef, Event, binary};
 use tollgate_ingest::{
-    AdmitAll, Endpoint, EventSocket, IngestStats, Pipeline, RecvBatch, SocketOptions, drain_loop,
-    receive_loop,
+    AdmitAll, Endpoint, EventSocket, IngestStats, LoopContext, Pipeline, RecvBatch, RecvMode,
+    SocketOptions, drain_loop, receive_loop,
 };
 use tollgate_usage::{FingerprintKey, SequenceTracker, Tables, TablesConfig};
 
@@ -35,6 +35,11 @@ struct Args {
     /// Datagrams per recvmmsg.
     #[arg(long, default_value_t = 64)]
     recv_batch: usize,
+    /// Let both receivers sleep in the kernel when the queue is empty (the agent's default)
+    /// instead of spinning. Sleeping receivers make a loopback sender pay a wake-up per
+    /// datagram, so the sender, not the receiver, sets the rate.
+    #[arg(long)]
+    block: bool,
     /// Print the results as JSON lines too.
     #[arg(long)]
     json: bool,
@@ -227,6 +232,7 @@ fn run_phase(
     pool: &Arc<Vec<Vec<u8>>>,
     seconds: f64,
     recv_batch: usize,
+    mode: RecvMode,
 ) -> anyhow::Result<Phase> {
     let stop_recv = Arc::new(AtomicBool::new(false));
     let stop_send = Arc::new(AtomicBool::new(false));
@@ -252,12 +258,18 @@ fn run_phase(
     };
     let started = Instant::now();
     let received = match pipeline {
-        None => drain_loop(socket, &mut batch, &stop_recv).0,
+        None => drain_loop(socket, &mut batch, &stop_recv, mode).0,
         Some(p) => {
             let stats = IngestStats::default();
             let thread_stats = stats.register();
             let drops = AtomicU64::new(0);
-            receive_loop(socket, p, &mut batch, &thread_stats, &drops, &stop_recv);
+            let ctx = LoopContext {
+                stats: &thread_stats,
+                kernel_drops: &drops,
+                stop: &stop_recv,
+                mode,
+            };
+            receive_loop(socket, p, &mut batch, &ctx);
             stats.snapshot().totals.datagrams
         }
     };
@@ -273,7 +285,9 @@ fn run_phase(
         let sent = sent.load(Ordering::Relaxed);
         eprintln!("  phase: sent {sent} received {received} in {elapsed:.2}s");
     }
-    Ok(Phase { datagrams_per_s: received as f64 / elapsed })
+    Ok(Phase {
+        datagrams_per_s: received as f64 / elapsed,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -304,6 +318,11 @@ fn main() -> anyhow::Result<()> {
         "{:<26} {:>14} {:>14} {:>7} {:>16}",
         "case", "drain dgram/s", "agent dgram/s", "ratio", "agent events/s"
     );
+    let mode = if args.block {
+        RecvMode::Block
+    } else {
+        RecvMode::Spin
+    };
     let dir = tempfile::tempdir().context("temp dir")?;
     for case in CASES
         .iter()
@@ -334,13 +353,15 @@ fn main() -> anyhow::Result<()> {
         };
         let (mut drain, mut agent, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..args.runs {
-            let d = run_phase(&socket, None, &pool, args.seconds, args.recv_batch)?.datagrams_per_s;
+            let d = run_phase(&socket, None, &pool, args.seconds, args.recv_batch, mode)?
+                .datagrams_per_s;
             let a = run_phase(
                 &socket,
                 Some(&pipeline),
                 &pool,
                 args.seconds,
                 args.recv_batch,
+                mode,
             )?
             .datagrams_per_s;
             drain.push(d);
