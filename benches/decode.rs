@@ -55,7 +55,7 @@ impl Fields {
         match i % 8 {
             0..=2 => Event::CallStart {
                 call,
-                emergency: i % 16 == 0,
+                emergency: i.is_multiple_of(16),
             },
             3 | 4 => Event::CallStop { call },
             5 => Event::CallRefresh { call },
