@@ -2,6 +2,7 @@
 //! sets up logging, dispatches to the crates and maps errors to exit codes.
 
 mod demo;
+mod license_cmd;
 mod status;
 
 use std::path::PathBuf;
@@ -31,6 +32,9 @@ enum Command {
     /// Send synthetic traffic to an agent: Poisson call arrivals with exponential holding
     /// times and registrations (erlang), or a max-rate flood of start/stop pairs.
     Loadgen(tollgate_loadgen::LoadgenArgs),
+    /// Vendor tools for signed licenses: create a signing key pair, sign a license spec,
+    /// verify a license file, show one in plain words.
+    License(license_cmd::LicenseArgs),
     /// Start an agent on loopback with load against it and show a live view (~20 s or Ctrl-C).
     Demo(demo::DemoArgs),
 }
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => run_agent(args),
         Command::Status(args) => status::run(args),
         Command::Loadgen(args) => run_loadgen(args),
+        Command::License(args) => license_cmd::run(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {
