@@ -37,6 +37,9 @@ enum Command {
     License(license_cmd::LicenseArgs),
     /// Start an agent on loopback with load against it and show a live view (~20 s or Ctrl-C).
     Demo(demo::DemoArgs),
+    /// Hash a password for `[[admin.users]] password_hash` (argon2id). Reads the password
+    /// from the first line of standard input.
+    HashPassword,
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Loadgen(args) => run_loadgen(args),
         Command::License(args) => license_cmd::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::HashPassword => hash_password(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -158,5 +162,22 @@ fn run_loadgen(args: tollgate_loadgen::LoadgenArgs) -> Result<(), Failure> {
     } else {
         println!("{report}");
     }
+    Ok(())
+}
+
+fn hash_password() -> Result<(), Failure> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "empty password on standard input"
+        )));
+    }
+    let hash = tollgate_agent::auth::hash_password(password)
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!(e)))?;
+    println!("{hash}");
     Ok(())
 }

@@ -19,6 +19,12 @@ pub struct StatusArgs {
     /// Find the agent through its state directory (`agent.json`) instead of `--admin`.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// User for the license details, when the agent has `[[admin.users]]`.
+    #[arg(long, env = "TOLLGATE_USER")]
+    user: Option<String>,
+    /// Password of `--user`.
+    #[arg(long, env = "TOLLGATE_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
 }
 
 pub fn run(args: StatusArgs) -> Result<(), Failure> {
@@ -40,11 +46,16 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::Runtime(e.into()))?;
-    let body = rt.block_on(async {
-        let resp = reqwest::Client::new()
-            .get(&url)
-            .timeout(std::time::Duration::from_secs(5))
-            .send()
+    let client = reqwest::Client::new();
+    let get = |url: String| {
+        let mut request = client.get(url).timeout(std::time::Duration::from_secs(5));
+        if let Some(user) = &args.user {
+            request = request.basic_auth(user, args.password.as_deref());
+        }
+        request.send()
+    };
+    let (body, license) = rt.block_on(async {
+        let resp = get(url.clone())
             .await
             .with_context(|| format!("cannot reach the agent at {base}"))
             .map_err(Failure::Unreachable)?;
@@ -58,17 +69,93 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
                 "{url}: HTTP {status}: {body}"
             )));
         }
-        Ok(body)
+        // The license needs viewer credentials when the agent has users; usage does not.
+        let license = match get(format!("{base}/api/v1/license")).await {
+            Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok().map(Ok),
+            Ok(r) => Some(Err(format!(
+                "license details: HTTP {} (pass --user/--password)",
+                r.status()
+            ))),
+            Err(e) => Some(Err(format!("license details: {e}"))),
+        };
+        Ok((body, license))
     })?;
     if args.json {
-        println!("{}", body.trim_end());
+        let mut usage: serde_json::Value = serde_json::from_str(&body)
+            .with_context(|| format!("unexpected answer from {url}"))
+            .map_err(Failure::Runtime)?;
+        if let Some(Ok(license)) = license {
+            usage["license"] = license;
+        }
+        println!("{usage}");
         return Ok(());
     }
     let report: UsageReport = serde_json::from_str(&body)
         .with_context(|| format!("unexpected answer from {url}"))
         .map_err(Failure::Runtime)?;
     print!("{}", render(&report, &base));
+    match license {
+        Some(Ok(l)) => print!("{}", render_license(&l)),
+        Some(Err(e)) => println!("{e}"),
+        None => {}
+    }
     Ok(())
+}
+
+/// The license part of the table: state, each limit with usage and percentage.
+pub fn render_license(l: &serde_json::Value) -> String {
+    let mut s = String::new();
+    let e = &l["evaluation"];
+    let doc = &l["license"];
+    let status = e["status"].as_str().unwrap_or("?");
+    if doc.is_null() {
+        let _ = writeln!(s, "\nlicense: none   state {status}");
+    } else {
+        let _ = writeln!(
+            s,
+            "\nlicense {} ({}, {}, serial {})   state {status}   mode {}",
+            doc["license_key"].as_str().unwrap_or("?"),
+            doc["customer"].as_str().unwrap_or("?"),
+            doc["kind"].as_str().unwrap_or("?"),
+            doc["serial"],
+            e["mode"].as_str().unwrap_or("?"),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "{:<26}{:>12}{:>12}{:>8}  {}",
+        "", "usage", "limit", "%", "state"
+    );
+    for name in ["calls", "subscribers", "registered_subscribers"] {
+        let l = &e["limits"][name];
+        let limit = l["limit"]
+            .as_u64()
+            .map_or_else(|| "unlimited".to_owned(), |v| v.to_string());
+        let pct = l["usage_pct"]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}"));
+        let _ = writeln!(
+            s,
+            "{:<26}{:>12}{:>12}{:>8}  {}",
+            name.replace('_', " "),
+            l["usage"],
+            limit,
+            pct,
+            l["status"].as_str().unwrap_or("?")
+        );
+    }
+    if let Some(days) = e["days_to_expiry"].as_i64() {
+        let _ = writeln!(s, "expires in {days} days");
+    }
+    if let Some(days) = e["days_to_lease_end"].as_i64() {
+        let _ = writeln!(s, "signature lease ends in {days} days");
+    }
+    if let Some(text) = l["explanation"].as_str() {
+        for line in text.lines() {
+            let _ = writeln!(s, "  {line}");
+        }
+    }
+    s
 }
 
 /// The human table.

@@ -48,6 +48,8 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub report: RawReport,
+    #[serde(default)]
+    pub license: RawLicense,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +91,26 @@ pub struct RawCalls {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<String>,
+    #[serde(default)]
+    pub users: Vec<RawUser>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub name: String,
+    pub password_hash: String,
+    pub role: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLicense {
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    pub host_id: Option<String>,
+    pub unlicensed_mode: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,7 +155,12 @@ pub struct Config {
     pub max_call_duration_s: u32,
     pub shard_count: usize,
     pub admin_listen: SocketAddr,
+    pub users: Vec<crate::auth::User>,
     pub report_interval: Duration,
+    pub license_file: Option<PathBuf>,
+    pub trusted_keys: tollgate_license::TrustedKeys,
+    pub host_id: Option<String>,
+    pub unlicensed_mode: tollgate_license::Mode,
 }
 
 impl Default for Config {
@@ -247,6 +274,26 @@ impl Config {
                 "report.interval_s",
                 raw.report.interval_s.unwrap_or(120),
             )?),
+            users: raw
+                .admin
+                .users
+                .into_iter()
+                .map(|u| crate::auth::User::new(&u.name, &u.password_hash, &u.role))
+                .collect::<Result<_, _>>()
+                .map_err(|e| invalid("admin.users", e))?,
+            license_file: raw.license.file,
+            trusted_keys: trusted_keys(&raw.license.trusted_keys)?,
+            host_id: raw.license.host_id.filter(|h| !h.is_empty()),
+            unlicensed_mode: match raw.license.unlicensed_mode.as_deref() {
+                None | Some("warn") => tollgate_license::Mode::Warn,
+                Some("enforce") => tollgate_license::Mode::Enforce,
+                Some(other) => {
+                    return Err(invalid(
+                        "license.unlicensed_mode",
+                        format!("{other:?}: expected \"warn\" or \"enforce\""),
+                    ));
+                }
+            },
         })
     }
 
@@ -261,6 +308,27 @@ impl Config {
         };
         Self::from_raw(raw, state_dir_override)
     }
+}
+
+/// `[license] trusted_keys`: each entry is a public key line
+/// (`tollgate-ed25519-public:<id>:<base64>`) or the path of a file of such lines.
+fn trusted_keys(entries: &[String]) -> Result<tollgate_license::TrustedKeys, ConfigError> {
+    let key = "license.trusted_keys";
+    let mut keys = tollgate_license::TrustedKeys::default();
+    for entry in entries {
+        let text = if entry.starts_with("tollgate-ed25519-public:") {
+            entry.clone()
+        } else {
+            std::fs::read_to_string(entry).map_err(|e| invalid(key, format!("{entry}: {e}")))?
+        };
+        let parsed = tollgate_license::TrustedKeys::parse(&text)
+            .map_err(|e| invalid(key, format!("{entry}: {e}")))?;
+        for k in parsed.iter() {
+            keys.insert(k.clone())
+                .map_err(|e| invalid(key, e.to_string()))?;
+        }
+    }
+    Ok(keys)
 }
 
 fn hostname() -> Option<String> {
@@ -360,6 +428,15 @@ mod tests {
             "shard_count",
             "listen",
             "interval_s",
+            "busy_poll",
+            "users",
+            "name",
+            "password_hash",
+            "role",
+            "file",
+            "trusted_keys",
+            "host_id",
+            "unlicensed_mode",
         ] {
             assert!(
                 doc.contains(&format!("`{key}`")),

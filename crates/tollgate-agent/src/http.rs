@@ -6,19 +6,31 @@
 //! | GET | `/metrics` | Prometheus text exposition |
 //! | GET | `/api/v1/usage` | this node's usage as JSON ([`UsageReport`]) |
 //! | GET | `/api/v1/usage/history` | per-minute peaks of the last 24 h as JSON |
+//! | GET | `/api/v1/license` | the license in force and its evaluation (viewer) |
+//! | PUT | `/api/v1/license` | upload an armored license; verified before it replaces the current one (admin) |
+//! | POST | `/api/v1/license/reload` | re-read the license now: 200 valid, 401 bad credentials, 403 not admin (admin) |
+//! | GET | `/api/v1/admit?call_id=…[&emergency=1]` | the admission answer: 200 admit, 403 deny (viewer) |
+//! | GET | `/api/v1/features/{name}` | 200 licensed, 403 not licensed (viewer) |
 //!
 //! Reading usage takes no lock on the tables: every figure is a sum of sharded atomics.
+//! Credentials are HTTP basic auth against `[[admin.users]]`; with no users configured,
+//! reads are open (the API listens on loopback by default) and admin actions answer 401.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use serde::Serialize;
 
 use crate::AgentState;
+use crate::auth::{Denied, Role};
+use crate::license::Installed;
+
+/// Largest license upload accepted.
+pub const LICENSE_UPLOAD_BYTES_MAX: usize = 64 * 1024;
 
 /// The body of `GET /api/v1/usage`. Field names are a contract (MISSION.md, issue 2).
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -102,6 +114,13 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/usage", get(usage))
         .route("/api/v1/usage/history", get(history))
+        .route("/api/v1/license", get(license_get).put(license_put))
+        .route("/api/v1/license/reload", post(license_reload))
+        .route("/api/v1/admit", get(admit))
+        .route("/api/v1/features/{name}", get(feature))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            LICENSE_UPLOAD_BYTES_MAX,
+        ))
         .with_state(state)
 }
 
@@ -138,4 +157,173 @@ async fn history(State(state): State<Arc<AgentState>>) -> axum::Json<Vec<MinuteR
             })
             .collect(),
     )
+}
+
+/// A JSON error body: `{"error": CODE, "message": "…"}`.
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": code, "message": message.into() });
+    let mut response = (status, axum::Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"tollgate\""),
+        );
+    }
+    response
+}
+
+/// Checks the request's credentials for `needed`.
+#[allow(clippy::result_large_err)]
+fn authorize(state: &AgentState, headers: &HeaderMap, needed: Role) -> Result<(), Response> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match state.users.authorize(authorization, needed) {
+        Ok(_) => Ok(()),
+        Err(Denied::Unauthenticated) => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "missing or invalid credentials",
+        )),
+        Err(Denied::Forbidden) => Err(error(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "this action needs the admin role",
+        )),
+        Err(Denied::NoUsersConfigured) => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "NO_ADMIN_USERS",
+            "no admin users are configured: add [[admin.users]] to the agent's config",
+        )),
+    }
+}
+
+/// The body of `GET /api/v1/license`.
+#[derive(Debug, Serialize)]
+pub struct LicenseReport {
+    pub node_id: String,
+    /// The document in force (absent: none).
+    pub license: Option<tollgate_license::Document>,
+    /// The armored text in force, as signed.
+    pub armored: Option<String>,
+    pub evaluation: Option<std::sync::Arc<tollgate_license::Evaluation>>,
+    /// The evaluation in plain words, one sentence per line.
+    pub explanation: Option<String>,
+}
+
+pub fn license_report(state: &AgentState) -> LicenseReport {
+    let current = state.license.current();
+    let evaluation = state.license.last_evaluation();
+    LicenseReport {
+        node_id: state.node_id.clone(),
+        license: current.as_ref().map(|c| c.document().clone()),
+        armored: current.as_ref().map(|c| c.armored().to_owned()),
+        explanation: evaluation.as_ref().map(|e| e.explain()),
+        evaluation,
+    }
+}
+
+async fn license_get(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Viewer) {
+        return r;
+    }
+    axum::Json(license_report(&state)).into_response()
+}
+
+fn installed_response(
+    state: &AgentState,
+    result: Result<Installed, crate::license::InstallError>,
+) -> Response {
+    match result {
+        Ok(installed) => {
+            // Re-evaluate at once so the answer and the next admit see the new license.
+            state.evaluate_license();
+            axum::Json(installed).into_response()
+        }
+        Err(e) => {
+            let status = match e {
+                crate::license::InstallError::Read { .. }
+                | crate::license::InstallError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                crate::license::InstallError::NoSource => StatusCode::NOT_FOUND,
+                crate::license::InstallError::NotNewer { .. } => StatusCode::CONFLICT,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            tracing::warn!(code = e.code(), error = %e, "license refused");
+            error(status, e.code(), e.to_string())
+        }
+    }
+}
+
+async fn license_put(
+    State(state): State<Arc<AgentState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Admin) {
+        return r;
+    }
+    let now = tollgate_ingest::wall_clock().unix_ms();
+    let result = state.license.install(&body, now, "upload");
+    installed_response(&state, result)
+}
+
+async fn license_reload(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Admin) {
+        return r;
+    }
+    let now = tollgate_ingest::wall_clock().unix_ms();
+    let result = state.license.reload(now);
+    installed_response(&state, result)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct AdmitQuery {
+    call_id: String,
+    #[serde(default)]
+    emergency: Option<String>,
+}
+
+async fn admit(
+    State(state): State<Arc<AgentState>>,
+    headers: HeaderMap,
+    Query(q): Query<AdmitQuery>,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Viewer) {
+        return r;
+    }
+    let emergency = matches!(q.emergency.as_deref(), Some("1" | "true" | "yes" | ""));
+    match state.admission.decide(q.call_id.as_bytes(), emergency) {
+        tollgate_ingest::Decision::Admit => {
+            axum::Json(serde_json::json!({"decision": "ok"})).into_response()
+        }
+        tollgate_ingest::Decision::Deny(code) => (
+            StatusCode::FORBIDDEN,
+            axum::Json(serde_json::json!({"decision": "deny", "code": code})),
+        )
+            .into_response(),
+    }
+}
+
+async fn feature(
+    State(state): State<Arc<AgentState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Viewer) {
+        return r;
+    }
+    let licensed = state
+        .license
+        .current()
+        .is_some_and(|c| c.document().has_feature(&name))
+        && state
+            .license
+            .last_evaluation()
+            .is_some_and(|e| e.license_status == tollgate_license::StatusCode::Ok);
+    let body = axum::Json(serde_json::json!({"feature": name, "licensed": licensed}));
+    if licensed {
+        body.into_response()
+    } else {
+        (StatusCode::FORBIDDEN, body).into_response()
+    }
 }

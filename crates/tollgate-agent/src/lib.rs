@@ -11,8 +11,10 @@
 //! What it deliberately lacks: usage rules (in `tollgate-usage`), wire formats
 //! (`tollgate-events`), socket tricks (`tollgate-ingest`).
 
+pub mod auth;
 pub mod config;
 pub mod http;
+pub mod license;
 pub mod metrics;
 pub mod state;
 
@@ -26,8 +28,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tollgate_ingest::{
-    AdmitAll, BatchObserver, Endpoint, Ingest, IngestConfig, IngestStats, Pipeline, RecvMode,
-    SocketOptions, wall_clock,
+    BatchObserver, Endpoint, Ingest, IngestConfig, IngestStats, Pipeline, RecvMode, SocketOptions,
+    wall_clock,
 };
 use tollgate_usage::{SequenceTracker, Tables, TablesConfig, Timestamp};
 
@@ -60,13 +62,33 @@ pub struct SnapshotStats {
 }
 
 /// What the admin server and the background tasks share.
-#[derive(Debug)]
 pub struct AgentState {
     pub node_id: String,
     pub tables: Arc<Tables>,
     pub ingest_stats: IngestStats,
     pub started: Instant,
     pub snapshots: Mutex<SnapshotStats>,
+    pub license: Arc<license::LicenseManager>,
+    pub users: auth::Users,
+    /// The same admission the ingest threads answer `admit` with.
+    pub admission: Arc<dyn tollgate_ingest::Admission>,
+}
+
+impl std::fmt::Debug for AgentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentState")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentState {
+    /// Evaluates the license against current usage now (every second, and after a change).
+    pub fn evaluate_license(&self) -> Arc<tollgate_license::Evaluation> {
+        let now = wall_clock().unix_ms();
+        self.license
+            .tick(now, &license::license_usage(&self.tables.usage()))
+    }
 }
 
 /// Where a running agent listens: written to `<state_dir>/agent.json`.
@@ -106,11 +128,25 @@ pub async fn run(
         key,
     ));
     restore_snapshot(&state_dir, &tables);
+    let license = Arc::new(license::LicenseManager::open(
+        license::LicenseSettings {
+            license_key: config.license_key.clone(),
+            file: config.license_file.clone(),
+            trusted: config.trusted_keys.clone(),
+            host_id: config.host_id.clone(),
+            unlicensed_mode: config.unlicensed_mode,
+        },
+        Arc::clone(&state_dir),
+        wall_clock().unix_ms(),
+    ));
+    let admission: Arc<dyn tollgate_ingest::Admission> = Arc::new(
+        license::LicenseAdmission::local(license.gate(), Arc::clone(&tables)),
+    );
 
     let pipeline = Pipeline {
         tables: Arc::clone(&tables),
         sequences: Arc::new(SequenceTracker::default()),
-        admission: Arc::new(AdmitAll),
+        admission: Arc::clone(&admission),
         observer: Some(Arc::new(PeakSampler(Arc::clone(&tables)))),
     };
     let mut endpoints = Vec::new();
@@ -139,7 +175,11 @@ pub async fn run(
         ingest_stats: ingest.stats().clone(),
         started: Instant::now(),
         snapshots: Mutex::new(SnapshotStats::default()),
+        license: Arc::clone(&license),
+        users: auth::Users::new(config.users.clone()),
+        admission,
     });
+    state.evaluate_license();
 
     let listener = tokio::net::TcpListener::bind(config.admin_listen)
         .await
@@ -185,6 +225,7 @@ pub async fn run(
         config.snapshot_interval,
     ));
     let reports = tokio::spawn(report_task(Arc::clone(&state), config.report_interval));
+    let evaluations = tokio::spawn(license_task(Arc::clone(&state)));
 
     tracing::info!(
         node_id = %config.node_id,
@@ -206,6 +247,8 @@ pub async fn run(
     let _ = sweeper.join();
     snapshots.abort();
     reports.abort();
+    evaluations.abort();
+    license.persist();
     write_snapshot(&state, &state_dir);
     state_dir.clear_runtime();
     served.map_err(AgentError::AdminServe)
@@ -279,6 +322,20 @@ async fn snapshot_task(state: Arc<AgentState>, state_dir: Arc<StateDir>, every: 
         let _ = tokio::task::spawn_blocking(move || write_snapshot(&s, &d)).await;
     }
 }
+
+/// Evaluates the license every second. Admission itself never waits for this: the gate
+/// reads the live calls count at each `admit`; this refreshes the plan, status and logs.
+async fn license_task(state: Arc<AgentState>) {
+    let mut tick = tokio::time::interval(LICENSE_EVALUATION_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        state.evaluate_license();
+    }
+}
+
+/// How often the license is evaluated against usage.
+pub const LICENSE_EVALUATION_INTERVAL: Duration = Duration::from_secs(1);
 
 async fn report_task(state: Arc<AgentState>, every: Duration) {
     let mut tick = tokio::time::interval(every);

@@ -201,6 +201,8 @@ pub fn render(state: &AgentState) -> String {
         t.recv_errors,
     );
 
+    render_license(&mut m, state);
+
     let snap = state.snapshots.lock().clone();
     m.counter(
         "tollgate_snapshots_total",
@@ -223,6 +225,94 @@ pub fn render(state: &AgentState) -> String {
         snap.last_bytes,
     );
     m.finish()
+}
+
+fn render_license(m: &mut MetricsWriter, state: &AgentState) {
+    let Some(e) = state.license.last_evaluation() else {
+        return;
+    };
+    m.header(
+        "tollgate_license_status",
+        "gauge",
+        "1 for the license status in force (stable codes), 0 for the others.",
+    );
+    for code in tollgate_license::StatusCode::ALL {
+        let _ = writeln!(
+            m.out,
+            "tollgate_license_status{{code=\"{}\"}} {}",
+            code.as_str(),
+            u8::from(code == e.status)
+        );
+    }
+    m.gauge(
+        "tollgate_license_status_code",
+        "The license status as a number: 0 OK, 1 WARNING, 2 OVER_LIMIT, 3 LEASE_EXPIRED, 4 EXPIRED, 5 NOT_YET_VALID, 6 HOST_MISMATCH, 7 ROLLBACK, 8 INVALID, 9 NO_LICENSE.",
+        e.status as u8,
+    );
+    m.gauge(
+        "tollgate_license_enforcing",
+        "1 when the license denies new calls beyond its limit (enforce mode), 0 when it only warns.",
+        u8::from(e.mode == tollgate_license::Mode::Enforce),
+    );
+    if let Some(current) = state.license.current() {
+        m.gauge(
+            "tollgate_license_serial",
+            "Serial of the license in force.",
+            current.document().serial,
+        );
+    }
+    m.header(
+        "tollgate_license_usage",
+        "gauge",
+        "Usage counted against each license limit.",
+    );
+    for (name, _, l) in e.limits.iter() {
+        let _ = writeln!(
+            m.out,
+            "tollgate_license_usage{{limit=\"{name}\"}} {}",
+            l.usage
+        );
+    }
+    m.header(
+        "tollgate_license_limit",
+        "gauge",
+        "Each license limit (absent: unlimited).",
+    );
+    for (name, _, l) in e.limits.iter() {
+        if let Some(limit) = l.limit {
+            let _ = writeln!(m.out, "tollgate_license_limit{{limit=\"{name}\"}} {limit}");
+        }
+    }
+    m.header(
+        "tollgate_license_headroom",
+        "gauge",
+        "Limit minus usage for each limited figure (negative: over).",
+    );
+    for (name, _, l) in e.limits.iter() {
+        if let Some(h) = l.headroom {
+            let _ = writeln!(m.out, "tollgate_license_headroom{{limit=\"{name}\"}} {h}");
+        }
+    }
+    if let Some(ms) = e.ms_to_expiry {
+        m.gauge(
+            "tollgate_license_seconds_to_expiry",
+            "Seconds until the license's valid_until (negative: past).",
+            ms / 1000,
+        );
+    }
+    if let Some(ms) = e.ms_to_lease_end {
+        m.gauge(
+            "tollgate_license_seconds_to_lease_end",
+            "Seconds until the signature lease ends (negative: past); renewal extends it.",
+            ms / 1000,
+        );
+    }
+    let t = state.ingest_stats.snapshot().totals;
+    m.counter(
+        "tollgate_admit_denied_total",
+        "admit queries answered with deny.",
+        t.outcomes[EventOutcome::AdmitDenied as usize],
+    );
 }
 
 #[cfg(test)]

@@ -1,0 +1,458 @@
+//! The agent's license: which document is current, where it is kept, how it is evaluated
+//! every second against usage, and the lock-free admission gate the ingest threads read.
+//!
+//! Files in the state dir:
+//! - `license.current` — the license in force (armored text, as signed);
+//! - `license.previous` — the one it replaced, kept for a manual rollback by an operator
+//!   (never loaded automatically: its serial is lower);
+//! - `license.state` — the rollback watermarks (highest serial accepted, latest wall-clock
+//!   time seen), so a restart cannot be used to roll back the serial or the clock.
+//!
+//! Sources of a license, in order of trust: an upload (`PUT /api/v1/license`), a reload of
+//! `[license] file`, the state dir at start. Whatever the source, a candidate replaces the
+//! current license only if it verifies against the trusted keys, passes the rollback /
+//! clock / host checks, and supersedes the current one (higher serial, or same serial with
+//! a later lease).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tollgate_ingest::{Admission, Decision};
+use tollgate_license::{
+    AdmissionGate, AdmissionPlan, Context, Evaluation, Mode, StatusCode, TrustedKeys,
+    VerifiedLicense,
+};
+use tollgate_usage::Tables;
+
+use crate::state::{StateDir, StateError, write_atomically};
+
+pub const CURRENT_FILE: &str = "license.current";
+pub const PREVIOUS_FILE: &str = "license.previous";
+pub const WATERMARKS_FILE: &str = "license.state";
+
+/// How often the clock watermark is written to disk (it is kept in memory every second).
+pub const WATERMARK_PERSIST_MS: u64 = 60_000;
+/// A threshold warning is repeated this often while it lasts.
+pub const WARNING_REPEAT_MS: u64 = 24 * 3600 * 1000;
+
+/// Why a candidate license was not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("{0}")]
+    Verify(#[from] tollgate_license::VerifyError),
+    #[error("{0}")]
+    Refused(#[from] tollgate_license::Refusal),
+    #[error(
+        "serial {serial} does not supersede the current license (serial {current_serial}); upload a newer document"
+    )]
+    NotNewer { serial: u64, current_serial: u64 },
+    #[error("license key {found} does not match the configured license key {configured}")]
+    WrongKey { found: String, configured: String },
+    #[error("no license source: set [license] file, or upload one")]
+    NoSource,
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl InstallError {
+    /// The stable status code a refusal maps to (for API bodies and metrics).
+    pub fn code(&self) -> &'static str {
+        match self {
+            InstallError::Verify(e) => e.code().as_str(),
+            InstallError::Refused(r) => r.code().as_str(),
+            InstallError::NotNewer { .. } => "NOT_NEWER",
+            InstallError::WrongKey { .. } => "WRONG_LICENSE_KEY",
+            InstallError::NoSource => "NO_SOURCE",
+            InstallError::Read { .. } | InstallError::State(_) => "IO_ERROR",
+        }
+    }
+}
+
+/// What an install or reload did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Installed {
+    /// False when the candidate was the license already in force.
+    pub changed: bool,
+    pub license_key: String,
+    pub serial: u64,
+    pub previous_serial: Option<u64>,
+    pub message: String,
+}
+
+/// The rollback defence, persisted across restarts.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+struct Watermarks {
+    serial_seen_max: Option<u64>,
+    time_recorded_max_ms: Option<u64>,
+}
+
+/// Settings of the license manager (from `[license]` and `[general]`).
+#[derive(Debug, Clone, Default)]
+pub struct LicenseSettings {
+    pub license_key: Option<String>,
+    pub file: Option<PathBuf>,
+    pub trusted: TrustedKeys,
+    pub host_id: Option<String>,
+    pub unlicensed_mode: Mode,
+}
+
+/// What the log has already said, so transitions are logged once.
+#[derive(Debug, Default)]
+struct LogMemory {
+    status: Option<StatusCode>,
+    /// Per limit (calls, subscribers, registered_subscribers): status last logged and when.
+    limits: [(Option<StatusCode>, u64); 3],
+}
+
+/// The agent's license state. Shared by the HTTP handlers, the evaluation task and (through
+/// its gate) the ingest threads.
+#[derive(Debug)]
+pub struct LicenseManager {
+    settings: LicenseSettings,
+    state_dir: Arc<StateDir>,
+    current: Mutex<Option<Arc<VerifiedLicense>>>,
+    watermarks: Mutex<(Watermarks, u64)>,
+    gate: Arc<AdmissionGate>,
+    last: Mutex<Option<Arc<Evaluation>>>,
+    log: Mutex<LogMemory>,
+}
+
+impl LicenseManager {
+    /// Loads the watermarks and the best license found in the state dir and `[license]
+    /// file`. Problems are logged, never fatal: the agent runs unlicensed until fixed.
+    pub fn open(settings: LicenseSettings, state_dir: Arc<StateDir>, now_ms: u64) -> Self {
+        let watermarks = read_watermarks(state_dir.path());
+        let manager = LicenseManager {
+            settings,
+            state_dir,
+            current: Mutex::new(None),
+            watermarks: Mutex::new((watermarks, now_ms)),
+            gate: Arc::new(AdmissionGate::new(AdmissionPlan::ADMIT_ALL)),
+            last: Mutex::new(None),
+            log: Mutex::new(LogMemory::default()),
+        };
+        let stored = manager.state_dir.path().join(CURRENT_FILE);
+        match std::fs::read(&stored) {
+            Ok(text) => match manager.install(&text, now_ms, "state dir") {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, path = %stored.display(), "stored license refused")
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(error = %e, path = %stored.display(), "cannot read stored license")
+            }
+        }
+        if manager.settings.file.is_some() {
+            match manager.reload(now_ms) {
+                Ok(_) => {}
+                Err(InstallError::NotNewer { .. }) => {}
+                Err(e) => tracing::error!(error = %e, "license file refused"),
+            }
+        }
+        if manager.current().is_none() {
+            tracing::warn!(
+                mode = ?manager.settings.unlicensed_mode,
+                "no valid license: running unlicensed (status NO_LICENSE)"
+            );
+        }
+        manager
+    }
+
+    /// The gate the ingest threads consult for `admit`.
+    pub fn gate(&self) -> Arc<AdmissionGate> {
+        Arc::clone(&self.gate)
+    }
+
+    pub fn current(&self) -> Option<Arc<VerifiedLicense>> {
+        self.current.lock().clone()
+    }
+
+    /// The latest evaluation (none before the first tick).
+    pub fn last_evaluation(&self) -> Option<Arc<Evaluation>> {
+        self.last.lock().clone()
+    }
+
+    pub fn settings(&self) -> &LicenseSettings {
+        &self.settings
+    }
+
+    fn context(&self, now_ms: u64) -> Context<'_> {
+        let (w, _) = *self.watermarks.lock();
+        Context {
+            now_ms,
+            host_id: self.settings.host_id.as_deref(),
+            serial_seen_max: w.serial_seen_max,
+            time_recorded_max_ms: w.time_recorded_max_ms,
+            unlicensed_mode: self.settings.unlicensed_mode,
+        }
+    }
+
+    /// Verifies `text` and makes it the current license if it supersedes the one in force.
+    /// `source` says where it came from, for the log.
+    pub fn install(
+        &self,
+        text: &[u8],
+        now_ms: u64,
+        source: &str,
+    ) -> Result<Installed, InstallError> {
+        let candidate = tollgate_license::verify(text, &self.settings.trusted)?;
+        candidate.check(&self.context(now_ms))?;
+        let doc = candidate.document();
+        if let Some(configured) = &self.settings.license_key
+            && &doc.license_key != configured
+        {
+            return Err(InstallError::WrongKey {
+                found: doc.license_key.clone(),
+                configured: configured.clone(),
+            });
+        }
+        let mut current = self.current.lock();
+        let previous_serial = current.as_ref().map(|c| c.document().serial);
+        if let Some(cur) = current.as_ref() {
+            if cur.document() == doc {
+                return Ok(Installed {
+                    changed: false,
+                    license_key: doc.license_key.clone(),
+                    serial: doc.serial,
+                    previous_serial,
+                    message: "this license is already in force".into(),
+                });
+            }
+            if !doc.supersedes(cur.document()) {
+                return Err(InstallError::NotNewer {
+                    serial: doc.serial,
+                    current_serial: cur.document().serial,
+                });
+            }
+        }
+        // Persist before switching: what is in force is always what a restart loads.
+        let dir = self.state_dir.path();
+        let current_path = dir.join(CURRENT_FILE);
+        if source != "state dir" {
+            if current.is_some() && current_path.exists() {
+                std::fs::rename(&current_path, dir.join(PREVIOUS_FILE)).map_err(|source| {
+                    StateError::Io {
+                        path: current_path.clone(),
+                        source,
+                    }
+                })?;
+            }
+            write_atomically(&current_path, candidate.armored().as_bytes(), 0o600)?;
+        }
+        {
+            let mut w = self.watermarks.lock();
+            w.0.serial_seen_max = Some(w.0.serial_seen_max.unwrap_or(0).max(doc.serial));
+            w.0.time_recorded_max_ms = Some(w.0.time_recorded_max_ms.unwrap_or(0).max(now_ms));
+            write_watermarks(dir, &w.0)?;
+            w.1 = now_ms;
+        }
+        tracing::info!("{}", tollgate_license::log_line(doc));
+        tracing::info!(source, serial = doc.serial, previous_serial = ?previous_serial, key_id = %candidate.key_id(), "license installed");
+        let installed = Installed {
+            changed: true,
+            license_key: doc.license_key.clone(),
+            serial: doc.serial,
+            previous_serial,
+            message: match previous_serial {
+                Some(p) => format!(
+                    "license {} replaced serial {p} with serial {}",
+                    doc.license_key, doc.serial
+                ),
+                None => format!(
+                    "license {} serial {} installed",
+                    doc.license_key, doc.serial
+                ),
+            },
+        };
+        *current = Some(Arc::new(candidate));
+        Ok(installed)
+    }
+
+    /// Re-reads `[license] file` (or, without one, the stored current license) and installs
+    /// it if it verifies. `Ok` means a valid license is in force afterwards.
+    pub fn reload(&self, now_ms: u64) -> Result<Installed, InstallError> {
+        let path = match &self.settings.file {
+            Some(p) => p.clone(),
+            None => {
+                let stored = self.state_dir.path().join(CURRENT_FILE);
+                if !stored.exists() {
+                    return Err(InstallError::NoSource);
+                }
+                stored
+            }
+        };
+        let text = std::fs::read(&path).map_err(|source| InstallError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        self.install(&text, now_ms, "reload")
+    }
+
+    /// Evaluates the current license against `usage` at `now_ms`, publishes the admission
+    /// plan to the gate, and logs transitions. Called every second by the agent.
+    pub fn tick(&self, now_ms: u64, usage: &tollgate_license::Usage) -> Arc<Evaluation> {
+        {
+            let mut w = self.watermarks.lock();
+            // The clock watermark only moves forward; a clock set back is caught by
+            // `check` through the context.
+            if w.0.time_recorded_max_ms.is_none_or(|t| now_ms > t) {
+                w.0.time_recorded_max_ms = Some(now_ms);
+            }
+            if now_ms.saturating_sub(w.1) >= WATERMARK_PERSIST_MS {
+                if let Err(e) = write_watermarks(self.state_dir.path(), &w.0) {
+                    tracing::warn!(error = %e, "cannot persist license watermarks");
+                }
+                w.1 = now_ms;
+            }
+        }
+        let current = self.current();
+        let evaluation = Arc::new(tollgate_license::evaluate(
+            current.as_deref(),
+            &self.context(now_ms),
+            usage,
+        ));
+        self.gate.set(evaluation.admission);
+        self.log_transitions(now_ms, &evaluation);
+        *self.last.lock() = Some(Arc::clone(&evaluation));
+        evaluation
+    }
+
+    /// Writes the watermarks now (at shutdown).
+    pub fn persist(&self) {
+        let w = self.watermarks.lock();
+        if let Err(e) = write_watermarks(self.state_dir.path(), &w.0) {
+            tracing::warn!(error = %e, "cannot persist license watermarks");
+        }
+    }
+
+    fn log_transitions(&self, now_ms: u64, e: &Evaluation) {
+        let mut log = self.log.lock();
+        if log.status != Some(e.status) {
+            let explanation = e.explain();
+            match e.status {
+                StatusCode::Ok if log.status.is_some() => {
+                    tracing::info!(
+                        status = e.status.as_str(),
+                        "license status back to OK: {explanation}"
+                    )
+                }
+                StatusCode::Ok => {}
+                StatusCode::Warning | StatusCode::LeaseExpired => {
+                    tracing::warn!(
+                        status = e.status.as_str(),
+                        "license status {}: {explanation}",
+                        e.status.as_str()
+                    )
+                }
+                _ => tracing::error!(
+                    status = e.status.as_str(),
+                    "license status {}: {explanation}",
+                    e.status.as_str()
+                ),
+            }
+            log.status = Some(e.status);
+        }
+        for (i, (name, _, limit)) in e.limits.iter().into_iter().enumerate() {
+            let (last, at) = log.limits[i];
+            let bad = matches!(limit.status, StatusCode::Warning | StatusCode::OverLimit);
+            let repeat = bad && now_ms.saturating_sub(at) >= WARNING_REPEAT_MS;
+            if last != Some(limit.status) || repeat {
+                let limit_value = limit
+                    .limit
+                    .map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
+                match limit.status {
+                    StatusCode::Warning => tracing::warn!(
+                        limit = name, usage = limit.usage, license_limit = %limit_value, warn_at = ?limit.warn_at,
+                        "license threshold crossed: {name} at {} of {limit_value}", limit.usage
+                    ),
+                    StatusCode::OverLimit => tracing::error!(
+                        limit = name, usage = limit.usage, license_limit = %limit_value,
+                        "license limit exceeded: {name} at {} of {limit_value} (mode {:?})", limit.usage, e.mode
+                    ),
+                    _ if last.is_some_and(|s| {
+                        matches!(s, StatusCode::Warning | StatusCode::OverLimit)
+                    }) =>
+                    {
+                        tracing::info!(
+                            limit = name,
+                            usage = limit.usage,
+                            "license usage back under the warning threshold: {name}"
+                        )
+                    }
+                    _ => {}
+                }
+                log.limits[i] = (Some(limit.status), now_ms);
+            }
+        }
+    }
+}
+
+fn read_watermarks(dir: &Path) -> Watermarks {
+    let path = dir.join(WATERMARKS_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::error!(error = %e, path = %path.display(), "license watermarks unreadable; rollback defence starts over");
+            Watermarks::default()
+        }),
+        Err(_) => Watermarks::default(),
+    }
+}
+
+fn write_watermarks(dir: &Path, w: &Watermarks) -> Result<(), StateError> {
+    let json = serde_json::to_vec(w).unwrap_or_default();
+    write_atomically(&dir.join(WATERMARKS_FILE), &json, 0o600)
+}
+
+/// Answers `admit` on the ingest threads: one relaxed atomic load of the published plan,
+/// and the current calls count (a lock-free sum) only when the plan needs it.
+pub struct LicenseAdmission {
+    pub gate: Arc<AdmissionGate>,
+    pub calls: Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for LicenseAdmission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LicenseAdmission")
+            .field("plan", &self.gate.plan())
+            .finish()
+    }
+}
+
+impl LicenseAdmission {
+    /// Admission against this node's own calls.
+    pub fn local(gate: Arc<AdmissionGate>, tables: Arc<Tables>) -> Self {
+        LicenseAdmission {
+            gate,
+            calls: Arc::new(move || tables.usage().calls),
+        }
+    }
+}
+
+impl Admission for LicenseAdmission {
+    #[inline]
+    fn decide(&self, _call_id: &[u8], emergency: bool) -> Decision {
+        match self.gate.decide_with(emergency, || (self.calls)()) {
+            tollgate_license::Decision::Admit => Decision::Admit,
+            tollgate_license::Decision::Deny(code) => Decision::Deny(code.as_str()),
+        }
+    }
+}
+
+/// The license crate's view of usage, from the tables' counts.
+pub fn license_usage(u: &tollgate_usage::Usage) -> tollgate_license::Usage {
+    tollgate_license::Usage {
+        calls: u.calls,
+        emergency_calls: u.emergency_calls,
+        subscribers: u.subscribers,
+        registered_subscribers: u.registered_subscribers,
+    }
+}
