@@ -61,6 +61,14 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     config.events_udp = Some("127.0.0.1:0".parse().context("address")?);
     config.admin_listen = "127.0.0.1:0".parse().context("address")?;
     config.report_interval = Duration::from_secs(10);
+    // A vendor key and a license sized so this run crosses the warning threshold and then
+    // the calls limit (in warn mode: the page and the log say so, calls still pass).
+    let vendor = tollgate_license::SigningKey::generate();
+    config.trusted_keys = tollgate_license::TrustedKeys::single(vendor.public_key());
+    let license_path = dir.path().join("license.txt");
+    std::fs::write(&license_path, demo_license(&vendor, &args)?)
+        .context("write the demo license")?;
+    config.license_file = Some(license_path);
 
     let rt = crate::runtime()?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<RuntimeInfo>();
@@ -142,6 +150,10 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
 
     let admin = format!("http://{}", info.admin);
     let client = reqwest::Client::new();
+    let fetch_license = |client: &reqwest::Client| -> Option<serde_json::Value> {
+        let url = format!("{admin}/api/v1/license");
+        rt.block_on(async { client.get(&url).send().await.ok()?.json().await.ok() })
+    };
     let fetch = |client: &reqwest::Client| {
         let url = format!("{admin}/api/v1/usage");
         rt.block_on(async {
@@ -178,6 +190,9 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
                 args.duration
             );
             let _ = write!(out, "{}", crate::status::render(&r, &admin));
+            if let Some(l) = fetch_license(&client) {
+                let _ = write!(out, "{}", crate::status::render_license(&l));
+            }
             let _ = writeln!(out, "events/s: {rate:.0}");
             let _ = writeln!(out, "\nstate dir: {}", state_dir.display());
             let _ = out.flush();
@@ -257,4 +272,46 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
             "the agent's counts differ from the generators'"
         )))
     }
+}
+
+/// Expected concurrent calls after `t` seconds of Erlang traffic from empty:
+/// λ·h·(1 − e^(−t/h)) with λ the total arrival rate and h the mean holding time.
+fn expected_calls(cps_total: f64, hold: f64, t: f64) -> f64 {
+    cps_total * hold * (1.0 - (-t / hold).exp())
+}
+
+/// A subscription license for the demo, its calls limit just under what the run will reach.
+fn demo_license(vendor: &tollgate_license::SigningKey, args: &DemoArgs) -> Result<String, Failure> {
+    let peak = expected_calls(
+        2.0 * f64::from(args.cps),
+        f64::from(args.hold.max(1)),
+        args.duration as f64,
+    );
+    let calls = ((peak * 0.95) as u64).max(10);
+    let subscribers = 100_000;
+    let registered = (u64::from(args.registrations) * 5 / 2).max(10);
+    let spec = format!(
+        "license_key = \"DEMO_000000001_c0ffee\"\ncustomer = \"Demo Telecom\"\nkind = \"subscription\"\n\
+         serial = 1\nvalid_until = \"{}\"\nlease_days = 14\nfeatures = [\"pbx\", \"sms\"]\n\n\
+         [limits]\ncalls = {calls}\nsubscribers = {subscribers}\nregistered_subscribers = {registered}\n\n\
+         [policy]\nmode = \"warn\"\n",
+        rfc3339_in_days(30)
+    );
+    let now_ms = tollgate_ingest::wall_clock().unix_ms();
+    let document = tollgate_license::LicenseSpec::parse(&spec)
+        .and_then(|s| s.to_document(vendor.key_id(), now_ms))
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("demo license spec: {e}")))?;
+    tollgate_license::sign(&document, vendor)
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("sign: {e}")))
+}
+
+fn rfc3339_in_days(days: i64) -> String {
+    let at = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+    at.replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
