@@ -259,12 +259,14 @@ pub fn receive_loop(
 }
 
 /// A bare drain loop: receive in the same batches and count, nothing else. The baseline the
-/// ingest benchmark compares [`receive_loop`] against.
+/// ingest benchmark compares [`receive_loop`] against. Publishes the datagrams received so
+/// far into `received` once per batch, as [`receive_loop`] publishes its counters.
 pub fn drain_loop(
     socket: &EventSocket,
     batch: &mut RecvBatch,
     stop: &AtomicBool,
     mode: RecvMode,
+    received: &AtomicU64,
 ) -> (u64, u64) {
     let (mut datagrams, mut bytes) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
@@ -272,8 +274,13 @@ pub fn drain_loop(
             Ok(n) => {
                 datagrams += n as u64;
                 bytes += batch.iter().map(|r| r.data.len() as u64).sum::<u64>();
+                received.store(datagrams, Ordering::Relaxed);
             }
-            Err(e) if is_transient(&e) => continue,
+            Err(e) if is_transient(&e) => {
+                if mode == RecvMode::Spin {
+                    std::hint::spin_loop();
+                }
+            }
             Err(_) => break,
         }
     }

@@ -173,6 +173,13 @@ atomic_mirror! {
     recv_errors: one,
 }
 
+impl ThreadStats {
+    /// Datagrams published so far (for a watcher that waits for a count).
+    pub fn datagrams(&self) -> u64 {
+        self.datagrams.load(Relaxed)
+    }
+}
+
 /// A summed view of every ingest thread's counters.
 #[derive(Debug, Default, Clone)]
 pub struct StatsSnapshot {
