@@ -2,6 +2,7 @@
 //!
 //! | method | path | answer |
 //! | --- | --- | --- |
+//! | GET | `/` | the operator's web page (see `web.rs`) |
 //! | GET | `/healthz` | `ok` (200) while the agent runs |
 //! | GET | `/metrics` | Prometheus text exposition |
 //! | GET | `/api/v1/usage` | this node's usage as JSON ([`UsageReport`]) |
@@ -118,6 +119,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/api/v1/license/reload", post(license_reload))
         .route("/api/v1/admit", get(admit))
         .route("/api/v1/features/{name}", get(feature))
+        .merge(crate::web::routes())
         .layer(axum::extract::DefaultBodyLimit::max(
             LICENSE_UPLOAD_BYTES_MAX,
         ))

@@ -17,6 +17,7 @@ pub mod http;
 pub mod license;
 pub mod metrics;
 pub mod state;
+pub mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
