@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Short run for CI: proves the tool works (every reply checked); the figures of a quick run
+# are not reported.
+set -euo pipefail
+cargo run --release -p admit-bench -- --quick
