@@ -1,0 +1,1 @@
+//! The vendor's license server (work in progress).
