@@ -123,8 +123,8 @@ pub fn render_license(l: &serde_json::Value) -> String {
     }
     let _ = writeln!(
         s,
-        "{:<26}{:>12}{:>12}{:>8}  {}",
-        "", "usage", "limit", "%", "state"
+        "{:<26}{:>12}{:>12}{:>8}  state",
+        "", "usage", "limit", "%"
     );
     for name in ["calls", "subscribers", "registered_subscribers"] {
         let l = &e["limits"][name];
