@@ -138,7 +138,7 @@ pub fn render_license(l: &serde_json::Value) -> String {
             s,
             "{:<26}{:>12}{:>12}{:>8}  {}",
             name.replace('_', " "),
-            l["usage"],
+            l["usage"].to_string(),
             limit,
             pct,
             l["status"].as_str().unwrap_or("?")

@@ -215,7 +215,8 @@ pub struct LicenseReport {
 
 pub fn license_report(state: &AgentState) -> LicenseReport {
     let current = state.license.current();
-    let evaluation = state.license.last_evaluation();
+    // Evaluated now (tens of nanoseconds), so the answer reflects this instant's usage.
+    let evaluation = Some(state.evaluate_license());
     LicenseReport {
         node_id: state.node_id.clone(),
         license: current.as_ref().map(|c| c.document().clone()),
