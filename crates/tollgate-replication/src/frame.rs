@@ -1,0 +1,386 @@
+//! The frames replicas exchange, and their codec.
+//!
+//! A frame on the wire is one version byte ([`FRAME_VERSION`]) followed by the postcard
+//! encoding of [`Frame`]; nothing may follow it. Every decoded frame is validated
+//! ([`Frame::validate`]) before it is returned, and every frame is validated again (debug
+//! builds) before it is encoded: assertions in pairs.
+//!
+//! | frame | sent as | to | when |
+//! | --- | --- | --- | --- |
+//! | [`Frame::Record`] | datagram (stream at leave and on connect) | every peer | own record changed (coalesced, at most every `push_interval_ms`) |
+//! | [`Frame::Heartbeat`] | datagram | every peer | nothing emitted for `heartbeat_interval_ms` |
+//! | [`Frame::PullRecord`] | datagram | one peer | its heartbeat named content this node lacks |
+//! | [`Frame::Digest`] | stream | `anti_entropy_fanout` random peers | every `anti_entropy_interval_ms` (digest mode) |
+//! | [`Frame::Table`] | stream | one peer, or random peers | answer to `Pull`/`Digest`; anti-entropy (table mode) |
+//! | [`Frame::Pull`] | stream | one peer | a joiner, once, on its first connection |
+//! | [`Frame::LicensePull`] | stream | one peer | that peer advertises a higher license serial |
+//! | [`Frame::License`] | stream | one peer | answer to `LicensePull` |
+
+use serde::{Deserialize, Serialize};
+
+use crate::NODES_MAX;
+use crate::record::{Record, RecordError, Version, validate_node_id};
+
+/// The version byte every frame starts with.
+pub const FRAME_VERSION: u8 = 1;
+
+/// Largest encoded frame accepted or produced, in bytes (a full table of [`NODES_MAX`]
+/// records of the largest size fits, with room).
+pub const FRAME_BYTES_MAX: usize = 512 * 1024;
+
+/// Largest encoded frame sent as a datagram, in bytes: fits the 1200-byte UDP payload QUIC
+/// guarantees, minus QUIC's own header. A [`Frame::Record`] of the largest record is
+/// [`RECORD_FRAME_BYTES_MAX`], well below.
+pub const DATAGRAM_BYTES_MAX: usize = 1100;
+
+/// Upper bound of an encoded [`Frame::Record`]: version byte, variant, node id (length +
+/// bytes), incarnation, seq, flags, address (length + bytes), license serial, eight usage
+/// counters — each u64 a varint of at most 10 bytes (a test checks the bound).
+pub const RECORD_FRAME_BYTES_MAX: usize = 1
+    + 1
+    + (1 + crate::record::NODE_ID_LEN_MAX)
+    + 10
+    + 10
+    + 1
+    + (2 + crate::record::ADDRESS_LEN_MAX)
+    + 10
+    + 8 * 10;
+
+const _: () = assert!(RECORD_FRAME_BYTES_MAX <= DATAGRAM_BYTES_MAX);
+
+/// Most records in one [`Frame::Table`].
+pub const TABLE_RECORDS_MAX: usize = NODES_MAX;
+
+/// Most entries in one [`Frame::Digest`].
+pub const DIGEST_ENTRIES_MAX: usize = NODES_MAX;
+
+/// Largest license document carried by [`Frame::License`], in bytes.
+pub const LICENSE_BYTES_MAX: usize = 64 * 1024;
+
+/// One frame. The variant order is the wire format (postcard writes the variant index):
+/// append, never reorder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// The sender's own record. **Security rule:** accepted only when `node_id` is the
+    /// authenticated id of the sending peer.
+    Record(Record),
+    /// The sender's own record moved to a new seq without changing content.
+    Heartbeat(Heartbeat),
+    /// "Send me your own record": the receiver got a heartbeat it could not apply.
+    PullRecord,
+    /// Anti-entropy, digest mode: the versions the sender holds. The receiver answers with a
+    /// [`Frame::Table`] of what it holds newer (or the sender lacks).
+    Digest(Vec<DigestEntry>),
+    /// Records of any nodes, relayed by an authenticated peer (the only frame that may carry
+    /// other nodes' records).
+    Table(Vec<Record>),
+    /// "Send me your whole table": a joiner's first request.
+    Pull,
+    /// "Send me your license document": the sender saw this peer advertise `serial`.
+    LicensePull { serial: u64 },
+    /// A license document, armored, exactly as the agent handed it over. Verification is the
+    /// agent's job, not this crate's.
+    License { armored: Vec<u8> },
+}
+
+/// "My record is now at `(incarnation, seq)`, with the content it had at `changed_seq`."
+///
+/// The node id is the authenticated id of the sending peer. A receiver holding the sender's
+/// record at `(incarnation, s)` with `changed_seq <= s` knows its content is current and
+/// moves it to `seq`; otherwise it asks for the record ([`Frame::PullRecord`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub incarnation: u64,
+    pub seq: u64,
+    /// The seq at which the record's content last changed (`<= seq`).
+    pub changed_seq: u64,
+}
+
+impl Heartbeat {
+    pub const fn version(&self) -> Version {
+        Version::new(self.incarnation, self.seq)
+    }
+}
+
+/// One line of a [`Frame::Digest`]: a node and the version of its record the sender holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestEntry {
+    pub node_id: String,
+    pub version: Version,
+}
+
+/// Why a frame was refused. Malformed input from the network: count it, close that
+/// connection, go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("empty frame")]
+    Empty,
+    #[error("frame of {len} bytes, more than {FRAME_BYTES_MAX}")]
+    TooLong { len: usize },
+    #[error("unknown frame version {0}")]
+    UnknownVersion(u8),
+    #[error("malformed frame body")]
+    Malformed,
+    #[error("bytes after the frame body")]
+    TrailingBytes,
+    #[error("invalid record: {0}")]
+    Record(#[from] RecordError),
+    #[error("table of {count} records, more than {TABLE_RECORDS_MAX}")]
+    TooManyRecords { count: usize },
+    #[error("digest of {count} entries, more than {DIGEST_ENTRIES_MAX}")]
+    TooManyDigestEntries { count: usize },
+    #[error("license of {len} bytes, more than {LICENSE_BYTES_MAX}")]
+    LicenseTooLong { len: usize },
+    #[error("heartbeat whose content changed after its seq")]
+    HeartbeatFromTheFuture,
+}
+
+impl FrameError {
+    /// A short, low-cardinality name for counters (`reason` label).
+    pub const fn reason(&self) -> &'static str {
+        match self {
+            FrameError::Empty => "empty",
+            FrameError::TooLong { .. } => "too_long",
+            FrameError::UnknownVersion(_) => "unknown_version",
+            FrameError::Malformed => "malformed",
+            FrameError::TrailingBytes => "trailing_bytes",
+            FrameError::Record(_) => "invalid_record",
+            FrameError::TooManyRecords { .. } => "too_many_records",
+            FrameError::TooManyDigestEntries { .. } => "too_many_digest_entries",
+            FrameError::LicenseTooLong { .. } => "license_too_long",
+            FrameError::HeartbeatFromTheFuture => "heartbeat_from_the_future",
+        }
+    }
+}
+
+impl Frame {
+    /// A short name for counters and logs.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Frame::Record(_) => "record",
+            Frame::Heartbeat(_) => "heartbeat",
+            Frame::PullRecord => "pull_record",
+            Frame::Digest(_) => "digest",
+            Frame::Table(_) => "table",
+            Frame::Pull => "pull",
+            Frame::LicensePull { .. } => "license_pull",
+            Frame::License { .. } => "license",
+        }
+    }
+
+    /// Structural checks: every bound named in this module, every record valid.
+    pub fn validate(&self) -> Result<(), FrameError> {
+        match self {
+            Frame::Record(record) => record.validate()?,
+            Frame::Heartbeat(heartbeat) => {
+                if heartbeat.changed_seq > heartbeat.seq {
+                    return Err(FrameError::HeartbeatFromTheFuture);
+                }
+            }
+            Frame::PullRecord | Frame::Pull | Frame::LicensePull { .. } => {}
+            Frame::Digest(entries) => {
+                if entries.len() > DIGEST_ENTRIES_MAX {
+                    return Err(FrameError::TooManyDigestEntries {
+                        count: entries.len(),
+                    });
+                }
+                for entry in entries {
+                    validate_node_id(&entry.node_id)?;
+                }
+            }
+            Frame::Table(records) => {
+                if records.len() > TABLE_RECORDS_MAX {
+                    return Err(FrameError::TooManyRecords {
+                        count: records.len(),
+                    });
+                }
+                for record in records {
+                    record.validate()?;
+                }
+            }
+            Frame::License { armored } => {
+                if armored.len() > LICENSE_BYTES_MAX {
+                    return Err(FrameError::LicenseTooLong { len: armored.len() });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Encodes a frame: the version byte, then postcard.
+///
+/// The frames a [`crate::Replica`] produces are always valid; a hand-built frame that breaks
+/// a bound encodes to bytes that [`decode`] refuses (and trips a debug assertion here).
+pub fn encode(frame: &Frame) -> Vec<u8> {
+    debug_assert_eq!(frame.validate(), Ok(()), "encoding an invalid frame");
+    let mut bytes = Vec::with_capacity(64);
+    bytes.push(FRAME_VERSION);
+    let bytes = postcard::to_extend(frame, bytes).expect("serializing into a Vec cannot fail");
+    debug_assert!(bytes.len() <= FRAME_BYTES_MAX, "frame over FRAME_BYTES_MAX");
+    bytes
+}
+
+/// Decodes and validates one frame. Never panics; every refusal is a [`FrameError`].
+pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
+    if bytes.len() > FRAME_BYTES_MAX {
+        return Err(FrameError::TooLong { len: bytes.len() });
+    }
+    let (&version, body) = bytes.split_first().ok_or(FrameError::Empty)?;
+    if version != FRAME_VERSION {
+        return Err(FrameError::UnknownVersion(version));
+    }
+    let (frame, rest) =
+        postcard::take_from_bytes::<Frame>(body).map_err(|_| FrameError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(FrameError::TrailingBytes);
+    }
+    frame.validate()?;
+    Ok(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{ADDRESS_LEN_MAX, Flags, NODE_ID_LEN_MAX, NodeUsage};
+
+    fn largest_record() -> Record {
+        Record {
+            node_id: "x".repeat(NODE_ID_LEN_MAX),
+            incarnation: u64::MAX,
+            seq: u64::MAX,
+            flags: Flags::LEFT,
+            address: "a".repeat(ADDRESS_LEN_MAX),
+            license_serial: u64::MAX,
+            usage: NodeUsage {
+                calls: u64::MAX,
+                emergency_calls: u64::MAX,
+                registered_subscribers: u64::MAX,
+                registered_contacts: u64::MAX,
+                subscribers: u64::MAX,
+                subscribers_reported_at: u64::MAX,
+                peak_calls: u64::MAX,
+                peak_registered_subscribers: u64::MAX,
+            },
+        }
+    }
+
+    fn check_round_trip(frame: Frame) {
+        let bytes = encode(&frame);
+        assert_eq!(decode(&bytes), Ok(frame.clone()), "{}", frame.name());
+        assert_eq!(encode(&decode(&bytes).unwrap()), bytes);
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        let record = largest_record();
+        check_round_trip(Frame::Record(record.clone()));
+        check_round_trip(Frame::Heartbeat(Heartbeat {
+            incarnation: 3,
+            seq: 90,
+            changed_seq: 12,
+        }));
+        check_round_trip(Frame::PullRecord);
+        check_round_trip(Frame::Digest(vec![DigestEntry {
+            node_id: "n1".into(),
+            version: Version::new(1, 2),
+        }]));
+        check_round_trip(Frame::Table(vec![record.clone(), record]));
+        check_round_trip(Frame::Pull);
+        check_round_trip(Frame::LicensePull { serial: 7 });
+        check_round_trip(Frame::License {
+            armored: b"-----BEGIN".to_vec(),
+        });
+    }
+
+    #[test]
+    fn the_largest_record_fits_a_datagram() {
+        let bytes = encode(&Frame::Record(largest_record()));
+        assert_eq!(bytes.len(), RECORD_FRAME_BYTES_MAX);
+    }
+
+    #[test]
+    fn the_largest_table_fits_a_frame() {
+        let records = (0..TABLE_RECORDS_MAX)
+            .map(|i| {
+                let mut record = largest_record();
+                record.node_id = format!("{i:0>64}");
+                record
+            })
+            .collect();
+        let bytes = encode(&Frame::Table(records));
+        assert!(bytes.len() <= FRAME_BYTES_MAX, "{}", bytes.len());
+    }
+
+    #[test]
+    fn refusals_name_their_reason() {
+        let cases: &[(&[u8], FrameError)] = &[
+            (b"", FrameError::Empty),
+            (&[2, 5], FrameError::UnknownVersion(2)),
+            (&[FRAME_VERSION], FrameError::Malformed),
+            (&[FRAME_VERSION, 99], FrameError::Malformed),
+            (&[FRAME_VERSION, 2, 0], FrameError::TrailingBytes),
+            // Heartbeat { incarnation: 1, seq: 1, changed_seq: 2 }
+            (
+                &[FRAME_VERSION, 1, 1, 1, 2],
+                FrameError::HeartbeatFromTheFuture,
+            ),
+        ];
+        for (bytes, error) in cases {
+            assert_eq!(decode(bytes), Err(*error), "{bytes:?}");
+        }
+        let long = vec![FRAME_VERSION; FRAME_BYTES_MAX + 1];
+        assert_eq!(
+            decode(&long),
+            Err(FrameError::TooLong {
+                len: FRAME_BYTES_MAX + 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_record_with_a_bad_node_id_is_refused() {
+        let mut record = largest_record();
+        record.node_id = "has space".into();
+        let mut bytes = vec![FRAME_VERSION];
+        bytes.extend(postcard::to_allocvec(&Frame::Record(record)).unwrap());
+        assert_eq!(
+            decode(&bytes),
+            Err(FrameError::Record(RecordError::NodeIdByte))
+        );
+    }
+
+    #[test]
+    fn oversized_license_and_table_are_refused() {
+        let mut bytes = vec![FRAME_VERSION];
+        bytes.extend(
+            postcard::to_allocvec(&Frame::License {
+                armored: vec![0; LICENSE_BYTES_MAX + 1],
+            })
+            .unwrap(),
+        );
+        assert_eq!(
+            decode(&bytes),
+            Err(FrameError::LicenseTooLong {
+                len: LICENSE_BYTES_MAX + 1
+            })
+        );
+        let small = Record {
+            node_id: "n".into(),
+            ..largest_record()
+        };
+        let mut small = small;
+        small.usage = NodeUsage::default();
+        small.address.clear();
+        let mut bytes = vec![FRAME_VERSION];
+        bytes.extend(
+            postcard::to_allocvec(&Frame::Table(vec![small; TABLE_RECORDS_MAX + 1])).unwrap(),
+        );
+        assert_eq!(
+            decode(&bytes),
+            Err(FrameError::TooManyRecords {
+                count: TABLE_RECORDS_MAX + 1
+            })
+        );
+    }
+}

@@ -1,0 +1,618 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::ExpiredRule;
+
+fn config() -> Config {
+    Config {
+        address: "10.0.0.1:7172".into(),
+        rng_seed: 1,
+        ..Config::default()
+    }
+}
+
+/// A replica "a" at t = 0, connected to "b", with its connect-time output drained.
+fn replica() -> Replica {
+    let mut replica = Replica::new(config(), "a", 1, 0).unwrap();
+    replica.peer_connected(0, "b").unwrap();
+    drain(&mut replica, 0);
+    replica
+}
+
+fn drain(replica: &mut Replica, now: u64) -> Vec<Transmit> {
+    std::iter::from_fn(|| replica.poll_transmit(now)).collect()
+}
+
+fn events(replica: &mut Replica) -> Vec<Event> {
+    std::iter::from_fn(|| replica.poll_event()).collect()
+}
+
+fn calls(calls: u64) -> NodeUsage {
+    NodeUsage {
+        calls,
+        ..NodeUsage::default()
+    }
+}
+
+fn record(node_id: &str, incarnation: u64, seq: u64, usage: NodeUsage) -> Record {
+    Record {
+        node_id: node_id.into(),
+        incarnation,
+        seq,
+        flags: Flags::EMPTY,
+        address: format!("{node_id}:7172"),
+        license_serial: 0,
+        usage,
+    }
+}
+
+fn pushed(transmits: &[Transmit]) -> Vec<(u64, u64)> {
+    transmits
+        .iter()
+        .filter_map(|transmit| match &transmit.frame {
+            Frame::Record(record) => Some((record.seq, record.usage.calls)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn connecting_sends_the_own_record_and_a_joiner_pulls_once() {
+    let mut replica = Replica::new(config(), "a", 1, 0).unwrap();
+    replica.peer_connected(0, "b").unwrap();
+    replica.peer_connected(0, "c").unwrap();
+    let frames: Vec<_> = drain(&mut replica, 0)
+        .into_iter()
+        .map(|t| (t.to, t.kind, t.frame.name()))
+        .collect();
+    let to = |peer: &str| Destination::Peer(peer.into());
+    // One pull only, to one of the peers, while it is outstanding.
+    assert_eq!(
+        frames
+            .iter()
+            .filter(|(_, kind, name)| *kind == TransmitKind::Stream && *name == "pull")
+            .count(),
+        1
+    );
+    assert!(frames.contains(&(to("b"), TransmitKind::Stream, "record")));
+    assert!(frames.contains(&(to("c"), TransmitKind::Stream, "record")));
+}
+
+#[test]
+fn pushes_coalesce_to_one_per_push_interval() {
+    let mut replica = replica();
+    replica.set_local_usage(1_000, calls(1));
+    assert_eq!(pushed(&drain(&mut replica, 1_000)), [(1, 1)]);
+    replica.set_local_usage(1_010, calls(2));
+    replica.set_local_usage(1_050, calls(3));
+    assert!(drain(&mut replica, 1_050).is_empty());
+    assert_eq!(replica.poll_timeout(), Some(1_100));
+    replica.handle_timeout(1_100);
+    assert_eq!(pushed(&drain(&mut replica, 1_100)), [(2, 3)]);
+}
+
+#[test]
+fn an_unchanged_usage_costs_nothing_and_quiet_means_heartbeats() {
+    let mut replica = replica();
+    replica.set_local_usage(500, calls(4));
+    drain(&mut replica, 500);
+    replica.set_local_usage(700, calls(4));
+    assert!(drain(&mut replica, 700).is_empty());
+    assert_eq!(replica.poll_timeout(), Some(1_500));
+    replica.handle_timeout(1_500);
+    let transmits = drain(&mut replica, 1_500);
+    assert_eq!(
+        transmits,
+        [Transmit {
+            to: Destination::AllPeers,
+            kind: TransmitKind::Datagram,
+            frame: Frame::Heartbeat(Heartbeat {
+                incarnation: 1,
+                seq: 2,
+                changed_seq: 1
+            }),
+        }]
+    );
+}
+
+#[test]
+fn a_heartbeat_advances_a_current_record_and_asks_for_a_missing_one() {
+    let mut replica = replica();
+    replica
+        .handle_frame(10, "b", Frame::Record(record("b", 1, 5, calls(2))))
+        .unwrap();
+    let heartbeat = |seq, changed_seq| {
+        Frame::Heartbeat(Heartbeat {
+            incarnation: 1,
+            seq,
+            changed_seq,
+        })
+    };
+    replica.handle_frame(20, "b", heartbeat(7, 5)).unwrap();
+    assert_eq!(replica.node("b", 20).unwrap().seq, 7);
+    assert!(drain(&mut replica, 20).is_empty());
+    // Duplicated or reordered: harmless.
+    replica.handle_frame(30, "b", heartbeat(6, 5)).unwrap();
+    assert_eq!(replica.stats().records_stale, 1);
+    // Content changed at 8, which this node never got: ask for the record.
+    replica.handle_frame(40, "b", heartbeat(9, 8)).unwrap();
+    assert_eq!(replica.node("b", 40).unwrap().seq, 7);
+    assert_eq!(
+        drain(&mut replica, 40),
+        [Transmit {
+            to: Destination::Peer("b".into()),
+            kind: TransmitKind::Datagram,
+            frame: Frame::PullRecord,
+        }]
+    );
+    // A heartbeat of an unknown node asks too (at most once per push interval).
+    replica.handle_frame(50, "b", heartbeat(10, 8)).unwrap();
+    assert!(drain(&mut replica, 50).is_empty());
+    assert_eq!(replica.stats().heartbeats_unmatched, 2);
+}
+
+#[test]
+fn expiry_leaves_a_tombstone_that_blocks_stale_relays_but_not_newer_versions() {
+    let mut replica = replica();
+    let c = |seq| record("c", 1, seq, calls(9));
+    replica
+        .handle_frame(0, "b", Frame::Table(vec![c(5)]))
+        .unwrap();
+    // "b" keeps heartbeating; "c" falls silent.
+    for now in (1_000..=10_000).step_by(1_000) {
+        replica
+            .handle_frame(now, "b", Frame::Record(record("b", 1, now, calls(1))))
+            .unwrap();
+        replica.handle_timeout(now);
+    }
+    assert_eq!(replica.node("c", 10_000), None);
+    let names: Vec<_> = events(&mut replica)
+        .into_iter()
+        .filter(|event| !matches!(event, Event::NodeUp { node_id, .. } if node_id == "b"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            Event::NodeUp {
+                node_id: "c".into(),
+                incarnation: 1
+            },
+            Event::NodeSuspect {
+                node_id: "c".into()
+            },
+            Event::NodeExpired {
+                node_id: "c".into(),
+                incarnation: 1
+            },
+            Event::NodeRemoved {
+                node_id: "c".into()
+            },
+        ]
+    );
+    // A laggard relays the old record: blocked.
+    replica
+        .handle_frame(10_500, "b", Frame::Table(vec![c(5)]))
+        .unwrap();
+    assert_eq!(replica.node("c", 10_500), None);
+    assert_eq!(replica.stats().records_tombstoned, 1);
+    // "c" was only cut off and is still emitting: welcome back.
+    replica
+        .handle_frame(11_000, "b", Frame::Table(vec![c(6)]))
+        .unwrap();
+    assert_eq!(replica.node("c", 11_000).unwrap().state, NodeState::Live);
+    assert_eq!(replica.aggregate(11_000).calls, 1 + 9);
+}
+
+#[test]
+fn tombstones_expire_after_their_ttl() {
+    let mut replica = replica();
+    let c = record("c", 1, 5, calls(9));
+    replica
+        .handle_frame(0, "b", Frame::Table(vec![c.clone()]))
+        .unwrap();
+    replica.handle_timeout(10_000);
+    assert_eq!(replica.node("c", 10_000), None);
+    let ttl_end = 10_000 + replica.config().tombstone_ttl_ms;
+    assert!(replica.poll_timeout().unwrap() <= ttl_end);
+    replica.handle_timeout(ttl_end);
+    assert!(replica.tombstones.is_empty());
+}
+
+#[test]
+fn the_aggregate_counts_live_and_suspect_and_drops_expired_at_now() {
+    let mut replica = replica();
+    replica.set_local_usage(0, calls(1));
+    replica
+        .handle_frame(0, "b", Frame::Table(vec![record("c", 1, 1, calls(10))]))
+        .unwrap();
+    // No handle_timeout: the aggregate evaluates liveness at the `now` it is given.
+    assert_eq!(replica.aggregate(2_999).calls, 11);
+    assert_eq!(replica.aggregate(3_000).nodes_suspect, 1);
+    assert_eq!(replica.aggregate(9_999).calls, 11);
+    let expired = replica.aggregate(10_000);
+    assert_eq!((expired.calls, expired.nodes_expired), (1, 1));
+}
+
+#[test]
+fn hold_for_keeps_an_expired_node_counted_for_the_hold() {
+    let config = Config {
+        expired_rule: ExpiredRule::HoldFor { hold_ms: 5_000 },
+        ..config()
+    };
+    let mut replica = Replica::new(config, "a", 1, 0).unwrap();
+    replica
+        .handle_frame(0, "b", Frame::Table(vec![record("c", 1, 1, calls(10))]))
+        .unwrap();
+    replica.handle_timeout(12_000);
+    let view = replica.node("c", 12_000).unwrap();
+    assert_eq!((view.state, view.counted), (NodeState::Expired, true));
+    assert_eq!(replica.aggregate(12_000).nodes_held, 1);
+    assert_eq!(replica.aggregate(14_999).calls, 10);
+    replica.handle_timeout(15_000);
+    assert_eq!(replica.node("c", 15_000), None);
+    assert_eq!(replica.aggregate(15_000).calls, 0);
+}
+
+#[test]
+fn leave_sends_a_left_record_on_a_stream_and_stops_emitting() {
+    let mut replica = replica();
+    replica.set_local_usage(0, calls(5));
+    drain(&mut replica, 0);
+    replica.leave(200);
+    let transmits = drain(&mut replica, 200);
+    assert_eq!(transmits.len(), 1);
+    assert_eq!(transmits[0].kind, TransmitKind::Stream);
+    assert_eq!(transmits[0].to, Destination::AllPeers);
+    let Frame::Record(left) = &transmits[0].frame else {
+        panic!("{:?}", transmits[0].frame);
+    };
+    assert!(left.is_left());
+    assert_eq!(left.usage, NodeUsage::default());
+    replica.set_local_usage(300, calls(7));
+    replica.handle_timeout(60_000);
+    assert!(drain(&mut replica, 60_000).is_empty());
+    assert_eq!(replica.aggregate(60_000).calls, 0);
+}
+
+#[test]
+fn requests_are_answered_at_most_once_per_interval_per_peer() {
+    let mut replica = replica();
+    replica.handle_frame(100, "b", Frame::Pull).unwrap();
+    replica.handle_frame(200, "b", Frame::Pull).unwrap();
+    replica
+        .handle_frame(300, "b", Frame::Digest(Vec::new()))
+        .unwrap();
+    assert_eq!(drain(&mut replica, 300).len(), 1, "one table");
+    assert_eq!(replica.stats().answers_rate_limited, 2);
+    replica.handle_frame(1_100, "b", Frame::Pull).unwrap();
+    let tables: Vec<_> = drain(&mut replica, 1_100)
+        .into_iter()
+        .filter_map(|t| match t.frame {
+            Frame::Table(records) => Some(records.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tables, [1]);
+}
+
+#[test]
+fn a_digest_is_answered_with_what_the_peer_lacks_or_holds_older() {
+    let mut replica = replica();
+    replica
+        .handle_frame(
+            0,
+            "b",
+            Frame::Table(vec![
+                record("c", 1, 4, calls(1)),
+                record("d", 2, 1, calls(1)),
+            ]),
+        )
+        .unwrap();
+    let digest = vec![
+        DigestEntry {
+            node_id: "a".into(),
+            version: replica.version(),
+        },
+        DigestEntry {
+            node_id: "c".into(),
+            version: Version::new(1, 3),
+        },
+        DigestEntry {
+            node_id: "d".into(),
+            version: Version::new(2, 9),
+        },
+    ];
+    replica
+        .handle_frame(10, "b", Frame::Digest(digest))
+        .unwrap();
+    let answer = drain(&mut replica, 10);
+    let [
+        Transmit {
+            frame: Frame::Table(records),
+            ..
+        },
+    ] = &answer[..]
+    else {
+        panic!("{answer:?}");
+    };
+    let sent: Vec<_> = records.iter().map(|r| r.node_id.as_str()).collect();
+    assert_eq!(sent, ["c"]);
+}
+
+#[test]
+fn a_license_nobody_asked_for_is_dropped() {
+    let mut replica = replica();
+    replica
+        .handle_frame(
+            0,
+            "b",
+            Frame::License {
+                armored: b"x".to_vec(),
+            },
+        )
+        .unwrap();
+    assert_eq!(events(&mut replica), []);
+    assert_eq!(replica.stats().licenses_unsolicited, 1);
+}
+
+#[test]
+fn a_higher_serial_advertised_by_a_peer_is_fetched_once() {
+    let mut replica = replica();
+    let mut b = record("b", 1, 1, calls(0));
+    b.license_serial = 3;
+    replica
+        .handle_frame(0, "b", Frame::Record(b.clone()))
+        .unwrap();
+    let asks = drain(&mut replica, 0);
+    assert_eq!(
+        asks,
+        [Transmit {
+            to: Destination::Peer("b".into()),
+            kind: TransmitKind::Stream,
+            frame: Frame::LicensePull { serial: 3 },
+        }]
+    );
+    assert!(events(&mut replica).contains(&Event::LicenseAdvertised {
+        node_id: "b".into(),
+        serial: 3
+    }));
+    replica
+        .handle_frame(
+            50,
+            "b",
+            Frame::License {
+                armored: b"doc".to_vec(),
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        events(&mut replica),
+        [Event::LicenseOffered {
+            from: "b".into(),
+            armored: b"doc".to_vec()
+        }]
+    );
+    // The agent refused it (no set_license): not asked again on this connection.
+    b.seq = 2;
+    replica.handle_frame(60, "b", Frame::Record(b)).unwrap();
+    replica.handle_timeout(60_000);
+    assert!(
+        drain(&mut replica, 60_000)
+            .iter()
+            .all(|t| !matches!(t.frame, Frame::LicensePull { .. }))
+    );
+}
+
+#[test]
+fn a_license_pull_is_answered_only_by_a_holder_of_that_serial() {
+    let mut replica = replica();
+    replica
+        .handle_frame(0, "b", Frame::LicensePull { serial: 1 })
+        .unwrap();
+    assert!(drain(&mut replica, 0).is_empty());
+    replica.set_license(0, 2, b"doc".to_vec()).unwrap();
+    drain(&mut replica, 0);
+    replica
+        .handle_frame(10, "b", Frame::LicensePull { serial: 2 })
+        .unwrap();
+    assert_eq!(
+        drain(&mut replica, 10)
+            .into_iter()
+            .map(|t| t.frame)
+            .collect::<Vec<_>>(),
+        [Frame::License {
+            armored: b"doc".to_vec()
+        }]
+    );
+    assert_eq!(
+        replica.set_license(10, 3, vec![0; LICENSE_BYTES_MAX + 1]),
+        Err(LicenseError::TooLong {
+            len: LICENSE_BYTES_MAX + 1
+        })
+    );
+}
+
+#[test]
+fn the_table_holds_at_most_nodes_max() {
+    let mut replica = replica();
+    for chunk in 0..3 {
+        let records = (0..512)
+            .map(|i| record(&format!("n{chunk}-{i}"), 1, 1, calls(1)))
+            .collect();
+        replica.handle_frame(0, "b", Frame::Table(records)).unwrap();
+    }
+    assert_eq!(replica.nodes(0).len(), NODES_MAX);
+    assert_eq!(
+        replica.stats().records_table_full,
+        3 * 512 - (NODES_MAX as u64 - 1)
+    );
+    assert!(replica.events.len() <= EVENTS_MAX);
+}
+
+#[test]
+fn time_going_backwards_is_read_as_the_latest_now() {
+    let mut replica = replica();
+    replica
+        .handle_frame(5_000, "b", Frame::Record(record("b", 1, 1, calls(1))))
+        .unwrap();
+    replica.handle_timeout(1_000);
+    assert_eq!(replica.node("b", 0).unwrap().age_ms, 0);
+    assert!(replica.poll_timeout().unwrap() >= 5_000);
+}
+
+#[test]
+fn bad_peer_ids_and_invalid_frames_are_refused() {
+    let mut replica = replica();
+    assert!(matches!(
+        replica.handle_frame(0, "", Frame::Pull),
+        Err(HandleError::InvalidPeerId(RecordError::NodeIdEmpty))
+    ));
+    assert!(matches!(
+        replica.peer_connected(0, "a b"),
+        Err(HandleError::InvalidPeerId(RecordError::NodeIdByte))
+    ));
+    let bad = Frame::Heartbeat(Heartbeat {
+        incarnation: 1,
+        seq: 1,
+        changed_seq: 2,
+    });
+    assert_eq!(
+        replica.handle_frame(0, "b", bad).map_err(|e| e.reason()),
+        Err("heartbeat_from_the_future")
+    );
+    assert_eq!(replica.stats().frames_refused, 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Properties over random inputs
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Input {
+    Advance(u64),
+    Usage(u64),
+    Frame(usize, Frame),
+    Connect(usize),
+    Disconnect(usize),
+    Leave,
+}
+
+const PEERS: [&str; 3] = ["b", "c", "d"];
+const NODES: [&str; 4] = ["a", "b", "c", "d"];
+
+fn arb_record() -> impl Strategy<Value = Record> {
+    (
+        0..NODES.len(),
+        0..3u64,
+        0..6u64,
+        0..5u64,
+        any::<bool>(),
+        0..3u64,
+    )
+        .prop_map(|(node, incarnation, seq, calls_, left, serial)| Record {
+            node_id: NODES[node].into(),
+            incarnation,
+            seq,
+            flags: if left { Flags::LEFT } else { Flags::EMPTY },
+            address: String::new(),
+            license_serial: serial,
+            usage: calls(calls_),
+        })
+}
+
+fn arb_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        arb_record().prop_map(Frame::Record),
+        (0..3u64, 0..8u64, 0..8u64).prop_map(|(incarnation, seq, changed)| {
+            Frame::Heartbeat(Heartbeat {
+                incarnation,
+                seq,
+                changed_seq: changed.min(seq),
+            })
+        }),
+        Just(Frame::PullRecord),
+        Just(Frame::Pull),
+        proptest::collection::vec(arb_record(), 0..6).prop_map(Frame::Table),
+        proptest::collection::vec(arb_record(), 0..6).prop_map(|records| {
+            Frame::Digest(
+                records
+                    .into_iter()
+                    .map(|r| DigestEntry {
+                        node_id: r.node_id.clone(),
+                        version: r.version(),
+                    })
+                    .collect(),
+            )
+        }),
+        (0..3u64).prop_map(|serial| Frame::LicensePull { serial }),
+        Just(Frame::License {
+            armored: b"doc".to_vec()
+        }),
+    ]
+}
+
+fn arb_input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        4 => (0..4_000u64).prop_map(Input::Advance),
+        2 => (0..10u64).prop_map(Input::Usage),
+        6 => (0..PEERS.len(), arb_frame()).prop_map(|(peer, frame)| Input::Frame(peer, frame)),
+        1 => (0..PEERS.len()).prop_map(Input::Connect),
+        1 => (0..PEERS.len()).prop_map(Input::Disconnect),
+        1 => Just(Input::Leave),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Whatever arrives: no panic; the timer always moves forward; the aggregate is the sum
+    /// of the counted nodes; emitted frames are valid and datagrams fit; own version never
+    /// goes back.
+    #[test]
+    fn any_input_sequence_keeps_the_invariants(inputs in proptest::collection::vec(arb_input(), 1..80)) {
+        let mut replica = Replica::new(config(), "a", 1, 0).unwrap();
+        let mut now = 0;
+        let mut version = replica.version();
+        for input in inputs {
+            match input {
+                Input::Advance(ms) => {
+                    now += ms;
+                    replica.handle_timeout(now);
+                    if let Some(due) = replica.poll_timeout() {
+                        prop_assert!(due > now, "timer at {due} after handling {now}");
+                    }
+                }
+                Input::Usage(n) => replica.set_local_usage(now, calls(n)),
+                Input::Frame(peer, frame) => {
+                    let is_forged = matches!(&frame, Frame::Record(r) if r.node_id != PEERS[peer]);
+                    let result = replica.handle_frame(now, PEERS[peer], frame);
+                    prop_assert_eq!(result.is_err(), is_forged);
+                }
+                Input::Connect(peer) => replica.peer_connected(now, PEERS[peer]).unwrap(),
+                Input::Disconnect(peer) => replica.peer_disconnected(now, PEERS[peer]),
+                Input::Leave => replica.leave(now),
+            }
+            while let Some(transmit) = replica.poll_transmit(now) {
+                let bytes = crate::encode(&transmit.frame);
+                prop_assert_eq!(crate::decode(&bytes), Ok(transmit.frame.clone()));
+                if transmit.kind == TransmitKind::Datagram {
+                    prop_assert!(bytes.len() <= crate::DATAGRAM_BYTES_MAX);
+                }
+            }
+            while replica.poll_event().is_some() {}
+            prop_assert!(replica.version() >= version);
+            version = replica.version();
+            let aggregate = replica.aggregate(now);
+            let counted: u64 = replica
+                .nodes(now)
+                .iter()
+                .filter(|view| view.counted)
+                .map(|view| view.usage.calls)
+                .sum();
+            prop_assert_eq!(aggregate.calls, counted);
+        }
+    }
+}

@@ -1,0 +1,845 @@
+//! A deterministic simulated network that drives many [`Replica`]s: a virtual clock,
+//! per-link latency with jitter, seeded datagram loss, partitions, crashes, restarts and
+//! graceful leaves. No socket, no thread, no clock: the same seed gives the same run, byte
+//! for byte.
+//!
+//! **The model.**
+//! - Every frame is encoded with [`encode`] and decoded with [`decode`] at the receiver, so
+//!   the codec is in every run and traffic is counted in real encoded bytes.
+//! - A link between two nodes has a fixed one-way latency drawn once per link from
+//!   `latency_ms_min..=latency_ms_max`, plus up to `jitter_ms` per frame (frames reorder).
+//! - Datagrams are lost with probability `loss`. Stream frames are never lost; a "lost" one
+//!   is delivered one round trip late (QUIC retransmits it).
+//! - Connections: two nodes whose link is allowed (topology, partition) and who both run get
+//!   connected one round trip after they could talk ([`Replica::peer_connected`] on both);
+//!   a connection whose link is cut is declared gone `idle_timeout_ms` later
+//!   ([`Replica::peer_disconnected`]), like a QUIC idle timeout. A graceful leave closes its
+//!   connections at once (after one latency). A frame refused by `decode` or
+//!   `handle_frame` closes that connection; it reconnects one round trip later.
+//! - A crashed node stops at once; frames already on the wire still arrive at live nodes. A
+//!   restart is a new [`Replica`] with the next incarnation and empty state.
+//! - Traffic per node counts frames sent, their encoded bytes, and a wire estimate: encoded
+//!   bytes plus `packet_overhead_bytes` per datagram and per started 1200-byte packet of a
+//!   stream frame (QUIC short header, AEAD tag, frame header, UDP and IP headers: about 50
+//!   bytes with IPv4).
+//!
+//! Scenario tests are lists of [`Op`]s run by [`Sim::run_scenario`].
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::fmt;
+use std::rc::Rc;
+
+use crate::config::Config;
+use crate::frame::{DATAGRAM_BYTES_MAX, FRAME_BYTES_MAX, Frame, decode, encode};
+use crate::record::NodeUsage;
+use crate::replica::{Destination, Event, HandleError, NodeState, Replica, TransmitKind};
+use crate::rng::Rng;
+
+/// Bytes of one QUIC packet's payload assumed when a stream frame is split in packets.
+pub const STREAM_PACKET_BYTES: u64 = 1200;
+
+/// Which links may exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// Every node may connect to every other (what membership from records leads to).
+    FullMesh,
+    /// Only these links (by node index), e.g. `[(0, 1), (1, 2)]`: A and C only through B.
+    Links(Vec<(usize, usize)>),
+}
+
+/// The simulated network's settings.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub node_count: usize,
+    pub seed: u64,
+    pub latency_ms_min: u64,
+    pub latency_ms_max: u64,
+    pub jitter_ms: u64,
+    /// Probability that a datagram is lost, `0.0..=1.0`.
+    pub loss: f64,
+    pub idle_timeout_ms: u64,
+    pub packet_overhead_bytes: u64,
+    pub topology: Topology,
+    /// The replicas' settings (each node gets its own address and a seed derived from
+    /// `seed`).
+    pub replica: Config,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            node_count: 3,
+            seed: 1,
+            latency_ms_min: 50,
+            latency_ms_max: 300,
+            jitter_ms: 5,
+            loss: 0.0,
+            idle_timeout_ms: 5_000,
+            packet_overhead_bytes: 50,
+            topology: Topology::FullMesh,
+            replica: Config::default(),
+        }
+    }
+}
+
+/// Traffic of one node since the last [`Sim::reset_traffic`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub datagrams_sent: u64,
+    pub stream_frames_sent: u64,
+    /// Encoded frame bytes sent (every copy of a frame sent to several peers counts).
+    pub frame_bytes_sent: u64,
+    /// `frame_bytes_sent` plus the per-packet overhead estimate.
+    pub wire_bytes_sent: u64,
+    pub frames_received: u64,
+    /// Datagrams this node sent that the network dropped.
+    pub datagrams_lost: u64,
+    /// Frames this node received and refused (`decode` or `handle_frame` error).
+    pub frames_refused: u64,
+}
+
+/// Which nodes an expectation looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    /// Every running node.
+    Every,
+    Node(usize),
+}
+
+/// One step of a scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Let virtual time pass, ms.
+    Run(u64),
+    SetUsage(usize, NodeUsage),
+    /// Sets only the node's calls, keeping the rest of its usage.
+    SetCalls(usize, u64),
+    /// kill -9: the node stops at once, its peers notice by silence.
+    Crash(usize),
+    /// A fresh process: the next incarnation, empty state, zero usage.
+    Restart(usize),
+    /// Graceful shutdown ([`Replica::leave`]), then the node stops.
+    Leave(usize),
+    /// Nodes in different groups cannot talk; nodes in no group form one more group.
+    Partition(Vec<Vec<usize>>),
+    Heal,
+    Loss(f64),
+    /// The aggregate's calls, as seen by these nodes.
+    ExpectCalls(Who, u64),
+    /// How `at` sees `node` (`None`: not in its table).
+    ExpectState {
+        at: Who,
+        node: usize,
+        state: Option<NodeState>,
+    },
+}
+
+/// A failed expectation of a scenario.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioError {
+    pub step: usize,
+    pub at_ms: u64,
+    pub message: String,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "step {} (t = {} ms): {}",
+            self.step, self.at_ms, self.message
+        )
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+#[derive(Debug)]
+struct SimNode {
+    node_id: String,
+    replica: Option<Replica>,
+    incarnation: u64,
+    /// Grows at every restart: frames for an earlier life are dropped.
+    life: u64,
+    timer_generation: u64,
+    timer_at: Option<u64>,
+    usage: NodeUsage,
+    events: Vec<(u64, Event)>,
+    traffic: Traffic,
+}
+
+#[derive(Debug)]
+enum Happening {
+    Timer {
+        node: usize,
+        generation: u64,
+    },
+    Deliver {
+        from: usize,
+        from_life: u64,
+        to: usize,
+        to_life: u64,
+        bytes: Rc<[u8]>,
+    },
+    Connect {
+        a: usize,
+        b: usize,
+    },
+    Disconnect {
+        a: usize,
+        b: usize,
+    },
+}
+
+#[derive(Debug)]
+struct Scheduled {
+    at: u64,
+    order: u64,
+    happening: Happening,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.order).cmp(&(other.at, other.order))
+    }
+}
+
+/// The simulated cluster.
+#[derive(Debug)]
+pub struct Sim {
+    config: SimConfig,
+    now: u64,
+    nodes: Vec<SimNode>,
+    index: BTreeMap<String, usize>,
+    allowed: Vec<Vec<bool>>,
+    latency: Vec<Vec<u64>>,
+    group: Vec<usize>,
+    connected: Vec<Vec<bool>>,
+    link_pending: Vec<Vec<bool>>,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    order: u64,
+    rng: Rng,
+    same_instant_timers: u64,
+}
+
+/// The node id of node `index` in a simulation.
+pub fn node_id(index: usize) -> String {
+    format!("node-{index:03}")
+}
+
+impl Sim {
+    /// Starts every node at t = 0 (incarnation 1) and lets them connect.
+    pub fn new(config: SimConfig) -> Sim {
+        let count = config.node_count;
+        let mut rng = Rng::new(config.seed);
+        let mut latency = vec![vec![0; count]; count];
+        let spread = config.latency_ms_max.saturating_sub(config.latency_ms_min);
+        for (a, b) in (0..count).flat_map(|a| (a + 1..count).map(move |b| (a, b))) {
+            let ms = config.latency_ms_min + rng.below(spread + 1);
+            latency[a][b] = ms;
+            latency[b][a] = ms;
+        }
+        let mut allowed = vec![vec![false; count]; count];
+        match &config.topology {
+            Topology::FullMesh => {
+                for (a, row) in allowed.iter_mut().enumerate() {
+                    for (b, cell) in row.iter_mut().enumerate() {
+                        *cell = a != b;
+                    }
+                }
+            }
+            Topology::Links(links) => {
+                for &(a, b) in links {
+                    assert!(a < count && b < count && a != b, "bad link {a}-{b}");
+                    allowed[a][b] = true;
+                    allowed[b][a] = true;
+                }
+            }
+        }
+        let nodes = (0..count)
+            .map(|index| SimNode {
+                node_id: node_id(index),
+                replica: None,
+                incarnation: 0,
+                life: 0,
+                timer_generation: 0,
+                timer_at: None,
+                usage: NodeUsage::default(),
+                events: Vec::new(),
+                traffic: Traffic::default(),
+            })
+            .collect();
+        let index = (0..count).map(|index| (node_id(index), index)).collect();
+        let mut sim = Sim {
+            config,
+            now: 0,
+            nodes,
+            index,
+            allowed,
+            latency,
+            group: vec![0; count],
+            connected: vec![vec![false; count]; count],
+            link_pending: vec![vec![false; count]; count],
+            queue: BinaryHeap::new(),
+            order: 0,
+            rng,
+            same_instant_timers: 0,
+        };
+        for node in 0..count {
+            sim.start(node);
+        }
+        sim.update_links();
+        sim
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn node_id(&self, node: usize) -> &str {
+        &self.nodes[node].node_id
+    }
+
+    /// The node's replica, `None` while it is stopped.
+    pub fn replica(&self, node: usize) -> Option<&Replica> {
+        self.nodes[node].replica.as_ref()
+    }
+
+    pub fn is_running(&self, node: usize) -> bool {
+        self.nodes[node].replica.is_some()
+    }
+
+    /// Every event the node's replicas produced, with the instant.
+    pub fn events(&self, node: usize) -> &[(u64, Event)] {
+        &self.nodes[node].events
+    }
+
+    pub fn traffic(&self, node: usize) -> Traffic {
+        self.nodes[node].traffic
+    }
+
+    pub fn reset_traffic(&mut self) {
+        for node in &mut self.nodes {
+            node.traffic = Traffic::default();
+        }
+    }
+
+    /// One-way latency of the link between two nodes, ms (without jitter).
+    pub fn latency_ms(&self, a: usize, b: usize) -> u64 {
+        self.latency[a][b]
+    }
+
+    pub fn set_loss(&mut self, loss: f64) {
+        self.config.loss = loss;
+    }
+
+    /// Runs the events scheduled up to `until`, then sets the clock to it.
+    pub fn run_until(&mut self, until: u64) {
+        while self.step(until).is_some() {}
+        self.now = self.now.max(until);
+    }
+
+    pub fn run_for(&mut self, ms: u64) {
+        self.run_until(self.now + ms);
+    }
+
+    /// Runs until `converged` holds for every running node, or `deadline`; returns the
+    /// instant it first held for all.
+    pub fn run_until_all(
+        &mut self,
+        deadline: u64,
+        converged: impl Fn(&Replica) -> bool,
+    ) -> Option<u64> {
+        let times = self.first_times(deadline, converged);
+        times
+            .iter()
+            .try_fold(self.now.min(deadline), |latest, (_, at)| {
+                at.map(|at| latest.max(at))
+            })
+    }
+
+    /// Runs until `converged` has held at least once on every running node, or `deadline`;
+    /// returns, per running node, the first instant it held (`None`: not by the deadline).
+    /// A node is re-checked only when something happens to it, so the predicate should be
+    /// one that stays true once true (e.g. "sees version V of node X").
+    pub fn first_times(
+        &mut self,
+        deadline: u64,
+        converged: impl Fn(&Replica) -> bool,
+    ) -> Vec<(usize, Option<u64>)> {
+        let now = self.now;
+        let mut times: Vec<(usize, Option<u64>)> = (0..self.nodes.len())
+            .filter_map(|node| {
+                let replica = self.nodes[node].replica.as_ref()?;
+                Some((node, converged(replica).then_some(now)))
+            })
+            .collect();
+        let mut slot = vec![usize::MAX; self.nodes.len()];
+        for (index, (node, _)) in times.iter().enumerate() {
+            slot[*node] = index;
+        }
+        let mut missing = times.iter().filter(|(_, at)| at.is_none()).count();
+        while missing > 0 {
+            let Some(touched) = self.step(deadline) else {
+                break;
+            };
+            for node in touched.into_iter().flatten() {
+                let Some((_, at)) = times.get_mut(slot[node]) else {
+                    continue;
+                };
+                if at.is_none() && self.nodes[node].replica.as_ref().is_some_and(&converged) {
+                    *at = Some(self.now);
+                    missing -= 1;
+                }
+            }
+        }
+        if missing > 0 {
+            self.now = self.now.max(deadline);
+        }
+        times
+    }
+
+    /// Sets a node's usage.
+    pub fn set_usage(&mut self, node: usize, usage: NodeUsage) {
+        self.nodes[node].usage = usage;
+        let now = self.now;
+        if let Some(replica) = self.nodes[node].replica.as_mut() {
+            replica.set_local_usage(now, usage);
+            self.flush(node);
+        }
+    }
+
+    pub fn set_calls(&mut self, node: usize, calls: u64) {
+        let usage = NodeUsage {
+            calls,
+            ..self.nodes[node].usage
+        };
+        self.set_usage(node, usage);
+    }
+
+    /// Runs `f` on a running node's replica at the current instant, then sends what it
+    /// produced.
+    pub fn with_replica<T>(&mut self, node: usize, f: impl FnOnce(&mut Replica, u64) -> T) -> T {
+        let now = self.now;
+        let replica = self.nodes[node]
+            .replica
+            .as_mut()
+            .expect("with_replica on a stopped node");
+        let result = f(replica, now);
+        self.flush(node);
+        result
+    }
+
+    /// Hands `frame` to node `to` as if node `from` had sent it (no network): how tests
+    /// forge frames. The result is `handle_frame`'s.
+    pub fn inject(&mut self, from: usize, to: usize, frame: Frame) -> Result<(), HandleError> {
+        let from_id = self.nodes[from].node_id.clone();
+        self.with_replica(to, |replica, now| {
+            replica.handle_frame(now, &from_id, frame)
+        })
+    }
+
+    pub fn crash(&mut self, node: usize) {
+        self.nodes[node].replica = None;
+        self.nodes[node].timer_at = None;
+        self.update_links();
+    }
+
+    /// A new process for `node`: the next incarnation, empty state, zero usage.
+    pub fn restart(&mut self, node: usize) {
+        self.nodes[node].replica = None;
+        // The new process dials at once; whatever was pending for the old one is moot (a
+        // stale happening re-checks the link when it fires).
+        for other in 0..self.nodes.len() {
+            self.connected[node][other] = false;
+            self.connected[other][node] = false;
+            self.link_pending[node][other] = false;
+            self.link_pending[other][node] = false;
+        }
+        self.start(node);
+        self.update_links();
+    }
+
+    pub fn leave(&mut self, node: usize) {
+        let now = self.now;
+        let Some(replica) = self.nodes[node].replica.as_mut() else {
+            return;
+        };
+        replica.leave(now);
+        self.flush(node);
+        self.nodes[node].replica = None;
+        self.nodes[node].timer_at = None;
+        // The transport closes its connections: peers hear it after one latency.
+        for other in 0..self.nodes.len() {
+            if self.connected[node][other] {
+                let at = now + self.latency[node][other] + 1;
+                self.schedule(at, Happening::Disconnect { a: node, b: other });
+                self.link_pending[node][other] = true;
+                self.link_pending[other][node] = true;
+            }
+        }
+        self.update_links();
+    }
+
+    /// Nodes in different groups cannot talk; nodes listed in no group form one more group.
+    pub fn partition(&mut self, groups: &[&[usize]]) {
+        self.group.iter_mut().for_each(|group| *group = 0);
+        for (index, members) in groups.iter().enumerate() {
+            for &node in *members {
+                self.group[node] = index + 1;
+            }
+        }
+        self.update_links();
+    }
+
+    pub fn heal(&mut self) {
+        self.group.iter_mut().for_each(|group| *group = 0);
+        self.update_links();
+    }
+
+    /// Runs a scenario; the first failed expectation stops it.
+    pub fn run_scenario(&mut self, ops: &[Op]) -> Result<(), ScenarioError> {
+        for (step, op) in ops.iter().enumerate() {
+            let fail = |sim: &Sim, message: String| ScenarioError {
+                step,
+                at_ms: sim.now,
+                message,
+            };
+            match op {
+                Op::Run(ms) => self.run_for(*ms),
+                Op::SetUsage(node, usage) => self.set_usage(*node, *usage),
+                Op::SetCalls(node, calls) => self.set_calls(*node, *calls),
+                Op::Crash(node) => self.crash(*node),
+                Op::Restart(node) => self.restart(*node),
+                Op::Leave(node) => self.leave(*node),
+                Op::Partition(groups) => {
+                    let groups: Vec<&[usize]> = groups.iter().map(Vec::as_slice).collect();
+                    self.partition(&groups);
+                }
+                Op::Heal => self.heal(),
+                Op::Loss(loss) => self.set_loss(*loss),
+                Op::ExpectCalls(who, calls) => {
+                    for node in self.who(*who) {
+                        let seen = self.replica(node).map(|r| r.aggregate(self.now).calls);
+                        if seen != Some(*calls) {
+                            return Err(fail(
+                                self,
+                                format!(
+                                    "{} sees {seen:?} calls, expected {calls}",
+                                    self.nodes[node].node_id
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Op::ExpectState { at, node, state } => {
+                    let of = self.nodes[*node].node_id.clone();
+                    for viewer in self.who(*at) {
+                        let seen = self
+                            .replica(viewer)
+                            .and_then(|r| r.node(&of, self.now))
+                            .map(|view| view.state);
+                        if seen != *state {
+                            return Err(fail(
+                                self,
+                                format!(
+                                    "{} sees {of} as {seen:?}, expected {state:?}",
+                                    self.nodes[viewer].node_id
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn who(&self, who: Who) -> Vec<usize> {
+        match who {
+            Who::Every => (0..self.nodes.len())
+                .filter(|node| self.is_running(*node))
+                .collect(),
+            Who::Node(node) => vec![node],
+        }
+    }
+
+    fn start(&mut self, node: usize) {
+        let sim_node = &mut self.nodes[node];
+        sim_node.incarnation += 1;
+        sim_node.life += 1;
+        sim_node.usage = NodeUsage::default();
+        sim_node.timer_at = None;
+        let config = Config {
+            address: format!("10.0.{}.{}:7172", node / 256, node % 256),
+            rng_seed: self
+                .config
+                .seed
+                .wrapping_mul(0x9E37_79B9)
+                .wrapping_add((node as u64) << 20)
+                .wrapping_add(sim_node.incarnation),
+            ..self.config.replica.clone()
+        };
+        let replica = Replica::new(config, &sim_node.node_id, sim_node.incarnation, self.now)
+            .expect("the simulation's replica config is valid");
+        sim_node.replica = Some(replica);
+        self.flush(node);
+    }
+
+    fn can_talk(&self, a: usize, b: usize) -> bool {
+        self.allowed[a][b]
+            && self.group[a] == self.group[b]
+            && self.nodes[a].replica.is_some()
+            && self.nodes[b].replica.is_some()
+    }
+
+    /// Schedules connections and disconnections after a change of who can talk.
+    fn update_links(&mut self) {
+        let count = self.nodes.len();
+        for a in 0..count {
+            for b in a + 1..count {
+                if !self.allowed[a][b] || self.link_pending[a][b] {
+                    continue;
+                }
+                let can_talk = self.can_talk(a, b);
+                let at = if self.connected[a][b] && !can_talk {
+                    self.now + self.config.idle_timeout_ms
+                } else if !self.connected[a][b] && can_talk {
+                    self.now + 2 * self.latency[a][b]
+                } else {
+                    continue;
+                };
+                let happening = if can_talk {
+                    Happening::Connect { a, b }
+                } else {
+                    Happening::Disconnect { a, b }
+                };
+                self.link_pending[a][b] = true;
+                self.link_pending[b][a] = true;
+                self.schedule(at, happening);
+            }
+        }
+    }
+
+    fn schedule(&mut self, at: u64, happening: Happening) {
+        self.order += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            order: self.order,
+            happening,
+        }));
+    }
+
+    /// Runs the next scheduled happening if it is due by `until`; returns the nodes it
+    /// touched.
+    fn step(&mut self, until: u64) -> Option<[Option<usize>; 2]> {
+        if self.queue.peek().is_none_or(|next| next.0.at > until) {
+            return None;
+        }
+        let Reverse(scheduled) = self.queue.pop()?;
+        if scheduled.at == self.now {
+            self.same_instant_timers += 1;
+            assert!(
+                self.same_instant_timers < 10_000_000,
+                "no progress at t = {}",
+                self.now
+            );
+        } else {
+            self.same_instant_timers = 0;
+        }
+        self.now = self.now.max(scheduled.at);
+        let now = self.now;
+        match scheduled.happening {
+            Happening::Timer { node, generation } => {
+                if self.nodes[node].timer_generation != generation {
+                    return Some([None, None]);
+                }
+                self.nodes[node].timer_at = None;
+                let Some(replica) = self.nodes[node].replica.as_mut() else {
+                    return Some([None, None]);
+                };
+                replica.handle_timeout(now);
+                self.flush(node);
+                Some([Some(node), None])
+            }
+            Happening::Deliver {
+                from,
+                from_life,
+                to,
+                to_life,
+                bytes,
+            } => {
+                let arrives = self.nodes[from].life == from_life
+                    && self.nodes[to].life == to_life
+                    && self.nodes[to].replica.is_some()
+                    && self.connected[from][to]
+                    && self.group[from] == self.group[to];
+                if !arrives {
+                    return Some([None, None]);
+                }
+                self.nodes[to].traffic.frames_received += 1;
+                let from_id = self.nodes[from].node_id.clone();
+                let result = match decode(&bytes) {
+                    Ok(frame) => self.nodes[to]
+                        .replica
+                        .as_mut()
+                        .map_or(Ok(()), |replica| replica.handle_frame(now, &from_id, frame))
+                        .map_err(|_| ()),
+                    Err(_) => Err(()),
+                };
+                self.flush(to);
+                if result.is_err() {
+                    self.nodes[to].traffic.frames_refused += 1;
+                    self.close(from, to);
+                }
+                Some([Some(to), None])
+            }
+            Happening::Connect { a, b } => {
+                self.link_pending[a][b] = false;
+                self.link_pending[b][a] = false;
+                if self.can_talk(a, b) && !self.connected[a][b] {
+                    self.connected[a][b] = true;
+                    self.connected[b][a] = true;
+                    for (x, y) in [(a, b), (b, a)] {
+                        let peer = self.nodes[y].node_id.clone();
+                        if let Some(replica) = self.nodes[x].replica.as_mut() {
+                            // A refused peer id would be a bug of the simulation.
+                            replica
+                                .peer_connected(now, &peer)
+                                .expect("simulated peers have valid, distinct ids");
+                            self.flush(x);
+                        }
+                    }
+                }
+                self.update_links();
+                Some([Some(a), Some(b)])
+            }
+            Happening::Disconnect { a, b } => {
+                self.link_pending[a][b] = false;
+                self.link_pending[b][a] = false;
+                if !self.can_talk(a, b) && self.connected[a][b] {
+                    self.close(a, b);
+                }
+                self.update_links();
+                Some([Some(a), Some(b)])
+            }
+        }
+    }
+
+    /// Closes the connection between two nodes (both sides told), and lets it come back.
+    fn close(&mut self, a: usize, b: usize) {
+        let now = self.now;
+        self.connected[a][b] = false;
+        self.connected[b][a] = false;
+        for (x, y) in [(a, b), (b, a)] {
+            let peer = self.nodes[y].node_id.clone();
+            if let Some(replica) = self.nodes[x].replica.as_mut() {
+                replica.peer_disconnected(now, &peer);
+                self.flush(x);
+            }
+        }
+        self.update_links();
+    }
+
+    /// Sends what the node's replica produced, records its events, re-arms its timer.
+    fn flush(&mut self, node: usize) {
+        let now = self.now;
+        loop {
+            let Some(replica) = self.nodes[node].replica.as_mut() else {
+                return;
+            };
+            let Some(transmit) = replica.poll_transmit(now) else {
+                break;
+            };
+            let bytes: Rc<[u8]> = encode(&transmit.frame).into();
+            let len = bytes.len() as u64;
+            match transmit.kind {
+                TransmitKind::Datagram => assert!(
+                    bytes.len() <= DATAGRAM_BYTES_MAX,
+                    "a {} datagram of {} bytes",
+                    transmit.frame.name(),
+                    bytes.len()
+                ),
+                TransmitKind::Stream => assert!(bytes.len() <= FRAME_BYTES_MAX),
+            }
+            let targets: Vec<usize> = match &transmit.to {
+                Destination::Peer(peer) => self
+                    .index
+                    .get(peer)
+                    .copied()
+                    .filter(|peer| self.connected[node][*peer])
+                    .into_iter()
+                    .collect(),
+                Destination::AllPeers => (0..self.nodes.len())
+                    .filter(|peer| self.connected[node][*peer])
+                    .collect(),
+            };
+            for to in targets {
+                let overhead = self.config.packet_overhead_bytes;
+                let traffic = &mut self.nodes[node].traffic;
+                traffic.frame_bytes_sent += len;
+                let mut latency =
+                    self.latency[node][to] + self.rng.below(self.config.jitter_ms + 1);
+                let lost = self.rng.unit() < self.config.loss;
+                match transmit.kind {
+                    TransmitKind::Datagram => {
+                        traffic.datagrams_sent += 1;
+                        traffic.wire_bytes_sent += len + overhead;
+                        if lost {
+                            traffic.datagrams_lost += 1;
+                            continue;
+                        }
+                    }
+                    TransmitKind::Stream => {
+                        traffic.stream_frames_sent += 1;
+                        traffic.wire_bytes_sent +=
+                            len + overhead * len.div_ceil(STREAM_PACKET_BYTES);
+                        if lost {
+                            latency += 2 * self.latency[node][to];
+                        }
+                    }
+                }
+                let happening = Happening::Deliver {
+                    from: node,
+                    from_life: self.nodes[node].life,
+                    to,
+                    to_life: self.nodes[to].life,
+                    bytes: Rc::clone(&bytes),
+                };
+                self.schedule(now + latency, happening);
+            }
+        }
+        let sim_node = &mut self.nodes[node];
+        let Some(replica) = sim_node.replica.as_mut() else {
+            return;
+        };
+        while let Some(event) = replica.poll_event() {
+            sim_node.events.push((now, event));
+        }
+        let due = replica.poll_timeout();
+        if due != sim_node.timer_at {
+            sim_node.timer_generation += 1;
+            sim_node.timer_at = due;
+            if let Some(at) = due {
+                let generation = sim_node.timer_generation;
+                self.schedule(at.max(now), Happening::Timer { node, generation });
+            }
+        }
+    }
+}
