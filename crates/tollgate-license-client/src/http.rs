@@ -631,6 +631,37 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn dns_and_connect_failures_are_classified() {
+        let mut c = config("https://no-such-host.invalid");
+        c.system_proxy = false;
+        c.timeout = Duration::from_secs(10);
+        let error = LicenseClient::new(c)
+            .unwrap()
+            .fetch_lease()
+            .await
+            .unwrap_err();
+        assert_eq!(error.reason(), "dns", "{error}");
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let mut c = config(&format!("https://127.0.0.1:{port}"));
+        c.system_proxy = false;
+        let client = LicenseClient::new(c).unwrap();
+        let report = crate::UsageReport {
+            node_id: "n".into(),
+            agent_version: String::new(),
+            timestamp_ms: 0,
+            since_ms: None,
+            license_serial: None,
+            node: crate::UsageFigures::default(),
+            cluster: None,
+        };
+        let error = client.send_usage(&report).await.unwrap_err();
+        assert_eq!(error.reason(), "connect", "{error}");
+    }
+
     #[test]
     fn no_proxy_cidrs_match() {
         let net: ipnet_lite::Net = "10.0.0.0/8".parse().unwrap();

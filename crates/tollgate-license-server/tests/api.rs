@@ -1,0 +1,608 @@
+//! The license server in process, over real TLS on loopback, driven by the real license
+//! client and the admin CLI: tokens, addresses, contracts, rotation, proxies, reports.
+
+mod support;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use support::{CUSTOMER, ConnectProxy, Harness, LICENSE_KEY, MINUTE, T0};
+use tollgate_license::timestamp::DAY_MS;
+use tollgate_license::{Kind, TrustedKeys, VerifyError};
+use tollgate_license_client::{
+    ClientConfig, Contract, FetchError, LicenseClient, UsageFigures, UsageReport,
+};
+
+fn http_error(result: Result<impl std::fmt::Debug, FetchError>) -> (u16, String, &'static str) {
+    match result {
+        Err(e @ FetchError::Http { .. }) => {
+            let reason = e.reason();
+            match e {
+                FetchError::Http { status, error, .. } => {
+                    (status, error.unwrap_or_default(), reason)
+                }
+                _ => unreachable!(),
+            }
+        }
+        other => panic!("expected an HTTP error, got {other:?}"),
+    }
+}
+
+fn loopback(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, last])
+}
+
+#[tokio::test]
+async fn fetch_with_a_valid_token_gets_a_freshly_signed_lease() {
+    let h = Harness::start();
+    h.create_license("subscription", Some(T0 + 5 * DAY_MS));
+    let (_, token) = h.issue_token(&["127.0.0.1"]);
+    h.advance(MINUTE);
+
+    let lease = h.client(&token).fetch_lease().await.unwrap();
+    assert_eq!(lease.license_key, LICENSE_KEY);
+    assert_eq!(lease.serial, 2, "created as serial 1, renewed once");
+    assert!(lease.renewed);
+    assert_eq!(lease.contract, Contract::Active);
+    assert_eq!(lease.kind, Kind::Subscription);
+    assert_eq!(lease.issued_at_ms, h.now());
+    assert_eq!(lease.signature_valid_until_ms, h.now() + 14 * DAY_MS);
+    assert_eq!(
+        lease.valid_until_ms,
+        Some(h.now() + 30 * DAY_MS),
+        "rolled forward"
+    );
+
+    // The agent's side: it verifies with the vendor's public key.
+    let verified = tollgate_license::verify(
+        lease.license.as_bytes(),
+        &TrustedKeys::single(h.first_key.clone()),
+    )
+    .unwrap();
+    assert_eq!(verified.document().serial, 2);
+    assert_eq!(verified.document().limits.calls, Some(100));
+    assert_eq!(verified.document().customer, CUSTOMER);
+
+    // Stored: current document and history, audit entry, token use.
+    let show = h.admin_ok(&["license", "show", LICENSE_KEY, "--history"]);
+    assert!(show.contains("serial       2"), "{show}");
+    assert!(
+        show.contains("serial 1\tcreated") && show.contains("serial 2\tlease"),
+        "{show}"
+    );
+    let audit = h.admin_ok(&["audit", "--license", LICENSE_KEY]);
+    assert!(audit.contains("lease.signed"), "{audit}");
+    let tokens = h.admin_ok(&["token", "list"]);
+    assert!(tokens.contains("from 127.0.0.1"), "{tokens}");
+    assert_eq!(
+        h.admin_ok(&["license", "export", LICENSE_KEY]),
+        lease.license,
+        "export prints the current document"
+    );
+}
+
+#[tokio::test]
+async fn a_token_used_from_another_source_address_is_403() {
+    let h = Harness::start();
+    h.create_license("perpetual", None);
+    let (_, token) = h.issue_token(&["127.0.0.1"]);
+    let mut config = h.client_config(&token);
+    config.bind_address = Some(loopback(2));
+    let result = LicenseClient::new(config).unwrap().fetch_lease().await;
+    match &result {
+        Err(FetchError::Http { message, .. }) => {
+            assert!(
+                message.as_deref().unwrap_or("").contains("127.0.0.2"),
+                "{result:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        http_error(result),
+        (403, "source_address_not_allowed".into(), "http_403")
+    );
+
+    // A network binding admits the whole network.
+    let (_, wide) = h.issue_token(&["127.0.0.0/8"]);
+    let mut config = h.client_config(&wide);
+    config.bind_address = Some(loopback(2));
+    assert!(
+        LicenseClient::new(config)
+            .unwrap()
+            .fetch_lease()
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_license_key_is_404_even_with_a_valid_token() {
+    let h = Harness::start();
+    h.create_license("perpetual", None);
+    let (_, token) = h.issue_token(&["127.0.0.1"]);
+    let mut config = h.client_config(&token);
+    config.license_key = "NO_SUCH_KEY".into();
+    let result = LicenseClient::new(config).unwrap().fetch_lease().await;
+    assert_eq!(
+        http_error(result),
+        (404, "unknown_license".into(), "http_404")
+    );
+}
+
+#[tokio::test]
+async fn a_bad_or_missing_token_is_401() {
+    let h = Harness::start();
+    h.create_license("perpetual", None);
+    let result = h.client("tg_not_a_real_token").fetch_lease().await;
+    assert_eq!(http_error(result), (401, "bad_token".into(), "http_401"));
+
+    let url = format!("{}api/v1/licenses/{LICENSE_KEY}/lease", h.url());
+    let response = h.raw().post(&url).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "missing_token");
+    // No audit entry for unauthenticated requests.
+    assert!(!h.admin_ok(&["audit"]).contains("lease.refused"));
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_403() {
+    let h = Harness::start();
+    h.create_license("perpetual", None);
+    let (id, token) = h.issue_token(&["127.0.0.1"]);
+    let client = h.client(&token);
+    client.fetch_lease().await.unwrap();
+    let out = h.admin_ok(&["token", "revoke", &id.to_string()]);
+    assert!(out.contains("revoked"), "{out}");
+    assert_eq!(
+        http_error(client.fetch_lease().await),
+        (403, "token_revoked".into(), "http_403")
+    );
+    let audit = h.admin_ok(&["audit"]);
+    assert!(
+        audit.contains("token.revoke") && audit.contains("lease.refused"),
+        "{audit}"
+    );
+}
+
+#[tokio::test]
+async fn a_lapsed_subscription_is_not_rolled_forward_and_ends_at_valid_until() {
+    let h = Harness::start();
+    let valid_until = T0 + 5 * DAY_MS;
+    h.create_license("subscription", Some(valid_until));
+    let (_, token) = h.issue_token(&["127.0.0.1"]);
+    let client = h.client(&token);
+    let out = h.admin_ok(&["contract", LICENSE_KEY, "lapsed"]);
+    assert!(out.contains("lapsed (was active)"), "{out}");
+
+    h.advance(DAY_MS);
+    let lease = client.fetch_lease().await.unwrap();
+    assert_eq!(lease.contract, Contract::Lapsed);
+    assert_eq!(
+        lease.valid_until_ms,
+        Some(valid_until),
+        "not rolled forward"
+    );
+    assert_eq!(
+        lease.signature_valid_until_ms,
+        h.now() + 14 * DAY_MS,
+        "lease renewed"
+    );
+
+    // At valid_until the license is over: nothing left to sign.
+    h.advance(valid_until - h.now());
+    assert_eq!(
+        http_error(client.fetch_lease().await),
+        (403, "contract_lapsed".into(), "http_403")
+    );
+
+    // Back to current: renewed and rolled forward at once.
+    h.admin_ok(&["contract", LICENSE_KEY, "active"]);
+    let lease = client.fetch_lease().await.unwrap();
+    assert_eq!(lease.contract, Contract::Active);
+    assert_eq!(lease.valid_until_ms, Some(h.now() + 30 * DAY_MS));
+}
+
+#[tokio::test]
+async fn key_rotation_signs_new_leases_with_the_new_key_and_old_documents_still_verify() {
+    let h = Harness::start();
+    h.create_license("subscription", Some(T0 + 5 * DAY_MS));
+    let (_, token) = h.issue_token(&["127.0.0.1"]);
+    let client = h.client(&token);
+    let old = client.fetch_lease().await.unwrap();
+    assert_eq!(old.key_id, h.first_key.key_id());
+
+    // A scheduled rotation: nothing changes until the activation time.
+    let activation = tollgate_license::timestamp::format_rfc3339(T0 + 60 * MINUTE);
+    let out = h.admin_ok(&["key", "rotate", "--activate-at", &activation]);
+    let new_id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("key id"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(h.admin_ok(&["key", "list"]).contains("scheduled"));
+    h.advance(30 * MINUTE);
+    let before = client.fetch_lease().await.unwrap();
+    assert_eq!(before.key_id, h.first_key.key_id());
+
+    h.advance(30 * MINUTE);
+    let new = client.fetch_lease().await.unwrap();
+    assert_eq!(new.key_id.to_string(), new_id);
+    assert!(new.serial > before.serial);
+
+    // Agents trusting both keys accept both documents; agents trusting only the old key
+    // keep their old document and refuse the new one until they trust the new key.
+    let both = h.trusted_all();
+    assert_eq!(both.len(), 2);
+    tollgate_license::verify(old.license.as_bytes(), &both).unwrap();
+    tollgate_license::verify(new.license.as_bytes(), &both).unwrap();
+    let only_old = TrustedKeys::single(h.first_key.clone());
+    tollgate_license::verify(old.license.as_bytes(), &only_old).unwrap();
+    assert!(matches!(
+        tollgate_license::verify(new.license.as_bytes(), &only_old),
+        Err(VerifyError::UnknownKey(_))
+    ));
+    let keys = h.admin_ok(&["key", "list"]);
+    assert!(
+        keys.contains("signing") && keys.contains("previous"),
+        "{keys}"
+    );
+    assert!(h.admin_ok(&["audit"]).contains("key.rotate"));
+
+    // The public keys endpoint lists both, the new one signing.
+    let body: serde_json::Value = h
+        .raw()
+        .get(format!("{}api/v1/keys", h.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let signing: Vec<&str> = body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["signing"] == true)
+        .map(|k| k["key_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(signing, [new_id.as_str()]);
+}
+
+#[tokio::test]
+async fn fetch_through_an_http_connect_proxy() {
+    let h = Harness::start();
+    h.create_license("perpetual", None);
+    // The token is bound to the proxy's egress address, as it must be behind a proxy.
+    let (_, token) = h.issue_token(&["127.0.0.3"]);
+    assert_eq!(
+        http_error(h.client(&token).fetch_lease().await).0,
+        403,
+        "not from this host directly"
+    );
+
+    let proxy = ConnectProxy::start(Some(loopback(3)), false).await;
+    let mut config = h.client_config(&token);
+    config.proxy = Some(proxy.url());
+    let client = LicenseClient::new(config).unwrap();
+    let lease = client.fetch_lease().await.unwrap();
+    assert_eq!(lease.license_key, LICENSE_KEY);
+    assert!(proxy.count() >= 1, "the proxy carried the request");
+    let tokens = h.admin_ok(&["token", "list"]);
+    assert!(tokens.contains("from 127.0.0.3"), "{tokens}");
+}
+
+#[tokio::test]
+async fn proxy_failures_are_classified_as_proxy() {
+    let h = Harness::start();
+    h.create_license("perpetual", None);
+    let (_, token) = h.issue_token(&["127.0.0.1"]);
+
+    let refusing = ConnectProxy::start(None, true).await;
+    let mut config = h.client_config(&token);
+    config.proxy = Some(refusing.url());
+    let error = LicenseClient::new(config)
+        .unwrap()
+        .fetch_lease()
+        .await
+        .unwrap_err();
+    assert_eq!(error.reason(), "proxy", "{error}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut config = h.client_config(&token);
+    config.proxy = Some(format!("http://127.0.0.1:{port}").parse().unwrap());
+    let error = LicenseClient::new(config)
+        .unwrap()
+        .fetch_lease()
+        .await
+        .unwrap_err();
+    assert_eq!(error.reason(), "proxy", "{error}");
+}
+
+#[tokio::test]
+async fn tls_connect_and_timeout_failures_are_classified() {
+    let mut h = Harness::start();
+    h.create_license("perpetual", None);
+    let (_, token) = h.issue_token(&["127.0.0.1"]);
+
+    // The server's self-signed certificate is not trusted without the CA bundle.
+    let mut config = h.client_config(&token);
+    config.ca_bundle = None;
+    let error = LicenseClient::new(config)
+        .unwrap()
+        .fetch_lease()
+        .await
+        .unwrap_err();
+    assert_eq!(error.reason(), "tls", "{error}");
+
+    // A listener that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = ClientConfig::new(
+        format!("https://127.0.0.1:{}", silent.local_addr().unwrap().port())
+            .parse()
+            .unwrap(),
+        LICENSE_KEY,
+        &token,
+    );
+    config.system_proxy = false;
+    config.timeout = Duration::from_millis(300);
+    let error = LicenseClient::new(config)
+        .unwrap()
+        .fetch_lease()
+        .await
+        .unwrap_err();
+    assert_eq!(error.reason(), "timeout", "{error}");
+    drop(silent);
+
+    // The server is down.
+    let client = h.client(&token);
+    h.stop().await;
+    let error = client.fetch_lease().await.unwrap_err();
+    assert_eq!(error.reason(), "connect", "{error}");
+}
+
+#[tokio::test]
+async fn usage_reports_are_stored_and_listed() {
+    let h = Harness::start();
+    h.create_license("perpetual", None);
+    let (_, token) = h.issue_token(&["127.0.0.1"]);
+    let client = h.client(&token);
+    for (node, calls) in [("sp1", 10), ("sp2", 7)] {
+        let report = UsageReport {
+            node_id: node.into(),
+            agent_version: "0.1.0".into(),
+            timestamp_ms: h.now(),
+            since_ms: Some(h.now() - 5 * MINUTE),
+            license_serial: Some(1),
+            node: UsageFigures {
+                calls,
+                emergency_calls: 1,
+                subscribers: 18,
+                registered_subscribers: 5,
+                peak_calls: calls + 2,
+                peak_emergency_calls: 1,
+                peak_registered_subscribers: 6,
+            },
+            cluster: Some(UsageFigures {
+                calls: 17,
+                ..UsageFigures::default()
+            }),
+        };
+        client.send_usage(&report).await.unwrap();
+        h.advance(1000);
+    }
+    let table = h.admin_ok(&["reports", "list", "--license", LICENSE_KEY]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(
+        lines[1].contains("\tsp2\t7\t9\t1\t18\t5\t6\t17\t0.1.0\t127.0.0.1"),
+        "{table}"
+    );
+    let json = h.admin_ok(&["reports", "list", "--json", "--limit", "1"]);
+    let value: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(value["report"]["node_id"], "sp2");
+    assert_eq!(value["report"]["cluster"]["calls"], 17);
+    assert_eq!(value["client_address"], "127.0.0.1");
+
+    // A malformed report is refused with a reason, and not stored.
+    let url = format!("{}api/v1/licenses/{LICENSE_KEY}/usage", h.url());
+    let response = h
+        .raw()
+        .post(&url)
+        .bearer_auth(&token)
+        .body(r#"{"node_id": ""}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "bad_request");
+    let too_big = h
+        .raw()
+        .post(&url)
+        .bearer_auth(&token)
+        .body(vec![b' '; 64 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status(), 413);
+    assert_eq!(
+        h.admin_ok(&["reports", "list", "--json"]).lines().count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn leases_are_idempotent_within_the_reuse_window() {
+    let h = Harness::start();
+    h.create_license("subscription", Some(T0 + 5 * DAY_MS));
+    let (_, token) = h.issue_token(&["127.0.0.1"]);
+    let client = h.client(&token);
+    let first = client.fetch_lease().await.unwrap();
+    h.advance(3 * MINUTE);
+    let again = client.fetch_lease().await.unwrap();
+    assert_eq!(again.license, first.license, "the same bytes");
+    assert_eq!(again.serial, first.serial);
+    assert!(first.renewed && !again.renewed);
+
+    // Concurrent requests from a cluster's nodes: one serial.
+    let leases = futures_join(&client, 5).await;
+    assert!(leases.iter().all(|l| l.serial == first.serial));
+
+    h.advance(7 * MINUTE);
+    let later = client.fetch_lease().await.unwrap();
+    assert_eq!(
+        later.serial,
+        first.serial + 1,
+        "a new serial once the window has passed"
+    );
+    let audit = h.admin_ok(&["audit", "--json"]);
+    assert!(audit.contains("\"lease.reused\""), "{audit}");
+}
+
+async fn futures_join(
+    client: &LicenseClient,
+    n: usize,
+) -> Vec<tollgate_license_client::LeaseResponse> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let client = client.clone();
+        tasks.push(tokio::spawn(
+            async move { client.fetch_lease().await.unwrap() },
+        ));
+    }
+    let mut leases = Vec::new();
+    for task in tasks {
+        leases.push(task.await.unwrap());
+    }
+    leases
+}
+
+#[tokio::test]
+async fn the_database_survives_a_restart_and_serials_keep_growing() {
+    let mut h = Harness::start();
+    h.create_license("perpetual", None);
+    let (_, token) = h.issue_token(&["127.0.0.1"]);
+    h.advance(11 * MINUTE); // past the reuse window of the document signed at creation
+    let first = h.client(&token).fetch_lease().await.unwrap();
+    h.stop().await;
+    h.advance(DAY_MS);
+    h.restart();
+    let second = h.client(&token).fetch_lease().await.unwrap();
+    assert_eq!(second.serial, first.serial + 1);
+    let history = h.admin_ok(&["license", "show", LICENSE_KEY, "--history"]);
+    assert_eq!(history.matches("\tlease\t").count(), 2, "{history}");
+}
+
+#[tokio::test]
+async fn health_and_unknown_endpoints() {
+    let h = Harness::start();
+    let raw = h.raw();
+    let ok = raw.get(format!("{}healthz", h.url())).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.unwrap(), "ok");
+    let missing = raw.get(format!("{}nope", h.url())).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let get_lease = raw
+        .get(format!("{}api/v1/licenses/K/lease", h.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get_lease.status(), 405);
+}
+
+#[tokio::test]
+async fn a_readable_signing_key_refuses_the_start() {
+    let mut h = Harness::start();
+    h.stop().await;
+    let key = std::fs::read_dir(&h.config.key_dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".key"))
+        .unwrap()
+        .path();
+    support::set_mode(&key, 0o644);
+    let error = tollgate_license_server::LicenseServer::start(&h.config).unwrap_err();
+    assert!(error.is_config(), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("mode 0600") && text.contains("0644"),
+        "{text}"
+    );
+    assert!(!text.contains("tollgate-ed25519-private"));
+}
+
+#[tokio::test]
+async fn admin_refuses_bad_input_with_user_errors() {
+    let h = Harness::start();
+    for args in [
+        &["license", "show", "NOPE"][..],
+        &["token", "revoke", "42"],
+        &["contract", "NOPE", "lapsed"],
+    ] {
+        let error = h.admin(args).unwrap_err();
+        assert!(error.is_user_error(), "{args:?}: {error}");
+    }
+    h.create_license("perpetual", None);
+    let error = h
+        .admin(&[
+            "token",
+            "issue",
+            "--license",
+            LICENSE_KEY,
+            "--allow",
+            "10.0.0.1/8",
+        ])
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("did you mean 10.0.0.0/8"),
+        "{error}"
+    );
+    let error = h.admin(&["customer", "add", CUSTOMER]).unwrap_err();
+    assert!(error.is_user_error() && error.to_string().contains("already exists"));
+    // A license for a customer that was not added.
+    let spec = h.dir.path().join("other.toml");
+    std::fs::write(
+        &spec,
+        "license_key = \"X\"\ncustomer = \"Nobody\"\nkind = \"perpetual\"\nserial = 1\n",
+    )
+    .unwrap();
+    let error = h
+        .admin(&["license", "create", "--spec", spec.to_str().unwrap()])
+        .unwrap_err();
+    assert!(error.to_string().contains("customer add"), "{error}");
+}
+
+#[tokio::test]
+async fn license_update_raises_the_serial_and_keeps_history() {
+    let h = Harness::start();
+    h.create_license("perpetual", None);
+    let spec = h.dir.path().join("v2.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "license_key = \"{LICENSE_KEY}\"\ncustomer = \"{CUSTOMER}\"\nkind = \"perpetual\"\n\
+             serial = 1\n[limits]\ncalls = 500\n"
+        ),
+    )
+    .unwrap();
+    let out = h.admin_ok(&[
+        "license",
+        "update",
+        LICENSE_KEY,
+        "--spec",
+        spec.to_str().unwrap(),
+    ]);
+    assert!(out.contains("serial 2"), "{out}");
+    let (_, token) = h.issue_token(&["127.0.0.1"]);
+    let lease = h.client(&token).fetch_lease().await.unwrap();
+    assert_eq!(lease.serial, 2, "signed moments ago: reused");
+    assert!(!lease.renewed);
+    let verified = tollgate_license::verify(lease.license.as_bytes(), &h.trusted_all()).unwrap();
+    assert_eq!(verified.document().limits.calls, Some(500));
+}
