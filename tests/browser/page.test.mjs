@@ -1,0 +1,349 @@
+// Drives the agent's web page in Debian's chromium (headless, through playwright-core).
+// Started by tests/web_page.rs against a real agent with load, an admin and a viewer:
+//
+//   TOLLGATE_URL               the admin address, http://127.0.0.1:PORT
+//   TOLLGATE_EVENTS_UDP        the agent's UDP event socket, 127.0.0.1:PORT
+//   TOLLGATE_ADMIN_USER / TOLLGATE_ADMIN_PASSWORD, TOLLGATE_VIEWER_USER / TOLLGATE_VIEWER_PASSWORD
+//   TOLLGATE_UPLOAD_LICENSE    a newer license file (higher serial, other limits) to upload
+//   TOLLGATE_SCREENSHOT_DIR    where desktop.png, desktop-after-upload.png and phone.png go
+//   TOLLGATE_CHROMIUM          the browser (default /usr/bin/chromium)
+//
+// Exits 0 when every check passed, 1 with the failing step otherwise.
+
+import assert from 'node:assert/strict';
+import dgram from 'node:dgram';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const TIMEOUT_MS = 150_000;
+const EVENTUALLY_MS = 10_000;
+
+function env(name, fallback) {
+  const value = process.env[name] ?? fallback;
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+}
+
+const base = env('TOLLGATE_URL').replace(/\/$/, '');
+const origin = new URL(base).origin;
+const admin = { user: env('TOLLGATE_ADMIN_USER'), password: env('TOLLGATE_ADMIN_PASSWORD') };
+const viewer = { user: env('TOLLGATE_VIEWER_USER'), password: env('TOLLGATE_VIEWER_PASSWORD') };
+const uploadPath = env('TOLLGATE_UPLOAD_LICENSE');
+const shots = env('TOLLGATE_SCREENSHOT_DIR');
+const executablePath = env('TOLLGATE_CHROMIUM', '/usr/bin/chromium');
+const [udpHost, udpPort] = env('TOLLGATE_EVENTS_UDP').split(/:(?=\d+$)/);
+
+/** The usage fields the page shows, each with a data-value the script compares. */
+const USAGE_FIELDS = {
+  calls: '#gauges-node .gauge[data-limit="calls"] .usage',
+  subscribers: '#gauges-node .gauge[data-limit="subscribers"] .usage',
+  registered_subscribers: '#gauges-node .gauge[data-limit="registered_subscribers"] .usage',
+  emergency_calls: '#gauges-node [data-field="emergency_calls"]',
+  peak_calls: '#gauges-node [data-field="peak_calls"]',
+  registered_contacts: '#gauges-node [data-field="registered_contacts"]',
+  peak_registered_subscribers: '#gauges-node [data-field="peak_registered_subscribers"]',
+};
+const LIMIT_KEYS = ['calls', 'subscribers', 'registered_subscribers'];
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+let stepName = 'start';
+function step(name) {
+  stepName = name;
+  console.log(`- ${name}`);
+}
+
+async function api(path, who, init = {}) {
+  const headers = { ...(init.headers || {}) };
+  if (who) headers.Authorization = `Basic ${Buffer.from(`${who.user}:${who.password}`).toString('base64')}`;
+  const response = await fetch(`${base}${path}`, { ...init, headers });
+  const text = await response.text();
+  let body = null;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    body = null;
+  }
+  return { status: response.status, headers: response.headers, body, text };
+}
+
+/** Retries `check` until it stops throwing, or throws its last error after `ms`. */
+async function eventually(what, check, ms = EVENTUALLY_MS) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      return await check();
+    } catch (e) {
+      if (Date.now() > deadline) {
+        e.message = `${what}: ${e.message}`;
+        throw e;
+      }
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+}
+
+const digits = (text) => text.replace(/\D/g, '');
+
+function sendUdp(text) {
+  return new Promise((resolve, reject) => {
+    const socket = dgram.createSocket(udpHost.includes(':') ? 'udp6' : 'udp4');
+    socket.send(Buffer.from(text), Number(udpPort), udpHost.replace(/^\[|\]$/g, ''), (err) => {
+      socket.close();
+      if (err) reject(err);
+      else resolve();
+    });
+  });
+}
+
+/** The page's figures vs a fresh GET /api/v1/usage: the data-value and the digits shown. */
+async function assertUsageMatches(page) {
+  await eventually('the page shows the figures of /api/v1/usage', async () => {
+    const usage = (await api('/api/v1/usage')).body;
+    const shown = await page.evaluate((fields) => Object.fromEntries(Object.entries(fields).map(([k, sel]) => {
+      const el = document.querySelector(sel);
+      return [k, el ? { value: el.dataset.value, text: el.textContent } : null];
+    })), USAGE_FIELDS);
+    for (const field of Object.keys(USAGE_FIELDS)) {
+      assert.ok(shown[field], `${field} is on the page`);
+      assert.equal(Number(shown[field].value), usage[field], `${field} data-value`);
+      assert.equal(digits(shown[field].text), String(usage[field]), `${field} as shown ("${shown[field].text}")`);
+    }
+    return usage;
+  });
+}
+
+/** The page's license details, state and gauge limits vs GET /api/v1/license. */
+async function assertLicenseMatches(page, who) {
+  return eventually('the page shows the license of /api/v1/license', async () => {
+    const report = (await api('/api/v1/license', who)).body;
+    const doc = report.license;
+    const ev = report.evaluation;
+    const shown = await page.evaluate(() => {
+      const text = (sel) => document.querySelector(sel)?.textContent.trim() ?? null;
+      return {
+        key: text('#license-details dd[data-field="license_key"]'),
+        customer: text('#license-details dd[data-field="customer"]'),
+        serial: text('#license-details dd[data-field="serial"]'),
+        features: [...document.querySelectorAll('#license-details dd[data-field="features"] .chip')].map((c) => c.textContent),
+        limits: Object.fromEntries([...document.querySelectorAll('#license-details dd[data-field="limits"] [data-limit]')]
+          .map((el) => [el.dataset.limit, el.dataset.value])),
+        gaugeLimits: Object.fromEntries([...document.querySelectorAll('#gauges-node .gauge')]
+          .map((g) => [g.dataset.limit, g.querySelector('.limit-value')?.dataset.value ?? null])),
+        gaugeStatus: Object.fromEntries([...document.querySelectorAll('#gauges-node .gauge')]
+          .map((g) => [g.dataset.limit, g.dataset.status])),
+        state: text('#state-code'),
+        explanation: [...document.querySelectorAll('#explanation li')].map((li) => li.textContent),
+        validUntil: text('#license-details dd[data-field="valid_until"]'),
+        lease: text('#license-details dd[data-field="signature_valid_until"]'),
+      };
+    });
+    assert.equal(shown.key, doc.license_key, 'license key');
+    assert.equal(shown.customer, doc.customer, 'customer');
+    assert.equal(digits(shown.serial), String(doc.serial), 'serial');
+    assert.deepEqual(shown.features, doc.features, 'features');
+    for (const k of LIMIT_KEYS) {
+      assert.equal(shown.limits[k], String(doc.limits[k]), `${k} limit in the details`);
+      assert.equal(shown.gaugeLimits[k], String(doc.limits[k]), `${k} limit on the gauge`);
+      assert.equal(shown.gaugeStatus[k], ev.limits[k].status, `${k} gauge status`);
+    }
+    assert.equal(shown.state, ev.status, 'state code');
+    assert.deepEqual(shown.explanation, report.explanation.split('\n'), 'explanation');
+    assert.match(shown.validUntil, new RegExp(`\\(${ev.days_to_expiry} days left\\)`), 'valid until');
+    assert.match(shown.lease, new RegExp(`\\(${ev.days_to_lease_end} days left\\)`), 'signature valid until');
+    return report;
+  });
+}
+
+async function signIn(page, who, role) {
+  if (await page.isVisible('#signout')) await page.click('#signout');
+  await page.click('#signin-toggle');
+  await page.fill('#signin-user', who.user);
+  await page.fill('#signin-password', who.password);
+  await page.click('#signin-submit');
+  await page.waitForFunction((expected) => document.getElementById('who').textContent === expected,
+    `Signed in as ${who.user} (${role})`);
+}
+
+/** The page's result line once it reports `http`: {outcome, text}. */
+async function actionResult(page, http) {
+  const el = await page.waitForSelector(`#action-result[data-http="${http}"]`);
+  return { outcome: await el.getAttribute('data-outcome'), text: (await el.textContent()).trim() };
+}
+
+// ---------------------------------------------------------------------------------------
+// The scenario
+
+async function run(context) {
+  const page = context.pages()[0] || (await context.newPage());
+  page.setDefaultTimeout(30_000);
+  const consoleErrors = [];
+  const foreign = [];
+  let usageRequests = 0;
+  // Failed API answers are logged by the browser as errors; those are the page working.
+  const expected = /Failed to load resource: the server responded with a status of (401|403|404|409|422)/;
+  page.on('console', (msg) => {
+    if (msg.type() === 'error' && !expected.test(msg.text())) consoleErrors.push(msg.text());
+  });
+  page.on('pageerror', (e) => consoleErrors.push(`uncaught: ${e.message}`));
+  page.on('request', (r) => {
+    if (new URL(r.url()).pathname === '/api/v1/usage') usageRequests += 1;
+  });
+  await context.route('**/*', (route) => {
+    const url = route.request().url();
+    if (new URL(url).origin === origin) return route.continue();
+    foreign.push(url);
+    return route.abort();
+  });
+
+  step('the page and its assets load with their content types and the CSP');
+  const assets = new Map();
+  page.on('response', (r) => assets.set(new URL(r.url()).pathname, r.headers()));
+  const response = await page.goto(`${base}/`);
+  assert.equal(response.status(), 200);
+  const csp = response.headers()['content-security-policy'];
+  assert.match(csp, /script-src 'self'/);
+  assert.doesNotMatch(csp, /unsafe-inline/);
+  await page.waitForSelector('#gauges-node .gauge[data-limit="calls"] .usage[data-value]');
+  for (const [path, type] of [['/', 'text/html'], ['/assets/app.js', 'text/javascript'], ['/assets/style.css', 'text/css']]) {
+    assert.ok(assets.has(path), `${path} was requested`);
+    assert.ok(assets.get(path)['content-type'].startsWith(type), `${path}: ${assets.get(path)['content-type']}`);
+  }
+
+  step('signed out: the figures match /api/v1/usage; license details need a sign-in');
+  await assertUsageMatches(page);
+  assert.match(await page.textContent('#license-note'), /Sign in/);
+  assert.equal(await page.isDisabled('#reload'), true);
+  assert.equal(await page.isDisabled('#upload-submit'), true);
+
+  step('viewer: everything shown, Reload and Upload disabled with the reason');
+  await signIn(page, viewer, 'viewer');
+  const before = await assertLicenseMatches(page, viewer);
+  assert.notEqual(before.evaluation.status, 'OK', 'the test load crosses a threshold');
+  assert.equal(await page.isDisabled('#reload'), true, 'Reload disabled for a viewer');
+  assert.equal(await page.isDisabled('#upload-submit'), true, 'Upload disabled for a viewer');
+  assert.match(await page.textContent('#actions-reason'), /needs the admin role/);
+  await assertUsageMatches(page);
+
+  step('viewer: a forced reload is refused with the API\'s 403 and message');
+  const refused = await api('/api/v1/license/reload', viewer, { method: 'POST' });
+  assert.equal(refused.status, 403);
+  await page.evaluate(() => {
+    const button = document.getElementById('reload');
+    button.disabled = false;
+    button.click();
+  });
+  const forbidden = await actionResult(page, 403);
+  assert.equal(forbidden.outcome, 'error');
+  assert.ok(forbidden.text.includes('403') && forbidden.text.includes(refused.body.message), forbidden.text);
+
+  step('admin: Reload succeeds and says so');
+  await signIn(page, admin, 'admin');
+  assert.equal(await page.isDisabled('#reload'), false, 'Reload enabled for an admin');
+  assert.equal((await page.textContent('#actions-reason')).trim(), '');
+  await assertLicenseMatches(page, admin);
+  await page.screenshot({ path: join(shots, 'desktop.png'), fullPage: true });
+  await page.click('#reload');
+  const reloaded = await actionResult(page, 200);
+  assert.equal(reloaded.outcome, 'ok');
+  assert.match(reloaded.text, /Reload License: 200 OK/);
+
+  step('live refresh: a new call shows up without reloading the page');
+  const { calls } = (await api('/api/v1/usage')).body;
+  await sendUdp('call-start web-live-1@test tag=live\n');
+  await eventually('the new call is counted by the agent', async () => {
+    assert.equal((await api('/api/v1/usage')).body.calls, calls + 1);
+  });
+  await eventually('the page shows the new call', async () => {
+    assert.equal(await page.getAttribute(USAGE_FIELDS.calls, 'data-value'), String(calls + 1));
+  });
+  await assertUsageMatches(page);
+
+  step('polling pauses while the tab is hidden and resumes when it is shown');
+  const setVisibility = (hidden) => page.evaluate((h) => {
+    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (h ? 'hidden' : 'visible') });
+    document.dispatchEvent(new Event('visibilitychange'));
+  }, hidden);
+  await setVisibility(true);
+  await page.waitForTimeout(500); // a poll already in flight may still land
+  const whileHidden = usageRequests;
+  await page.waitForTimeout(4500);
+  assert.equal(usageRequests, whileHidden, 'no polling while hidden');
+  assert.match(await page.textContent('#refresh'), /Paused/);
+  await setVisibility(false);
+  await eventually('polling resumes', async () => assert.ok(usageRequests > whileHidden), 3000);
+
+  step('admin: an upload that is not a license is refused with the API\'s 422 and message');
+  await page.fill('#upload-text', 'not a license');
+  await page.click('#upload-submit');
+  const invalid = await actionResult(page, 422);
+  assert.equal(invalid.outcome, 'error');
+  assert.match(invalid.text, /422 INVALID: \S/);
+
+  step('admin: uploading a newer license file shows its details');
+  const text = await readFile(uploadPath, 'utf8');
+  const serial = Number(/^serial = (\d+)$/m.exec(text)[1]);
+  await page.setInputFiles('#upload-file', uploadPath);
+  await page.waitForFunction(() => document.getElementById('upload-text').value.includes('BEGIN TOLLGATE LICENSE'));
+  await page.click('#upload-submit');
+  const uploaded = await actionResult(page, 200);
+  assert.equal(uploaded.outcome, 'ok');
+  assert.match(uploaded.text, new RegExp(`Upload License: 200 OK: .*serial ${serial}`));
+  const after = await assertLicenseMatches(page, admin);
+  assert.equal(after.license.serial, serial, 'the agent has the uploaded serial');
+  assert.notDeepEqual(after.license.limits, before.license.limits, 'the new limits are shown');
+  await assertUsageMatches(page);
+  await page.screenshot({ path: join(shots, 'desktop-after-upload.png'), fullPage: true });
+
+  step('phone width: nothing overflows sideways');
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForTimeout(500);
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `the page is ${overflow}px wider than a phone`);
+  await page.screenshot({ path: join(shots, 'phone.png'), fullPage: true });
+
+  step('no script errors, no CSP violations, nothing fetched from elsewhere');
+  assert.deepEqual(consoleErrors, []);
+  assert.deepEqual(foreign, []);
+}
+
+async function main() {
+  const timer = setTimeout(() => {
+    console.error(`page test: no result after ${TIMEOUT_MS / 1000} s (step: ${stepName})`);
+    process.exit(1);
+  }, TIMEOUT_MS);
+  const userDataDir = await mkdtemp(join(tmpdir(), 'tollgate-chromium-'));
+  let context;
+  try {
+    context = await chromium.launchPersistentContext(userDataDir, {
+      executablePath,
+      headless: true,
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+        '--no-first-run',
+      ],
+      viewport: { width: 1280, height: 900 },
+      colorScheme: 'light',
+      locale: 'en-US',
+      timezoneId: 'UTC',
+    });
+    await run(context);
+    console.log('page test: all checks passed');
+  } catch (e) {
+    console.error(`page test FAILED at step "${stepName}":\n${e.stack || e}`);
+    process.exitCode = 1;
+  } finally {
+    if (context) await context.close().catch(() => {});
+    await rm(userDataDir, { recursive: true, force: true }).catch(() => {});
+    clearTimeout(timer);
+  }
+}
+
+await main();
