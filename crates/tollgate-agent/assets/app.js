@@ -219,18 +219,13 @@ function saveSession(s) {
   }
 }
 
-/** The role of valid credentials. `GET /api/v1/whoami` answers it where the agent has it;
- * otherwise an empty upload is refused before anything is installed: 403 for a viewer,
- * a validation error (422) for an admin. */
+/** The role of valid credentials (`GET /api/v1/whoami`), or null when they are refused. */
 async function detectRole(t) {
   const who = await api('GET', '/api/v1/whoami', { token: t });
   if (who.ok && who.body && (who.body.role === 'admin' || who.body.role === 'viewer')) {
     return who.body.role;
   }
-  const probe = await api('PUT', '/api/v1/license', { token: t, body: '' });
-  if (probe.status === 403) return 'viewer';
-  if (probe.status === 401 || probe.status === 0) return null;
-  return 'admin';
+  return null;
 }
 
 // ---------------------------------------------------------------------------------------

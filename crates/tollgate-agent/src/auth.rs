@@ -120,6 +120,28 @@ impl Users {
         }
     }
 
+    /// Who the credentials belong to: `Ok(None)` when no users are configured (reads are
+    /// open then), the user's name and role otherwise.
+    pub fn identify(&self, authorization: Option<&str>) -> Result<Option<(String, Role)>, Denied> {
+        if self.users.is_empty() {
+            return Ok(None);
+        }
+        let role = self
+            .authenticate(authorization)
+            .ok_or(Denied::Unauthenticated)?;
+        let name = authorization
+            .and_then(|a| a.strip_prefix("Basic "))
+            .and_then(|e| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(e.trim())
+                    .ok()
+            })
+            .and_then(|d| String::from_utf8(d).ok())
+            .and_then(|t| t.split_once(':').map(|(n, _)| n.to_owned()))
+            .unwrap_or_default();
+        Ok(Some((name, role)))
+    }
+
     fn authenticate(&self, authorization: Option<&str>) -> Option<Role> {
         let encoded = authorization?.strip_prefix("Basic ")?.trim();
         let decoded = base64::engine::general_purpose::STANDARD

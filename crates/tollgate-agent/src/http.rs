@@ -7,6 +7,7 @@
 //! | GET | `/metrics` | Prometheus text exposition |
 //! | GET | `/api/v1/usage` | this node's usage as JSON ([`UsageReport`]) |
 //! | GET | `/api/v1/usage/history` | per-minute peaks of the last 24 h as JSON |
+//! | GET | `/api/v1/whoami` | `{"user", "role"}` of the credentials (viewer); `{"user": null, "role": null, "users_configured": false}` when no users are configured |
 //! | GET | `/api/v1/license` | the license in force and its evaluation (viewer) |
 //! | PUT | `/api/v1/license` | upload an armored license; verified before it replaces the current one (admin) |
 //! | POST | `/api/v1/license/reload` | re-read the license now: 200 valid, 401 bad credentials, 403 not admin (admin) |
@@ -115,6 +116,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/usage", get(usage))
         .route("/api/v1/usage/history", get(history))
+        .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/license", get(license_get).put(license_put))
         .route("/api/v1/license/reload", post(license_reload))
         .route("/api/v1/admit", get(admit))
@@ -223,6 +225,27 @@ pub fn license_report(state: &AgentState) -> LicenseReport {
         armored: current.as_ref().map(|c| c.armored().to_owned()),
         explanation: evaluation.as_ref().map(|e| e.explain()),
         evaluation,
+    }
+}
+
+async fn whoami(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match state.users.identify(authorization) {
+        Ok(Some((user, role))) => {
+            axum::Json(serde_json::json!({"user": user, "role": role, "users_configured": true}))
+                .into_response()
+        }
+        Ok(None) => {
+            axum::Json(serde_json::json!({"user": null, "role": null, "users_configured": false}))
+                .into_response()
+        }
+        Err(_) => error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "missing or invalid credentials",
+        ),
     }
 }
 

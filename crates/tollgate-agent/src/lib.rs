@@ -367,7 +367,10 @@ fn spawn_sweeper(
             let step = every / 10;
             let budget = tables.shard_count().div_ceil(10);
             while !stop.load(Ordering::Relaxed) {
-                tables.sweep(wall_clock(), budget);
+                let now = wall_clock();
+                tables.sweep(now, budget);
+                // Quiet minutes have peaks too: sample here as well as after ingest batches.
+                tables.observe_peaks(now);
                 std::thread::sleep(step);
             }
         })

@@ -294,7 +294,26 @@ impl LicenseManager {
             path: path.clone(),
             source,
         })?;
-        self.install(&text, now_ms, "reload")
+        match self.install(&text, now_ms, "reload") {
+            // An upload newer than the file is in force: keep it, and say so.
+            Err(InstallError::NotNewer {
+                serial,
+                current_serial,
+            }) => Ok(Installed {
+                changed: false,
+                license_key: self
+                    .current()
+                    .map(|c| c.document().license_key.clone())
+                    .unwrap_or_default(),
+                serial: current_serial,
+                previous_serial: Some(current_serial),
+                message: format!(
+                    "{} holds serial {serial}, not newer than serial {current_serial} in force; kept serial {current_serial}",
+                    path.display()
+                ),
+            }),
+            other => other,
+        }
     }
 
     /// Evaluates the current license against `usage` at `now_ms`, publishes the admission
