@@ -17,6 +17,7 @@ pub mod http;
 pub mod license;
 pub mod metrics;
 pub mod state;
+pub mod systemd;
 pub mod web;
 
 use std::future::Future;
@@ -237,12 +238,26 @@ pub async fn run(
         "agent ready"
     );
     on_ready(&info);
+    systemd::notify(&format!("READY=1\nSTATUS=ingesting; admin on {admin}"));
+    let watchdog = systemd::watchdog_interval().map(|every| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                systemd::notify("WATCHDOG=1");
+            }
+        })
+    });
 
     let server =
         axum::serve(listener, http::router(Arc::clone(&state))).with_graceful_shutdown(shutdown);
     let served = server.await;
 
     tracing::info!("shutting down: stopping ingest and writing a final snapshot");
+    systemd::notify("STOPPING=1");
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     ingest.shutdown();
     stop.store(true, Ordering::Relaxed);
     let _ = sweeper.join();
