@@ -282,7 +282,7 @@ impl LicenseClient {
             node_id: self.node_id.clone(),
             agent_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
         };
-        let body = serde_json::to_vec(&request).unwrap_or_default();
+        let body = request.to_json();
         let bytes = self
             .post(&self.lease_url, body, LEASE_RESPONSE_LEN_MAX)
             .await?;
@@ -295,7 +295,7 @@ impl LicenseClient {
 
     /// `POST /api/v1/licenses/{key}/usage`: stores a usage report on the server.
     pub async fn send_usage(&self, report: &UsageReport) -> Result<(), FetchError> {
-        let body = serde_json::to_vec(report).unwrap_or_default();
+        let body = report.to_json();
         self.post(&self.usage_url, body, ERROR_BODY_LEN_MAX).await?;
         Ok(())
     }

@@ -77,6 +77,13 @@ pub struct LeaseRequest {
     pub agent_version: Option<String>,
 }
 
+impl LeaseRequest {
+    /// The JSON the agent sends.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
 /// The answer of `POST /api/v1/licenses/{key}/lease` (200).
 ///
 /// **Invariant** (checked by [`parse_lease_response`], relied on by the fuzz target): the
@@ -180,6 +187,11 @@ pub struct UsageReport {
 }
 
 impl UsageReport {
+    /// The JSON the agent sends.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
     /// Checks every bound documented on the fields.
     pub fn validate(&self) -> Result<(), ResponseError> {
         check_text("node_id", &self.node_id, 1, NODE_ID_LEN_MAX)?;
@@ -262,6 +274,11 @@ pub fn parse_lease_response(bytes: &[u8]) -> Result<LeaseResponse, ResponseError
 }
 
 impl LeaseResponse {
+    /// The JSON the server sends.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
     /// The response describing `document`, signed as `license`.
     pub fn for_document(
         license: String,

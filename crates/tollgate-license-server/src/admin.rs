@@ -70,8 +70,10 @@ pub enum AdminCommand {
     Key(KeyCommand),
     /// The audit log, newest first: every admin action and every lease.
     Audit {
+        /// Only entries about this license.
         #[arg(long, value_name = "KEY")]
         license: Option<String>,
+        /// At most this many (newest first).
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// One JSON object per line.
@@ -140,6 +142,7 @@ pub enum LicenseCommand {
 pub enum TokenCommand {
     /// Issue an API token for a license, bound to client addresses; prints it once.
     Issue {
+        /// The license key the token is for.
         #[arg(long, value_name = "KEY")]
         license: String,
         /// An address (192.0.2.7) or network (10.0.0.0/8) the token may be used from;
@@ -151,6 +154,7 @@ pub enum TokenCommand {
         note: Option<String>,
     },
     List {
+        /// Only this license's tokens.
         #[arg(long, value_name = "KEY")]
         license: Option<String>,
     },
@@ -162,8 +166,10 @@ pub enum TokenCommand {
 pub enum ReportsCommand {
     /// The latest usage reports, newest first.
     List {
+        /// Only this license's reports.
         #[arg(long, value_name = "KEY")]
         license: Option<String>,
+        /// At most this many (newest first).
         #[arg(long, default_value_t = 20)]
         limit: u32,
         /// One JSON object per line (the report as sent, with the server's fields).

@@ -1,0 +1,506 @@
+//! STAGED: this file becomes `tests/license_server.rs` together with the wiring of
+//! `tollgate license-server` in `src/main.rs` and the root `tollgate-license-server`
+//! dependency and `tollgate-license-client` dev-dependency (it cannot compile or pass before
+//! them). Until then cargo does not see it.
+//!
+//! `tollgate license-server` and `tollgate license-server admin …` as real processes on
+//! loopback, in temp dirs, reached by the real license client over real TLS: the vendor's
+//! workflow end to end, the address binding, refusals, exit codes, restart.
+
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tollgate_license::{PublicKey, TrustedKeys};
+use tollgate_license_client::{ClientConfig, FetchError, LicenseClient, UsageFigures, UsageReport};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+const LICENSE_KEY: &str = "ACME_0001";
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// A vendor's directory: config, database, keys, spec.
+struct Vendor {
+    dir: tempfile::TempDir,
+}
+
+impl Vendor {
+    fn new(tls: &str) -> Vendor {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\ndatabase = \"db/license-server.db\"\nlease_days = 14\n\
+             {tls}\n[signing]\nkey_dir = \"keys\"\n"
+        );
+        std::fs::write(dir.path().join("server.toml"), config).unwrap();
+        Vendor { dir }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("server.toml")
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn admin(&self, args: &[&str]) -> Output {
+        let out = Command::new(BIN)
+            .args(["license-server", "--config"])
+            .arg(self.config())
+            .arg("admin")
+            .args(args)
+            .env_remove("TOLLGATE_LOG")
+            .output()
+            .expect("runs the binary");
+        Output {
+            code: out.status.code().expect("exited"),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn admin_ok(&self, args: &[&str]) -> String {
+        let out = self.admin(args);
+        assert_eq!(out.code, 0, "admin {args:?}: {}", out.stderr);
+        out.stdout
+    }
+
+    /// Customer, a subscription license ending in 5 days, and a token for `allow`.
+    fn provision(&self, allow: &str) -> String {
+        self.admin_ok(&["customer", "add", "Acme Telecom"]);
+        let valid_until = tollgate_license::timestamp::format_rfc3339(
+            now_ms() / 1000 * 1000 + 5 * tollgate_license::timestamp::DAY_MS,
+        );
+        let spec = format!(
+            "license_key = \"{LICENSE_KEY}\"\ncustomer = \"Acme Telecom\"\n\
+             kind = \"subscription\"\nserial = 1\nvalid_from = \"2020-01-01T00:00:00Z\"\n\
+             valid_until = \"{valid_until}\"\n[limits]\ncalls = 100\n"
+        );
+        std::fs::write(self.path("spec.toml"), spec).unwrap();
+        self.admin_ok(&[
+            "license",
+            "create",
+            "--spec",
+            self.path("spec.toml").to_str().unwrap(),
+        ]);
+        let out = self.admin_ok(&["token", "issue", "--license", LICENSE_KEY, "--allow", allow]);
+        out.lines()
+            .find(|l| l.starts_with("tg_"))
+            .expect("the token is printed once")
+            .to_owned()
+    }
+}
+
+/// A running `tollgate license-server`.
+struct Server {
+    child: Child,
+    port: u16,
+    /// What it printed at start (address, certificate, fingerprint, keys).
+    banner: Vec<String>,
+}
+
+impl Server {
+    fn start(vendor: &Vendor, dev: bool) -> Server {
+        let mut command = Command::new(BIN);
+        command
+            .args(["license-server", "--config"])
+            .arg(vendor.config());
+        if dev {
+            command.arg("--dev");
+        }
+        let mut child = command
+            .env("TOLLGATE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tollgate license-server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut banner = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => {
+                    let done = line.starts_with("trusted key");
+                    banner.push(line);
+                    if done {
+                        // All key lines follow one another; give the rest a moment.
+                        while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                            banner.push(line);
+                        }
+                        break;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let mut err = String::new();
+                    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+                    panic!("license server exited early: {err}");
+                }
+            }
+            assert!(Instant::now() < deadline, "no banner in time: {banner:?}");
+        }
+        let port = banner[0]
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {:?}", banner[0]));
+        Server {
+            child,
+            port,
+            banner,
+        }
+    }
+
+    fn line(&self, prefix: &str) -> &str {
+        self.banner
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {:?}", self.banner))
+            .trim()
+    }
+
+    fn trusted(&self) -> TrustedKeys {
+        let mut trusted = TrustedKeys::new();
+        for line in self
+            .banner
+            .iter()
+            .filter_map(|l| l.strip_prefix("trusted key"))
+        {
+            trusted
+                .insert(PublicKey::from_file_str(line.trim()).unwrap())
+                .unwrap();
+        }
+        trusted
+    }
+
+    fn client_config(&self, vendor: &Vendor, token: &str) -> ClientConfig {
+        let mut config = ClientConfig::new(
+            format!("https://127.0.0.1:{}", self.port).parse().unwrap(),
+            LICENSE_KEY,
+            token,
+        );
+        config.ca_bundle = Some(vendor.path("db/dev-tls/cert.pem"));
+        config.system_proxy = false;
+        config.timeout = Duration::from_secs(10);
+        config
+    }
+
+    fn client(&self, vendor: &Vendor, token: &str) -> LicenseClient {
+        LicenseClient::new(self.client_config(vendor, token)).unwrap()
+    }
+
+    /// SIGTERM; the exit code and stderr.
+    fn stop(mut self) -> (i32, String) {
+        // SAFETY: plain kill(2) on our own child.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+                return (status.code().unwrap_or(-1), err);
+            }
+            assert!(Instant::now() < deadline, "license server did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn status_of(result: Result<impl std::fmt::Debug, FetchError>) -> (u16, String) {
+    match result {
+        Err(FetchError::Http { status, error, .. }) => (status, error.unwrap_or_default()),
+        other => panic!("expected an HTTP refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn dev_server_prints_its_certificate_and_serves_leases_and_reports() {
+    let vendor = Vendor::new("");
+    let server = Server::start(&vendor, true);
+    assert!(
+        server.banner[0].starts_with("tollgate license server listening on https://127.0.0.1:")
+    );
+    let fingerprint = server.line("sha256");
+    assert_eq!(fingerprint.len(), 95, "{fingerprint}");
+    assert!(
+        fingerprint.split(':').all(|b| b.len() == 2),
+        "{fingerprint}"
+    );
+    assert!(server.line("certificate").contains("dev-tls/cert.pem"));
+    assert!(vendor.path("db/dev-tls/cert.pem").exists());
+    assert!(
+        server.line("created key").ends_with(".key"),
+        "dev creates a first key"
+    );
+    let token = vendor.provision("127.0.0.1");
+    assert!(token.len() > 40, "{token}");
+
+    let rt = runtime();
+    let client = server.client(&vendor, &token);
+    let lease = rt.block_on(client.fetch_lease()).unwrap();
+    assert_eq!(lease.license_key, LICENSE_KEY);
+    assert!(lease.renewed);
+    let verified = tollgate_license::verify(lease.license.as_bytes(), &server.trusted()).unwrap();
+    assert_eq!(verified.document().serial, lease.serial);
+    let day = tollgate_license::timestamp::DAY_MS;
+    assert!(lease.signature_valid_until_ms.abs_diff(now_ms() + 14 * day) < 60_000);
+    assert!(lease.valid_until_ms.unwrap().abs_diff(now_ms() + 30 * day) < 60_000);
+
+    let report = UsageReport {
+        node_id: "sp1".into(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        timestamp_ms: now_ms(),
+        since_ms: None,
+        license_serial: Some(lease.serial),
+        node: UsageFigures {
+            calls: 42,
+            subscribers: 18,
+            peak_calls: 50,
+            ..UsageFigures::default()
+        },
+        cluster: None,
+    };
+    rt.block_on(client.send_usage(&report)).unwrap();
+    let reports = vendor.admin_ok(&["reports", "list", "--license", LICENSE_KEY]);
+    assert!(reports.contains("\tsp1\t42\t50\t"), "{reports}");
+    let audit = vendor.admin_ok(&["audit"]);
+    for action in [
+        "customer.add",
+        "license.create",
+        "token.issue",
+        "lease.signed",
+    ] {
+        assert!(audit.contains(action), "{action} in {audit}");
+    }
+    let (code, stderr) = server.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("lease signed"), "{stderr}");
+    assert!(!stderr.contains(&token), "the token is never logged");
+}
+
+#[test]
+fn refusals_from_the_real_server() {
+    let vendor = Vendor::new("");
+    let server = Server::start(&vendor, true);
+    let token = vendor.provision("127.0.0.1");
+    let rt = runtime();
+
+    // From another source address.
+    let mut config = server.client_config(&vendor, &token);
+    config.bind_address = Some(IpAddr::from([127, 0, 0, 2]));
+    let client = LicenseClient::new(config).unwrap();
+    assert_eq!(
+        status_of(rt.block_on(client.fetch_lease())),
+        (403, "source_address_not_allowed".into())
+    );
+
+    // An unknown license key.
+    let mut config = server.client_config(&vendor, &token);
+    config.license_key = "NOPE".into();
+    let client = LicenseClient::new(config).unwrap();
+    assert_eq!(
+        status_of(rt.block_on(client.fetch_lease())),
+        (404, "unknown_license".into())
+    );
+
+    // A bad token.
+    let client = server.client(&vendor, "tg_wrong");
+    assert_eq!(
+        status_of(rt.block_on(client.fetch_lease())),
+        (401, "bad_token".into())
+    );
+
+    // Revoked.
+    let client = server.client(&vendor, &token);
+    rt.block_on(client.fetch_lease()).unwrap();
+    let list = vendor.admin_ok(&["token", "list"]);
+    let id = list.split('\t').next().unwrap().to_owned();
+    vendor.admin_ok(&["token", "revoke", &id]);
+    assert_eq!(
+        status_of(rt.block_on(client.fetch_lease())),
+        (403, "token_revoked".into())
+    );
+
+    let (code, stderr) = server.stop();
+    assert_eq!(code, 0);
+    for reason in [
+        "source_address_not_allowed",
+        "unknown_license",
+        "bad_token",
+        "token_revoked",
+    ] {
+        assert!(stderr.contains(reason), "{reason} logged: {stderr}");
+    }
+}
+
+#[test]
+fn restart_with_the_certificate_as_configured_files_keeps_state() {
+    let vendor = Vendor::new("");
+    let server = Server::start(&vendor, true);
+    let token = vendor.provision("127.0.0.1");
+    let rt = runtime();
+    let first = rt
+        .block_on(server.client(&vendor, &token).fetch_lease())
+        .unwrap();
+    assert_eq!(server.stop().0, 0);
+
+    // The same files, now as a production configuration: [tls] cert and key, no --dev.
+    let config = std::fs::read_to_string(vendor.config()).unwrap();
+    let config = config.replace(
+        "lease_days = 14\n",
+        "lease_days = 7\n[tls]\ncert = \"db/dev-tls/cert.pem\"\nkey = \"db/dev-tls/key.pem\"\n",
+    );
+    std::fs::write(vendor.config(), config).unwrap();
+    let server = Server::start(&vendor, false);
+    let second = rt
+        .block_on(server.client(&vendor, &token).fetch_lease())
+        .unwrap();
+    assert!(second.serial > first.serial);
+    assert!(
+        second.renewed,
+        "a new lease length is answered with a new document at once"
+    );
+    let day = tollgate_license::timestamp::DAY_MS;
+    assert!(second.signature_valid_until_ms.abs_diff(now_ms() + 7 * day) < 60_000);
+    assert_eq!(server.stop().0, 0);
+}
+
+#[test]
+fn a_signing_key_readable_by_others_refuses_the_start() {
+    let vendor = Vendor::new("");
+    let out = vendor.admin_ok(&["key", "rotate"]);
+    let key_path = out
+        .lines()
+        .find_map(|l| l.strip_prefix("private key"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("prints the key file")
+        .to_owned();
+    assert!(out.contains("tollgate-ed25519-public:"), "{out}");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let secret = std::fs::read_to_string(&key_path).unwrap();
+    let out = Command::new(BIN)
+        .args(["license-server", "--dev", "--config"])
+        .arg(vendor.config())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("mode 0600"), "{stderr}");
+    assert!(!stderr.contains(secret.trim()), "the key is never printed");
+}
+
+#[test]
+fn configuration_and_admin_errors_exit_with_code_2() {
+    let vendor = Vendor::new("");
+    // No [tls] and no --dev.
+    let out = Command::new(BIN)
+        .args(["license-server", "--config"])
+        .arg(vendor.config())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[tls]"));
+
+    // An unknown key in the config file.
+    std::fs::write(
+        vendor.path("bad.toml"),
+        "listen = \"127.0.0.1:0\"\nport = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["license-server", "--dev", "--config"])
+        .arg(vendor.path("bad.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `port`"));
+
+    for args in [
+        &["license", "show", "NOPE"][..],
+        &["token", "revoke", "7"],
+        &["customer", "add", ""],
+    ] {
+        let out = vendor.admin(args);
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+    }
+    vendor.admin_ok(&["customer", "add", "Acme Telecom"]);
+    let out = vendor.admin(&[
+        "token",
+        "issue",
+        "--license",
+        "NOPE",
+        "--allow",
+        "10.0.0.1/8",
+    ]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("did you mean 10.0.0.0/8"),
+        "{}",
+        out.stderr
+    );
+
+    // Admin without any way to find the database.
+    let out = Command::new(BIN)
+        .args(["license-server", "admin", "customer", "list"])
+        .current_dir(vendor.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--db"));
+}
+
+#[test]
+fn admin_works_on_a_database_given_by_path() {
+    let vendor = Vendor::new("");
+    let db = vendor.path("other.db");
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["license-server", "admin", "--db"])
+            .arg(&db)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["customer", "add", "Example"]).status.success());
+    let out = run(&["customer", "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Example"));
+    assert!(Path::new(&db).exists());
+}
