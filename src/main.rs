@@ -3,6 +3,7 @@
 
 mod demo;
 mod license_cmd;
+mod license_server_cmd;
 mod status;
 
 use std::path::PathBuf;
@@ -35,6 +36,10 @@ enum Command {
     /// Vendor tools for signed licenses: create a signing key pair, sign a license spec,
     /// verify a license file, show one in plain words.
     License(license_cmd::LicenseArgs),
+    /// Run the vendor's license server: HTTPS leases and usage reports for agents, API tokens
+    /// bound to client addresses, SQLite store; `admin` manages customers, licenses, tokens,
+    /// reports and signing keys.
+    LicenseServer(license_server_cmd::LicenseServerArgs),
     /// Start an agent on loopback with load against it and show a live view (~20 s or Ctrl-C).
     Demo(demo::DemoArgs),
     /// Hash a password for `[[admin.users]] password_hash` (argon2id). Reads the password
@@ -75,6 +80,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Loadgen(args) => run_loadgen(args),
         Command::License(args) => license_cmd::run(args),
+        Command::LicenseServer(args) => license_server_cmd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::HashPassword => hash_password(),
     };

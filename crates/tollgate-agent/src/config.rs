@@ -111,6 +111,14 @@ pub struct RawLicense {
     pub trusted_keys: Vec<String>,
     pub host_id: Option<String>,
     pub unlicensed_mode: Option<String>,
+    pub server: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub proxy: Option<String>,
+    pub ca_bundle: Option<PathBuf>,
+    pub daily_at: Option<String>,
+    pub renew_before_days: Option<u64>,
+    pub bind_address: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +169,15 @@ pub struct Config {
     pub trusted_keys: tollgate_license::TrustedKeys,
     pub host_id: Option<String>,
     pub unlicensed_mode: tollgate_license::Mode,
+    /// The license server client, when `[license] server` is set.
+    pub license_server: Option<LicenseServerConfig>,
+}
+
+/// `[license] server` and what goes with it.
+#[derive(Debug, Clone)]
+pub struct LicenseServerConfig {
+    pub client: tollgate_license_client::ClientConfig,
+    pub schedule: tollgate_license_client::ScheduleConfig,
 }
 
 impl Default for Config {
@@ -237,6 +254,7 @@ impl Config {
         if !shard_count.is_power_of_two() {
             return Err(invalid("calls.shard_count", "must be a power of two"));
         }
+        let license_server = license_server(&raw.license, license_key.as_deref())?;
         Ok(Config {
             license_key,
             node_id,
@@ -284,6 +302,7 @@ impl Config {
             license_file: raw.license.file,
             trusted_keys: trusted_keys(&raw.license.trusted_keys)?,
             host_id: raw.license.host_id.filter(|h| !h.is_empty()),
+            license_server,
             unlicensed_mode: match raw.license.unlicensed_mode.as_deref() {
                 None | Some("warn") => tollgate_license::Mode::Warn,
                 Some("enforce") => tollgate_license::Mode::Enforce,
@@ -308,6 +327,70 @@ impl Config {
         };
         Self::from_raw(raw, state_dir_override)
     }
+}
+
+/// `[license] server`, `token` / `token_file`, `proxy`, `ca_bundle`, `daily_at`,
+/// `renew_before_days`, `bind_address`.
+fn license_server(
+    raw: &RawLicense,
+    license_key: Option<&str>,
+) -> Result<Option<LicenseServerConfig>, ConfigError> {
+    let Some(server) = raw.server.as_deref().filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let url = server
+        .parse()
+        .map_err(|e| invalid("license.server", format!("{server:?}: {e}")))?;
+    let license_key = license_key.ok_or_else(|| {
+        invalid(
+            "general.license_key",
+            "required when [license] server is set",
+        )
+    })?;
+    let token = match (&raw.token, &raw.token_file) {
+        (Some(t), None) => t.trim().to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| invalid("license.token_file", format!("{}: {e}", path.display())))?
+            .trim()
+            .to_owned(),
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "license.token",
+                "set token or token_file, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                "license.token",
+                "required when [license] server is set",
+            ));
+        }
+    };
+    let mut client = tollgate_license_client::ClientConfig::new(url, license_key, &token);
+    if let Some(proxy) = raw.proxy.as_deref().filter(|p| !p.is_empty()) {
+        client.proxy = Some(
+            proxy
+                .parse()
+                .map_err(|e| invalid("license.proxy", format!("{proxy:?}: {e}")))?,
+        );
+    }
+    client.ca_bundle = raw.ca_bundle.clone();
+    if let Some(addr) = raw.bind_address.as_deref() {
+        client.bind_address = Some(
+            addr.parse()
+                .map_err(|e| invalid("license.bind_address", format!("{addr:?}: {e}")))?,
+        );
+    }
+    let mut schedule = tollgate_license_client::ScheduleConfig::default();
+    if let Some(at) = raw.daily_at.as_deref() {
+        schedule.daily_at = at
+            .parse()
+            .map_err(|e| invalid("license.daily_at", format!("{at:?}: {e}")))?;
+    }
+    if let Some(days) = raw.renew_before_days {
+        schedule.renew_before_ms = days.saturating_mul(86_400_000);
+    }
+    Ok(Some(LicenseServerConfig { client, schedule }))
 }
 
 /// `[license] trusted_keys`: each entry is a public key line
@@ -437,6 +520,14 @@ mod tests {
             "trusted_keys",
             "host_id",
             "unlicensed_mode",
+            "server",
+            "token",
+            "token_file",
+            "proxy",
+            "ca_bundle",
+            "daily_at",
+            "renew_before_days",
+            "bind_address",
         ] {
             assert!(
                 doc.contains(&format!("`{key}`")),

@@ -10,7 +10,7 @@
 //! | GET | `/api/v1/whoami` | `{"user", "role"}` of the credentials (viewer); `{"user": null, "role": null, "users_configured": false}` when no users are configured |
 //! | GET | `/api/v1/license` | the license in force and its evaluation (viewer) |
 //! | PUT | `/api/v1/license` | upload an armored license; verified before it replaces the current one (admin) |
-//! | POST | `/api/v1/license/reload` | re-read the license now: 200 valid, 401 bad credentials, 403 not admin (admin) |
+//! | POST | `/api/v1/license/reload` | fetch from the license server (or re-read `[license] file`) now: 200 valid license in force, 401 bad credentials, 403 not admin, 502 server unreachable (admin) |
 //! | GET | `/api/v1/admit?call_id=…[&emergency=1]` | the admission answer: 200 admit, 403 deny (viewer) |
 //! | GET | `/api/v1/features/{name}` | 200 licensed, 403 not licensed (viewer) |
 //!
@@ -296,6 +296,24 @@ async fn license_put(
 async fn license_reload(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&state, &headers, Role::Admin) {
         return r;
+    }
+    // With a license server: fetch from it now (this is also how a subscription renews on
+    // demand). Without one: re-read the license file.
+    if let Some(fetcher) = state.fetcher.clone() {
+        return match fetcher.fetch_now(&state, "reload").await {
+            Ok(installed) => {
+                state.evaluate_license();
+                axum::Json(installed).into_response()
+            }
+            Err(crate::license_fetch::FetchFailure::Refused(e)) => {
+                installed_response(&state, Err(e))
+            }
+            Err(e) => error(
+                StatusCode::BAD_GATEWAY,
+                e.reason(),
+                format!("{e}; the license in force keeps working until its signature lease ends"),
+            ),
+        };
     }
     let now = tollgate_ingest::wall_clock().unix_ms();
     let result = state.license.reload(now);

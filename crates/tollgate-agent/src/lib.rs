@@ -15,6 +15,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod license;
+pub mod license_fetch;
 pub mod metrics;
 pub mod state;
 pub mod systemd;
@@ -52,6 +53,8 @@ pub enum AgentError {
     },
     #[error("admin HTTP server failed: {0}")]
     AdminServe(std::io::Error),
+    #[error("license server client: {0}")]
+    LicenseClient(String),
 }
 
 /// Counters of the snapshot writer, shown in `/metrics`.
@@ -74,6 +77,17 @@ pub struct AgentState {
     pub users: auth::Users,
     /// The same admission the ingest threads answer `admit` with.
     pub admission: Arc<dyn tollgate_ingest::Admission>,
+    /// The license server client, when one is configured.
+    pub fetcher: Option<Arc<license_fetch::LicenseFetcher>>,
+}
+
+/// Cluster-wide usage as this node sees it (from the mesh), for reports and the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ClusterUsage {
+    pub calls: u64,
+    pub emergency_calls: u64,
+    pub subscribers: u64,
+    pub registered_subscribers: u64,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -85,6 +99,11 @@ impl std::fmt::Debug for AgentState {
 }
 
 impl AgentState {
+    /// The cluster aggregate, when this node is part of a mesh.
+    pub fn cluster_usage(&self) -> Option<ClusterUsage> {
+        None
+    }
+
     /// Evaluates the license against current usage now (every second, and after a change).
     pub fn evaluate_license(&self) -> Arc<tollgate_license::Evaluation> {
         let now = wall_clock().unix_ms();
@@ -141,6 +160,24 @@ pub async fn run(
         Arc::clone(&state_dir),
         wall_clock().unix_ms(),
     ));
+    let fetcher = match &config.license_server {
+        Some(server) => {
+            let mut client = server.client.clone();
+            client.node_id = Some(config.node_id.clone());
+            let client = tollgate_license_client::LicenseClient::new(client)
+                .map_err(|e| AgentError::LicenseClient(e.to_string()))?;
+            let seed = u64::from_le_bytes(
+                blake3::hash(config.node_id.as_bytes()).as_bytes()[..8]
+                    .try_into()
+                    .unwrap_or([0; 8]),
+            );
+            let schedule = tollgate_license_client::FetchSchedule::new(server.schedule, seed);
+            Some(Arc::new(license_fetch::LicenseFetcher::new(
+                client, schedule,
+            )))
+        }
+        None => None,
+    };
     let admission: Arc<dyn tollgate_ingest::Admission> = Arc::new(
         license::LicenseAdmission::local(license.gate(), Arc::clone(&tables)),
     );
@@ -180,6 +217,7 @@ pub async fn run(
         license: Arc::clone(&license),
         users: auth::Users::new(config.users.clone()),
         admission,
+        fetcher,
     });
     state.evaluate_license();
 
@@ -228,6 +266,10 @@ pub async fn run(
     ));
     let reports = tokio::spawn(report_task(Arc::clone(&state), config.report_interval));
     let evaluations = tokio::spawn(license_task(Arc::clone(&state)));
+    let fetches = state
+        .fetcher
+        .clone()
+        .map(|f| tokio::spawn(f.run(Arc::clone(&state))));
 
     tracing::info!(
         node_id = %config.node_id,
@@ -264,6 +306,9 @@ pub async fn run(
     snapshots.abort();
     reports.abort();
     evaluations.abort();
+    if let Some(f) = fetches {
+        f.abort();
+    }
     license.persist();
     write_snapshot(&state, &state_dir);
     state_dir.clear_runtime();
@@ -366,6 +411,9 @@ async fn report_task(state: Arc<AgentState>, every: Duration) {
             u.subscribers,
             u.registered_subscribers
         );
+        if let Some(fetcher) = &state.fetcher {
+            fetcher.send_report(&state).await;
+        }
     }
 }
 

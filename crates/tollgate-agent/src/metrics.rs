@@ -307,6 +307,35 @@ fn render_license(m: &mut MetricsWriter, state: &AgentState) {
             ms / 1000,
         );
     }
+    if let Some(fetcher) = &state.fetcher {
+        let f = fetcher.stats();
+        m.labeled_counter(
+            "tollgate_license_fetches_total",
+            "Fetches from the license server, by result (ok, or the failure's cause).",
+            "result",
+            f.results.iter().map(|(k, v)| (*k, *v)),
+        );
+        m.gauge(
+            "tollgate_license_fetch_last_success_timestamp_seconds",
+            "Unix time of the last successful fetch (0: none yet).",
+            f.last_success_ms.unwrap_or(0) / 1000,
+        );
+        m.gauge(
+            "tollgate_license_fetch_last_failure_timestamp_seconds",
+            "Unix time of the last failed fetch (0: none).",
+            f.last_failure_ms.unwrap_or(0) / 1000,
+        );
+        m.counter(
+            "tollgate_usage_reports_sent_total",
+            "Usage reports delivered to the license server.",
+            f.reports_sent,
+        );
+        m.counter(
+            "tollgate_usage_reports_failed_total",
+            "Usage reports the license server did not take.",
+            f.reports_failed,
+        );
+    }
     let t = state.ingest_stats.snapshot().totals;
     m.counter(
         "tollgate_admit_denied_total",

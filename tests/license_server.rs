@@ -1,11 +1,8 @@
-//! STAGED: this file becomes `tests/license_server.rs` together with the wiring of
-//! `tollgate license-server` in `src/main.rs` and the root `tollgate-license-server`
-//! dependency and `tollgate-license-client` dev-dependency (it cannot compile or pass before
-//! them). Until then cargo does not see it.
-//!
 //! `tollgate license-server` and `tollgate license-server admin …` as real processes on
 //! loopback, in temp dirs, reached by the real license client over real TLS: the vendor's
 //! workflow end to end, the address binding, refusals, exit codes, restart.
+
+mod common;
 
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::IpAddr;
@@ -503,4 +500,126 @@ fn admin_works_on_a_database_given_by_path() {
     let out = run(&["customer", "list"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Example"));
     assert!(Path::new(&db).exists());
+}
+
+/// The agent's license client against the real server: fetch at start, usage reports
+/// stored on the server, reload fetches again, and when the server is gone the license in
+/// force keeps working while reload answers 502.
+#[test]
+fn agent_fetches_at_start_reports_usage_and_survives_the_server_going_away() {
+    let vendor = Vendor::new("");
+    let server = Server::start(&vendor, true);
+    let token = vendor.provision("127.0.0.1");
+    let keys: Vec<String> = server
+        .banner
+        .iter()
+        .filter_map(|l| l.strip_prefix("trusted key"))
+        .map(|k| format!("\"{}\"", k.trim()))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let admin = tollgate_agent::auth::hash_password("pw").unwrap();
+    let config = common::write_config(
+        dir.path(),
+        &format!(
+            "[report]\ninterval_s = 1\n\n[license]\ntrusted_keys = [{}]\nserver = \"https://127.0.0.1:{}\"\n\
+             token = \"{token}\"\nca_bundle = \"{}\"\n\n\
+             [[admin.users]]\nname = \"ops\"\npassword_hash = \"{admin}\"\nrole = \"admin\"\n",
+            keys.join(", "),
+            server.port,
+            vendor.path("db/dev-tls/cert.pem").display()
+        ),
+    );
+    // [general] license_key is needed with a server: prepend it.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen(
+            "[general]\n",
+            &format!("[general]\nlicense_key = \"{LICENSE_KEY}\"\n"),
+            1,
+        ),
+    )
+    .unwrap();
+    let agent = common::Agent::start(&dir.path().join("state"), &config);
+    let auth = Some(("ops", "pw"));
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http(agent.rt.admin, "GET", "/api/v1/license", auth);
+        if body.contains(LICENSE_KEY) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never fetched its license: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    common::send_udp(agent.udp(), b"call-start report-me\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reports = vendor.admin_ok(&["reports", "list", "--json"]);
+        if reports.contains("report-me") || reports.contains("\"calls\":1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no usage report with the call reached the server: {reports}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, body) = http(agent.rt.admin, "POST", "/api/v1/license/reload", auth);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        agent
+            .metric("tollgate_license_fetches_total{result=\"ok\"}")
+            .unwrap_or(0.0)
+            >= 2.0
+    );
+
+    drop(server);
+    let (status, body) = http(agent.rt.admin, "POST", "/api/v1/license/reload", auth);
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("connect"), "{body}");
+    let (_, body) = http(agent.rt.admin, "GET", "/api/v1/license", auth);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        json["evaluation"]["license_status"], "OK",
+        "the lease still runs: {body}"
+    );
+}
+
+/// A minimal HTTP/1.1 request with basic auth: (status, body).
+fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+) -> (u16, String) {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = auth
+        .map(|(u, p)| {
+            format!(
+                "Authorization: Basic {}\r\n",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
+        })
+        .unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Length: 0\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        raw.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
 }

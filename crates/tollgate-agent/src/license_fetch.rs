@@ -1,0 +1,261 @@
+//! Fetching the license from the vendor's license server and sending usage reports: the IO
+//! around `tollgate-license-client`'s sans-IO [`FetchSchedule`].
+//!
+//! - A fetch happens at start, daily at `[license] daily_at` local time (plus jitter), early
+//!   when the lease nears its end, after failures with exponential backoff, and on demand
+//!   (`POST /api/v1/license/reload`). Only one fetch runs at a time.
+//! - A fetched document is installed through [`LicenseManager::install`]: verified against
+//!   the trusted keys, never taken on the server's word.
+//! - When the server cannot be reached, the license in force keeps working until its
+//!   signature lease ends (then `LEASE_EXPIRED`). Each failure streak is logged once with
+//!   its cause; every attempt is counted by result.
+//! - A usage report goes out after each successful fetch and every `[report] interval_s`,
+//!   with the peaks since the previous report.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tollgate_license_client::{
+    FetchError, FetchReason, FetchSchedule, LicenseClient, Now, UsageFigures, UsageReport,
+};
+use tollgate_usage::Timestamp;
+
+use crate::AgentState;
+use crate::license::{InstallError, Installed};
+
+/// Why a fetch did not leave a valid license from the server in force.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchFailure {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("the license server's document was refused: {0}")]
+    Refused(#[from] InstallError),
+}
+
+impl FetchFailure {
+    /// Low-cardinality result label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FetchFailure::Fetch(e) => e.reason(),
+            FetchFailure::Refused(_) => "refused",
+        }
+    }
+}
+
+/// Counters of the fetcher, for `/metrics`.
+#[derive(Debug, Default, Clone)]
+pub struct FetchStats {
+    /// Attempts by result (`ok` or a failure reason).
+    pub results: BTreeMap<&'static str, u64>,
+    pub last_success_ms: Option<u64>,
+    pub last_failure_ms: Option<u64>,
+    pub last_failure_reason: Option<&'static str>,
+    pub reports_sent: u64,
+    pub reports_failed: u64,
+}
+
+/// The agent's license-server client, schedule and counters.
+#[derive(Debug)]
+pub struct LicenseFetcher {
+    client: LicenseClient,
+    schedule: Mutex<FetchSchedule>,
+    /// Serializes fetches (the schedule's and the reload endpoint's).
+    running: tokio::sync::Mutex<()>,
+    stats: Mutex<FetchStats>,
+    /// Start of the period the next usage report's peaks cover.
+    report_since_ms: Mutex<Option<u64>>,
+    /// Wakes the schedule loop when a reload fetched out of turn.
+    wake: tokio::sync::Notify,
+}
+
+impl LicenseFetcher {
+    pub fn new(client: LicenseClient, schedule: FetchSchedule) -> Self {
+        LicenseFetcher {
+            client,
+            schedule: Mutex::new(schedule),
+            running: tokio::sync::Mutex::new(()),
+            stats: Mutex::new(FetchStats::default()),
+            report_since_ms: Mutex::new(None),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn stats(&self) -> FetchStats {
+        self.stats.lock().clone()
+    }
+
+    /// Fetches the lease now and installs it. `Ok` means the server's document is in force
+    /// (newly installed, or the same as the one already in force).
+    pub async fn fetch_now(
+        &self,
+        state: &AgentState,
+        reason: &str,
+    ) -> Result<Installed, FetchFailure> {
+        let _one_at_a_time = self.running.lock().await;
+        let result = match self.client.fetch_lease().await {
+            Ok(lease) => {
+                let now = crate::wall_clock().unix_ms();
+                match state
+                    .license
+                    .install(lease.license.as_bytes(), now, "license server")
+                {
+                    Ok(installed) => Ok(installed),
+                    // Something newer is in force already (an upload, the mesh): keep it.
+                    Err(InstallError::NotNewer {
+                        current_serial,
+                        serial,
+                    }) => Ok(Installed {
+                        changed: false,
+                        license_key: lease.license_key.clone(),
+                        serial: current_serial,
+                        previous_serial: Some(current_serial),
+                        message: format!(
+                            "the license server's serial {serial} is not newer than serial {current_serial} in force"
+                        ),
+                    }),
+                    Err(e) => Err(FetchFailure::Refused(e)),
+                }
+            }
+            Err(e) => Err(FetchFailure::Fetch(e)),
+        };
+        let now = crate::wall_clock().unix_ms();
+        let first_failure;
+        {
+            let mut schedule = self.schedule.lock();
+            let mut stats = self.stats.lock();
+            first_failure = stats
+                .last_failure_ms
+                .is_none_or(|f| stats.last_success_ms.is_some_and(|s| s > f));
+            match &result {
+                Ok(_) => {
+                    schedule.on_success(now);
+                    stats.last_success_ms = Some(now);
+                    *stats.results.entry("ok").or_default() += 1;
+                }
+                Err(e) => {
+                    schedule.on_failure(now);
+                    stats.last_failure_ms = Some(now);
+                    stats.last_failure_reason = Some(e.reason());
+                    *stats.results.entry(e.reason()).or_default() += 1;
+                }
+            }
+        }
+        match &result {
+            Ok(installed) => {
+                tracing::info!(
+                    reason,
+                    serial = installed.serial,
+                    changed = installed.changed,
+                    "license fetched from the license server"
+                );
+                self.wake.notify_one();
+            }
+            Err(e) if first_failure => tracing::error!(
+                reason,
+                cause = e.reason(),
+                error = %e,
+                "license fetch failed; the license in force keeps working until its signature lease ends"
+            ),
+            Err(e) => tracing::debug!(cause = e.reason(), error = %e, "license fetch failed again"),
+        }
+        if result.is_ok() {
+            self.send_report(state).await;
+        }
+        result
+    }
+
+    /// Sends a usage report with the peaks since the previous one.
+    pub async fn send_report(&self, state: &AgentState) {
+        let now = crate::wall_clock();
+        let since = *self.report_since_ms.lock();
+        let usage = state.tables.usage();
+        let peaks = state
+            .tables
+            .peaks()
+            .max_since(now, Timestamp::from_unix_ms(since.unwrap_or(0)));
+        let node = UsageFigures {
+            calls: usage.calls,
+            emergency_calls: usage.emergency_calls,
+            subscribers: usage.subscribers,
+            registered_subscribers: usage.registered_subscribers,
+            peak_calls: peaks.calls.max(usage.calls),
+            peak_emergency_calls: usage.emergency_calls,
+            peak_registered_subscribers: peaks
+                .registered_subscribers
+                .max(usage.registered_subscribers),
+        };
+        let report = UsageReport {
+            node_id: state.node_id.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            timestamp_ms: now.unix_ms(),
+            since_ms: since,
+            license_serial: state.license.current().map(|c| c.document().serial),
+            node,
+            cluster: state.cluster_usage().map(|a| UsageFigures {
+                calls: a.calls,
+                emergency_calls: a.emergency_calls,
+                subscribers: a.subscribers,
+                registered_subscribers: a.registered_subscribers,
+                ..UsageFigures::default()
+            }),
+        };
+        match self.client.send_usage(&report).await {
+            Ok(()) => {
+                *self.report_since_ms.lock() = Some(now.unix_ms());
+                self.stats.lock().reports_sent += 1;
+            }
+            Err(e) => {
+                let mut stats = self.stats.lock();
+                stats.reports_failed += 1;
+                if stats.reports_failed == 1 || stats.reports_sent > 0 {
+                    tracing::warn!(cause = e.reason(), error = %e, "usage report not delivered");
+                }
+            }
+        }
+    }
+
+    /// The schedule loop: sleeps until the next fetch the schedule asks for, fetches, repeats.
+    pub async fn run(self: Arc<Self>, state: Arc<AgentState>) {
+        loop {
+            let now = crate::wall_clock().unix_ms();
+            let lease_end = state
+                .license
+                .current()
+                .and_then(|c| c.document().signature_valid_until_ms);
+            let next = self.schedule.lock().next_fetch(
+                Now {
+                    unix_ms: now,
+                    utc_offset_s: local_utc_offset_s(now),
+                },
+                lease_end,
+            );
+            let wait = Duration::from_millis(next.at_ms.saturating_sub(now));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {
+                    let _ = self.fetch_now(&state, reason_label(next.reason)).await;
+                }
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+}
+
+fn reason_label(r: FetchReason) -> &'static str {
+    r.as_str()
+}
+
+/// This host's UTC offset at `unix_ms`, in seconds (from the C library's time zone rules:
+/// `localtime_r`, which is safe to call from any thread).
+pub fn local_utc_offset_s(unix_ms: u64) -> i32 {
+    let t = (unix_ms / 1000) as libc::time_t;
+    // SAFETY: localtime_r writes only into `tm`.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return 0;
+        }
+        tm.tm_gmtoff as i32
+    }
+}
