@@ -6,9 +6,17 @@
 //! counters published once per batch. The only clock read is one wall-clock sample per
 //! batch; nothing here allocates per datagram.
 //!
+//! Besides the text and binary formats, the event sockets accept OpenSIPS `event_datagram`
+//! notifications unchanged ([`Pipeline::process`] tells them apart by their first byte), and
+//! [`HepIngest`] runs a HEPv3 collector on a socket of its own ([`hep`]).
+//! [`write_opensips_metrics`] and [`HepSnapshot::write_metrics`] render their counters as
+//! Prometheus lines.
+//!
 //! What it deliberately lacks: any policy. Usage rules live in `tollgate-usage`, the decoders
 //! in `tollgate-events`, admission decisions behind the [`Admission`] trait.
 
+mod exposition;
+pub mod hep;
 mod pipeline;
 mod recv;
 mod socket;
@@ -19,6 +27,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use exposition::write_opensips_metrics;
+pub use hep::{HepConfig, HepIngest, HepResult, HepSnapshot, TrackerConfig, TrackerCounters};
 pub use pipeline::{Admission, AdmitAll, BatchObserver, Decision, Pipeline, REPLY_BYTES_MAX};
 pub use recv::{RECV_BATCH_MAX, Received, RecvBatch, RecvMode};
 pub use socket::{Endpoint, EventSocket, RECV_TIMEOUT, SocketOptions};
@@ -36,6 +46,10 @@ pub enum IngestError {
     },
     #[error("cannot start ingest thread: {0}")]
     Spawn(std::io::Error),
+    #[error("invalid hep tracker configuration: {0}")]
+    Hep(tollgate_sip::ConfigError),
+    #[error("hep auth key must be 1 to {} bytes", hep::AUTH_KEY_LEN_MAX)]
+    HepAuthKey,
 }
 
 /// Tunables of the receive loops.

@@ -1,13 +1,18 @@
 //! What happens to one datagram once it is in user space: sequence check, decode, apply,
 //! answer `admit` queries. No sockets here: the caller hands in bytes and the time, and
 //! gets back the reply to send (if any), so the whole path is testable without IO.
+//!
+//! Three formats share the event sockets, told apart by their first byte: `0xFF` is a
+//! binary batch, `{` (after optional blanks) an OpenSIPS `event_datagram` JSON-RPC
+//! notification (`tollgate-opensips`, one event per datagram, no sequence header), anything
+//! else the text protocol.
 
 use std::sync::Arc;
 
 use tollgate_events::{Event, Malformed};
 use tollgate_usage::{Outcome, SeqVerdict, SequenceTracker, Tables, Timestamp};
 
-use crate::stats::{DatagramDrop, EventOutcome, LocalStats};
+use crate::stats::{DatagramDrop, EventOutcome, LocalStats, OPENSIPS_APPLIED, OPENSIPS_IGNORED};
 
 /// Longest reply datagram built for one received datagram; further `admit` answers in the
 /// same datagram are dropped (and counted as reply errors).
@@ -72,6 +77,10 @@ impl Pipeline {
     ) {
         stats.datagrams += 1;
         stats.bytes += datagram.len() as u64;
+        if tollgate_opensips::looks_like_json(datagram) {
+            self.process_opensips(now, datagram, stats, reply);
+            return;
+        }
         let decoded = tollgate_events::decode(datagram);
         if let Some(seq) = &decoded.seq {
             match self.sequences.check(now, seq) {
@@ -88,6 +97,26 @@ impl Pipeline {
                 Ok(event) => self.apply(now, &event, stats, reply),
                 Err(reason) => stats.malformed[reason as usize] += 1,
             }
+        }
+    }
+
+    /// One OpenSIPS notification: decoded (not on the hot path: JSON), applied, counted by
+    /// result.
+    #[cold]
+    fn process_opensips(
+        &self,
+        now: Timestamp,
+        datagram: &[u8],
+        stats: &mut LocalStats,
+        reply: &mut Vec<u8>,
+    ) {
+        match tollgate_opensips::decode(datagram, now) {
+            Ok(Some(event)) => {
+                stats.opensips[OPENSIPS_APPLIED] += 1;
+                self.apply(now, &event.as_event(), stats, reply);
+            }
+            Ok(None) => stats.opensips[OPENSIPS_IGNORED] += 1,
+            Err(error) => stats.opensips[2 + error.index()] += 1,
         }
     }
 
@@ -108,8 +137,9 @@ impl Pipeline {
         stats.malformed[Malformed::Oversize as usize] += 1;
     }
 
+    /// Applies one decoded event (and answers it into `reply` if it is an `admit`).
     #[inline]
-    fn apply(
+    pub(crate) fn apply(
         &self,
         now: Timestamp,
         event: &Event<'_>,
@@ -157,4 +187,77 @@ fn write_decision(decision: Decision, reply: &mut Vec<u8>, stats: &mut LocalStat
     reply.extend_from_slice(word);
     reply.extend_from_slice(code.as_bytes());
     reply.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate_usage::{FingerprintKey, TablesConfig};
+
+    use super::*;
+    use crate::stats::{OPENSIPS_RESULT_COUNT, OPENSIPS_RESULTS};
+
+    fn pipeline() -> Pipeline {
+        Pipeline {
+            tables: Arc::new(Tables::new(
+                TablesConfig::default(),
+                FingerprintKey::random(),
+            )),
+            sequences: Arc::new(SequenceTracker::default()),
+            admission: Arc::new(AdmitAll),
+            observer: None,
+        }
+    }
+
+    fn dialog(old: u8, new: u8) -> String {
+        format!(
+            r#"{{"jsonrpc":"2.0","method":"E_DLG_STATE_CHANGED","params":{{"hash_entry":3116,"hash_id":1804289383,"callid":"1-4242@127.0.1.1","from_tag":"4242SIPpTag001","to_tag":"4243SIPpTag011","old_state":{old},"new_state":{new}}}}}"#
+        )
+    }
+
+    #[test]
+    fn opensips_notifications_share_the_event_sockets() {
+        let p = pipeline();
+        let now = Timestamp::from_unix_secs(1_700_000_000);
+        let (mut stats, mut reply) = (LocalStats::default(), Vec::new());
+        let contact = r#" {"jsonrpc":"2.0","method":"E_UL_CONTACT_INSERT","params":{"domain":"location","aor":"alice","uri":"sip:alice@10.0.0.1:5060","expires":1700000600}}"#;
+        let datagrams = [
+            dialog(1, 2),
+            dialog(2, 4),
+            dialog(3, 4),
+            contact.to_string(),
+            "{not json".to_string(),
+            r#"{"jsonrpc":"2.0","method":"E_PIKE_BLOCKED","params":{}}"#.to_string(),
+            "call-start text@h\n".to_string(),
+        ];
+        for d in &datagrams {
+            p.process(now, d.as_bytes(), &mut stats, &mut reply);
+        }
+        assert!(reply.is_empty());
+        let usage = p.tables.usage();
+        assert_eq!((usage.calls, usage.registered_contacts), (2, 1));
+        let expected: [(&str, u64); OPENSIPS_RESULT_COUNT] = [
+            ("applied", 2),
+            ("ignored", 2),
+            ("too_long", 0),
+            ("bad_json", 1),
+            ("bad_envelope", 0),
+            ("unknown_method", 1),
+            ("missing_param", 0),
+            ("bad_param", 0),
+        ];
+        let got: Vec<(&str, u64)> = OPENSIPS_RESULTS
+            .iter()
+            .copied()
+            .zip(stats.opensips)
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(stats.datagrams, 7);
+        assert_eq!(stats.events[tollgate_events::Verb::CallStart as usize], 2);
+        p.process(now, dialog(4, 5).as_bytes(), &mut stats, &mut reply);
+        assert_eq!(p.tables.usage().calls, 1);
+        let mut text = String::new();
+        crate::write_opensips_metrics(&mut text, &stats);
+        assert!(text.contains("tollgate_opensips_notifications_total{result=\"applied\"} 3\n"));
+        assert!(text.contains("# TYPE tollgate_opensips_notifications_total counter\n"));
+    }
 }

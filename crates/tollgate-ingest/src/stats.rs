@@ -88,6 +88,28 @@ impl EventOutcome {
     }
 }
 
+/// What became of an OpenSIPS `event_datagram` notification (a datagram on an event socket
+/// whose first non-blank byte is `{`): the `result` label of
+/// `tollgate_opensips_notifications_total`. Index 0 is `applied` (an event reached the
+/// tables), 1 `ignored` (well-formed, nothing to count: a failed dialog, an AoR event), the
+/// others are `tollgate_opensips::OpensipsError` labels at `2 + error.index()`.
+pub const OPENSIPS_RESULTS: [&str; OPENSIPS_RESULT_COUNT] = {
+    let mut labels = ["applied"; OPENSIPS_RESULT_COUNT];
+    labels[1] = "ignored";
+    let mut i = 0;
+    while i < tollgate_opensips::OpensipsError::COUNT {
+        labels[2 + i] = tollgate_opensips::OpensipsError::LABELS[i];
+        i += 1;
+    }
+    labels
+};
+/// Number of [`OPENSIPS_RESULTS`].
+pub const OPENSIPS_RESULT_COUNT: usize = 2 + tollgate_opensips::OpensipsError::COUNT;
+/// Index of `applied` in [`OPENSIPS_RESULTS`].
+pub const OPENSIPS_APPLIED: usize = 0;
+/// Index of `ignored` in [`OPENSIPS_RESULTS`].
+pub const OPENSIPS_IGNORED: usize = 1;
+
 /// A thread's private counters, between two publications.
 #[derive(Debug, Default, Clone)]
 pub struct LocalStats {
@@ -105,6 +127,8 @@ pub struct LocalStats {
     pub reply_errors: u64,
     pub replies_unaddressable: u64,
     pub recv_errors: u64,
+    /// OpenSIPS notifications, by [`OPENSIPS_RESULTS`] index.
+    pub opensips: [u64; OPENSIPS_RESULT_COUNT],
 }
 
 impl LocalStats {
@@ -171,6 +195,7 @@ atomic_mirror! {
     reply_errors: one,
     replies_unaddressable: one,
     recv_errors: one,
+    opensips: [OPENSIPS_RESULT_COUNT],
 }
 
 impl ThreadStats {

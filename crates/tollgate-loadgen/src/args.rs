@@ -36,9 +36,23 @@ pub struct LoadgenArgs {
     #[arg(long, value_name = "TARGET", default_value = "udp:127.0.0.1:7171")]
     pub target: Target,
 
-    /// Wire format of the datagrams.
+    /// Wire format of the datagrams. `hep` sends the SIP messages a stateful proxy would
+    /// mirror for each call and registration, as HEPv3 packets: point --target at the
+    /// agent's HEP socket (udp:127.0.0.1:9060).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+
+    /// Shorthand for `--format hep`.
+    #[arg(long)]
+    pub hep: bool,
+
+    /// Capture agent id in HEP packets (`--format hep`).
+    #[arg(long, value_name = "ID", default_value_t = 1)]
+    pub hep_capture_id: u32,
+
+    /// Auth key chunk in HEP packets (`--format hep`), for a collector that checks one.
+    #[arg(long, value_name = "KEY")]
+    pub hep_auth_key: Option<String>,
 
     /// Traffic model: `flood` sends start/stop pairs as fast as possible (benchmarks);
     /// `erlang` sends Poisson call arrivals with exponential holding times, in real time.
@@ -199,6 +213,9 @@ pub enum Format {
     Text,
     /// The compact binary batch format.
     Binary,
+    /// Mirrored SIP in HEPv3 packets (one SIP message per datagram; --batch, sequence
+    /// headers and --max-datagram-bytes do not apply).
+    Hep,
 }
 
 impl fmt::Display for Format {
@@ -206,6 +223,7 @@ impl fmt::Display for Format {
         f.write_str(match self {
             Format::Text => "text",
             Format::Binary => "binary",
+            Format::Hep => "hep",
         })
     }
 }
@@ -233,6 +251,9 @@ impl fmt::Display for Mode {
 pub(crate) struct Config {
     pub target: Target,
     pub format: Format,
+    /// Capture id and auth key of HEP packets.
+    pub hep_capture_id: u32,
+    pub hep_auth_key: Option<Vec<u8>>,
     pub sender_id: String,
     pub seq: bool,
     pub batch: usize,
@@ -313,11 +334,26 @@ impl LoadgenArgs {
                 "--sender-id must be 1..={SENDER_ID_LEN_MAX} printable ASCII bytes without spaces"
             )));
         }
+        let format = if self.hep { Format::Hep } else { self.format };
+        if format == Format::Hep && !matches!(self.target, Target::Udp(_)) {
+            return Err(bad(
+                "--format hep needs a udp: target (the agent's HEP socket)",
+            ));
+        }
+        if self
+            .hep_auth_key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > 256)
+        {
+            return Err(bad("--hep-auth-key must be 1 to 256 bytes"));
+        }
         let seed = self.seed.unwrap_or_else(random_seed);
         Ok(Config {
             target: self.target.clone(),
-            format: self.format,
-            seq: !self.no_seq,
+            format,
+            hep_capture_id: self.hep_capture_id,
+            hep_auth_key: self.hep_auth_key.as_ref().map(|k| k.as_bytes().to_vec()),
+            seq: !self.no_seq && format != Format::Hep,
             batch: self.batch,
             datagram_bytes_max: self.max_datagram_bytes,
             duration: (!duration.is_zero()).then_some(duration),
@@ -452,6 +488,31 @@ mod tests {
         assert_eq!(cli.args.rate, Some(5000.0));
         let err = <Cli as clap::Parser>::try_parse_from(["loadgen", "--target", "nope"]);
         assert!(err.is_err());
+        for flags in [&["--hep"][..], &["--format", "hep"]] {
+            let cli = <Cli as clap::Parser>::try_parse_from(
+                [
+                    "loadgen",
+                    "--target",
+                    "udp:127.0.0.1:9060",
+                    "--hep-capture-id",
+                    "9",
+                ]
+                .iter()
+                .chain(flags),
+            )
+            .unwrap();
+            let config = cli.args.validate().unwrap();
+            assert_eq!(config.format, Format::Hep);
+            assert_eq!(config.hep_capture_id, 9);
+            assert!(!config.seq, "HEP has no sequence header");
+        }
+        let cli =
+            <Cli as clap::Parser>::try_parse_from(["loadgen", "--hep", "--target", "unix:/x"])
+                .unwrap();
+        assert!(matches!(
+            cli.args.validate(),
+            Err(LoadgenError::InvalidArgs(_))
+        ));
     }
 
     #[test]

@@ -52,7 +52,8 @@ impl Builder {
     ) -> Self {
         assert!(batch > 0);
         let encoder = match format {
-            Format::Text => Encoder::Text(text::Encoder::new(datagram_bytes_max)),
+            // HEP actions go through `hep::HepWriter`; this builder then stays empty.
+            Format::Text | Format::Hep => Encoder::Text(text::Encoder::new(datagram_bytes_max)),
             Format::Binary => Encoder::Binary(binary::Encoder::new(datagram_bytes_max)),
         };
         Builder {

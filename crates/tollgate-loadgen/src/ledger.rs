@@ -126,6 +126,21 @@ impl Ledger {
         debug_assert!(self.aors_registered <= self.contacts_registered);
     }
 
+    /// A registration sent as a HEP 200 OK that lists the AoR's whole binding set: counts
+    /// `action` (a `Register`) and makes `mask` the AoR's contact set.
+    pub fn apply_contact_set(&mut self, action: &Action, aor: u32, mask: u16) {
+        debug_assert!(matches!(action, Action::Register { aor: a, .. } if *a == aor));
+        self.verbs.bump(action.verb());
+        let entry = &mut self.contacts[aor as usize];
+        let before = *entry;
+        *entry = mask;
+        self.contacts_registered += u64::from(mask.count_ones());
+        self.contacts_registered -= u64::from(before.count_ones());
+        self.aors_registered += u64::from(before == 0 && mask != 0);
+        self.aors_registered -= u64::from(before != 0 && mask == 0);
+        debug_assert!(self.aors_registered <= self.contacts_registered);
+    }
+
     pub fn active_calls(&self) -> u64 {
         self.active.len() as u64
     }

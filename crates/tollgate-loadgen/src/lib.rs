@@ -13,6 +13,9 @@
 //! up to `--batch` events and `--max-datagram-bytes`, over UDP or a unix datagram socket,
 //! each datagram with a per-sender sequence header unless `--no-seq`: numbers start at 1
 //! and grow by one per datagram, a datagram given up on leaves a gap (as a lost one would).
+//! Or, with `--format hep` (`--hep`), as the SIP messages a stateful proxy would mirror to
+//! a HEP collector, one HEPv3 packet per message over UDP (14 packets per call: see the
+//! `hep` module), so the agent's HEP path can be measured against its native protocol.
 //! Call-ids (`lg<n>-<seed>@<sender>`), AoRs and from-tags derive from the sender id, the
 //! seed and a counter: unique per run, replayed by the same `--seed` and `--sender-id`.
 //!
@@ -27,8 +30,8 @@
 //! ceiling, to compare ingest figures with.
 //!
 //! What this crate deliberately lacks: async (it is one blocking thread: run it on its own
-//! thread), `admit` queries and their reply latency, HEPv3 output, sending from several
-//! sockets or threads, and any knowledge of loss beyond the sending socket (a receiver that
+//! thread), `admit` queries and their reply latency, sending from several sockets or
+//! threads, and any knowledge of loss beyond the sending socket (a receiver that
 //! drops datagrams makes the agent's counts differ from the `expected_*` ones). Two runs
 //! with the same `--sender-id` against one agent look to it like a restarted sender.
 
@@ -37,6 +40,7 @@ use std::time::{Duration, Instant};
 
 mod args;
 mod encode;
+mod hep;
 mod ids;
 mod ledger;
 mod model;
@@ -99,6 +103,15 @@ pub fn run_with_progress(
     let config = args.validate()?;
     let socket = Socket::connect(&config.target)?;
     let names = ids::Names::new(&config.sender_id, config.model.seed);
+    let hep = (config.format == Format::Hep).then(|| {
+        hep::HepWriter::new(
+            names.clone(),
+            config.hep_capture_id,
+            config.hep_auth_key.clone(),
+            config.model.registrations,
+            config.model.reg_expires_s,
+        )
+    });
     let builder = Builder::new(
         config.format,
         names,
@@ -110,6 +123,7 @@ pub fn run_with_progress(
     let mut sender = Sender {
         socket,
         builder,
+        hep,
         ledger: Ledger::new(config.model.registrations),
         progress,
         stop,
@@ -203,6 +217,8 @@ pub fn run_with_progress(
 struct Sender<'a> {
     socket: Socket,
     builder: Builder,
+    /// `--format hep`: every action goes out as its packets at once (no batching).
+    hep: Option<hep::HepWriter>,
     ledger: Ledger,
     progress: &'a Progress,
     stop: &'a AtomicBool,
@@ -218,6 +234,9 @@ struct Sender<'a> {
 
 impl Sender<'_> {
     fn push(&mut self, action: Action) -> Result<(), LoadgenError> {
+        if self.hep.is_some() {
+            return self.send_hep(action);
+        }
         let was_empty = self.builder.is_empty();
         match self.builder.push(action) {
             Pushed::Added => {}
@@ -276,14 +295,73 @@ impl Sender<'_> {
         Ok(())
     }
 
+    /// Sends the HEP packets of one action; the books take it when a deciding packet went
+    /// out (see the `hep` module).
+    fn send_hep(&mut self, action: Action) -> Result<(), LoadgenError> {
+        let writer = self.hep.as_mut().expect("hep format");
+        let books = writer.build(action, unix_us());
+        let mut decided = false;
+        for (i, packet) in writer.packets().enumerate() {
+            if let Some(rate) = self.rate {
+                let due = Duration::from_secs_f64(self.datagrams_sent as f64 / rate);
+                sleep_until(self.start, self.stop, due);
+            }
+            match self.socket.send(packet, self.stop)? {
+                Sent::Delivered => {
+                    decided |= writer.is_deciding(i);
+                    self.datagrams_sent += 1;
+                    self.bytes_sent += packet.len() as u64;
+                    self.progress.datagrams_sent.fetch_add(1, Relaxed);
+                    self.progress
+                        .bytes_sent
+                        .fetch_add(packet.len() as u64, Relaxed);
+                }
+                Sent::Dropped => {
+                    self.datagrams_dropped += 1;
+                    self.progress.datagrams_dropped.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        if !decided {
+            self.events_dropped += 1;
+            return Ok(());
+        }
+        match books {
+            hep::Books::Action => self.ledger.apply(&action),
+            hep::Books::ContactSet { aor, mask } => {
+                self.ledger.apply_contact_set(&action, aor, mask)
+            }
+        }
+        self.progress.events_sent.fetch_add(1, Relaxed);
+        self.progress
+            .active_calls
+            .store(self.ledger.active_calls(), Relaxed);
+        self.progress
+            .registered_aors
+            .store(self.ledger.registered_aors(), Relaxed);
+        Ok(())
+    }
+
     /// Sleeps until `at` (time since start), in slices, returning early on `stop`.
     fn sleep_until(&self, at: Duration) {
-        loop {
-            let now = self.start.elapsed();
-            if now >= at || self.stop.load(Relaxed) {
-                return;
-            }
-            std::thread::sleep((at - now).min(SLEEP_SLICE_MAX));
-        }
+        sleep_until(self.start, self.stop, at);
     }
+}
+
+/// Sleeps until `at` (time since `start`), in slices, returning early on `stop`.
+fn sleep_until(start: Instant, stop: &AtomicBool, at: Duration) {
+    loop {
+        let now = start.elapsed();
+        if now >= at || stop.load(Relaxed) {
+            return;
+        }
+        std::thread::sleep((at - now).min(SLEEP_SLICE_MAX));
+    }
+}
+
+/// The wall clock in unix microseconds (the capture time of HEP packets).
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
