@@ -1,14 +1,18 @@
-//! `tollgate demo`: the whole node on loopback in one command. An agent on a temporary state
-//! dir with ephemeral ports, two load generators against it (text over UDP, binary batches
-//! over the unix socket), a live view refreshed in place, and a summary that checks the
-//! agent's counts against what the generators say they left running.
+//! `tollgate demo`: the whole system on loopback in one command, as real processes of this
+//! binary: a license server (`--dev`, its own CA-less self-signed certificate), provisioned
+//! through its admin CLI like a vendor would; agents that fetch their license from it at
+//! start and report usage to it; a load generator per agent (text over UDP, binary batches
+//! over the unix socket); a live view refreshed in place; and a summary that checks every
+//! agent's counts against what its generator says it left running.
 
-use std::io::{IsTerminal, Write as _};
+use std::io::{BufRead as _, BufReader, IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::Parser;
 use tollgate_agent::RuntimeInfo;
 use tollgate_agent::http::UsageReport;
@@ -16,18 +20,24 @@ use tollgate_loadgen::{LoadgenArgs, Report};
 
 use crate::Failure;
 
+const LICENSE_KEY: &str = "DEMO_000000001_c0ffee";
+const TOKEN_LINE_PREFIX: &str = "tg_";
+
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// How long the load runs, in seconds (Ctrl-C ends it early).
     #[arg(long, default_value_t = 20)]
     duration: u64,
-    /// Call attempts per second, per generator (two generators run).
+    /// Agents (nodes) to start.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Call attempts per second, per node.
     #[arg(long, default_value_t = 150)]
     cps: u32,
     /// Mean call holding time in seconds (exponential).
     #[arg(long, default_value_t = 30)]
     hold: u32,
-    /// Registered AoRs per generator.
+    /// Registered AoRs per node.
     #[arg(long, default_value_t = 2000)]
     registrations: u32,
     /// Print one line per second instead of redrawing the screen.
@@ -42,95 +52,296 @@ struct LoadgenCli {
     args: LoadgenArgs,
 }
 
-fn loadgen_args(flags: &[String]) -> Result<LoadgenArgs, Failure> {
+fn loadgen_args(flags: &[String]) -> anyhow::Result<LoadgenArgs> {
     let argv = std::iter::once("loadgen".to_owned()).chain(flags.iter().cloned());
     LoadgenCli::try_parse_from(argv)
         .map(|c| c.args)
-        .map_err(|e| Failure::Runtime(anyhow::anyhow!("demo load generator: {e}")))
+        .context("demo load generator")
+}
+
+/// A child process of this binary, terminated (SIGTERM, then kill) when dropped.
+struct Process {
+    name: String,
+    child: Child,
+}
+
+impl Process {
+    fn spawn(name: &str, args: &[&str], log: &Path) -> anyhow::Result<Process> {
+        let exe = std::env::current_exe().context("locate the tollgate binary")?;
+        let log = std::fs::File::create(log).context("create a log file")?;
+        let child = Command::new(exe)
+            .args(args)
+            .env("TOLLGATE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {name}"))?;
+        Ok(Process {
+            name: name.to_owned(),
+            child,
+        })
+    }
+
+    fn terminate(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::warn!(process = %self.name, "did not stop in time; killing it");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// The license server: its process, port, trusted-key lines and certificate.
+struct Vendor {
+    process: Process,
+    port: u16,
+    trusted_keys: Vec<String>,
+    cert: PathBuf,
+    config: PathBuf,
+}
+
+fn start_license_server(dir: &Path) -> anyhow::Result<Vendor> {
+    let config = dir.join("license-server.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\ndatabase = \"db/license-server.db\"\nlease_days = 14\n\n[signing]\nkey_dir = \"keys\"\n",
+    )?;
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut process = Process::spawn(
+        "license-server",
+        &["license-server", "--config", &config_arg, "--dev"],
+        &dir.join("license-server.log"),
+    )?;
+    let stdout = process
+        .child
+        .stdout
+        .take()
+        .context("license server stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut banner = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                let last = line.starts_with("trusted key");
+                banner.push(line);
+                if last {
+                    while let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+                        banner.push(l);
+                    }
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => bail!(
+                "the license server exited; see {}",
+                dir.join("license-server.log").display()
+            ),
+        }
+    }
+    let port = banner
+        .first()
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.trim().parse().ok())
+        .with_context(|| format!("license server banner: {banner:?}"))?;
+    let trusted_keys = banner
+        .iter()
+        .filter_map(|l| l.strip_prefix("trusted key"))
+        .map(|k| k.trim().to_owned())
+        .collect();
+    Ok(Vendor {
+        process,
+        port,
+        trusted_keys,
+        cert: dir.join("db/dev-tls/cert.pem"),
+        config,
+    })
+}
+
+impl Vendor {
+    fn admin(&self, args: &[&str]) -> anyhow::Result<String> {
+        let exe = std::env::current_exe()?;
+        let out = Command::new(exe)
+            .args(["license-server", "--config"])
+            .arg(&self.config)
+            .arg("admin")
+            .args(args)
+            .env_remove("TOLLGATE_LOG")
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "license-server admin {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Customer, a subscription license sized so the run crosses the warning threshold and
+    /// then the calls limit (warn mode: the page and the log say so, calls still pass), and
+    /// a token for 127.0.0.1.
+    fn provision(&self, dir: &Path, args: &DemoArgs) -> anyhow::Result<String> {
+        self.admin(&["customer", "add", "Demo Telecom"])?;
+        let cps_total = f64::from(args.cps) * args.nodes as f64;
+        let peak = expected_calls(cps_total, f64::from(args.hold.max(1)), args.duration as f64);
+        let calls = ((peak * 0.95) as u64).max(10);
+        let registered = (u64::from(args.registrations) * args.nodes as u64 * 5 / 2).max(10);
+        let spec = format!(
+            "license_key = \"{LICENSE_KEY}\"\ncustomer = \"Demo Telecom\"\nkind = \"subscription\"\n\
+             serial = 1\nvalid_until = \"{}\"\nfeatures = [\"pbx\", \"sms\"]\n\n\
+             [limits]\ncalls = {calls}\nsubscribers = 100000\nregistered_subscribers = {registered}\n\n\
+             [policy]\nmode = \"warn\"\n",
+            rfc3339_in_days(30)
+        );
+        let spec_path = dir.join("license-spec.toml");
+        std::fs::write(&spec_path, spec)?;
+        self.admin(&["license", "create", "--spec", &spec_path.to_string_lossy()])?;
+        let out = self.admin(&[
+            "token",
+            "issue",
+            "--license",
+            LICENSE_KEY,
+            "--allow",
+            "127.0.0.1",
+        ])?;
+        out.lines()
+            .find(|l| l.starts_with(TOKEN_LINE_PREFIX))
+            .map(str::to_owned)
+            .context("the token line")
+    }
+}
+
+/// Starts agent `i` and waits for its `agent.json`.
+fn start_agent(
+    dir: &Path,
+    i: usize,
+    vendor: &Vendor,
+    token: &str,
+) -> anyhow::Result<(Process, RuntimeInfo)> {
+    let state = dir.join(format!("node-{i}"));
+    let keys: Vec<String> = vendor
+        .trusted_keys
+        .iter()
+        .map(|k| format!("\"{k}\""))
+        .collect();
+    let config = dir.join(format!("node-{i}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[general]\nlicense_key = \"{LICENSE_KEY}\"\nnode_id = \"demo-{i}\"\n\n\
+             [ingest]\nudp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [report]\ninterval_s = 10\n\n\
+             [license]\nserver = \"https://127.0.0.1:{}\"\ntoken = \"{token}\"\nca_bundle = \"{}\"\n\
+             trusted_keys = [{}]\n",
+            vendor.port,
+            vendor.cert.display(),
+            keys.join(", ")
+        ),
+    )?;
+    let (config_arg, state_arg) = (
+        config.to_string_lossy().into_owned(),
+        state.to_string_lossy().into_owned(),
+    );
+    let process = Process::spawn(
+        &format!("agent demo-{i}"),
+        &["agent", "--config", &config_arg, "--state-dir", &state_arg],
+        &dir.join(format!("node-{i}.log")),
+    )?;
+    let runtime = state.join(tollgate_agent::state::RUNTIME_FILE);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(bytes) = std::fs::read(&runtime)
+            && let Ok(info) = serde_json::from_slice::<RuntimeInfo>(&bytes)
+        {
+            return Ok((process, info));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "agent demo-{i} did not start; see {}",
+                dir.join(format!("node-{i}.log")).display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 pub fn run(args: DemoArgs) -> Result<(), Failure> {
+    if args.nodes == 0 || args.nodes > 16 {
+        return Err(Failure::Config(anyhow::anyhow!("--nodes must be 1 to 16")));
+    }
+    run_demo(&args).map_err(Failure::Runtime)
+}
+
+fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("tollgate-demo-")
         .tempdir()
-        .context("cannot create a temporary directory")?;
-    let state_dir = dir.path().join("agent");
-    let mut config = tollgate_agent::Config::load(None, Some(&state_dir))
-        .map_err(|e| Failure::Config(e.into()))?;
-    config.node_id = "demo-1".into();
-    config.events_udp = Some("127.0.0.1:0".parse().context("address")?);
-    config.admin_listen = "127.0.0.1:0".parse().context("address")?;
-    config.report_interval = Duration::from_secs(10);
-    // A vendor key and a license sized so this run crosses the warning threshold and then
-    // the calls limit (in warn mode: the page and the log say so, calls still pass).
-    let vendor = tollgate_license::SigningKey::generate();
-    config.trusted_keys = tollgate_license::TrustedKeys::single(vendor.public_key());
-    let license_path = dir.path().join("license.txt");
-    std::fs::write(&license_path, demo_license(&vendor, &args)?)
-        .context("write the demo license")?;
-    config.license_file = Some(license_path);
-
-    let rt = crate::runtime()?;
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<RuntimeInfo>();
-    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = rt.spawn(async move {
-        tollgate_agent::run(
-            config,
-            async {
-                let _ = agent_stopped.await;
-            },
-            move |info| {
-                let _ = ready_tx.send(info.clone());
-            },
-        )
-        .await
-    });
-    let info = ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .map_err(|_| anyhow::anyhow!("the demo agent did not start"))?;
-    let udp = info.events_udp.context("demo agent has no UDP socket")?;
-    let unix = info
-        .events_unix
-        .clone()
-        .context("demo agent has no unix socket")?;
-
-    let common = |target: String, sender: &str| {
-        vec![
-            "--mode".into(),
-            "erlang".into(),
-            "--target".into(),
-            target,
-            "--sender-id".into(),
-            sender.into(),
-            "--cps".into(),
-            args.cps.to_string(),
-            "--hold".into(),
-            args.hold.to_string(),
-            "--registrations".into(),
-            args.registrations.to_string(),
-            "--duration".into(),
-            args.duration.to_string(),
-        ]
-    };
-    let mut text_flags = common(format!("udp:{udp}"), "demo-text");
-    text_flags.extend(["--format", "text", "--subscribers", "25000"].map(String::from));
-    let mut binary_flags = common(format!("unix:{}", unix.display()), "demo-binary");
-    binary_flags.extend(
-        [
-            "--format",
-            "binary",
-            "--batch",
-            "16",
-            "--emergency-pct",
-            "2",
-            "--seed",
-            "7",
-            "--contacts-per-aor",
-            "2",
-        ]
-        .map(String::from),
+        .context("temp dir")?;
+    let d = dir.path();
+    println!("tollgate demo in {} (logs: *.log there)", d.display());
+    let mut vendor = start_license_server(d)?;
+    let token = vendor.provision(d, args)?;
+    println!(
+        "license server on https://127.0.0.1:{}, license {LICENSE_KEY} issued",
+        vendor.port
     );
-    let generators = [loadgen_args(&text_flags)?, loadgen_args(&binary_flags)?];
+
+    let mut agents = Vec::new();
+    for i in 1..=args.nodes {
+        agents.push(start_agent(d, i, &vendor, &token)?);
+    }
+    let rt = crate::runtime().map_err(|_| anyhow::anyhow!("tokio runtime"))?;
+    let client = reqwest::Client::new();
+    let get = |url: String| {
+        rt.block_on(async {
+            client
+                .get(url)
+                .send()
+                .await
+                .ok()?
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+        })
+    };
+    // The agents fetch their license at start: wait for it before the load begins.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (_, info) in &agents {
+        while get(format!("http://{}/api/v1/license", info.admin))
+            .is_none_or(|l| l["license"]["license_key"] != LICENSE_KEY)
+        {
+            if Instant::now() > deadline {
+                bail!(
+                    "agent {} did not fetch its license from the license server",
+                    info.node_id
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -140,6 +351,57 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
             stop.store(true, Ordering::Relaxed);
         });
     }
+    let mut generators = Vec::new();
+    for (i, (_, info)) in agents.iter().enumerate() {
+        let (target, format) = if i % 2 == 0 {
+            (
+                format!("udp:{}", info.events_udp.context("agent UDP address")?),
+                "text",
+            )
+        } else {
+            (
+                format!(
+                    "unix:{}",
+                    info.events_unix
+                        .clone()
+                        .context("agent unix socket")?
+                        .display()
+                ),
+                "binary",
+            )
+        };
+        let mut flags: Vec<String> = [
+            "--mode",
+            "erlang",
+            "--target",
+            &target,
+            "--format",
+            format,
+            "--sender-id",
+            &format!("demo-gen-{i}"),
+            "--seed",
+            &(i + 1).to_string(),
+            "--cps",
+            &args.cps.to_string(),
+            "--hold",
+            &args.hold.to_string(),
+            "--registrations",
+            &args.registrations.to_string(),
+            "--duration",
+            &args.duration.to_string(),
+            "--emergency-pct",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec();
+        if format == "binary" {
+            flags.extend(["--batch", "16", "--contacts-per-aor", "2"].map(String::from));
+        }
+        if i == 0 {
+            flags.extend(["--subscribers", "25000"].map(String::from));
+        }
+        generators.push(loadgen_args(&flags)?);
+    }
     let handles: Vec<_> = generators
         .into_iter()
         .map(|g| {
@@ -148,63 +410,68 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         })
         .collect();
 
-    let admin = format!("http://{}", info.admin);
-    let client = reqwest::Client::new();
-    let fetch_license = |client: &reqwest::Client| -> Option<serde_json::Value> {
-        let url = format!("{admin}/api/v1/license");
-        rt.block_on(async { client.get(&url).send().await.ok()?.json().await.ok() })
-    };
-    let fetch = |client: &reqwest::Client| {
-        let url = format!("{admin}/api/v1/usage");
-        rt.block_on(async {
-            client
-                .get(&url)
-                .send()
-                .await?
-                .error_for_status()?
-                .json::<UsageReport>()
-                .await
-        })
-    };
-
     let live = !args.plain && std::io::stdout().is_terminal();
     let started = Instant::now();
-    let mut last: Option<(Instant, u64)> = None;
+    let mut last_events: Option<(Instant, u64)> = None;
     while !stop.load(Ordering::Relaxed) && !handles.iter().all(|h| h.is_finished()) {
         std::thread::sleep(Duration::from_secs(1));
-        let Ok(r) = fetch(&client) else { continue };
+        let usages: Vec<UsageReport> = agents
+            .iter()
+            .filter_map(|(_, info)| get(format!("http://{}/api/v1/usage", info.admin)))
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect();
+        let events: u64 = usages.iter().map(|u| u.ingest.events).sum();
         let now = Instant::now();
-        let rate = last
-            .map(|(t, e)| {
-                (r.ingest.events.saturating_sub(e)) as f64 / now.duration_since(t).as_secs_f64()
-            })
+        let rate = last_events
+            .map(|(t, e)| events.saturating_sub(e) as f64 / now.duration_since(t).as_secs_f64())
             .unwrap_or(0.0);
-        last = Some((now, r.ingest.events));
+        last_events = Some((now, events));
+        let license = get(format!("http://{}/api/v1/license", agents[0].1.admin));
         let elapsed = started.elapsed().as_secs();
         if live {
             let mut out = std::io::stdout().lock();
             let _ = write!(out, "\x1b[H\x1b[2J");
             let _ = writeln!(
                 out,
-                "tollgate demo — {elapsed}s of {}s (Ctrl-C to stop)\n",
+                "tollgate demo — {elapsed}s of {}s (Ctrl-C to stop), {rate:.0} events/s\n",
                 args.duration
             );
-            let _ = write!(out, "{}", crate::status::render(&r, &admin));
-            if let Some(l) = fetch_license(&client) {
-                let _ = write!(out, "{}", crate::status::render_license(&l));
+            let _ = writeln!(
+                out,
+                "{:<10}{:>10}{:>11}{:>14}{:>10}{:>12}",
+                "node", "calls", "emergency", "registered", "contacts", "peak calls"
+            );
+            for u in &usages {
+                let _ = writeln!(
+                    out,
+                    "{:<10}{:>10}{:>11}{:>14}{:>10}{:>12}",
+                    u.node_id,
+                    u.calls,
+                    u.emergency_calls,
+                    u.registered_subscribers,
+                    u.registered_contacts,
+                    u.peak_calls
+                );
             }
-            let _ = writeln!(out, "events/s: {rate:.0}");
-            let _ = writeln!(out, "\nstate dir: {}", state_dir.display());
+            if let Some(l) = &license {
+                let _ = write!(out, "{}", crate::status::render_license(l));
+            }
+            for (_, info) in &agents {
+                let _ = writeln!(out, "web page of {}: http://{}/", info.node_id, info.admin);
+            }
             let _ = out.flush();
         } else {
+            let calls: Vec<String> = usages
+                .iter()
+                .map(|u| format!("{}={}", u.node_id, u.calls))
+                .collect();
+            let status = license
+                .as_ref()
+                .and_then(|l| l["evaluation"]["status"].as_str().map(str::to_owned));
             println!(
-                "t={elapsed:>3}s calls={} emergency={} registered_subscribers={} contacts={} subscribers={} peak_calls={} events/s={rate:.0}",
-                r.calls,
-                r.emergency_calls,
-                r.registered_subscribers,
-                r.registered_contacts,
-                r.subscribers,
-                r.peak_calls
+                "t={elapsed:>3}s calls {} license {} events/s={rate:.0}",
+                calls.join(" "),
+                status.unwrap_or_default()
             );
         }
     }
@@ -217,60 +484,67 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
                 .map_err(anyhow::Error::from)
         })
         .collect::<Result<_, _>>()?;
-    // Let the agent drain its sockets before the final count.
+    // Let the agents drain their sockets before the final count.
     std::thread::sleep(Duration::from_millis(500));
-    let fin = fetch(&client).context("cannot read the agent's final usage")?;
-    let _ = stop_agent.send(());
-    rt.block_on(agent)
-        .map_err(|e| anyhow::anyhow!("agent task: {e}"))?
-        .map_err(|e| Failure::Runtime(e.into()))?;
-
-    let expected_calls: u64 = reports.iter().map(|r| r.expected_active_calls).sum();
-    let expected_emergency: u64 = reports.iter().map(|r| r.expected_emergency_calls).sum();
-    let expected_aors: u64 = reports
-        .iter()
-        .map(|r| r.expected_registered_subscribers)
-        .sum();
-    let expected_contacts: u64 = reports.iter().map(|r| r.expected_registered_contacts).sum();
-    let sent: u64 = reports.iter().map(|r| r.events_sent).sum();
-    println!(
-        "\nSummary after {}s: {sent} events sent by two generators",
-        started.elapsed().as_secs()
-    );
-    let check = |what: &str, agent: u64, expected: u64| {
-        let mark = if agent == expected { "ok" } else { "MISMATCH" };
-        println!("  {what:<24} agent {agent:>8}   generators {expected:>8}   {mark}");
-        agent == expected
-    };
-    let all = [
-        check("active calls", fin.calls, expected_calls),
-        check("emergency calls", fin.emergency_calls, expected_emergency),
-        check(
-            "registered subscribers",
-            fin.registered_subscribers,
-            expected_aors,
-        ),
-        check(
-            "registered contacts",
-            fin.registered_contacts,
-            expected_contacts,
-        ),
-    ];
-    println!(
-        "  peak calls {}, malformed {}, duplicates {}, lost {}, kernel drops {}",
-        fin.peak_calls,
-        fin.ingest.malformed,
-        fin.ingest.duplicate_datagrams,
-        fin.ingest.lost_datagrams,
-        fin.ingest.kernel_drops
-    );
-    if all.iter().all(|ok| *ok) {
-        println!("The agent's counts match what the generators left running.");
+    println!("\nSummary after {}s:", started.elapsed().as_secs());
+    let mut all_ok = true;
+    for ((_, info), report) in agents.iter().zip(&reports) {
+        let u: UsageReport = get(format!("http://{}/api/v1/usage", info.admin))
+            .and_then(|v| serde_json::from_value(v).ok())
+            .with_context(|| format!("final usage of {}", info.node_id))?;
+        let checks = [
+            ("active calls", u.calls, report.expected_active_calls),
+            (
+                "emergency calls",
+                u.emergency_calls,
+                report.expected_emergency_calls,
+            ),
+            (
+                "registered subscribers",
+                u.registered_subscribers,
+                report.expected_registered_subscribers,
+            ),
+            (
+                "registered contacts",
+                u.registered_contacts,
+                report.expected_registered_contacts,
+            ),
+        ];
+        for (what, agent, expected) in checks {
+            let ok = agent == expected;
+            all_ok &= ok;
+            println!(
+                "  {:<8} {what:<24} agent {agent:>8}   generator {expected:>8}   {}",
+                info.node_id,
+                if ok { "ok" } else { "MISMATCH" }
+            );
+        }
+        println!(
+            "  {:<8} {} events sent; peak calls {}, malformed {}, duplicates {}, lost {}, kernel drops {}",
+            info.node_id,
+            report.events_sent,
+            u.peak_calls,
+            u.ingest.malformed,
+            u.ingest.duplicate_datagrams,
+            u.ingest.lost_datagrams,
+            u.ingest.kernel_drops
+        );
+    }
+    for (process, _) in &mut agents {
+        process.terminate();
+    }
+    let reports_json = vendor
+        .admin(&["reports", "list", "--json"])
+        .unwrap_or_default();
+    // One JSON object per line.
+    let report_count = reports_json.lines().filter(|l| l.starts_with('{')).count();
+    println!("  the license server holds {report_count} usage reports from the agents");
+    vendor.process.terminate();
+    if all_ok {
+        println!("Every agent's counts match what its generator left running.");
         Ok(())
     } else {
-        Err(Failure::Runtime(anyhow::anyhow!(
-            "the agent's counts differ from the generators'"
-        )))
+        bail!("an agent's counts differ from its generator's")
     }
 }
 
@@ -278,31 +552,6 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
 /// λ·h·(1 − e^(−t/h)) with λ the total arrival rate and h the mean holding time.
 fn expected_calls(cps_total: f64, hold: f64, t: f64) -> f64 {
     cps_total * hold * (1.0 - (-t / hold).exp())
-}
-
-/// A subscription license for the demo, its calls limit just under what the run will reach.
-fn demo_license(vendor: &tollgate_license::SigningKey, args: &DemoArgs) -> Result<String, Failure> {
-    let peak = expected_calls(
-        2.0 * f64::from(args.cps),
-        f64::from(args.hold.max(1)),
-        args.duration as f64,
-    );
-    let calls = ((peak * 0.95) as u64).max(10);
-    let subscribers = 100_000;
-    let registered = (u64::from(args.registrations) * 5 / 2).max(10);
-    let spec = format!(
-        "license_key = \"DEMO_000000001_c0ffee\"\ncustomer = \"Demo Telecom\"\nkind = \"subscription\"\n\
-         serial = 1\nvalid_until = \"{}\"\nlease_days = 14\nfeatures = [\"pbx\", \"sms\"]\n\n\
-         [limits]\ncalls = {calls}\nsubscribers = {subscribers}\nregistered_subscribers = {registered}\n\n\
-         [policy]\nmode = \"warn\"\n",
-        rfc3339_in_days(30)
-    );
-    let now_ms = tollgate_ingest::wall_clock().unix_ms();
-    let document = tollgate_license::LicenseSpec::parse(&spec)
-        .and_then(|s| s.to_document(vendor.key_id(), now_ms))
-        .map_err(|e| Failure::Runtime(anyhow::anyhow!("demo license spec: {e}")))?;
-    tollgate_license::sign(&document, vendor)
-        .map_err(|e| Failure::Runtime(anyhow::anyhow!("sign: {e}")))
 }
 
 fn rfc3339_in_days(days: i64) -> String {
