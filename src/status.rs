@@ -54,7 +54,7 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
         }
         request.send()
     };
-    let (body, license) = rt.block_on(async {
+    let (body, license, cluster) = rt.block_on(async {
         let resp = get(url.clone())
             .await
             .with_context(|| format!("cannot reach the agent at {base}"))
@@ -69,6 +69,10 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
                 "{url}: HTTP {status}: {body}"
             )));
         }
+        let cluster = match get(format!("{base}/api/v1/cluster")).await {
+            Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok(),
+            _ => None,
+        };
         // The license needs viewer credentials when the agent has users; usage does not.
         let license = match get(format!("{base}/api/v1/license")).await {
             Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok().map(Ok),
@@ -78,7 +82,7 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
             ))),
             Err(e) => Some(Err(format!("license details: {e}"))),
         };
-        Ok((body, license))
+        Ok((body, license, cluster))
     })?;
     if args.json {
         let mut usage: serde_json::Value = serde_json::from_str(&body)
@@ -87,6 +91,9 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
         if let Some(Ok(license)) = license {
             usage["license"] = license;
         }
+        if let Some(cluster) = cluster {
+            usage["cluster"] = cluster;
+        }
         println!("{usage}");
         return Ok(());
     }
@@ -94,12 +101,54 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
         .with_context(|| format!("unexpected answer from {url}"))
         .map_err(Failure::Runtime)?;
     print!("{}", render(&report, &base));
+    if let Some(c) = &cluster {
+        print!("{}", render_cluster(c));
+    }
     match license {
         Some(Ok(l)) => print!("{}", render_license(&l)),
         Some(Err(e)) => println!("{e}"),
         None => {}
     }
     Ok(())
+}
+
+/// The cluster part: the aggregate and one line per node.
+pub fn render_cluster(c: &serde_json::Value) -> String {
+    let mut s = String::new();
+    let u = &c["usage"];
+    let _ = writeln!(
+        s,
+        "\ncluster: {} calls ({} emergency), {} registered subscribers, {} subscribers; {} live, {} suspect, {} expired",
+        u["calls"],
+        u["emergency_calls"],
+        u["registered_subscribers"],
+        u["subscribers"],
+        c["nodes_live"],
+        c["nodes_suspect"],
+        c["nodes_expired"]
+    );
+    let _ = writeln!(
+        s,
+        "{:<16}{:<9}{:>9}{:>12}{:>10}{:>10}  address",
+        "node", "state", "calls", "registered", "age ms", "rtt ms"
+    );
+    for n in c["nodes"].as_array().into_iter().flatten() {
+        let rtt = n["rtt_ms"]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}"));
+        let _ = writeln!(
+            s,
+            "{:<16}{:<9}{:>9}{:>12}{:>10}{:>10}  {}",
+            n["node_id"].as_str().unwrap_or("?"),
+            n["state"].as_str().unwrap_or("?"),
+            n["calls"].to_string(),
+            n["registered_subscribers"].to_string(),
+            n["age_ms"].to_string(),
+            rtt,
+            n["address"].as_str().unwrap_or("")
+        );
+    }
+    s
 }
 
 /// The license part of the table: state, each limit with usage and percentage.

@@ -20,6 +20,8 @@ pub struct Runtime {
     pub admin: SocketAddr,
     pub events_udp: Option<SocketAddr>,
     pub events_unix: Option<PathBuf>,
+    #[serde(default)]
+    pub mesh: Option<SocketAddr>,
 }
 
 /// A running agent process.
@@ -63,6 +65,7 @@ impl Agent {
                 admin: "127.0.0.1:1".parse().unwrap(),
                 events_udp: None,
                 events_unix: None,
+                mesh: None,
             },
         };
         let runtime_file = state_dir.join("agent.json");
@@ -235,4 +238,47 @@ pub fn send_udp(to: SocketAddr, datagram: &[u8]) {
 pub fn send_unix(to: &Path, datagram: &[u8]) {
     let s = UnixDatagram::unbound().unwrap();
     s.send_to(datagram, to).unwrap();
+}
+
+/// An HTTP/1.1 request with optional basic auth and a body: status code and body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    body: &[u8],
+) -> (u16, String) {
+    use base64::Engine as _;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = auth
+        .map(|(u, p)| {
+            format!(
+                "Authorization: Basic {}\r\n",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
+        })
+        .unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n", body.len()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = match text.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked") =>
+        {
+            dechunk(body)
+        }
+        Some((_, body)) => body.to_owned(),
+        None => String::new(),
+    };
+    (status, body)
 }

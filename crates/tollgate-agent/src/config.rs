@@ -50,6 +50,22 @@ pub struct RawConfig {
     pub report: RawReport,
     #[serde(default)]
     pub license: RawLicense,
+    #[serde(default)]
+    pub mesh: RawMesh,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMesh {
+    pub enabled: Option<bool>,
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub expired_rule: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -171,6 +187,23 @@ pub struct Config {
     pub unlicensed_mode: tollgate_license::Mode,
     /// The license server client, when `[license] server` is set.
     pub license_server: Option<LicenseServerConfig>,
+    /// The cluster mesh, when enabled.
+    pub mesh: Option<MeshSettings>,
+}
+
+/// Default mesh address (MISSION.md), used only when the mesh is enabled.
+pub const DEFAULT_MESH_LISTEN: &str = "0.0.0.0:7172";
+
+/// `[mesh]`, validated.
+#[derive(Debug, Clone)]
+pub struct MeshSettings {
+    pub listen: SocketAddr,
+    pub advertise: Option<String>,
+    pub seeds: Vec<String>,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub expired_rule: tollgate_replication::ExpiredRule,
 }
 
 /// `[license] server` and what goes with it.
@@ -255,6 +288,7 @@ impl Config {
             return Err(invalid("calls.shard_count", "must be a power of two"));
         }
         let license_server = license_server(&raw.license, license_key.as_deref())?;
+        let mesh = mesh_settings(&raw.mesh)?;
         Ok(Config {
             license_key,
             node_id,
@@ -303,6 +337,7 @@ impl Config {
             trusted_keys: trusted_keys(&raw.license.trusted_keys)?,
             host_id: raw.license.host_id.filter(|h| !h.is_empty()),
             license_server,
+            mesh,
             unlicensed_mode: match raw.license.unlicensed_mode.as_deref() {
                 None | Some("warn") => tollgate_license::Mode::Warn,
                 Some("enforce") => tollgate_license::Mode::Enforce,
@@ -391,6 +426,50 @@ fn license_server(
         schedule.renew_before_ms = days.saturating_mul(86_400_000);
     }
     Ok(Some(LicenseServerConfig { client, schedule }))
+}
+
+/// `[mesh]`: on when `enabled = true`, or by default when seeds are configured.
+fn mesh_settings(raw: &RawMesh) -> Result<Option<MeshSettings>, ConfigError> {
+    if !raw.enabled.unwrap_or(!raw.seeds.is_empty()) {
+        return Ok(None);
+    }
+    let required = |key: &'static str, v: &Option<PathBuf>| {
+        v.clone().ok_or_else(|| {
+            invalid(
+                key,
+                "required when the mesh is enabled (see `tollgate cluster`)",
+            )
+        })
+    };
+    let expired_rule = match raw.expired_rule.as_deref() {
+        None | Some("drop") => tollgate_replication::ExpiredRule::Drop,
+        Some(rule) => match rule
+            .strip_prefix("hold:")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            Some(s) => tollgate_replication::ExpiredRule::HoldFor {
+                hold_ms: s.saturating_mul(1000),
+            },
+            None => {
+                return Err(invalid(
+                    "mesh.expired_rule",
+                    format!("{rule:?}: expected \"drop\" or \"hold:<seconds>\""),
+                ));
+            }
+        },
+    };
+    Ok(Some(MeshSettings {
+        listen: addr(
+            "mesh.listen",
+            raw.listen.as_deref().unwrap_or(DEFAULT_MESH_LISTEN),
+        )?,
+        advertise: raw.advertise.clone().filter(|a| !a.is_empty()),
+        seeds: raw.seeds.clone(),
+        ca: required("mesh.ca", &raw.ca)?,
+        cert: required("mesh.cert", &raw.cert)?,
+        key: required("mesh.key", &raw.key)?,
+        expired_rule,
+    }))
 }
 
 /// `[license] trusted_keys`: each entry is a public key line
@@ -528,6 +607,13 @@ mod tests {
             "daily_at",
             "renew_before_days",
             "bind_address",
+            "enabled",
+            "advertise",
+            "seeds",
+            "ca",
+            "cert",
+            "key",
+            "expired_rule",
         ] {
             assert!(
                 doc.contains(&format!("`{key}`")),

@@ -8,6 +8,7 @@
 //! | GET | `/api/v1/usage` | this node's usage as JSON ([`UsageReport`]) |
 //! | GET | `/api/v1/usage/history` | per-minute peaks of the last 24 h as JSON |
 //! | GET | `/api/v1/whoami` | `{"user", "role"}` of the credentials (viewer); `{"user": null, "role": null, "users_configured": false}` when no users are configured |
+//! | GET | `/api/v1/cluster` | every node (id, address, state, age, incarnation, RTT, usage) and the cluster aggregate; 404 without a mesh |
 //! | GET | `/api/v1/license` | the license in force and its evaluation (viewer) |
 //! | PUT | `/api/v1/license` | upload an armored license; verified before it replaces the current one (admin) |
 //! | POST | `/api/v1/license/reload` | fetch from the license server (or re-read `[license] file`) now: 200 valid license in force, 401 bad credentials, 403 not admin, 502 server unreachable (admin) |
@@ -117,6 +118,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/api/v1/usage", get(usage))
         .route("/api/v1/usage/history", get(history))
         .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/license", get(license_get).put(license_put))
         .route("/api/v1/license/reload", post(license_reload))
         .route("/api/v1/admit", get(admit))
@@ -225,6 +227,17 @@ pub fn license_report(state: &AgentState) -> LicenseReport {
         armored: current.as_ref().map(|c| c.armored().to_owned()),
         explanation: evaluation.as_ref().map(|e| e.explain()),
         evaluation,
+    }
+}
+
+async fn cluster(State(state): State<Arc<AgentState>>) -> Response {
+    match &state.cluster {
+        Some(c) => axum::Json(crate::cluster::report(&state, c)).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "NO_MESH",
+            "this agent is not part of a cluster ([mesh] is not configured)",
+        ),
     }
 }
 

@@ -12,6 +12,7 @@
 //! (`tollgate-events`), socket tricks (`tollgate-ingest`).
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod license;
@@ -55,6 +56,8 @@ pub enum AgentError {
     AdminServe(std::io::Error),
     #[error("license server client: {0}")]
     LicenseClient(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// Counters of the snapshot writer, shown in `/metrics`.
@@ -79,6 +82,9 @@ pub struct AgentState {
     pub admission: Arc<dyn tollgate_ingest::Admission>,
     /// The license server client, when one is configured.
     pub fetcher: Option<Arc<license_fetch::LicenseFetcher>>,
+    /// The cluster mesh, when enabled.
+    pub cluster: Option<cluster::Cluster>,
+    pub state_dir: Arc<StateDir>,
 }
 
 /// Cluster-wide usage as this node sees it (from the mesh), for reports and the API.
@@ -101,14 +107,25 @@ impl std::fmt::Debug for AgentState {
 impl AgentState {
     /// The cluster aggregate, when this node is part of a mesh.
     pub fn cluster_usage(&self) -> Option<ClusterUsage> {
-        None
+        self.cluster
+            .as_ref()
+            .map(|c| c.view.with_local(&self.tables.usage()))
     }
 
     /// Evaluates the license against current usage now (every second, and after a change).
     pub fn evaluate_license(&self) -> Arc<tollgate_license::Evaluation> {
         let now = wall_clock().unix_ms();
-        self.license
-            .tick(now, &license::license_usage(&self.tables.usage()))
+        // A cluster's license holds against the whole cluster's usage.
+        let usage = match self.cluster_usage() {
+            Some(c) => tollgate_license::Usage {
+                calls: c.calls,
+                emergency_calls: c.emergency_calls,
+                subscribers: c.subscribers,
+                registered_subscribers: c.registered_subscribers,
+            },
+            None => license::license_usage(&self.tables.usage()),
+        };
+        self.license.tick(now, &usage)
     }
 }
 
@@ -120,6 +137,9 @@ pub struct RuntimeInfo {
     pub admin: SocketAddr,
     pub events_udp: Option<SocketAddr>,
     pub events_unix: Option<PathBuf>,
+    /// The mesh's QUIC address, when the mesh is enabled.
+    #[serde(default)]
+    pub mesh: Option<SocketAddr>,
 }
 
 /// Samples peaks after every ingest batch.
@@ -178,9 +198,28 @@ pub async fn run(
         }
         None => None,
     };
-    let admission: Arc<dyn tollgate_ingest::Admission> = Arc::new(
-        license::LicenseAdmission::local(license.gate(), Arc::clone(&tables)),
-    );
+    let cluster = match &config.mesh {
+        Some(settings) => Some(
+            cluster::start(settings, &config.node_id, &state_dir)
+                .map_err(|e| AgentError::Cluster(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let admission: Arc<dyn tollgate_ingest::Admission> = match &cluster {
+        // Admission against the cluster: the other nodes' calls (lock-free, refreshed every
+        // 50 ms) plus this node's calls at this instant.
+        Some(c) => {
+            let (view, tables) = (Arc::clone(&c.view), Arc::clone(&tables));
+            Arc::new(license::LicenseAdmission {
+                gate: license.gate(),
+                calls: Arc::new(move || view.remote_calls() + tables.usage().calls),
+            })
+        }
+        None => Arc::new(license::LicenseAdmission::local(
+            license.gate(),
+            Arc::clone(&tables),
+        )),
+    };
 
     let pipeline = Pipeline {
         tables: Arc::clone(&tables),
@@ -218,6 +257,8 @@ pub async fn run(
         users: auth::Users::new(config.users.clone()),
         admission,
         fetcher,
+        cluster,
+        state_dir: Arc::clone(&state_dir),
     });
     state.evaluate_license();
 
@@ -246,6 +287,7 @@ pub async fn run(
             Endpoint::Unix(p) => Some(p.clone()),
             Endpoint::Udp(_) => None,
         }),
+        mesh: state.cluster.as_ref().map(|c| c.mesh.local_addr()),
     };
     if let Ok(json) = serde_json::to_vec_pretty(&info)
         && let Err(e) = state_dir.write_runtime(&json)
@@ -270,6 +312,12 @@ pub async fn run(
         .fetcher
         .clone()
         .map(|f| tokio::spawn(f.run(Arc::clone(&state))));
+    let cluster_tasks = state.cluster.is_some().then(|| {
+        [
+            tokio::spawn(cluster::sync_task(Arc::clone(&state))),
+            tokio::spawn(cluster::event_task(Arc::clone(&state))),
+        ]
+    });
 
     tracing::info!(
         node_id = %config.node_id,
@@ -308,6 +356,13 @@ pub async fn run(
     evaluations.abort();
     if let Some(f) = fetches {
         f.abort();
+    }
+    for t in cluster_tasks.into_iter().flatten() {
+        t.abort();
+    }
+    if let Some(c) = &state.cluster {
+        // A LEFT record with zero usage: peers drop this node from the sum at once.
+        c.mesh.clone().shutdown().await;
     }
     license.persist();
     write_snapshot(&state, &state_dir);

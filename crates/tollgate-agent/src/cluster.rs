@@ -1,0 +1,353 @@
+//! The agent in a cluster: starts the QUIC mesh (`tollgate-mesh`), feeds it this node's
+//! usage and license, and turns what it learns into the cluster-wide view the license is
+//! held against.
+//!
+//! - **Usage out:** every [`USAGE_PUSH_INTERVAL`] the node's counts go to the mesh (the
+//!   replica coalesces pushes and only emits on change).
+//! - **Usage in:** the aggregate minus this node's own published record is kept in
+//!   atomics ([`ClusterView`]); admission reads `remote + local live calls` without a lock,
+//!   so the node's own calls are never older than the admit itself.
+//! - **License:** a license installed here (upload, reload, license server) is advertised to
+//!   the mesh; one offered by a peer is verified and installed like any other source, so the
+//!   highest valid serial wins everywhere.
+//! - **Incarnation:** read from `<state_dir>/incarnation`, incremented and written before
+//!   the mesh starts, rewritten when the replica moves past a duplicate.
+
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde::Serialize;
+use tollgate_mesh::{Mesh, MeshConfig};
+use tollgate_replication::{Event, NodeUsage};
+
+use crate::config::MeshSettings;
+use crate::state::{StateDir, StateError, write_atomically};
+use crate::{AgentState, ClusterUsage};
+
+pub const INCARNATION_FILE: &str = "incarnation";
+/// How often this node's counts are handed to the mesh.
+pub const USAGE_PUSH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Failures starting the mesh.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("mesh certificate: {0}")]
+    Cert(#[from] tollgate_mesh::CertError),
+    #[error("mesh seed {seed}: {message}")]
+    Seed { seed: String, message: String },
+    #[error("cannot start the mesh: {0}")]
+    Mesh(String),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Other nodes' share of the cluster aggregate, readable without a lock.
+#[derive(Debug, Default)]
+pub struct ClusterView {
+    remote_calls: AtomicU64,
+    remote_emergency_calls: AtomicU64,
+    remote_registered_subscribers: AtomicU64,
+    remote_registered_contacts: AtomicU64,
+    /// Platform-wide provisioned subscribers (latest report anywhere) and when.
+    subscribers: AtomicU64,
+    subscribers_reported_at: AtomicU64,
+}
+
+impl ClusterView {
+    /// Calls on the other counted nodes.
+    pub fn remote_calls(&self) -> u64 {
+        self.remote_calls.load(Relaxed)
+    }
+
+    /// The cluster's usage with this node's live figures.
+    pub fn with_local(&self, local: &tollgate_usage::Usage) -> ClusterUsage {
+        let local_reported = local.subscribers_reported_at.map_or(0, |t| t.unix_ms());
+        let subscribers = if local_reported >= self.subscribers_reported_at.load(Relaxed) {
+            local.subscribers
+        } else {
+            self.subscribers.load(Relaxed)
+        };
+        ClusterUsage {
+            calls: self.remote_calls.load(Relaxed) + local.calls,
+            emergency_calls: self.remote_emergency_calls.load(Relaxed) + local.emergency_calls,
+            subscribers,
+            registered_subscribers: self.remote_registered_subscribers.load(Relaxed)
+                + local.registered_subscribers,
+        }
+    }
+
+    pub fn remote_registered_contacts(&self) -> u64 {
+        self.remote_registered_contacts.load(Relaxed)
+    }
+}
+
+/// The running mesh and the view derived from it.
+#[derive(Debug)]
+pub struct Cluster {
+    pub mesh: Mesh,
+    pub view: Arc<ClusterView>,
+}
+
+fn node_usage(u: &tollgate_usage::Usage, peaks: tollgate_usage::PeakCounts) -> NodeUsage {
+    NodeUsage {
+        calls: u.calls,
+        emergency_calls: u.emergency_calls,
+        registered_subscribers: u.registered_subscribers,
+        registered_contacts: u.registered_contacts,
+        subscribers: u.subscribers,
+        subscribers_reported_at: u.subscribers_reported_at.map_or(0, |t| t.unix_ms()),
+        peak_calls: peaks.calls,
+        peak_registered_subscribers: peaks.registered_subscribers,
+    }
+}
+
+/// Reads, increments and persists the incarnation, then starts the mesh.
+pub fn start(
+    settings: &MeshSettings,
+    node_id: &str,
+    state_dir: &StateDir,
+) -> Result<Cluster, ClusterError> {
+    let path = state_dir.path().join(INCARNATION_FILE);
+    let previous: u64 = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let incarnation = previous + 1;
+    write_atomically(&path, incarnation.to_string().as_bytes(), 0o600)?;
+    let mut seeds = Vec::new();
+    for seed in &settings.seeds {
+        let addrs = seed.to_socket_addrs().map_err(|e| ClusterError::Seed {
+            seed: seed.clone(),
+            message: e.to_string(),
+        })?;
+        seeds.extend(addrs);
+    }
+    let replication = tollgate_replication::Config {
+        expired_rule: settings.expired_rule,
+        rng_seed: u64::from_le_bytes(
+            blake3::hash(node_id.as_bytes()).as_bytes()[..8]
+                .try_into()
+                .unwrap_or([0; 8]),
+        ) ^ incarnation,
+        ..tollgate_replication::Config::default()
+    };
+    let mesh = Mesh::start(MeshConfig {
+        node_id: node_id.to_owned(),
+        listen: settings.listen,
+        advertise: settings.advertise.clone(),
+        seeds,
+        ca_pem: tollgate_mesh::certs::read_pem_file(&settings.ca)?,
+        cert_pem: tollgate_mesh::certs::read_pem_file(&settings.cert)?,
+        key_pem: tollgate_mesh::certs::read_pem_file(&settings.key)?,
+        incarnation,
+        replication,
+    })
+    .map_err(|e| ClusterError::Mesh(e.to_string()))?;
+    tracing::info!(node_id, incarnation, mesh = %mesh.local_addr(), "mesh started");
+    Ok(Cluster {
+        mesh,
+        view: Arc::new(ClusterView::default()),
+    })
+}
+
+/// Pushes local usage and the license to the mesh, and derives the remote share of the
+/// aggregate, every [`USAGE_PUSH_INTERVAL`].
+pub async fn sync_task(state: Arc<AgentState>) {
+    let Some(cluster) = state.cluster.as_ref() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(USAGE_PUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut advertised_serial = None;
+    loop {
+        tick.tick().await;
+        let local = state.tables.usage();
+        let pushed = node_usage(&local, state.tables.peaks().since_start());
+        cluster.mesh.set_local_usage(pushed);
+        // The aggregate holds this node's previous push; subtract this node's record as the
+        // aggregate saw it (from its view of the nodes) to get the others' share.
+        let agg = cluster.mesh.aggregate();
+        let own = cluster
+            .mesh
+            .nodes()
+            .into_iter()
+            .find(|n| n.view.local)
+            .map(|n| n.view.usage)
+            .unwrap_or_default();
+        let v = &cluster.view;
+        v.remote_calls
+            .store(agg.calls.saturating_sub(own.calls), Relaxed);
+        v.remote_emergency_calls.store(
+            agg.emergency_calls.saturating_sub(own.emergency_calls),
+            Relaxed,
+        );
+        v.remote_registered_subscribers.store(
+            agg.registered_subscribers
+                .saturating_sub(own.registered_subscribers),
+            Relaxed,
+        );
+        v.remote_registered_contacts.store(
+            agg.registered_contacts
+                .saturating_sub(own.registered_contacts),
+            Relaxed,
+        );
+        v.subscribers.store(agg.subscribers, Relaxed);
+        v.subscribers_reported_at
+            .store(agg.subscribers_reported_at, Relaxed);
+
+        if let Some(current) = state.license.current() {
+            let serial = current.document().serial;
+            if advertised_serial != Some(serial) {
+                match cluster
+                    .mesh
+                    .set_license(serial, current.armored().as_bytes().to_vec())
+                {
+                    Ok(()) => advertised_serial = Some(serial),
+                    Err(e) => {
+                        tracing::warn!(error = %e, serial, "cannot advertise the license to the mesh")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Acts on mesh events: licenses offered by peers, incarnation changes.
+pub async fn event_task(state: Arc<AgentState>) {
+    let Some(cluster) = state.cluster.as_ref() else {
+        return;
+    };
+    let mut events = cluster.mesh.subscribe();
+    loop {
+        let event = match events.recv().await {
+            Ok(e) => e,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "mesh events lagged");
+                continue;
+            }
+            Err(_) => return,
+        };
+        match event {
+            Event::LicenseOffered { from, armored } => {
+                let now = crate::wall_clock().unix_ms();
+                match state
+                    .license
+                    .install(&armored, now, &format!("mesh ({from})"))
+                {
+                    Ok(installed) if installed.changed => {
+                        state.evaluate_license();
+                    }
+                    Ok(_) | Err(crate::license::InstallError::NotNewer { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!(from, code = e.code(), error = %e, "license offered by a peer refused")
+                    }
+                }
+            }
+            Event::IncarnationChanged { incarnation } => {
+                let path = state.state_dir.path().join(INCARNATION_FILE);
+                if let Err(e) = write_atomically(&path, incarnation.to_string().as_bytes(), 0o600) {
+                    tracing::error!(error = %e, "cannot persist the incarnation");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The body of `GET /api/v1/cluster`.
+#[derive(Debug, Serialize)]
+pub struct ClusterReport {
+    pub node_id: String,
+    /// The cluster-wide figures the license is held against.
+    pub usage: ClusterUsage,
+    pub registered_contacts: u64,
+    pub nodes_live: usize,
+    pub nodes_suspect: usize,
+    pub nodes_held: usize,
+    pub nodes_expired: usize,
+    pub nodes_left: usize,
+    pub license_serial_max: u64,
+    pub nodes: Vec<NodeReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeReport {
+    pub node_id: String,
+    pub address: String,
+    pub state: &'static str,
+    pub local: bool,
+    pub counted: bool,
+    pub age_ms: u64,
+    pub last_seen_ms: u64,
+    pub incarnation: u64,
+    pub seq: u64,
+    pub license_serial: u64,
+    pub calls: u64,
+    pub emergency_calls: u64,
+    pub registered_subscribers: u64,
+    pub registered_contacts: u64,
+    pub subscribers: u64,
+    pub peak_calls: u64,
+    pub rtt_ms: Option<f64>,
+    pub bytes_sent: Option<u64>,
+    pub bytes_received: Option<u64>,
+}
+
+pub fn report(state: &AgentState, cluster: &Cluster) -> ClusterReport {
+    let now = crate::wall_clock().unix_ms();
+    let local = state.tables.usage();
+    let agg = cluster.mesh.aggregate();
+    let nodes = cluster
+        .mesh
+        .nodes()
+        .into_iter()
+        .map(|n| {
+            let v = n.view;
+            let u = if v.local {
+                node_usage(&local, state.tables.peaks().since_start())
+            } else {
+                v.usage
+            };
+            NodeReport {
+                state: match v.state {
+                    tollgate_replication::NodeState::Live => "live",
+                    tollgate_replication::NodeState::Suspect => "suspect",
+                    tollgate_replication::NodeState::Expired => "expired",
+                    tollgate_replication::NodeState::Left => "left",
+                },
+                last_seen_ms: now.saturating_sub(v.age_ms),
+                rtt_ms: n.link.as_ref().map(|l| l.rtt.as_secs_f64() * 1000.0),
+                bytes_sent: n.link.as_ref().map(|l| l.bytes_sent),
+                bytes_received: n.link.as_ref().map(|l| l.bytes_received),
+                node_id: v.node_id,
+                address: v.address,
+                local: v.local,
+                counted: v.counted,
+                age_ms: v.age_ms,
+                incarnation: v.incarnation,
+                seq: v.seq,
+                license_serial: v.license_serial,
+                calls: u.calls,
+                emergency_calls: u.emergency_calls,
+                registered_subscribers: u.registered_subscribers,
+                registered_contacts: u.registered_contacts,
+                subscribers: u.subscribers,
+                peak_calls: u.peak_calls,
+            }
+        })
+        .collect();
+    ClusterReport {
+        node_id: state.node_id.clone(),
+        usage: cluster.view.with_local(&local),
+        registered_contacts: cluster.view.remote_registered_contacts() + local.registered_contacts,
+        nodes_live: agg.nodes_live,
+        nodes_suspect: agg.nodes_suspect,
+        nodes_held: agg.nodes_held,
+        nodes_expired: agg.nodes_expired,
+        nodes_left: agg.nodes_left,
+        license_serial_max: agg.license_serial_max,
+        nodes,
+    }
+}

@@ -1,0 +1,214 @@
+//! Agents as one licensed platform: real agent processes meshed over real QUIC with mutual
+//! TLS on loopback. Usage on any node counts against the shared license, a dead node falls
+//! out of the sum by the documented rule, a license uploaded on one node reaches the others,
+//! and a node with a certificate from another CA cannot join.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Agent, send_udp, write_config};
+use tollgate_license::{LicenseSpec, SigningKey};
+use tollgate_mesh::ClusterCa;
+
+/// Writes node `name`'s certificate files and a config that meshes it with `seeds`.
+fn node_config(
+    dir: &Path,
+    ca: &ClusterCa,
+    ca_file: &Path,
+    name: &str,
+    seeds: &[String],
+    extra: &str,
+) -> std::path::PathBuf {
+    let node_dir = dir.join(name);
+    std::fs::create_dir_all(&node_dir).unwrap();
+    let cert = ca.issue(name).unwrap();
+    std::fs::write(node_dir.join("node.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(node_dir.join("node.key"), &cert.key_pem).unwrap();
+    let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+    let config = write_config(
+        &node_dir,
+        &format!(
+            "[mesh]\nenabled = true\nlisten = \"127.0.0.1:0\"\nseeds = [{}]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
+            seeds.join(", "),
+            ca_file.display(),
+            node_dir.join("node.pem").display(),
+            node_dir.join("node.key").display(),
+        ),
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("node_id = \"test-node\"", &format!("node_id = \"{name}\""));
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn cluster(agent: &Agent) -> serde_json::Value {
+    let (status, body) = agent.get("/api/v1/cluster");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn wait_cluster(
+    agent: &Agent,
+    what: &str,
+    secs: u64,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let c = cluster(agent);
+        if pred(&c) {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last: {c:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn three_agents_sum_exactly_share_the_license_and_drop_a_dead_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("test cluster").unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let vendor = SigningKey::generate();
+    let admin = tollgate_agent::auth::hash_password("pw").unwrap();
+    let extra = format!(
+        "\n[license]\ntrusted_keys = [\"{}\"]\n\n[[admin.users]]\nname = \"ops\"\npassword_hash = \"{admin}\"\nrole = \"admin\"\n",
+        vendor.public_key().to_file_string().trim()
+    );
+
+    let a = Agent::start(
+        &dir.path().join("a/state"),
+        &node_config(dir.path(), &ca, &ca_file, "a", &[], &extra),
+    );
+    let seed = vec![a.rt.mesh.expect("a has a mesh address").to_string()];
+    let b = Agent::start(
+        &dir.path().join("b/state"),
+        &node_config(dir.path(), &ca, &ca_file, "b", &seed, &extra),
+    );
+    let c = Agent::start(
+        &dir.path().join("c/state"),
+        &node_config(dir.path(), &ca, &ca_file, "c", &seed, &extra),
+    );
+
+    send_udp(a.udp(), b"call-start a1\ncall-start a2\n");
+    send_udp(
+        b.udp(),
+        b"call-start b1\ncall-start b2\ncall-start b3\nsubscribers 500\n",
+    );
+    send_udp(
+        c.udp(),
+        b"call-start c1\ncall-start c2\ncall-start c3\ncall-start c4 emergency\n",
+    );
+    for node in [&a, &b, &c] {
+        let view = wait_cluster(node, "the exact cluster sum", 20, |v| {
+            v["usage"]["calls"] == 9
+        });
+        assert_eq!(view["usage"]["emergency_calls"], 1);
+        assert_eq!(
+            view["usage"]["subscribers"], 500,
+            "provisioned subscribers: the latest report, not a sum"
+        );
+        assert_eq!(view["nodes"].as_array().unwrap().len(), 3);
+    }
+
+    // The license is managed in one place: uploaded on A, it reaches C through the mesh.
+    let spec = "license_key = \"MESH_1\"\ncustomer = \"Mesh Telecom\"\nkind = \"perpetual\"\nserial = 7\n\
+                lease_days = 14\n\n[limits]\ncalls = 8\n\n[policy]\nmode = \"enforce\"\ngrace_pct = 0\n";
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let doc = LicenseSpec::parse(spec)
+        .unwrap()
+        .to_document(vendor.key_id(), now)
+        .unwrap();
+    let text = tollgate_license::sign(&doc, &vendor).unwrap();
+    let (status, body) = common::http(
+        a.rt.admin,
+        "PUT",
+        "/api/v1/license",
+        Some(("ops", "pw")),
+        text.as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = common::http(
+            c.rt.admin,
+            "GET",
+            "/api/v1/license",
+            Some(("ops", "pw")),
+            b"",
+        );
+        if body.contains("MESH_1") {
+            // 9 calls in the cluster against a limit of 8, enforce mode: C denies a new call
+            // although C itself runs only 4.
+            assert!(body.contains("OVER_LIMIT"), "{body}");
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.send_to(b"admit c5\nadmit sos emergency\n", c.udp())
+                .unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"deny OVER_LIMIT\nok\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the license never reached C: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // kill -9 C: suspect, then expired and out of the sum (default rule: drop at expiry).
+    c.kill9();
+    wait_cluster(&a, "C to fall out of the sum", 30, |v| {
+        v["usage"]["calls"] == 5
+    });
+    let view = cluster(&a);
+    let c_node = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == "c")
+        .cloned();
+    assert!(c_node.is_none_or(|n| n["state"] == "expired"), "{view:#}");
+
+    // Graceful shutdown of B: a LEFT record, out of the sum at once.
+    let (status, _) = b.stop();
+    assert!(status.success());
+    wait_cluster(&a, "B to leave", 10, |v| v["usage"]["calls"] == 2);
+}
+
+#[test]
+fn a_node_with_a_certificate_from_another_ca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("the cluster").unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let a = Agent::start(
+        &dir.path().join("a/state"),
+        &node_config(dir.path(), &ca, &ca_file, "a", &[], ""),
+    );
+    let seed = vec![a.rt.mesh.unwrap().to_string()];
+
+    // The intruder's certificate (and the CA it trusts) come from another CA.
+    let foreign = ClusterCa::generate("someone else").unwrap();
+    let foreign_file = dir.path().join("foreign-ca.pem");
+    std::fs::write(&foreign_file, foreign.cert_pem()).unwrap();
+    let intruder_dir = dir.path().join("x");
+    let config = node_config(dir.path(), &foreign, &foreign_file, "x", &seed, "");
+    let x = Agent::start(&intruder_dir.join("state"), &config);
+    send_udp(x.udp(), b"call-start smuggled\n");
+    std::thread::sleep(Duration::from_secs(4));
+    let view = cluster(&a);
+    assert_eq!(view["nodes"].as_array().unwrap().len(), 1, "{view:#}");
+    assert_eq!(view["usage"]["calls"], 0);
+}
