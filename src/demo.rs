@@ -1,7 +1,8 @@
 //! `tollgate demo`: the whole system on loopback in one command, as real processes of this
 //! binary: a license server (`--dev`, its own CA-less self-signed certificate), provisioned
-//! through its admin CLI like a vendor would; agents that fetch their license from it at
-//! start and report usage to it; a load generator per agent (text over UDP, binary batches
+//! through its admin CLI like a vendor would; three agents meshed over QUIC with mutual TLS
+//! from a demo cluster CA, which fetch their license from the server at start, report usage
+//! to it, and hold the license against the cluster's usage; a load generator per agent (text over UDP, binary batches
 //! over the unix socket); a live view refreshed in place; and a summary that checks every
 //! agent's counts against what its generator says it left running.
 
@@ -28,8 +29,8 @@ pub struct DemoArgs {
     /// How long the load runs, in seconds (Ctrl-C ends it early).
     #[arg(long, default_value_t = 20)]
     duration: u64,
-    /// Agents (nodes) to start.
-    #[arg(long, default_value_t = 1)]
+    /// Agents (nodes) to start, meshed over QUIC with mutual TLS from a demo cluster CA.
+    #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// Call attempts per second, per node.
     #[arg(long, default_value_t = 150)]
@@ -234,12 +235,40 @@ impl Vendor {
     }
 }
 
+/// Writes the cluster CA and node `i`'s certificate; returns the `[mesh]` section.
+fn mesh_section(
+    dir: &Path,
+    ca: &tollgate_mesh::ClusterCa,
+    i: usize,
+    seed: Option<std::net::SocketAddr>,
+) -> anyhow::Result<String> {
+    let ca_file = dir.join("cluster-ca.pem");
+    if !ca_file.exists() {
+        std::fs::write(&ca_file, ca.cert_pem())?;
+    }
+    let node = ca.issue(&format!("demo-{i}"))?;
+    let (cert, key) = (
+        dir.join(format!("node-{i}.pem")),
+        dir.join(format!("node-{i}.key")),
+    );
+    std::fs::write(&cert, &node.cert_pem)?;
+    std::fs::write(&key, &node.key_pem)?;
+    let seeds = seed.map(|s| format!("\"{s}\"")).unwrap_or_default();
+    Ok(format!(
+        "\n[mesh]\nenabled = true\nlisten = \"127.0.0.1:0\"\nseeds = [{seeds}]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        ca_file.display(),
+        cert.display(),
+        key.display()
+    ))
+}
+
 /// Starts agent `i` and waits for its `agent.json`.
 fn start_agent(
     dir: &Path,
     i: usize,
     vendor: &Vendor,
     token: &str,
+    mesh: &str,
 ) -> anyhow::Result<(Process, RuntimeInfo)> {
     let state = dir.join(format!("node-{i}"));
     let keys: Vec<String> = vendor
@@ -255,7 +284,7 @@ fn start_agent(
              [ingest]\nudp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
              [report]\ninterval_s = 10\n\n\
              [license]\nserver = \"https://127.0.0.1:{}\"\ntoken = \"{token}\"\nca_bundle = \"{}\"\n\
-             trusted_keys = [{}]\n",
+             trusted_keys = [{}]\n{mesh}",
             vendor.port,
             vendor.cert.display(),
             keys.join(", ")
@@ -309,9 +338,15 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
         vendor.port
     );
 
-    let mut agents = Vec::new();
+    let ca = tollgate_mesh::ClusterCa::generate("tollgate demo cluster")?;
+    let mut agents: Vec<(Process, RuntimeInfo)> = Vec::new();
     for i in 1..=args.nodes {
-        agents.push(start_agent(d, i, &vendor, &token)?);
+        let mesh = if args.nodes > 1 {
+            mesh_section(d, &ca, i, agents.first().and_then(|(_, info)| info.mesh))?
+        } else {
+            String::new()
+        };
+        agents.push(start_agent(d, i, &vendor, &token, &mesh)?);
     }
     let rt = crate::runtime().map_err(|_| anyhow::anyhow!("tokio runtime"))?;
     let client = reqwest::Client::new();
@@ -453,6 +488,9 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
                     u.peak_calls
                 );
             }
+            if let Some(c) = get(format!("http://{}/api/v1/cluster", agents[0].1.admin)) {
+                let _ = write!(out, "{}", crate::status::render_cluster(&c));
+            }
             if let Some(l) = &license {
                 let _ = write!(out, "{}", crate::status::render_license(l));
             }
@@ -528,6 +566,28 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
             u.ingest.duplicate_datagrams,
             u.ingest.lost_datagrams,
             u.ingest.kernel_drops
+        );
+    }
+    if agents.len() > 1 {
+        let expected: u64 = reports.iter().map(|r| r.expected_active_calls).sum();
+        // The mesh pushes within 100 ms; allow a moment for the last pushes to land.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = None;
+        while Instant::now() < deadline {
+            seen = get(format!("http://{}/api/v1/cluster", agents[0].1.admin))
+                .and_then(|c| c["usage"]["calls"].as_u64());
+            if seen == Some(expected) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let ok = seen == Some(expected);
+        all_ok &= ok;
+        println!(
+            "  cluster  active calls as {} sees them {:>8}   generators {expected:>8}   {}",
+            agents[0].1.node_id,
+            seen.map_or_else(|| "?".to_owned(), |s| s.to_string()),
+            if ok { "ok" } else { "MISMATCH" }
         );
     }
     for (process, _) in &mut agents {
