@@ -272,12 +272,52 @@ impl HepSnapshot {
 /// A running HEP collector, until [`HepIngest::shutdown`].
 #[derive(Debug)]
 pub struct HepIngest {
+    handle: HepHandle,
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// A cheap, cloneable view of a running collector's address and counters (for the admin
+/// server), valid after the collector stopped too.
+#[derive(Debug, Clone)]
+pub struct HepHandle {
     local_addr: SocketAddr,
     tracker: Arc<Mutex<MirrorTracker>>,
     shared: Arc<Shared>,
     stats: IngestStats,
-    threads: Vec<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+}
+
+impl HepHandle {
+    /// The bound address (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Every counter, summed over the threads. Takes the tracker's lock briefly.
+    pub fn snapshot(&self) -> HepSnapshot {
+        let (tracker, dialogs, pending, aors) = {
+            let t = self.tracker.lock();
+            (
+                *t.counters(),
+                t.dialog_count(),
+                t.pending_count(),
+                t.aor_count(),
+            )
+        };
+        HepSnapshot {
+            ingest: self.stats.snapshot(),
+            packets: std::array::from_fn(|i| self.shared.packets[i].load(Ordering::Relaxed)),
+            tracker,
+            dialogs,
+            pending,
+            aors,
+        }
+    }
+
+    /// The generic counters alone (no tracker lock).
+    pub fn stats(&self) -> &IngestStats {
+        &self.stats
+    }
 }
 
 impl HepIngest {
@@ -322,26 +362,28 @@ impl HepIngest {
             );
         }
         let mut hep = HepIngest {
-            local_addr,
-            tracker: Arc::new(Mutex::new(tracker)),
-            shared: Arc::new(Shared {
-                packets: std::array::from_fn(|_| AtomicU64::new(0)),
-                next_expire_ms: AtomicU64::new(0),
-            }),
-            stats: IngestStats::default(),
+            handle: HepHandle {
+                local_addr,
+                tracker: Arc::new(Mutex::new(tracker)),
+                shared: Arc::new(Shared {
+                    packets: std::array::from_fn(|_| AtomicU64::new(0)),
+                    next_expire_ms: AtomicU64::new(0),
+                }),
+                stats: IngestStats::default(),
+            },
             threads: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
         };
-        let kernel_drops = hep.stats.register_socket();
+        let kernel_drops = hep.handle.stats.register_socket();
         let threads = config.threads.max(1);
         for i in 0..threads {
             let worker = Worker {
                 socket: Arc::clone(&socket),
                 pipeline: pipeline.clone(),
-                tracker: Arc::clone(&hep.tracker),
-                shared: Arc::clone(&hep.shared),
+                tracker: Arc::clone(&hep.handle.tracker),
+                shared: Arc::clone(&hep.handle.shared),
                 auth_key: config.auth_key.clone(),
-                stats: hep.stats.register(),
+                stats: hep.handle.stats.register(),
                 kernel_drops: Arc::clone(&kernel_drops),
                 stop: Arc::clone(&hep.stop),
                 mode: config.recv_mode,
@@ -369,33 +411,22 @@ impl HepIngest {
 
     /// The bound address (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.handle.local_addr
     }
 
     /// Every counter, summed over the threads. Takes the tracker's lock briefly.
     pub fn snapshot(&self) -> HepSnapshot {
-        let (tracker, dialogs, pending, aors) = {
-            let t = self.tracker.lock();
-            (
-                *t.counters(),
-                t.dialog_count(),
-                t.pending_count(),
-                t.aor_count(),
-            )
-        };
-        HepSnapshot {
-            ingest: self.stats.snapshot(),
-            packets: std::array::from_fn(|i| self.shared.packets[i].load(Ordering::Relaxed)),
-            tracker,
-            dialogs,
-            pending,
-            aors,
-        }
+        self.handle.snapshot()
     }
 
     /// The generic counters alone (no tracker lock).
     pub fn stats(&self) -> &IngestStats {
-        &self.stats
+        &self.handle.stats
+    }
+
+    /// A view of the address and counters that outlives [`HepIngest::shutdown`].
+    pub fn handle(&self) -> HepHandle {
+        self.handle.clone()
     }
 
     /// Stops the threads (within [`RECV_TIMEOUT`](crate::RECV_TIMEOUT)) and closes the

@@ -28,7 +28,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use exposition::write_opensips_metrics;
-pub use hep::{HepConfig, HepIngest, HepResult, HepSnapshot, TrackerConfig, TrackerCounters};
+pub use hep::{
+    HepConfig, HepHandle, HepIngest, HepResult, HepSnapshot, TrackerConfig, TrackerCounters,
+};
 pub use pipeline::{Admission, AdmitAll, BatchObserver, Decision, Pipeline, REPLY_BYTES_MAX};
 pub use recv::{RECV_BATCH_MAX, Received, RecvBatch, RecvMode};
 pub use socket::{Endpoint, EventSocket, RECV_TIMEOUT, SocketOptions};
