@@ -64,8 +64,8 @@ pub enum CertError {
     PeerId(#[from] PeerIdError),
     #[error("{}: already exists, refusing to overwrite it", path.display())]
     Exists { path: PathBuf },
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
 }
 
 /// Why a node id cannot name a certificate.
@@ -358,9 +358,9 @@ fn set_validity(params: &mut CertificateParams, days: u32) -> Result<(), CertErr
 
 /// Reads a PEM file of at most [`PEM_BYTES_MAX`] bytes.
 pub fn read_pem_file(path: &Path) -> Result<String, CertError> {
-    let io_error = |source| CertError::Io {
+    let io_error = |error| CertError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     let mut text = String::new();
     fs::File::open(path)
@@ -395,9 +395,9 @@ fn save_pair(
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| CertError::Io {
+        .map_err(|error| CertError::Io {
             path: dir.to_owned(),
-            source,
+            error,
         })?;
     // The key first: if the certificate cannot be written, the key is removed again.
     write_new(&key_path, key_pem, 0o600)?;
@@ -410,15 +410,15 @@ fn save_pair(
 
 /// Creates `path` (never over an existing file) with `mode` and writes `contents`, synced.
 fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
-    let io_error = |source: io::Error| {
-        if source.kind() == io::ErrorKind::AlreadyExists {
+    let io_error = |error: io::Error| {
+        if error.kind() == io::ErrorKind::AlreadyExists {
             CertError::Exists {
                 path: path.to_owned(),
             }
         } else {
             CertError::Io {
                 path: path.to_owned(),
-                source,
+                error,
             }
         }
     };

@@ -20,6 +20,15 @@ pub(crate) enum DialKey {
     Node(String),
 }
 
+impl std::fmt::Display for DialKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DialKey::Seed(addr) => write!(f, "seed {addr}"),
+            DialKey::Node(node_id) => write!(f, "node {node_id}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
     failures: u32,
@@ -47,8 +56,8 @@ impl Dialer {
     }
 
     /// The attempt failed (or its connection was refused): wait before the next one.
-    /// `unit` is a random number in `[0, 1)` for the jitter.
-    pub(crate) fn failed(&mut self, key: &DialKey, now: u64, unit: f64) {
+    /// `unit` is a random number in `[0, 1)` for the jitter. Returns the failures in a row.
+    pub(crate) fn failed(&mut self, key: &DialKey, now: u64, unit: f64) -> u32 {
         self.in_flight.remove(key);
         let backoff = self.backoff.entry(key.clone()).or_insert(Backoff {
             failures: 0,
@@ -56,6 +65,7 @@ impl Dialer {
         });
         backoff.failures = backoff.failures.saturating_add(1);
         backoff.next_at = now + delay_ms(backoff.failures, unit);
+        backoff.failures
     }
 
     /// The attempt connected; whether it works is not known yet (the peer may close it at

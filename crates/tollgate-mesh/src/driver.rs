@@ -18,7 +18,7 @@ use tollgate_replication::{
 use crate::conn::{self, Input, Target, close_code};
 use crate::dialer::{DialKey, Dialer};
 use crate::stats::{Counters, frame_index};
-use crate::{License, Link, NodesSnapshot, Shared, Status};
+use crate::{License, Link, NodesSnapshot, Shared, Snapshot, Status};
 
 /// Inputs waiting for the driver; tasks wait when it is full.
 pub const INPUT_QUEUE_MAX: usize = 1024;
@@ -26,8 +26,8 @@ pub const INPUT_QUEUE_MAX: usize = 1024;
 pub const INPUT_BATCH_MAX: usize = 64;
 /// Stream frames waiting to be written to one peer; more are dropped (counted).
 pub const STREAM_QUEUE_MAX: usize = 64;
-/// The node list (`Mesh::nodes`) is rebuilt at once when the aggregate changes or an event
-/// occurs, and otherwise (ages, seqs) at most this often, ms.
+/// The node list (`Mesh::nodes`) is rebuilt at once when an event occurs (a node up,
+/// suspect, expired, left…), and otherwise (usage, seqs, ages) at most this often, ms.
 pub const NODES_PUBLISH_INTERVAL_MS: u64 = 50;
 /// Dial targets are looked at least this often, ms (and at once when a node comes up or a
 /// peer goes away).
@@ -66,6 +66,8 @@ pub(crate) struct Driver {
 }
 
 struct State {
+    /// The usage last handed to the replica.
+    local_usage: NodeUsage,
     peers: HashMap<String, Peer>,
     tasks: JoinSet<()>,
     dialer: Dialer,
@@ -79,6 +81,7 @@ struct State {
 impl Driver {
     pub(crate) async fn run(mut self) {
         let mut state = State {
+            local_usage: NodeUsage::default(),
             peers: HashMap::new(),
             tasks: JoinSet::new(),
             dialer: Dialer::default(),
@@ -139,6 +142,7 @@ impl Driver {
                     state.nodes_dirty = true;
                     let usage = *self.usage.borrow_and_update();
                     self.replica.set_local_usage(self.shared.now_ms(), usage);
+                    state.local_usage = usage;
                 }
                 Ok(()) = self.license.changed() => {
                     state.nodes_dirty = true;
@@ -176,18 +180,26 @@ impl Driver {
         self.publish(state, now, had_events);
     }
 
-    /// Publishes the aggregate, the status and, when the cluster changed (or at most every
-    /// [`NODES_PUBLISH_INTERVAL_MS`] for ages and seqs), the node list.
+    /// Publishes the aggregate, the status and the node list (see
+    /// [`NODES_PUBLISH_INTERVAL_MS`]).
     fn publish(&self, state: &mut State, now: u64, changed: bool) {
         let aggregate = self.replica.aggregate(now);
         let aggregate_changed = *self.shared.aggregate.borrow() != aggregate;
+        let local = if self.replica.is_left() {
+            NodeUsage::default()
+        } else {
+            state.local_usage
+        };
         *self.shared.status.lock() = Status {
+            snapshot: Snapshot { aggregate, local },
             replica: self.replica.stats(),
             incarnation: self.replica.version().incarnation,
             peers_connected: state.peers.len(),
         };
-        // The node list first, so that a reader woken by the aggregate finds it current.
-        if changed || aggregate_changed || state.nodes_due().is_some_and(|due| due <= now) {
+        // The node list at once when a node came, went or changed state (first, so that a
+        // reader woken by the aggregate finds it current); for usage, seqs and ages at most
+        // every NODES_PUBLISH_INTERVAL_MS: rebuilding it costs more than the aggregate.
+        if changed || state.nodes_due().is_some_and(|due| due <= now) {
             *self.shared.nodes.lock() = NodesSnapshot {
                 taken_at: Instant::now(),
                 views: self.replica.nodes(now),
@@ -279,7 +291,7 @@ impl Driver {
                         && let Some(key) = &removed.dial_key
                     {
                         // Closed before a word (refused as a duplicate, say): back off.
-                        state.dialer.failed(key, now, rand::random());
+                        let _ = state.dialer.failed(key, now, rand::random());
                     }
                     self.replica.peer_disconnected(now, &peer);
                     tracing::info!(peer = &*peer, reason, "peer disconnected");
@@ -287,9 +299,14 @@ impl Driver {
                 }
             }
             Input::DialFailed { key, reason } => {
-                state.dialer.failed(&key, now, rand::random());
+                let failures = state.dialer.failed(&key, now, rand::random());
                 self.shared.counters.error(reason);
-                tracing::debug!(target = ?key, reason, "dial failed");
+                // Once per target and outage; the retries (with backoff) are counted only.
+                if failures == 1 {
+                    tracing::warn!(target = %key, reason, "cannot connect to peer; retrying with backoff");
+                } else {
+                    tracing::debug!(target = %key, reason, failures, "dial failed");
+                }
             }
         }
     }
@@ -346,7 +363,7 @@ impl Driver {
                 self.replica.peer_disconnected(now, &peer);
             }
             if let Some(key) = &dialed {
-                state.dialer.failed(key, now, rand::random());
+                let _ = state.dialer.failed(key, now, rand::random());
             }
             tracing::warn!(peer, reason, %error, "peer refused");
             return;
@@ -442,7 +459,7 @@ impl Driver {
             }
             state.dialer.started(key.clone());
             self.shared.counters.dials_started.fetch_add(1, Relaxed);
-            tracing::debug!(target = ?key, "dialing");
+            tracing::debug!(target = %key, "dialing");
             state.tasks.spawn(conn::dial(
                 self.endpoint.clone(),
                 self.client.clone(),
@@ -504,11 +521,7 @@ impl Driver {
         self.endpoint
             .close(close_code::SHUTDOWN.into(), b"shutdown");
         let _ = tokio::time::timeout(CLOSE_WAIT_TIMEOUT, self.endpoint.wait_idle()).await;
-        *self.shared.status.lock() = Status {
-            replica: self.replica.stats(),
-            incarnation: self.replica.version().incarnation,
-            peers_connected: 0,
-        };
+        self.shared.status.lock().peers_connected = 0;
         tracing::info!(node_id = self.shared.node_id, "left the mesh");
     }
 }

@@ -231,9 +231,19 @@ impl Shared {
 
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Status {
+    pub(crate) snapshot: Snapshot,
     pub(crate) replica: tollgate_replication::Stats,
     pub(crate) incarnation: u64,
     pub(crate) peers_connected: usize,
+}
+
+/// The aggregate and this node's own usage as counted in it, published together: the other
+/// nodes' share is `aggregate - local` with no race between two reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub aggregate: Aggregate,
+    /// This node's usage as the aggregate counts it (zero once it has left).
+    pub local: NodeUsage,
 }
 
 pub(crate) struct NodesSnapshot {
@@ -316,6 +326,10 @@ impl Mesh {
             counters: stats::Counters::default(),
             aggregate,
             status: Mutex::new(Status {
+                snapshot: Snapshot {
+                    aggregate: replica.aggregate(0),
+                    local: NodeUsage::default(),
+                },
                 replica: replica.stats(),
                 incarnation: config.incarnation,
                 peers_connected: 0,
@@ -410,6 +424,11 @@ impl Mesh {
     /// The cluster-wide figures, as of the driver's last input (a snapshot; never waits).
     pub fn aggregate(&self) -> Aggregate {
         *self.inner.shared.aggregate.borrow()
+    }
+
+    /// The aggregate with this node's own share of it, from one publication.
+    pub fn snapshot(&self) -> Snapshot {
+        self.inner.shared.status.lock().snapshot
     }
 
     /// A receiver told of every change of [`Mesh::aggregate`].
