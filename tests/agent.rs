@@ -266,3 +266,46 @@ fn status_shows_usage_as_a_table_and_as_json() {
         "an unreachable agent is exit code 3"
     );
 }
+
+#[test]
+fn mirrored_sip_over_hep_counts_like_the_native_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[hep]\nlisten = \"127.0.0.1:0\"\n");
+    let agent = Agent::start(&dir.path().join("state"), &config);
+    let hep = agent.rt.hep.expect("the agent reports its HEP address");
+    let out = std::process::Command::new(BIN)
+        .args([
+            "loadgen", "--format", "hep", "--mode", "erlang", "--cps", "60", "--hold", "20",
+        ])
+        .args([
+            "--registrations",
+            "30",
+            "--duration",
+            "2",
+            "--seed",
+            "3",
+            "--json",
+            "--target",
+        ])
+        .arg(format!("udp:{hep}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let calls = report["expected_active_calls"].as_u64().unwrap();
+    let aors = report["expected_registered_subscribers"].as_u64().unwrap();
+    assert!(calls > 0, "{report}");
+    agent.wait_usage("the HEP-derived counts", |u| {
+        u["calls"].as_u64() == Some(calls) && u["registered_subscribers"].as_u64() == Some(aors)
+    });
+    assert!(
+        agent
+            .metric("tollgate_hep_packets_total{result=\"sip\"}")
+            .unwrap_or(0.0)
+            > 0.0
+    );
+}

@@ -22,6 +22,8 @@ pub struct Runtime {
     pub events_unix: Option<PathBuf>,
     #[serde(default)]
     pub mesh: Option<SocketAddr>,
+    #[serde(default)]
+    pub hep: Option<SocketAddr>,
 }
 
 /// A running agent process.
@@ -66,6 +68,7 @@ impl Agent {
                 events_udp: None,
                 events_unix: None,
                 mesh: None,
+                hep: None,
             },
         };
         let runtime_file = state_dir.join("agent.json");

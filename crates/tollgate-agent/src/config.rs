@@ -52,6 +52,16 @@ pub struct RawConfig {
     pub license: RawLicense,
     #[serde(default)]
     pub mesh: RawMesh,
+    #[serde(default)]
+    pub hep: RawHep,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHep {
+    pub listen: Option<String>,
+    pub auth_key: Option<String>,
+    pub emergency_numbers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,6 +199,10 @@ pub struct Config {
     pub license_server: Option<LicenseServerConfig>,
     /// The cluster mesh, when enabled.
     pub mesh: Option<MeshSettings>,
+    /// The HEPv3 collector, when `[hep] listen` is set.
+    pub hep_listen: Option<SocketAddr>,
+    pub hep_auth_key: Option<String>,
+    pub hep_emergency_numbers: Option<Vec<String>>,
 }
 
 /// Default mesh address (MISSION.md), used only when the mesh is enabled.
@@ -338,6 +352,13 @@ impl Config {
             host_id: raw.license.host_id.filter(|h| !h.is_empty()),
             license_server,
             mesh,
+            hep_listen: match raw.hep.listen.as_deref() {
+                None => None,
+                Some(v) if is_off(v) => None,
+                Some(v) => Some(addr("hep.listen", v)?),
+            },
+            hep_auth_key: raw.hep.auth_key.filter(|k| !k.is_empty()),
+            hep_emergency_numbers: raw.hep.emergency_numbers,
             unlicensed_mode: match raw.license.unlicensed_mode.as_deref() {
                 None | Some("warn") => tollgate_license::Mode::Warn,
                 Some("enforce") => tollgate_license::Mode::Enforce,
@@ -614,6 +635,8 @@ mod tests {
             "cert",
             "key",
             "expired_rule",
+            "auth_key",
+            "emergency_numbers",
         ] {
             assert!(
                 doc.contains(&format!("`{key}`")),

@@ -84,6 +84,8 @@ pub struct AgentState {
     pub fetcher: Option<Arc<license_fetch::LicenseFetcher>>,
     /// The cluster mesh, when enabled.
     pub cluster: Option<cluster::Cluster>,
+    /// The HEPv3 collector, when configured.
+    pub hep: Option<tollgate_ingest::HepHandle>,
     pub state_dir: Arc<StateDir>,
 }
 
@@ -140,6 +142,9 @@ pub struct RuntimeInfo {
     /// The mesh's QUIC address, when the mesh is enabled.
     #[serde(default)]
     pub mesh: Option<SocketAddr>,
+    /// The HEPv3 collector's UDP address, when configured.
+    #[serde(default)]
+    pub hep: Option<SocketAddr>,
 }
 
 /// Samples peaks after every ingest batch.
@@ -244,6 +249,25 @@ pub async fn run(
             unix_mode: config.unix_mode,
         },
     };
+    let hep = match config.hep_listen {
+        Some(listen) => {
+            let mut hep_config = tollgate_ingest::HepConfig::new(listen);
+            hep_config.auth_key = config.hep_auth_key.clone().map(String::into_bytes);
+            hep_config.tracker.dialog_idle_max_ms = u64::from(config.max_call_duration_s) * 1000;
+            if let Some(numbers) = &config.hep_emergency_numbers {
+                hep_config.tracker.emergency_numbers =
+                    numbers.iter().map(|n| n.clone().into_bytes()).collect();
+            }
+            hep_config.recv_batch = config.recv_batch;
+            hep_config.recv_mode = ingest_config.recv_mode;
+            hep_config.socket = ingest_config.socket;
+            Some(tollgate_ingest::HepIngest::start(
+                &hep_config,
+                pipeline.clone(),
+            )?)
+        }
+        None => None,
+    };
     let ingest = Ingest::start(&endpoints, &ingest_config, pipeline)?;
     let bound = ingest.endpoints();
 
@@ -258,6 +282,7 @@ pub async fn run(
         admission,
         fetcher,
         cluster,
+        hep: hep.as_ref().map(|h| h.handle()),
         state_dir: Arc::clone(&state_dir),
     });
     state.evaluate_license();
@@ -288,6 +313,7 @@ pub async fn run(
             Endpoint::Udp(_) => None,
         }),
         mesh: state.cluster.as_ref().map(|c| c.mesh.local_addr()),
+        hep: hep.as_ref().map(|h| h.local_addr()),
     };
     if let Ok(json) = serde_json::to_vec_pretty(&info)
         && let Err(e) = state_dir.write_runtime(&json)
@@ -349,6 +375,9 @@ pub async fn run(
         w.abort();
     }
     ingest.shutdown();
+    if let Some(h) = hep {
+        h.shutdown();
+    }
     stop.store(true, Ordering::Relaxed);
     let _ = sweeper.join();
     snapshots.abort();

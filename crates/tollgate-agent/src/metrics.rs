@@ -201,6 +201,10 @@ pub fn render(state: &AgentState) -> String {
         t.recv_errors,
     );
 
+    tollgate_ingest::write_opensips_metrics(&mut m.out, t);
+    if let Some(hep) = &state.hep {
+        hep.snapshot().write_metrics(&mut m.out);
+    }
     render_license(&mut m, state);
 
     let snap = state.snapshots.lock().clone();
