@@ -303,6 +303,22 @@ impl Config {
         }
         let license_server = license_server(&raw.license, license_key.as_deref())?;
         let mesh = mesh_settings(&raw.mesh)?;
+        if let Some(numbers) = &raw.hep.emergency_numbers {
+            tollgate_ingest::TrackerConfig {
+                emergency_numbers: numbers.iter().map(|n| n.as_bytes().to_vec()).collect(),
+                ..Default::default()
+            }
+            .validate()
+            .map_err(|e| invalid("hep.emergency_numbers", e.to_string()))?;
+        }
+        if raw
+            .hep
+            .auth_key
+            .as_ref()
+            .is_some_and(|k| k.len() > tollgate_ingest::hep::AUTH_KEY_LEN_MAX)
+        {
+            return Err(invalid("hep.auth_key", "at most 256 bytes"));
+        }
         Ok(Config {
             license_key,
             node_id,
