@@ -1,6 +1,7 @@
 //! `tollgate`: one binary, one subcommand per role. This file only parses the command line,
 //! sets up logging, dispatches to the crates and maps errors to exit codes.
 
+mod cluster_cmd;
 mod demo;
 mod license_cmd;
 mod license_server_cmd;
@@ -40,7 +41,11 @@ enum Command {
     /// bound to client addresses, SQLite store; `admin` manages customers, licenses, tokens,
     /// reports and signing keys.
     LicenseServer(license_server_cmd::LicenseServerArgs),
-    /// Start an agent on loopback with load against it and show a live view (~20 s or Ctrl-C).
+    /// The cluster's certificate authority and node certificates for the QUIC mesh
+    /// (mutual TLS): `ca` creates the CA, `issue --node NAME` a node's certificate.
+    Cluster(cluster_cmd::ClusterArgs),
+    /// The whole system on loopback: a license server, three meshed agents with load, a live
+    /// view (~20 s or Ctrl-C) and an exact-count check.
     Demo(demo::DemoArgs),
     /// Hash a password for `[[admin.users]] password_hash` (argon2id). Reads the password
     /// from the first line of standard input.
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
         Command::Loadgen(args) => run_loadgen(args),
         Command::License(args) => license_cmd::run(args),
         Command::LicenseServer(args) => license_server_cmd::run(args),
+        Command::Cluster(args) => cluster_cmd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::HashPassword => hash_password(),
     };

@@ -212,3 +212,50 @@ fn a_node_with_a_certificate_from_another_ca_is_refused() {
     assert_eq!(view["nodes"].as_array().unwrap().len(), 1, "{view:#}");
     assert_eq!(view["usage"]["calls"], 0);
 }
+
+#[test]
+fn certificates_from_the_cluster_cli_start_a_mesh_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(common::BIN)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (ca_dir, nodes) = (d.join("ca"), d.join("nodes"));
+    run(&["cluster", "ca", "--out-dir", ca_dir.to_str().unwrap()]);
+    run(&[
+        "cluster",
+        "issue",
+        "--ca-dir",
+        ca_dir.to_str().unwrap(),
+        "--node",
+        "test-node",
+        "--out-dir",
+        nodes.to_str().unwrap(),
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(ca_dir.join("ca.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let config = write_config(
+        d,
+        &format!(
+            "[mesh]\nenabled = true\nlisten = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            ca_dir.join("ca.pem").display(),
+            nodes.join("test-node.pem").display(),
+            nodes.join("test-node.key").display()
+        ),
+    );
+    let agent = Agent::start(&d.join("state"), &config);
+    assert!(agent.rt.mesh.is_some());
+    assert_eq!(cluster(&agent)["nodes"].as_array().unwrap().len(), 1);
+}
