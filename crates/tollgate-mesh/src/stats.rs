@@ -53,6 +53,12 @@ pub struct UdpTotals {
     pub tx_ack_frames: u64,
     /// QUIC DATAGRAM frames sent.
     pub tx_datagram_frames: u64,
+    /// QUIC PING frames sent (keep-alives and loss probes).
+    pub tx_ping_frames: u64,
+    /// QUIC STREAM frames sent.
+    pub tx_stream_frames: u64,
+    /// Packets quinn declared lost.
+    pub lost_packets: u64,
 }
 
 impl UdpTotals {
@@ -64,6 +70,9 @@ impl UdpTotals {
             rx_datagrams: stats.udp_rx.datagrams,
             tx_ack_frames: stats.frame_tx.acks,
             tx_datagram_frames: stats.frame_tx.datagram,
+            tx_ping_frames: stats.frame_tx.ping,
+            tx_stream_frames: stats.frame_tx.stream,
+            lost_packets: stats.path.lost_packets,
         }
     }
 
@@ -74,6 +83,9 @@ impl UdpTotals {
         self.rx_datagrams += other.rx_datagrams;
         self.tx_ack_frames += other.tx_ack_frames;
         self.tx_datagram_frames += other.tx_datagram_frames;
+        self.tx_ping_frames += other.tx_ping_frames;
+        self.tx_stream_frames += other.tx_stream_frames;
+        self.lost_packets += other.lost_packets;
     }
 }
 

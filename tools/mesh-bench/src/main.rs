@@ -36,7 +36,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = [3, 16, 64])]
     nodes: Vec<usize>,
     /// Changes timed per cluster size.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 100)]
     changes: usize,
     /// Gap between two timed changes, ms (plus up to 50 ms of jitter).
     #[arg(long, default_value_t = 150)]
@@ -179,6 +179,8 @@ struct Report {
     suspicions: u64,
     expiries: u64,
     errors: u64,
+    /// Errors by reason, summed over the nodes.
+    error_reasons: std::collections::BTreeMap<&'static str, u64>,
 }
 
 #[derive(Default)]
@@ -186,6 +188,10 @@ struct Traffic {
     tx_bytes_per_s: Spread,
     packets_per_s: Spread,
     ack_frames_per_s: Spread,
+    datagram_frames_per_s: Spread,
+    ping_frames_per_s: Spread,
+    stream_frames_per_s: Spread,
+    lost_packets_per_s: Spread,
     cpu_percent: f64,
 }
 
@@ -224,6 +230,10 @@ impl Report {
                 "tx_bytes_per_s_max": t.tx_bytes_per_s.max,
                 "packets_per_s_mean": t.packets_per_s.mean,
                 "ack_frames_per_s_mean": t.ack_frames_per_s.mean,
+                "datagram_frames_per_s_mean": t.datagram_frames_per_s.mean,
+                "ping_frames_per_s_mean": t.ping_frames_per_s.mean,
+                "stream_frames_per_s_mean": t.stream_frames_per_s.mean,
+                "lost_packets_per_s_mean": t.lost_packets_per_s.mean,
                 "cpu_percent": t.cpu_percent,
             })
         };
@@ -240,6 +250,7 @@ impl Report {
             "suspicions": self.suspicions,
             "expiries": self.expiries,
             "errors": self.errors,
+            "error_reasons": self.error_reasons,
         })
     }
 }
@@ -321,10 +332,13 @@ async fn run(nodes: usize, args: &Args, replication: &Config) -> anyhow::Result<
     }
     let churn = traffic(&meshes, Duration::from_secs(args.seconds)).await;
     churners.abort_all();
-    let errors = meshes
-        .iter()
-        .map(|mesh| mesh.stats().errors.values().sum::<u64>())
-        .sum();
+    let mut error_reasons = std::collections::BTreeMap::new();
+    for mesh in &meshes {
+        for (reason, count) in mesh.stats().errors {
+            *error_reasons.entry(reason).or_insert(0) += count;
+        }
+    }
+    let errors = error_reasons.values().sum();
     let report = Report {
         nodes,
         form_ms,
@@ -336,6 +350,7 @@ async fn run(nodes: usize, args: &Args, replication: &Config) -> anyhow::Result<
         suspicions: suspicions.load(Relaxed),
         expiries: expiries.load(Relaxed),
         errors,
+        error_reasons,
     };
     let mut leaving = JoinSet::new();
     for mesh in meshes {
@@ -435,6 +450,10 @@ async fn traffic(meshes: &[Mesh], period: Duration) -> Traffic {
         tx_bytes_per_s: Spread::of(&rate(|t| t.tx_bytes)),
         packets_per_s: Spread::of(&rate(|t| t.tx_datagrams)),
         ack_frames_per_s: Spread::of(&rate(|t| t.tx_ack_frames)),
+        datagram_frames_per_s: Spread::of(&rate(|t| t.tx_datagram_frames)),
+        ping_frames_per_s: Spread::of(&rate(|t| t.tx_ping_frames)),
+        stream_frames_per_s: Spread::of(&rate(|t| t.tx_stream_frames)),
+        lost_packets_per_s: Spread::of(&rate(|t| t.lost_packets)),
         cpu_percent: 100.0 * cpu.as_secs_f64() / seconds,
     }
 }
@@ -454,6 +473,21 @@ fn cpu_time() -> Duration {
 }
 
 fn print_row(report: &Report) {
+    let t = &report.steady;
+    eprintln!(
+        "{} nodes, steady, per node per second: {:.1} packets, {:.1} DATAGRAM frames, \
+         {:.1} ACK frames, {:.2} PING frames, {:.2} STREAM frames, {:.2} packets lost",
+        report.nodes,
+        t.packets_per_s.mean,
+        t.datagram_frames_per_s.mean,
+        t.ack_frames_per_s.mean,
+        t.ping_frames_per_s.mean,
+        t.stream_frames_per_s.mean,
+        t.lost_packets_per_s.mean,
+    );
+    if !report.error_reasons.is_empty() {
+        eprintln!("{} nodes: errors {:?}", report.nodes, report.error_reasons);
+    }
     eprintln!(
         "{} nodes: visible everywhere p50 {:.1} ms p99 {:.1} ms; steady {:.0} B/s per node; \
          churn {:.0} B/s per node",
