@@ -90,7 +90,7 @@ pub struct MeshConfig {
     /// Where to listen (and dial from): [`LISTEN_DEFAULT`] in the agent; port 0 picks one.
     pub listen: SocketAddr,
     /// The address peers should dial, carried in this node's record (`host:port`). When
-    /// `None`: the listening address, or, when listening on 0.0.0.0 / [::], the local
+    /// `None`: the listening address, or, when listening on `0.0.0.0` / `[::]`, the local
     /// address that routes to the first seed, with the listening port; empty (peers cannot
     /// dial this node, it dials them) when neither is known.
     pub advertise: Option<String>,
