@@ -166,16 +166,12 @@ pub async fn sync_task(state: Arc<AgentState>) {
         let local = state.tables.usage();
         let pushed = node_usage(&local, state.tables.peaks().since_start());
         cluster.mesh.set_local_usage(pushed);
-        // The aggregate holds this node's previous push; subtract this node's record as the
-        // aggregate saw it (from its view of the nodes) to get the others' share.
-        let agg = cluster.mesh.aggregate();
-        let own = cluster
-            .mesh
-            .nodes()
-            .into_iter()
-            .find(|n| n.view.local)
-            .map(|n| n.view.usage)
-            .unwrap_or_default();
+        // The aggregate holds this node's previous push; subtract this node's share as that
+        // same publication counted it to get the others' share.
+        let tollgate_mesh::Snapshot {
+            aggregate: agg,
+            local: own,
+        } = cluster.mesh.snapshot();
         let v = &cluster.view;
         v.remote_calls
             .store(agg.calls.saturating_sub(own.calls), Relaxed);
@@ -224,7 +220,13 @@ pub async fn event_task(state: Arc<AgentState>) {
         let event = match events.recv().await {
             Ok(e) => e,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                // A lost IncarnationChanged must not be lost on disk: persist the current one.
                 tracing::warn!(missed = n, "mesh events lagged");
+                let path = state.state_dir.path().join(INCARNATION_FILE);
+                let incarnation = cluster.mesh.incarnation();
+                if let Err(e) = write_atomically(&path, incarnation.to_string().as_bytes(), 0o600) {
+                    tracing::error!(error = %e, "cannot persist the incarnation");
+                }
                 continue;
             }
             Err(_) => return,
