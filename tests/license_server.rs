@@ -589,37 +589,12 @@ fn agent_fetches_at_start_reports_usage_and_survives_the_server_going_away() {
     );
 }
 
-/// A minimal HTTP/1.1 request with basic auth: (status, body).
+/// A body-less HTTP/1.1 request with basic auth: (status, body).
 fn http(
     addr: std::net::SocketAddr,
     method: &str,
     path: &str,
     auth: Option<(&str, &str)>,
 ) -> (u16, String) {
-    use base64::Engine as _;
-    use std::io::Write as _;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = auth
-        .map(|(u, p)| {
-            format!(
-                "Authorization: Basic {}\r\n",
-                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-            )
-        })
-        .unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Length: 0\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let status = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        raw.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default(),
-    )
+    common::http(addr, method, path, auth, b"")
 }
