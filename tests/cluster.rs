@@ -259,3 +259,146 @@ fn certificates_from_the_cluster_cli_start_a_mesh_node() {
     assert!(agent.rt.mesh.is_some());
     assert_eq!(cluster(&agent)["nodes"].as_array().unwrap().len(), 1);
 }
+
+/// Sum of every node's own calls, read from each node's `/api/v1/usage`.
+fn local_calls(nodes: &[&Agent]) -> u64 {
+    nodes
+        .iter()
+        .map(|n| n.usage()["calls"].as_u64().unwrap())
+        .sum()
+}
+
+fn node_entry(view: &serde_json::Value, id: &str) -> serde_json::Value {
+    view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == id)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Waits until the snapshot written after this point holds what the node has now.
+fn wait_next_snapshot(agent: &Agent) {
+    let before = agent.metric("tollgate_snapshots_total").unwrap_or(0.0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.metric("tollgate_snapshots_total").unwrap_or(0.0) <= before {
+        assert!(Instant::now() < deadline, "no snapshot written");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn five_agents_converge_and_a_restarted_node_is_never_counted_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("five").unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let extra = "\n[state]\nsnapshot_interval_s = 1\n";
+    let names = ["a", "b", "c", "d", "e"];
+    // A chain of seeds: each node knows only the one before it; the rest of the membership
+    // and every address is learned from the records.
+    let mut nodes: Vec<Agent> = Vec::new();
+    for name in names {
+        let seeds: Vec<String> = nodes
+            .last()
+            .map(|prev| vec![prev.rt.mesh.unwrap().to_string()])
+            .unwrap_or_default();
+        let config = node_config(dir.path(), &ca, &ca_file, name, &seeds, extra);
+        nodes.push(Agent::start(&dir.path().join(name).join("state"), &config));
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        let events: String = (0..=i).map(|k| format!("call-start {i}-{k}\n")).collect();
+        send_udp(node.udp(), events.as_bytes());
+    }
+    let total = 1 + 2 + 3 + 4 + 5;
+    for node in &nodes {
+        let view = wait_cluster(node, "five nodes and the exact sum", 30, |v| {
+            v["usage"]["calls"] == total
+                && v["nodes"].as_array().unwrap().len() == 5
+                && v["nodes_live"] == 5
+        });
+        let me = &view["node_id"];
+        for peer in view["nodes"].as_array().unwrap() {
+            if peer["node_id"] != *me {
+                assert!(peer["rtt_ms"].is_number(), "a full mesh: {view:#}");
+            }
+        }
+        assert_eq!(node.metric("tollgate_cluster_calls"), Some(total as f64));
+        assert_eq!(
+            node.metric("tollgate_cluster_nodes{state=\"live\"}"),
+            Some(5.0)
+        );
+        assert_eq!(node.metric("tollgate_mesh_peers_connected"), Some(4.0));
+        assert_eq!(node.metric("tollgate_mesh_incarnation"), Some(1.0));
+        assert!(
+            node.metric("tollgate_mesh_frames_received_total{frame=\"record\"}")
+                .unwrap()
+                >= 1.0
+        );
+    }
+    let a = nodes.remove(0);
+    for peer in ["b", "c", "d", "e"] {
+        let rtt = a
+            .metric(&format!(
+                "tollgate_mesh_peer_rtt_seconds{{peer=\"{peer}\"}}"
+            ))
+            .unwrap();
+        assert!(rtt > 0.0 && rtt < 1.0, "{peer}: {rtt}");
+    }
+
+    // kill -9 D and start it again at once, on the same state: a new incarnation, the calls
+    // it restores from its snapshot, a new address. The old record is replaced, never added.
+    let d = nodes.remove(2);
+    wait_next_snapshot(&d);
+    let (d_state, d_config) = (d.state_dir.clone(), d.config.clone());
+    d.kill9();
+    let d = Agent::start(&d_state, &d_config);
+    assert_eq!(d.usage()["calls"], 4, "restored from the snapshot");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = cluster(&a);
+        let calls = view["usage"]["calls"].as_u64().unwrap();
+        assert!(calls <= total, "counted twice: {view:#}");
+        let entry = node_entry(&view, "d");
+        if entry["incarnation"] == 2 && entry["state"] == "live" && calls == total {
+            assert_eq!(view["nodes"].as_array().unwrap().len(), 5, "{view:#}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "D never came back: {view:#}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nodes.insert(2, d);
+
+    // A graceful restart of E: LEFT (out of the sum at once), then back with its final
+    // snapshot under a new incarnation.
+    let e = nodes.pop().unwrap();
+    let e_state = e.state_dir.clone();
+    let (status, _) = e.stop();
+    assert!(status.success());
+    wait_cluster(&a, "E to leave", 10, |v| {
+        v["usage"]["calls"] == total - 5 && node_entry(v, "e")["state"] == "left"
+    });
+    // Its seed was D's old address (test nodes listen on ephemeral ports): seed it from A.
+    let e_config = node_config(
+        dir.path(),
+        &ca,
+        &ca_file,
+        "e",
+        &[a.rt.mesh.unwrap().to_string()],
+        extra,
+    );
+    nodes.push(Agent::start(&e_state, &e_config));
+    send_udp(nodes[0].udp(), b"call-start b-new\n");
+    nodes.insert(0, a);
+    let refs: Vec<&Agent> = nodes.iter().collect();
+    for node in &nodes {
+        let view = wait_cluster(node, "E back and one more call", 30, |v| {
+            v["usage"]["calls"] == total + 1
+                && node_entry(v, "e")["incarnation"] == 2
+                && node_entry(v, "e")["state"] == "live"
+        });
+        assert_eq!(view["nodes"].as_array().unwrap().len(), 5, "{view:#}");
+    }
+    assert_eq!(local_calls(&refs), total + 1);
+}

@@ -40,7 +40,21 @@ impl MetricsWriter {
     ) {
         self.header(name, "counter", help);
         for (l, v) in values {
-            let _ = writeln!(self.out, "{name}{{{label}=\"{l}\"}} {v}");
+            let _ = writeln!(self.out, "{name}{{{label}=\"{}\"}} {v}", escape_label(l));
+        }
+    }
+
+    /// One gauge family with a single label.
+    pub fn labeled_gauge<'a, V: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: impl IntoIterator<Item = (&'a str, V)>,
+    ) {
+        self.header(name, "gauge", help);
+        for (l, v) in values {
+            let _ = writeln!(self.out, "{name}{{{label}=\"{}\"}} {v}", escape_label(l));
         }
     }
 
@@ -60,6 +74,18 @@ impl MetricsWriter {
     pub fn finish(self) -> String {
         self.out
     }
+}
+
+/// A label value as the exposition format wants it: `\\`, `"` and newlines escaped.
+fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.into();
+    }
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
 }
 
 /// Renders every metric of the agent.
@@ -206,6 +232,9 @@ pub fn render(state: &AgentState) -> String {
         hep.snapshot().write_metrics(&mut m.out);
     }
     render_license(&mut m, state);
+    if let Some(cluster) = &state.cluster {
+        render_mesh(&mut m, state, cluster);
+    }
 
     let snap = state.snapshots.lock().clone();
     m.counter(
@@ -348,6 +377,225 @@ fn render_license(m: &mut MetricsWriter, state: &AgentState) {
     );
 }
 
+/// The cluster: the aggregate the license holds against, node states, this node's links to
+/// its peers, and the transport's and the replica's counters.
+fn render_mesh(m: &mut MetricsWriter, state: &AgentState, cluster: &crate::cluster::Cluster) {
+    let usage = cluster.view.with_local(&state.tables.usage());
+    m.gauge(
+        "tollgate_cluster_calls",
+        "Active calls over the counted nodes of the cluster (this one included).",
+        usage.calls,
+    );
+    m.gauge(
+        "tollgate_cluster_emergency_calls",
+        "Active emergency calls over the counted nodes of the cluster.",
+        usage.emergency_calls,
+    );
+    m.gauge(
+        "tollgate_cluster_registered_subscribers",
+        "Registered subscribers over the counted nodes of the cluster.",
+        usage.registered_subscribers,
+    );
+    m.gauge(
+        "tollgate_cluster_subscribers",
+        "Provisioned subscribers on the platform (the latest report of any node).",
+        usage.subscribers,
+    );
+    let agg = cluster.mesh.aggregate();
+    m.labeled_gauge(
+        "tollgate_cluster_nodes",
+        "Nodes of the cluster view by state (held: expired, still counted by the expired rule).",
+        "state",
+        [
+            ("live", agg.nodes_live),
+            ("suspect", agg.nodes_suspect),
+            ("held", agg.nodes_held),
+            ("expired", agg.nodes_expired),
+            ("left", agg.nodes_left),
+        ],
+    );
+    m.gauge(
+        "tollgate_cluster_license_serial_max",
+        "The highest license serial any node advertises.",
+        agg.license_serial_max,
+    );
+    m.gauge(
+        "tollgate_mesh_incarnation",
+        "This node's incarnation (grows at every restart).",
+        cluster.mesh.incarnation(),
+    );
+
+    let nodes = cluster.mesh.nodes();
+    let remote = || nodes.iter().filter(|n| !n.view.local);
+    m.labeled_gauge(
+        "tollgate_cluster_node_calls",
+        "Active calls each other node last reported.",
+        "node",
+        remote().map(|n| (n.view.node_id.as_str(), n.view.usage.calls)),
+    );
+    m.labeled_gauge(
+        "tollgate_cluster_node_age_seconds",
+        "Since each other node's record last advanced (directly or relayed).",
+        "node",
+        remote().map(|n| (n.view.node_id.as_str(), n.view.age_ms as f64 / 1000.0)),
+    );
+    m.labeled_gauge(
+        "tollgate_cluster_node_counted",
+        "1 when the node's usage counts in the cluster sums, 0 when not.",
+        "node",
+        remote().map(|n| (n.view.node_id.as_str(), u8::from(n.view.counted))),
+    );
+    let linked = || remote().filter_map(|n| n.link.as_ref().map(|l| (n.view.node_id.as_str(), l)));
+    m.labeled_gauge(
+        "tollgate_mesh_peer_rtt_seconds",
+        "Smoothed round-trip time to each connected peer, as QUIC estimates it.",
+        "peer",
+        linked().map(|(id, l)| (id, l.rtt.as_secs_f64())),
+    );
+    m.labeled_gauge(
+        "tollgate_mesh_peer_last_heard_seconds",
+        "Since the last frame from each connected peer.",
+        "peer",
+        linked().map(|(id, l)| (id, l.last_heard_ms as f64 / 1000.0)),
+    );
+    m.labeled_counter(
+        "tollgate_mesh_peer_sent_bytes_total",
+        "UDP payload bytes sent on the connection to each peer (QUIC overhead included).",
+        "peer",
+        linked().map(|(id, l)| (id, l.bytes_sent)),
+    );
+    m.labeled_counter(
+        "tollgate_mesh_peer_received_bytes_total",
+        "UDP payload bytes received on the connection from each peer.",
+        "peer",
+        linked().map(|(id, l)| (id, l.bytes_received)),
+    );
+
+    let stats = cluster.mesh.stats();
+    m.gauge(
+        "tollgate_mesh_peers_connected",
+        "Peers with an authenticated connection now.",
+        stats.peers_connected,
+    );
+    m.labeled_counter(
+        "tollgate_mesh_frames_sent_total",
+        "Replication frames sent, by frame (a frame to every peer counts once per peer).",
+        "frame",
+        stats.frames_sent.iter().map(|(k, c)| (*k, c.frames)),
+    );
+    m.labeled_counter(
+        "tollgate_mesh_frame_sent_bytes_total",
+        "Encoded bytes of the replication frames sent, by frame.",
+        "frame",
+        stats.frames_sent.iter().map(|(k, c)| (*k, c.bytes)),
+    );
+    m.labeled_counter(
+        "tollgate_mesh_frames_received_total",
+        "Replication frames received and decoded, by frame.",
+        "frame",
+        stats.frames_received.iter().map(|(k, c)| (*k, c.frames)),
+    );
+    m.labeled_counter(
+        "tollgate_mesh_frame_received_bytes_total",
+        "Encoded bytes of the replication frames received, by frame.",
+        "frame",
+        stats.frames_received.iter().map(|(k, c)| (*k, c.bytes)),
+    );
+    m.labeled_counter(
+        "tollgate_mesh_errors_total",
+        "Mesh refusals and failures, by reason (decode errors, refused frames, TLS, dials, sends).",
+        "reason",
+        stats.errors.iter().map(|(k, v)| (*k, *v)),
+    );
+    m.labeled_counter(
+        "tollgate_mesh_connection_closes_total",
+        "Mesh connections that ended, by reason.",
+        "reason",
+        stats.closes.iter().map(|(k, v)| (*k, *v)),
+    );
+    m.labeled_counter(
+        "tollgate_mesh_connections_total",
+        "Authenticated mesh connections, by who opened them.",
+        "direction",
+        [
+            ("accepted", stats.connections_accepted),
+            ("dialed", stats.connections_dialed),
+        ],
+    );
+    m.counter(
+        "tollgate_mesh_connections_replaced_total",
+        "Connections replaced by a newer one to the same peer.",
+        stats.connections_replaced,
+    );
+    m.counter(
+        "tollgate_mesh_dials_total",
+        "Dials started (reconnects included).",
+        stats.dials_started,
+    );
+    m.labeled_counter(
+        "tollgate_mesh_udp_bytes_total",
+        "UDP payload bytes of the mesh's connections (QUIC headers, ACKs and handshakes included).",
+        "direction",
+        [("tx", stats.udp.tx_bytes), ("rx", stats.udp.rx_bytes)],
+    );
+    m.labeled_counter(
+        "tollgate_mesh_udp_datagrams_total",
+        "UDP datagrams of the mesh's connections.",
+        "direction",
+        [
+            ("tx", stats.udp.tx_datagrams),
+            ("rx", stats.udp.rx_datagrams),
+        ],
+    );
+    m.counter(
+        "tollgate_mesh_lost_packets_total",
+        "QUIC packets declared lost on the mesh's connections.",
+        stats.udp.lost_packets,
+    );
+    let r = stats.replica;
+    m.labeled_counter(
+        "tollgate_mesh_records_total",
+        "Records received, by what the merge did with them.",
+        "outcome",
+        [
+            ("merged", r.records_merged),
+            ("stale", r.records_stale),
+            ("tombstoned", r.records_tombstoned),
+            ("table_full", r.records_table_full),
+            ("forged", r.forged_records),
+        ],
+    );
+    m.labeled_counter(
+        "tollgate_mesh_heartbeats_received_total",
+        "Heartbeats received: applied, or naming content this node lacks (then pulled).",
+        "outcome",
+        [
+            ("applied", r.heartbeats_applied),
+            ("unmatched", r.heartbeats_unmatched),
+        ],
+    );
+    m.counter(
+        "tollgate_mesh_emissions_total",
+        "Own-record emissions (pushes and heartbeats); each bumps seq.",
+        r.emissions,
+    );
+    m.counter(
+        "tollgate_mesh_duplicate_node_alarms_total",
+        "Times this node saw its own id with a newer version (a duplicate node or lost state).",
+        r.duplicate_node_alarms,
+    );
+    m.counter(
+        "tollgate_mesh_frames_refused_total",
+        "Frames refused by the replica (the connection is closed).",
+        r.frames_refused,
+    );
+    m.counter(
+        "tollgate_mesh_answers_rate_limited_total",
+        "Pull, digest and license requests not answered because they came too soon.",
+        r.answers_rate_limited,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,5 +609,14 @@ mod tests {
         assert!(out.contains("h_bucket{le=\"2\"} 7\n"));
         assert!(out.contains("h_bucket{le=\"+Inf\"} 12\n"));
         assert!(out.contains("h_count 12\n"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut m = MetricsWriter::default();
+        m.labeled_gauge("g", "help", "peer", [("a\"b\\c\nd", 1), ("plain", 2)]);
+        let out = m.finish();
+        assert!(out.contains("g{peer=\"a\\\"b\\\\c\\nd\"} 1\n"), "{out}");
+        assert!(out.contains("g{peer=\"plain\"} 2\n"));
     }
 }
