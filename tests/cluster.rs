@@ -21,6 +21,19 @@ fn node_config(
     seeds: &[String],
     extra: &str,
 ) -> std::path::PathBuf {
+    node_config_at("127.0.0.1:0", dir, ca, ca_file, name, seeds, extra)
+}
+
+/// [`node_config`] with the mesh listening on `listen`.
+fn node_config_at(
+    listen: &str,
+    dir: &Path,
+    ca: &ClusterCa,
+    ca_file: &Path,
+    name: &str,
+    seeds: &[String],
+    extra: &str,
+) -> std::path::PathBuf {
     let node_dir = dir.join(name);
     std::fs::create_dir_all(&node_dir).unwrap();
     let cert = ca.issue(name).unwrap();
@@ -30,7 +43,7 @@ fn node_config(
     let config = write_config(
         &node_dir,
         &format!(
-            "[mesh]\nenabled = true\nlisten = \"127.0.0.1:0\"\nseeds = [{}]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
+            "[mesh]\nenabled = true\nlisten = \"{listen}\"\nseeds = [{}]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
             seeds.join(", "),
             ca_file.display(),
             node_dir.join("node.pem").display(),
@@ -278,6 +291,12 @@ fn node_entry(view: &serde_json::Value, id: &str) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// Expired, or already removed from the view (a tombstone remains).
+fn gone(view: &serde_json::Value, id: &str) -> bool {
+    let entry = node_entry(view, id);
+    entry.is_null() || entry["state"] == "expired"
+}
+
 /// Waits until the snapshot written after this point holds what the node has now.
 fn wait_next_snapshot(agent: &Agent) {
     let before = agent.metric("tollgate_snapshots_total").unwrap_or(0.0);
@@ -401,4 +420,101 @@ fn five_agents_converge_and_a_restarted_node_is_never_counted_twice() {
         assert_eq!(view["nodes"].as_array().unwrap().len(), 5, "{view:#}");
     }
     assert_eq!(local_calls(&refs), total + 1);
+}
+
+/// Three agents in their own network namespaces, joined by an emulated WAN: 100 ms round
+/// trip, 1 % of frames lost each way (see `tests/common/wan.rs`). Needs root; skipped with
+/// the reason otherwise, unless `TOLLGATE_NETNS_TESTS` is set (CI), where it must run.
+#[test]
+fn three_agents_over_a_lossy_100ms_wan_converge_survive_a_partition_and_heal() {
+    let wan = match common::wan::Wan::create(3, Duration::from_millis(50), 0.01) {
+        Ok(wan) => wan,
+        Err(why) => {
+            assert!(
+                std::env::var_os("TOLLGATE_NETNS_TESTS").is_none(),
+                "TOLLGATE_NETNS_TESTS is set, but: {why}"
+            );
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("wan").unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let listen = |i: usize| format!("{}:7172", common::wan::Wan::addr_of(i));
+    let names = ["a", "b", "c"];
+    let nodes: Vec<Agent> = (0..3)
+        .map(|i| {
+            let seeds = if i == 0 { vec![] } else { vec![listen(0)] };
+            let config =
+                node_config_at(&listen(i), dir.path(), &ca, &ca_file, names[i], &seeds, "");
+            Agent::start_in(
+                Some(wan.netns(i)),
+                &dir.path().join(names[i]).join("state"),
+                &config,
+            )
+        })
+        .collect();
+    for (i, node) in nodes.iter().enumerate() {
+        let events: String = (0..i + 2)
+            .map(|k| format!("call-start {i}-{k}\n"))
+            .collect();
+        node.send_events(events.as_bytes());
+    }
+    for node in &nodes {
+        wait_cluster(node, "the exact sum across the WAN", 30, |v| {
+            v["usage"]["calls"] == 9 && v["nodes_live"] == 3
+        });
+    }
+    let view = cluster(&nodes[0]);
+    for peer in ["b", "c"] {
+        let rtt = node_entry(&view, peer)["rtt_ms"].as_f64().unwrap();
+        assert!((95.0..500.0).contains(&rtt), "{peer}: RTT {rtt} ms");
+    }
+
+    // A quiet stretch under loss: no node expires anywhere, the sum holds.
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        for node in &nodes {
+            let v = cluster(node);
+            assert_eq!(v["nodes_expired"], 0, "a false expiry: {v:#}");
+            assert_eq!(v["usage"]["calls"], 9, "{v:#}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Cut C off. Each side expires the other (default rule: dropped at expiry) and goes on
+    // counting its own half; A takes a call meanwhile.
+    wan.partition(2);
+    nodes[0].send_events(b"call-start during-partition\n");
+    for node in &nodes[..2] {
+        wait_cluster(node, "C expired on A and B", 30, |v| {
+            v["usage"]["calls"] == 2 + 1 + 3 && gone(v, "c")
+        });
+    }
+    wait_cluster(&nodes[2], "A and B expired on C", 30, |v| {
+        v["usage"]["calls"] == 4 && gone(v, "a") && gone(v, "b")
+    });
+
+    // Heal: the same incarnations come back (their seqs are newer than the tombstones), and
+    // every node has the exact sum again.
+    wan.heal(2);
+    for node in &nodes {
+        let view = wait_cluster(node, "the exact sum after the heal", 45, |v| {
+            v["usage"]["calls"] == 10 && v["nodes_live"] == 3
+        });
+        for n in view["nodes"].as_array().unwrap() {
+            assert_eq!(n["incarnation"], 1, "{view:#}");
+        }
+    }
+    let lost = wan.stats.lost.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(lost > 0, "the WAN lost nothing: was loss in effect?");
+    eprintln!(
+        "wan: {} frames forwarded, {lost} lost, {} cut",
+        wan.stats
+            .forwarded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        wan.stats.cut.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod wan;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::net::UnixDatagram;
@@ -32,6 +34,8 @@ pub struct Agent {
     pub state_dir: PathBuf,
     pub config: PathBuf,
     pub rt: Runtime,
+    /// The network namespace it runs in (`None`: this process's).
+    pub netns: Option<String>,
 }
 
 /// A config with ephemeral ports and quick snapshots; `extra` is appended verbatim.
@@ -46,8 +50,22 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
 
 impl Agent {
     pub fn start(state_dir: &Path, config: &Path) -> Agent {
+        Agent::start_in(None, state_dir, config)
+    }
+
+    /// Starts the agent inside network namespace `netns` (`ip netns exec`, which execs, so
+    /// the child is the agent itself); its addresses are then that namespace's.
+    pub fn start_in(netns: Option<&str>, state_dir: &Path, config: &Path) -> Agent {
         let _ = std::fs::remove_file(state_dir.join("agent.json"));
-        let child = Command::new(BIN)
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .args(["agent", "--config"])
             .arg(config)
             .arg("--state-dir")
@@ -70,6 +88,7 @@ impl Agent {
                 mesh: None,
                 hep: None,
             },
+            netns: netns.map(str::to_owned),
         };
         let runtime_file = state_dir.join("agent.json");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -107,8 +126,21 @@ impl Agent {
             .expect("agent has a unix socket")
     }
 
+    /// Runs `f` in the agent's network namespace, where its addresses are reachable.
+    pub fn reach<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match &self.netns {
+            Some(ns) => wan::in_netns(ns, f),
+            None => f(),
+        }
+    }
+
     pub fn get(&self, path: &str) -> (u16, String) {
-        http_get(self.rt.admin, path)
+        self.reach(|| http_get(self.rt.admin, path))
+    }
+
+    /// Sends one datagram to the agent's UDP event socket.
+    pub fn send_events(&self, datagram: &[u8]) {
+        self.reach(|| send_udp(self.udp(), datagram));
     }
 
     pub fn usage(&self) -> serde_json::Value {
