@@ -379,6 +379,11 @@ pub struct MirrorTracker {
     dialogs: HashMap<DialogKey, Dialog, RandomState>,
     /// Ended dialogs and when they ended (unix ms).
     ended: HashMap<DialogKey, u64, RandomState>,
+    /// INVITEs that failed: the CSeq of the failed INVITE and when (unix ms). A copy of that
+    /// INVITE mirrored after its final response (the proxy's outgoing leg can be captured
+    /// late) is then not a new attempt; a new INVITE with a higher CSeq (after a 3xx, say)
+    /// is.
+    failed: HashMap<DialogKey, (u32, u64), RandomState>,
     aors: HashMap<(u32, Box<[u8]>), AorState, RandomState>,
     counters: TrackerCounters,
 }
@@ -392,6 +397,7 @@ impl MirrorTracker {
             pending: HashMap::default(),
             dialogs: HashMap::default(),
             ended: HashMap::default(),
+            failed: HashMap::default(),
             aors: HashMap::default(),
             counters: TrackerCounters::default(),
         })
@@ -513,6 +519,8 @@ impl MirrorTracker {
         let ended_ttl_ms = self.config.ended_ttl_ms;
         self.ended
             .retain(|_, ended_ms| now_ms.saturating_sub(*ended_ms) < ended_ttl_ms);
+        self.failed
+            .retain(|_, (_, failed_ms)| now_ms.saturating_sub(*failed_ms) < ended_ttl_ms);
 
         let idle_max_ms = self.config.dialog_idle_max_ms;
         let gone: Vec<(DialogKey, Dialog)> = self
@@ -563,6 +571,10 @@ impl MirrorTracker {
         if self.dialogs.contains_key(&key)
             || self.ended.contains_key(&key)
             || self.pending.contains_key(&key)
+            || self
+                .failed
+                .get(&key)
+                .is_some_and(|(cseq, _)| msg.cseq.seq <= *cseq)
         {
             self.counters.duplicates += 1;
             return;
@@ -657,8 +669,13 @@ impl MirrorTracker {
             return; // a challenge: the INVITE comes again with credentials
         }
         let key = forward(capture_id, msg);
-        if self.pending.remove(&key).is_some() {
+        if let Some((owned, _)) = self.pending.remove_entry(&key) {
             self.counters.calls_failed += 1;
+            if self.failed.len() < self.config.ended_count_max || self.failed.contains_key(&key) {
+                self.failed.insert(owned, (msg.cseq.seq, now_ms));
+            } else {
+                self.counters.ended_full += 1;
+            }
         } else {
             self.counters.duplicates += 1;
         }

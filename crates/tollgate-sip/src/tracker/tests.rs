@@ -244,6 +244,43 @@ fn retransmitted_200_changes_nothing() {
 }
 
 #[test]
+fn an_invite_copy_mirrored_after_its_486_is_not_a_second_attempt() {
+    // Kamailio's outgoing INVITE can be captured after the 486 came back (seen with sipp's
+    // UAS answering busy at once): the late copy and the relayed 486 change nothing.
+    let steps = [
+        once(0, CALL.invite()),
+        once(5, CALL.response(486, 1, "INVITE", true, "")),
+        once(6, CALL.invite()),
+        once(7, CALL.response(486, 1, "INVITE", true, "")),
+        twice(8, CALL.request("ACK", 1, true, "")),
+    ];
+    let tracker = check(&steps, &[]);
+    assert_eq!(tracker.counters().calls_failed, 1);
+    assert_eq!(tracker.counters().invites, 1);
+    assert_eq!(tracker.pending_count(), 0);
+}
+
+#[test]
+fn a_new_invite_after_a_failure_is_a_new_attempt() {
+    // After a 486 (or a 3xx) the caller may try again in the same Call-ID and From-tag with
+    // a higher CSeq: that one is tracked and, answered, counted as a call with its INVITE.
+    let steps = [
+        twice(0, CALL.invite()),
+        twice(5, CALL.response(486, 1, "INVITE", true, "")),
+        twice(
+            1000,
+            CALL.invite().replace("CSeq: 1 INVITE", "CSeq: 2 INVITE"),
+        ),
+        twice(1500, CALL.ok(2, "INVITE")),
+    ];
+    let tracker = check(&steps, &[START]);
+    let c = tracker.counters();
+    assert_eq!((c.calls_failed, c.calls_started), (1, 1));
+    assert_eq!(c.calls_started_without_invite, 0);
+    assert_eq!(tracker.pending_count(), 0);
+}
+
+#[test]
 fn busy_call_is_not_a_call() {
     let steps = [
         twice(0, CALL.invite()),
