@@ -299,13 +299,14 @@ fn mirrored_sip_over_hep_counts_like_the_native_protocol() {
     let calls = report["expected_active_calls"].as_u64().unwrap();
     let aors = report["expected_registered_subscribers"].as_u64().unwrap();
     assert!(calls > 0, "{report}");
-    agent.wait_usage("the HEP-derived counts", |u| {
+    let u = agent.wait_usage("the HEP-derived counts", |u| {
         u["calls"].as_u64() == Some(calls) && u["registered_subscribers"].as_u64() == Some(aors)
     });
-    assert!(
-        agent
-            .metric("tollgate_hep_packets_total{result=\"sip\"}")
-            .unwrap_or(0.0)
-            > 0.0
-    );
+    let sip = agent
+        .metric("tollgate_hep_packets_total{result=\"sip\"}")
+        .unwrap_or(0.0);
+    assert!(sip > 0.0);
+    // The usage summary counts the HEP socket too.
+    assert!(u["ingest"]["datagrams"].as_f64().unwrap() >= sip, "{u:#}");
+    assert!(u["ingest"]["events"].as_u64().unwrap() >= calls, "{u:#}");
 }

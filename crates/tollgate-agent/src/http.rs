@@ -59,7 +59,9 @@ pub struct UsageReport {
     pub ingest: IngestSummary,
 }
 
-/// Ingest totals since start, for a quick look (details are in `/metrics`).
+/// Ingest totals since start, for a quick look (details are in `/metrics`): the event
+/// sockets and, when enabled, the HEP socket (its SIP packets count as datagrams, the events
+/// the tracker derived from them as events).
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct IngestSummary {
     pub datagrams: u64,
@@ -82,8 +84,10 @@ pub fn usage_report(state: &AgentState) -> UsageReport {
     let now = tollgate_ingest::wall_clock();
     let usage = state.tables.usage();
     let peaks = state.tables.peaks().since_start();
-    let ingest = state.ingest_stats.snapshot();
-    let t = &ingest.totals;
+    let mut summaries = vec![state.ingest_stats.snapshot()];
+    if let Some(hep) = &state.hep {
+        summaries.push(hep.snapshot().ingest);
+    }
     UsageReport {
         node_id: state.node_id.clone(),
         timestamp_ms: now.unix_ms(),
@@ -98,7 +102,14 @@ pub fn usage_report(state: &AgentState) -> UsageReport {
             .registered_subscribers
             .max(usage.registered_subscribers),
         uptime_s: state.started.elapsed().as_secs(),
-        ingest: IngestSummary {
+        ingest: summaries.iter().map(IngestSummary::of).sum(),
+    }
+}
+
+impl IngestSummary {
+    fn of(ingest: &tollgate_ingest::stats::StatsSnapshot) -> IngestSummary {
+        let t = &ingest.totals;
+        IngestSummary {
             datagrams: t.datagrams,
             events: t.events.iter().sum(),
             malformed: t.malformed.iter().sum(),
@@ -106,7 +117,31 @@ pub fn usage_report(state: &AgentState) -> UsageReport {
                 [tollgate_ingest::stats::DatagramDrop::Duplicate as usize],
             lost_datagrams: t.lost_datagrams,
             kernel_drops: ingest.kernel_drops,
-        },
+        }
+    }
+}
+
+/// The event sockets and the HEP socket together.
+impl std::iter::Sum for IngestSummary {
+    fn sum<I: Iterator<Item = IngestSummary>>(iter: I) -> IngestSummary {
+        iter.fold(
+            IngestSummary {
+                datagrams: 0,
+                events: 0,
+                malformed: 0,
+                duplicate_datagrams: 0,
+                lost_datagrams: 0,
+                kernel_drops: 0,
+            },
+            |a, b| IngestSummary {
+                datagrams: a.datagrams + b.datagrams,
+                events: a.events + b.events,
+                malformed: a.malformed + b.malformed,
+                duplicate_datagrams: a.duplicate_datagrams + b.duplicate_datagrams,
+                lost_datagrams: a.lost_datagrams + b.lost_datagrams,
+                kernel_drops: a.kernel_drops + b.kernel_drops,
+            },
+        )
     }
 }
 
