@@ -518,3 +518,49 @@ fn three_agents_over_a_lossy_100ms_wan_converge_survive_a_partition_and_heal() {
         wan.stats.cut.load(std::sync::atomic::Ordering::Relaxed)
     );
 }
+
+/// `expired_rule = "hold:<s>"`: a node that falls silent keeps counting at its last figures
+/// for that long after it expires, so cutting it off frees no license headroom at once.
+#[test]
+fn the_hold_rule_keeps_a_silent_nodes_calls_for_the_hold_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("hold").unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let extra = "expired_rule = \"hold:6\"\n";
+    let a = Agent::start(
+        &dir.path().join("a/state"),
+        &node_config(dir.path(), &ca, &ca_file, "a", &[], extra),
+    );
+    let seed = vec![a.rt.mesh.unwrap().to_string()];
+    let b = Agent::start(
+        &dir.path().join("b/state"),
+        &node_config(dir.path(), &ca, &ca_file, "b", &seed, extra),
+    );
+    send_udp(a.udp(), b"call-start a1\n");
+    send_udp(b.udp(), b"call-start b1\ncall-start b2\n");
+    wait_cluster(&a, "the sum", 20, |v| v["usage"]["calls"] == 3);
+    let silent_at = Instant::now();
+    b.kill9();
+    // Suspect, then expired but held: still in the sum, as `held`.
+    let view = wait_cluster(&a, "B held", 20, |v| v["nodes_held"] == 1);
+    assert_eq!(view["usage"]["calls"], 3, "{view:#}");
+    assert_eq!(node_entry(&view, "b")["counted"], true, "{view:#}");
+    assert_eq!(
+        a.metric("tollgate_cluster_nodes{state=\"held\"}"),
+        Some(1.0)
+    );
+    assert!(
+        silent_at.elapsed() >= Duration::from_secs(9),
+        "expired too early"
+    );
+    // Out of the sum once the hold time has passed (10 s to expiry + 6 s held).
+    wait_cluster(&a, "B dropped after the hold", 20, |v| {
+        v["usage"]["calls"] == 1
+    });
+    assert!(
+        silent_at.elapsed() >= Duration::from_secs(15),
+        "dropped before the hold time: {:?}",
+        silent_at.elapsed()
+    );
+}
