@@ -12,19 +12,48 @@ use common::{Agent, send_udp, write_config};
 use tollgate_license::{LicenseSpec, SigningKey};
 use tollgate_mesh::ClusterCa;
 
-/// Writes node `name`'s certificate files and a config that meshes it with `seeds`.
-fn node_config(
-    dir: &Path,
-    ca: &ClusterCa,
-    ca_file: &Path,
-    name: &str,
-    seeds: &[String],
-    extra: &str,
-) -> std::path::PathBuf {
-    node_config_at("127.0.0.1:0", dir, ca, ca_file, name, seeds, extra)
+/// A temp dir with a cluster CA in it, and the nodes' configs.
+struct Fixture {
+    dir: tempfile::TempDir,
+    ca: ClusterCa,
+    ca_file: std::path::PathBuf,
 }
 
-/// [`node_config`] with the mesh listening on `listen`.
+impl Fixture {
+    fn new(ca_name: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::generate(ca_name).unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        Fixture { dir, ca, ca_file }
+    }
+
+    /// Node `name`'s certificate and a config that meshes it with `seeds` on loopback.
+    fn node(&self, name: &str, seeds: &[String], extra: &str) -> std::path::PathBuf {
+        self.node_at("127.0.0.1:0", name, seeds, extra)
+    }
+
+    fn node_at(
+        &self,
+        listen: &str,
+        name: &str,
+        seeds: &[String],
+        extra: &str,
+    ) -> std::path::PathBuf {
+        node_config_at(
+            listen,
+            self.dir.path(),
+            &self.ca,
+            &self.ca_file,
+            name,
+            seeds,
+            extra,
+        )
+    }
+}
+
+/// Writes node `name`'s certificate files and a config that meshes it with `seeds`, the
+/// mesh listening on `listen`.
 fn node_config_at(
     listen: &str,
     dir: &Path,
@@ -85,10 +114,7 @@ fn wait_cluster(
 
 #[test]
 fn three_agents_sum_exactly_share_the_license_and_drop_a_dead_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = ClusterCa::generate("test cluster").unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let fx = Fixture::new("test cluster");
     let vendor = SigningKey::generate();
     let admin = tollgate_agent::auth::hash_password("pw").unwrap();
     let extra = format!(
@@ -96,19 +122,10 @@ fn three_agents_sum_exactly_share_the_license_and_drop_a_dead_node() {
         vendor.public_key().to_file_string().trim()
     );
 
-    let a = Agent::start(
-        &dir.path().join("a/state"),
-        &node_config(dir.path(), &ca, &ca_file, "a", &[], &extra),
-    );
+    let a = Agent::start(&fx.dir.path().join("a/state"), &fx.node("a", &[], &extra));
     let seed = vec![a.rt.mesh.expect("a has a mesh address").to_string()];
-    let b = Agent::start(
-        &dir.path().join("b/state"),
-        &node_config(dir.path(), &ca, &ca_file, "b", &seed, &extra),
-    );
-    let c = Agent::start(
-        &dir.path().join("c/state"),
-        &node_config(dir.path(), &ca, &ca_file, "c", &seed, &extra),
-    );
+    let b = Agent::start(&fx.dir.path().join("b/state"), &fx.node("b", &seed, &extra));
+    let c = Agent::start(&fx.dir.path().join("c/state"), &fx.node("c", &seed, &extra));
 
     send_udp(a.udp(), b"call-start a1\ncall-start a2\n");
     send_udp(
@@ -202,23 +219,16 @@ fn three_agents_sum_exactly_share_the_license_and_drop_a_dead_node() {
 
 #[test]
 fn a_node_with_a_certificate_from_another_ca_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = ClusterCa::generate("the cluster").unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
-    let a = Agent::start(
-        &dir.path().join("a/state"),
-        &node_config(dir.path(), &ca, &ca_file, "a", &[], ""),
-    );
+    let fx = Fixture::new("the cluster");
+    let a = Agent::start(&fx.dir.path().join("a/state"), &fx.node("a", &[], ""));
     let seed = vec![a.rt.mesh.unwrap().to_string()];
 
     // The intruder's certificate (and the CA it trusts) come from another CA.
-    let foreign = ClusterCa::generate("someone else").unwrap();
-    let foreign_file = dir.path().join("foreign-ca.pem");
-    std::fs::write(&foreign_file, foreign.cert_pem()).unwrap();
-    let intruder_dir = dir.path().join("x");
-    let config = node_config(dir.path(), &foreign, &foreign_file, "x", &seed, "");
-    let x = Agent::start(&intruder_dir.join("state"), &config);
+    let foreign = Fixture::new("someone else");
+    let x = Agent::start(
+        &foreign.dir.path().join("x/state"),
+        &foreign.node("x", &seed, ""),
+    );
     send_udp(x.udp(), b"call-start smuggled\n");
     std::thread::sleep(Duration::from_secs(4));
     let view = cluster(&a);
@@ -309,10 +319,7 @@ fn wait_next_snapshot(agent: &Agent) {
 
 #[test]
 fn five_agents_converge_and_a_restarted_node_is_never_counted_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = ClusterCa::generate("five").unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let fx = Fixture::new("five");
     let extra = "\n[state]\nsnapshot_interval_s = 1\n";
     let names = ["a", "b", "c", "d", "e"];
     // A chain of seeds: each node knows only the one before it; the rest of the membership
@@ -323,8 +330,11 @@ fn five_agents_converge_and_a_restarted_node_is_never_counted_twice() {
             .last()
             .map(|prev| vec![prev.rt.mesh.unwrap().to_string()])
             .unwrap_or_default();
-        let config = node_config(dir.path(), &ca, &ca_file, name, &seeds, extra);
-        nodes.push(Agent::start(&dir.path().join(name).join("state"), &config));
+        let config = fx.node(name, &seeds, extra);
+        nodes.push(Agent::start(
+            &fx.dir.path().join(name).join("state"),
+            &config,
+        ));
     }
     for (i, node) in nodes.iter().enumerate() {
         let events: String = (0..=i).map(|k| format!("call-start {i}-{k}\n")).collect();
@@ -399,14 +409,7 @@ fn five_agents_converge_and_a_restarted_node_is_never_counted_twice() {
         v["usage"]["calls"] == total - 5 && node_entry(v, "e")["state"] == "left"
     });
     // Its seed was D's old address (test nodes listen on ephemeral ports): seed it from A.
-    let e_config = node_config(
-        dir.path(),
-        &ca,
-        &ca_file,
-        "e",
-        &[a.rt.mesh.unwrap().to_string()],
-        extra,
-    );
+    let e_config = fx.node("e", &[a.rt.mesh.unwrap().to_string()], extra);
     nodes.push(Agent::start(&e_state, &e_config));
     send_udp(nodes[0].udp(), b"call-start b-new\n");
     nodes.insert(0, a);
@@ -438,20 +441,16 @@ fn three_agents_over_a_lossy_100ms_wan_converge_survive_a_partition_and_heal() {
             return;
         }
     };
-    let dir = tempfile::tempdir().unwrap();
-    let ca = ClusterCa::generate("wan").unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let fx = Fixture::new("wan");
     let listen = |i: usize| format!("{}:7172", common::wan::Wan::addr_of(i));
     let names = ["a", "b", "c"];
     let nodes: Vec<Agent> = (0..3)
         .map(|i| {
             let seeds = if i == 0 { vec![] } else { vec![listen(0)] };
-            let config =
-                node_config_at(&listen(i), dir.path(), &ca, &ca_file, names[i], &seeds, "");
+            let config = fx.node_at(&listen(i), names[i], &seeds, "");
             Agent::start_in(
                 Some(wan.netns(i)),
-                &dir.path().join(names[i]).join("state"),
+                &fx.dir.path().join(names[i]).join("state"),
                 &config,
             )
         })
@@ -523,20 +522,11 @@ fn three_agents_over_a_lossy_100ms_wan_converge_survive_a_partition_and_heal() {
 /// for that long after it expires, so cutting it off frees no license headroom at once.
 #[test]
 fn the_hold_rule_keeps_a_silent_nodes_calls_for_the_hold_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = ClusterCa::generate("hold").unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let fx = Fixture::new("hold");
     let extra = "expired_rule = \"hold:6\"\n";
-    let a = Agent::start(
-        &dir.path().join("a/state"),
-        &node_config(dir.path(), &ca, &ca_file, "a", &[], extra),
-    );
+    let a = Agent::start(&fx.dir.path().join("a/state"), &fx.node("a", &[], extra));
     let seed = vec![a.rt.mesh.unwrap().to_string()];
-    let b = Agent::start(
-        &dir.path().join("b/state"),
-        &node_config(dir.path(), &ca, &ca_file, "b", &seed, extra),
-    );
+    let b = Agent::start(&fx.dir.path().join("b/state"), &fx.node("b", &seed, extra));
     send_udp(a.udp(), b"call-start a1\n");
     send_udp(b.udp(), b"call-start b1\ncall-start b2\n");
     wait_cluster(&a, "the sum", 20, |v| v["usage"]["calls"] == 3);
