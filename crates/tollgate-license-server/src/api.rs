@@ -64,15 +64,20 @@ pub fn router(service: Arc<Service>, clock: Clock) -> Router {
 
 async fn keys(State(state): State<AppState>) -> Response {
     let now = (state.clock)();
-    let service = Arc::clone(&state.service);
-    match tokio::task::spawn_blocking(move || service.public_keys(now)).await {
-        Ok(keys) => axum::Json(serde_json::json!({ "keys": keys })).into_response(),
-        Err(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        ),
-    }
+    blocking(&state, move |service| {
+        Ok(serde_json::json!({ "keys": service.public_keys(now) }))
+    })
+    .await
+}
+
+/// What the lease and usage endpoints hand the service: the license key, the bearer token
+/// (checked by the service), the client address, the body and the time.
+struct LicenseRequest {
+    license_key: String,
+    token: Option<String>,
+    peer: SocketAddr,
+    body: Bytes,
+    now: u64,
 }
 
 async fn lease(
@@ -82,22 +87,17 @@ async fn lease(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let token = bearer(&headers);
-    let now = (state.clock)();
-    let service = Arc::clone(&state.service);
-    let answer = tokio::task::spawn_blocking(move || {
-        service.lease(&license_key, token.as_deref(), peer.ip(), &body, now)
+    let r = license_request(&state, peer, license_key, &headers, body);
+    blocking(&state, move |service| {
+        service.lease(
+            &r.license_key,
+            r.token.as_deref(),
+            r.peer.ip(),
+            &r.body,
+            r.now,
+        )
     })
-    .await;
-    match answer {
-        Ok(Ok(lease)) => axum::Json(lease).into_response(),
-        Ok(Err(refused)) => refusal(&refused),
-        Err(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        ),
-    }
+    .await
 }
 
 async fn usage(
@@ -107,15 +107,46 @@ async fn usage(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let token = bearer(&headers);
-    let now = (state.clock)();
-    let service = Arc::clone(&state.service);
-    let answer = tokio::task::spawn_blocking(move || {
-        service.usage(&license_key, token.as_deref(), peer.ip(), &body, now)
+    let r = license_request(&state, peer, license_key, &headers, body);
+    blocking(&state, move |service| {
+        service
+            .usage(
+                &r.license_key,
+                r.token.as_deref(),
+                r.peer.ip(),
+                &r.body,
+                r.now,
+            )
+            .map(|id| serde_json::json!({ "report_id": id }))
     })
-    .await;
-    match answer {
-        Ok(Ok(id)) => axum::Json(serde_json::json!({ "report_id": id })).into_response(),
+    .await
+}
+
+fn license_request(
+    state: &AppState,
+    peer: SocketAddr,
+    license_key: String,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> LicenseRequest {
+    LicenseRequest {
+        license_key,
+        token: bearer(headers),
+        peer,
+        body,
+        now: (state.clock)(),
+    }
+}
+
+/// Runs `call` on the blocking pool (the store is SQLite) and answers with its JSON, its
+/// refusal, or a 500 if the task panicked.
+async fn blocking<T: serde::Serialize + Send + 'static>(
+    state: &AppState,
+    call: impl FnOnce(&Service) -> Result<T, Refused> + Send + 'static,
+) -> Response {
+    let service = Arc::clone(&state.service);
+    match tokio::task::spawn_blocking(move || call(&service)).await {
+        Ok(Ok(answer)) => axum::Json(answer).into_response(),
         Ok(Err(refused)) => refusal(&refused),
         Err(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
