@@ -42,7 +42,8 @@ pub struct Config {
     pub address: String,
     /// Own-record pushes are coalesced: at most one every `push_interval_ms`.
     pub push_interval_ms: u64,
-    /// A heartbeat goes out when nothing was emitted for `heartbeat_interval_ms`.
+    /// Each peer gets a heartbeat about this often: the pair's leader sends one every
+    /// interval, the other node answers it at once (see `Replica`'s heartbeat scheduling).
     pub heartbeat_interval_ms: u64,
     /// A node whose record has not advanced for this long is suspect (still counted).
     pub suspect_after_ms: u64,

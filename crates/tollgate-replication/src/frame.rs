@@ -8,10 +8,10 @@
 //! | frame | sent as | to | when |
 //! | --- | --- | --- | --- |
 //! | [`Frame::Record`] | datagram (stream at leave and on connect) | every peer | own record changed (coalesced, at most every `push_interval_ms`) |
-//! | [`Frame::Heartbeat`] | datagram | every peer | nothing emitted for `heartbeat_interval_ms` |
+//! | [`Frame::Heartbeat`] | datagram | one peer | per peer: every `heartbeat_interval_ms` from the pair's leader, answered at once by the other |
 //! | [`Frame::PullRecord`] | datagram | one peer | its heartbeat named content this node lacks |
 //! | [`Frame::Digest`] | stream | `anti_entropy_fanout` random peers | every `anti_entropy_interval_ms` (digest mode) |
-//! | [`Frame::Table`] | stream | one peer, or random peers | answer to `Pull`/`Digest`; anti-entropy (table mode) |
+//! | [`Frame::Table`] | stream | one peer, or random peers | answer to `Pull`/`Digest` (only what the peer lacks: content, or a node it does not hear); anti-entropy (table mode) |
 //! | [`Frame::Pull`] | stream | one peer | a joiner, once, on its first connection |
 //! | [`Frame::LicensePull`] | stream | one peer | that peer advertises a higher license serial |
 //! | [`Frame::License`] | stream | one peer | answer to `LicensePull` |

@@ -3,7 +3,7 @@
 //! See the crate documentation for the calling order.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::NODES_MAX;
 use crate::config::{AntiEntropy, Config, ConfigError};
@@ -248,6 +248,10 @@ struct Entry {
     advanced_at: u64,
     /// The state last announced by an event.
     reported: NodeState,
+    /// The record's content is the same at every seq from this one to `record.seq` (same
+    /// incarnation): the `changed_seq` of the owner's last heartbeat, else the seq of the
+    /// record as it came (a safe upper bound).
+    content_since: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -256,8 +260,31 @@ struct Tombstone {
     removed_at: u64,
 }
 
+impl Tombstone {
+    /// Versions the dead node may have emitted before it went silent: up to the one this
+    /// node held, and one seq more. Heartbeats go to each peer on its own schedule, so when a
+    /// node dies its last heartbeat round has reached some peers and not others: they hold
+    /// two consecutive seqs, and the later one proves nothing. A node that was only cut off
+    /// kept emitting, a new seq per interval, and is welcome back.
+    fn blocks(&self, version: Version) -> bool {
+        version.incarnation < self.version.incarnation
+            || (version.incarnation == self.version.incarnation
+                && version.seq <= self.version.seq.saturating_add(1))
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Peer {
+    /// This node leads the pair's heartbeats ([`leads_pair`]); else it answers them.
+    leads: bool,
+    /// When this peer was last sent this node's version (a push, a heartbeat, the record on
+    /// connect or on request), and which version.
+    last_sent_at: u64,
+    sent: Option<Version>,
+    /// This node leads and sent a heartbeat the peer has not answered yet.
+    awaiting_answer: bool,
+    /// When it is due a heartbeat (see [`Replica::reschedule`]).
+    heartbeat_due: u64,
     last_table_answer_at: Option<u64>,
     last_record_answer_at: Option<u64>,
     last_record_request_at: Option<u64>,
@@ -303,12 +330,15 @@ pub struct Replica {
     left: bool,
     /// The next emission must carry the whole record (content moved past a foreign version).
     force_record: bool,
+    /// When seq last grew (a push, a heartbeat round, or an interval without peers).
     last_emit_at: u64,
     last_push_at: Option<u64>,
     next_anti_entropy_at: u64,
     entries: BTreeMap<String, Entry>,
     tombstones: BTreeMap<String, Tombstone>,
     peers: BTreeMap<String, Peer>,
+    /// `(heartbeat_due, peer)` of every peer: the next heartbeat is the first.
+    heartbeats: BTreeSet<(u64, String)>,
     pull: PullState,
     /// Latest provisioned-subscribers report seen: `(reported_at, subscribers)`.
     subscribers_latest: (u64, u64),
@@ -360,6 +390,7 @@ impl Replica {
             entries: BTreeMap::new(),
             tombstones: BTreeMap::new(),
             peers: BTreeMap::new(),
+            heartbeats: BTreeSet::new(),
             pull: PullState::Needed,
             subscribers_latest: (0, 0),
             license_serial_seen: 0,
@@ -426,12 +457,13 @@ impl Replica {
         if !self.peers.contains_key(peer) && self.peers.len() >= PEERS_MAX {
             return Err(HandleError::TooManyPeers);
         }
-        self.peers.insert(peer.to_owned(), Peer::default());
+        self.add_peer(now, peer);
         self.enqueue(Transmit {
             to: Destination::Peer(peer.to_owned()),
             kind: TransmitKind::Stream,
             frame: Frame::Record(self.own.clone()),
         });
+        self.note_sent(now, peer);
         self.maybe_pull(now);
         self.maybe_ask_license(now);
         Ok(())
@@ -440,7 +472,10 @@ impl Replica {
     /// The connection to `peer` is gone. Liveness does not change: it follows records only.
     pub fn peer_disconnected(&mut self, now: u64, peer: &str) {
         let now = self.tick(now);
-        self.peers.remove(peer);
+        if let Some(removed) = self.peers.remove(peer) {
+            self.heartbeats
+                .remove(&(removed.heartbeat_due, peer.to_owned()));
+        }
         if matches!(&self.pull, PullState::Waiting { peer: asked, .. } if asked == peer) {
             self.pull = PullState::Needed;
         }
@@ -478,8 +513,9 @@ impl Replica {
             return Err(error.into());
         }
         if !self.peers.contains_key(from_peer) && self.peers.len() < PEERS_MAX {
-            self.peers.insert(from_peer.to_owned(), Peer::default());
+            self.add_peer(now, from_peer);
         }
+        let is_heartbeat = matches!(frame, Frame::Heartbeat(_));
         match frame {
             Frame::Record(record) => {
                 if record.node_id != from_peer {
@@ -503,6 +539,7 @@ impl Replica {
                         kind: TransmitKind::Datagram,
                         frame: Frame::Record(self.own.clone()),
                     });
+                    self.note_sent(now, from_peer);
                 }
             }
             Frame::Digest(entries) => self.answer_digest(now, from_peer, entries),
@@ -568,6 +605,7 @@ impl Replica {
         }
         self.maybe_ask_license(now);
         self.maybe_emit(now);
+        self.heard_from(now, from_peer, is_heartbeat);
         Ok(())
     }
 
@@ -577,6 +615,7 @@ impl Replica {
     pub fn handle_timeout(&mut self, now: u64) {
         let now = self.tick(now);
         self.maybe_emit(now);
+        self.send_due_heartbeats(now);
         if !self.left && now >= self.next_anti_entropy_at {
             self.anti_entropy(now);
         }
@@ -638,6 +677,9 @@ impl Replica {
         }
         if !self.left {
             consider(self.next_anti_entropy_at);
+            if let Some((at, _)) = self.heartbeats.first() {
+                consider(*at);
+            }
         }
         if let PullState::Waiting { since, .. } = self.pull {
             consider(since.saturating_add(PULL_TIMEOUT_MS));
@@ -838,21 +880,23 @@ impl Replica {
             || self.own.flags != self.flags()
     }
 
+    /// When the next emission to every peer is due: a push of changed content, or, with no
+    /// peer at all, the interval's seq (so a node cut off from everyone comes back with a
+    /// seq past its tombstones). Heartbeats have their own schedule, per peer.
     fn emission_due(&self) -> Option<u64> {
         if self.left {
             return None;
         }
-        let heartbeat = self
-            .last_emit_at
-            .saturating_add(self.config.heartbeat_interval_ms);
         if self.is_dirty() {
-            let push = self
-                .last_push_at
-                .map_or(0, |at| at.saturating_add(self.config.push_interval_ms));
-            Some(heartbeat.min(push))
-        } else {
-            Some(heartbeat)
+            return Some(
+                self.last_push_at
+                    .map_or(0, |at| at.saturating_add(self.config.push_interval_ms)),
+            );
         }
+        self.peers.is_empty().then(|| {
+            self.last_emit_at
+                .saturating_add(self.config.heartbeat_interval_ms)
+        })
     }
 
     fn maybe_emit(&mut self, now: u64) {
@@ -861,8 +905,8 @@ impl Replica {
         }
     }
 
-    /// One emission: seq grows; the whole record goes out if its content changed, else a
-    /// heartbeat.
+    /// One emission to every peer: seq grows; the whole record goes out if its content
+    /// changed, else a heartbeat. Every peer's heartbeat is then one interval away.
     fn emit(&mut self, now: u64, kind: TransmitKind) {
         let next = self.own.version().next();
         let rolled = next.incarnation != self.own.incarnation;
@@ -902,6 +946,149 @@ impl Replica {
             kind,
             frame,
         });
+        let peers: Vec<String> = self.peers.keys().cloned().collect();
+        for peer in peers {
+            self.note_sent(now, &peer);
+        }
+    }
+
+    /// A heartbeat to one peer. The peer must see this node's version advance: the current
+    /// version if it was not sent it yet, else seq grows first. So seq grows about once per
+    /// interval (a round through the peers), and every peer holds this node at one of two
+    /// consecutive seqs: anti-entropy digests differ only where content or liveness does.
+    /// Content not yet pushed waits for its push (at most `push_interval_ms`): a heartbeat
+    /// names the record as last emitted. A seq that would roll the incarnation over goes out
+    /// as a push to every peer instead.
+    fn heartbeat(&mut self, now: u64, peer: &str) {
+        let current = self.own.version();
+        let has_current = self
+            .peers
+            .get(peer)
+            .is_some_and(|state| state.sent == Some(current));
+        if has_current {
+            let next = current.next();
+            if next.incarnation != self.own.incarnation {
+                self.emit(now, TransmitKind::Datagram);
+                return;
+            }
+            self.own.seq = next.seq;
+            self.last_emit_at = now;
+            self.stats.emissions += 1;
+        }
+        self.enqueue(Transmit {
+            to: Destination::Peer(peer.to_owned()),
+            kind: TransmitKind::Datagram,
+            frame: Frame::Heartbeat(Heartbeat {
+                incarnation: self.own.incarnation,
+                seq: self.own.seq,
+                changed_seq: self.own_changed_seq,
+            }),
+        });
+        self.note_sent(now, peer);
+    }
+
+    /// Heartbeats to every peer whose heartbeat is due: a leader's every interval (and its
+    /// one retry), an answering node's when the leader fell silent.
+    fn send_due_heartbeats(&mut self, now: u64) {
+        if self.left {
+            return;
+        }
+        while let Some((due, peer)) = self.heartbeats.first().cloned()
+            && due <= now
+        {
+            let scheduled = self
+                .peers
+                .get(&peer)
+                .is_some_and(|state| state.leads && !state.awaiting_answer);
+            self.heartbeat(now, &peer);
+            if scheduled {
+                self.set_awaiting_answer(&peer, true);
+            }
+        }
+    }
+
+    /// A frame just came from `peer`. QUIC acknowledges its packet on the next packet this
+    /// node sends that peer, or in an ACK-only packet after the ACK delay (25 ms).
+    ///
+    /// In each pair one node leads ([`leads_pair`]): it sends a heartbeat every interval and
+    /// answers nothing. The other answers the leader's frames with its own heartbeat, which
+    /// carries the ACK, unless it sent the leader something less than a quarter interval
+    /// ago; it sends one on its own only when it sent the leader nothing for 1.75 intervals
+    /// (the leader's heartbeat and its retry were lost). Per pair and interval that is a
+    /// heartbeat, the answer with the ACK, and one ACK-only packet, instead of two
+    /// heartbeats and two ACK-only packets. A leader that gets no heartbeat back within half
+    /// an interval (its heartbeat or the answer was lost, or the round trip is longer than
+    /// that) sends one more, which is answered: a single lost datagram leaves a gap of 1.5
+    /// intervals, not 2. Fixed roles cannot ping-pong, whatever the round trip.
+    fn heard_from(&mut self, now: u64, peer: &str, is_heartbeat: bool) {
+        let Some(state) = self.peers.get(peer) else {
+            return;
+        };
+        if state.leads {
+            if state.awaiting_answer && is_heartbeat {
+                self.set_awaiting_answer(peer, false);
+            }
+            return;
+        }
+        let quarter = self.config.heartbeat_interval_ms / 4;
+        if !self.left && now >= state.last_sent_at.saturating_add(quarter) {
+            self.heartbeat(now, peer);
+        }
+    }
+
+    /// A new peer (or a reconnected one, whose state starts afresh). Its first heartbeat is
+    /// scheduled as if it had just been sent this node's version.
+    fn add_peer(&mut self, now: u64, peer: &str) {
+        let fresh = Peer {
+            leads: leads_pair(&self.own.node_id, peer),
+            last_sent_at: now,
+            ..Peer::default()
+        };
+        if let Some(old) = self.peers.insert(peer.to_owned(), fresh) {
+            self.heartbeats
+                .remove(&(old.heartbeat_due, peer.to_owned()));
+        }
+        self.heartbeats.insert((0, peer.to_owned()));
+        self.reschedule(peer);
+    }
+
+    /// `peer` was just sent this node's current version.
+    fn note_sent(&mut self, now: u64, peer: &str) {
+        let version = self.own.version();
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        state.last_sent_at = now;
+        state.sent = Some(version);
+        state.awaiting_answer = false;
+        self.reschedule(peer);
+    }
+
+    fn set_awaiting_answer(&mut self, peer: &str, awaiting: bool) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.awaiting_answer = awaiting;
+            self.reschedule(peer);
+        }
+    }
+
+    /// Puts the peer's next heartbeat where its role says: a leader's one interval after its
+    /// last send (half an interval while it awaits an answer), an answering node's 1.75.
+    fn reschedule(&mut self, peer: &str) {
+        let interval = self.config.heartbeat_interval_ms;
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let wait = match (state.leads, state.awaiting_answer) {
+            (true, false) => interval,
+            (true, true) => interval / 2,
+            (false, _) => interval.saturating_add(interval * 3 / 4),
+        };
+        let due = state.last_sent_at.saturating_add(wait);
+        let old = std::mem::replace(&mut state.heartbeat_due, due);
+        if old != due {
+            self.heartbeats.remove(&(old, peer.to_owned()));
+            self.heartbeats.insert((due, peer.to_owned()));
+        }
     }
 
     fn anti_entropy(&mut self, now: u64) {
@@ -918,14 +1105,7 @@ impl Replica {
             peers.swap(i, j);
         }
         let frame = match self.config.anti_entropy {
-            AntiEntropy::Digest => Frame::Digest(
-                self.relayable(now)
-                    .map(|record| DigestEntry {
-                        node_id: record.node_id.clone(),
-                        version: record.version(),
-                    })
-                    .collect(),
-            ),
+            AntiEntropy::Digest => Frame::Digest(self.digest(now)),
             AntiEntropy::Table => Frame::Table(self.relayable(now).cloned().collect()),
         };
         for peer in peers.into_iter().take(chosen) {
@@ -937,16 +1117,40 @@ impl Replica {
         }
     }
 
-    /// Records this node passes on: its own, and every live, suspect or left node's (never an
-    /// expired one: that would bring it back where it is already gone). At most
-    /// [`NODES_MAX`].
+    /// Records this node passes on: its own, and every live or left node's. Never an expired
+    /// one (that would bring it back where it is already gone), nor a suspect one: silent
+    /// for `suspect_after_ms` here, it is no evidence of life, and its version may be a seq
+    /// ahead of a peer's that went silent in the same heartbeat round; relaying it would
+    /// restart liveness clocks where it is about to expire. At most [`NODES_MAX`].
     fn relayable(&self, now: u64) -> impl Iterator<Item = &Record> {
         std::iter::once(&self.own).chain(
             self.entries
                 .values()
-                .filter(move |entry| state_at(entry, now, &self.config) != NodeState::Expired)
+                .filter(move |entry| {
+                    matches!(
+                        state_at(entry, now, &self.config),
+                        NodeState::Live | NodeState::Left
+                    )
+                })
                 .map(|entry| &entry.record),
         )
+    }
+
+    /// The versions a digest names: every record held but expired ones (a suspect node's
+    /// too, so that a peer a heartbeat round ahead does not send it back).
+    fn digest(&self, now: u64) -> Vec<DigestEntry> {
+        std::iter::once(&self.own)
+            .chain(
+                self.entries
+                    .values()
+                    .filter(|entry| state_at(entry, now, &self.config) != NodeState::Expired)
+                    .map(|entry| &entry.record),
+            )
+            .map(|record| DigestEntry {
+                node_id: record.node_id.clone(),
+                version: record.version(),
+            })
+            .collect()
     }
 
     fn answer_digest(&mut self, now: u64, peer: &str, entries: Vec<DigestEntry>) {
@@ -964,7 +1168,7 @@ impl Replica {
             .filter(|record| {
                 theirs
                     .get(&record.node_id)
-                    .is_none_or(|version| *version < record.version())
+                    .is_none_or(|version| self.worth_relaying(record, *version))
             })
             .cloned()
             .collect();
@@ -975,6 +1179,27 @@ impl Replica {
                 frame: Frame::Table(records),
             });
         }
+    }
+
+    /// Whether a peer that holds `theirs` of `record`'s node needs `record`: a newer
+    /// incarnation, content it lacks, or a seq two or more ahead: that node's heartbeats do
+    /// not reach the peer (a partial mesh, losses), and relaying keeps it live there. A seq
+    /// one ahead with the same content is the heartbeat round in progress: nothing to send.
+    fn worth_relaying(&self, record: &Record, theirs: Version) -> bool {
+        if theirs >= record.version() {
+            return false;
+        }
+        if theirs.incarnation < record.incarnation {
+            return true;
+        }
+        let content_since = if record.node_id == self.own.node_id {
+            self.own_changed_seq
+        } else {
+            self.entries
+                .get(&record.node_id)
+                .map_or(record.seq, |entry| entry.content_since)
+        };
+        theirs.seq < content_since || record.seq - theirs.seq >= 2
     }
 
     fn maybe_pull(&mut self, now: u64) {
@@ -1063,6 +1288,7 @@ impl Replica {
                     && entry.record.seq >= heartbeat.changed_seq =>
             {
                 entry.record.seq = heartbeat.seq;
+                entry.content_since = heartbeat.changed_seq;
                 entry.advanced_at = now;
                 let back = matches!(entry.reported, NodeState::Suspect | NodeState::Expired);
                 if !entry.record.is_left() {
@@ -1087,7 +1313,7 @@ impl Replica {
                 if self
                     .tombstones
                     .get(peer)
-                    .is_some_and(|tombstone| version <= tombstone.version)
+                    .is_some_and(|tombstone| tombstone.blocks(version))
                 {
                     self.stats.records_tombstoned += 1;
                     return;
@@ -1120,7 +1346,7 @@ impl Replica {
             });
         }
         if let Some(tombstone) = self.tombstones.get(&record.node_id) {
-            if record.version() <= tombstone.version {
+            if tombstone.blocks(record.version()) {
                 self.stats.records_tombstoned += 1;
                 return;
             }
@@ -1159,6 +1385,7 @@ impl Replica {
                 } else {
                     NodeState::Live
                 };
+                entry.content_since = record.seq;
                 entry.record = record;
                 entry.advanced_at = now;
             }
@@ -1180,6 +1407,7 @@ impl Replica {
                 self.entries.insert(
                     record.node_id.clone(),
                     Entry {
+                        content_since: record.seq,
                         record,
                         advanced_at: now,
                         reported,
@@ -1328,6 +1556,30 @@ impl Replica {
             usage: entry.record.usage,
         }
     }
+}
+
+/// Whether `node` leads the heartbeats of its pair with `peer` (the other answers). Both
+/// sides agree, and each node leads about half of its pairs: one bit of a stable hash
+/// (FNV-1a, then MurmurHash3's 64-bit finalizer) of the two ids in order. It must never
+/// change between versions: two nodes that disagree lose what it saves (both lead) or
+/// answer each other's fallback heartbeats (both answer).
+pub(crate) fn leads_pair(node: &str, peer: &str) -> bool {
+    let (low, high) = if node < peer {
+        (node, peer)
+    } else {
+        (peer, node)
+    };
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in low.bytes().chain([0]).chain(high.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^= hash >> 33;
+    (hash & 1 == 0) == (node == low)
 }
 
 fn push_event(events: &mut VecDeque<Event>, stats: &mut Stats, event: Event) {

@@ -22,6 +22,13 @@
 //!   bytes plus `packet_overhead_bytes` per datagram and per started 1200-byte packet of a
 //!   stream frame (QUIC short header, AEAD tag, frame header, UDP and IP headers: about 50
 //!   bytes with IPv4).
+//! - QUIC acknowledgements, as quinn sends them: a receiver owes the sender an ACK for every
+//!   packet it got (every one is ack-eliciting: datagrams and stream frames alike). The ACK
+//!   rides on the next frame the receiver sends that peer within `ack_delay_ms` (25 ms, the
+//!   QUIC default); otherwise, or at once on the second packet owed, it goes in an ACK-only
+//!   packet (`packet_overhead_bytes + ack_frame_bytes`), counted in
+//!   [`Traffic::ack_only_packets_sent`] and in the wire bytes. An ACK that rides costs
+//!   `ack_frame_bytes`. ACK-only packets are not delivered: they change nothing else.
 //!
 //! Scenario tests are lists of [`Op`]s run by [`Sim::run_scenario`].
 
@@ -60,6 +67,10 @@ pub struct SimConfig {
     pub loss: f64,
     pub idle_timeout_ms: u64,
     pub packet_overhead_bytes: u64,
+    /// How long a receiver holds an ACK back, waiting for a frame of its own to carry it.
+    pub ack_delay_ms: u64,
+    /// Bytes of one ACK frame.
+    pub ack_frame_bytes: u64,
     pub topology: Topology,
     /// The replicas' settings (each node gets its own address and a seed derived from
     /// `seed`).
@@ -77,6 +88,8 @@ impl Default for SimConfig {
             loss: 0.0,
             idle_timeout_ms: 5_000,
             packet_overhead_bytes: 50,
+            ack_delay_ms: 25,
+            ack_frame_bytes: 6,
             topology: Topology::FullMesh,
             replica: Config::default(),
         }
@@ -90,8 +103,11 @@ pub struct Traffic {
     pub stream_frames_sent: u64,
     /// Encoded frame bytes sent (every copy of a frame sent to several peers counts).
     pub frame_bytes_sent: u64,
-    /// `frame_bytes_sent` plus the per-packet overhead estimate.
+    /// `frame_bytes_sent` plus the per-packet overhead estimate, plus ACKs (riding or in
+    /// ACK-only packets).
     pub wire_bytes_sent: u64,
+    /// QUIC ACK-only packets: an ACK that found no frame to ride on in time.
+    pub ack_only_packets_sent: u64,
     pub frames_received: u64,
     /// Datagrams this node sent that the network dropped.
     pub datagrams_lost: u64,
@@ -216,6 +232,12 @@ impl Ord for Scheduled {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+struct AcksOwed {
+    since: u64,
+    packets: u64,
+}
+
 /// The simulated cluster.
 #[derive(Debug)]
 pub struct Sim {
@@ -228,6 +250,9 @@ pub struct Sim {
     group: Vec<usize>,
     connected: Vec<Vec<bool>>,
     link_pending: Vec<Vec<bool>>,
+    /// `acks_owed[receiver][sender]`: packets the receiver has not acknowledged yet, and
+    /// when the first of them arrived.
+    acks_owed: Vec<Vec<Option<AcksOwed>>>,
     queue: BinaryHeap<Reverse<Scheduled>>,
     order: u64,
     rng: Rng,
@@ -292,6 +317,7 @@ impl Sim {
             group: vec![0; count],
             connected: vec![vec![false; count]; count],
             link_pending: vec![vec![false; count]; count],
+            acks_owed: vec![vec![None; count]; count],
             queue: BinaryHeap::new(),
             order: 0,
             rng,
@@ -330,14 +356,82 @@ impl Sim {
         &self.nodes[node].events
     }
 
+    /// What the node sent since the last [`Sim::reset_traffic`], ACK-only packets whose
+    /// delay has run out included.
     pub fn traffic(&self, node: usize) -> Traffic {
-        self.nodes[node].traffic
+        let mut traffic = self.nodes[node].traffic;
+        let due = self.acks_owed[node]
+            .iter()
+            .flatten()
+            .filter(|owed| self.ack_only_due(owed))
+            .count() as u64;
+        traffic.ack_only_packets_sent += due;
+        traffic.wire_bytes_sent += due * self.ack_only_bytes();
+        traffic
     }
 
     pub fn reset_traffic(&mut self) {
+        // ACK-only packets already due belong to the period that ends.
+        for row in &mut self.acks_owed {
+            for cell in row.iter_mut() {
+                if cell.is_some_and(|owed| {
+                    owed.since.saturating_add(self.config.ack_delay_ms) <= self.now
+                }) {
+                    *cell = None;
+                }
+            }
+        }
         for node in &mut self.nodes {
             node.traffic = Traffic::default();
         }
+    }
+
+    fn ack_only_due(&self, owed: &AcksOwed) -> bool {
+        owed.since.saturating_add(self.config.ack_delay_ms) <= self.now
+    }
+
+    fn ack_only_bytes(&self) -> u64 {
+        self.config.packet_overhead_bytes + self.config.ack_frame_bytes
+    }
+
+    /// `receiver` got `packets` ack-eliciting packets from `sender`: it owes ACKs, and sends
+    /// an ACK-only packet at once from the second one owed (quinn acknowledges every other
+    /// packet immediately).
+    fn owe_acks(&mut self, receiver: usize, sender: usize, packets: u64) {
+        let now = self.now;
+        let owed = self.acks_owed[receiver][sender].get_or_insert(AcksOwed {
+            since: now,
+            packets: 0,
+        });
+        owed.packets += packets;
+        if owed.packets >= 2 {
+            self.acks_owed[receiver][sender] = None;
+            let bytes = self.ack_only_bytes();
+            let traffic = &mut self.nodes[receiver].traffic;
+            traffic.ack_only_packets_sent += 1;
+            traffic.wire_bytes_sent += bytes;
+        }
+    }
+
+    /// `sender` sends `receiver` a frame now: the ACKs it owes ride on it, unless their
+    /// delay ran out before (then they went in an ACK-only packet).
+    fn settle_acks(&mut self, sender: usize, receiver: usize) {
+        let Some(owed) = self.acks_owed[sender][receiver].take() else {
+            return;
+        };
+        let bytes = if self.ack_only_due(&owed) {
+            self.nodes[sender].traffic.ack_only_packets_sent += 1;
+            self.ack_only_bytes()
+        } else {
+            self.config.ack_frame_bytes
+        };
+        self.nodes[sender].traffic.wire_bytes_sent += bytes;
+    }
+
+    /// Forgets the ACKs between two nodes (their connection is gone).
+    fn forget_acks(&mut self, a: usize, b: usize) {
+        self.acks_owed[a][b] = None;
+        self.acks_owed[b][a] = None;
     }
 
     /// One-way latency of the link between two nodes, ms (without jitter).
@@ -456,6 +550,9 @@ impl Sim {
     }
 
     pub fn crash(&mut self, node: usize) {
+        for other in 0..self.nodes.len() {
+            self.forget_acks(node, other);
+        }
         self.nodes[node].replica = None;
         self.nodes[node].timer_at = None;
         self.update_links();
@@ -467,6 +564,7 @@ impl Sim {
         // The new process dials at once; whatever was pending for the old one is moot (a
         // stale happening re-checks the link when it fires).
         for other in 0..self.nodes.len() {
+            self.forget_acks(node, other);
             self.connected[node][other] = false;
             self.connected[other][node] = false;
             self.link_pending[node][other] = false;
@@ -694,6 +792,8 @@ impl Sim {
                     return Some([None, None]);
                 }
                 self.nodes[to].traffic.frames_received += 1;
+                let packets = (bytes.len() as u64).div_ceil(STREAM_PACKET_BYTES);
+                self.owe_acks(to, from, packets);
                 let from_id = self.nodes[from].node_id.clone();
                 let result = match decode(&bytes) {
                     Ok(frame) => self.nodes[to]
@@ -747,6 +847,7 @@ impl Sim {
         let now = self.now;
         self.connected[a][b] = false;
         self.connected[b][a] = false;
+        self.forget_acks(a, b);
         for (x, y) in [(a, b), (b, a)] {
             let peer = self.nodes[y].node_id.clone();
             if let Some(replica) = self.nodes[x].replica.as_mut() {
@@ -791,6 +892,7 @@ impl Sim {
                     .collect(),
             };
             for to in targets {
+                self.settle_acks(node, to);
                 let overhead = self.config.packet_overhead_bytes;
                 let traffic = &mut self.nodes[node].traffic;
                 traffic.frame_bytes_sent += len;

@@ -98,13 +98,14 @@ fn an_unchanged_usage_costs_nothing_and_quiet_means_heartbeats() {
     drain(&mut replica, 500);
     replica.set_local_usage(700, calls(4));
     assert!(drain(&mut replica, 700).is_empty());
-    assert_eq!(replica.poll_timeout(), Some(1_500));
-    replica.handle_timeout(1_500);
-    let transmits = drain(&mut replica, 1_500);
+    // "a" answers b's heartbeats: its own is due 1.75 intervals after the push at the latest.
+    assert_eq!(replica.poll_timeout(), Some(2_250));
+    replica.handle_timeout(2_250);
+    let transmits = drain(&mut replica, 2_250);
     assert_eq!(
         transmits,
         [Transmit {
-            to: Destination::AllPeers,
+            to: Destination::Peer("b".into()),
             kind: TransmitKind::Datagram,
             frame: Frame::Heartbeat(Heartbeat {
                 incarnation: 1,
@@ -113,6 +114,182 @@ fn an_unchanged_usage_costs_nothing_and_quiet_means_heartbeats() {
             }),
         }]
     );
+}
+
+fn heartbeats(transmits: &[Transmit]) -> Vec<(String, u64)> {
+    transmits
+        .iter()
+        .filter_map(|transmit| match (&transmit.to, &transmit.frame) {
+            (Destination::Peer(peer), Frame::Heartbeat(heartbeat)) => {
+                Some((peer.clone(), heartbeat.seq))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn each_pair_has_one_leader_and_the_roles_are_balanced() {
+    // "a" answers "b" (the node of `replica()`) and leads "c": the tests below rely on it.
+    assert!(!leads_pair("a", "b") && leads_pair("b", "a"));
+    assert!(leads_pair("a", "c") && !leads_pair("c", "a"));
+    let ids: Vec<String> = (0..64).map(|i| format!("node-{i:02}")).collect();
+    for id in &ids {
+        let leads = ids
+            .iter()
+            .filter(|peer| *peer != id && leads_pair(id, peer))
+            .count();
+        assert!((16..=47).contains(&leads), "{id} leads {leads} of 63");
+    }
+}
+
+#[test]
+fn each_peer_gets_its_heartbeat_on_its_own_schedule_and_seq_advances_at_each() {
+    let mut replica = replica(); // "b" connected at 0: "a" answers it
+    replica.peer_connected(300, "c").unwrap(); // "a" leads: due 1_300
+    drain(&mut replica, 300);
+    let from_c = |seq| {
+        Frame::Heartbeat(Heartbeat {
+            incarnation: 1,
+            seq,
+            changed_seq: 0,
+        })
+    };
+    assert_eq!(replica.poll_timeout(), Some(1_300));
+    replica.handle_timeout(1_300);
+    // "c" holds seq 0 (sent on connect): seq grows.
+    assert_eq!(heartbeats(&drain(&mut replica, 1_300)), [("c".into(), 1)]);
+    replica.handle_frame(1_400, "c", from_c(1)).unwrap();
+    assert!(heartbeats(&drain(&mut replica, 1_400)).is_empty());
+    // "b" led and fell silent: 1.75 intervals after its record went out, a's own heartbeat.
+    // "b" was never sent seq 1: it gets it as it is. Every peer sees seq advance at every
+    // heartbeat, and seq grows about once per round through the peers.
+    assert_eq!(replica.poll_timeout(), Some(1_750));
+    replica.handle_timeout(1_750);
+    assert_eq!(heartbeats(&drain(&mut replica, 1_750)), [("b".into(), 1)]);
+    replica.handle_timeout(2_300);
+    assert_eq!(heartbeats(&drain(&mut replica, 2_300)), [("c".into(), 2)]);
+    replica.handle_frame(2_350, "c", from_c(2)).unwrap();
+    // A push goes to every peer and puts every heartbeat an interval (1.75 for "b") after.
+    replica.set_local_usage(2_600, calls(1));
+    assert_eq!(pushed(&drain(&mut replica, 2_600)), [(3, 1)]);
+    replica.handle_timeout(3_599);
+    assert!(heartbeats(&drain(&mut replica, 3_599)).is_empty());
+    replica.handle_timeout(3_600);
+    assert_eq!(heartbeats(&drain(&mut replica, 3_600)), [("c".into(), 4)]);
+    replica.handle_frame(3_650, "c", from_c(3)).unwrap();
+    replica.handle_timeout(4_349);
+    assert!(heartbeats(&drain(&mut replica, 4_349)).is_empty());
+    replica.handle_timeout(4_350);
+    assert_eq!(heartbeats(&drain(&mut replica, 4_350)), [("b".into(), 4)]);
+    assert_eq!(replica.stats().emissions, 4);
+}
+
+#[test]
+fn the_answering_node_answers_the_leader_and_the_leader_retries_once_when_unanswered() {
+    let mut replica = replica(); // "a" answers "b"
+    replica.peer_connected(0, "c").unwrap(); // "a" leads "c"
+    drain(&mut replica, 0);
+    let heartbeat = |seq| {
+        Frame::Heartbeat(Heartbeat {
+            incarnation: 1,
+            seq,
+            changed_seq: 0,
+        })
+    };
+    for peer in ["b", "c"] {
+        replica
+            .handle_frame(10, peer, Frame::Record(record(peer, 1, 0, calls(0))))
+            .unwrap();
+    }
+    assert!(drain(&mut replica, 10).is_empty());
+    // Less than a quarter interval since "b" was last sent anything: no answer.
+    replica.handle_frame(249, "b", heartbeat(1)).unwrap();
+    assert!(drain(&mut replica, 249).is_empty());
+    // Then every frame of the leader is answered at once (QUIC's ACK of it rides along).
+    replica.handle_frame(250, "b", heartbeat(2)).unwrap();
+    assert_eq!(heartbeats(&drain(&mut replica, 250)), [("b".into(), 1)]);
+    // The leader answers nothing: an answer is never answered, whatever the round trip.
+    replica.handle_frame(900, "c", heartbeat(1)).unwrap();
+    assert!(drain(&mut replica, 900).is_empty());
+    replica.handle_timeout(1_000);
+    assert_eq!(heartbeats(&drain(&mut replica, 1_000)), [("c".into(), 1)]);
+    // In step: "b" heartbeats every interval, "a" answers each.
+    replica.handle_frame(1_250, "b", heartbeat(3)).unwrap();
+    assert_eq!(heartbeats(&drain(&mut replica, 1_250)), [("b".into(), 2)]);
+    // "c" answered: its next heartbeat is one interval after the last.
+    replica.handle_frame(1_400, "c", heartbeat(2)).unwrap();
+    assert!(drain(&mut replica, 1_400).is_empty());
+    replica.handle_timeout(1_999);
+    assert!(heartbeats(&drain(&mut replica, 1_999)).is_empty());
+    replica.handle_timeout(2_000);
+    assert_eq!(heartbeats(&drain(&mut replica, 2_000)), [("c".into(), 2)]);
+    // Nothing back from "c" for half an interval: one retry.
+    replica.handle_timeout(2_499);
+    assert!(heartbeats(&drain(&mut replica, 2_499)).is_empty());
+    replica.handle_timeout(2_500);
+    assert_eq!(heartbeats(&drain(&mut replica, 2_500)), [("c".into(), 3)]);
+    // b's heartbeat of 2_250 and its retry were lost: a's own heartbeat to "b", 1.75
+    // intervals after its last answer.
+    replica.handle_timeout(2_999);
+    assert!(heartbeats(&drain(&mut replica, 2_999)).is_empty());
+    replica.handle_timeout(3_000);
+    assert_eq!(heartbeats(&drain(&mut replica, 3_000)), [("b".into(), 3)]);
+    // Only one retry: then "c" is due one interval later.
+    replica.handle_timeout(3_499);
+    assert!(heartbeats(&drain(&mut replica, 3_499)).is_empty());
+    replica.handle_timeout(3_500);
+    assert_eq!(heartbeats(&drain(&mut replica, 3_500)), [("c".into(), 4)]);
+}
+
+#[test]
+fn a_digest_is_answered_with_content_the_peer_lacks_or_a_node_it_does_not_hear() {
+    let mut replica = replica();
+    replica.peer_connected(0, "c").unwrap();
+    replica
+        .handle_frame(10, "b", Frame::Record(record("b", 1, 5, calls(2))))
+        .unwrap();
+    let heartbeat = |seq, changed_seq| {
+        Frame::Heartbeat(Heartbeat {
+            incarnation: 1,
+            seq,
+            changed_seq,
+        })
+    };
+    replica.handle_frame(20, "b", heartbeat(6, 5)).unwrap();
+    drain(&mut replica, 20);
+    let own = replica.version();
+    let ask = |replica: &mut Replica, now: u64, b_seq: u64| {
+        let digest = Frame::Digest(vec![
+            DigestEntry {
+                node_id: "a".into(),
+                version: own,
+            },
+            DigestEntry {
+                node_id: "b".into(),
+                version: Version {
+                    incarnation: 1,
+                    seq: b_seq,
+                },
+            },
+        ]);
+        replica.handle_frame(now, "c", digest).unwrap();
+        drain(replica, now)
+            .into_iter()
+            .filter_map(|transmit| match transmit.frame {
+                Frame::Table(records) => Some(records.iter().map(|r| r.seq).collect::<Vec<_>>()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // One seq behind with the same content: b's heartbeat round in progress, nothing to send.
+    assert!(ask(&mut replica, 1_000, 5).is_empty());
+    // Content that changed after its version: sent.
+    assert_eq!(ask(&mut replica, 2_000, 4), [vec![6]]);
+    // Two seqs behind, same content: "c" does not hear "b" directly; relaying keeps it live.
+    replica.handle_frame(2_500, "b", heartbeat(7, 5)).unwrap();
+    drain(&mut replica, 2_500);
+    assert_eq!(ask(&mut replica, 3_000, 5), [vec![7]]);
 }
 
 #[test]
@@ -195,9 +372,16 @@ fn expiry_leaves_a_tombstone_that_blocks_stale_relays_but_not_newer_versions() {
         .unwrap();
     assert_eq!(replica.node("c", 10_500), None);
     assert_eq!(replica.stats().records_tombstoned, 1);
+    // One seq more may have been emitted before it died (its last heartbeat round reached
+    // "b", not this node): blocked too.
+    replica
+        .handle_frame(10_600, "b", Frame::Table(vec![c(6)]))
+        .unwrap();
+    assert_eq!(replica.node("c", 10_600), None);
+    assert_eq!(replica.stats().records_tombstoned, 2);
     // "c" was only cut off and is still emitting: welcome back.
     replica
-        .handle_frame(11_000, "b", Frame::Table(vec![c(6)]))
+        .handle_frame(11_000, "b", Frame::Table(vec![c(7)]))
         .unwrap();
     assert_eq!(replica.node("c", 11_000).unwrap().state, NodeState::Live);
     assert_eq!(replica.aggregate(11_000).calls, 1 + 9);
@@ -282,7 +466,11 @@ fn requests_are_answered_at_most_once_per_interval_per_peer() {
     replica
         .handle_frame(300, "b", Frame::Digest(Vec::new()))
         .unwrap();
-    assert_eq!(drain(&mut replica, 300).len(), 1, "one table");
+    let tables = drain(&mut replica, 300)
+        .iter()
+        .filter(|t| matches!(t.frame, Frame::Table(_)))
+        .count();
+    assert_eq!(tables, 1, "one table");
     assert_eq!(replica.stats().answers_rate_limited, 2);
     replica.handle_frame(1_100, "b", Frame::Pull).unwrap();
     let tables: Vec<_> = drain(&mut replica, 1_100)
