@@ -298,7 +298,9 @@ fn receive_until(
                     stop.store(true, Ordering::Relaxed);
                     return started.elapsed().as_secs_f64();
                 }
-                std::hint::spin_loop();
+                // Sleep, not spin: a spinning watcher slows the receiver down when the two
+                // vCPUs share a physical core (measured: up to 2x on batched datagrams).
+                std::thread::sleep(Duration::from_micros(50));
             }
         })
     };
