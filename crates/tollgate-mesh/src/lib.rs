@@ -33,7 +33,7 @@
 //! **Connections.** One per peer id. When both nodes dial each other at once, both keep the
 //! connection the smaller node id dialed; otherwise a newer connection replaces the older
 //! one (and `peer_connected` is called again). The QUIC idle timeout is five heartbeat
-//! intervals (5 s by default); heartbeats keep connections alive.
+//! intervals (7.5 s by default); heartbeats keep connections alive.
 //!
 //! **What this crate deliberately lacks:** license verification (the agent verifies what
 //! [`Event::LicenseOffered`] hands it and calls [`Mesh::set_license`]), persistence (the

@@ -66,7 +66,7 @@ impl Default for Config {
         Config {
             address: String::new(),
             push_interval_ms: 100,
-            heartbeat_interval_ms: 1_000,
+            heartbeat_interval_ms: 1_500,
             suspect_after_ms: 3_000,
             expire_after_ms: 10_000,
             expired_rule: ExpiredRule::Drop,

@@ -51,7 +51,7 @@ struct Args {
     /// Under churn, every node's usage changes this often, ms.
     #[arg(long, default_value_t = 100)]
     churn_ms: u64,
-    /// Heartbeat interval, ms (default: the replica's, 1000).
+    /// Heartbeat interval, ms (default: the replica's, 1500).
     #[arg(long)]
     heartbeat_ms: Option<u64>,
     /// Suspect after, ms (default: the replica's, 3000).

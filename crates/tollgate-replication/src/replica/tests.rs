@@ -3,10 +3,12 @@ use proptest::prelude::*;
 use super::*;
 use crate::ExpiredRule;
 
+/// The timings these tests reason in: a 1 s heartbeat (the default is 1.5 s).
 fn config() -> Config {
     Config {
         address: "10.0.0.1:7172".into(),
         rng_seed: 1,
+        heartbeat_interval_ms: 1_000,
         ..Config::default()
     }
 }
