@@ -406,6 +406,31 @@ fn signing_key(ctx: &Ctx<'_>) -> Result<tollgate_license::SigningKey, AdminError
         .ok_or_else(|| input("no signing key is active yet (all activate in the future)"))
 }
 
+/// A license spec file read and turned into a document for the active signing key, with
+/// the server's lease when the spec sets none: the spec's text, the document (not signed
+/// yet), the key.
+fn document_from_spec(
+    ctx: &Ctx<'_>,
+    path: &Path,
+) -> Result<
+    (
+        String,
+        tollgate_license::Document,
+        tollgate_license::SigningKey,
+    ),
+    AdminError,
+> {
+    let (spec_text, spec) = read_spec(path)?;
+    let key = signing_key(ctx)?;
+    let mut document = spec
+        .to_document(key.key_id(), ctx.now_ms)
+        .map_err(|e| input(format!("spec: {e}")))?;
+    document
+        .signature_valid_until_ms
+        .get_or_insert(document.issued_at_ms.saturating_add(ctx.paths.lease_ms));
+    Ok((spec_text, document, key))
+}
+
 fn license(
     ctx: &Ctx<'_>,
     store: &mut Store,
@@ -414,14 +439,7 @@ fn license(
 ) -> Result<(), AdminError> {
     match command {
         LicenseCommand::Create { spec, contract } => {
-            let (spec_text, spec) = read_spec(spec)?;
-            let key = signing_key(ctx)?;
-            let mut document = spec
-                .to_document(key.key_id(), ctx.now_ms)
-                .map_err(|e| input(format!("spec: {e}")))?;
-            document
-                .signature_valid_until_ms
-                .get_or_insert(document.issued_at_ms.saturating_add(ctx.paths.lease_ms));
+            let (spec_text, document, key) = document_from_spec(ctx, spec)?;
             let text =
                 tollgate_license::sign(&document, &key).map_err(|e| input(format!("spec: {e}")))?;
             let contract: Contract = (*contract).into();
@@ -461,14 +479,7 @@ fn license(
             describe_document(&document, out)
         }
         LicenseCommand::Update { license, spec } => {
-            let (spec_text, spec) = read_spec(spec)?;
-            let key = signing_key(ctx)?;
-            let mut document = spec
-                .to_document(key.key_id(), ctx.now_ms)
-                .map_err(|e| input(format!("spec: {e}")))?;
-            document
-                .signature_valid_until_ms
-                .get_or_insert(document.issued_at_ms.saturating_add(ctx.paths.lease_ms));
+            let (spec_text, mut document, key) = document_from_spec(ctx, spec)?;
             let document = store.write(|db| {
                 let record = db.license_required(license)?;
                 if document.license_key != record.license_key {
