@@ -671,9 +671,8 @@ impl MirrorTracker {
         let key = forward(capture_id, msg);
         if let Some((owned, _)) = self.pending.remove_entry(&key) {
             self.counters.calls_failed += 1;
-            if self.failed.len() < self.config.ended_count_max || self.failed.contains_key(&key) {
-                self.failed.insert(owned, (msg.cseq.seq, now_ms));
-            } else {
+            let max = self.config.ended_count_max;
+            if !insert_bounded(&mut self.failed, owned, (msg.cseq.seq, now_ms), max) {
                 self.counters.ended_full += 1;
             }
         } else {
@@ -789,11 +788,10 @@ impl MirrorTracker {
     }
 
     fn remember_ended(&mut self, now_ms: u64, key: DialogKey) {
-        if self.ended.len() >= self.config.ended_count_max && !self.ended.contains_key(&key) {
+        let max = self.config.ended_count_max;
+        if !insert_bounded(&mut self.ended, key, now_ms, max) {
             self.counters.ended_full += 1;
-            return;
         }
-        self.ended.insert(key, now_ms);
     }
 
     fn register_ok(
@@ -895,6 +893,20 @@ impl MirrorTracker {
             );
         }
     }
+}
+
+/// Inserts into a map of at most `max` keys: a new key into a full map is refused (false).
+fn insert_bounded<V>(
+    map: &mut HashMap<DialogKey, V, RandomState>,
+    key: DialogKey,
+    value: V,
+    max: usize,
+) -> bool {
+    if map.len() >= max && !map.contains_key(&key) {
+        return false;
+    }
+    map.insert(key, value);
+    true
 }
 
 fn session_expires_ms(msg: &SipMessage<'_>) -> Option<u64> {
