@@ -62,7 +62,7 @@ pub struct UsageReport {
 /// Ingest totals since start, for a quick look (details are in `/metrics`): the event
 /// sockets and, when enabled, the HEP socket (its SIP packets count as datagrams, the events
 /// the tracker derived from them as events).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct IngestSummary {
     pub datagrams: u64,
     pub events: u64,
@@ -124,24 +124,14 @@ impl IngestSummary {
 /// The event sockets and the HEP socket together.
 impl std::iter::Sum for IngestSummary {
     fn sum<I: Iterator<Item = IngestSummary>>(iter: I) -> IngestSummary {
-        iter.fold(
-            IngestSummary {
-                datagrams: 0,
-                events: 0,
-                malformed: 0,
-                duplicate_datagrams: 0,
-                lost_datagrams: 0,
-                kernel_drops: 0,
-            },
-            |a, b| IngestSummary {
-                datagrams: a.datagrams + b.datagrams,
-                events: a.events + b.events,
-                malformed: a.malformed + b.malformed,
-                duplicate_datagrams: a.duplicate_datagrams + b.duplicate_datagrams,
-                lost_datagrams: a.lost_datagrams + b.lost_datagrams,
-                kernel_drops: a.kernel_drops + b.kernel_drops,
-            },
-        )
+        iter.fold(IngestSummary::default(), |a, b| IngestSummary {
+            datagrams: a.datagrams + b.datagrams,
+            events: a.events + b.events,
+            malformed: a.malformed + b.malformed,
+            duplicate_datagrams: a.duplicate_datagrams + b.duplicate_datagrams,
+            lost_datagrams: a.lost_datagrams + b.lost_datagrams,
+            kernel_drops: a.kernel_drops + b.kernel_drops,
+        })
     }
 }
 
