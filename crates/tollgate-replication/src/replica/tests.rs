@@ -48,6 +48,15 @@ fn record(node_id: &str, incarnation: u64, seq: u64, usage: NodeUsage) -> Record
     }
 }
 
+/// A heartbeat of incarnation 1.
+fn heartbeat(seq: u64, changed_seq: u64) -> Frame {
+    Frame::Heartbeat(Heartbeat {
+        incarnation: 1,
+        seq,
+        changed_seq,
+    })
+}
+
 fn pushed(transmits: &[Transmit]) -> Vec<(u64, u64)> {
     transmits
         .iter()
@@ -192,13 +201,6 @@ fn the_answering_node_answers_the_leader_and_the_leader_retries_once_when_unansw
     let mut replica = replica(); // "a" answers "b"
     replica.peer_connected(0, "c").unwrap(); // "a" leads "c"
     drain(&mut replica, 0);
-    let heartbeat = |seq| {
-        Frame::Heartbeat(Heartbeat {
-            incarnation: 1,
-            seq,
-            changed_seq: 0,
-        })
-    };
     for peer in ["b", "c"] {
         replica
             .handle_frame(10, peer, Frame::Record(record(peer, 1, 0, calls(0))))
@@ -206,21 +208,21 @@ fn the_answering_node_answers_the_leader_and_the_leader_retries_once_when_unansw
     }
     assert!(drain(&mut replica, 10).is_empty());
     // Less than a quarter interval since "b" was last sent anything: no answer.
-    replica.handle_frame(249, "b", heartbeat(1)).unwrap();
+    replica.handle_frame(249, "b", heartbeat(1, 0)).unwrap();
     assert!(drain(&mut replica, 249).is_empty());
     // Then every frame of the leader is answered at once (QUIC's ACK of it rides along).
-    replica.handle_frame(250, "b", heartbeat(2)).unwrap();
+    replica.handle_frame(250, "b", heartbeat(2, 0)).unwrap();
     assert_eq!(heartbeats(&drain(&mut replica, 250)), [("b".into(), 1)]);
     // The leader answers nothing: an answer is never answered, whatever the round trip.
-    replica.handle_frame(900, "c", heartbeat(1)).unwrap();
+    replica.handle_frame(900, "c", heartbeat(1, 0)).unwrap();
     assert!(drain(&mut replica, 900).is_empty());
     replica.handle_timeout(1_000);
     assert_eq!(heartbeats(&drain(&mut replica, 1_000)), [("c".into(), 1)]);
     // In step: "b" heartbeats every interval, "a" answers each.
-    replica.handle_frame(1_250, "b", heartbeat(3)).unwrap();
+    replica.handle_frame(1_250, "b", heartbeat(3, 0)).unwrap();
     assert_eq!(heartbeats(&drain(&mut replica, 1_250)), [("b".into(), 2)]);
     // "c" answered: its next heartbeat is one interval after the last.
-    replica.handle_frame(1_400, "c", heartbeat(2)).unwrap();
+    replica.handle_frame(1_400, "c", heartbeat(2, 0)).unwrap();
     assert!(drain(&mut replica, 1_400).is_empty());
     replica.handle_timeout(1_999);
     assert!(heartbeats(&drain(&mut replica, 1_999)).is_empty());
@@ -251,13 +253,6 @@ fn a_digest_is_answered_with_content_the_peer_lacks_or_a_node_it_does_not_hear()
     replica
         .handle_frame(10, "b", Frame::Record(record("b", 1, 5, calls(2))))
         .unwrap();
-    let heartbeat = |seq, changed_seq| {
-        Frame::Heartbeat(Heartbeat {
-            incarnation: 1,
-            seq,
-            changed_seq,
-        })
-    };
     replica.handle_frame(20, "b", heartbeat(6, 5)).unwrap();
     drain(&mut replica, 20);
     let own = replica.version();
@@ -300,13 +295,6 @@ fn a_heartbeat_advances_a_current_record_and_asks_for_a_missing_one() {
     replica
         .handle_frame(10, "b", Frame::Record(record("b", 1, 5, calls(2))))
         .unwrap();
-    let heartbeat = |seq, changed_seq| {
-        Frame::Heartbeat(Heartbeat {
-            incarnation: 1,
-            seq,
-            changed_seq,
-        })
-    };
     replica.handle_frame(20, "b", heartbeat(7, 5)).unwrap();
     assert_eq!(replica.node("b", 20).unwrap().seq, 7);
     assert!(drain(&mut replica, 20).is_empty());
