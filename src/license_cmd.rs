@@ -14,10 +14,9 @@
 //! bad input (options, key files, a spec, an unreadable license for `show`), and for
 //! `verify` 10 to 17, one per reason (see [`Verdict`] and `tollgate license verify --help`).
 
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, File};
 use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -261,46 +260,22 @@ fn check_key_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `contents` to `path` with exactly `mode` (whatever the umask). Without `replace`
-/// the file must not exist (`O_CREAT | O_EXCL`); with it, a temporary file beside `path` is
-/// written and renamed over it, so readers see the old file or the new one.
+/// Writes `contents` to `path` with exactly `mode` (whatever the umask), durably
+/// (`tollgate_durable`: unique temp file, fsync, rename or link, fsync of the directory).
+/// Without `replace` the file must not exist; with it, readers see the old file or the new
+/// one, and a failed write leaves the old one.
 fn write_file(path: &Path, contents: &[u8], mode: u32, replace: bool) -> io::Result<()> {
-    if !replace {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)?;
-        let written = file
-            .set_permissions(Permissions::from_mode(mode))
-            .and_then(|()| file.write_all(contents))
-            .and_then(|()| file.sync_all());
-        if written.is_err() {
-            let _ = fs::remove_file(path);
-        }
-        return written;
+    if replace {
+        tollgate_durable::write(path, contents, mode)?;
+    } else {
+        tollgate_durable::write_new(path, contents, mode)?;
     }
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    // Created with mode 0600 by tempfile; set the final mode before any byte is written.
-    let mut file = tempfile::Builder::new()
-        .prefix(".tollgate-")
-        .tempfile_in(dir)?;
-    file.as_file()
-        .set_permissions(Permissions::from_mode(mode))?;
-    file.write_all(contents)?;
-    file.as_file().sync_all()?;
-    file.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 
 /// Makes a directory entry durable (best effort: not every file system supports it).
 fn sync_dir(dir: &Path) {
-    if let Ok(dir) = File::open(dir) {
-        let _ = dir.sync_all();
-    }
+    let _ = tollgate_durable::sync_dir(dir);
 }
 
 // ---------------------------------------------------------------------------------------

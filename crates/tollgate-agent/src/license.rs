@@ -238,13 +238,20 @@ impl LicenseManager {
         let dir = self.state_dir.path();
         let current_path = dir.join(CURRENT_FILE);
         if source != "state dir" {
-            if current.is_some() && current_path.exists() {
-                std::fs::rename(&current_path, dir.join(PREVIOUS_FILE)).map_err(|source| {
-                    StateError::Io {
-                        path: current_path.clone(),
-                        source,
+            // The file in force is copied to `.previous`, never moved: whatever fails below
+            // (a full disk while writing the new one), `license.current` stays in place.
+            if current.is_some() {
+                match std::fs::read(&current_path) {
+                    Ok(old) => write_atomically(&dir.join(PREVIOUS_FILE), &old, 0o600)?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(StateError::Io {
+                            path: current_path.clone(),
+                            source,
+                        }
+                        .into());
                     }
-                })?;
+                }
             }
             write_atomically(&current_path, candidate.armored().as_bytes(), 0o600)?;
         }

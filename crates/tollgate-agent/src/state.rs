@@ -11,7 +11,7 @@
 //! - `events.sock` — the unix event socket (by default).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -34,6 +34,18 @@ pub enum StateError {
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: fingerprint key must be 32 bytes, found {len}")]
     BadKey { path: PathBuf, len: usize },
+}
+
+impl From<tollgate_durable::DurableError> for StateError {
+    fn from(e: tollgate_durable::DurableError) -> StateError {
+        match e {
+            tollgate_durable::DurableError::Exists { path } => StateError::Io {
+                path,
+                source: io::Error::from(io::ErrorKind::AlreadyExists),
+            },
+            tollgate_durable::DurableError::Io { path, source } => StateError::Io { path, source },
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
@@ -146,31 +158,10 @@ impl StateDir {
     }
 }
 
-/// Temp file in the same directory, fsync, rename over `path`, fsync the directory.
+/// Replaces `path` durably through [`tollgate_durable::write`]: a unique temp file, fsync,
+/// rename, fsync of the directory, one writer per path; a failure leaves the old file.
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
-    }
-    Ok(())
+    tollgate_durable::write(path, bytes, mode).map_err(StateError::from)
 }
 
 #[cfg(test)]

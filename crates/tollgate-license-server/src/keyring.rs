@@ -14,8 +14,8 @@
 //!   needs no restart. Key material is never logged: only key ids and file names.
 
 use std::fs;
-use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::io::{self, Read as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -211,16 +211,10 @@ pub fn create_key(
     let stem = format!("{}-{}", compact_utc(activation_ms), key.key_id());
     let key_path = dir.join(format!("{stem}.key"));
     let pub_path = dir.join(format!("{stem}.pub"));
+    // Never over an existing file, mode exact, synced with its directory entry.
     let write = |path: &Path, contents: &str, mode: u32| -> io::Result<()> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)?;
-        // The mode given at creation is reduced by the umask; set it exactly.
-        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-        file.write_all(contents.as_bytes())?;
-        file.sync_all()
+        tollgate_durable::write_new(path, contents.as_bytes(), mode)?;
+        Ok(())
     };
     write(&key_path, &key.to_file_string(), 0o600).map_err(write_error(&key_path))?;
     write(&pub_path, &key.public_key().to_file_string(), 0o644).map_err(write_error(&pub_path))?;

@@ -2,8 +2,6 @@
 //! files or from a self-signed development certificate generated with rcgen.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -105,16 +103,10 @@ pub fn dev_certificate(dir: &Path) -> Result<ServerCertificate, TlsError> {
     load(&cert_path, &key_path)
 }
 
+/// Durable replace (`tollgate_durable`): a failed write leaves the old file.
 fn write_file(path: &Path, contents: &str, mode: u32) -> std::io::Result<()> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)?;
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()
+    tollgate_durable::write(path, contents.as_bytes(), mode)?;
+    Ok(())
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -10,9 +10,9 @@
 //! mode 0600, certificates 0644, never over an existing file.
 
 use std::fs;
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Read as _};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -422,17 +422,9 @@ fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
             }
         }
     };
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io_error)?;
-    // The umask may have narrowed the mode; a key must not be wider than asked either way.
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
-        .map_err(io_error)?;
-    file.write_all(contents.as_bytes()).map_err(io_error)?;
-    file.sync_all().map_err(io_error)
+    // Durable (`tollgate_durable`): temp file, fsync, link (never over an existing file),
+    // fsync of the directory; the mode is exact whatever the umask.
+    tollgate_durable::write_new(path, contents.as_bytes(), mode).map_err(|e| io_error(e.into()))
 }
 
 #[cfg(test)]
