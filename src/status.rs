@@ -159,6 +159,15 @@ pub fn render_license(l: &serde_json::Value) -> String {
     let status = e["status"].as_str().unwrap_or("?");
     if doc.is_null() {
         let _ = writeln!(s, "\nlicense: none   state {status}");
+        // Nothing in force because a candidate was refused: say which and why.
+        if let Some(reason) = l["refused"]["reason"].as_str() {
+            let _ = writeln!(
+                s,
+                "refused {} from {}: {reason}",
+                l["refused"]["code"].as_str().unwrap_or("?"),
+                l["refused"]["source"].as_str().unwrap_or("?"),
+            );
+        }
     } else {
         let _ = writeln!(
             s,

@@ -385,3 +385,204 @@ fn an_expired_term_license_stops_new_calls_even_in_warn_mode() {
     assert_eq!(admit(&agent, dir.path(), "admit t1"), "deny EXPIRED");
     assert_eq!(admit(&agent, dir.path(), "admit t2 emergency"), "ok");
 }
+
+/// `tollgate status` (table) of a running agent, with the viewer's credentials.
+fn status_table(agent: &Agent) -> String {
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "status",
+            "--user",
+            "noc",
+            "--password",
+            "viewerpw",
+            "--admin",
+        ])
+        .arg(format!("http://{}", agent.rt.admin))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The license report (viewer).
+fn license_report(agent: &Agent) -> serde_json::Value {
+    let (status, body) = request(
+        agent.rt.admin,
+        "GET",
+        "/api/v1/license",
+        Some(("noc", "viewerpw")),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Issue 18: a license refused at start reports its own code in the API, `tollgate status`
+/// and `admit` (under `unlicensed_mode = "enforce"`), never `NO_LICENSE`.
+#[test]
+fn a_license_refused_at_start_reports_its_own_code() {
+    let now = now_ms();
+    let expired_term = format!(
+        "kind = \"term\"\nissued_at = \"{}\"\nvalid_from = \"{}\"\nvalid_until = \"{}\"\nlease_days = 14",
+        rfc3339(now - 3 * 86_400_000),
+        rfc3339(now - 3 * 86_400_000),
+        rfc3339(now - 86_400_000)
+    );
+    let future = format!(
+        "kind = \"term\"\nissued_at = \"{}\"\nvalid_from = \"{}\"\nvalid_until = \"{}\"\nlease_days = 14",
+        rfc3339(now),
+        rfc3339(now + 10 * 86_400_000),
+        rfc3339(now + 20 * 86_400_000)
+    );
+    // (expected code, the [license] file's text from the vendor, host_id)
+    type Make = Box<dyn Fn(&Vendor) -> String>;
+    let cases: Vec<(&str, Make, &str)> = vec![
+        (
+            "INVALID",
+            Box::new(|v| {
+                license(v, 5, 100, "warn", &perpetual()).replace("calls = 100", "calls = 900")
+            }),
+            "",
+        ),
+        (
+            "HOST_MISMATCH",
+            Box::new(|v| {
+                license(
+                    v,
+                    5,
+                    100,
+                    "warn",
+                    &format!("{}\nhost_ids = [\"other-host\"]", perpetual()),
+                )
+            }),
+            "host_id = \"this-host\"",
+        ),
+        (
+            "NOT_YET_VALID",
+            Box::new(move |v| license(v, 5, 100, "warn", &future)),
+            "",
+        ),
+        (
+            "EXPIRED",
+            Box::new(move |v| license(v, 5, 100, "warn", &expired_term)),
+            "",
+        ),
+    ];
+    for (code, make, host) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("license.txt");
+        let v = vendor(
+            dir.path(),
+            &format!(
+                "file = \"{}\"\nunlicensed_mode = \"enforce\"\n{host}",
+                file.display()
+            ),
+        );
+        std::fs::write(&file, make(&v)).unwrap();
+        let agent = Agent::start(&dir.path().join("state"), &v.config);
+        let report = license_report(&agent);
+        assert_eq!(report["evaluation"]["status"], code, "{report:#}");
+        assert_eq!(report["refused"]["code"], code, "{report:#}");
+        assert_eq!(report["refused"]["source"], "reload", "{report:#}");
+        assert!(report["license"].is_null(), "{report:#}");
+        assert_eq!(
+            admit(&agent, dir.path(), "admit c1"),
+            format!("deny {code}")
+        );
+        assert_eq!(admit(&agent, dir.path(), "admit c2 emergency"), "ok");
+        let table = status_table(&agent);
+        assert!(table.contains(&format!("state {code}")), "{code}: {table}");
+        assert!(
+            table.contains(&format!("refused {code} from reload")),
+            "{table}"
+        );
+    }
+}
+
+/// A rolled-back `license.current` (a lower serial than the watermark) is `ROLLBACK` at
+/// the next start; `license.previous` is kept but cannot be installed again.
+#[test]
+fn a_rolled_back_stored_license_is_rollback_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vendor(dir.path(), "unlicensed_mode = \"enforce\"");
+    let state = dir.path().join("state");
+    let agent = Agent::start(&state, &v.config);
+    let admin = Some(("ops", "adminpw"));
+    for serial in [4, 5] {
+        let text = license(&v, serial, 100, "warn", &perpetual());
+        let (status, body) = request(agent.rt.admin, "PUT", "/api/v1/license", admin, &text);
+        assert_eq!(status, 200, "{body}");
+    }
+    let previous = std::fs::read_to_string(state.join("license.previous")).unwrap();
+    let (status, body) = request(agent.rt.admin, "PUT", "/api/v1/license", admin, &previous);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("ROLLBACK"), "{body}");
+    let (_, log) = agent.stop();
+    assert!(!log.contains("panicked"), "{log}");
+
+    // An operator (or an attacker) puts the older document back in place.
+    std::fs::copy(
+        state.join("license.previous"),
+        state.join("license.current"),
+    )
+    .unwrap();
+    let agent = Agent::start(&state, &v.config);
+    let report = license_report(&agent);
+    assert_eq!(report["evaluation"]["status"], "ROLLBACK", "{report:#}");
+    assert_eq!(report["refused"]["source"], "state dir", "{report:#}");
+    assert_eq!(report["refused"]["serial"], 4, "{report:#}");
+    assert_eq!(admit(&agent, dir.path(), "admit r1"), "deny ROLLBACK");
+    assert!(status_table(&agent).contains("state ROLLBACK"));
+
+    // Uploading the right license clears the refusal.
+    let text = license(&v, 6, 100, "warn", &perpetual());
+    let (status, body) = request(agent.rt.admin, "PUT", "/api/v1/license", admin, &text);
+    assert_eq!(status, 200, "{body}");
+    let report = license_report(&agent);
+    assert_eq!(report["evaluation"]["status"], "OK", "{report:#}");
+    assert!(report["refused"].is_null(), "{report:#}");
+    assert_eq!(admit(&agent, dir.path(), "admit r2"), "ok");
+}
+
+/// Issue 18: an authentic but already-expired license never replaces the one in force.
+#[test]
+fn an_already_expired_license_is_refused_and_the_current_one_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vendor(dir.path(), "");
+    let agent = Agent::start(&dir.path().join("state"), &v.config);
+    let admin = Some(("ops", "adminpw"));
+    let text = license(&v, 5, 100, "warn", &perpetual());
+    assert_eq!(
+        request(agent.rt.admin, "PUT", "/api/v1/license", admin, &text).0,
+        200
+    );
+    let now = now_ms();
+    let expired = license(
+        &v,
+        9,
+        100,
+        "warn",
+        &format!(
+            "kind = \"term\"\nissued_at = \"{}\"\nvalid_from = \"{}\"\nvalid_until = \"{}\"\nlease_days = 14",
+            rfc3339(now - 3 * 86_400_000),
+            rfc3339(now - 3 * 86_400_000),
+            rfc3339(now - 86_400_000)
+        ),
+    );
+    let (status, body) = request(agent.rt.admin, "PUT", "/api/v1/license", admin, &expired);
+    assert_eq!(status, 422, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["error"], "EXPIRED", "{body}");
+    let report = license_report(&agent);
+    assert_eq!(report["license"]["serial"], 5, "{report:#}");
+    assert_eq!(report["evaluation"]["status"], "OK", "{report:#}");
+    assert_eq!(admit(&agent, dir.path(), "admit e1"), "ok");
+    // Serial 9 was never accepted: serial 6 still supersedes serial 5.
+    let text = license(&v, 6, 100, "warn", &perpetual());
+    let (status, body) = request(agent.rt.admin, "PUT", "/api/v1/license", admin, &text);
+    assert_eq!(status, 200, "{body}");
+}

@@ -240,6 +240,10 @@ pub struct LicenseReport {
     pub evaluation: Option<std::sync::Arc<tollgate_license::Evaluation>>,
     /// The evaluation in plain words, one sentence per line.
     pub explanation: Option<String>,
+    /// The latest candidate refused from the state dir, `[license] file`, the license server
+    /// or the mesh since the last install; while no license is in force its code is the
+    /// status.
+    pub refused: Option<crate::license::RefusedLicense>,
 }
 
 pub fn license_report(state: &AgentState) -> LicenseReport {
@@ -252,6 +256,7 @@ pub fn license_report(state: &AgentState) -> LicenseReport {
         armored: current.as_ref().map(|c| c.armored().to_owned()),
         explanation: evaluation.as_ref().map(|e| e.explain()),
         evaluation,
+        refused: state.license.refused(),
     }
 }
 

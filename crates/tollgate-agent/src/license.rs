@@ -3,16 +3,23 @@
 //!
 //! Files in the state dir:
 //! - `license.current` — the license in force (armored text, as signed);
-//! - `license.previous` — the one it replaced, kept for a manual rollback by an operator
-//!   (never loaded automatically: its serial is lower);
+//! - `license.previous` — the one it replaced, kept for the record (support, audit). It is
+//!   never loaded, and it cannot be installed again: its serial is below the rollback
+//!   watermark, so an upload of it is refused `ROLLBACK`. Going back to older terms takes a
+//!   new document with a higher serial from the vendor;
 //! - `license.state` — the rollback watermarks (highest serial accepted, latest wall-clock
 //!   time seen), so a restart cannot be used to roll back the serial or the clock.
 //!
 //! Sources of a license, in order of trust: an upload (`PUT /api/v1/license`), a reload of
 //! `[license] file`, the state dir at start. Whatever the source, a candidate replaces the
 //! current license only if it verifies against the trusted keys, passes the rollback /
-//! clock / host checks, and supersedes the current one (higher serial, or same serial with
-//! a later lease).
+//! clock / host checks, has not already expired (`EXPIRED`: the current one stays), and
+//! supersedes the current one (higher serial, or same serial with a later lease).
+//!
+//! A candidate refused while no license is in force is remembered ([`RefusedLicense`]):
+//! the status is then the refusal's own code (`INVALID`, `ROLLBACK`, `HOST_MISMATCH`,
+//! `NOT_YET_VALID`, `EXPIRED`), not `NO_LICENSE`, and under `unlicensed_mode = "enforce"`
+//! `admit` denies with that code. Uploads are answered directly and not remembered.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +28,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tollgate_ingest::{Admission, Decision};
 use tollgate_license::{
-    AdmissionGate, AdmissionPlan, Context, Evaluation, Mode, StatusCode, TrustedKeys,
+    AdmissionGate, AdmissionPlan, Context, Document, Evaluation, Mode, StatusCode, TrustedKeys,
     VerifiedLicense,
 };
 use tollgate_usage::Tables;
@@ -48,6 +55,11 @@ pub enum InstallError {
         "serial {serial} does not supersede the current license (serial {current_serial}); upload a newer document"
     )]
     NotNewer { serial: u64, current_serial: u64 },
+    #[error(
+        "serial {serial} already expired on {}; the license in force is kept",
+        tollgate_license::timestamp::format_rfc3339(*valid_until_ms)
+    )]
+    Expired { serial: u64, valid_until_ms: u64 },
     #[error("license key {found} does not match the configured license key {configured}")]
     WrongKey { found: String, configured: String },
     #[error("no license source: set [license] file, or upload one")]
@@ -67,12 +79,50 @@ impl InstallError {
         match self {
             InstallError::Verify(e) => e.code().as_str(),
             InstallError::Refused(r) => r.code().as_str(),
+            InstallError::Expired { .. } => "EXPIRED",
             InstallError::NotNewer { .. } => "NOT_NEWER",
             InstallError::WrongKey { .. } => "WRONG_LICENSE_KEY",
             InstallError::NoSource => "NO_SOURCE",
             InstallError::Read { .. } | InstallError::State(_) => "IO_ERROR",
         }
     }
+}
+
+impl InstallError {
+    /// The license status a refusal stands for, when the candidate was a license at all
+    /// (not for an unreadable file or a candidate that is simply not newer).
+    pub fn status_code(&self) -> Option<StatusCode> {
+        match self {
+            InstallError::Verify(e) => Some(e.code()),
+            InstallError::Refused(r) => Some(r.code()),
+            InstallError::Expired { .. } => Some(StatusCode::Expired),
+            InstallError::WrongKey { .. } => Some(StatusCode::Invalid),
+            InstallError::NotNewer { .. }
+            | InstallError::NoSource
+            | InstallError::Read { .. }
+            | InstallError::State(_) => None,
+        }
+    }
+}
+
+/// The latest candidate refused from the state dir, `[license] file`, the license server
+/// or the mesh (cleared when a license is installed). While no license is in force, the
+/// status is its `code`. Shown in `GET /api/v1/license` as `refused`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RefusedLicense {
+    pub code: StatusCode,
+    /// The refusal in words (the same text the log line has).
+    pub reason: String,
+    /// Where the candidate came from (`state dir`, `reload`, `license server`, `mesh (…)`).
+    pub source: String,
+    /// When it was refused, Unix ms.
+    pub at_ms: u64,
+    /// The candidate's license key and serial, when it was authentic.
+    pub license_key: Option<String>,
+    pub serial: Option<u64>,
+    /// The authentic refused document (its limits and dates are shown, never applied).
+    #[serde(skip)]
+    pub document: Option<Document>,
 }
 
 /// What an install or reload did.
@@ -121,6 +171,7 @@ pub struct LicenseManager {
     watermarks: Mutex<(Watermarks, u64)>,
     gate: Arc<AdmissionGate>,
     last: Mutex<Option<Arc<Evaluation>>>,
+    refused: Mutex<Option<RefusedLicense>>,
     log: Mutex<LogMemory>,
 }
 
@@ -136,6 +187,7 @@ impl LicenseManager {
             watermarks: Mutex::new((watermarks, now_ms)),
             gate: Arc::new(AdmissionGate::new(AdmissionPlan::ADMIT_ALL)),
             last: Mutex::new(None),
+            refused: Mutex::new(None),
             log: Mutex::new(LogMemory::default()),
         };
         let stored = manager.state_dir.path().join(CURRENT_FILE);
@@ -143,7 +195,7 @@ impl LicenseManager {
             Ok(text) => match manager.install(&text, now_ms, "state dir") {
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::error!(error = %e, path = %stored.display(), "stored license refused")
+                    tracing::error!(code = e.code(), error = %e, path = %stored.display(), "stored license refused")
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -155,13 +207,15 @@ impl LicenseManager {
             match manager.reload(now_ms) {
                 Ok(_) => {}
                 Err(InstallError::NotNewer { .. }) => {}
-                Err(e) => tracing::error!(error = %e, "license file refused"),
+                Err(e) => tracing::error!(code = e.code(), error = %e, "license file refused"),
             }
         }
         if manager.current().is_none() {
+            let status = manager.refused().map_or(StatusCode::NoLicense, |r| r.code);
             tracing::warn!(
                 mode = ?manager.settings.unlicensed_mode,
-                "no valid license: running unlicensed (status NO_LICENSE)"
+                code = status.as_str(),
+                "no valid license: running unlicensed (status {status})"
             );
         }
         manager
@@ -174,6 +228,11 @@ impl LicenseManager {
 
     pub fn current(&self) -> Option<Arc<VerifiedLicense>> {
         self.current.lock().clone()
+    }
+
+    /// The latest refused candidate since the last install (see [`RefusedLicense`]).
+    pub fn refused(&self) -> Option<RefusedLicense> {
+        self.refused.lock().clone()
     }
 
     /// The latest evaluation (none before the first tick).
@@ -197,14 +256,45 @@ impl LicenseManager {
     }
 
     /// Verifies `text` and makes it the current license if it supersedes the one in force.
-    /// `source` says where it came from, for the log.
+    /// `source` says where it came from, for the log (`upload` for the API's uploads, which
+    /// are answered directly; any other source's refusal is remembered for the status).
     pub fn install(
         &self,
         text: &[u8],
         now_ms: u64,
         source: &str,
     ) -> Result<Installed, InstallError> {
+        let mut authentic = None;
+        let result = self.install_checked(text, now_ms, source, &mut authentic);
+        match &result {
+            Ok(_) => *self.refused.lock() = None,
+            Err(e) if source != "upload" => {
+                if let Some(code) = e.status_code() {
+                    *self.refused.lock() = Some(RefusedLicense {
+                        code,
+                        reason: e.to_string(),
+                        source: source.to_owned(),
+                        at_ms: now_ms,
+                        license_key: authentic.as_ref().map(|d: &Document| d.license_key.clone()),
+                        serial: authentic.as_ref().map(|d| d.serial),
+                        document: authentic,
+                    });
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn install_checked(
+        &self,
+        text: &[u8],
+        now_ms: u64,
+        source: &str,
+        authentic: &mut Option<Document>,
+    ) -> Result<Installed, InstallError> {
         let candidate = tollgate_license::verify(text, &self.settings.trusted)?;
+        *authentic = Some(candidate.document().clone());
         candidate.check(&self.context(now_ms))?;
         let doc = candidate.document();
         if let Some(configured) = &self.settings.license_key
@@ -217,22 +307,35 @@ impl LicenseManager {
         }
         let mut current = self.current.lock();
         let previous_serial = current.as_ref().map(|c| c.document().serial);
-        if let Some(cur) = current.as_ref() {
-            if cur.document() == doc {
-                return Ok(Installed {
-                    changed: false,
-                    license_key: doc.license_key.clone(),
-                    serial: doc.serial,
-                    previous_serial,
-                    message: "this license is already in force".into(),
-                });
-            }
-            if !doc.supersedes(cur.document()) {
-                return Err(InstallError::NotNewer {
-                    serial: doc.serial,
-                    current_serial: cur.document().serial,
-                });
-            }
+        if let Some(cur) = current.as_ref()
+            && cur.document() == doc
+        {
+            return Ok(Installed {
+                changed: false,
+                license_key: doc.license_key.clone(),
+                serial: doc.serial,
+                previous_serial,
+                message: "this license is already in force".into(),
+            });
+        }
+        // An authentic license that already expired never replaces anything (what was in
+        // force at the last run is loaded from the state dir as it is, expired or not).
+        if source != "state dir"
+            && let Some(valid_until_ms) = doc.valid_until_ms
+            && now_ms >= valid_until_ms
+        {
+            return Err(InstallError::Expired {
+                serial: doc.serial,
+                valid_until_ms,
+            });
+        }
+        if let Some(cur) = current.as_ref()
+            && !doc.supersedes(cur.document())
+        {
+            return Err(InstallError::NotNewer {
+                serial: doc.serial,
+                current_serial: cur.document().serial,
+            });
         }
         // Persist before switching: what is in force is always what a restart loads.
         let dir = self.state_dir.path();
@@ -341,11 +444,17 @@ impl LicenseManager {
             }
         }
         let current = self.current();
-        let evaluation = Arc::new(tollgate_license::evaluate(
-            current.as_deref(),
-            &self.context(now_ms),
-            usage,
-        ));
+        let context = self.context(now_ms);
+        let evaluation = Arc::new(match (&current, self.refused.lock().as_ref()) {
+            (None, Some(refused)) => tollgate_license::evaluate_refused(
+                refused.code,
+                &refused.reason,
+                refused.document.as_ref(),
+                &context,
+                usage,
+            ),
+            _ => tollgate_license::evaluate(current.as_deref(), &context, usage),
+        });
         self.gate.set(evaluation.admission);
         self.log_transitions(now_ms, &evaluation);
         *self.last.lock() = Some(Arc::clone(&evaluation));

@@ -222,6 +222,34 @@ pub fn evaluate_rejected(error: &VerifyError, context: &Context<'_>, usage: &Usa
     evaluation
 }
 
+/// No license in force because a candidate was refused (at start, on a reload, from the
+/// license server or the mesh): the refusal's own `code` is the status, so an operator sees
+/// `INVALID`, `ROLLBACK`, `HOST_MISMATCH`, `NOT_YET_VALID` or `EXPIRED` instead of
+/// `NO_LICENSE`, and `reason` says why. `document` is the refused document when it was
+/// authentic (its limits and dates are shown; its policy is not applied).
+///
+/// Admission follows the context's `unlicensed_mode` (enforce: denied with `code`, emergency
+/// calls exempt), except that an already-expired candidate (`EXPIRED`) stops new calls
+/// whatever the mode, as an expired license in force does.
+pub fn evaluate_refused(
+    code: StatusCode,
+    reason: &str,
+    document: Option<&Document>,
+    context: &Context<'_>,
+    usage: &Usage,
+) -> Evaluation {
+    let mut evaluation = unlicensed(code, None, document, context, usage);
+    evaluation.reason = Some(reason.to_owned());
+    if code == StatusCode::Expired {
+        evaluation.admission = AdmissionPlan {
+            deny: Some(StatusCode::Expired),
+            emergency_exempt: true,
+            calls_admit_max: None,
+        };
+    }
+    evaluation
+}
+
 /// No acceptable license: `code`, the context's unlicensed mode, emergency calls exempt.
 fn unlicensed(
     code: StatusCode,
@@ -376,6 +404,10 @@ impl Evaluation {
             StatusCode::NotYetValid => {
                 format!("the license is {reason}: {}", self.unlicensed_tail())
             }
+            StatusCode::Expired if self.reason.is_some() => format!(
+                "the license was refused ({reason}): new calls are denied whatever the mode{}",
+                self.emergency_note()
+            ),
             StatusCode::Expired => format!(
                 "the {} license expired on {}: new calls are denied whatever the mode{}",
                 self.kind.map_or("", Kind::as_str),

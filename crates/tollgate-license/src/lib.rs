@@ -74,7 +74,9 @@ pub use document::{
     GRACE_PCT_MAX, HOST_ID_COUNT_MAX, HOST_ID_LEN_MAX, Kind, LICENSE_KEY_LEN_MAX, LIMIT_MAX,
     LicenseSpec, Limits, Mode, Policy, SERIAL_MAX,
 };
-pub use eval::{Evaluation, LimitStatus, LimitStatuses, Usage, evaluate, evaluate_rejected};
+pub use eval::{
+    Evaluation, LimitStatus, LimitStatuses, Usage, evaluate, evaluate_refused, evaluate_rejected,
+};
 pub use keys::{KeyError, KeyId, PublicKey, SigningKey, TRUSTED_KEY_COUNT_MAX, TrustedKeys};
 pub use signing::{
     CLOCK_BACK_TOLERANCE_MS, Context, LicenseError, ParsedLicense, Refusal, VerifiedLicense,

@@ -402,6 +402,43 @@ fn a_rejected_text_is_invalid_with_its_reason() {
 }
 
 #[test]
+fn a_refused_candidate_reports_its_own_code() {
+    let doc = document();
+    for code in [Invalid, Rollback, HostMismatch, NotYetValid, Expired] {
+        for mode in [Mode::Warn, Mode::Enforce] {
+            let mut context = Context::at(now());
+            context.unlicensed_mode = mode;
+            let evaluation = tollgate_license::evaluate_refused(
+                code,
+                "the reason",
+                Some(&doc),
+                &context,
+                &calls(3),
+            );
+            assert_eq!((evaluation.status, evaluation.license_status), (code, code));
+            assert_eq!(evaluation.reason.as_deref(), Some("the reason"));
+            assert_eq!(evaluation.mode, mode);
+            // An expired candidate stops new calls whatever the mode; the others follow the
+            // unlicensed mode.
+            let denied = mode == Mode::Enforce || code == Expired;
+            let expected = if denied {
+                Decision::Deny(code)
+            } else {
+                Decision::Admit
+            };
+            assert_eq!(
+                evaluation.admission.decide(0, false),
+                expected,
+                "{code} {mode:?}"
+            );
+            assert_eq!(evaluation.admission.decide(0, true), Decision::Admit);
+            let explanation = evaluation.explain();
+            assert!(explanation.contains("the reason"), "{explanation}");
+        }
+    }
+}
+
+#[test]
 fn figures_headroom_and_days() {
     let license = tollgate_license::verify(signed(&document()).as_bytes(), &trusted(&[1]))
         .expect("authentic");
