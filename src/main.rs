@@ -1,11 +1,29 @@
 //! `tollgate`: one binary, one subcommand per role. This file only parses the command line,
 //! sets up logging, dispatches to the crates and maps errors to exit codes.
 
+#[cfg(feature = "cluster-ca")]
 mod cluster_cmd;
+#[cfg(all(feature = "license-server", feature = "cluster-ca"))]
 mod demo;
 mod license_cmd;
+#[cfg(feature = "license-server")]
 mod license_server_cmd;
+#[cfg(not(all(feature = "license-server", feature = "cluster-ca")))]
+mod missing_feature;
 mod status;
+
+#[cfg(feature = "cluster-ca")]
+use cluster_cmd::ClusterArgs;
+#[cfg(all(feature = "license-server", feature = "cluster-ca"))]
+use demo::DemoArgs;
+#[cfg(feature = "license-server")]
+use license_server_cmd::LicenseServerArgs;
+#[cfg(not(feature = "cluster-ca"))]
+use missing_feature::Args as ClusterArgs;
+#[cfg(not(all(feature = "license-server", feature = "cluster-ca")))]
+use missing_feature::Args as DemoArgs;
+#[cfg(not(feature = "license-server"))]
+use missing_feature::Args as LicenseServerArgs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,13 +58,13 @@ enum Command {
     /// Run the vendor's license server: HTTPS leases and usage reports for agents, API tokens
     /// bound to client addresses, SQLite store; `admin` manages customers, licenses, tokens,
     /// reports and signing keys.
-    LicenseServer(license_server_cmd::LicenseServerArgs),
+    LicenseServer(LicenseServerArgs),
     /// The cluster's certificate authority and node certificates for the QUIC mesh
     /// (mutual TLS): `ca` creates the CA, `issue --node NAME` a node's certificate.
-    Cluster(cluster_cmd::ClusterArgs),
+    Cluster(ClusterArgs),
     /// The whole system on loopback: a license server, three meshed agents with load, a live
     /// view (~20 s or Ctrl-C) and an exact-count check.
-    Demo(demo::DemoArgs),
+    Demo(DemoArgs),
     /// Hash a password for `[[admin.users]] password_hash` (argon2id). Reads the password
     /// from the first line of standard input.
     HashPassword,
@@ -62,11 +80,17 @@ struct AgentArgs {
     state_dir: Option<PathBuf>,
 }
 
-/// Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration (as clap does),
-/// 3 could not reach the agent (status).
+/// Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration (as clap does; also
+/// a command this build lacks), 3 could not reach the agent (status).
 #[derive(Debug)]
 pub(crate) enum Failure {
     Config(anyhow::Error),
+    /// Only a build without some features makes it (see `missing_feature`).
+    #[cfg_attr(
+        all(feature = "license-server", feature = "cluster-ca"),
+        allow(dead_code)
+    )]
+    Usage(anyhow::Error),
     Unreachable(anyhow::Error),
     Runtime(anyhow::Error),
 }
@@ -85,15 +109,19 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Loadgen(args) => run_loadgen(args),
         Command::License(args) => license_cmd::run(args),
-        Command::LicenseServer(args) => license_server_cmd::run(args),
-        Command::Cluster(args) => cluster_cmd::run(args),
-        Command::Demo(args) => demo::run(args),
+        Command::LicenseServer(args) => run_license_server(args),
+        Command::Cluster(args) => run_cluster(args),
+        Command::Demo(args) => run_demo(args),
         Command::HashPassword => hash_password(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => {
             eprintln!("tollgate: configuration error: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Usage(e)) => {
+            eprintln!("tollgate: {e:#}");
             ExitCode::from(2)
         }
         Err(Failure::Unreachable(e)) => {
@@ -105,6 +133,52 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+#[cfg(feature = "license-server")]
+fn run_license_server(args: LicenseServerArgs) -> Result<(), Failure> {
+    license_server_cmd::run(args)
+}
+
+#[cfg(not(feature = "license-server"))]
+fn run_license_server(args: LicenseServerArgs) -> Result<(), Failure> {
+    Err(missing_feature::refuse(
+        args,
+        "license-server",
+        "license-server",
+        "the vendor's license server is not part of the node's agent",
+    ))
+}
+
+#[cfg(feature = "cluster-ca")]
+fn run_cluster(args: ClusterArgs) -> Result<(), Failure> {
+    cluster_cmd::run(args)
+}
+
+#[cfg(not(feature = "cluster-ca"))]
+fn run_cluster(args: ClusterArgs) -> Result<(), Failure> {
+    Err(missing_feature::refuse(
+        args,
+        "cluster",
+        "cluster-ca",
+        "making the cluster CA and node certificates",
+    ))
+}
+
+#[cfg(all(feature = "license-server", feature = "cluster-ca"))]
+fn run_demo(args: DemoArgs) -> Result<(), Failure> {
+    demo::run(args)
+}
+
+#[cfg(not(all(feature = "license-server", feature = "cluster-ca")))]
+fn run_demo(args: DemoArgs) -> Result<(), Failure> {
+    Err(missing_feature::refuse(
+        args,
+        "demo",
+        "license-server",
+        "the demo runs a license server and makes a cluster CA; it needs the `cluster-ca` \
+         feature too",
+    ))
 }
 
 fn init_logging(filter: &str, quiet: bool) {

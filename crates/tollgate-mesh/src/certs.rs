@@ -12,9 +12,11 @@
 use std::fs;
 use std::io::{self, Read as _};
 use std::net::IpAddr;
+#[cfg(feature = "ca")]
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "ca")]
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData as _,
@@ -52,6 +54,7 @@ pub enum CertError {
     CaName,
     #[error("validity must be 1..={DAYS_MAX} days")]
     Days,
+    #[cfg(feature = "ca")]
     #[error("cannot generate a certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("{what}: {problem}")]
@@ -179,6 +182,7 @@ pub fn parse_cert_pem(what: &str, pem: &str) -> Result<CertificateDer<'static>, 
     Ok(cert)
 }
 
+#[cfg(feature = "ca")]
 /// The cluster's certificate authority: its certificate and private key, as PEM.
 #[derive(Clone)]
 pub struct ClusterCa {
@@ -187,6 +191,7 @@ pub struct ClusterCa {
     cert_der: CertificateDer<'static>,
 }
 
+#[cfg(feature = "ca")]
 impl std::fmt::Debug for ClusterCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterCa")
@@ -195,6 +200,7 @@ impl std::fmt::Debug for ClusterCa {
     }
 }
 
+#[cfg(feature = "ca")]
 /// A node's certificate (signed by the cluster CA) and private key, as PEM.
 #[derive(Clone)]
 pub struct NodeCert {
@@ -203,6 +209,7 @@ pub struct NodeCert {
     pub key_pem: String,
 }
 
+#[cfg(feature = "ca")]
 impl std::fmt::Debug for NodeCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeCert")
@@ -212,6 +219,7 @@ impl std::fmt::Debug for NodeCert {
     }
 }
 
+#[cfg(feature = "ca")]
 impl ClusterCa {
     /// A new CA named `name` (its common name), valid for [`CA_DAYS_DEFAULT`] days.
     pub fn generate(name: &str) -> Result<ClusterCa, CertError> {
@@ -331,6 +339,7 @@ impl ClusterCa {
     }
 }
 
+#[cfg(feature = "ca")]
 impl NodeCert {
     /// Writes `NODE.pem` (0644) and `NODE.key` (0600) into `dir` (created 0700 if missing);
     /// refuses when either file exists. Returns the two paths.
@@ -345,6 +354,7 @@ impl NodeCert {
     }
 }
 
+#[cfg(feature = "ca")]
 fn set_validity(params: &mut CertificateParams, days: u32) -> Result<(), CertError> {
     if days == 0 || days > DAYS_MAX {
         return Err(CertError::Days);
@@ -377,6 +387,7 @@ pub fn read_pem_file(path: &Path) -> Result<String, CertError> {
     Ok(text)
 }
 
+#[cfg(feature = "ca")]
 fn save_pair(
     dir: &Path,
     cert_name: &str,
@@ -408,6 +419,7 @@ fn save_pair(
     Ok([cert_path, key_path])
 }
 
+#[cfg(feature = "ca")]
 /// Creates `path` (never over an existing file) with `mode` and writes `contents`, synced.
 fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
     let io_error = |error: io::Error| {
@@ -427,7 +439,8 @@ fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
     tollgate_durable::write_new(path, contents.as_bytes(), mode).map_err(|e| io_error(e.into()))
 }
 
-#[cfg(test)]
+// Every test makes a CA; the `ca` feature is on by default.
+#[cfg(all(test, feature = "ca"))]
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 

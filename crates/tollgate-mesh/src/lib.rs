@@ -41,7 +41,9 @@
 //! [`Event::IncarnationChanged`]), configuration files, and HTTP. It is the only crate that
 //! imports quinn.
 //!
-//! - [`certs`]: the cluster CA, node certificates, their files.
+//! - [`certs`]: the cluster CA, node certificates, their files. Making a CA and issuing
+//!   certificates (rcgen) needs the `ca` feature (on by default); the agent reads and checks
+//!   certificates only and builds without it.
 //! - [`tls`]: rustls and QUIC settings, the certificate verifiers.
 
 pub mod certs;
@@ -64,7 +66,9 @@ use tollgate_replication::{
     Replica,
 };
 
-pub use certs::{CertError, ClusterCa, NodeCert, NodeIdError, PeerIdError};
+pub use certs::{CertError, NodeIdError, PeerIdError};
+#[cfg(feature = "ca")]
+pub use certs::{ClusterCa, NodeCert};
 pub use conn::{HANDSHAKES_MAX, RESOLVE_TIMEOUT, STREAM_READ_TIMEOUT};
 pub use dialer::{BACKOFF_MAX_MS, BACKOFF_MIN_MS, DIALS_IN_FLIGHT_MAX};
 pub use driver::{
