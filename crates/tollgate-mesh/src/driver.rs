@@ -243,6 +243,11 @@ impl Driver {
             Event::LicenseOffered { from, armored } => {
                 tracing::info!(from, bytes = armored.len(), "license offered by a peer")
             }
+            Event::AorKeyChanged { key } => tracing::info!(
+                generation = key.generation,
+                key_id = format_args!("{:016x}", key.id()),
+                "cluster AoR key changed"
+            ),
         }
         // No subscriber is fine.
         let _ = self.shared.events.send(event);

@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use tollgate_replication::{Frame, TransmitKind};
 
 /// Frame names in wire order ([`Frame::name`]); the keys of the per-frame counters.
-pub const FRAME_NAMES: [&str; 8] = [
+pub const FRAME_NAMES: [&str; 12] = [
     "record",
     "heartbeat",
     "pull_record",
@@ -17,6 +17,10 @@ pub const FRAME_NAMES: [&str; 8] = [
     "pull",
     "license_pull",
     "license",
+    "aor_key",
+    "aor_summary",
+    "aor_delta",
+    "aor_ranges",
 ];
 
 pub(crate) fn frame_index(frame: &Frame) -> usize {
@@ -29,6 +33,10 @@ pub(crate) fn frame_index(frame: &Frame) -> usize {
         Frame::Pull => 5,
         Frame::LicensePull { .. } => 6,
         Frame::License { .. } => 7,
+        Frame::AorKey(_) => 8,
+        Frame::AorSummary(_) => 9,
+        Frame::AorDelta(_) => 10,
+        Frame::AorRanges(_) => 11,
     };
     debug_assert_eq!(FRAME_NAMES[index], frame.name());
     index

@@ -15,6 +15,10 @@
 //! | [`Frame::Pull`] | stream | one peer | a joiner, once, on its first connection |
 //! | [`Frame::LicensePull`] | stream | one peer | that peer advertises a higher license serial |
 //! | [`Frame::License`] | stream | one peer | answer to `LicensePull` |
+//! | [`Frame::AorKey`] | stream | one peer, or every peer | on connect; when this node adopts or rotates the cluster's AoR key |
+//! | [`Frame::AorDelta`] | stream | every peer | own AoR set changed (coalesced, at most every `push_interval_ms`) |
+//! | [`Frame::AorSummary`] | stream | one peer, or every peer | on connect; every `anti_entropy_interval_ms` |
+//! | [`Frame::AorRanges`] | stream | one peer | a copy's summary differs: range hashes, answered with sub-range hashes or members |
 
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +61,110 @@ pub const DIGEST_ENTRIES_MAX: usize = NODES_MAX;
 /// Largest license document carried by [`Frame::License`], in bytes.
 pub const LICENSE_BYTES_MAX: usize = 64 * 1024;
 
+/// Most fingerprints (adds and removes, or members) in one AoR frame: 60 000 × 8 bytes fits
+/// [`FRAME_BYTES_MAX`] with room.
+pub const AOR_FRAME_FPS_MAX: usize = 60_000;
+
+/// Most range items in one [`Frame::AorRanges`].
+pub const AOR_RANGE_ITEMS_MAX: usize = 4096;
+
+/// Length of the cluster's AoR key, bytes.
+pub const AOR_KEY_LEN: usize = 32;
+
+/// An AoR fingerprint on the wire: 8 bytes, little-endian (postcard writes a `u64` as a
+/// varint, 10 bytes for a random one).
+pub type WireFp = [u8; 8];
+
+/// The cluster-wide key AoR fingerprints are computed under. Among the keys nodes hold, the
+/// one with the highest `generation` wins, then the oldest (`created_at_ms`), then the
+/// larger bytes: a node that starts with a fresh key of the current generation adopts the
+/// cluster's, and a rotation (generation + 1) replaces it everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AorKey {
+    pub generation: u64,
+    /// Unix ms when the key was made.
+    pub created_at_ms: u64,
+    pub key: [u8; AOR_KEY_LEN],
+}
+
+impl AorKey {
+    /// Whether `self` wins over `other` (see the type's documentation).
+    pub fn beats(&self, other: &AorKey) -> bool {
+        (
+            self.generation,
+            std::cmp::Reverse(self.created_at_ms),
+            self.key,
+        ) > (
+            other.generation,
+            std::cmp::Reverse(other.created_at_ms),
+            other.key,
+        )
+    }
+
+    /// A public 64-bit identifier of the key (a one-way derivation), for logs and the
+    /// cluster view.
+    pub fn id(&self) -> u64 {
+        let mut id = 0xcbf2_9ce4_8422_2325u64 ^ self.generation;
+        for byte in self.key {
+            id ^= u64::from(byte);
+            id = id.wrapping_mul(0x0100_0000_01b3);
+        }
+        crate::aorset::mix(id)
+    }
+}
+
+/// Where the owner's AoR set stands: its `(incarnation, seq)`, its size and its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AorSummary {
+    pub incarnation: u64,
+    pub seq: u64,
+    pub count: u64,
+    pub hash: u64,
+}
+
+/// One batch of changes to the sender's own AoR set: the set at `seq - 1` plus these is the
+/// set at `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AorDelta {
+    pub incarnation: u64,
+    pub seq: u64,
+    pub adds: Vec<WireFp>,
+    pub removes: Vec<WireFp>,
+}
+
+/// One range of an [`Frame::AorRanges`] exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AorRange {
+    /// The sender holds `count` fingerprints hashing to `hash` in `[lo, hi]`.
+    Hash {
+        lo: u64,
+        hi: u64,
+        count: u64,
+        hash: u64,
+    },
+    /// The owner's members in `[lo, hi]`, all of them.
+    Members { lo: u64, hi: u64, fps: Vec<WireFp> },
+}
+
+impl AorRange {
+    pub const fn bounds(&self) -> (u64, u64) {
+        match self {
+            AorRange::Hash { lo, hi, .. } | AorRange::Members { lo, hi, .. } => (*lo, *hi),
+        }
+    }
+}
+
+/// Range reconciliation of `owner`'s AoR set. Sent by a node holding a copy to the owner
+/// (`summary` empty: its hashes of the copy), and by the owner back (`summary`: its set as
+/// of the answer; members of small or missing ranges, hashes of the sub-ranges of large
+/// ones).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AorRanges {
+    pub owner: String,
+    pub summary: Option<AorSummary>,
+    pub ranges: Vec<AorRange>,
+}
+
 /// One frame. The variant order is the wire format (postcard writes the variant index):
 /// append, never reorder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +189,14 @@ pub enum Frame {
     /// A license document, armored, exactly as the agent handed it over. Verification is the
     /// agent's job, not this crate's.
     License { armored: Vec<u8> },
+    /// The cluster's AoR key as the sender holds it (mutual TLS keeps it on the mesh).
+    AorKey(AorKey),
+    /// The sender's own AoR set, summarized. Accepted only from its owner (the sender).
+    AorSummary(AorSummary),
+    /// Changes to the sender's own AoR set.
+    AorDelta(AorDelta),
+    /// Range reconciliation of one node's AoR set (see [`AorRanges`]).
+    AorRanges(AorRanges),
 }
 
 /// "My record is now at `(incarnation, seq)`, with the content it had at `changed_seq`."
@@ -133,6 +249,12 @@ pub enum FrameError {
     LicenseTooLong { len: usize },
     #[error("heartbeat whose content changed after its seq")]
     HeartbeatFromTheFuture,
+    #[error("AoR frame of {count} fingerprints, more than {AOR_FRAME_FPS_MAX}")]
+    TooManyAors { count: usize },
+    #[error("AoR ranges frame of {count} ranges, more than {AOR_RANGE_ITEMS_MAX}")]
+    TooManyAorRanges { count: usize },
+    #[error("AoR range whose low end is above its high end")]
+    AorRangeInverted,
 }
 
 impl FrameError {
@@ -149,6 +271,9 @@ impl FrameError {
             FrameError::TooManyDigestEntries { .. } => "too_many_digest_entries",
             FrameError::LicenseTooLong { .. } => "license_too_long",
             FrameError::HeartbeatFromTheFuture => "heartbeat_from_the_future",
+            FrameError::TooManyAors { .. } => "too_many_aors",
+            FrameError::TooManyAorRanges { .. } => "too_many_aor_ranges",
+            FrameError::AorRangeInverted => "aor_range_inverted",
         }
     }
 }
@@ -165,6 +290,10 @@ impl Frame {
             Frame::Pull => "pull",
             Frame::LicensePull { .. } => "license_pull",
             Frame::License { .. } => "license",
+            Frame::AorKey(_) => "aor_key",
+            Frame::AorSummary(_) => "aor_summary",
+            Frame::AorDelta(_) => "aor_delta",
+            Frame::AorRanges(_) => "aor_ranges",
         }
     }
 
@@ -201,6 +330,34 @@ impl Frame {
             Frame::License { armored } => {
                 if armored.len() > LICENSE_BYTES_MAX {
                     return Err(FrameError::LicenseTooLong { len: armored.len() });
+                }
+            }
+            Frame::AorKey(_) | Frame::AorSummary(_) => {}
+            Frame::AorDelta(delta) => {
+                let count = delta.adds.len() + delta.removes.len();
+                if count > AOR_FRAME_FPS_MAX {
+                    return Err(FrameError::TooManyAors { count });
+                }
+            }
+            Frame::AorRanges(ranges) => {
+                validate_node_id(&ranges.owner)?;
+                if ranges.ranges.len() > AOR_RANGE_ITEMS_MAX {
+                    return Err(FrameError::TooManyAorRanges {
+                        count: ranges.ranges.len(),
+                    });
+                }
+                let mut count = 0;
+                for range in &ranges.ranges {
+                    let (lo, hi) = range.bounds();
+                    if lo > hi {
+                        return Err(FrameError::AorRangeInverted);
+                    }
+                    if let AorRange::Members { fps, .. } = range {
+                        count += fps.len();
+                    }
+                }
+                if count > AOR_FRAME_FPS_MAX {
+                    return Err(FrameError::TooManyAors { count });
                 }
             }
         }
@@ -291,6 +448,105 @@ mod tests {
         check_round_trip(Frame::License {
             armored: b"-----BEGIN".to_vec(),
         });
+        check_round_trip(Frame::AorKey(AorKey {
+            generation: 2,
+            created_at_ms: 1_700_000_000_000,
+            key: [7; AOR_KEY_LEN],
+        }));
+        check_round_trip(Frame::AorSummary(AorSummary {
+            incarnation: 1,
+            seq: 9,
+            count: 3,
+            hash: u64::MAX,
+        }));
+        check_round_trip(Frame::AorDelta(AorDelta {
+            incarnation: 1,
+            seq: 10,
+            adds: vec![u64::MAX.to_le_bytes(), [1; 8]],
+            removes: vec![[2; 8]],
+        }));
+        check_round_trip(Frame::AorRanges(AorRanges {
+            owner: "n1".into(),
+            summary: None,
+            ranges: vec![
+                AorRange::Hash {
+                    lo: 0,
+                    hi: u64::MAX,
+                    count: 5,
+                    hash: 9,
+                },
+                AorRange::Members {
+                    lo: 1,
+                    hi: 2,
+                    fps: vec![[1; 8]],
+                },
+            ],
+        }));
+    }
+
+    #[test]
+    fn an_aor_delta_costs_eight_bytes_per_fingerprint() {
+        let delta = |n: usize| {
+            encode(&Frame::AorDelta(AorDelta {
+                incarnation: 3,
+                seq: 1000,
+                adds: vec![u64::MAX.to_le_bytes(); n],
+                removes: Vec::new(),
+            }))
+            .len()
+        };
+        assert_eq!(delta(101) - delta(1), 800);
+        assert!(delta(1) <= 8 + 10, "{}", delta(1));
+    }
+
+    #[test]
+    fn the_largest_aor_frames_fit_a_frame_and_one_more_is_refused() {
+        let full = Frame::AorDelta(AorDelta {
+            incarnation: u64::MAX,
+            seq: u64::MAX,
+            adds: vec![[0xff; 8]; AOR_FRAME_FPS_MAX],
+            removes: Vec::new(),
+        });
+        assert!(encode(&full).len() <= FRAME_BYTES_MAX);
+        let Frame::AorDelta(mut over) = full else {
+            unreachable!()
+        };
+        over.removes.push([0; 8]);
+        let mut bytes = vec![FRAME_VERSION];
+        bytes.extend(postcard::to_allocvec(&Frame::AorDelta(over)).unwrap());
+        assert_eq!(
+            decode(&bytes),
+            Err(FrameError::TooManyAors {
+                count: AOR_FRAME_FPS_MAX + 1
+            })
+        );
+        let inverted = Frame::AorRanges(AorRanges {
+            owner: "n".into(),
+            summary: None,
+            ranges: vec![AorRange::Hash {
+                lo: 2,
+                hi: 1,
+                count: 0,
+                hash: 0,
+            }],
+        });
+        let mut bytes = vec![FRAME_VERSION];
+        bytes.extend(postcard::to_allocvec(&inverted).unwrap());
+        assert_eq!(decode(&bytes), Err(FrameError::AorRangeInverted));
+    }
+
+    #[test]
+    fn the_oldest_key_of_the_highest_generation_wins() {
+        let key = |generation, created_at_ms, byte| AorKey {
+            generation,
+            created_at_ms,
+            key: [byte; AOR_KEY_LEN],
+        };
+        assert!(key(1, 100, 0).beats(&key(1, 200, 9)));
+        assert!(key(2, 900, 0).beats(&key(1, 100, 9)));
+        assert!(key(1, 100, 9).beats(&key(1, 100, 0)));
+        assert!(!key(1, 100, 0).beats(&key(1, 100, 0)));
+        assert_ne!(key(1, 100, 0).id(), key(2, 100, 0).id());
     }
 
     #[test]

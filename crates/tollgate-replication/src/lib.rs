@@ -85,6 +85,7 @@
 //! persistence (the IO layer persists the incarnation), and license verification (the agent
 //! verifies what [`Event::LicenseOffered`] hands it).
 
+pub mod aorset;
 pub mod config;
 pub mod frame;
 pub mod record;
@@ -96,18 +97,21 @@ pub mod sim;
 /// `Table` frame and of a `Digest` frame.
 pub const NODES_MAX: usize = 1024;
 
+pub use aorset::{AorSets, Fp};
 pub use config::{ANTI_ENTROPY_FANOUT_MAX, AntiEntropy, Config, ConfigError, ExpiredRule};
 pub use frame::{
-    DATAGRAM_BYTES_MAX, DIGEST_ENTRIES_MAX, DigestEntry, FRAME_BYTES_MAX, FRAME_VERSION, Frame,
-    FrameError, Heartbeat, LICENSE_BYTES_MAX, RECORD_FRAME_BYTES_MAX, TABLE_RECORDS_MAX, decode,
-    encode,
+    AOR_FRAME_FPS_MAX, AOR_KEY_LEN, AOR_RANGE_ITEMS_MAX, AorDelta, AorKey, AorRange, AorRanges,
+    AorSummary, DATAGRAM_BYTES_MAX, DIGEST_ENTRIES_MAX, DigestEntry, FRAME_BYTES_MAX,
+    FRAME_VERSION, Frame, FrameError, Heartbeat, LICENSE_BYTES_MAX, RECORD_FRAME_BYTES_MAX,
+    TABLE_RECORDS_MAX, decode, encode,
 };
 pub use record::{
     ADDRESS_LEN_MAX, Flags, NODE_ID_LEN_MAX, NodeUsage, Record, RecordError, RecordSet, Version,
     merge, merge_order, validate_node_id,
 };
 pub use replica::{
-    ANSWER_INTERVAL_MIN_MS, Aggregate, Destination, DialTarget, EVENTS_MAX, Event, HandleError,
+    ANSWER_INTERVAL_MIN_MS, AOR_BUFFER_MAX, AOR_LEAF_MAX, AOR_RANGE_FANOUT,
+    AOR_RECONCILE_TIMEOUT_MS, Aggregate, Destination, DialTarget, EVENTS_MAX, Event, HandleError,
     LICENSE_ASK_TIMEOUT_MS, LicenseError, NodeState, NodeView, PEERS_MAX, PULL_TIMEOUT_MS, Replica,
     Stats, TOMBSTONES_MAX, TRANSMITS_MAX, Transmit, TransmitKind,
 };

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::NODES_MAX;
 use crate::config::{AntiEntropy, Config, ConfigError};
-use crate::frame::{DigestEntry, Frame, FrameError, Heartbeat, LICENSE_BYTES_MAX};
+use crate::frame::{AorKey, DigestEntry, Frame, FrameError, Heartbeat, LICENSE_BYTES_MAX};
 use crate::record::{
     Flags, NodeUsage, Record, RecordError, Version, merge_order, validate_node_id,
 };
@@ -95,7 +95,13 @@ pub struct Aggregate {
     /// Sum over counted nodes (live, suspect, held; this node included).
     pub calls: u64,
     pub emergency_calls: u64,
+    /// Sum of the counted nodes' registered subscribers (an AoR registered through two
+    /// nodes is in both): the per-node figures added up.
     pub registered_subscribers: u64,
+    /// Registered subscribers counted once: the distinct AoR fingerprints held by counted
+    /// nodes (the union of the AoR sets). What a cluster's license is held against.
+    pub registered_subscribers_distinct: u64,
+    /// Sum of the counted nodes' contacts.
     pub registered_contacts: u64,
     /// Provisioned subscribers on the platform: the most recently reported figure across
     /// nodes (by `subscribers_reported_at`), never a sum.
@@ -164,6 +170,11 @@ pub enum Event {
     LicenseOffered {
         from: String,
         armored: Vec<u8>,
+    },
+    /// The cluster's AoR key changed (adopted from a peer, or rotated here): persist it and
+    /// fingerprint AoRs under it from now on.
+    AorKeyChanged {
+        key: AorKey,
     },
 }
 
@@ -239,6 +250,20 @@ pub struct Stats {
     pub emissions: u64,
     pub events_dropped: u64,
     pub transmits_dropped: u64,
+    /// AoR deltas sent (each to every peer), applied to a copy, or already held.
+    pub aor_deltas_sent: u64,
+    pub aor_deltas_applied: u64,
+    pub aor_deltas_stale: u64,
+    /// A copy fell more than `AOR_BUFFER_MAX` deltas behind (it reconciles instead).
+    pub aor_buffer_overflows: u64,
+    /// Range reconciliations started by this node (a copy's summary differed).
+    pub aor_reconciliations: u64,
+    /// `AorRanges` frames this node sent answering a copy.
+    pub aor_ranges_answered: u64,
+    /// Fingerprints a reconciliation added to or removed from a copy.
+    pub aor_fps_repaired: u64,
+    /// AoR frames about a third node, or beyond the slot table: dropped.
+    pub aor_frames_ignored: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -350,6 +375,7 @@ pub struct Replica {
     events: VecDeque<Event>,
     rng: Rng,
     stats: Stats,
+    aor: aors::AorState,
 }
 
 impl Replica {
@@ -400,6 +426,7 @@ impl Replica {
             events: VecDeque::new(),
             rng,
             stats: Stats::default(),
+            aor: aors::AorState::new(node_id, incarnation),
         })
     }
 
@@ -464,6 +491,7 @@ impl Replica {
             frame: Frame::Record(self.own.clone()),
         });
         self.note_sent(now, peer);
+        self.aor_on_connect(now, peer);
         self.maybe_pull(now);
         self.maybe_ask_license(now);
         Ok(())
@@ -602,10 +630,15 @@ impl Replica {
                     self.stats.licenses_unsolicited += 1;
                 }
             }
+            Frame::AorKey(key) => self.handle_aor_key(now, from_peer, key),
+            Frame::AorSummary(summary) => self.handle_aor_summary(now, from_peer, summary),
+            Frame::AorDelta(delta) => self.handle_aor_delta(from_peer, delta),
+            Frame::AorRanges(ranges) => self.handle_aor_ranges(now, from_peer, ranges),
         }
         self.maybe_ask_license(now);
         self.maybe_emit(now);
         self.heard_from(now, from_peer, is_heartbeat);
+        self.sync_aor_liveness(now);
         Ok(())
     }
 
@@ -636,6 +669,8 @@ impl Replica {
         if self.liveness_due.is_some_and(|due| due <= now) {
             self.sweep(now);
         }
+        self.maybe_send_aor_delta(now);
+        self.sync_aor_liveness(now);
     }
 
     /// Graceful shutdown: emits a LEFT record with zero usage, reliably (a stream to every
@@ -650,6 +685,7 @@ impl Replica {
         self.left = true;
         self.usage = NodeUsage::default();
         self.emit(now, TransmitKind::Stream);
+        self.sync_aor_liveness(now);
     }
 
     // ----------------------------------------------------------------------------------
@@ -673,6 +709,11 @@ impl Replica {
         let mut due = self.liveness_due;
         let mut consider = |at: u64| due = Some(due.map_or(at, |due| due.min(at)));
         if let Some(at) = self.emission_due() {
+            consider(at);
+        }
+        if !self.left
+            && let Some(at) = self.aor.delta_due(self.config.push_interval_ms)
+        {
             consider(at);
         }
         if !self.left {
@@ -699,6 +740,7 @@ impl Replica {
     pub fn aggregate(&self, now: u64) -> Aggregate {
         let now = now.max(self.now);
         let mut aggregate = Aggregate {
+            registered_subscribers_distinct: self.aor.sets.distinct(),
             subscribers: self.subscribers_latest.1,
             subscribers_reported_at: self.subscribers_latest.0,
             license_serial_max: self.license_serial_seen,
@@ -1104,6 +1146,7 @@ impl Replica {
             let j = i + self.rng.below((peers.len() - i) as u64) as usize;
             peers.swap(i, j);
         }
+        self.aor_anti_entropy(now);
         let frame = match self.config.anti_entropy {
             AntiEntropy::Digest => Frame::Digest(self.digest(now)),
             AntiEntropy::Table => Frame::Table(self.relayable(now).cloned().collect()),
@@ -1629,6 +1672,9 @@ fn add_usage(aggregate: &mut Aggregate, usage: &NodeUsage) {
         .registered_contacts
         .saturating_add(usage.registered_contacts);
 }
+
+mod aors;
+pub use aors::{AOR_BUFFER_MAX, AOR_LEAF_MAX, AOR_RANGE_FANOUT, AOR_RECONCILE_TIMEOUT_MS};
 
 #[cfg(test)]
 mod tests;

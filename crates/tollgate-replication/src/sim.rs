@@ -945,3 +945,195 @@ impl Sim {
         }
     }
 }
+
+/// The registered-AoR union under the simulated network: after any interleaving of adds,
+/// removes, losses, partitions, crashes and restarts (a restart restores the node's set, as
+/// the agent's snapshot does), once the network is whole again every running node counts
+/// exactly the model's distinct AoRs: the union of the running nodes' sets.
+#[cfg(test)]
+mod aor_tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::aorset::{Fp, mix};
+
+    #[derive(Debug, Clone)]
+    enum AorOp {
+        Add(usize, u64),
+        Remove(usize, u64),
+        Run(u64),
+        Loss(u8),
+        Partition(usize),
+        Heal,
+        Crash(usize),
+        Restart(usize),
+    }
+
+    const NODES: usize = 4;
+
+    fn arb_op() -> impl Strategy<Value = AorOp> {
+        prop_oneof![
+            6 => (0..NODES, 0u64..60).prop_map(|(n, a)| AorOp::Add(n, a)),
+            3 => (0..NODES, 0u64..60).prop_map(|(n, a)| AorOp::Remove(n, a)),
+            4 => (1u64..4_000).prop_map(AorOp::Run),
+            1 => (0u8..40).prop_map(AorOp::Loss),
+            1 => (0..NODES).prop_map(AorOp::Partition),
+            1 => Just(AorOp::Heal),
+            1 => (0..NODES).prop_map(AorOp::Crash),
+            1 => (0..NODES).prop_map(AorOp::Restart),
+        ]
+    }
+
+    fn fp(aor: u64) -> Fp {
+        mix(aor ^ 0x5eed)
+    }
+
+    /// Runs `ops`, heals, restarts nothing, and checks every running node's count.
+    fn check(ops: &[AorOp], seed: u64) -> Result<(), TestCaseError> {
+        let mut sim = Sim::new(SimConfig {
+            node_count: NODES,
+            seed,
+            latency_ms_min: 5,
+            latency_ms_max: 40,
+            ..SimConfig::default()
+        });
+        let mut model: Vec<BTreeSet<u64>> = vec![BTreeSet::new(); NODES];
+        sim.run_for(500);
+        for op in ops {
+            match *op {
+                AorOp::Add(node, aor) if sim.is_running(node) => {
+                    model[node].insert(aor);
+                    sim.with_replica(node, |r, now| r.aor_add(now, fp(aor)));
+                }
+                AorOp::Remove(node, aor) if sim.is_running(node) => {
+                    model[node].remove(&aor);
+                    sim.with_replica(node, |r, now| r.aor_remove(now, fp(aor)));
+                }
+                AorOp::Add(..) | AorOp::Remove(..) => {}
+                AorOp::Run(ms) => sim.run_for(ms),
+                AorOp::Loss(percent) => sim.set_loss(f64::from(percent) / 100.0),
+                AorOp::Partition(node) => sim.partition(&[&[node]]),
+                AorOp::Heal => sim.heal(),
+                AorOp::Crash(node) => sim.crash(node),
+                AorOp::Restart(node) => {
+                    sim.restart(node);
+                    let fps: Vec<Fp> = model[node].iter().map(|aor| fp(*aor)).collect();
+                    sim.with_replica(node, |r, now| r.aor_load(now, &fps));
+                }
+            }
+            for node in 0..NODES {
+                if let Some(replica) = sim.replica(node) {
+                    prop_assert_eq!(replica.aor_sets().check(), Ok(()));
+                }
+            }
+        }
+        sim.heal();
+        sim.set_loss(0.0);
+        // Expiry (10 s) and removal of crashed nodes, then two anti-entropy rounds.
+        sim.run_for(30_000);
+        let expected: BTreeSet<u64> = (0..NODES)
+            .filter(|node| sim.is_running(*node))
+            .flat_map(|node| model[node].iter().copied())
+            .collect();
+        for (node, own) in model.iter().enumerate() {
+            if let Some(replica) = sim.replica(node) {
+                let aggregate = replica.aggregate(sim.now());
+                prop_assert_eq!(
+                    aggregate.registered_subscribers_distinct,
+                    expected.len() as u64,
+                    "node {} at {} ms",
+                    node,
+                    sim.now()
+                );
+                let own: BTreeSet<Fp> = own.iter().map(|aor| fp(*aor)).collect();
+                let held: BTreeSet<Fp> = replica.aor_members().into_iter().collect();
+                prop_assert_eq!(held, own);
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn union_equals_the_models_distinct_count(
+            ops in proptest::collection::vec(arb_op(), 0..80),
+            seed in 1u64..1_000,
+        ) {
+            check(&ops, seed)?;
+        }
+    }
+
+    #[test]
+    fn one_aor_through_two_nodes_counts_once_and_goes_with_the_last() {
+        let ops = [
+            AorOp::Add(0, 1),
+            AorOp::Add(1, 1),
+            AorOp::Add(2, 2),
+            AorOp::Run(2_000),
+        ];
+        check(&ops, 7).unwrap();
+        let ops = [AorOp::Add(0, 1), AorOp::Add(1, 1), AorOp::Remove(0, 1)];
+        check(&ops, 8).unwrap();
+        let ops = [
+            AorOp::Add(0, 1),
+            AorOp::Add(1, 1),
+            AorOp::Run(1_000),
+            AorOp::Remove(0, 1),
+            AorOp::Remove(1, 1),
+        ];
+        check(&ops, 9).unwrap();
+    }
+
+    #[test]
+    fn a_crashed_node_s_aors_drop_at_expiry_and_a_restart_counts_nothing_twice() {
+        let mut ops: Vec<AorOp> = (0..50).map(|a| AorOp::Add(0, a)).collect();
+        ops.extend((25..75).map(|a| AorOp::Add(1, a)));
+        ops.push(AorOp::Run(2_000));
+        ops.push(AorOp::Crash(1));
+        check(&ops, 11).unwrap();
+        ops.push(AorOp::Run(1_000));
+        ops.push(AorOp::Restart(1));
+        check(&ops, 12).unwrap();
+    }
+
+    #[test]
+    fn deltas_alone_carry_a_change_within_a_push_and_a_latency() {
+        let mut sim = Sim::new(SimConfig {
+            node_count: 3,
+            seed: 3,
+            latency_ms_min: 5,
+            latency_ms_max: 40,
+            ..SimConfig::default()
+        });
+        sim.run_for(6_000);
+        let distinct = |sim: &Sim| -> Vec<u64> {
+            (0..3)
+                .map(|n| {
+                    sim.replica(n).map_or(0, |r| {
+                        r.aggregate(sim.now()).registered_subscribers_distinct
+                    })
+                })
+                .collect()
+        };
+        for aor in 0..100 {
+            sim.with_replica(aor as usize % 2, |r, now| r.aor_add(now, fp(aor)));
+            sim.with_replica(2, |r, now| r.aor_add(now, fp(aor + 50)));
+        }
+        sim.run_for(250);
+        assert_eq!(distinct(&sim), vec![150, 150, 150]);
+        for aor in 0..100 {
+            sim.with_replica(aor as usize % 2, |r, now| r.aor_remove(now, fp(aor)));
+        }
+        sim.run_for(250);
+        assert_eq!(distinct(&sim), vec![100, 100, 100]);
+        for node in 0..3 {
+            let stats = sim.replica(node).map(|r| r.stats()).unwrap_or_default();
+            assert_eq!(stats.aor_reconciliations, 0, "node {node}");
+            assert_eq!(stats.aor_deltas_stale, 0, "node {node}");
+        }
+    }
+}

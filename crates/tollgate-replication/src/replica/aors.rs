@@ -1,0 +1,682 @@
+//! The replica's share of the registered-AoR union: this node's own AoR set (deltas out,
+//! summaries, answers to range reconciliation), the copies of every other node's set
+//! (deltas in, in order; summaries compared; ranges reconciled), the cluster's AoR key, and
+//! the liveness of each set (the same as its node's record).
+//!
+//! **Protocol.** The owner sends each batch of changes once, reliably (a stream), as an
+//! [`AorDelta`] numbered `seq`; a copy applies deltas in seq order (a bounded buffer holds
+//! ones that overtook an earlier one). Every `anti_entropy_interval_ms`, and on connect, the
+//! owner sends its [`AorSummary`] (`seq`, count, hash). A copy at that seq with that hash is
+//! in sync; one that differs (lost deltas across a reconnection, a node back from expiry, a
+//! restart) sends the owner the range hashes of its copy over 16 ranges ([`AorRanges`]); the
+//! owner answers each differing range with its members when small (≤ [`AOR_LEAF_MAX`]) or
+//! when the copy holds none there, else with the hashes of 16 sub-ranges, which the copy
+//! compares and sends back where they differ. A difference of `d` fingerprints in a set of
+//! `n` costs about `d · (8 + 16 · 30 · log16(n / 64))` bytes, never the whole set unless the
+//! copy is empty.
+
+use std::collections::BTreeMap;
+
+use crate::aorset::{AorSets, Fp, RangeDigest, Slot};
+use crate::frame::{
+    AOR_FRAME_FPS_MAX, AOR_RANGE_ITEMS_MAX, AorDelta, AorKey, AorRange, AorRanges, AorSummary,
+    Frame, WireFp,
+};
+
+use super::{Destination, Event, Replica, Transmit, TransmitKind, counted, state_at};
+
+/// A range with at most this many of the owner's fingerprints is answered with its members.
+pub const AOR_LEAF_MAX: u64 = 64;
+/// Ranges a range is split into at each step of a reconciliation.
+pub const AOR_RANGE_FANOUT: u64 = 16;
+/// Deltas a copy holds while waiting for an earlier one; past this it reconciles.
+pub const AOR_BUFFER_MAX: usize = 256;
+/// A reconciliation with no answer for this long may be started again.
+pub const AOR_RECONCILE_TIMEOUT_MS: u64 = 2_000;
+
+/// This node's own AoR set and every copy.
+#[derive(Debug)]
+pub(crate) struct AorState {
+    pub(crate) sets: AorSets,
+    own_slot: Slot,
+    pub(crate) key: Option<AorKey>,
+    incarnation: u64,
+    /// Seq of the last delta sent (the set as the copies know it, plus `pending`).
+    seq: u64,
+    /// Changes not sent yet: fingerprint → present after the change.
+    pending: BTreeMap<Fp, bool>,
+    last_delta_at: Option<u64>,
+    copies: BTreeMap<String, CopyState>,
+}
+
+#[derive(Debug, Default)]
+struct CopyState {
+    /// `(incarnation, seq)` of the owner's set this copy equals; `None` until it has synced.
+    version: Option<(u64, u64)>,
+    /// Deltas that arrived ahead of the next one expected.
+    buffer: BTreeMap<(u64, u64), AorDelta>,
+    /// A reconciliation started then (not answered yet).
+    asked_at: Option<u64>,
+}
+
+impl AorState {
+    pub(crate) fn new(own_node_id: &str, incarnation: u64) -> AorState {
+        let mut sets = AorSets::new();
+        let own_slot = sets
+            .slot_or_insert(own_node_id)
+            .expect("an empty AorSets has a free slot");
+        sets.set_counted(own_slot, true);
+        AorState {
+            sets,
+            own_slot,
+            key: None,
+            incarnation,
+            seq: 0,
+            pending: BTreeMap::new(),
+            last_delta_at: None,
+            copies: BTreeMap::new(),
+        }
+    }
+
+    fn summary(&self) -> AorSummary {
+        let digest = self.sets.digest(self.own_slot);
+        AorSummary {
+            incarnation: self.incarnation,
+            seq: self.seq,
+            count: digest.count,
+            hash: digest.hash,
+        }
+    }
+
+    /// When pending changes are due out, if any.
+    pub(crate) fn delta_due(&self, push_interval_ms: u64) -> Option<u64> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        Some(
+            self.last_delta_at
+                .map_or(0, |at| at.saturating_add(push_interval_ms)),
+        )
+    }
+
+    fn note_change(&mut self, fp: Fp, present: bool) {
+        if self.pending.remove(&fp).is_none() {
+            self.pending.insert(fp, present);
+        }
+    }
+}
+
+fn to_wire(fp: Fp) -> WireFp {
+    fp.to_le_bytes()
+}
+
+fn from_wire(fp: &WireFp) -> Fp {
+    Fp::from_le_bytes(*fp)
+}
+
+fn matches(digest: RangeDigest, summary: &AorSummary) -> bool {
+    digest.count == summary.count && digest.hash == summary.hash
+}
+
+/// `[lo, hi]` split into [`AOR_RANGE_FANOUT`] contiguous ranges (fewer when it is smaller).
+fn split(lo: u64, hi: u64) -> Vec<(u64, u64)> {
+    let width = (u128::from(hi) - u128::from(lo) + 1).div_ceil(u128::from(AOR_RANGE_FANOUT));
+    let mut ranges = Vec::with_capacity(AOR_RANGE_FANOUT as usize);
+    let mut start = u128::from(lo);
+    while start <= u128::from(hi) {
+        let end = (start + width - 1).min(u128::from(hi));
+        ranges.push((start as u64, end as u64));
+        start = end + 1;
+    }
+    ranges
+}
+
+impl Replica {
+    // ----------------------------------------------------------------------------------
+    // Inputs
+    // ----------------------------------------------------------------------------------
+
+    /// An AoR (its fingerprint under the cluster's AoR key) became registered on this node.
+    /// Sent to every peer with the next delta (at most every `push_interval_ms`).
+    pub fn aor_add(&mut self, now: u64, fp: Fp) {
+        let now = self.tick(now);
+        let own = self.aor.own_slot;
+        if self.aor.sets.insert(own, fp) {
+            self.aor.note_change(fp, true);
+        }
+        self.maybe_send_aor_delta(now);
+    }
+
+    /// An AoR is no longer registered on this node.
+    pub fn aor_remove(&mut self, now: u64, fp: Fp) {
+        let now = self.tick(now);
+        let own = self.aor.own_slot;
+        if self.aor.sets.remove(own, fp) {
+            self.aor.note_change(fp, false);
+        }
+        self.maybe_send_aor_delta(now);
+    }
+
+    /// Replaces this node's AoR set at once (a restart that restored its registrations, or a
+    /// re-keying): no delta is sent; every copy sees the new summary and reconciles the
+    /// difference.
+    pub fn aor_load(&mut self, now: u64, fps: &[Fp]) {
+        let now = self.tick(now);
+        let own = self.aor.own_slot;
+        self.aor.sets.replace_range(own, 0, Fp::MAX, fps);
+        self.aor.pending.clear();
+        self.aor.seq += 1;
+        self.send_aor_summary(now, Destination::AllPeers);
+    }
+
+    /// The cluster's AoR key this node starts with (persisted by the IO layer, or fresh).
+    /// Kept if it beats the one held; peers then learn it.
+    pub fn set_aor_key(&mut self, now: u64, key: AorKey) {
+        self.tick(now);
+        if self.aor.key.is_some_and(|held| !key.beats(&held)) {
+            return;
+        }
+        self.aor.key = Some(key);
+        self.enqueue(Transmit {
+            to: Destination::AllPeers,
+            kind: TransmitKind::Stream,
+            frame: Frame::AorKey(key),
+        });
+    }
+
+    /// Rotates the cluster's AoR key: `key` (fresh random bytes) becomes generation + 1 and
+    /// replaces the held one on every node. Returns the new key (also in
+    /// [`Event::AorKeyChanged`]).
+    pub fn rotate_aor_key(&mut self, now: u64, key: [u8; 32], created_at_ms: u64) -> AorKey {
+        let generation = self.aor.key.map_or(1, |held| held.generation + 1);
+        let key = AorKey {
+            generation,
+            created_at_ms,
+            key,
+        };
+        self.set_aor_key(now, key);
+        self.push_event(Event::AorKeyChanged { key });
+        key
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Reads
+    // ----------------------------------------------------------------------------------
+
+    /// The cluster's AoR key as held now.
+    pub fn aor_key(&self) -> Option<AorKey> {
+        self.aor.key
+    }
+
+    /// This node's own AoR set, in fingerprint order.
+    pub fn aor_members(&self) -> Vec<Fp> {
+        self.aor.sets.all_members(self.aor.own_slot)
+    }
+
+    /// The AoR sets: every node's copy and the union (for tests and measurements).
+    pub fn aor_sets(&self) -> &AorSets {
+        &self.aor.sets
+    }
+
+    /// Whether the copy of `node_id`'s set is known equal to the owner's at some version.
+    pub fn aor_copy_synced(&self, node_id: &str) -> bool {
+        self.aor
+            .copies
+            .get(node_id)
+            .is_some_and(|copy| copy.version.is_some() && copy.buffer.is_empty())
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Internals, called by the replica
+    // ----------------------------------------------------------------------------------
+
+    /// On connect: the key and this node's summary.
+    pub(super) fn aor_on_connect(&mut self, now: u64, peer: &str) {
+        if let Some(key) = self.aor.key {
+            self.enqueue(Transmit {
+                to: Destination::Peer(peer.to_owned()),
+                kind: TransmitKind::Stream,
+                frame: Frame::AorKey(key),
+            });
+        }
+        self.send_aor_summary(now, Destination::Peer(peer.to_owned()));
+    }
+
+    /// Every anti-entropy round: this node's summary to every peer.
+    pub(super) fn aor_anti_entropy(&mut self, now: u64) {
+        self.send_aor_summary(now, Destination::AllPeers);
+    }
+
+    fn send_aor_summary(&mut self, now: u64, to: Destination) {
+        if self.left || self.peers.is_empty() {
+            return;
+        }
+        // The summary must describe what the copies will hold: send pending changes first.
+        self.send_aor_delta(now);
+        let summary = self.aor.summary();
+        self.enqueue(Transmit {
+            to,
+            kind: TransmitKind::Stream,
+            frame: Frame::AorSummary(summary),
+        });
+    }
+
+    pub(super) fn maybe_send_aor_delta(&mut self, now: u64) {
+        if self
+            .aor
+            .delta_due(self.config.push_interval_ms)
+            .is_some_and(|due| due <= now)
+        {
+            self.send_aor_delta(now);
+        }
+    }
+
+    /// Pending changes out, as deltas of at most [`AOR_FRAME_FPS_MAX`] fingerprints each.
+    fn send_aor_delta(&mut self, now: u64) {
+        if self.aor.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.aor.pending);
+        self.aor.last_delta_at = Some(now);
+        let mut changes = pending.into_iter().peekable();
+        while changes.peek().is_some() {
+            let mut delta = AorDelta {
+                incarnation: self.aor.incarnation,
+                seq: self.aor.seq + 1,
+                adds: Vec::new(),
+                removes: Vec::new(),
+            };
+            for (fp, present) in changes.by_ref().take(AOR_FRAME_FPS_MAX) {
+                if present {
+                    delta.adds.push(to_wire(fp));
+                } else {
+                    delta.removes.push(to_wire(fp));
+                }
+            }
+            self.aor.seq += 1;
+            self.stats.aor_deltas_sent += 1;
+            if !self.peers.is_empty() {
+                self.enqueue(Transmit {
+                    to: Destination::AllPeers,
+                    kind: TransmitKind::Stream,
+                    frame: Frame::AorDelta(delta),
+                });
+            }
+        }
+    }
+
+    pub(super) fn handle_aor_key(&mut self, now: u64, peer: &str, key: AorKey) {
+        match self.aor.key {
+            Some(held) if held == key => {}
+            Some(held) if held.beats(&key) => {
+                self.enqueue(Transmit {
+                    to: Destination::Peer(peer.to_owned()),
+                    kind: TransmitKind::Stream,
+                    frame: Frame::AorKey(held),
+                });
+            }
+            _ => {
+                self.set_aor_key(now, key);
+                self.push_event(Event::AorKeyChanged { key });
+            }
+        }
+    }
+
+    pub(super) fn handle_aor_summary(&mut self, now: u64, owner: &str, summary: AorSummary) {
+        let Some(slot) = self.aor_slot(owner) else {
+            return;
+        };
+        let digest = self.aor.sets.digest(slot);
+        let copy = self.aor.copies.entry(owner.to_owned()).or_default();
+        let version = (summary.incarnation, summary.seq);
+        if copy.version.is_some_and(|held| held > version) {
+            return;
+        }
+        if matches(digest, &summary) {
+            copy.version = Some(version);
+            copy.asked_at = None;
+            self.drain_aor_buffer(owner, slot);
+            return;
+        }
+        // Behind at the same incarnation with the missing deltas on their way: wait.
+        if copy.version.is_some_and(|(incarnation, seq)| {
+            incarnation == summary.incarnation
+                && seq < summary.seq
+                && copy
+                    .buffer
+                    .keys()
+                    .next()
+                    .is_some_and(|first| *first == (incarnation, seq + 1))
+        }) {
+            return;
+        }
+        self.start_aor_reconcile(now, owner, slot);
+    }
+
+    fn start_aor_reconcile(&mut self, now: u64, owner: &str, slot: Slot) {
+        let copy = self.aor.copies.entry(owner.to_owned()).or_default();
+        if copy
+            .asked_at
+            .is_some_and(|at| now < at.saturating_add(AOR_RECONCILE_TIMEOUT_MS))
+        {
+            return;
+        }
+        copy.asked_at = Some(now);
+        self.stats.aor_reconciliations += 1;
+        let ranges = split(0, Fp::MAX)
+            .into_iter()
+            .map(|(lo, hi)| {
+                let digest = self.aor.sets.range_digest(slot, lo, hi);
+                AorRange::Hash {
+                    lo,
+                    hi,
+                    count: digest.count,
+                    hash: digest.hash,
+                }
+            })
+            .collect();
+        self.enqueue(Transmit {
+            to: Destination::Peer(owner.to_owned()),
+            kind: TransmitKind::Stream,
+            frame: Frame::AorRanges(AorRanges {
+                owner: owner.to_owned(),
+                summary: None,
+                ranges,
+            }),
+        });
+    }
+
+    pub(super) fn handle_aor_delta(&mut self, owner: &str, delta: AorDelta) {
+        let Some(slot) = self.aor_slot(owner) else {
+            return;
+        };
+        let copy = self.aor.copies.entry(owner.to_owned()).or_default();
+        let version = (delta.incarnation, delta.seq);
+        if copy.version.is_some_and(|held| held >= version) || copy.buffer.contains_key(&version) {
+            self.stats.aor_deltas_stale += 1;
+            return;
+        }
+        if copy.buffer.len() >= AOR_BUFFER_MAX {
+            // Too far behind to wait: the next summary reconciles.
+            copy.buffer.clear();
+            copy.version = None;
+            self.stats.aor_buffer_overflows += 1;
+        }
+        copy.buffer.insert(version, delta);
+        self.drain_aor_buffer(owner, slot);
+    }
+
+    /// Applies buffered deltas that follow the copy's version, in order; drops older ones.
+    fn drain_aor_buffer(&mut self, owner: &str, slot: Slot) {
+        let Some(copy) = self.aor.copies.get_mut(owner) else {
+            return;
+        };
+        let Some(mut version) = copy.version else {
+            return;
+        };
+        let mut ready = Vec::new();
+        while let Some((&key, _)) = copy.buffer.first_key_value() {
+            if key <= version {
+                copy.buffer.pop_first();
+            } else if key == (version.0, version.1 + 1) {
+                if let Some((_, delta)) = copy.buffer.pop_first() {
+                    ready.push(delta);
+                }
+                version = key;
+            } else {
+                break;
+            }
+        }
+        copy.version = Some(version);
+        for delta in ready {
+            for fp in &delta.adds {
+                self.aor.sets.insert(slot, from_wire(fp));
+            }
+            for fp in &delta.removes {
+                self.aor.sets.remove(slot, from_wire(fp));
+            }
+            self.stats.aor_deltas_applied += 1;
+        }
+    }
+
+    pub(super) fn handle_aor_ranges(&mut self, now: u64, peer: &str, ranges: AorRanges) {
+        if ranges.owner == self.own.node_id {
+            self.answer_aor_ranges(peer, ranges.ranges);
+        } else if ranges.owner == peer && ranges.summary.is_some() {
+            self.apply_aor_ranges(now, peer, ranges);
+        } else {
+            self.stats.aor_frames_ignored += 1;
+        }
+    }
+
+    /// A copy's range hashes of this node's set: members or sub-range hashes where they
+    /// differ.
+    fn answer_aor_ranges(&mut self, peer: &str, theirs: Vec<AorRange>) {
+        if self.left {
+            return;
+        }
+        let own = self.aor.own_slot;
+        let mut answer: Vec<AorRange> = Vec::new();
+        let mut fps = 0usize;
+        let mut frames: Vec<Vec<AorRange>> = Vec::new();
+        let mut push = |range: AorRange, answer: &mut Vec<AorRange>, fps: &mut usize| {
+            let size = match &range {
+                AorRange::Members { fps, .. } => fps.len(),
+                AorRange::Hash { .. } => 0,
+            };
+            if answer.len() + 1 > AOR_RANGE_ITEMS_MAX || *fps + size > AOR_FRAME_FPS_MAX {
+                frames.push(std::mem::take(answer));
+                *fps = 0;
+            }
+            *fps += size;
+            answer.push(range);
+        };
+        for range in theirs {
+            let AorRange::Hash {
+                lo,
+                hi,
+                count,
+                hash,
+            } = range
+            else {
+                continue;
+            };
+            let mine = self.aor.sets.range_digest(own, lo, hi);
+            if mine == (RangeDigest { count, hash }) {
+                continue;
+            }
+            if count == 0 || mine.count <= AOR_LEAF_MAX || lo == hi {
+                // Members, in pieces of at most half a frame each.
+                let members = self.aor.sets.members(own, lo, hi);
+                if members.is_empty() {
+                    push(
+                        AorRange::Members {
+                            lo,
+                            hi,
+                            fps: Vec::new(),
+                        },
+                        &mut answer,
+                        &mut fps,
+                    );
+                }
+                let mut start = lo;
+                let mut chunks = members.chunks(AOR_FRAME_FPS_MAX / 2).peekable();
+                while let Some(chunk) = chunks.next() {
+                    let end = match (chunks.peek(), chunk.last()) {
+                        (Some(_), Some(last)) => *last,
+                        _ => hi,
+                    };
+                    push(
+                        AorRange::Members {
+                            lo: start,
+                            hi: end,
+                            fps: chunk.iter().map(|fp| to_wire(*fp)).collect(),
+                        },
+                        &mut answer,
+                        &mut fps,
+                    );
+                    start = end.saturating_add(1);
+                }
+            } else {
+                for (lo, hi) in split(lo, hi) {
+                    let digest = self.aor.sets.range_digest(own, lo, hi);
+                    push(
+                        AorRange::Hash {
+                            lo,
+                            hi,
+                            count: digest.count,
+                            hash: digest.hash,
+                        },
+                        &mut answer,
+                        &mut fps,
+                    );
+                }
+            }
+        }
+        if !answer.is_empty() {
+            frames.push(answer);
+        }
+        if frames.is_empty() {
+            // Nothing differs (the copy raced a delta): the summary settles it.
+            frames.push(Vec::new());
+        }
+        let summary = self.aor.summary();
+        for ranges in frames {
+            self.stats.aor_ranges_answered += 1;
+            self.enqueue(Transmit {
+                to: Destination::Peer(peer.to_owned()),
+                kind: TransmitKind::Stream,
+                frame: Frame::AorRanges(AorRanges {
+                    owner: self.own.node_id.clone(),
+                    summary: Some(summary),
+                    ranges,
+                }),
+            });
+        }
+    }
+
+    /// The owner's answer: replace ranges with its members, compare its sub-range hashes,
+    /// ask again where they differ; in sync once the copy's hash is the owner's.
+    fn apply_aor_ranges(&mut self, now: u64, owner: &str, ranges: AorRanges) {
+        let Some(slot) = self.aor_slot(owner) else {
+            return;
+        };
+        let Some(summary) = ranges.summary else {
+            return;
+        };
+        let mut again: Vec<AorRange> = Vec::new();
+        for range in ranges.ranges {
+            match range {
+                AorRange::Members { lo, hi, fps } => {
+                    let fps: Vec<Fp> = fps.iter().map(from_wire).collect();
+                    let changed = self.aor.sets.replace_range(slot, lo, hi, &fps);
+                    self.stats.aor_fps_repaired += changed;
+                }
+                AorRange::Hash {
+                    lo,
+                    hi,
+                    count,
+                    hash,
+                } => {
+                    let mine = self.aor.sets.range_digest(slot, lo, hi);
+                    if mine != (RangeDigest { count, hash }) && again.len() < AOR_RANGE_ITEMS_MAX {
+                        again.push(AorRange::Hash {
+                            lo,
+                            hi,
+                            count: mine.count,
+                            hash: mine.hash,
+                        });
+                    }
+                }
+            }
+        }
+        let digest = self.aor.sets.digest(slot);
+        let copy = self.aor.copies.entry(owner.to_owned()).or_default();
+        let version = (summary.incarnation, summary.seq);
+        if matches(digest, &summary) && copy.version.is_none_or(|held| held <= version) {
+            copy.version = Some(version);
+            copy.asked_at = None;
+            self.drain_aor_buffer(owner, slot);
+        } else if !again.is_empty() {
+            copy.asked_at = Some(now);
+            self.enqueue(Transmit {
+                to: Destination::Peer(owner.to_owned()),
+                kind: TransmitKind::Stream,
+                frame: Frame::AorRanges(AorRanges {
+                    owner: owner.to_owned(),
+                    summary: None,
+                    ranges: again,
+                }),
+            });
+        }
+    }
+
+    /// The slot of a peer's set, created on first use; `None` when the table is full.
+    fn aor_slot(&mut self, node_id: &str) -> Option<Slot> {
+        let slot = self.aor.sets.slot_or_insert(node_id);
+        if slot.is_none() {
+            self.stats.aor_frames_ignored += 1;
+        }
+        slot
+    }
+
+    /// Liveness rules applied to the sets: a node's set counts exactly when its record does
+    /// (live, suspect, held); a removed node's set is dropped.
+    pub(super) fn sync_aor_liveness(&mut self, now: u64) {
+        let own = self.aor.own_slot;
+        self.aor.sets.set_counted(own, !self.left);
+        let mut changes: Vec<(Slot, bool)> = Vec::new();
+        let mut gone: Vec<String> = Vec::new();
+        for (node_id, slot, was) in self.aor.sets.nodes() {
+            if slot == own {
+                continue;
+            }
+            let now_counted = match self.entries.get(node_id) {
+                Some(entry) => {
+                    let state = state_at(entry, now, &self.config);
+                    counted(entry, state, now, &self.config)
+                }
+                None => {
+                    if self.tombstones.contains_key(node_id) {
+                        gone.push(node_id.to_owned());
+                    }
+                    false
+                }
+            };
+            if now_counted != was {
+                changes.push((slot, now_counted));
+            }
+        }
+        for (slot, counted) in changes {
+            self.aor.sets.set_counted(slot, counted);
+        }
+        for node_id in gone {
+            self.aor.sets.drop_node(&node_id);
+            self.aor.copies.remove(&node_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_the_range_without_gaps() {
+        for (lo, hi) in [
+            (0, u64::MAX),
+            (5, 9),
+            (7, 7),
+            (0, 31),
+            (u64::MAX - 3, u64::MAX),
+        ] {
+            let parts = split(lo, hi);
+            assert!(parts.len() as u64 <= AOR_RANGE_FANOUT);
+            assert_eq!(parts.first().map(|p| p.0), Some(lo));
+            assert_eq!(parts.last().map(|p| p.1), Some(hi));
+            for pair in parts.windows(2) {
+                assert_eq!(pair[0].1 + 1, pair[1].0);
+            }
+        }
+    }
+}
