@@ -56,7 +56,10 @@ pub const fn verb_code(verb: Verb) -> u8 {
 }
 
 fn verb_from_code(code: u8) -> Option<Verb> {
-    Verb::ALL.get(usize::from(code.checked_sub(1)?)).copied()
+    Verb::ALL
+        .get(usize::from(code.checked_sub(1)?))
+        .copied()
+        .filter(|verb| *verb != Verb::Sync)
 }
 
 /// The record flags a verb allows.
@@ -65,7 +68,7 @@ const fn flags_allowed(verb: Verb) -> u8 {
         Verb::CallStart => FLAG_EMERGENCY | FLAG_TAG,
         Verb::CallStop | Verb::CallRefresh => FLAG_TAG,
         Verb::Admit => FLAG_EMERGENCY,
-        Verb::Register | Verb::Subscribers => 0,
+        Verb::Register | Verb::Subscribers | Verb::Sync => 0,
     }
 }
 
@@ -227,6 +230,7 @@ fn decode_record(record: &[u8]) -> Result<Event<'_>, Malformed> {
             call_id: fields.key()?,
             emergency,
         },
+        Verb::Sync => return Err(Malformed::UnknownVerb),
     };
     if !fields.0.is_empty() {
         return Err(Malformed::ExtraField);
@@ -363,6 +367,7 @@ impl Encoder {
             }
             Event::Subscribers { count } => self.buf.extend_from_slice(&count.to_be_bytes()),
             Event::Admit { call_id, .. } => self.key(call_id),
+            Event::Sync(_) => unreachable!("record_len refuses sync lines"),
         }
         debug_assert_eq!(self.buf.len() - start, len);
         self.count += 1;
@@ -422,6 +427,7 @@ pub fn record_len(event: &Event<'_>) -> Result<usize, EncodeError> {
         }
         Event::Subscribers { .. } => 8,
         Event::Admit { call_id, .. } => key_len("call_id", call_id)?,
+        Event::Sync(_) => return Err(EncodeError::TextOnly),
     };
     Ok(2 + 1 + 1 + fields)
 }
@@ -434,7 +440,7 @@ fn record_flags(event: &Event<'_>) -> u8 {
         Event::CallStart { call, emergency: e } => tag(call) | emergency(e),
         Event::CallStop { call } | Event::CallRefresh { call } => tag(call),
         Event::Admit { emergency: e, .. } => emergency(e),
-        Event::Register { .. } | Event::Subscribers { .. } => 0,
+        Event::Register { .. } | Event::Subscribers { .. } | Event::Sync(_) => 0,
     }
 }
 

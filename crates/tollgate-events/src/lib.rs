@@ -62,6 +62,38 @@ pub enum Event<'a> {
     Subscribers { count: u64 },
     /// A query, not a change: may this call be admitted (`admit`)?
     Admit { call_id: &'a [u8], emergency: bool },
+    /// One line of a reconciliation list (`sync-*`, text only): not applied as an event but
+    /// collected until its `sync-end`.
+    Sync(SyncLine<'a>),
+}
+
+/// The lines of a reconciliation list pushed by a proxy (text protocol only):
+///
+/// ```text
+/// sync-begin <sender> <epoch>
+/// sync-call <call-id> [tag=<from-tag>] [emergency]
+/// sync-reg <aor> <contact> <expires-seconds>
+/// sync-end <sender> <epoch> <calls> <contacts>
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncLine<'a> {
+    /// A new list from `sender`; `epoch` tells its lists apart.
+    Begin { sender: &'a [u8], epoch: u64 },
+    /// A call the sender has.
+    Call { call: CallRef<'a>, emergency: bool },
+    /// A contact the sender has, expiring in `expires_s` seconds (at least 1).
+    Reg {
+        aor: &'a [u8],
+        contact: &'a [u8],
+        expires_s: u32,
+    },
+    /// The list is complete: it had `calls` calls and `contacts` contacts.
+    End {
+        sender: &'a [u8],
+        epoch: u64,
+        calls: u64,
+        contacts: u64,
+    },
 }
 
 /// Identity of one call: Call-ID plus the optional From-tag.
@@ -81,11 +113,13 @@ pub enum Verb {
     Register = 3,
     Subscribers = 4,
     Admit = 5,
+    /// Any `sync-*` line (text only).
+    Sync = 6,
 }
 
 impl Verb {
     /// Number of verbs, for arrays of counters indexed by `verb as usize`.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     pub const ALL: [Verb; Verb::COUNT] = [
         Verb::CallStart,
         Verb::CallStop,
@@ -93,6 +127,7 @@ impl Verb {
         Verb::Register,
         Verb::Subscribers,
         Verb::Admit,
+        Verb::Sync,
     ];
 
     /// The text-protocol spelling, also used as the metric label.
@@ -104,6 +139,7 @@ impl Verb {
             Verb::Register => "reg",
             Verb::Subscribers => "subscribers",
             Verb::Admit => "admit",
+            Verb::Sync => "sync",
         }
     }
 }
@@ -117,6 +153,7 @@ impl Event<'_> {
             Event::Register { .. } => Verb::Register,
             Event::Subscribers { .. } => Verb::Subscribers,
             Event::Admit { .. } => Verb::Admit,
+            Event::Sync(_) => Verb::Sync,
         }
     }
 }
@@ -217,6 +254,9 @@ pub enum EncodeError {
     /// send it and start a new one.
     #[error("batch full")]
     BatchFull,
+    /// Binary only: `sync-*` lines exist in the text protocol only.
+    #[error("sync lines are text only")]
+    TextOnly,
 }
 
 /// A decoded datagram: its optional sequence header and an iterator over its events.

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 
-use crate::{CallRef, Datagram, Event};
+use crate::{CallRef, Datagram, Event, SyncLine};
 
 /// Renders a decoded datagram as one string per item: `seq <sender> <n>` first if present,
 /// then each event (`call-start <id> tag=<t> emergency`, …) or `!<reason label>`. Bytes
@@ -49,6 +49,24 @@ pub fn render_event(event: &Event<'_>) -> String {
             call_id,
             emergency: e,
         } => format!("admit {}{}", esc(call_id), emergency(e)),
+        Event::Sync(SyncLine::Begin { sender, epoch }) => {
+            format!("sync-begin {} {epoch}", esc(sender))
+        }
+        Event::Sync(SyncLine::Call {
+            call: c,
+            emergency: e,
+        }) => format!("sync-call {}{}", call(c), emergency(e)),
+        Event::Sync(SyncLine::Reg {
+            aor,
+            contact,
+            expires_s,
+        }) => format!("sync-reg {} {} {expires_s}", esc(aor), esc(contact)),
+        Event::Sync(SyncLine::End {
+            sender,
+            epoch,
+            calls,
+            contacts,
+        }) => format!("sync-end {} {epoch} {calls} {contacts}", esc(sender)),
     }
 }
 

@@ -8,6 +8,10 @@
 //! reg <aor> <contact> <expires-seconds>     expires 0 removes that contact
 //! subscribers <count>
 //! admit <call-id> [emergency]
+//! sync-begin <sender> <epoch>               a reconciliation list (see docs/protocol.md)
+//! sync-call <call-id> [tag=<from-tag>] [emergency]
+//! sync-reg <aor> <contact> <expires-seconds>
+//! sync-end <sender> <epoch> <calls> <contacts>
 //! ```
 //!
 //! Decoding rules, in short (the document has them all):
@@ -34,7 +38,9 @@
 //! **Invariant:** every event [`decode`] yields re-encodes with [`write_event`] and decodes
 //! back equal (the fuzz target `text_decoder` checks it).
 
-use crate::{CallRef, Datagram, EncodeError, Event, Events, FIELD_LEN_MAX, Malformed, Seq};
+use crate::{
+    CallRef, Datagram, EncodeError, Event, Events, FIELD_LEN_MAX, Malformed, Seq, SyncLine,
+};
 
 /// Longest line [`write_event`] can produce, terminator included:
 /// `call-start <255> tag=<255> emergency\n`.
@@ -175,6 +181,57 @@ fn decode_fields<'a>(fields: &mut Fields<'a>) -> Result<Event<'a>, Malformed> {
         }
         b"seq" => Err(Malformed::MisplacedSeq),
         b"" => Err(Malformed::EmptyField),
+        verb if verb.starts_with(b"sync-") => decode_sync(verb, fields).map(Event::Sync),
+        _ => Err(Malformed::UnknownVerb),
+    }
+}
+
+/// The `sync-*` lines (off the hot path).
+#[cold]
+fn decode_sync<'a>(verb: &[u8], fields: &mut Fields<'a>) -> Result<SyncLine<'a>, Malformed> {
+    match verb {
+        b"sync-begin" => {
+            let sender = fields.required()?;
+            let epoch = number(fields.required()?)?;
+            fields.end()?;
+            Ok(SyncLine::Begin { sender, epoch })
+        }
+        b"sync-call" => {
+            let call_id = fields.required()?;
+            let (from_tag, emergency) = fields.options(true, true)?;
+            Ok(SyncLine::Call {
+                call: CallRef { call_id, from_tag },
+                emergency,
+            })
+        }
+        b"sync-reg" => {
+            let aor = fields.required()?;
+            let contact = fields.required()?;
+            let expires = number(fields.required()?)?;
+            let expires_s = u32::try_from(expires).map_err(|_| Malformed::BadNumber)?;
+            if expires_s == 0 {
+                return Err(Malformed::BadNumber);
+            }
+            fields.end()?;
+            Ok(SyncLine::Reg {
+                aor,
+                contact,
+                expires_s,
+            })
+        }
+        b"sync-end" => {
+            let sender = fields.required()?;
+            let epoch = number(fields.required()?)?;
+            let calls = number(fields.required()?)?;
+            let contacts = number(fields.required()?)?;
+            fields.end()?;
+            Ok(SyncLine::End {
+                sender,
+                epoch,
+                calls,
+                contacts,
+            })
+        }
         _ => Err(Malformed::UnknownVerb),
     }
 }
@@ -437,6 +494,44 @@ fn write_checked(event: &Event<'_>, len: usize, out: &mut Vec<u8>) {
                 out.extend_from_slice(b" emergency");
             }
         }
+        Event::Sync(SyncLine::Begin { sender, epoch }) => {
+            out.extend_from_slice(b"sync-begin ");
+            out.extend_from_slice(sender);
+            out.push(b' ');
+            write_u64(epoch, out);
+        }
+        Event::Sync(SyncLine::Call { call, emergency }) => {
+            out.extend_from_slice(b"sync-call ");
+            write_call(call, out);
+            if emergency {
+                out.extend_from_slice(b" emergency");
+            }
+        }
+        Event::Sync(SyncLine::Reg {
+            aor,
+            contact,
+            expires_s,
+        }) => {
+            out.extend_from_slice(b"sync-reg ");
+            out.extend_from_slice(aor);
+            out.push(b' ');
+            out.extend_from_slice(contact);
+            out.push(b' ');
+            write_u64(u64::from(expires_s), out);
+        }
+        Event::Sync(SyncLine::End {
+            sender,
+            epoch,
+            calls,
+            contacts,
+        }) => {
+            out.extend_from_slice(b"sync-end ");
+            out.extend_from_slice(sender);
+            for n in [epoch, calls, contacts] {
+                out.push(b' ');
+                write_u64(n, out);
+            }
+        }
     }
     out.push(b'\n');
     debug_assert_eq!(out.len() - start, len);
@@ -476,6 +571,38 @@ pub fn encoded_len(event: &Event<'_>) -> Result<usize, EncodeError> {
         Event::Admit { call_id, emergency } => {
             check_field("call_id", call_id)?;
             "admit ".len() + call_id.len() + emergency_len(emergency)
+        }
+        Event::Sync(SyncLine::Begin { sender, epoch }) => {
+            check_field("sender", sender)?;
+            "sync-begin  ".len() + sender.len() + digit_count(epoch)
+        }
+        Event::Sync(SyncLine::Call { call, emergency }) => {
+            "sync-call ".len() + call_len(call)? + emergency_len(emergency)
+        }
+        Event::Sync(SyncLine::Reg {
+            aor,
+            contact,
+            expires_s,
+        }) => {
+            check_field("aor", aor)?;
+            check_field("contact", contact)?;
+            if expires_s == 0 {
+                return Err(EncodeError::EmptyField { field: "expires" });
+            }
+            "sync-reg   ".len() + aor.len() + contact.len() + digit_count(u64::from(expires_s))
+        }
+        Event::Sync(SyncLine::End {
+            sender,
+            epoch,
+            calls,
+            contacts,
+        }) => {
+            check_field("sender", sender)?;
+            "sync-end    ".len()
+                + sender.len()
+                + digit_count(epoch)
+                + digit_count(calls)
+                + digit_count(contacts)
         }
     };
     Ok(len + "\n".len())

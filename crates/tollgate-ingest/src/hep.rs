@@ -34,7 +34,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tollgate_hep::HepError;
 use tollgate_sip::{MirrorTracker, OwnedEvent, SipError};
-use tollgate_usage::Timestamp;
+use tollgate_usage::{Owner, Timestamp};
 
 pub use tollgate_sip::{TrackerConfig, TrackerCounters};
 
@@ -552,7 +552,16 @@ impl Worker {
             let capture_id = packet.capture_id.unwrap_or(0);
             let parsed =
                 tracker.handle_payload(now, capture_id, packet.payload, &mut scratch.events);
-            self.apply_events(now, scratch);
+            let owner = if scratch.events.is_empty() {
+                Owner::NONE
+            } else {
+                let mut name = [0u8; HEP_OWNER_LEN_MAX];
+                self.pipeline
+                    .tables
+                    .owners()
+                    .intern(hep_owner_name(capture_id, &mut name))
+            };
+            self.apply_events(now, owner, scratch);
             return match parsed {
                 Ok(()) => HepResult::Sip as usize,
                 Err(_) => HepResult::SipMalformed as usize,
@@ -574,12 +583,13 @@ impl Worker {
         HepResult::OtherProtocol as usize
     }
 
-    fn apply_events(&self, now: Timestamp, scratch: &mut Scratch) {
+    fn apply_events(&self, now: Timestamp, owner: Owner, scratch: &mut Scratch) {
         for event in scratch.events.drain(..) {
             scratch.reply.clear();
-            self.pipeline.apply(
+            self.pipeline.apply_from(
                 now,
                 &event.as_event(),
+                owner,
                 &mut scratch.local,
                 &mut scratch.reply,
             );
@@ -605,7 +615,7 @@ impl Worker {
 
     fn expire(&self, now: Timestamp, tracker: &mut MirrorTracker, scratch: &mut Scratch) {
         tracker.expire(now, &mut scratch.events);
-        self.apply_events(now, scratch);
+        self.apply_events(now, Owner::NONE, scratch);
     }
 
     fn publish(&self, scratch: &mut Scratch) {
@@ -617,6 +627,29 @@ impl Worker {
             }
         }
     }
+}
+
+/// Longest owner name of a HEP capture agent: `hep-` and a u32 in decimal.
+const HEP_OWNER_LEN_MAX: usize = 4 + 10;
+
+/// The owner name of the entries a HEP capture agent reports: `hep-<capture id>` (so a
+/// `[[reconcile]]` source with `sender = "hep-1"` corrects what capture agent 1 mirrored).
+fn hep_owner_name(capture_id: u32, buf: &mut [u8; HEP_OWNER_LEN_MAX]) -> &[u8] {
+    buf[..4].copy_from_slice(b"hep-");
+    let mut digits = [0u8; 10];
+    let mut n = capture_id;
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = 4 + digits.len() - start;
+    buf[4..len].copy_from_slice(&digits[start..]);
+    &buf[..len]
 }
 
 #[cfg(test)]

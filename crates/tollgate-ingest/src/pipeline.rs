@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use tollgate_events::{Event, Malformed};
-use tollgate_usage::{Outcome, SeqVerdict, SequenceTracker, Tables, Timestamp};
+use tollgate_events::{Event, Malformed, Verb};
+use tollgate_usage::{Outcome, Owner, SeqVerdict, SequenceTracker, Tables, Timestamp};
 
 use crate::stats::{DatagramDrop, EventOutcome, LocalStats, OPENSIPS_APPLIED, OPENSIPS_IGNORED};
 
@@ -82,6 +82,7 @@ impl Pipeline {
             return;
         }
         let decoded = tollgate_events::decode(datagram);
+        let mut owner = Owner::NONE;
         if let Some(seq) = &decoded.seq {
             match self.sequences.check(now, seq) {
                 SeqVerdict::Fresh { lost } => stats.lost_datagrams += lost,
@@ -91,10 +92,17 @@ impl Pipeline {
                     return;
                 }
             }
+            // Who reported these entries: a reconciliation source corrects only its own.
+            owner = self.tables.owners().intern(seq.sender);
         }
         for item in decoded.events {
             match item {
-                Ok(event) => self.apply(now, &event, stats, reply),
+                Ok(Event::Sync(line)) => {
+                    stats.events[Verb::Sync as usize] += 1;
+                    self.tables
+                        .sync_line(now, decoded.seq.map(|seq| seq.sender), &line);
+                }
+                Ok(event) => self.apply_from(now, &event, owner, stats, reply),
                 Err(reason) => stats.malformed[reason as usize] += 1,
             }
         }
@@ -146,6 +154,19 @@ impl Pipeline {
         stats: &mut LocalStats,
         reply: &mut Vec<u8>,
     ) {
+        self.apply_from(now, event, Owner::NONE, stats, reply);
+    }
+
+    /// [`Pipeline::apply`] for an event reported by `owner`.
+    #[inline]
+    pub(crate) fn apply_from(
+        &self,
+        now: Timestamp,
+        event: &Event<'_>,
+        owner: Owner,
+        stats: &mut LocalStats,
+        reply: &mut Vec<u8>,
+    ) {
         stats.events[event.verb() as usize] += 1;
         if let Event::Admit { call_id, emergency } = *event {
             let decision = self.admission.decide(call_id, emergency);
@@ -157,7 +178,7 @@ impl Pipeline {
             write_decision(decision, reply, stats);
             return;
         }
-        let outcome = match self.tables.apply(now, event) {
+        let outcome = match self.tables.apply_from(now, event, owner) {
             Outcome::CallStarted => EventOutcome::CallStarted,
             Outcome::CallAlreadyActive => EventOutcome::CallAlreadyActive,
             Outcome::CallAlreadyStopped => EventOutcome::CallAlreadyStopped,
@@ -212,6 +233,67 @@ mod tests {
         format!(
             r#"{{"jsonrpc":"2.0","method":"E_DLG_STATE_CHANGED","params":{{"hash_entry":3116,"hash_id":1804289383,"callid":"1-4242@127.0.1.1","from_tag":"4242SIPpTag001","to_tag":"4243SIPpTag011","old_state":{old},"new_state":{new}}}}}"#
         )
+    }
+
+    /// A `sync-*` list of 100 calls across 50 numbered datagrams (`seq fs1 n`), minus the
+    /// datagrams in `lost`.
+    fn sync_list(epoch: u64, first_seq: u64, lost: &[usize]) -> Vec<String> {
+        let mut datagrams = vec![format!("seq fs1 {first_seq}\nsync-begin fs1 {epoch}\n")];
+        for d in 1..49 {
+            let calls: String = (0..2)
+                .map(|i| format!("sync-call c{} tag=t\n", d * 2 + i))
+                .collect();
+            datagrams.push(format!("seq fs1 {}\n{calls}", first_seq + d as u64));
+        }
+        datagrams.push(format!(
+            "seq fs1 {}\nsync-call c0 tag=t\nsync-call c1 tag=t\nsync-call c98 tag=t\nsync-call c99 tag=t\nsync-end fs1 {epoch} 100 0\n",
+            first_seq + 49
+        ));
+        datagrams
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !lost.contains(i))
+            .map(|(_, d)| d)
+            .collect()
+    }
+
+    #[test]
+    fn sync_lists_over_50_datagrams_heal_or_are_discarded_whole() {
+        let p = pipeline();
+        let now = Timestamp::from_unix_secs(1_700_000_000);
+        let (mut stats, mut reply) = (LocalStats::default(), Vec::new());
+        // The sender's own events: a phantom (its stop was lost) and a call it still has.
+        p.process(
+            now,
+            b"seq fs1 1\ncall-start phantom tag=t\ncall-start c5 tag=t\n",
+            &mut stats,
+            &mut reply,
+        );
+        // One datagram of the list is lost: the counts in sync-end tell, nothing applies.
+        for d in sync_list(1, 2, &[17]) {
+            p.process(now, d.as_bytes(), &mut stats, &mut reply);
+        }
+        assert!(p.tables.take_complete_sync_lists(now).is_empty());
+        assert_eq!(p.tables.usage().calls, 2);
+        let results = p.tables.sync_lists().results();
+        assert_eq!(results[tollgate_usage::SyncResult::Incomplete as usize], 1);
+        // The next complete list heals: 99 missing calls added, the phantom removed.
+        for d in sync_list(2, 100, &[]) {
+            p.process(now, d.as_bytes(), &mut stats, &mut reply);
+        }
+        let lists = p.tables.take_complete_sync_lists(now);
+        assert_eq!(lists.len(), 1);
+        for list in lists {
+            let c = p
+                .tables
+                .reconcile(now, &list.run, list.list, list.scope, true);
+            p.tables.finish_run(list.run);
+            assert_eq!((c.missing_calls, c.phantom_calls), (99, 1));
+        }
+        assert_eq!(p.tables.usage().calls, 100);
+        // 102 lines per list (begin, 100 calls, end), two lines lost with datagram 17.
+        assert_eq!(stats.events[Verb::Sync as usize], 2 * 102 - 2);
+        assert!(reply.is_empty());
     }
 
     #[test]

@@ -33,6 +33,7 @@ impl VerbCounts {
             Verb::Register => self.reg,
             Verb::Subscribers => self.subscribers,
             Verb::Admit => self.admit,
+            Verb::Sync => 0,
         }
     }
 
@@ -44,6 +45,7 @@ impl VerbCounts {
             Verb::Register => &mut self.reg,
             Verb::Subscribers => &mut self.subscribers,
             Verb::Admit => &mut self.admit,
+            Verb::Sync => return,
         };
         *counter += 1;
     }

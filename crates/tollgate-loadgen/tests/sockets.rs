@@ -77,6 +77,7 @@ impl Books {
                 }
                 Event::Subscribers { count } => self.subscribers = Some(count),
                 Event::Admit { .. } => panic!("loadgen sends no admit"),
+                Event::Sync(_) => panic!("loadgen sends no sync lines"),
             }
         }
     }

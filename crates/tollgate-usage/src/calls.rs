@@ -36,25 +36,29 @@ use parking_lot::Mutex;
 
 use crate::Outcome;
 use crate::fingerprint::{BuildIdentityHasher, Fingerprint};
+use crate::owners::Owner;
+use crate::reconcile::Touched;
 
 /// Most tombstones one shard holds (see the module doc). 64 shards × 1024 × 24 bytes ≈ 3 MiB.
 pub const TOMBSTONES_PER_SHARD_MAX: u32 = 1024;
 
-/// Times in entries are u32 unix seconds (until 2106); `started` is stored as seconds since
-/// this epoch (2024-01-01T00:00:00Z) in 30 bits (until 2058, then saturating: it is
-/// informational only).
-pub const STARTED_EPOCH_UNIX_S: u32 = 1_704_067_200;
-
+/// Times in entries are u32 unix seconds (until 2106). `started` is informational (snapshots
+/// carry it): stored as unix seconds modulo 2^22 (48.5 days) and read back as the latest
+/// such second not after `now`, so it is exact for calls younger than 48 days.
+const STARTED_BITS: u32 = 22;
+const STARTED_MASK: u32 = (1 << STARTED_BITS) - 1;
 const EMERGENCY_FLAG: u32 = 1 << 31;
 const TOMBSTONE_FLAG: u32 = 1 << 30;
-const STARTED_MASK: u32 = TOMBSTONE_FLAG - 1;
+const OWNER_SHIFT: u32 = STARTED_BITS;
+const OWNER_MASK: u32 = 0xFF << OWNER_SHIFT;
 
 /// One active call (or tombstone): 8 bytes, so a map slot is 24 bytes with its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CallEntry {
     /// The call ends (or the tombstone lapses) when `now_s >= deadline_s`.
     deadline_s: u32,
-    /// Emergency flag (bit 31), tombstone flag (bit 30), started (bits 0..30).
+    /// Emergency flag (bit 31), tombstone flag (bit 30), owner (bits 22..30, see
+    /// [`crate::owners`]), started modulo 2^22 (bits 0..22).
     meta: u32,
 }
 
@@ -62,12 +66,23 @@ const _: () = assert!(size_of::<CallEntry>() == 8);
 const _: () = assert!(size_of::<(Fingerprint, CallEntry)>() == 24);
 
 impl CallEntry {
-    pub(crate) fn call(deadline_s: u32, started_s: u32, emergency: bool) -> Self {
-        let started = started_s
-            .saturating_sub(STARTED_EPOCH_UNIX_S)
-            .min(STARTED_MASK);
-        let meta = started | if emergency { EMERGENCY_FLAG } else { 0 };
+    pub(crate) fn call(deadline_s: u32, started_s: u32, emergency: bool, owner: Owner) -> Self {
+        let meta = (started_s & STARTED_MASK)
+            | (u32::from(owner.0) << OWNER_SHIFT)
+            | if emergency { EMERGENCY_FLAG } else { 0 };
         CallEntry { deadline_s, meta }
+    }
+
+    pub(crate) fn owner(self) -> Owner {
+        Owner(((self.meta & OWNER_MASK) >> OWNER_SHIFT) as u8)
+    }
+
+    pub(crate) fn set_emergency(&mut self, emergency: bool) {
+        if emergency {
+            self.meta |= EMERGENCY_FLAG;
+        } else {
+            self.meta &= !EMERGENCY_FLAG;
+        }
     }
 
     fn tombstone(deadline_s: u32) -> Self {
@@ -89,12 +104,14 @@ impl CallEntry {
         self.meta & TOMBSTONE_FLAG != 0
     }
 
-    /// Unix seconds the call started (saturated to the 2024 epoch).
-    pub(crate) fn started_s(self) -> u32 {
-        STARTED_EPOCH_UNIX_S.saturating_add(self.meta & STARTED_MASK)
+    /// Unix seconds the call started: the latest second not after `now_s` that matches the
+    /// stored 22 bits (exact for calls younger than 48.5 days).
+    pub(crate) fn started_s(self, now_s: u32) -> u32 {
+        let age = now_s.wrapping_sub(self.meta & STARTED_MASK) & STARTED_MASK;
+        now_s.saturating_sub(age)
     }
 
-    fn is_expired(self, now_s: u32) -> bool {
+    pub(crate) fn is_expired(self, now_s: u32) -> bool {
         now_s >= self.deadline_s
     }
 }
@@ -103,7 +120,9 @@ type CallMap = HashMap<Fingerprint, CallEntry, BuildIdentityHasher>;
 
 pub(crate) struct CallState {
     pub(crate) map: CallMap,
-    tombstones: u32,
+    pub(crate) tombstones: u32,
+    /// Calls touched by an event while a reconciliation runs (see [`crate::reconcile`]).
+    pub(crate) touched: Touched,
 }
 
 pub(crate) struct CallShard {
@@ -118,6 +137,7 @@ impl CallShard {
             state: Mutex::new(CallState {
                 map: CallMap::default(),
                 tombstones: 0,
+                touched: Touched::default(),
             }),
             calls: AtomicU64::new(0),
             emergency_calls: AtomicU64::new(0),
@@ -127,7 +147,7 @@ impl CallShard {
     /// Adjusts the counters; the caller holds this shard's lock (a plain load + store is
     /// enough: no other writer can run).
     #[inline]
-    fn count(&self, calls: i64, emergency_calls: i64) {
+    pub(crate) fn count(&self, calls: i64, emergency_calls: i64) {
         add(&self.calls, calls);
         if emergency_calls != 0 {
             add(&self.emergency_calls, emergency_calls);
@@ -145,7 +165,7 @@ pub(crate) fn add(counter: &AtomicU64, delta: i64) {
     counter.store(old.wrapping_add_signed(delta), Ordering::Relaxed);
 }
 
-fn emergency_delta(emergency: bool) -> i64 {
+pub(crate) fn emergency_delta(emergency: bool) -> i64 {
     i64::from(emergency)
 }
 
@@ -167,7 +187,7 @@ pub struct Swept {
 pub(crate) struct CallTable {
     pub(crate) shards: Box<[CachePadded<CallShard>]>,
     shard_mask: u64,
-    max_call_duration_s: u32,
+    pub(crate) max_call_duration_s: u32,
     tombstone_ttl_s: u32,
 }
 
@@ -192,13 +212,21 @@ impl CallTable {
         &self.shards[(fp.0[1] & self.shard_mask) as usize]
     }
 
-    pub(crate) fn start(&self, fp: Fingerprint, emergency: bool, now_s: u32) -> Outcome {
+    pub(crate) fn start(
+        &self,
+        fp: Fingerprint,
+        emergency: bool,
+        owner: Owner,
+        now_s: u32,
+    ) -> Outcome {
         let shard = self.shard(fp);
         let mut state = shard.state.lock();
+        state.touched.note(fp);
         let new = CallEntry::call(
             now_s.saturating_add(self.max_call_duration_s),
             now_s,
             emergency,
+            owner,
         );
         match state.map.entry(fp) {
             Entry::Vacant(vacant) => {
@@ -235,6 +263,7 @@ impl CallTable {
         let shard = self.shard(fp);
         let mut guard = shard.state.lock();
         let state = &mut *guard;
+        state.touched.note(fp);
         let tombstone_allowed =
             self.tombstone_ttl_s > 0 && state.tombstones < TOMBSTONES_PER_SHARD_MAX;
         let tombstone = CallEntry::tombstone(now_s.saturating_add(self.tombstone_ttl_s));
@@ -275,6 +304,7 @@ impl CallTable {
     pub(crate) fn refresh(&self, fp: Fingerprint, now_s: u32) -> Outcome {
         let shard = self.shard(fp);
         let mut state = shard.state.lock();
+        state.touched.note(fp);
         let Some(entry) = state.map.get_mut(&fp) else {
             return Outcome::CallUnknown;
         };
@@ -369,23 +399,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entry_packs_flags_and_started() {
-        let now_s = STARTED_EPOCH_UNIX_S + 1000;
-        let e = CallEntry::call(now_s + 60, now_s, true);
+    fn entry_packs_flags_owner_and_started() {
+        let now_s = 1_750_000_000;
+        let mut e = CallEntry::call(now_s + 60, now_s, true, Owner(0xA5));
         assert!(e.is_emergency());
         assert!(!e.is_tombstone());
-        assert_eq!(e.started_s(), now_s);
+        assert_eq!(e.owner(), Owner(0xA5));
+        assert_eq!(e.started_s(now_s), now_s);
+        assert_eq!(e.started_s(now_s + 3600), now_s);
         assert_eq!(e.deadline_s(), now_s + 60);
+        e.set_emergency(false);
+        assert!(!e.is_emergency());
+        assert_eq!(e.owner(), Owner(0xA5));
         let t = CallEntry::tombstone(5);
         assert!(t.is_tombstone() && !t.is_emergency());
-        // Before the epoch, `started` saturates; far after it, too.
-        assert_eq!(
-            CallEntry::call(10, 5, false).started_s(),
-            STARTED_EPOCH_UNIX_S
-        );
-        assert_eq!(
-            CallEntry::call(u32::MAX, u32::MAX, false).started_s(),
-            STARTED_EPOCH_UNIX_S + STARTED_MASK
-        );
+        assert_eq!(t.owner(), Owner::NONE);
+        // Older than 2^22 s: `started` wraps into the last 48.5 days (informational only).
+        let old = CallEntry::call(u32::MAX, now_s, false, Owner::NONE);
+        assert_eq!(old.started_s(now_s + (1 << 22) + 5), now_s + (1 << 22));
+        // Near the start of time it saturates.
+        assert_eq!(CallEntry::call(10, 5, false, Owner::NONE).started_s(3), 0);
     }
 }

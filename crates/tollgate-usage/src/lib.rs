@@ -14,6 +14,9 @@
 //! - [`sequence`]: per-sender datagram numbering: duplicates, losses, restarts.
 //! - [`peaks`]: highest usage since start and per minute over the last 24 hours.
 //! - [`snapshot`]: the tables as bytes, so a restarted agent keeps its counts.
+//! - [`owners`]: which sender reported each call and contact (a byte in spare bits).
+//! - [`reconcile`]: heal the tables from a proxy's own list of dialogs and contacts.
+//! - [`sync`]: such lists pushed by the proxy as `sync-*` text lines.
 //!
 //! **Invariants.**
 //! - Every event is idempotent: a duplicate start, a stop without a start, a second stop, a
@@ -33,10 +36,13 @@
 
 pub mod calls;
 pub mod fingerprint;
+pub mod owners;
 pub mod peaks;
+pub mod reconcile;
 pub mod registrations;
 pub mod sequence;
 pub mod snapshot;
+pub mod sync;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -44,13 +50,16 @@ use tollgate_events::Event;
 
 pub use calls::{Swept, TOMBSTONES_PER_SHARD_MAX};
 pub use fingerprint::{Fingerprint, FingerprintKey, Fingerprinter};
+pub use owners::{OWNERS_MAX, Owner, Owners};
 pub use peaks::{MINUTE_SLOT_COUNT, MinutePeak, PeakCounts, Peaks};
+pub use reconcile::{Corrections, ProxyList, Run, Scope, TOUCHED_PER_SHARD_MAX};
 pub use registrations::CONTACTS_PER_AOR_MAX;
 pub use sequence::{SEQ_SENDERS_MAX, SEQ_WINDOW_LEN, SeqVerdict, SequenceTracker};
 pub use snapshot::{
     AorRecord, CallRecord, ContactRecord, Restored, Snapshot, SnapshotError,
     decode as decode_snapshot, encode as encode_snapshot,
 };
+pub use sync::{CompleteList, SyncLists, SyncResult};
 
 use calls::{CallEntry, CallTable};
 use registrations::{Binding, RegTable};
@@ -180,6 +189,8 @@ pub struct Tables {
     subscribers_reported_at_ms: AtomicU64,
     peaks: Peaks,
     sweep_cursor: AtomicUsize,
+    owners: Owners,
+    sync: SyncLists,
 }
 
 impl std::fmt::Debug for Tables {
@@ -210,17 +221,27 @@ impl Tables {
             subscribers_reported_at_ms: AtomicU64::new(REPORTED_NEVER),
             peaks: Peaks::new(),
             sweep_cursor: AtomicUsize::new(0),
+            owners: Owners::new(),
+            sync: SyncLists::default(),
         }
     }
 
-    /// Applies one event. Idempotent (see the crate doc).
+    /// Applies one event from no known sender ([`Owner::NONE`]). Idempotent (see the crate
+    /// doc).
     #[inline]
     pub fn apply(&self, now: Timestamp, event: &Event<'_>) -> Outcome {
+        self.apply_from(now, event, Owner::NONE)
+    }
+
+    /// Applies one event reported by `owner` (see [`owners`]): a call start or a contact
+    /// registration records it. Idempotent (see the crate doc).
+    #[inline]
+    pub fn apply_from(&self, now: Timestamp, event: &Event<'_>, owner: Owner) -> Outcome {
         let now_s = now.unix_secs_u32();
         match *event {
             Event::CallStart { call, emergency } => {
                 self.calls
-                    .start(self.fingerprinter.call(call), emergency, now_s)
+                    .start(self.fingerprinter.call(call), emergency, owner, now_s)
             }
             Event::CallStop { call } => self.calls.stop(self.fingerprinter.call(call), now_s),
             Event::CallRefresh { call } => self.calls.refresh(self.fingerprinter.call(call), now_s),
@@ -232,13 +253,15 @@ impl Tables {
                 self.fingerprinter.aor(aor),
                 self.fingerprinter.contact(contact),
                 expires_s,
+                owner,
                 now_s,
             ),
             Event::Subscribers { count } => {
                 self.set_subscribers(now, count);
                 Outcome::SubscribersSet
             }
-            Event::Admit { .. } => Outcome::NotAChange,
+            // A query; `sync-*` lines go through [`Tables::sync_line`].
+            Event::Admit { .. } | Event::Sync(_) => Outcome::NotAChange,
         }
     }
 
@@ -296,6 +319,11 @@ impl Tables {
         self.calls.shards.len()
     }
 
+    /// The sender names behind [`Owner`] ids.
+    pub fn owners(&self) -> &Owners {
+        &self.owners
+    }
+
     /// The public id of the fingerprint key these tables use.
     pub fn fingerprint_key_id(&self) -> u64 {
         self.fingerprint_key_id
@@ -331,7 +359,7 @@ impl Tables {
                         (e.deadline_s() > now_s).then_some(CallRecord {
                             fingerprint: fp.to_bytes(),
                             deadline_s: e.deadline_s(),
-                            started_s: e.started_s(),
+                            started_s: e.started_s(now_s),
                             emergency: e.is_emergency(),
                         })
                     }),
@@ -385,7 +413,8 @@ impl Tables {
                 restored.dropped_expired += 1;
                 continue;
             }
-            let entry = CallEntry::call(call.deadline_s, call.started_s, call.emergency);
+            let entry =
+                CallEntry::call(call.deadline_s, call.started_s, call.emergency, Owner::NONE);
             if self
                 .calls
                 .restore(Fingerprint::from_bytes(call.fingerprint), entry)

@@ -31,11 +31,18 @@ use parking_lot::Mutex;
 use crate::Outcome;
 use crate::calls::{Swept, add, shrink_if_sparse};
 use crate::fingerprint::{BuildIdentityHasher, Fingerprint};
+use crate::owners::Owner;
+use crate::reconcile::Touched;
 
 /// Most contacts tracked per AoR (see the module doc).
 pub const CONTACTS_PER_AOR_MAX: usize = 32;
 
-/// One contact of an AoR: 12 bytes, alignment 4.
+/// Bits of the contact hash a binding keeps; the top byte holds the binding's owner.
+pub(crate) const CONTACT_HASH_MASK: u64 = (1 << 56) - 1;
+
+/// One contact of an AoR: 12 bytes, alignment 4. The contact is told apart by 56 bits of
+/// its keyed hash (collisions within one AoR ~n²/2^57); the top byte is the owner (the
+/// sender that reported it, see [`crate::owners`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Binding {
     contact: [u32; 2],
@@ -45,17 +52,31 @@ pub(crate) struct Binding {
 
 impl Binding {
     pub(crate) fn new(contact_hash: u64, expires_s: u32) -> Self {
+        Self::owned(contact_hash, Owner::NONE, expires_s)
+    }
+
+    pub(crate) fn owned(contact_hash: u64, owner: Owner, expires_s: u32) -> Self {
+        let packed = (contact_hash & CONTACT_HASH_MASK) | (u64::from(owner.0) << 56);
         Binding {
-            contact: [contact_hash as u32, (contact_hash >> 32) as u32],
+            contact: [packed as u32, (packed >> 32) as u32],
             expires_s,
         }
     }
 
+    /// The contact's hash (56 bits).
     pub(crate) fn contact_hash(self) -> u64 {
-        u64::from(self.contact[0]) | (u64::from(self.contact[1]) << 32)
+        (u64::from(self.contact[0]) | (u64::from(self.contact[1]) << 32)) & CONTACT_HASH_MASK
     }
 
-    fn is_expired(self, now_s: u32) -> bool {
+    pub(crate) fn owner(self) -> Owner {
+        Owner((self.contact[1] >> 24) as u8)
+    }
+
+    pub(crate) fn set_owner(&mut self, owner: Owner) {
+        self.contact[1] = (self.contact[1] & 0x00FF_FFFF) | (u32::from(owner.0) << 24);
+    }
+
+    pub(crate) fn is_expired(self, now_s: u32) -> bool {
         now_s >= self.expires_s
     }
 }
@@ -75,7 +96,7 @@ const _: () = assert!(size_of::<AorEntry>() == 24);
 const _: () = assert!(size_of::<(Fingerprint, AorEntry)>() == 40);
 
 impl AorEntry {
-    fn new(first: Binding) -> Self {
+    pub(crate) fn new(first: Binding) -> Self {
         AorEntry { first, more: None }
     }
 
@@ -87,12 +108,13 @@ impl AorEntry {
         std::iter::once(self.first).chain(self.more.iter().flat_map(|more| more.iter().copied()))
     }
 
-    fn position(&self, contact_hash: u64) -> Option<usize> {
+    pub(crate) fn position(&self, contact_hash: u64) -> Option<usize> {
+        let contact_hash = contact_hash & CONTACT_HASH_MASK;
         self.bindings()
             .position(|b| b.contact_hash() == contact_hash)
     }
 
-    fn get_mut(&mut self, index: usize) -> Option<&mut Binding> {
+    pub(crate) fn get_mut(&mut self, index: usize) -> Option<&mut Binding> {
         match index {
             0 => Some(&mut self.first),
             i => self.more.as_mut().and_then(|more| more.get_mut(i - 1)),
@@ -101,7 +123,7 @@ impl AorEntry {
 
     /// Removes binding `index`; returns `true` if that was the last one (the entry must then
     /// be removed or given a new first binding).
-    fn remove(&mut self, index: usize) -> bool {
+    pub(crate) fn remove(&mut self, index: usize) -> bool {
         debug_assert!(index < self.len());
         let Some(more) = self.more.as_mut() else {
             return true;
@@ -122,7 +144,7 @@ impl AorEntry {
 
     /// Adds a binding; past [`CONTACTS_PER_AOR_MAX`] replaces the one expiring first.
     /// Returns whether the number of bindings grew.
-    fn push(&mut self, binding: Binding) -> bool {
+    pub(crate) fn push(&mut self, binding: Binding) -> bool {
         if self.len() >= CONTACTS_PER_AOR_MAX {
             let soonest = self
                 .bindings()
@@ -140,7 +162,7 @@ impl AorEntry {
 
     /// Drops expired bindings. Returns how many, and whether none is left (then `first` is
     /// stale: the caller removes the entry or overwrites `first`).
-    fn retain_live(&mut self, now_s: u32) -> (u64, bool) {
+    pub(crate) fn retain_live(&mut self, now_s: u32) -> (u64, bool) {
         let mut removed = 0u64;
         if let Some(more) = self.more.as_mut() {
             let before = more.len();
@@ -162,10 +184,30 @@ impl AorEntry {
     }
 }
 
-type RegMap = HashMap<Fingerprint, AorEntry, BuildIdentityHasher>;
+pub(crate) type RegMap = HashMap<Fingerprint, AorEntry, BuildIdentityHasher>;
+
+/// A shard's map and the AoRs events touched while a reconciliation runs. Derefs to the map.
+#[derive(Default)]
+pub(crate) struct RegState {
+    pub(crate) map: RegMap,
+    pub(crate) touched: Touched,
+}
+
+impl std::ops::Deref for RegState {
+    type Target = RegMap;
+    fn deref(&self) -> &RegMap {
+        &self.map
+    }
+}
+
+impl std::ops::DerefMut for RegState {
+    fn deref_mut(&mut self) -> &mut RegMap {
+        &mut self.map
+    }
+}
 
 pub(crate) struct RegShard {
-    pub(crate) map: Mutex<RegMap>,
+    pub(crate) map: Mutex<RegState>,
     registered_subscribers: AtomicU64,
     registered_contacts: AtomicU64,
 }
@@ -173,7 +215,7 @@ pub(crate) struct RegShard {
 impl RegShard {
     fn new() -> Self {
         RegShard {
-            map: Mutex::new(RegMap::default()),
+            map: Mutex::new(RegState::default()),
             registered_subscribers: AtomicU64::new(0),
             registered_contacts: AtomicU64::new(0),
         }
@@ -181,7 +223,7 @@ impl RegShard {
 
     /// Adjusts the counters; the caller holds this shard's lock.
     #[inline]
-    fn count(&self, subscribers: i64, contacts: i64) {
+    pub(crate) fn count(&self, subscribers: i64, contacts: i64) {
         if subscribers != 0 {
             add(&self.registered_subscribers, subscribers);
         }
@@ -208,7 +250,7 @@ impl RegTable {
     }
 
     #[inline]
-    fn shard(&self, aor: Fingerprint) -> &RegShard {
+    pub(crate) fn shard(&self, aor: Fingerprint) -> &RegShard {
         &self.shards[(aor.0[1] & self.shard_mask) as usize]
     }
 
@@ -218,11 +260,13 @@ impl RegTable {
         aor: Fingerprint,
         contact_hash: u64,
         expires_s: u32,
+        owner: Owner,
         now_s: u32,
     ) -> Outcome {
         let shard = self.shard(aor);
-        let mut map = shard.map.lock();
-        let entry = map.entry(aor);
+        let mut guard = shard.map.lock();
+        guard.touched.note(aor);
+        let entry = guard.map.entry(aor);
         if expires_s == 0 {
             let Entry::Occupied(mut occupied) = entry else {
                 return Outcome::ContactUnknown;
@@ -248,7 +292,7 @@ impl RegTable {
                 Outcome::ContactUnknown
             };
         }
-        let binding = Binding::new(contact_hash, now_s.saturating_add(expires_s));
+        let binding = Binding::owned(contact_hash, owner, now_s.saturating_add(expires_s));
         match entry {
             Entry::Vacant(vacant) => {
                 vacant.insert(AorEntry::new(binding));
@@ -268,6 +312,7 @@ impl RegTable {
                     .and_then(|index| aor_entry.get_mut(index))
                 {
                     slot.expires_s = binding.expires_s;
+                    slot.set_owner(owner);
                     shard.count(0, -(pruned as i64));
                     return Outcome::ContactRefreshed;
                 }
@@ -290,7 +335,7 @@ impl RegTable {
             !empty
         });
         shard.count(-(subscribers as i64), -(contacts as i64));
-        shrink_if_sparse(&mut map);
+        shrink_if_sparse(&mut map.map);
         swept.contacts += contacts;
     }
 

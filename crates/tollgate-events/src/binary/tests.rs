@@ -63,8 +63,10 @@ const ADMIT: u8 = 6;
 
 #[test]
 fn verb_codes_are_as_documented() {
+    // `sync-*` lines are text only: the binary format has no code for them.
     let codes: Vec<_> = Verb::ALL
         .iter()
+        .filter(|&&v| v != Verb::Sync)
         .map(|&v| (v.as_str(), verb_code(v)))
         .collect();
     assert_eq!(
@@ -78,6 +80,7 @@ fn verb_codes_are_as_documented() {
             ("admit", ADMIT),
         ]
     );
+    assert_eq!(verb_from_code(verb_code(Verb::Sync)), None);
 }
 
 #[test]

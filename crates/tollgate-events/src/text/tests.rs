@@ -785,3 +785,83 @@ proptest! {
         prop_assert_eq!(&decoded[decoded.len() - after.len()..], &expected_after[..]);
     }
 }
+
+#[test]
+fn sync_lines_decode() {
+    check(
+        "seq fs1 9\nsync-begin fs1 42\nsync-call a tag=t emergency\nsync-call b\n\
+         sync-reg sip:a@x sip:a@1:5060 300\nsync-end fs1 42 2 1\n",
+        &[
+            "seq fs1 9",
+            "sync-begin fs1 42",
+            "sync-call a tag=t emergency",
+            "sync-call b",
+            "sync-reg sip:a@x sip:a@1:5060 300",
+            "sync-end fs1 42 2 1",
+        ],
+    );
+}
+
+#[test]
+fn malformed_sync_lines() {
+    check("sync-begin fs1", &["!missing_field"]);
+    check("sync-begin fs1 x", &["!bad_number"]);
+    check("sync-begin fs1 1 2", &["!extra_field"]);
+    check("sync-call", &["!missing_field"]);
+    check("sync-call a tag=", &["!empty_field"]);
+    check("sync-call a bogus", &["!bad_option"]);
+    // A listed contact has a positive expiry: 0 would be a removal, not a list entry.
+    check("sync-reg a c 0", &["!bad_number"]);
+    check("sync-reg a c 4294967296", &["!bad_number"]);
+    check("sync-end fs1 1 2", &["!missing_field"]);
+    check("sync-end fs1 1 2 3 4", &["!extra_field"]);
+    check("sync-bogus x", &["!unknown_verb"]);
+    check("sync-", &["!unknown_verb"]);
+}
+
+#[test]
+fn write_event_writes_sync_lines() {
+    check_write(
+        Event::Sync(SyncLine::Begin {
+            sender: b"fs1",
+            epoch: 7,
+        }),
+        "sync-begin fs1 7\n",
+    );
+    check_write(
+        Event::Sync(SyncLine::Call {
+            call: CallRef {
+                call_id: b"a",
+                from_tag: Some(b"t"),
+            },
+            emergency: true,
+        }),
+        "sync-call a tag=t emergency\n",
+    );
+    check_write(
+        Event::Sync(SyncLine::Reg {
+            aor: b"sip:a@x",
+            contact: b"sip:a@1",
+            expires_s: 60,
+        }),
+        "sync-reg sip:a@x sip:a@1 60\n",
+    );
+    check_write(
+        Event::Sync(SyncLine::End {
+            sender: b"fs1",
+            epoch: u64::MAX,
+            calls: 0,
+            contacts: 12,
+        }),
+        "sync-end fs1 18446744073709551615 0 12\n",
+    );
+    let mut out = Vec::new();
+    let zero = Event::Sync(SyncLine::Reg {
+        aor: b"a",
+        contact: b"c",
+        expires_s: 0,
+    });
+    assert!(write_event(&zero, &mut out).is_err());
+    assert!(crate::binary::record_len(&zero).is_err());
+    assert!(out.is_empty());
+}

@@ -274,3 +274,11 @@ fn decode_error_labels_follow_the_decoder() {
         );
     }
 }
+
+#[test]
+fn hep_owner_names_spell_the_capture_id() {
+    let mut buf = [0u8; super::HEP_OWNER_LEN_MAX];
+    assert_eq!(super::hep_owner_name(0, &mut buf), b"hep-0");
+    assert_eq!(super::hep_owner_name(2001, &mut buf), b"hep-2001");
+    assert_eq!(super::hep_owner_name(u32::MAX, &mut buf), b"hep-4294967295");
+}
