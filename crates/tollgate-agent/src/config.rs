@@ -17,6 +17,11 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7173";
 pub const DEFAULT_STATE_DIR: &str = "./tollgate-state";
 /// File name of the unix event socket inside the state dir.
 pub const EVENTS_SOCKET_NAME: &str = "events.sock";
+/// Highest `[calls] max_active_calls` and `[registrations] max_aors`: 10^9 entries is tens
+/// of GB of tables.
+pub const MAX_TABLE_ENTRIES: u64 = 1_000_000_000;
+/// Highest `[registrations] max_expires_s`: one year.
+pub const MAX_EXPIRES_S_LIMIT: u32 = 365 * 86_400;
 
 /// Errors reading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +49,8 @@ pub struct RawConfig {
     pub ingest: RawIngest,
     #[serde(default)]
     pub calls: RawCalls,
+    #[serde(default)]
+    pub registrations: RawRegistrations,
     #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]
@@ -111,6 +118,15 @@ pub struct RawIngest {
 pub struct RawCalls {
     pub max_call_duration_s: Option<u32>,
     pub shard_count: Option<usize>,
+    pub max_active_calls: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistrations {
+    pub max_expires_s: Option<u32>,
+    pub max_aors: Option<u64>,
+    pub max_contacts_per_aor: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,6 +204,12 @@ pub struct Config {
     pub busy_poll: bool,
     pub max_call_duration_s: u32,
     pub shard_count: usize,
+    /// `[calls] max_active_calls`.
+    pub max_active_calls: u64,
+    /// `[registrations] max_expires_s`, `max_aors`, `max_contacts_per_aor`.
+    pub max_expires_s: u32,
+    pub max_aors: u64,
+    pub max_contacts_per_aor: u32,
     pub admin_listen: SocketAddr,
     pub users: Vec<crate::auth::User>,
     pub report_interval: Duration,
@@ -250,6 +272,20 @@ fn addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
 /// `""` and `"off"` switch an optional listener off.
 fn is_off(value: &str) -> bool {
     value.is_empty() || value.eq_ignore_ascii_case("off")
+}
+
+/// `v` within `min ..= max`, else an error naming the key and the range (never a clamp).
+fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
+    key: &'static str,
+    v: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if v >= min && v <= max {
+        Ok(v)
+    } else {
+        Err(invalid(key, format!("{v} is out of range {min} ..= {max}")))
+    }
 }
 
 fn positive<T: PartialOrd + Default + Copy>(key: &'static str, v: T) -> Result<T, ConfigError> {
@@ -331,8 +367,12 @@ impl Config {
             events_unix,
             unix_mode,
             ingest_threads: positive("ingest.threads", raw.ingest.threads.unwrap_or(1))?,
-            recv_batch: positive("ingest.recv_batch", raw.ingest.recv_batch.unwrap_or(64))?
-                .min(tollgate_ingest::RECV_BATCH_MAX),
+            recv_batch: in_range(
+                "ingest.recv_batch",
+                raw.ingest.recv_batch.unwrap_or(64),
+                1,
+                tollgate_ingest::RECV_BATCH_MAX,
+            )?,
             max_datagram_bytes: positive(
                 "ingest.max_datagram_bytes",
                 raw.ingest.max_datagram_bytes.unwrap_or(65_535),
@@ -348,6 +388,38 @@ impl Config {
                 raw.calls.max_call_duration_s.unwrap_or(4 * 3600),
             )?,
             shard_count,
+            max_active_calls: in_range(
+                "calls.max_active_calls",
+                raw.calls
+                    .max_active_calls
+                    .unwrap_or(tollgate_usage::MAX_ACTIVE_CALLS_DEFAULT),
+                1,
+                MAX_TABLE_ENTRIES,
+            )?,
+            max_expires_s: in_range(
+                "registrations.max_expires_s",
+                raw.registrations
+                    .max_expires_s
+                    .unwrap_or(tollgate_usage::MAX_EXPIRES_S_DEFAULT),
+                1,
+                MAX_EXPIRES_S_LIMIT,
+            )?,
+            max_aors: in_range(
+                "registrations.max_aors",
+                raw.registrations
+                    .max_aors
+                    .unwrap_or(tollgate_usage::MAX_AORS_DEFAULT),
+                1,
+                MAX_TABLE_ENTRIES,
+            )?,
+            max_contacts_per_aor: in_range(
+                "registrations.max_contacts_per_aor",
+                raw.registrations
+                    .max_contacts_per_aor
+                    .unwrap_or(tollgate_usage::MAX_CONTACTS_PER_AOR_DEFAULT),
+                1,
+                tollgate_usage::CONTACTS_PER_AOR_LIMIT as u32,
+            )?,
             admin_listen: addr(
                 "admin.listen",
                 raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
@@ -564,6 +636,9 @@ mod tests {
         assert_eq!(c.snapshot_interval, Duration::from_secs(5));
         assert_eq!(c.report_interval, Duration::from_secs(120));
         assert_eq!(c.license_key, None);
+        assert_eq!(c.max_active_calls, 10_000_000);
+        assert_eq!(c.max_expires_s, 604_800);
+        assert_eq!((c.max_aors, c.max_contacts_per_aor), (10_000_000, 32));
     }
 
     #[test]
@@ -601,6 +676,26 @@ mod tests {
             ("[ingest]\nunix_mode = \"999\"", "ingest.unix_mode"),
             ("[report]\ninterval_s = 0", "report.interval_s"),
             ("[general]\nnode_id = \"a b\"", "general.node_id"),
+            // Out of range is an error, never a silent clamp.
+            ("[ingest]\nrecv_batch = 5000", "ingest.recv_batch"),
+            ("[calls]\nmax_active_calls = 0", "calls.max_active_calls"),
+            (
+                "[calls]\nmax_active_calls = 1000000001",
+                "calls.max_active_calls",
+            ),
+            (
+                "[registrations]\nmax_expires_s = 0",
+                "registrations.max_expires_s",
+            ),
+            (
+                "[registrations]\nmax_expires_s = 31536001",
+                "registrations.max_expires_s",
+            ),
+            ("[registrations]\nmax_aors = 0", "registrations.max_aors"),
+            (
+                "[registrations]\nmax_contacts_per_aor = 1025",
+                "registrations.max_contacts_per_aor",
+            ),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
@@ -653,6 +748,10 @@ mod tests {
             "expired_rule",
             "auth_key",
             "emergency_numbers",
+            "max_active_calls",
+            "max_expires_s",
+            "max_aors",
+            "max_contacts_per_aor",
         ] {
             assert!(
                 doc.contains(&format!("`{key}`")),

@@ -169,6 +169,10 @@ pub async fn run(
         TablesConfig {
             max_call_duration_s: config.max_call_duration_s,
             shard_count: config.shard_count,
+            max_active_calls: config.max_active_calls,
+            max_aors: config.max_aors,
+            max_contacts_per_aor: config.max_contacts_per_aor,
+            max_expires_s: config.max_expires_s,
             ..TablesConfig::default()
         },
         key,
@@ -226,9 +230,10 @@ pub async fn run(
         )),
     };
 
+    let sequences = Arc::new(SequenceTracker::default());
     let pipeline = Pipeline {
         tables: Arc::clone(&tables),
-        sequences: Arc::new(SequenceTracker::default()),
+        sequences: Arc::clone(&sequences),
         admission: Arc::clone(&admission),
         observer: Some(Arc::new(PeakSampler(Arc::clone(&tables)))),
     };
@@ -324,6 +329,10 @@ pub async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let sweeper = spawn_sweeper(
         Arc::clone(&tables),
+        IdleSenders {
+            sequences: Arc::clone(&sequences),
+            stats: ingest.stats().register(),
+        },
         config.sweep_interval,
         Arc::clone(&stop),
     );
@@ -416,6 +425,7 @@ fn restore_snapshot(state_dir: &StateDir, tables: &Tables) {
             calls = restored.calls,
             contacts = restored.contacts,
             dropped_expired = restored.dropped_expired,
+            dropped_full = restored.dropped_full,
             taken_at_ms = taken_at.unix_ms(),
             "restored usage from snapshot"
         ),
@@ -501,8 +511,32 @@ async fn report_task(state: Arc<AgentState>, every: Duration) {
     }
 }
 
+/// The sweeper's share of sequence tracking: the unseen tails of senders gone silent are
+/// counted as lost once they have been idle for `SEQ_IDLE_MS`.
+struct IdleSenders {
+    sequences: Arc<SequenceTracker>,
+    /// The sweeper's own ingest counters (only `lost_datagrams`), summed with the threads'.
+    stats: Arc<tollgate_ingest::ThreadStats>,
+}
+
+impl IdleSenders {
+    fn sweep(&self, now: Timestamp) {
+        let lost = self
+            .sequences
+            .sweep_idle(now, tollgate_usage::sequence::SEQ_IDLE_MS);
+        if lost > 0 {
+            let mut local = tollgate_ingest::LocalStats {
+                lost_datagrams: lost,
+                ..Default::default()
+            };
+            self.stats.publish(&mut local);
+        }
+    }
+}
+
 fn spawn_sweeper(
     tables: Arc<Tables>,
+    idle_senders: IdleSenders,
     every: Duration,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
@@ -515,7 +549,10 @@ fn spawn_sweeper(
             let budget = tables.shard_count().div_ceil(10);
             while !stop.load(Ordering::Relaxed) {
                 let now = wall_clock();
-                tables.sweep(now, budget);
+                let swept = tables.sweep(now, budget);
+                if swept.pass_completed {
+                    idle_senders.sweep(now);
+                }
                 // Quiet minutes have peaks too: sample here as well as after ingest batches.
                 tables.observe_peaks(now);
                 std::thread::sleep(step);

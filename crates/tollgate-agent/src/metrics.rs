@@ -228,6 +228,21 @@ pub fn render(state: &AgentState) -> String {
     );
 
     tollgate_ingest::write_opensips_metrics(&mut m.out, t);
+    // The tables are shared by the event sockets and the HEP collector: one family for both.
+    let mut refused = tollgate_ingest::LocalStats {
+        refused: t.refused,
+        ..Default::default()
+    };
+    if let Some(hep) = &state.hep {
+        for (sum, hep) in refused
+            .refused
+            .iter_mut()
+            .zip(hep.snapshot().ingest.totals.refused)
+        {
+            *sum = sum.saturating_add(hep);
+        }
+    }
+    tollgate_ingest::write_refused_metrics(&mut m.out, &refused);
     if let Some(hep) = &state.hep {
         hep.snapshot().write_metrics(&mut m.out);
     }

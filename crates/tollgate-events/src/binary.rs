@@ -223,9 +223,13 @@ fn decode_record(record: &[u8]) -> Result<Event<'_>, Malformed> {
             contact: fields.key()?,
             expires_s: u32::from_be_bytes(fields.array()?),
         },
-        Verb::Subscribers => Event::Subscribers {
-            count: u64::from_be_bytes(fields.array()?),
-        },
+        Verb::Subscribers => {
+            let count = u64::from_be_bytes(fields.array()?);
+            if count > crate::SUBSCRIBERS_MAX {
+                return Err(Malformed::BadNumber);
+            }
+            Event::Subscribers { count }
+        }
         Verb::Admit => Event::Admit {
             call_id: fields.key()?,
             emergency,
@@ -425,7 +429,12 @@ pub fn record_len(event: &Event<'_>) -> Result<usize, EncodeError> {
         Event::Register { aor, contact, .. } => {
             key_len("aor", aor)? + key_len("contact", contact)? + 4
         }
-        Event::Subscribers { .. } => 8,
+        Event::Subscribers { count } => {
+            if count > crate::SUBSCRIBERS_MAX {
+                return Err(EncodeError::OutOfRange { field: "count" });
+            }
+            8
+        }
         Event::Admit { call_id, .. } => key_len("call_id", call_id)?,
         Event::Sync(_) => return Err(EncodeError::TextOnly),
     };

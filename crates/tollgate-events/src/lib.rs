@@ -43,6 +43,10 @@ mod test_util;
 /// Longest call-id, from-tag, AoR, contact or sender id accepted, in bytes.
 pub const FIELD_LEN_MAX: usize = 255;
 
+/// Largest `subscribers` count accepted (2^40, the largest figure a usage report may carry);
+/// above it the line or record is [`Malformed::BadNumber`].
+pub const SUBSCRIBERS_MAX: u64 = 1 << 40;
+
 /// One event, borrowing its strings from the datagram it was decoded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event<'a> {
@@ -58,7 +62,8 @@ pub enum Event<'a> {
         contact: &'a [u8],
         expires_s: u32,
     },
-    /// The number of provisioned subscribers on the platform (`subscribers`).
+    /// The number of provisioned subscribers on the platform (`subscribers`), at most
+    /// [`SUBSCRIBERS_MAX`].
     Subscribers { count: u64 },
     /// A query, not a change: may this call be admitted (`admit`)?
     Admit { call_id: &'a [u8], emergency: bool },
@@ -250,6 +255,9 @@ pub enum EncodeError {
     /// Text only: a field may not contain a space, CR or LF (they delimit fields and lines).
     #[error("{field} contains a space, CR or LF")]
     ForbiddenByte { field: &'static str },
+    /// A number the decoder would refuse (`count` above [`SUBSCRIBERS_MAX`]).
+    #[error("{field} is out of range")]
+    OutOfRange { field: &'static str },
     /// The datagram being built has no room for this event (size or record count limit):
     /// send it and start a new one.
     #[error("batch full")]

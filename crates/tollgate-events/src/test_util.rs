@@ -193,8 +193,12 @@ pub fn owned_event(field: BoxedStrategy<Vec<u8>>) -> impl Strategy<Value = Owned
                 expires_s
             }
         ),
-        prop_oneof![Just(0), Just(u64::MAX), any::<u64>()]
-            .prop_map(|count| OwnedEvent::Subscribers { count }),
+        prop_oneof![
+            Just(0),
+            Just(crate::SUBSCRIBERS_MAX),
+            0..=crate::SUBSCRIBERS_MAX
+        ]
+        .prop_map(|count| OwnedEvent::Subscribers { count }),
         (f(), any::<bool>())
             .prop_map(|(call_id, emergency)| OwnedEvent::Admit { call_id, emergency }),
     ]

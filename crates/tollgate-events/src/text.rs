@@ -27,7 +27,8 @@
 //!   [`Malformed::BadOption`]; verbs without options (`reg`, `subscribers`, `seq`) answer any
 //!   further field with [`Malformed::ExtraField`].
 //! - Numbers are ASCII decimal digits only (leading zeros allowed; no sign, no spaces) and
-//!   must fit their type (`expires` u32, `count` and `n` u64), else [`Malformed::BadNumber`].
+//!   must fit their type (`expires` u32, `count` and `n` u64) and `count` must not exceed
+//!   [`SUBSCRIBERS_MAX`] (2^40), else [`Malformed::BadNumber`].
 //! - The errors of a line are reported left to right: the first bad field decides.
 //! - `seq <sender-id> <n>` is only valid as the first line of the datagram (byte 0); later
 //!   it is [`Malformed::MisplacedSeq`].
@@ -39,7 +40,8 @@
 //! back equal (the fuzz target `text_decoder` checks it).
 
 use crate::{
-    CallRef, Datagram, EncodeError, Event, Events, FIELD_LEN_MAX, Malformed, Seq, SyncLine,
+    CallRef, Datagram, EncodeError, Event, Events, FIELD_LEN_MAX, Malformed, SUBSCRIBERS_MAX, Seq,
+    SyncLine,
 };
 
 /// Longest line [`write_event`] can produce, terminator included:
@@ -171,6 +173,9 @@ fn decode_fields<'a>(fields: &mut Fields<'a>) -> Result<Event<'a>, Malformed> {
         }
         b"subscribers" => {
             let count = number(fields.required()?)?;
+            if count > SUBSCRIBERS_MAX {
+                return Err(Malformed::BadNumber);
+            }
             fields.end()?;
             Ok(Event::Subscribers { count })
         }
@@ -567,7 +572,12 @@ pub fn encoded_len(event: &Event<'_>) -> Result<usize, EncodeError> {
             check_field("contact", contact)?;
             "reg   ".len() + aor.len() + contact.len() + digit_count(u64::from(expires_s))
         }
-        Event::Subscribers { count } => "subscribers ".len() + digit_count(count),
+        Event::Subscribers { count } => {
+            if count > SUBSCRIBERS_MAX {
+                return Err(EncodeError::OutOfRange { field: "count" });
+            }
+            "subscribers ".len() + digit_count(count)
+        }
         Event::Admit { call_id, emergency } => {
             check_field("call_id", call_id)?;
             "admit ".len() + call_id.len() + emergency_len(emergency)

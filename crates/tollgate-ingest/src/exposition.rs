@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use crate::stats::{LocalStats, OPENSIPS_RESULTS};
+use crate::stats::{EventRefusal, LocalStats, OPENSIPS_RESULTS};
 
 pub(crate) fn header(out: &mut impl Write, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -41,5 +41,20 @@ pub fn write_opensips_metrics(out: &mut impl Write, totals: &LocalStats) {
             .iter()
             .zip(totals.opensips)
             .map(|(l, v)| (*l, v)),
+    );
+}
+
+/// Writes `tollgate_events_refused_total{reason=…}`: events a full table refused
+/// (`calls_table_full`, `registrations_table_full`), from whichever sockets' counters are
+/// passed (the agent sums the event sockets and the HEP collector: the table is the same).
+pub fn write_refused_metrics(out: &mut impl Write, totals: &LocalStats) {
+    family(
+        out,
+        "tollgate_events_refused_total",
+        "Well-formed events refused because a table is at its configured cap ([calls] max_active_calls, [registrations] max_aors), by reason. A refused event changes nothing.",
+        "reason",
+        EventRefusal::ALL
+            .iter()
+            .map(|r| (r.as_str(), totals.refused[*r as usize])),
     );
 }

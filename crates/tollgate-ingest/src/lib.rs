@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use exposition::write_opensips_metrics;
+pub use exposition::{write_opensips_metrics, write_refused_metrics};
 pub use hep::{
     HepConfig, HepHandle, HepIngest, HepResult, HepSnapshot, TrackerConfig, TrackerCounters,
 };

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use tollgate_events::{Event, Malformed, Verb};
 use tollgate_usage::{Outcome, Owner, SeqVerdict, SequenceTracker, Tables, Timestamp};
 
-use crate::stats::{DatagramDrop, EventOutcome, LocalStats, OPENSIPS_APPLIED, OPENSIPS_IGNORED};
+use crate::stats::{
+    DatagramDrop, EventOutcome, EventRefusal, LocalStats, OPENSIPS_APPLIED, OPENSIPS_IGNORED,
+};
 
 /// Longest reply datagram built for one received datagram; further `admit` answers in the
 /// same datagram are dropped (and counted as reply errors).
@@ -85,8 +87,13 @@ impl Pipeline {
         let mut owner = Owner::NONE;
         if let Some(seq) = &decoded.seq {
             match self.sequences.check(now, seq) {
-                SeqVerdict::Fresh { lost } => stats.lost_datagrams += lost,
-                SeqVerdict::Restarted => stats.sender_restarts += 1,
+                SeqVerdict::Fresh { lost } => {
+                    stats.lost_datagrams = stats.lost_datagrams.saturating_add(lost);
+                }
+                SeqVerdict::Restarted { lost } => {
+                    stats.sender_restarts += 1;
+                    stats.lost_datagrams = stats.lost_datagrams.saturating_add(lost);
+                }
                 SeqVerdict::Duplicate => {
                     stats.dropped[DatagramDrop::Duplicate as usize] += 1;
                     return;
@@ -145,7 +152,18 @@ impl Pipeline {
         stats.malformed[Malformed::Oversize as usize] += 1;
     }
 
+    /// Counts, as lost, the unseen tails of senders silent for `idle_ms` (see
+    /// [`SequenceTracker::sweep_idle`]). Called by the agent's sweeper, not on the hot path.
+    pub fn sweep_idle_senders(&self, now: Timestamp, idle_ms: u64, stats: &mut LocalStats) {
+        let lost = self.sequences.sweep_idle(now, idle_ms);
+        stats.lost_datagrams = stats.lost_datagrams.saturating_add(lost);
+    }
+
     /// Applies one decoded event (and answers it into `reply` if it is an `admit`).
+    ///
+    /// A number a table refuses as out of range (`expires` above `max_expires_s`) is
+    /// counted as malformed (`bad_number`), like one the decoder refuses; an event a full
+    /// table refuses is counted by [`EventRefusal`].
     #[inline]
     pub(crate) fn apply(
         &self,
@@ -167,8 +185,8 @@ impl Pipeline {
         stats: &mut LocalStats,
         reply: &mut Vec<u8>,
     ) {
-        stats.events[event.verb() as usize] += 1;
         if let Event::Admit { call_id, emergency } = *event {
+            stats.events[event.verb() as usize] += 1;
             let decision = self.admission.decide(call_id, emergency);
             let outcome = match decision {
                 Decision::Admit => EventOutcome::AdmitOk,
@@ -179,6 +197,21 @@ impl Pipeline {
             return;
         }
         let outcome = match self.tables.apply_from(now, event, owner) {
+            Outcome::BadNumber => {
+                stats.malformed[Malformed::BadNumber as usize] += 1;
+                return;
+            }
+            Outcome::CallsTableFull => {
+                stats.events[event.verb() as usize] += 1;
+                stats.refused[EventRefusal::CallsTableFull as usize] += 1;
+                return;
+            }
+            Outcome::RegistrationsTableFull => {
+                stats.events[event.verb() as usize] += 1;
+                stats.refused[EventRefusal::RegistrationsTableFull as usize] += 1;
+                return;
+            }
+            Outcome::ContactReplaced => EventOutcome::ContactReplaced,
             Outcome::CallStarted => EventOutcome::CallStarted,
             Outcome::CallAlreadyActive => EventOutcome::CallAlreadyActive,
             Outcome::CallAlreadyStopped => EventOutcome::CallAlreadyStopped,
@@ -190,8 +223,12 @@ impl Pipeline {
             Outcome::ContactRemoved => EventOutcome::ContactRemoved,
             Outcome::ContactUnknown => EventOutcome::ContactUnknown,
             Outcome::SubscribersSet => EventOutcome::SubscribersSet,
-            Outcome::NotAChange => return,
+            Outcome::NotAChange => {
+                stats.events[event.verb() as usize] += 1;
+                return;
+            }
         };
+        stats.events[event.verb() as usize] += 1;
         stats.outcomes[outcome as usize] += 1;
     }
 }
@@ -341,5 +378,42 @@ mod tests {
         crate::write_opensips_metrics(&mut text, &stats);
         assert!(text.contains("tollgate_opensips_notifications_total{result=\"applied\"} 3\n"));
         assert!(text.contains("# TYPE tollgate_opensips_notifications_total counter\n"));
+    }
+
+    #[test]
+    fn hostile_numbers_are_bad_numbers_and_a_seq_jump_is_one_restart() {
+        let p = Pipeline {
+            tables: Arc::new(Tables::new(
+                TablesConfig {
+                    max_active_calls: 1,
+                    max_expires_s: 3600,
+                    ..TablesConfig::default()
+                },
+                FingerprintKey::random(),
+            )),
+            ..pipeline()
+        };
+        let now = Timestamp::from_unix_secs(1_700_000_000);
+        let (mut stats, mut reply) = (LocalStats::default(), Vec::new());
+        for d in [
+            "seq x 0\nsubscribers 18446744073709551615\nsubscribers 1099511627777\n",
+            "seq x 18446744073709551615\nreg a c 3601\nreg a c 4294967295\nreg a c 3600\n",
+            "call-start c1\ncall-start c2\n",
+        ] {
+            p.process(now, d.as_bytes(), &mut stats, &mut reply);
+        }
+        assert_eq!(stats.malformed[Malformed::BadNumber as usize], 4);
+        assert_eq!((stats.sender_restarts, stats.lost_datagrams), (1, 0));
+        assert_eq!(stats.refused[EventRefusal::CallsTableFull as usize], 1);
+        assert_eq!(stats.events[tollgate_events::Verb::Register as usize], 1);
+        assert_eq!(stats.events[tollgate_events::Verb::CallStart as usize], 2);
+        let usage = p.tables.usage();
+        assert_eq!(
+            (usage.calls, usage.registered_contacts, usage.subscribers),
+            (1, 1, 0)
+        );
+        let mut text = String::new();
+        crate::write_refused_metrics(&mut text, &stats);
+        assert!(text.contains("tollgate_events_refused_total{reason=\"calls_table_full\"} 1\n"));
     }
 }

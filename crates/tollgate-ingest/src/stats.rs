@@ -50,10 +50,12 @@ pub enum EventOutcome {
     AdmitOk = 10,
     AdmitDenied = 11,
     CallAlreadyStopped = 12,
+    /// A contact beyond `max_contacts_per_aor` replaced the AoR's soonest-expiring one.
+    ContactReplaced = 13,
 }
 
 impl EventOutcome {
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
     pub const ALL: [EventOutcome; Self::COUNT] = [
         EventOutcome::CallStarted,
         EventOutcome::CallAlreadyActive,
@@ -68,6 +70,7 @@ impl EventOutcome {
         EventOutcome::AdmitOk,
         EventOutcome::AdmitDenied,
         EventOutcome::CallAlreadyStopped,
+        EventOutcome::ContactReplaced,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -84,6 +87,32 @@ impl EventOutcome {
             EventOutcome::AdmitOk => "admit_ok",
             EventOutcome::AdmitDenied => "admit_denied",
             EventOutcome::CallAlreadyStopped => "call_already_stopped",
+            EventOutcome::ContactReplaced => "contact_replaced",
+        }
+    }
+}
+
+/// Why a well-formed event was refused by a table's configured cap (the `reason` label of
+/// `tollgate_events_refused_total`). A refused event changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EventRefusal {
+    /// A `call-start` of a new call while `[calls] max_active_calls` calls are active.
+    CallsTableFull = 0,
+    /// A `reg` for a new AoR while `[registrations] max_aors` AoRs are registered.
+    RegistrationsTableFull = 1,
+}
+
+impl EventRefusal {
+    pub const COUNT: usize = 2;
+    pub const ALL: [EventRefusal; Self::COUNT] = [
+        EventRefusal::CallsTableFull,
+        EventRefusal::RegistrationsTableFull,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventRefusal::CallsTableFull => "calls_table_full",
+            EventRefusal::RegistrationsTableFull => "registrations_table_full",
         }
     }
 }
@@ -119,6 +148,7 @@ pub struct LocalStats {
     pub malformed: [u64; Malformed::COUNT],
     pub dropped: [u64; DatagramDrop::COUNT],
     pub outcomes: [u64; EventOutcome::COUNT],
+    pub refused: [u64; EventRefusal::COUNT],
     pub lost_datagrams: u64,
     pub sender_restarts: u64,
     pub batches: u64,
@@ -166,17 +196,19 @@ macro_rules! atomic_mirror {
     };
     (@ty one) => { AtomicU64 };
     (@ty [$n:expr]) => { [AtomicU64; $n] };
+    // Saturating: a counter that input can move (`lost_datagrams`) must never wrap or
+    // panic, however hostile the numbers.
     (@add $a:expr, $l:expr, one) => {
-        if $l != 0 { $a.store($a.load(Relaxed) + $l, Relaxed); }
+        if $l != 0 { $a.store($a.load(Relaxed).saturating_add($l), Relaxed); }
     };
     (@add $a:expr, $l:expr, [$n:expr]) => {
         for (a, l) in $a.iter().zip($l.iter()) {
-            if *l != 0 { a.store(a.load(Relaxed) + *l, Relaxed); }
+            if *l != 0 { a.store(a.load(Relaxed).saturating_add(*l), Relaxed); }
         }
     };
-    (@read $a:expr, $s:expr, one) => { $s += $a.load(Relaxed); };
+    (@read $a:expr, $s:expr, one) => { $s = $s.saturating_add($a.load(Relaxed)); };
     (@read $a:expr, $s:expr, [$n:expr]) => {
-        for (a, s) in $a.iter().zip($s.iter_mut()) { *s += a.load(Relaxed); }
+        for (a, s) in $a.iter().zip($s.iter_mut()) { *s = s.saturating_add(a.load(Relaxed)); }
     };
 }
 
@@ -187,6 +219,7 @@ atomic_mirror! {
     malformed: [Malformed::COUNT],
     dropped: [DatagramDrop::COUNT],
     outcomes: [EventOutcome::COUNT],
+    refused: [EventRefusal::COUNT],
     lost_datagrams: one,
     sender_restarts: one,
     batches: one,

@@ -21,13 +21,22 @@
 //! datagram sequence check ([`crate::SequenceTracker`]) when the sender numbers its
 //! datagrams, and otherwise counts until `max_call_duration_s` — the documented bound.
 //!
+//! **Bound:** at most `max_active_calls` calls ([`crate::TablesConfig`]); a start of a new
+//! call beyond it is refused with [`Outcome::CallsTableFull`] and changes nothing (a start
+//! of a call already present, or one replacing its own expired entry, is never refused).
+//! The check costs nothing while every shard holds at most its share
+//! (`max_active_calls / shard_count`): then the total cannot exceed the cap. Only once a
+//! shard is past its share (the table is near full) does a new start sum the shard
+//! counters (~64 relaxed loads). Exact with one ingest thread; with several, starts racing
+//! in different shards at the very edge can pass the cap by at most one call per thread.
+//!
 //! **Measured** (`benches/tables.rs`, `tools/table-memory`): a start+stop pair through
 //! [`crate::Tables::apply`] 40 ns (59 ns with a From-tag); 52.5 heap bytes per call at 1 M
 //! calls (an entry is 24 bytes plus a control byte; the rest is hash-table slack, at worst
 //! ~57 bytes just after a growth step); a sweep holds one shard's lock ~36 µs at 1 M calls
 //! (64 shards).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 use hashbrown::HashMap;
@@ -184,15 +193,66 @@ pub struct Swept {
     pub pass_completed: bool,
 }
 
+/// A cap on the sum of per-shard counters, checked without summing while every shard is
+/// within its share (see the module doc).
+#[derive(Debug)]
+pub(crate) struct Cap {
+    max: u64,
+    /// `max / shard_count`: while no shard holds more, the sum is within `max`.
+    share: u64,
+    /// Shards holding more than `share`.
+    over_share: CachePadded<AtomicUsize>,
+}
+
+impl Cap {
+    pub(crate) fn new(max: u64, shard_count: usize) -> Self {
+        Cap {
+            max,
+            share: max / shard_count as u64,
+            over_share: CachePadded::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Whether one more entry fits, for a shard holding `in_shard` now; `total` sums every
+    /// shard (called only when the cheap test cannot decide).
+    #[inline]
+    pub(crate) fn has_room(&self, in_shard: u64, total: impl FnOnce() -> u64) -> bool {
+        if in_shard < self.share && self.over_share.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        total() < self.max
+    }
+
+    /// Notes that a shard's count went from `old` to `new` (under that shard's lock).
+    #[inline]
+    pub(crate) fn moved(&self, old: u64, new: u64) {
+        match (old > self.share, new > self.share) {
+            (false, true) => {
+                self.over_share.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.over_share.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
 pub(crate) struct CallTable {
     pub(crate) shards: Box<[CachePadded<CallShard>]>,
     shard_mask: u64,
     pub(crate) max_call_duration_s: u32,
     tombstone_ttl_s: u32,
+    cap: Cap,
 }
 
 impl CallTable {
-    pub(crate) fn new(shard_count: usize, max_call_duration_s: u32, tombstone_ttl_s: u32) -> Self {
+    pub(crate) fn new(
+        shard_count: usize,
+        max_call_duration_s: u32,
+        tombstone_ttl_s: u32,
+        max_active_calls: u64,
+    ) -> Self {
         debug_assert!(shard_count.is_power_of_two());
         debug_assert!(max_call_duration_s > 0);
         CallTable {
@@ -202,7 +262,39 @@ impl CallTable {
             shard_mask: shard_count as u64 - 1,
             max_call_duration_s,
             tombstone_ttl_s,
+            cap: Cap::new(max_active_calls, shard_count),
         }
+    }
+
+    /// Adjusts a shard's counters (the caller holds its lock) and the cap's bookkeeping.
+    /// Every change of a shard's `calls` goes through here.
+    #[inline]
+    pub(crate) fn count(&self, shard: &CallShard, calls: i64, emergency_calls: i64) {
+        if calls != 0 {
+            let old = shard.calls.load(Ordering::Relaxed);
+            shard.count(calls, emergency_calls);
+            self.cap.moved(old, old.wrapping_add_signed(calls));
+        } else {
+            shard.count(0, emergency_calls);
+        }
+    }
+
+    /// Whether a new call fits in `shard` (the caller holds its lock).
+    #[inline]
+    fn has_room(&self, shard: &CallShard) -> bool {
+        self.has_room_with(shard, 0)
+    }
+
+    /// [`CallTable::has_room`] for a caller that has added `pending` calls to `shard`
+    /// without counting them yet (a batch under the shard's lock).
+    #[inline]
+    pub(crate) fn has_room_with(&self, shard: &CallShard, pending: i64) -> bool {
+        let in_shard = shard
+            .calls
+            .load(Ordering::Relaxed)
+            .saturating_add_signed(pending);
+        self.cap
+            .has_room(in_shard, || self.counts().0.saturating_add_signed(pending))
     }
 
     /// The shard of a fingerprint: from its second word, so the bits hashbrown uses within a
@@ -230,8 +322,11 @@ impl CallTable {
         );
         match state.map.entry(fp) {
             Entry::Vacant(vacant) => {
+                if !self.has_room(shard) {
+                    return Outcome::CallsTableFull;
+                }
                 vacant.insert(new);
-                shard.count(1, emergency_delta(emergency));
+                self.count(shard, 1, emergency_delta(emergency));
                 Outcome::CallStarted
             }
             Entry::Occupied(mut occupied) => {
@@ -244,12 +339,17 @@ impl CallTable {
                     };
                 }
                 // Expired: as if absent, so this start starts the call anew.
-                *occupied.get_mut() = new;
                 if old.is_tombstone() {
+                    if !self.has_room(shard) {
+                        return Outcome::CallsTableFull;
+                    }
+                    *occupied.get_mut() = new;
                     state.tombstones -= 1;
-                    shard.count(1, emergency_delta(emergency));
+                    self.count(shard, 1, emergency_delta(emergency));
                 } else {
-                    shard.count(
+                    *occupied.get_mut() = new;
+                    self.count(
+                        shard,
                         0,
                         emergency_delta(emergency) - emergency_delta(old.is_emergency()),
                     );
@@ -277,7 +377,7 @@ impl CallTable {
                     }
                     return Outcome::CallUnknown;
                 }
-                shard.count(-1, -emergency_delta(old.is_emergency()));
+                self.count(shard, -1, -emergency_delta(old.is_emergency()));
                 if !old.is_expired(now_s) {
                     occupied.remove();
                     return Outcome::CallStopped;
@@ -314,7 +414,7 @@ impl CallTable {
         }
         if old.is_expired(now_s) {
             state.map.remove(&fp);
-            shard.count(-1, -emergency_delta(old.is_emergency()));
+            self.count(shard, -1, -emergency_delta(old.is_emergency()));
             return Outcome::CallUnknown;
         }
         entry.deadline_s = now_s.saturating_add(self.max_call_duration_s);
@@ -340,7 +440,7 @@ impl CallTable {
             false
         });
         state.tombstones -= tombstones as u32;
-        shard.count(-(calls as i64), -(emergency_calls as i64));
+        self.count(shard, -(calls as i64), -(emergency_calls as i64));
         shrink_if_sparse(&mut state.map);
         swept.calls += calls;
         swept.tombstones += tombstones;
@@ -357,19 +457,22 @@ impl CallTable {
             })
     }
 
-    /// Inserts a restored call unless the call (or a tombstone) is already present.
-    /// Returns whether it was inserted.
-    pub(crate) fn restore(&self, fp: Fingerprint, entry: CallEntry) -> bool {
+    /// Inserts a restored call unless the call (or a tombstone) is already present or the
+    /// table is full.
+    pub(crate) fn restore(&self, fp: Fingerprint, entry: CallEntry) -> Restore {
         debug_assert!(!entry.is_tombstone());
         let shard = self.shard(fp);
         let mut state = shard.state.lock();
         match state.map.entry(fp) {
             Entry::Vacant(vacant) => {
+                if !self.has_room(shard) {
+                    return Restore::Full;
+                }
                 vacant.insert(entry);
-                shard.count(1, emergency_delta(entry.is_emergency()));
-                true
+                self.count(shard, 1, emergency_delta(entry.is_emergency()));
+                Restore::Inserted
             }
-            Entry::Occupied(_) => false,
+            Entry::Occupied(_) => Restore::Present,
         }
     }
 
@@ -380,6 +483,15 @@ impl CallTable {
             .map(|s| u64::from(s.state.lock().tombstones))
             .sum()
     }
+}
+
+/// What restoring one entry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Restore {
+    Inserted,
+    Present,
+    /// Dropped: the table is at its configured cap.
+    Full,
 }
 
 /// Gives memory back after a mass expiry, keeping room to double.

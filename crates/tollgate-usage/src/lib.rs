@@ -27,8 +27,12 @@
 //! - An expired call or contact is counted until [`Tables::sweep`] removes it (the IO layer
 //!   calls it periodically) or the next event for it arrives; every event treats it as
 //!   absent, so no outcome depends on when the sweep ran.
-//! - Every table has a bound (named constants: contacts per AoR, tombstones per shard,
-//!   sequence senders, minute slots).
+//! - Every table has a bound: configured ([`TablesConfig`]: `max_active_calls`,
+//!   `max_aors`, `max_contacts_per_aor`, `max_expires_s`) or a named constant (tombstones
+//!   per shard, sequence senders, minute slots). An event that would pass a configured bound
+//!   is refused with an [`Outcome`] the caller counts by reason
+//!   ([`Outcome::CallsTableFull`], [`Outcome::RegistrationsTableFull`],
+//!   [`Outcome::BadNumber`]); nothing is ever silently clamped.
 //!
 //! **What this crate deliberately lacks:** sockets, clocks, threads, files, logging, license
 //! logic. It never stores Call-IDs, AoRs or contacts, only keyed fingerprints of them. It
@@ -53,7 +57,7 @@ pub use fingerprint::{Fingerprint, FingerprintKey, Fingerprinter};
 pub use owners::{OWNERS_MAX, Owner, Owners};
 pub use peaks::{MINUTE_SLOT_COUNT, MinutePeak, PeakCounts, Peaks};
 pub use reconcile::{Corrections, ProxyList, Run, Scope, TOUCHED_PER_SHARD_MAX};
-pub use registrations::CONTACTS_PER_AOR_MAX;
+pub use registrations::CONTACTS_PER_AOR_LIMIT;
 pub use sequence::{SEQ_SENDERS_MAX, SEQ_WINDOW_LEN, SeqVerdict, SequenceTracker};
 pub use snapshot::{
     AorRecord, CallRecord, ContactRecord, Restored, Snapshot, SnapshotError,
@@ -61,7 +65,7 @@ pub use snapshot::{
 };
 pub use sync::{CompleteList, SyncLists, SyncResult};
 
-use calls::{CallEntry, CallTable};
+use calls::{CallEntry, CallTable, Restore};
 use registrations::{Binding, RegTable};
 
 /// Wall-clock time as milliseconds since the Unix epoch. Always passed in, never read here.
@@ -107,7 +111,17 @@ impl Timestamp {
 /// Largest shard count [`Tables::new`] uses.
 pub const SHARD_COUNT_MAX: usize = 4096;
 
-/// Tunables of [`Tables`].
+/// Default [`TablesConfig::max_active_calls`].
+pub const MAX_ACTIVE_CALLS_DEFAULT: u64 = 10_000_000;
+/// Default [`TablesConfig::max_aors`].
+pub const MAX_AORS_DEFAULT: u64 = 10_000_000;
+/// Default [`TablesConfig::max_contacts_per_aor`].
+pub const MAX_CONTACTS_PER_AOR_DEFAULT: u32 = 32;
+/// Default [`TablesConfig::max_expires_s`]: 7 days.
+pub const MAX_EXPIRES_S_DEFAULT: u32 = 7 * 86_400;
+
+/// Tunables of [`Tables`]. The agent validates ranges (an out-of-range value is a
+/// configuration error); [`Tables::new`] only keeps them usable (at least 1).
 #[derive(Debug, Clone)]
 pub struct TablesConfig {
     /// A call with no stop and no refresh ends this long after its start or last refresh.
@@ -118,6 +132,17 @@ pub struct TablesConfig {
     /// How long a stop for an unknown call makes a late start of that call be ignored
     /// (see [`calls`]); 0 disables tombstones.
     pub tombstone_ttl_s: u32,
+    /// Most active calls held; a start of a new call beyond it is refused
+    /// ([`Outcome::CallsTableFull`]).
+    pub max_active_calls: u64,
+    /// Most AoRs held; a `reg` for a new AoR beyond it is refused
+    /// ([`Outcome::RegistrationsTableFull`]).
+    pub max_aors: u64,
+    /// Most contacts tracked per AoR; a further contact replaces the one expiring first
+    /// ([`Outcome::ContactReplaced`]). At most [`CONTACTS_PER_AOR_LIMIT`].
+    pub max_contacts_per_aor: u32,
+    /// Largest `expires` a `reg` may carry; above it the event is [`Outcome::BadNumber`].
+    pub max_expires_s: u32,
 }
 
 impl Default for TablesConfig {
@@ -126,6 +151,10 @@ impl Default for TablesConfig {
             max_call_duration_s: 4 * 3600,
             shard_count: 64,
             tombstone_ttl_s: 32,
+            max_active_calls: MAX_ACTIVE_CALLS_DEFAULT,
+            max_aors: MAX_AORS_DEFAULT,
+            max_contacts_per_aor: MAX_CONTACTS_PER_AOR_DEFAULT,
+            max_expires_s: MAX_EXPIRES_S_DEFAULT,
         }
     }
 }
@@ -156,6 +185,16 @@ pub enum Outcome {
     ContactRemoved,
     ContactUnknown,
     SubscribersSet,
+    /// A contact beyond `max_contacts_per_aor`: it replaced the AoR's contact that expires
+    /// first (the AoR stays registered; `registered_contacts` is a lower bound then).
+    ContactReplaced,
+    /// Refused: a new call while `max_active_calls` calls are active. Nothing changed.
+    CallsTableFull,
+    /// Refused: a new AoR while `max_aors` AoRs are registered. Nothing changed.
+    RegistrationsTableFull,
+    /// Refused: a number out of range (`expires` above `max_expires_s`, `subscribers` above
+    /// [`tollgate_events::SUBSCRIBERS_MAX`]). Nothing changed.
+    BadNumber,
     /// Not a change (an `admit` query).
     NotAChange,
 }
@@ -172,6 +211,7 @@ impl Outcome {
                 | Outcome::ContactRefreshed
                 | Outcome::ContactRemoved
                 | Outcome::SubscribersSet
+                | Outcome::ContactReplaced
         )
     }
 }
@@ -215,8 +255,14 @@ impl Tables {
                 shard_count,
                 config.max_call_duration_s.max(1),
                 config.tombstone_ttl_s,
+                config.max_active_calls,
             ),
-            registrations: RegTable::new(shard_count),
+            registrations: RegTable::new(
+                shard_count,
+                config.max_aors,
+                (config.max_contacts_per_aor as usize).clamp(1, CONTACTS_PER_AOR_LIMIT),
+                config.max_expires_s,
+            ),
             subscribers: AtomicU64::new(0),
             subscribers_reported_at_ms: AtomicU64::new(REPORTED_NEVER),
             peaks: Peaks::new(),
@@ -257,6 +303,9 @@ impl Tables {
                 now_s,
             ),
             Event::Subscribers { count } => {
+                if count > tollgate_events::SUBSCRIBERS_MAX {
+                    return Outcome::BadNumber;
+                }
                 self.set_subscribers(now, count);
                 Outcome::SubscribersSet
             }
@@ -415,14 +464,16 @@ impl Tables {
             }
             let entry =
                 CallEntry::call(call.deadline_s, call.started_s, call.emergency, Owner::NONE);
-            if self
+            match self
                 .calls
                 .restore(Fingerprint::from_bytes(call.fingerprint), entry)
             {
-                restored.calls += 1;
+                Restore::Inserted => restored.calls += 1,
+                Restore::Present => {}
+                Restore::Full => restored.dropped_full += 1,
             }
         }
-        let mut live = Vec::with_capacity(CONTACTS_PER_AOR_MAX);
+        let mut live = Vec::new();
         for aor in &snapshot.registrations {
             live.clear();
             live.extend(
@@ -432,9 +483,13 @@ impl Tables {
                     .map(|c| Binding::new(c.contact_hash, c.expires_s)),
             );
             restored.dropped_expired += (aor.contacts.len() - live.len()) as u64;
-            restored.contacts +=
+            let (result, contacts) =
                 self.registrations
                     .restore(Fingerprint::from_bytes(aor.fingerprint), &live, now_s);
+            restored.contacts += contacts;
+            if result == Restore::Full {
+                restored.dropped_full += live.len() as u64;
+            }
         }
         let current = self.usage();
         if let Some(reported_at) = snapshot.subscribers_reported_at

@@ -140,6 +140,10 @@ pub struct Corrections {
     /// Shards left alone because more events touched them during the run than could be
     /// noted ([`TOUCHED_PER_SHARD_MAX`]).
     pub shards_skipped: u64,
+    /// Missing calls or AoRs not added because the table is at its configured cap
+    /// (`max_active_calls`, `max_aors`).
+    #[serde(default)]
+    pub refused_full: u64,
 }
 
 impl Corrections {
@@ -155,6 +159,7 @@ impl Corrections {
         self.missing_contacts += other.missing_contacts;
         self.emergency_updates += other.emergency_updates;
         self.expiry_updates += other.expiry_updates;
+        self.refused_full += other.refused_full;
         self.shards_skipped += other.shards_skipped;
     }
 }
@@ -401,11 +406,15 @@ impl Tables {
                         // Expired: as if absent.
                         Some(entry) => {
                             let old = *entry;
-                            *entry = new;
                             if old.is_tombstone() {
+                                if !self.calls.has_room_with(shard, calls_delta) {
+                                    corrections.refused_full += 1;
+                                    continue;
+                                }
                                 state.tombstones -= 1;
                                 calls_delta += 1;
                             }
+                            *entry = new;
                             emergency_delta_sum += emergency_delta(emergency)
                                 - if old.is_tombstone() {
                                     0
@@ -414,6 +423,10 @@ impl Tables {
                                 };
                         }
                         None => {
+                            if !self.calls.has_room_with(shard, calls_delta) {
+                                corrections.refused_full += 1;
+                                continue;
+                            }
                             state.map.insert(l.fp, new);
                             calls_delta += 1;
                             emergency_delta_sum += emergency_delta(emergency);
@@ -423,7 +436,7 @@ impl Tables {
                 }
             }
         }
-        shard.count(calls_delta, emergency_delta_sum);
+        self.calls.count(shard, calls_delta, emergency_delta_sum);
     }
 
     fn reconcile_reg_shard(
@@ -488,6 +501,10 @@ impl Tables {
             let binding = Binding::owned(l.contact_hash, owner, l.expires_s);
             match state.map.get_mut(&l.aor) {
                 None => {
+                    if !self.registrations.has_room_with(shard, subscribers_delta) {
+                        corrections.refused_full += 1;
+                        continue;
+                    }
                     state.map.insert(l.aor, AorEntry::new(binding));
                     subscribers_delta += 1;
                     contacts_delta += 1;
@@ -504,13 +521,15 @@ impl Tables {
                         }
                     }
                     None => {
-                        contacts_delta += i64::from(entry.push(binding));
+                        contacts_delta +=
+                            i64::from(entry.push(binding, self.registrations.max_contacts_per_aor));
                         corrections.missing_contacts += 1;
                     }
                 },
             }
         }
-        shard.count(subscribers_delta, contacts_delta);
+        self.registrations
+            .count(shard, subscribers_delta, contacts_delta);
     }
 }
 

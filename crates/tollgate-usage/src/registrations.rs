@@ -13,9 +13,15 @@
 //! the next `reg` for the same AoR touches it (which prunes the AoR's expired bindings first),
 //! and every event treats an expired binding as absent.
 //!
-//! **Bound:** an AoR tracks at most [`CONTACTS_PER_AOR_MAX`] contacts; a further contact
-//! replaces the binding that expires first, so `registered_contacts` is then a lower bound
-//! (the registered-subscriber count, which licenses are about, is unaffected).
+//! **Bounds** ([`crate::TablesConfig`]): at most `max_aors` AoRs, checked like the calls
+//! cap (free while every shard is within its share); a `reg` for a new AoR beyond it is
+//! refused with [`Outcome::RegistrationsTableFull`] and changes nothing. An AoR tracks at
+//! most `max_contacts_per_aor` contacts (default 32, at most [`CONTACTS_PER_AOR_LIMIT`]); a
+//! further contact replaces the binding that expires first ([`Outcome::ContactReplaced`]),
+//! so `registered_contacts` is then a lower bound (the registered-subscriber count, which
+//! licenses are about, is unaffected). A `reg` whose `expires` is above `max_expires_s` is
+//! refused with [`Outcome::BadNumber`] (expiry times are u32 seconds: a huge `expires`
+//! would saturate at 2106 and never expire).
 //!
 //! **Measured** (`tools/table-memory`, `benches/tables.rs`): 86 heap bytes per contact at
 //! 1 M single-contact AoRs, 45.5 at 3 contacts per AoR (target ≤ 128); a `reg`
@@ -29,13 +35,14 @@ use hashbrown::hash_map::Entry;
 use parking_lot::Mutex;
 
 use crate::Outcome;
-use crate::calls::{Swept, add, shrink_if_sparse};
+use crate::calls::{Cap, Restore, Swept, add, shrink_if_sparse};
 use crate::fingerprint::{BuildIdentityHasher, Fingerprint};
 use crate::owners::Owner;
 use crate::reconcile::Touched;
 
-/// Most contacts tracked per AoR (see the module doc).
-pub const CONTACTS_PER_AOR_MAX: usize = 32;
+/// Highest `max_contacts_per_aor` allowed (see the module doc): an AoR's contacts are
+/// searched linearly.
+pub const CONTACTS_PER_AOR_LIMIT: usize = 1024;
 
 /// Bits of the contact hash a binding keeps; the top byte holds the binding's owner.
 pub(crate) const CONTACT_HASH_MASK: u64 = (1 << 56) - 1;
@@ -142,10 +149,10 @@ impl AorEntry {
         false
     }
 
-    /// Adds a binding; past [`CONTACTS_PER_AOR_MAX`] replaces the one expiring first.
+    /// Adds a binding; past `max` bindings replaces the one expiring first.
     /// Returns whether the number of bindings grew.
-    pub(crate) fn push(&mut self, binding: Binding) -> bool {
-        if self.len() >= CONTACTS_PER_AOR_MAX {
+    pub(crate) fn push(&mut self, binding: Binding, max: usize) -> bool {
+        if self.len() >= max {
             let soonest = self
                 .bindings()
                 .enumerate()
@@ -236,17 +243,59 @@ impl RegShard {
 pub(crate) struct RegTable {
     pub(crate) shards: Box<[CachePadded<RegShard>]>,
     shard_mask: u64,
+    /// Bound on AoRs.
+    cap: Cap,
+    pub(crate) max_contacts_per_aor: usize,
+    max_expires_s: u32,
 }
 
 impl RegTable {
-    pub(crate) fn new(shard_count: usize) -> Self {
+    pub(crate) fn new(
+        shard_count: usize,
+        max_aors: u64,
+        max_contacts_per_aor: usize,
+        max_expires_s: u32,
+    ) -> Self {
         debug_assert!(shard_count.is_power_of_two());
+        debug_assert!((1..=CONTACTS_PER_AOR_LIMIT).contains(&max_contacts_per_aor));
         RegTable {
             shards: (0..shard_count)
                 .map(|_| CachePadded::new(RegShard::new()))
                 .collect(),
             shard_mask: shard_count as u64 - 1,
+            cap: Cap::new(max_aors, shard_count),
+            max_contacts_per_aor,
+            max_expires_s,
         }
+    }
+
+    /// Adjusts a shard's counters (the caller holds its lock) and the cap's bookkeeping.
+    /// Every change of a shard's `registered_subscribers` goes through here.
+    #[inline]
+    pub(crate) fn count(&self, shard: &RegShard, subscribers: i64, contacts: i64) {
+        if subscribers != 0 {
+            let old = shard.registered_subscribers.load(Ordering::Relaxed);
+            self.cap.moved(old, old.wrapping_add_signed(subscribers));
+        }
+        shard.count(subscribers, contacts);
+    }
+
+    /// Whether a new AoR fits in `shard` (the caller holds its lock).
+    #[inline]
+    fn has_room(&self, shard: &RegShard) -> bool {
+        self.has_room_with(shard, 0)
+    }
+
+    /// [`RegTable::has_room`] for a caller that has added `pending` AoRs to `shard` without
+    /// counting them yet (a batch under the shard's lock).
+    #[inline]
+    pub(crate) fn has_room_with(&self, shard: &RegShard, pending: i64) -> bool {
+        let in_shard = shard
+            .registered_subscribers
+            .load(Ordering::Relaxed)
+            .saturating_add_signed(pending);
+        self.cap
+            .has_room(in_shard, || self.counts().0.saturating_add_signed(pending))
     }
 
     #[inline]
@@ -263,6 +312,9 @@ impl RegTable {
         owner: Owner,
         now_s: u32,
     ) -> Outcome {
+        if expires_s > self.max_expires_s {
+            return Outcome::BadNumber;
+        }
         let shard = self.shard(aor);
         let mut guard = shard.map.lock();
         guard.touched.note(aor);
@@ -285,7 +337,7 @@ impl RegTable {
             if empty {
                 occupied.remove();
             }
-            shard.count(-i64::from(empty), -((pruned + removed) as i64));
+            self.count(shard, -i64::from(empty), -((pruned + removed) as i64));
             return if found.is_some() {
                 Outcome::ContactRemoved
             } else {
@@ -295,8 +347,11 @@ impl RegTable {
         let binding = Binding::owned(contact_hash, owner, now_s.saturating_add(expires_s));
         match entry {
             Entry::Vacant(vacant) => {
+                if !self.has_room(shard) {
+                    return Outcome::RegistrationsTableFull;
+                }
                 vacant.insert(AorEntry::new(binding));
-                shard.count(1, 1);
+                self.count(shard, 1, 1);
                 Outcome::ContactAdded
             }
             Entry::Occupied(mut occupied) => {
@@ -304,7 +359,7 @@ impl RegTable {
                 let (pruned, empty) = aor_entry.retain_live(now_s);
                 if empty {
                     aor_entry.first = binding;
-                    shard.count(0, 1 - pruned as i64);
+                    self.count(shard, 0, 1 - pruned as i64);
                     return Outcome::ContactAdded;
                 }
                 if let Some(slot) = aor_entry
@@ -313,12 +368,16 @@ impl RegTable {
                 {
                     slot.expires_s = binding.expires_s;
                     slot.set_owner(owner);
-                    shard.count(0, -(pruned as i64));
+                    self.count(shard, 0, -(pruned as i64));
                     return Outcome::ContactRefreshed;
                 }
-                let grew = aor_entry.push(binding);
-                shard.count(0, i64::from(grew) - pruned as i64);
-                Outcome::ContactAdded
+                let grew = aor_entry.push(binding, self.max_contacts_per_aor);
+                self.count(shard, 0, i64::from(grew) - pruned as i64);
+                if grew {
+                    Outcome::ContactAdded
+                } else {
+                    Outcome::ContactReplaced
+                }
             }
         }
     }
@@ -334,7 +393,7 @@ impl RegTable {
             subscribers += u64::from(empty);
             !empty
         });
-        shard.count(-(subscribers as i64), -(contacts as i64));
+        self.count(shard, -(subscribers as i64), -(contacts as i64));
         shrink_if_sparse(&mut map.map);
         swept.contacts += contacts;
     }
@@ -352,18 +411,32 @@ impl RegTable {
     }
 
     /// Adds restored live bindings to an AoR, merging with what is there (a known contact
-    /// keeps the later expiry). Returns how many contacts were added.
-    pub(crate) fn restore(&self, aor: Fingerprint, bindings: &[Binding], now_s: u32) -> u64 {
+    /// keeps the later expiry). Returns how many contacts were added, or `Full` when the AoR
+    /// is new and the table is at `max_aors`.
+    pub(crate) fn restore(
+        &self,
+        aor: Fingerprint,
+        bindings: &[Binding],
+        now_s: u32,
+    ) -> (Restore, u64) {
         let shard = self.shard(aor);
         let mut map = shard.map.lock();
-        let (mut subscribers, mut contacts) = (0i64, 0u64);
+        if bindings.is_empty() {
+            return (Restore::Present, 0);
+        }
+        let mut contacts = 0u64;
+        let mut result = Restore::Present;
         for &binding in bindings {
             debug_assert!(!binding.is_expired(now_s));
             match map.entry(aor) {
                 Entry::Vacant(vacant) => {
+                    if !self.has_room(shard) {
+                        return (Restore::Full, 0);
+                    }
                     vacant.insert(AorEntry::new(binding));
-                    subscribers += 1;
+                    self.count(shard, 1, 1);
                     contacts += 1;
+                    result = Restore::Inserted;
                 }
                 Entry::Occupied(mut occupied) => {
                     let aor_entry = occupied.get_mut();
@@ -372,13 +445,16 @@ impl RegTable {
                         .and_then(|index| aor_entry.get_mut(index))
                     {
                         Some(slot) => slot.expires_s = slot.expires_s.max(binding.expires_s),
-                        None => contacts += u64::from(aor_entry.push(binding)),
+                        None => {
+                            let grew = aor_entry.push(binding, self.max_contacts_per_aor);
+                            self.count(shard, 0, i64::from(grew));
+                            contacts += u64::from(grew);
+                        }
                     }
                 }
             }
         }
-        shard.count(subscribers, contacts as i64);
-        contacts
+        (result, contacts)
     }
 }
 
@@ -390,8 +466,8 @@ mod tests {
     fn aor_entry_keeps_first_inline_and_spills_the_rest() {
         let mut e = AorEntry::new(Binding::new(1, 100));
         assert!(e.more.is_none());
-        assert!(e.push(Binding::new(2, 200)));
-        assert!(e.push(Binding::new(3, 300)));
+        assert!(e.push(Binding::new(2, 200), 32));
+        assert!(e.push(Binding::new(3, 300), 32));
         assert_eq!(e.len(), 3);
         // Removing the inline one promotes a spilled one.
         assert!(!e.remove(0));
@@ -405,8 +481,8 @@ mod tests {
     #[test]
     fn retain_live_prunes_and_reports_empty() {
         let mut e = AorEntry::new(Binding::new(1, 100));
-        e.push(Binding::new(2, 200));
-        e.push(Binding::new(3, 300));
+        e.push(Binding::new(2, 200), 32);
+        e.push(Binding::new(3, 300), 32);
         assert_eq!(e.retain_live(150), (1, false));
         assert_eq!(e.len(), 2);
         assert_eq!(e.retain_live(300), (2, true));
@@ -414,12 +490,13 @@ mod tests {
 
     #[test]
     fn push_past_the_bound_replaces_the_soonest_expiring() {
+        let max = 32;
         let mut e = AorEntry::new(Binding::new(0, 1000));
-        for i in 1..CONTACTS_PER_AOR_MAX as u64 {
-            assert!(e.push(Binding::new(i, 1000 + i as u32)));
+        for i in 1..max as u64 {
+            assert!(e.push(Binding::new(i, 1000 + i as u32), max));
         }
-        assert!(!e.push(Binding::new(999, 5000)));
-        assert_eq!(e.len(), CONTACTS_PER_AOR_MAX);
+        assert!(!e.push(Binding::new(999, 5000), max));
+        assert_eq!(e.len(), max);
         assert!(e.position(0).is_none());
         assert!(e.position(999).is_some());
     }

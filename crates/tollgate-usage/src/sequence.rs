@@ -7,17 +7,24 @@
 //! - A number in the window that was seen → [`SeqVerdict::Duplicate`]: the caller drops the
 //!   whole datagram (a retransmission changes nothing).
 //! - A number in the window not yet seen (reordering) → `Fresh { lost: 0 }`.
-//! - A number above `top` → `Fresh { lost }`, where `lost` counts the numbers that slid out
-//!   of the window in this step without ever being seen. Reordering within the window is
-//!   therefore never counted as loss; loss is known one window late.
-//! - A number more than a window *below* `top` → [`SeqVerdict::Restarted`]: taken as a sender
-//!   restart (its counter began again). The window restarts at that number, the datagram is
-//!   applied, and [`SequenceTracker::restarts_total`] counts it. A datagram delayed by more
-//!   than a window is indistinguishable from a restart; then the next in-order datagram looks
-//!   like a jump and its gap is counted as lost. **Boundary:** a sender that restarts at a
-//!   number still inside the old window has its first datagrams dropped as duplicates, so
-//!   senders should start their counter from a value that grows across restarts (e.g. the
-//!   start time in microseconds).
+//! - A number above `top` by less than a window → `Fresh { lost }`, where `lost` counts the
+//!   numbers that slid out of the window in this step without ever being seen. Reordering
+//!   within the window is therefore never counted as loss; loss is known one window late.
+//! - A number a window or more away from `top`, above or below → [`SeqVerdict::Restarted`]:
+//!   taken as a sender restart (its counter began again, from zero or from a clock). The
+//!   window restarts at that number, the datagram is applied, and
+//!   [`SequenceTracker::restarts_total`] counts it once; the jump itself is never counted as
+//!   lost (`seq x 0` then `seq x 18446744073709551615` is one restart, no loss). The old
+//!   run's unseen numbers still in its window are its tail: they are counted as lost then
+//!   (`Restarted { lost }`). A burst of a window or more of consecutive losses is
+//!   indistinguishable from a restart, and a datagram delayed by more than a window looks
+//!   like one too. **Boundary:** a sender that restarts at a number still inside the old
+//!   window has its first datagrams dropped as duplicates, so senders should start their
+//!   counter from a value that grows across restarts (e.g. the start time in microseconds).
+//! - The tail of a sender that stops sending never slides out of its window:
+//!   [`SequenceTracker::sweep_idle`] counts it once the sender has been silent for
+//!   [`SEQ_IDLE_MS`] (the agent calls it from its sweeper). A datagram of that tail arriving
+//!   later still is applied, and stays counted as lost.
 //!
 //! Numbers below the first one seen from a sender are never counted as lost (the sender may
 //! have sent them before we started). Senders are keyed by a keyed fingerprint of the sender
@@ -41,6 +48,10 @@ const WINDOW_WORDS: usize = (SEQ_WINDOW_LEN / 64) as usize;
 /// Most senders tracked at once.
 pub const SEQ_SENDERS_MAX: usize = 4096;
 
+/// A sender silent this long has the unseen numbers of its window counted as lost
+/// ([`SequenceTracker::sweep_idle`]).
+pub const SEQ_IDLE_MS: u64 = 10_000;
+
 /// What to do with a datagram, by its sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeqVerdict {
@@ -48,30 +59,52 @@ pub enum SeqVerdict {
     Fresh { lost: u64 },
     /// Seen before: drop the whole datagram.
     Duplicate,
-    /// Far behind the window: the sender restarted. Apply the datagram.
-    Restarted,
+    /// A window or more away from the last number: the sender restarted. Apply the
+    /// datagram; `lost` numbers of the old run's window were never seen.
+    Restarted { lost: u64 },
 }
 
 #[derive(Debug, Clone)]
 struct Window {
     top: u64,
-    /// Lowest number losses are accounted from: the first number seen.
+    /// Lowest number losses are accounted from: the first number seen, or the one after
+    /// `top` once an idle sender's tail was counted.
     floor: u64,
     /// Bit `s % SEQ_WINDOW_LEN` is set iff `s` in `top - 1023 ..= top` was seen.
     bits: [u64; WINDOW_WORDS],
     last_used: u64,
+    /// Wall-clock milliseconds of the last datagram.
+    last_seen_ms: u64,
 }
 
 impl Window {
-    fn new(n: u64, last_used: u64) -> Self {
+    fn new(n: u64, last_used: u64, now_ms: u64) -> Self {
         let mut window = Window {
             top: n,
             floor: n,
             bits: [0; WINDOW_WORDS],
             last_used,
+            last_seen_ms: now_ms,
         };
         window.set(n);
         window
+    }
+
+    /// Numbers of the window at or above `floor` not seen (at most a window's worth).
+    fn unseen_tail(&self) -> u64 {
+        let low = self.top.saturating_sub(SEQ_WINDOW_LEN - 1).max(self.floor);
+        if low > self.top {
+            return 0;
+        }
+        (low..=self.top).map(|s| u64::from(!self.is_set(s))).sum()
+    }
+
+    /// Counts the unseen tail as lost and moves `floor` past `top`, so those numbers are
+    /// never counted again.
+    fn close_tail(&mut self) -> u64 {
+        let lost = self.unseen_tail();
+        self.floor = self.top.saturating_add(1);
+        lost
     }
 
     fn position(n: u64) -> (usize, u64) {
@@ -100,13 +133,14 @@ impl Window {
     }
 
     fn check(&mut self, n: u64) -> SeqVerdict {
+        if n.abs_diff(self.top) >= SEQ_WINDOW_LEN {
+            let lost = self.unseen_tail();
+            *self = Window::new(n, self.last_used, self.last_seen_ms);
+            return SeqVerdict::Restarted { lost };
+        }
         if n > self.top {
             let lost = self.advance(n);
             return SeqVerdict::Fresh { lost };
-        }
-        if self.top - n >= SEQ_WINDOW_LEN {
-            *self = Window::new(n, self.last_used);
-            return SeqVerdict::Restarted;
         }
         if self.is_set(n) {
             return SeqVerdict::Duplicate;
@@ -115,10 +149,12 @@ impl Window {
         SeqVerdict::Fresh { lost: 0 }
     }
 
-    /// Moves `top` up to `n`, returning how many numbers left the window unseen.
+    /// Moves `top` up to `n` (less than a window above it), returning how many numbers
+    /// left the window unseen.
     fn advance(&mut self, n: u64) -> u64 {
         debug_assert!(n > self.top);
         let distance = n - self.top;
+        debug_assert!(distance < SEQ_WINDOW_LEN);
         let mut lost = 0;
         if self.is_young() {
             // Old numbers leaving the window: `top - 1023 ..= n - 1024`, those ≥ floor.
@@ -132,17 +168,9 @@ impl Window {
                 // Numbers above the old top that never entered the window.
                 lost += leaving_end - last_in_old_window;
             }
-            if distance >= SEQ_WINDOW_LEN {
-                self.bits = [0; WINDOW_WORDS];
-            } else {
-                for s in self.top + 1..=n {
-                    self.clear(s);
-                }
+            for s in self.top + 1..=n {
+                self.clear(s);
             }
-        } else if distance >= SEQ_WINDOW_LEN {
-            let seen: u64 = self.bits.iter().map(|w| u64::from(w.count_ones())).sum();
-            lost = (SEQ_WINDOW_LEN - seen) + (distance - SEQ_WINDOW_LEN);
-            self.bits = [0; WINDOW_WORDS];
         } else {
             // The positions of `top + 1 ..= n` held `top + 1 - 1024 ..= n - 1024`, all ≥ floor.
             let seen = self.take_range((self.top + 1) % SEQ_WINDOW_LEN, distance);
@@ -226,9 +254,10 @@ impl SequenceTracker {
         }
     }
 
-    /// Checks one datagram's sequence header. `now` is not used yet: recency is a logical
-    /// clock, so the verdicts depend only on the order of calls.
-    pub fn check(&self, _now: Timestamp, seq: &Seq<'_>) -> SeqVerdict {
+    /// Checks one datagram's sequence header. The verdict depends only on the order of
+    /// calls (recency for eviction is a logical clock); `now` only marks when the sender was
+    /// last heard, for [`SequenceTracker::sweep_idle`].
+    pub fn check(&self, now: Timestamp, seq: &Seq<'_>) -> SeqVerdict {
         let sender = self.fingerprinter.sender(seq.sender);
         let mut guard = self.state.lock();
         let state = &mut *guard;
@@ -236,8 +265,9 @@ impl SequenceTracker {
         let clock = state.clock;
         if let Some(window) = state.senders.get_mut(&sender) {
             window.last_used = clock;
+            window.last_seen_ms = now.unix_ms();
             let verdict = window.check(seq.n);
-            if verdict == SeqVerdict::Restarted {
+            if matches!(verdict, SeqVerdict::Restarted { .. }) {
                 self.restarts_total.fetch_add(1, Ordering::Relaxed);
             }
             return verdict;
@@ -247,8 +277,25 @@ impl SequenceTracker {
             self.evicted_total.fetch_add(evicted, Ordering::Relaxed);
         }
         debug_assert!(state.senders.len() < SEQ_SENDERS_MAX);
-        state.senders.insert(sender, Window::new(seq.n, clock));
+        state
+            .senders
+            .insert(sender, Window::new(seq.n, clock, now.unix_ms()));
         SeqVerdict::Fresh { lost: 0 }
+    }
+
+    /// Counts, for every sender silent for at least `idle_ms` at `now`, the numbers of its
+    /// window never seen (the gaps at the end of its run), once: returns how many. The
+    /// sender stays tracked, so its duplicates are still caught. Holds the lock for one
+    /// pass over the senders (at most [`SEQ_SENDERS_MAX`]); call it every second or so.
+    pub fn sweep_idle(&self, now: Timestamp, idle_ms: u64) -> u64 {
+        let now_ms = now.unix_ms();
+        let mut state = self.state.lock();
+        state
+            .senders
+            .values_mut()
+            .filter(|w| now_ms.saturating_sub(w.last_seen_ms) >= idle_ms)
+            .map(Window::close_tail)
+            .fold(0u64, u64::saturating_add)
     }
 
     /// Senders tracked now.
@@ -342,21 +389,36 @@ mod tests {
     }
 
     #[test]
-    fn a_jump_beyond_the_window_counts_every_number_skipped() {
+    fn a_jump_of_a_window_or_more_is_a_restart_not_loss() {
         let t = tracker();
         let at = |n| t.check(Timestamp(0), &Seq { sender: b"s", n });
         for n in 0..2 * SEQ_WINDOW_LEN {
             assert_eq!(at(n), FRESH);
         }
         let top = 2 * SEQ_WINDOW_LEN - 1;
-        // Numbers top+1 .. top+5000 skipped; of them, the ones now below the window are lost.
-        let n = top + 5001;
+        // Just under a window ahead: the skipped numbers are still in the window.
+        assert_eq!(at(top + SEQ_WINDOW_LEN - 1), FRESH);
+        // A window or more ahead (a counter seeded from the clock): a restart; the jump is
+        // no loss, only the old run's unseen tail (the W - 2 numbers skipped above) is.
+        let restarted = top + SEQ_WINDOW_LEN - 1 + 5_000_000;
         assert_eq!(
-            at(n),
-            SeqVerdict::Fresh {
-                lost: 5000 - (SEQ_WINDOW_LEN - 1)
+            at(restarted),
+            SeqVerdict::Restarted {
+                lost: SEQ_WINDOW_LEN - 2
             }
         );
+        assert_eq!(t.restarts_total(), 1);
+        assert_eq!(at(restarted + 1), FRESH);
+    }
+
+    #[test]
+    fn a_restart_counts_the_old_runs_unseen_tail_once() {
+        let t = tracker();
+        let at = |n| t.check(Timestamp(0), &Seq { sender: b"s", n });
+        assert_eq!(at(100), FRESH);
+        assert_eq!(at(105), FRESH); // 101..=104 unseen, still in the window
+        assert_eq!(at(1_000_000), SeqVerdict::Restarted { lost: 4 });
+        assert_eq!(at(1_000_001), FRESH);
     }
 
     #[test]
@@ -364,12 +426,30 @@ mod tests {
         let t = tracker();
         let at = |n| t.check(Timestamp(0), &Seq { sender: b"s", n });
         assert_eq!(at(100_000), FRESH);
+        // 99_000 ..= 99_999 shared the window with 100_000 but came before it: not lost.
+        assert_eq!(at(101_000), FRESH);
+        // 100_001 ..= 100_976 leave the window unseen.
+        assert_eq!(at(102_000), SeqVerdict::Fresh { lost: 976 });
+    }
+
+    #[test]
+    fn an_idle_senders_tail_is_counted_once() {
+        let t = tracker();
+        let at = |ms, n| t.check(Timestamp(ms), &Seq { sender: b"s", n });
+        assert_eq!(at(1_000, 10), FRESH);
+        assert_eq!(at(1_000, 13), FRESH); // 11 and 12 never come
         assert_eq!(
-            at(100_000 + 3 * SEQ_WINDOW_LEN),
-            SeqVerdict::Fresh {
-                lost: 3 * SEQ_WINDOW_LEN - 1 - (SEQ_WINDOW_LEN - 1)
-            }
+            t.sweep_idle(Timestamp(1_000 + SEQ_IDLE_MS - 1), SEQ_IDLE_MS),
+            0
         );
+        assert_eq!(t.sweep_idle(Timestamp(1_000 + SEQ_IDLE_MS), SEQ_IDLE_MS), 2);
+        assert_eq!(t.sweep_idle(Timestamp(99_000), SEQ_IDLE_MS), 0, "once");
+        // The sender comes back: its old numbers are still duplicates, a late one from the
+        // counted tail is applied (it stays counted lost), and the tail is not counted again
+        // when it slides out of the window.
+        assert_eq!(at(100_000, 13), SeqVerdict::Duplicate);
+        assert_eq!(at(100_000, 12), FRESH);
+        assert_eq!(at(100_000, 13 + SEQ_WINDOW_LEN - 1), FRESH);
     }
 
     #[test]
@@ -405,7 +485,7 @@ mod tests {
         let t = tracker();
         let at = |n| t.check(Timestamp(0), &Seq { sender: b"s", n });
         assert_eq!(at(10_000), FRESH);
-        assert_eq!(at(1), SeqVerdict::Restarted);
+        assert_eq!(at(1), SeqVerdict::Restarted { lost: 0 });
         assert_eq!(t.restarts_total(), 1);
         assert_eq!(at(2), FRESH);
         assert_eq!(at(1), SeqVerdict::Duplicate);
@@ -480,24 +560,163 @@ mod tests {
 
     #[test]
     fn extreme_numbers_do_not_overflow() {
+        const RESTART: SeqVerdict = SeqVerdict::Restarted { lost: 0 };
         assert_eq!(
             check(&[u64::MAX, 0, u64::MAX]),
-            vec![
-                FRESH,
-                SeqVerdict::Restarted,
-                SeqVerdict::Fresh {
-                    lost: u64::MAX - SEQ_WINDOW_LEN
-                }
-            ]
+            vec![FRESH, RESTART, RESTART]
         );
+        // The case: `seq x 0` then `seq x 18446744073709551615` is one restart.
+        assert_eq!(check(&[0, u64::MAX]), vec![FRESH, RESTART]);
         assert_eq!(
-            check(&[0, u64::MAX]),
-            vec![
-                FRESH,
-                SeqVerdict::Fresh {
-                    lost: u64::MAX - SEQ_WINDOW_LEN
-                }
-            ]
+            check(&[u64::MAX - 1, u64::MAX, u64::MAX - 3]),
+            vec![FRESH, FRESH, FRESH]
         );
+    }
+
+    // ---- against a model: the rules above over a `BTreeSet` of every number seen ----
+
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum SeqOp {
+        /// The sender's next number: the previous one moved by `delta`.
+        Step { sender: u8, delta: i64 },
+        /// The sender's counter jumps to `n` (a restart, from zero or from a clock).
+        Jump { sender: u8, n: u64 },
+        /// Time passes beyond the idle threshold, and the sweep runs.
+        Idle,
+    }
+
+    fn seq_op() -> impl Strategy<Value = SeqOp> {
+        prop_oneof![
+            12 => (0u8..2, -40i64..80).prop_map(|(sender, delta)| SeqOp::Step { sender, delta }),
+            2 => (0u8..2, -1500i64..1500).prop_map(|(sender, delta)| SeqOp::Step { sender, delta }),
+            1 => (0u8..2, prop_oneof![Just(0), Just(u64::MAX), any::<u64>(), 0u64..5000])
+                .prop_map(|(sender, n)| SeqOp::Jump { sender, n }),
+            1 => Just(SeqOp::Idle),
+        ]
+    }
+
+    /// One sender's run, as plainly as possible.
+    #[derive(Debug, Default)]
+    struct RunModel {
+        seen: BTreeSet<u64>,
+        top: u64,
+        floor: u64,
+    }
+
+    impl RunModel {
+        fn start(n: u64) -> Self {
+            RunModel {
+                seen: BTreeSet::from([n]),
+                top: n,
+                floor: n,
+            }
+        }
+
+        /// Unseen numbers `>= floor` in `lo ..= hi`.
+        fn unseen(&self, lo: u64, hi: u64) -> u64 {
+            let lo = lo.max(self.floor);
+            if lo > hi {
+                return 0;
+            }
+            (hi - lo + 1) - self.seen.range(lo..=hi).count() as u64
+        }
+
+        fn tail(&self) -> u64 {
+            self.unseen(self.top.saturating_sub(SEQ_WINDOW_LEN - 1), self.top)
+        }
+
+        fn check(&mut self, n: u64) -> SeqVerdict {
+            if n.abs_diff(self.top) >= SEQ_WINDOW_LEN {
+                let lost = self.tail();
+                *self = RunModel::start(n);
+                return SeqVerdict::Restarted { lost };
+            }
+            if n > self.top {
+                // Leaving the window: numbers that were in it (> top - W) up to n - W.
+                let lost = match n.checked_sub(SEQ_WINDOW_LEN) {
+                    Some(hi) => self.unseen(self.top.saturating_sub(SEQ_WINDOW_LEN - 1), hi),
+                    None => 0,
+                };
+                self.top = n;
+                self.seen.insert(n);
+                return SeqVerdict::Fresh { lost };
+            }
+            if self.seen.insert(n) {
+                SeqVerdict::Fresh { lost: 0 }
+            } else {
+                SeqVerdict::Duplicate
+            }
+        }
+
+        fn close_tail(&mut self) -> u64 {
+            let lost = self.tail();
+            self.floor = self.top.saturating_add(1);
+            lost
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 512,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x5e9_0001),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn sequence_tracker_acts_like_a_btreeset_model(
+            start in prop_oneof![Just(0u64), Just(u64::MAX - 3000), 0u64..1_000_000],
+            ops in proptest::collection::vec(seq_op(), 1..400),
+        ) {
+            let t = tracker();
+            let mut models: [Option<RunModel>; 2] = [None, None];
+            let mut cursors = [start; 2];
+            let (mut now_ms, mut restarts, mut lost) = (0u64, 0u64, 0u64);
+            for op in &ops {
+                let (sender, n) = match *op {
+                    SeqOp::Step { sender, delta } => {
+                        let c = &mut cursors[usize::from(sender)];
+                        *c = c.saturating_add_signed(delta);
+                        (sender, *c)
+                    }
+                    SeqOp::Jump { sender, n } => {
+                        cursors[usize::from(sender)] = n;
+                        (sender, n)
+                    }
+                    SeqOp::Idle => {
+                        now_ms += SEQ_IDLE_MS;
+                        let swept = t.sweep_idle(Timestamp(now_ms), SEQ_IDLE_MS);
+                        let expected: u64 = models.iter_mut().flatten().map(RunModel::close_tail).sum();
+                        prop_assert_eq!(swept, expected, "idle sweep");
+                        lost += swept;
+                        continue;
+                    }
+                };
+                let id = [b's', b'0' + sender];
+                let verdict = t.check(Timestamp(now_ms), &Seq { sender: &id, n });
+                let expected = match &mut models[usize::from(sender)] {
+                    Some(model) => model.check(n),
+                    slot @ None => {
+                        *slot = Some(RunModel::start(n));
+                        SeqVerdict::Fresh { lost: 0 }
+                    }
+                };
+                prop_assert_eq!(verdict, expected, "{:?} n={}", op, n);
+                match verdict {
+                    SeqVerdict::Fresh { lost: l } => lost += l,
+                    SeqVerdict::Restarted { lost: l } => {
+                        lost += l;
+                        restarts += 1;
+                    }
+                    SeqVerdict::Duplicate => {}
+                }
+                prop_assert!(lost <= ops.len() as u64 * SEQ_WINDOW_LEN, "lost stays bounded");
+            }
+            prop_assert_eq!(t.restarts_total(), restarts);
+        }
     }
 }

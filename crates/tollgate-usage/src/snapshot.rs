@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
 use crate::peaks::{MINUTE_SLOT_COUNT, MinutePeak};
-use crate::registrations::CONTACTS_PER_AOR_MAX;
+use crate::registrations::CONTACTS_PER_AOR_LIMIT;
 
 /// First bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 6] = *b"TGSNAP";
@@ -68,7 +68,7 @@ pub struct CallRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AorRecord {
     pub fingerprint: [u8; 16],
-    /// 1 ..= [`CONTACTS_PER_AOR_MAX`] contacts.
+    /// 1 ..= [`CONTACTS_PER_AOR_LIMIT`] contacts.
     pub contacts: Vec<ContactRecord>,
 }
 
@@ -88,6 +88,9 @@ pub struct Restored {
     pub contacts: u64,
     /// Calls and contacts that had expired by the time of the restore.
     pub dropped_expired: u64,
+    /// Calls and contacts left out because the tables were at their configured caps
+    /// (`max_active_calls`, `max_aors`) — a snapshot from an agent with larger caps.
+    pub dropped_full: u64,
 }
 
 /// Why a snapshot could not be decoded or restored.
@@ -123,7 +126,7 @@ impl Snapshot {
         if self
             .registrations
             .iter()
-            .any(|aor| aor.contacts.len() > CONTACTS_PER_AOR_MAX)
+            .any(|aor| aor.contacts.len() > CONTACTS_PER_AOR_LIMIT)
         {
             return Err(SnapshotError::Invalid("an AoR with too many contacts"));
         }

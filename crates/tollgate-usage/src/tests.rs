@@ -20,6 +20,7 @@ fn config() -> TablesConfig {
         max_call_duration_s: 3600,
         shard_count: 8,
         tombstone_ttl_s: 30,
+        ..TablesConfig::default()
     }
 }
 
@@ -512,14 +513,78 @@ fn expired_contacts_are_treated_as_absent_by_the_next_reg() {
 #[test]
 fn contacts_per_aor_are_bounded() {
     let t = tables();
-    for i in 0..CONTACTS_PER_AOR_MAX + 5 {
+    let max = crate::MAX_CONTACTS_PER_AOR_DEFAULT as usize;
+    for i in 0..max + 5 {
         let contact = format!("sip:a@{i}");
-        check(
-            &t,
-            &[(i as u64, reg("alice", &contact, 600), Outcome::ContactAdded)],
-        );
+        let expected = if i < max {
+            Outcome::ContactAdded
+        } else {
+            Outcome::ContactReplaced
+        };
+        check(&t, &[(i as u64, reg("alice", &contact, 600), expected)]);
     }
-    assert_eq!(registered(&t), (1, CONTACTS_PER_AOR_MAX as u64));
+    assert_eq!(registered(&t), (1, max as u64));
+}
+
+#[test]
+fn calls_beyond_max_active_calls_are_refused_and_change_nothing() {
+    let t = Tables::new(
+        TablesConfig {
+            max_active_calls: 3,
+            ..config()
+        },
+        FingerprintKey([9; 32]),
+    );
+    for i in 0..3 {
+        let id = format!("c{i}");
+        check(&t, &[(1, start(&id), Outcome::CallStarted)]);
+    }
+    check(
+        &t,
+        &[
+            (1, start("c3"), Outcome::CallsTableFull),
+            // A call already present is not refused, nor a stop.
+            (1, start("c0"), Outcome::CallAlreadyActive),
+            (2, stop("c0"), Outcome::CallStopped),
+            (3, start("c3"), Outcome::CallStarted),
+            (4, start("c4"), Outcome::CallsTableFull),
+        ],
+    );
+    assert_eq!(calls(&t), (3, 0));
+}
+
+#[test]
+fn aors_beyond_max_aors_are_refused_and_expires_above_the_maximum_is_a_bad_number() {
+    let t = Tables::new(
+        TablesConfig {
+            max_aors: 2,
+            max_expires_s: 3600,
+            ..config()
+        },
+        FingerprintKey([9; 32]),
+    );
+    check(
+        &t,
+        &[
+            (1, reg("alice", "sip:a@1", 3600), Outcome::ContactAdded),
+            (1, reg("bob", "sip:b@1", 60), Outcome::ContactAdded),
+            (
+                1,
+                reg("carol", "sip:c@1", 60),
+                Outcome::RegistrationsTableFull,
+            ),
+            // A known AoR still takes contacts.
+            (1, reg("alice", "sip:a@2", 60), Outcome::ContactAdded),
+            (1, reg("alice", "sip:a@3", 3601), Outcome::BadNumber),
+            (1, reg("alice", "sip:a@1", u32::MAX), Outcome::BadNumber),
+        ],
+    );
+    assert_eq!(registered(&t), (2, 3));
+    let subscribers = Event::Subscribers {
+        count: tollgate_events::SUBSCRIBERS_MAX + 1,
+    };
+    assert_eq!(t.apply(at(1), &subscribers), Outcome::BadNumber);
+    assert_eq!(t.usage().subscribers, 0);
 }
 
 // ---- subscribers, admit ----
@@ -620,7 +685,8 @@ fn snapshot_then_restore_gives_the_same_usage() {
         Restored {
             calls: 3,
             contacts: 3,
-            dropped_expired: 0
+            dropped_expired: 0,
+            dropped_full: 0
         }
     );
     assert_eq!(fresh.usage(), t.usage());
@@ -645,7 +711,8 @@ fn restore_drops_what_expired_meanwhile() {
         Restored {
             calls: 3,
             contacts: 1,
-            dropped_expired: 2
+            dropped_expired: 2,
+            dropped_full: 0
         }
     );
     assert_eq!(registered(&fresh), (1, 1));
@@ -657,7 +724,8 @@ fn restore_drops_what_expired_meanwhile() {
         Restored {
             calls: 2,
             contacts: 0,
-            dropped_expired: 4
+            dropped_expired: 4,
+            dropped_full: 0
         }
     );
     assert_eq!(calls(&fresh), (2, 1));
@@ -708,6 +776,8 @@ fn op() -> impl Strategy<Value = Op> {
 
 const MODEL_MAX_DURATION_S: u32 = 60;
 const MODEL_TOMBSTONE_TTL_S: u32 = 10;
+/// Below the 8 keys the model uses, so the cap is reached.
+const MODEL_MAX_ACTIVE_CALLS: u64 = 5;
 
 #[derive(Debug, Clone, Copy)]
 struct ModelEntry {
@@ -746,6 +816,12 @@ impl Model {
                 Some(e) if e.tombstone => Outcome::CallAlreadyStopped,
                 Some(_) => Outcome::CallAlreadyActive,
                 None => {
+                    // An expired call is replaced in place; anything else adds a call, which
+                    // the cap may refuse (expired calls count until swept).
+                    let replaces = self.entries.get(&key).is_some_and(|e| !e.tombstone);
+                    if !replaces && self.counts().0 >= MODEL_MAX_ACTIVE_CALLS {
+                        return Some(Outcome::CallsTableFull);
+                    }
                     self.entries.insert(key, call(emergency));
                     Outcome::CallStarted
                 }
@@ -814,6 +890,8 @@ proptest! {
                 max_call_duration_s: MODEL_MAX_DURATION_S,
                 shard_count: 4,
                 tombstone_ttl_s: MODEL_TOMBSTONE_TTL_S,
+                max_active_calls: MODEL_MAX_ACTIVE_CALLS,
+                ..TablesConfig::default()
             },
             FingerprintKey([5; 32]),
         );
@@ -850,5 +928,156 @@ proptest! {
             }
             prop_assert_eq!(calls(&t), model.counts(), "after {:?}", op);
         }
+    }
+}
+
+// ---- the registration table against a model ----
+
+#[derive(Debug, Clone)]
+enum RegOp {
+    /// `reg aor-<aor> contact-<contact> <expires>`, where `expires` is 0 (remove), the op's
+    /// own index + 1 (so no two bindings ever expire at the same second: which binding a
+    /// full AoR replaces is then unambiguous) or above `max_expires_s`.
+    Reg {
+        aor: u8,
+        contact: u8,
+        kind: u8,
+    },
+    Sweep,
+    Advance {
+        s: u32,
+    },
+}
+
+fn reg_op() -> impl Strategy<Value = RegOp> {
+    prop_oneof![
+        8 => (0u8..6, 0u8..5, 0u8..8).prop_map(|(aor, contact, kind)| RegOp::Reg { aor, contact, kind }),
+        1 => Just(RegOp::Sweep),
+        2 => (0u32..40).prop_map(|s| RegOp::Advance { s }),
+    ]
+}
+
+const REG_MODEL_MAX_AORS: u64 = 4;
+const REG_MODEL_MAX_CONTACTS: usize = 3;
+const REG_MODEL_MAX_EXPIRES_S: u32 = 200;
+
+/// The rules of the registration table over a `HashMap` of AoR → (contact, expires_at).
+#[derive(Default)]
+struct RegModel {
+    aors: HashMap<u8, Vec<(u8, u32)>>,
+}
+
+impl RegModel {
+    fn apply(&mut self, aor: u8, contact: u8, expires_s: u32, now_s: u32) -> Outcome {
+        if expires_s > REG_MODEL_MAX_EXPIRES_S {
+            return Outcome::BadNumber;
+        }
+        let Some(bindings) = self.aors.get_mut(&aor) else {
+            if expires_s == 0 {
+                return Outcome::ContactUnknown;
+            }
+            if self.aors.len() as u64 >= REG_MODEL_MAX_AORS {
+                return Outcome::RegistrationsTableFull;
+            }
+            self.aors.insert(aor, vec![(contact, now_s + expires_s)]);
+            return Outcome::ContactAdded;
+        };
+        bindings.retain(|&(_, at)| now_s < at);
+        let found = bindings.iter().position(|&(c, _)| c == contact);
+        let outcome = match (expires_s, found) {
+            (0, Some(i)) => {
+                bindings.remove(i);
+                Outcome::ContactRemoved
+            }
+            (0, None) => Outcome::ContactUnknown,
+            (_, Some(i)) => {
+                bindings[i].1 = now_s + expires_s;
+                Outcome::ContactRefreshed
+            }
+            (_, None) if bindings.len() < REG_MODEL_MAX_CONTACTS => {
+                bindings.push((contact, now_s + expires_s));
+                Outcome::ContactAdded
+            }
+            (_, None) => {
+                let soonest = (0..bindings.len())
+                    .min_by_key(|&i| bindings[i].1)
+                    .unwrap_or(0);
+                bindings[soonest] = (contact, now_s + expires_s);
+                Outcome::ContactReplaced
+            }
+        };
+        if bindings.is_empty() {
+            self.aors.remove(&aor);
+        }
+        outcome
+    }
+
+    fn sweep(&mut self, now_s: u32) {
+        for bindings in self.aors.values_mut() {
+            bindings.retain(|&(_, at)| now_s < at);
+        }
+        self.aors.retain(|_, b| !b.is_empty());
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.aors.len() as u64,
+            self.aors.values().map(|b| b.len() as u64).sum(),
+        )
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x7e6_7ab1e),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn registration_table_acts_like_a_hashmap_model(ops in proptest::collection::vec(reg_op(), 1..150)) {
+        let t = Tables::new(
+            TablesConfig {
+                shard_count: 2,
+                max_aors: REG_MODEL_MAX_AORS,
+                max_contacts_per_aor: REG_MODEL_MAX_CONTACTS as u32,
+                max_expires_s: REG_MODEL_MAX_EXPIRES_S,
+                ..config()
+            },
+            FingerprintKey([6; 32]),
+        );
+        let mut model = RegModel::default();
+        let mut now_s = T0_S as u32;
+        for (index, op) in ops.iter().enumerate() {
+            let now = Timestamp::from_unix_secs(u64::from(now_s));
+            match *op {
+                RegOp::Reg { aor, contact, kind } => {
+                    let expires_s = match kind {
+                        0 | 1 => 0,
+                        2 => REG_MODEL_MAX_EXPIRES_S + 1 + index as u32,
+                        _ => index as u32 + 1,
+                    };
+                    let (aor_id, contact_id) = (format!("sip:aor-{aor}@x"), format!("sip:c-{contact}@y"));
+                    let event = Event::Register {
+                        aor: aor_id.as_bytes(),
+                        contact: contact_id.as_bytes(),
+                        expires_s,
+                    };
+                    let expected = model.apply(aor, contact, expires_s, now_s);
+                    prop_assert_eq!(t.apply(now, &event), expected, "{:?} expires {}", op, expires_s);
+                }
+                RegOp::Sweep => {
+                    t.sweep(now, t.shard_count());
+                    model.sweep(now_s);
+                    prop_assert_eq!(registered(&t), model.counts(), "after a sweep");
+                }
+                RegOp::Advance { s } => now_s += s,
+            }
+        }
+        let now = Timestamp::from_unix_secs(u64::from(now_s));
+        t.sweep(now, t.shard_count());
+        model.sweep(now_s);
+        prop_assert_eq!(registered(&t), model.counts());
     }
 }

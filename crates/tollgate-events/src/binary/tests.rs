@@ -108,7 +108,12 @@ fn every_verb_and_flag_decodes() {
             ],
         ),
         record(REG, 0, &[&key(b"a"), &key(b"c"), &u32::MAX.to_be_bytes()]),
-        record(SUBSCRIBERS, 0, &[&u64::MAX.to_be_bytes()]),
+        record(SUBSCRIBERS, 0, &[&crate::SUBSCRIBERS_MAX.to_be_bytes()]),
+        record(
+            SUBSCRIBERS,
+            0,
+            &[&(crate::SUBSCRIBERS_MAX + 1).to_be_bytes()],
+        ),
         record(ADMIT, 0, &[&key(b"c1")]),
         record(ADMIT, FLAG_EMERGENCY, &[&key(b"c1")]),
     ];
@@ -125,7 +130,8 @@ fn every_verb_and_flag_decodes() {
             "call-refresh c1 tag=t1",
             "reg sip:a@b sip:a@192.0.2.1 3600",
             "reg a c 4294967295",
-            "subscribers 18446744073709551615",
+            "subscribers 1099511627776",
+            "!bad_number",
             "admit c1",
             "admit c1 emergency",
         ],

@@ -80,10 +80,10 @@ fn numbers_at_their_limits() {
     check("reg a c 4294967295", &["reg a c 4294967295"]);
     check("reg a c 4294967296", &["!bad_number"]);
     check("reg a c 99999999999999999999999", &["!bad_number"]);
-    check(
-        "subscribers 18446744073709551615",
-        &["subscribers 18446744073709551615"],
-    );
+    // Above 2^40 (the largest figure a usage report carries) is a bad number.
+    check("subscribers 1099511627776", &["subscribers 1099511627776"]);
+    check("subscribers 1099511627777", &["!bad_number"]);
+    check("subscribers 18446744073709551615", &["!bad_number"]);
     check("subscribers 18446744073709551616", &["!bad_number"]);
     check("subscribers 0", &["subscribers 0"]);
     check("subscribers 007", &["subscribers 7"]);
@@ -399,8 +399,16 @@ fn write_event_writes_every_verb() {
         "reg a c 0\n",
     );
     check_write(
-        Event::Subscribers { count: u64::MAX },
-        "subscribers 18446744073709551615\n",
+        Event::Subscribers {
+            count: crate::SUBSCRIBERS_MAX,
+        },
+        "subscribers 1099511627776\n",
+    );
+    assert_eq!(
+        encoded_len(&Event::Subscribers {
+            count: crate::SUBSCRIBERS_MAX + 1
+        }),
+        Err(EncodeError::OutOfRange { field: "count" })
     );
     check_write(Event::Subscribers { count: 0 }, "subscribers 0\n");
     check_write(

@@ -23,6 +23,7 @@ fn tables() -> Tables {
             max_call_duration_s: 3600,
             shard_count: 8,
             tombstone_ttl_s: 30,
+            ..TablesConfig::default()
         },
         FingerprintKey([7; 32]),
     )
