@@ -59,7 +59,7 @@ fn serve(config_path: Option<&Path>, dev: bool) -> Result<(), Failure> {
     if config_path.is_none() {
         tracing::warn!(
             listen = %config.listen,
-            database = %config.database.display(),
+            database = %config.database,
             "no --config: development mode (self-signed certificate, loopback only)"
         );
     }
@@ -92,7 +92,7 @@ fn print_started(started: &Started) {
         started.cert_path.display()
     );
     let _ = writeln!(out, "sha256       {}", started.fingerprint_sha256);
-    let _ = writeln!(out, "database     {}", started.database.display());
+    let _ = writeln!(out, "database     {}", started.database);
     let _ = writeln!(out, "key dir      {}", started.key_dir.display());
     if let Some(created) = &started.created_key {
         let _ = writeln!(out, "created key  {}", created.display());

@@ -598,3 +598,95 @@ fn http(
 ) -> (u16, String) {
     common::http(addr, method, path, auth, b"")
 }
+
+/// `[license] server` as a list: two servers on one database (an SQLite file shared by two
+/// processes; PostgreSQL works the same, see the server crate's `tests/postgres.rs`). The
+/// agent fetches from the first and names it as `source`; the first is killed mid-run; a
+/// reload is answered by the second, which `source` then names and which receives the
+/// usage reports from then on.
+#[test]
+fn agent_fails_over_to_the_second_server_when_the_first_is_killed() {
+    let vendor = Vendor::new("");
+    let first = Server::start(&vendor, true);
+    let second = Server::start(&vendor, true);
+    let token = vendor.provision("127.0.0.1");
+    let keys: Vec<String> = first
+        .banner
+        .iter()
+        .filter_map(|l| l.strip_prefix("trusted key"))
+        .map(|k| format!("\"{}\"", k.trim()))
+        .collect();
+    let url = |s: &Server| format!("https://127.0.0.1:{}/", s.port);
+    let dir = tempfile::tempdir().unwrap();
+    let admin = tollgate_agent::auth::hash_password("pw").unwrap();
+    let config = common::write_config(
+        dir.path(),
+        &format!(
+            "[report]\ninterval_s = 1\n\n[license]\ntrusted_keys = [{}]\n\
+             server = [\"{}\", \"{}\"]\ntoken = \"{token}\"\nca_bundle = \"{}\"\n\n\
+             [[admin.users]]\nname = \"ops\"\npassword_hash = \"{admin}\"\nrole = \"admin\"\n",
+            keys.join(", "),
+            url(&first),
+            url(&second),
+            vendor.path("db/dev-tls/cert.pem").display()
+        ),
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen(
+            "[general]\n",
+            &format!("[general]\nlicense_key = \"{LICENSE_KEY}\"\n"),
+            1,
+        ),
+    )
+    .unwrap();
+    let agent = common::Agent::start(&dir.path().join("state"), &config);
+    let auth = Some(("ops", "pw"));
+    let license = || {
+        let (_, body) = http(agent.rt.admin, "GET", "/api/v1/license", auth);
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while license()["source"].is_null() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never fetched its license: {}",
+            license()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let json = license();
+    assert_eq!(
+        json["source"],
+        url(&first),
+        "the first server is tried first"
+    );
+    assert_eq!(json["license"]["license_key"], LICENSE_KEY);
+
+    drop(first); // SIGKILL, mid-run
+    let (status, body) = http(agent.rt.admin, "POST", "/api/v1/license/reload", auth);
+    assert_eq!(status, 200, "the second server answers: {body}");
+    assert_eq!(license()["source"], url(&second), "{}", license());
+
+    // Usage reports now reach the second server (the same database).
+    common::send_udp(agent.udp(), b"call-start after-failover\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reports = vendor.admin_ok(&["reports", "list", "--json", "--limit", "5"]);
+        if reports.contains("\"calls\":1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no usage report after the failover: {reports}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The last good server is remembered: the next reload goes straight to it.
+    let (status, body) = http(agent.rt.admin, "POST", "/api/v1/license/reload", auth);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(license()["source"], url(&second));
+    drop(second);
+}

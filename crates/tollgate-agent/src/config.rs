@@ -153,7 +153,7 @@ pub struct RawLicense {
     pub trusted_keys: Vec<String>,
     pub host_id: Option<String>,
     pub unlicensed_mode: Option<String>,
-    pub server: Option<String>,
+    pub server: Option<RawServers>,
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
     pub proxy: Option<String>,
@@ -162,6 +162,37 @@ pub struct RawLicense {
     pub renew_before_days: Option<u64>,
     pub bind_address: Option<String>,
 }
+
+/// `[license] server`: one URL, or a list tried in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawServers(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for RawServers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawServers, D::Error> {
+        use serde::de::Error as _;
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(url) => Ok(RawServers(vec![url])),
+            toml::Value::Array(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    toml::Value::String(url) => Ok(url),
+                    other => Err(D::Error::custom(format!(
+                        "license.server: expected URLs, found a {}",
+                        other.type_str()
+                    ))),
+                })
+                .collect::<Result<_, _>>()
+                .map(RawServers),
+            other => Err(D::Error::custom(format!(
+                "license.server: expected a URL or a list of URLs, found a {}",
+                other.type_str()
+            ))),
+        }
+    }
+}
+
+/// Most license servers `[license] server` may list.
+pub const LICENSE_SERVER_COUNT_MAX: usize = 8;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -245,7 +276,10 @@ pub struct MeshSettings {
 /// `[license] server` and what goes with it.
 #[derive(Debug, Clone)]
 pub struct LicenseServerConfig {
+    /// The client settings, for the first server.
     pub client: tollgate_license_client::ClientConfig,
+    /// Every server, in the configured order (the first is `client.server_url`).
+    pub servers: Vec<tollgate_license_client::Url>,
     pub schedule: tollgate_license_client::ScheduleConfig,
 }
 
@@ -479,12 +513,36 @@ fn license_server(
     raw: &RawLicense,
     license_key: Option<&str>,
 ) -> Result<Option<LicenseServerConfig>, ConfigError> {
-    let Some(server) = raw.server.as_deref().filter(|s| !s.is_empty()) else {
+    let listed: Vec<&str> = raw
+        .server
+        .iter()
+        .flat_map(|s| s.0.iter())
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if listed.is_empty() {
         return Ok(None);
-    };
-    let url = server
-        .parse()
-        .map_err(|e| invalid("license.server", format!("{server:?}: {e}")))?;
+    }
+    if listed.len() > LICENSE_SERVER_COUNT_MAX {
+        return Err(invalid(
+            "license.server",
+            format!("at most {LICENSE_SERVER_COUNT_MAX} servers"),
+        ));
+    }
+    let mut servers: Vec<tollgate_license_client::Url> = Vec::new();
+    for server in listed {
+        let url: tollgate_license_client::Url = server
+            .parse()
+            .map_err(|e| invalid("license.server", format!("{server:?}: {e}")))?;
+        if servers.contains(&url) {
+            return Err(invalid(
+                "license.server",
+                format!("{server:?} is listed twice"),
+            ));
+        }
+        servers.push(url);
+    }
+    let url = servers[0].clone();
     let license_key = license_key.ok_or_else(|| {
         invalid(
             "general.license_key",
@@ -534,7 +592,11 @@ fn license_server(
     if let Some(days) = raw.renew_before_days {
         schedule.renew_before_ms = days.saturating_mul(86_400_000);
     }
-    Ok(Some(LicenseServerConfig { client, schedule }))
+    Ok(Some(LicenseServerConfig {
+        client,
+        servers,
+        schedule,
+    }))
 }
 
 /// `[mesh]`: on when `enabled = true`, or by default when seeds are configured.
@@ -649,6 +711,47 @@ mod tests {
         assert!(err.contains("udpp"), "{err}");
         let err = parse("[bogus]\n").unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn license_server_is_one_url_or_a_list_in_order() {
+        let head = "[general]\nlicense_key = \"K\"\n[license]\ntoken = \"tg_x\"\n";
+        let one = parse(&format!("{head}server = \"https://ls1:7443\"\n")).unwrap();
+        let one = one.license_server.unwrap();
+        assert_eq!(one.servers.len(), 1);
+        assert_eq!(one.client.server_url, one.servers[0]);
+        let two = parse(&format!(
+            "{head}server = [\"https://ls1:7443\", \"https://ls2:7443\"]\n"
+        ))
+        .unwrap()
+        .license_server
+        .unwrap();
+        let hosts: Vec<_> = two.servers.iter().map(|u| u.host_str().unwrap()).collect();
+        assert_eq!(hosts, ["ls1", "ls2"]);
+        assert_eq!(two.client.server_url, two.servers[0]);
+        assert!(
+            parse(&format!("{head}server = []\n"))
+                .unwrap()
+                .license_server
+                .is_none(),
+            "an empty list is no server"
+        );
+        for (value, expected) in [
+            ("[\"https://a\", \"https://a\"]", "listed twice"),
+            ("[\"https://a\", 7]", "expected URLs"),
+            ("7", "a URL or a list"),
+            ("[\"not a url\"]", "license.server"),
+        ] {
+            let err = parse(&format!("{head}server = {value}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{value}: {err}");
+        }
+        let nine: Vec<String> = (0..9).map(|i| format!("\"https://ls{i}\"")).collect();
+        let err = parse(&format!("{head}server = [{}]\n", nine.join(", ")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 8"), "{err}");
     }
 
     #[test]

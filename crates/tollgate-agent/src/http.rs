@@ -244,6 +244,9 @@ pub struct LicenseReport {
     /// or the mesh since the last install; while no license is in force its code is the
     /// status.
     pub refused: Option<crate::license::RefusedLicense>,
+    /// The URL of the license server that answered last (null: none has, or none is
+    /// configured).
+    pub source: Option<String>,
 }
 
 pub fn license_report(state: &AgentState) -> LicenseReport {
@@ -257,6 +260,7 @@ pub fn license_report(state: &AgentState) -> LicenseReport {
         explanation: evaluation.as_ref().map(|e| e.explain()),
         evaluation,
         refused: state.license.refused(),
+        source: state.fetcher.as_ref().and_then(|f| f.source()),
     }
 }
 

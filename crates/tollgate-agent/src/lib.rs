@@ -191,10 +191,17 @@ pub async fn run(
     ));
     let fetcher = match &config.license_server {
         Some(server) => {
-            let mut client = server.client.clone();
-            client.node_id = Some(config.node_id.clone());
-            let client = tollgate_license_client::LicenseClient::new(client)
-                .map_err(|e| AgentError::LicenseClient(e.to_string()))?;
+            let mut clients = Vec::with_capacity(server.servers.len());
+            for url in &server.servers {
+                let mut client = server.client.clone();
+                client.server_url = url.clone();
+                client.node_id = Some(config.node_id.clone());
+                clients.push((
+                    url.to_string(),
+                    tollgate_license_client::LicenseClient::new(client)
+                        .map_err(|e| AgentError::LicenseClient(e.to_string()))?,
+                ));
+            }
             let seed = u64::from_le_bytes(
                 blake3::hash(config.node_id.as_bytes()).as_bytes()[..8]
                     .try_into()
@@ -202,7 +209,7 @@ pub async fn run(
             );
             let schedule = tollgate_license_client::FetchSchedule::new(server.schedule, seed);
             Some(Arc::new(license_fetch::LicenseFetcher::new(
-                client, schedule,
+                clients, schedule,
             )))
         }
         None => None,

@@ -11,6 +11,13 @@
 //!   its cause; every attempt is counted by result.
 //! - A usage report goes out after each successful fetch and every `[report] interval_s`,
 //!   with the peaks since the previous report.
+//! - **Several servers** (`[license] server` as a list): one fetch tries the server that
+//!   answered last, then the others in the configured order, moving on only when a server
+//!   cannot be reached or fails (connection, TLS, timeout, proxy, 5xx, 429, a bad
+//!   response); an answer such as 401/403/404 is the vendor's word and ends the attempt.
+//!   When all fail, the schedule's backoff applies as for one server. The server that
+//!   answered last is remembered ([`LicenseFetcher::source`], the `source` of
+//!   `GET /api/v1/license`) and receives the usage reports.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,10 +63,15 @@ pub struct FetchStats {
     pub reports_failed: u64,
 }
 
-/// The agent's license-server client, schedule and counters.
+/// The agent's license-server clients, schedule and counters.
 #[derive(Debug)]
 pub struct LicenseFetcher {
-    client: LicenseClient,
+    /// Every server (its URL, its client), in the configured order.
+    servers: Vec<(String, LicenseClient)>,
+    /// The index of the server that answered last (tried first).
+    preferred: Mutex<usize>,
+    /// The URL of the server that answered last.
+    source: Mutex<Option<String>>,
     schedule: Mutex<FetchSchedule>,
     /// Serializes fetches (the schedule's and the reload endpoint's).
     running: tokio::sync::Mutex<()>,
@@ -71,9 +83,13 @@ pub struct LicenseFetcher {
 }
 
 impl LicenseFetcher {
-    pub fn new(client: LicenseClient, schedule: FetchSchedule) -> Self {
+    /// `servers` in the configured order; at least one.
+    pub fn new(servers: Vec<(String, LicenseClient)>, schedule: FetchSchedule) -> Self {
+        assert!(!servers.is_empty(), "a fetcher needs a license server");
         LicenseFetcher {
-            client,
+            servers,
+            preferred: Mutex::new(0),
+            source: Mutex::new(None),
             schedule: Mutex::new(schedule),
             running: tokio::sync::Mutex::new(()),
             stats: Mutex::new(FetchStats::default()),
@@ -86,6 +102,52 @@ impl LicenseFetcher {
         self.stats.lock().clone()
     }
 
+    /// The URL of the license server that answered last (none before the first answer).
+    pub fn source(&self) -> Option<String> {
+        self.source.lock().clone()
+    }
+
+    /// The order of one attempt: the server that answered last, then the others as
+    /// configured.
+    fn attempt_order(&self) -> Vec<usize> {
+        let preferred = *self.preferred.lock();
+        std::iter::once(preferred)
+            .chain((0..self.servers.len()).filter(|&i| i != preferred))
+            .collect()
+    }
+
+    /// Runs `call` on each server in [`Self::attempt_order`] until one answers (or refuses
+    /// with the vendor's word); remembers that server. Returns the last result.
+    async fn on_servers<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, FetchError>
+    where
+        F: FnMut(LicenseClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, FetchError>>,
+    {
+        let mut last = None;
+        for i in self.attempt_order() {
+            let (url, client) = &self.servers[i];
+            let result = call(client.clone()).await;
+            match &result {
+                Err(e) if try_next_server(e) && self.servers.len() > 1 => {
+                    tracing::debug!(server = %url, cause = e.reason(), error = %e, "{what}: license server failed, trying the next");
+                    last = Some(result);
+                    continue;
+                }
+                _ => {}
+            }
+            let previous = std::mem::replace(&mut *self.preferred.lock(), i);
+            let mut source = self.source.lock();
+            if previous != i || source.is_none() {
+                if source.is_some() {
+                    tracing::info!(server = %url, "license server switched");
+                }
+                *source = Some(url.clone());
+            }
+            return result;
+        }
+        last.unwrap_or_else(|| Err(FetchError::Other("no license server configured".into())))
+    }
+
     /// Fetches the lease now and installs it. `Ok` means the server's document is in force
     /// (newly installed, or the same as the one already in force).
     pub async fn fetch_now(
@@ -94,7 +156,12 @@ impl LicenseFetcher {
         reason: &str,
     ) -> Result<Installed, FetchFailure> {
         let _one_at_a_time = self.running.lock().await;
-        let result = match self.client.fetch_lease().await {
+        let result = match self
+            .on_servers("license fetch", |client| async move {
+                client.fetch_lease().await
+            })
+            .await
+        {
             Ok(lease) => {
                 let now = crate::wall_clock().unix_ms();
                 match state
@@ -201,7 +268,13 @@ impl LicenseFetcher {
                 ..UsageFigures::default()
             }),
         };
-        match self.client.send_usage(&report).await {
+        let sent = self
+            .on_servers("usage report", |client| {
+                let report = &report;
+                async move { client.send_usage(report).await }
+            })
+            .await;
+        match sent {
             Ok(()) => {
                 *self.report_since_ms.lock() = Some(now.unix_ms());
                 self.stats.lock().reports_sent += 1;
@@ -239,6 +312,21 @@ impl LicenseFetcher {
                 _ = self.wake.notified() => {}
             }
         }
+    }
+}
+
+/// Whether a failure says nothing about the vendor's decision (the server is down,
+/// unreachable or failing), so another server may answer.
+fn try_next_server(e: &FetchError) -> bool {
+    match e {
+        FetchError::Dns(_)
+        | FetchError::Connect(_)
+        | FetchError::Tls(_)
+        | FetchError::Timeout(_)
+        | FetchError::Proxy(_)
+        | FetchError::BadResponse(_)
+        | FetchError::Other(_) => true,
+        FetchError::Http { status, .. } => *status >= 500 || *status == 429,
     }
 }
 

@@ -20,7 +20,7 @@ use tollgate_license_client::Contract;
 use crate::config::{self, ConfigError};
 use crate::keyring::{self, KeyRing, KeyRingError};
 use crate::service::{generate_token, token_hash};
-use crate::store::{Allowed, Audit, Store, StoreError, TOKEN_ADDRESS_COUNT_MAX};
+use crate::store::{Allowed, Audit, Database, Store, StoreError, TOKEN_ADDRESS_COUNT_MAX};
 
 /// Longest token note, in bytes.
 pub const NOTE_LEN_MAX: usize = 256;
@@ -226,7 +226,7 @@ fn input(message: impl Into<String>) -> AdminError {
 /// Where the admin commands find their files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminPaths {
-    pub database: PathBuf,
+    pub database: Database,
     pub key_dir: PathBuf,
     pub lease_ms: u64,
 }
@@ -258,9 +258,14 @@ impl AdminPaths {
             }
             (None, false) => (None, None, config::LEASE_DAYS_DEFAULT * DAY_MS),
         };
-        let database = args.db.clone().or(database).ok_or_else(|| {
-            input("which database? give --config FILE (the server's), --db PATH, or --dev")
-        })?;
+        let database = args
+            .db
+            .clone()
+            .map(Database::Sqlite)
+            .or(database)
+            .ok_or_else(|| {
+                input("which database? give --config FILE (the server's), --db PATH, or --dev")
+            })?;
         let key_dir = args
             .key_dir
             .clone()
@@ -297,7 +302,7 @@ pub fn run(
         actor: &actor,
     };
     // Key rotation needs no database to create the key, but records the rotation.
-    let mut store = Store::open(&paths.database)?;
+    let mut store = Store::open_database(&paths.database)?;
     match &args.command {
         AdminCommand::Customer(CustomerCommand::Add { name }) => {
             customer_add(&ctx, &mut store, name, out)

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use tollgate_license::timestamp::DAY_MS;
 
 use crate::lease::LeaseRules;
+use crate::store::Database;
 
 /// The default listen address (a contract: MISSION.md's address table).
 pub const LISTEN_DEFAULT: &str = "0.0.0.0:7443";
@@ -54,12 +55,44 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: Option<String>,
-    pub database: Option<PathBuf>,
+    pub database: Option<RawDatabase>,
     pub lease_days: Option<u64>,
     pub subscription_period_days: Option<u64>,
     pub lease_reuse_minutes: Option<u64>,
     pub tls: Option<RawTls>,
     pub signing: Option<RawSigning>,
+}
+
+/// `database = "file.db"` (the original form) or a `[database]` table.
+#[derive(Debug)]
+pub enum RawDatabase {
+    Path(PathBuf),
+    Table(RawDatabaseTable),
+}
+
+impl<'de> Deserialize<'de> for RawDatabase {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawDatabase, D::Error> {
+        use serde::de::Error as _;
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(path) => Ok(RawDatabase::Path(path.into())),
+            table @ toml::Value::Table(_) => table
+                .try_into()
+                .map(RawDatabase::Table)
+                .map_err(|e| D::Error::custom(format!("[database]: {}", e.message()))),
+            other => Err(D::Error::custom(format!(
+                "database: expected a file path or a [database] table, found a {}",
+                other.type_str()
+            ))),
+        }
+    }
+}
+
+/// `[database]`: `path` (SQLite, the default) or `url` (PostgreSQL), not both.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabaseTable {
+    pub path: Option<PathBuf>,
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,7 +122,7 @@ pub enum TlsSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub database: PathBuf,
+    pub database: Database,
     pub key_dir: PathBuf,
     pub tls: TlsSource,
     pub rules: LeaseRules,
@@ -142,11 +175,26 @@ impl Config {
                 key: "listen",
                 problem: format!("{listen_text:?} is not an address like 0.0.0.0:7443"),
             })?;
-        let database = resolve(
-            raw.database
-                .as_deref()
-                .unwrap_or(Path::new(DATABASE_DEFAULT)),
-        );
+        let database = match raw.database {
+            None => Database::Sqlite(resolve(Path::new(DATABASE_DEFAULT))),
+            Some(RawDatabase::Path(path)) => Database::Sqlite(resolve(&path)),
+            Some(RawDatabase::Table(table)) => match (table.path, table.url) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::Value {
+                        key: "database",
+                        problem: "set path (SQLite) or url (PostgreSQL), not both".into(),
+                    });
+                }
+                (Some(path), None) => Database::Sqlite(resolve(&path)),
+                (None, Some(url)) => {
+                    Database::postgres_url(&url).map_err(|problem| ConfigError::Value {
+                        key: "database.url",
+                        problem,
+                    })?
+                }
+                (None, None) => Database::Sqlite(resolve(Path::new(DATABASE_DEFAULT))),
+            },
+        };
         let key_dir = resolve(
             raw.signing
                 .as_ref()
@@ -155,8 +203,9 @@ impl Config {
         let tls = match (raw.tls, dev) {
             (_, true) => TlsSource::Dev {
                 dir: database
-                    .parent()
-                    .unwrap_or(Path::new("."))
+                    .sqlite_path()
+                    .and_then(Path::parent)
+                    .unwrap_or(base)
                     .join(DEV_TLS_DIR),
             },
             (Some(tls), false) => TlsSource::Files {
@@ -249,7 +298,9 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         Config::load(Some(&path), dev).map(|mut c| {
             // Paths relative to the temp dir, for comparisons.
-            c.database = c.database.strip_prefix(dir.path()).unwrap().to_owned();
+            if let Database::Sqlite(path) = &c.database {
+                c.database = Database::Sqlite(path.strip_prefix(dir.path()).unwrap().to_owned());
+            }
             c.key_dir = c.key_dir.strip_prefix(dir.path()).unwrap().to_owned();
             c.tls = match c.tls {
                 TlsSource::Files { cert, key } => TlsSource::Files {
@@ -270,7 +321,7 @@ mod tests {
     fn defaults_with_only_tls() {
         let c = load(TLS, false).unwrap();
         assert_eq!(c.listen, "0.0.0.0:7443".parse().unwrap());
-        assert_eq!(c.database, Path::new("license-server.db"));
+        assert_eq!(c.database, Database::Sqlite("license-server.db".into()));
         assert_eq!(c.key_dir, Path::new("signing-keys"));
         assert_eq!(
             c.tls,
@@ -294,7 +345,7 @@ mod tests {
         );
         let c = load(&text, false).unwrap();
         assert_eq!(c.listen, "127.0.0.1:9443".parse().unwrap());
-        assert_eq!(c.database, Path::new("db/ls.db"));
+        assert_eq!(c.database, Database::Sqlite("db/ls.db".into()));
         assert_eq!(c.key_dir, Path::new("keys"));
         assert_eq!(c.rules.lease_ms, 7 * DAY_MS);
         assert_eq!(c.rules.subscription_period_ms, 31 * DAY_MS);
@@ -320,8 +371,32 @@ mod tests {
         assert!(c.listen.ip().is_loopback());
         assert_eq!(
             c.database,
-            Path::new("license-server-dev/license-server.db")
+            Database::Sqlite("license-server-dev/license-server.db".into())
         );
+    }
+
+    #[test]
+    fn database_as_a_table_takes_a_path_or_a_postgres_url() {
+        let c = load(&format!("[database]\npath = \"x/ls.db\"\n{TLS}"), false).unwrap();
+        assert_eq!(c.database, Database::Sqlite("x/ls.db".into()));
+        let url = "postgres://tollgate:secret@db.example:5432/licenses";
+        let c = load(&format!("[database]\nurl = \"{url}\"\n{TLS}"), false).unwrap();
+        assert_eq!(c.database, Database::Postgres(url.into()));
+        assert_eq!(
+            c.database.to_string(),
+            "postgres://tollgate:***@db.example:5432/licenses",
+            "the password is never shown"
+        );
+        for (table, expected) in [
+            ("url = \"mysql://x\"\n", "database.url"),
+            ("url = \"postgres://u@h\"\npath = \"a.db\"\n", "not both"),
+            ("host = \"h\"\n", "host"),
+        ] {
+            let error = load(&format!("[database]\n{table}{TLS}"), false)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{table:?}: {error}");
+        }
     }
 
     #[test]

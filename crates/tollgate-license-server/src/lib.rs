@@ -39,6 +39,7 @@ pub mod config;
 pub mod keyring;
 pub mod lease;
 pub mod service;
+pub mod sql;
 pub mod store;
 pub mod tls;
 
@@ -53,7 +54,7 @@ pub use config::{Config, ConfigError, TlsSource};
 pub use keyring::{KeyCache, KeyRing, KeyRingError};
 pub use lease::{LeaseDecision, LeaseRules};
 pub use service::Service;
-pub use store::{Store, StoreError};
+pub use store::{Database, Store, StoreError};
 pub use tls::TlsError;
 
 /// How long a TLS handshake may take.
@@ -108,7 +109,8 @@ pub struct Started {
     /// The certificate file (for `--dev`: the file clients trust).
     pub cert_path: PathBuf,
     pub dev: bool,
-    pub database: PathBuf,
+    /// The database (a PostgreSQL URL without its password).
+    pub database: String,
     pub key_dir: PathBuf,
     /// The key id signing new leases now.
     pub signing_key_id: String,
@@ -144,7 +146,12 @@ impl LicenseServer {
     /// [`LicenseServer::start`] with an injected clock (tests).
     pub fn start_with_clock(config: &Config, clock: Clock) -> Result<LicenseServer, ServerError> {
         let now_ms = clock();
-        let store = Store::open(&config.database)?;
+        // The PostgreSQL client runs its own small runtime: open it off the async context.
+        let store = std::thread::scope(|s| {
+            s.spawn(|| Store::open_database(&config.database))
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })?;
         let mut created_key = None;
         if config.dev && !has_key_files(&config.key_dir) {
             let (key, path, _) = keyring::create_key(&config.key_dir, now_ms)?;
@@ -196,7 +203,7 @@ impl LicenseServer {
             fingerprint_sha256: certificate.fingerprint_sha256,
             cert_path: certificate.cert_path,
             dev: config.dev,
-            database: config.database.clone(),
+            database: config.database.to_string(),
             key_dir: config.key_dir.clone(),
             signing_key_id: signing_key_id.to_string(),
             public_keys,
@@ -205,7 +212,7 @@ impl LicenseServer {
         tracing::info!(
             address = %started.local_addr,
             dev = started.dev,
-            database = %started.database.display(),
+            database = %started.database,
             key_dir = %started.key_dir.display(),
             signing_key_id = %started.signing_key_id,
             certificate_sha256 = %started.fingerprint_sha256,

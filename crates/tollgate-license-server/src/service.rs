@@ -156,8 +156,8 @@ impl Service {
         let rules = self.rules;
         let mut store = self.store.lock();
         let result = store.write(|db| -> Result<Result<LeaseResponse, (Option<i64>, Refused)>, Internal> {
-            let (token, license) = match authenticate(db, license_key, token, client)? {
-                Auth::Granted(granted) => *granted,
+            let token = match authenticate(db, license_key, token, client)? {
+                Auth::Granted(granted) => granted.0,
                 Auth::Refused(token_id, refused) => {
                     audit_refusal(db, token_id, license_key, client, &refused, now_ms)?;
                     return Ok(Err((token_id, refused)));
@@ -171,6 +171,10 @@ impl Service {
                     return Ok(Err((Some(token.id), refused)));
                 }
             };
+            // Concurrent servers on one PostgreSQL database take turns per license from
+            // here: the current document read below is the one the new serial follows.
+            db.lock_license(license_key)?;
+            let license = db.license_required(license_key)?;
             let current = tollgate_license::parse(license.document.as_bytes())
                 .map_err(|e| Internal::Document {
                     license_key: license.license_key.clone(),

@@ -1,31 +1,44 @@
-//! The embedded SQLite store: customers, licenses (spec, current document, every document
-//! ever signed), API tokens (hashed, bound to addresses, revocable), usage reports and the
-//! audit log.
+//! The store: customers, licenses (spec, current document, every document ever signed),
+//! API tokens (hashed, bound to addresses, revocable), usage reports and the audit log, in
+//! an embedded SQLite file (the default) or a shared PostgreSQL database (`[database] url`).
 //!
-//! - **Migrations**: [`MIGRATIONS`] are applied in order at open, each in its own
-//!   transaction together with the new `schema_version`; a database newer than this build
-//!   is refused rather than misread.
-//! - **Concurrency**: WAL journal and a busy timeout, so the admin CLI can write while the
-//!   server runs. Every lease runs in one `BEGIN IMMEDIATE` transaction (read the current
-//!   document, sign, store, audit), so two processes can never sign the same serial.
-//! - **Durability**: `synchronous = FULL`: a document is on disk before any client sees
-//!   it, so a crash can never make the server sign a serial twice.
-//! - The database file is created mode 0600 (it holds token hashes and licenses).
+//! - **One schema, one set of queries**: [`MIGRATIONS`] and every query are written once,
+//!   in SQLite's dialect; [`crate::sql`] runs them on either database (placeholders and
+//!   column types rewritten for PostgreSQL).
+//! - **Migrations** are applied in order at open, each in its own transaction together with
+//!   the new `schema_version` (on PostgreSQL under an advisory lock, so servers starting
+//!   together migrate once); a database newer than this build is refused rather than
+//!   misread. A later step (node keys, ledger entries) is one more [`Migration`].
+//! - **Concurrency**: on SQLite, WAL and a busy timeout, and every write in one
+//!   `BEGIN IMMEDIATE` transaction. On PostgreSQL, every write is one transaction and a
+//!   lease first locks its license's row ([`Db::lock_license`]: `SELECT … FOR UPDATE`), so
+//!   several servers on one database serialize per license; `UNIQUE (license_id, serial)`
+//!   backs it: no serial is ever signed twice.
+//! - **Durability**: SQLite with `synchronous = FULL`; PostgreSQL commits are durable with
+//!   its default `synchronous_commit = on`. A document is stored before any client sees it.
+//! - The SQLite file is created mode 0600 (it holds token hashes and licenses).
 //!
-//! Times are Unix milliseconds in `INTEGER` columns.
+//! Times are Unix milliseconds in 64-bit integer columns.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior};
 use tollgate_license::Document;
 use tollgate_license_client::{Contract, UsageReport};
 
-/// Longest a writer waits for another process's transaction.
+use crate::sql::{Dialect, Handle, Row, SqlError, params, postgres_ddl};
+
+/// Longest a writer waits for another process's transaction (SQLite).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection to PostgreSQL may take, unless the URL sets `connect_timeout`.
+pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The advisory lock id PostgreSQL migrations hold (any constant shared by every server).
+pub const POSTGRES_MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465;
 /// Most addresses or networks one token can be bound to.
 pub const TOKEN_ADDRESS_COUNT_MAX: usize = 64;
 /// Most rows one listing returns.
@@ -36,6 +49,7 @@ pub const LIST_LIMIT_MAX: u32 = 10_000;
 pub struct Migration {
     pub version: u32,
     pub description: &'static str,
+    /// SQLite's dialect; see [`crate::sql::postgres_ddl`] for PostgreSQL.
     pub sql: &'static str,
 }
 
@@ -110,12 +124,14 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sql(#[from] SqlError),
     #[error("cannot create the database file {path}: {source}")]
     Create {
         path: String,
         source: std::io::Error,
     },
+    #[error("database url: {0}")]
+    Url(String),
     #[error(
         "database schema version {found} is newer than this build understands ({known}): \
          upgrade tollgate"
@@ -129,6 +145,18 @@ pub enum StoreError {
     Corrupt(String),
     #[error("serial {new} does not grow past the current serial {current}")]
     SerialNotGrowing { new: u64, current: u64 },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Sql(SqlError::Sqlite(e))
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> StoreError {
+        StoreError::Sql(SqlError::Postgres(e))
+    }
 }
 
 impl StoreError {
@@ -148,6 +176,72 @@ fn to_sql_ms(ms: u64) -> i64 {
 
 fn from_sql_ms(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
+}
+
+/// Where the data lives: `database = "file.db"` / `[database] path`, or `[database] url`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// An SQLite file (created mode 0600 if missing).
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL, `postgres://user:password@host:port/dbname`
+    /// (libpq's URL and `key=value` forms).
+    Postgres(String),
+}
+
+impl Database {
+    /// Checks a `[database] url`: `postgres://` or `postgresql://`, parsable.
+    pub fn postgres_url(url: &str) -> Result<Database, String> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(format!(
+                "{:?}: expected postgres://user@host:port/dbname (for SQLite, set path instead)",
+                redact_url(url)
+            ));
+        }
+        url.parse::<postgres::Config>()
+            .map_err(|e| format!("{}: {e}", redact_url(url)))?;
+        Ok(Database::Postgres(url.to_owned()))
+    }
+
+    /// The SQLite file, if this is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Database::Sqlite(path) => Some(path),
+            Database::Postgres(_) => None,
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+impl fmt::Display for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) => f.write_str(&redact_url(url)),
+        }
+    }
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Database::Postgres(url) => f.debug_tuple("Postgres").field(&redact_url(url)).finish(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,14 +381,49 @@ pub struct Audit<'a> {
     pub detail: serde_json::Value,
 }
 
+/// A PostgreSQL client, dropped on a plain thread: the synchronous client owns a small
+/// runtime, which must not be dropped inside the server's async tasks.
+struct PostgresConn(Option<RefCell<postgres::Client>>);
+
+impl Drop for PostgresConn {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            let _ = std::thread::Builder::new()
+                .name("pg-close".into())
+                .spawn(move || drop(client));
+        }
+    }
+}
+
+enum Conn {
+    Sqlite(Connection),
+    Postgres(Box<PostgresConn>),
+}
+
 /// The database connection.
-#[derive(Debug)]
 pub struct Store {
-    conn: Connection,
+    conn: Conn,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("dialect", &self.dialect())
+            .finish()
+    }
 }
 
 impl Store {
-    /// Opens (creating it mode 0600 if missing) and migrates the database at `path`.
+    /// Opens (and migrates) the configured database. For PostgreSQL, call it outside async
+    /// code (a blocking thread): the synchronous client runs its own small runtime.
+    pub fn open_database(database: &Database) -> Result<Store, StoreError> {
+        match database {
+            Database::Sqlite(path) => Store::open(path),
+            Database::Postgres(url) => Store::open_postgres(url),
+        }
+    }
+
+    /// Opens (creating it mode 0600 if missing) and migrates the SQLite database at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if !path.exists() {
             use std::os::unix::fs::OpenOptionsExt as _;
@@ -321,7 +450,31 @@ impl Store {
         Store::setup(conn, MIGRATIONS)
     }
 
-    /// A private in-memory database (tests).
+    /// Connects to PostgreSQL (without TLS: use a local socket or a trusted network) and
+    /// migrates the database.
+    pub fn open_postgres(url: &str) -> Result<Store, StoreError> {
+        Store::open_postgres_with(url, MIGRATIONS)
+    }
+
+    fn open_postgres_with(url: &str, migrations: &[Migration]) -> Result<Store, StoreError> {
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Url(format!("{}: {e}", redact_url(url))))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(POSTGRES_CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("tollgate-license-server");
+        }
+        let client = config.connect(postgres::NoTls)?;
+        let mut store = Store {
+            conn: Conn::Postgres(Box::new(PostgresConn(Some(RefCell::new(client))))),
+        };
+        store.migrate(migrations)?;
+        Ok(store)
+    }
+
+    /// A private in-memory SQLite database (tests).
     pub fn open_in_memory() -> Result<Store, StoreError> {
         Store::setup(Connection::open_in_memory()?, MIGRATIONS)
     }
@@ -329,9 +482,18 @@ impl Store {
     fn setup(conn: Connection, migrations: &[Migration]) -> Result<Store, StoreError> {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        let mut store = Store { conn };
+        let mut store = Store {
+            conn: Conn::Sqlite(conn),
+        };
         store.migrate(migrations)?;
         Ok(store)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self.conn {
+            Conn::Sqlite(_) => Dialect::Sqlite,
+            Conn::Postgres(_) => Dialect::Postgres,
+        }
     }
 
     /// Applies the migrations this database lacks, in order.
@@ -344,84 +506,149 @@ impl Store {
             "migrations are numbered 1, 2, 3, …"
         );
         let known = migrations.last().map_or(0, |m| m.version);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
-        let found: Option<u32> = tx
-            .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
-            .optional()?
-            .flatten();
-        let found = found.unwrap_or(0);
+        let found = self.write(|db| {
+            db.lock_schema()?;
+            db.h.batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+            db.schema_version()
+        })?;
         if found > known {
             return Err(StoreError::SchemaTooNew { found, known });
         }
-        tx.commit()?;
         for migration in migrations.iter().filter(|m| m.version > found) {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // Another process may have migrated meanwhile.
-            let now: u32 = tx.query_row(
-                "SELECT coalesce(max(version), 0) FROM schema_version",
-                [],
-                |r| r.get(0),
-            )?;
-            if now >= migration.version {
-                continue;
+            let applied = self.write(|db| {
+                db.lock_schema()?;
+                // Another process may have migrated meanwhile.
+                if db.schema_version()? >= migration.version {
+                    return Ok::<_, StoreError>(false);
+                }
+                match db.h.dialect() {
+                    Dialect::Sqlite => db.h.batch(migration.sql)?,
+                    Dialect::Postgres => db.h.batch(&postgres_ddl(migration.sql))?,
+                }
+                db.h.execute("DELETE FROM schema_version", &[])?;
+                db.h.execute(
+                    "INSERT INTO schema_version (version) VALUES (?1)",
+                    &params![migration.version],
+                )?;
+                Ok(true)
+            })?;
+            if applied {
+                tracing::info!(
+                    version = migration.version,
+                    description = migration.description,
+                    "database migrated"
+                );
             }
-            tx.execute_batch(migration.sql)?;
-            tx.execute("DELETE FROM schema_version", [])?;
-            tx.execute(
-                "INSERT INTO schema_version (version) VALUES (?1)",
-                [migration.version],
-            )?;
-            tx.commit()?;
-            tracing::info!(
-                version = migration.version,
-                description = migration.description,
-                "database migrated"
-            );
         }
         Ok(())
     }
 
     /// The schema version of the open database.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT coalesce(max(version), 0) FROM schema_version",
-            [],
-            |r| r.get(0),
-        )?)
+        self.read().schema_version()
     }
 
     /// Reads (each statement in its own implicit transaction).
     pub fn read(&self) -> Db<'_> {
-        Db { conn: &self.conn }
+        Db {
+            h: match &self.conn {
+                Conn::Sqlite(conn) => Handle::Sqlite(conn),
+                Conn::Postgres(pg) => match &pg.0 {
+                    Some(client) => Handle::PostgresClient(client),
+                    None => unreachable!("the client is taken only on drop"),
+                },
+            },
+        }
     }
 
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction: committed if `f` returns `Ok`,
-    /// rolled back otherwise.
+    /// Runs `f` in one transaction (SQLite: `BEGIN IMMEDIATE`): committed if `f` returns
+    /// `Ok`, rolled back otherwise.
     pub fn write<T, E: From<StoreError>>(
         &mut self,
         f: impl FnOnce(&Db<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
-        let value = f(&Db { conn: &tx })?;
-        tx.commit().map_err(StoreError::from)?;
-        Ok(value)
+        match &mut self.conn {
+            Conn::Sqlite(conn) => {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(StoreError::from)?;
+                let value = f(&Db {
+                    h: Handle::Sqlite(&tx),
+                })?;
+                tx.commit().map_err(StoreError::from)?;
+                Ok(value)
+            }
+            Conn::Postgres(pg) => {
+                let client =
+                    pg.0.as_mut()
+                        .expect("the client is taken only on drop")
+                        .get_mut();
+                let tx = client.transaction().map_err(StoreError::from)?;
+                let db = Db {
+                    h: Handle::PostgresTransaction(RefCell::new(tx)),
+                };
+                let value = f(&db)?;
+                let Handle::PostgresTransaction(tx) = db.h else {
+                    unreachable!("built above")
+                };
+                tx.into_inner().commit().map_err(StoreError::from)?;
+                Ok(value)
+            }
+        }
     }
 }
 
 /// Queries, on a connection or inside a transaction.
 pub struct Db<'a> {
-    conn: &'a Connection,
+    pub(crate) h: Handle<'a>,
+}
+
+fn contract_of(text: &str) -> Contract {
+    if text == "lapsed" {
+        Contract::Lapsed
+    } else {
+        Contract::Active
+    }
 }
 
 impl Db<'_> {
+    pub fn dialect(&self) -> Dialect {
+        self.h.dialect()
+    }
+
+    /// Serializes schema changes between servers (PostgreSQL; SQLite's `BEGIN IMMEDIATE`
+    /// does it already).
+    fn lock_schema(&self) -> Result<(), StoreError> {
+        if self.dialect() == Dialect::Postgres {
+            self.h.execute(
+                "SELECT pg_advisory_xact_lock(?1)",
+                &params![POSTGRES_MIGRATION_LOCK],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn schema_version(&self) -> Result<u32, StoreError> {
+        let row = self
+            .h
+            .query_opt("SELECT coalesce(max(version), 0) FROM schema_version", &[])?;
+        let version = row.map_or(Ok(0), |r| r.int(0))?;
+        u32::try_from(version).map_err(|_| StoreError::Corrupt(format!("schema version {version}")))
+    }
+
+    /// Locks the license's row until the transaction ends (PostgreSQL `FOR UPDATE`; on
+    /// SQLite the write transaction holds the database lock already). Every write that
+    /// decides a serial takes it first, so concurrent servers serialize per license.
+    pub fn lock_license(&self, license_key: &str) -> Result<(), StoreError> {
+        if self.dialect() == Dialect::Postgres {
+            self.h.query(
+                "SELECT id FROM licenses WHERE license_key = ?1 FOR UPDATE",
+                &params![license_key],
+            )?;
+        }
+        Ok(())
+    }
+
     pub fn add_customer(&self, name: &str, at_ms: u64) -> Result<Customer, StoreError> {
         if self.customer(name)?.is_some() {
             return Err(StoreError::Exists {
@@ -429,46 +656,44 @@ impl Db<'_> {
                 name: name.into(),
             });
         }
-        self.conn.execute(
-            "INSERT INTO customers (name, created_at_ms) VALUES (?1, ?2)",
-            params![name, to_sql_ms(at_ms)],
+        let row = self.h.query_opt(
+            "INSERT INTO customers (name, created_at_ms) VALUES (?1, ?2) RETURNING id",
+            &params![name, to_sql_ms(at_ms)],
         )?;
         Ok(Customer {
-            id: self.conn.last_insert_rowid(),
+            id: returned_id(row)?,
             name: name.into(),
             created_at_ms: at_ms,
         })
     }
 
+    fn customer_row(r: &Row) -> Result<Customer, StoreError> {
+        Ok(Customer {
+            id: r.int(0)?,
+            name: r.text(1)?,
+            created_at_ms: from_sql_ms(r.int(2)?),
+        })
+    }
+
     pub fn customer(&self, name: &str) -> Result<Option<Customer>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
+        self.h
+            .query_opt(
                 "SELECT id, name, created_at_ms FROM customers WHERE name = ?1",
-                [name],
-                |r| {
-                    Ok(Customer {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        created_at_ms: from_sql_ms(r.get(2)?),
-                    })
-                },
-            )
-            .optional()?)
+                &params![name],
+            )?
+            .map(|r| Self::customer_row(&r))
+            .transpose()
     }
 
     pub fn customers(&self) -> Result<Vec<Customer>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, name, created_at_ms FROM customers ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(Customer {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                created_at_ms: from_sql_ms(r.get(2)?),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.h
+            .query(
+                "SELECT id, name, created_at_ms FROM customers ORDER BY name",
+                &[],
+            )?
+            .iter()
+            .map(Self::customer_row)
+            .collect()
     }
 
     /// Creates a license with its first signed document.
@@ -487,12 +712,12 @@ impl Db<'_> {
                 name: document.license_key.clone(),
             });
         }
-        self.conn.execute(
+        let row = self.h.query_opt(
             "INSERT INTO licenses (license_key, customer_id, contract, spec, document, serial,
                                    created_at_ms, updated_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-            params![
-                document.license_key,
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) RETURNING id",
+            &params![
+                document.license_key.as_str(),
                 customer.id,
                 contract.as_str(),
                 spec,
@@ -501,7 +726,7 @@ impl Db<'_> {
                 to_sql_ms(at_ms),
             ],
         )?;
-        let id = self.conn.last_insert_rowid();
+        let id = returned_id(row)?;
         self.insert_document(id, text, document, "created")?;
         self.license(&document.license_key)?
             .ok_or_else(|| StoreError::Corrupt("license vanished after insert".into()))
@@ -514,11 +739,11 @@ impl Db<'_> {
         document: &Document,
         cause: &str,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.h.execute(
             "INSERT INTO documents (license_id, serial, key_id, issued_at_ms,
                                     signature_valid_until_ms, valid_until_ms, cause, document)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
+            &params![
                 license_id,
                 to_sql_ms(document.serial),
                 document.key_id.to_string(),
@@ -543,23 +768,32 @@ impl Db<'_> {
         spec: Option<&str>,
         at_ms: u64,
     ) -> Result<(), StoreError> {
-        let current: i64 = self.conn.query_row(
-            "SELECT serial FROM licenses WHERE id = ?1",
-            [license.id],
-            |r| r.get(0),
+        let lock = match self.dialect() {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        };
+        let row = self.h.query_opt(
+            &format!("SELECT serial FROM licenses WHERE id = ?1{lock}"),
+            &params![license.id],
         )?;
-        let current = from_sql_ms(current);
+        let current = from_sql_ms(
+            row.ok_or_else(|| StoreError::NotFound {
+                what: "license",
+                name: license.license_key.clone(),
+            })?
+            .int(0)?,
+        );
         if document.serial <= current {
             return Err(StoreError::SerialNotGrowing {
                 new: document.serial,
                 current,
             });
         }
-        self.conn.execute(
+        self.h.execute(
             "UPDATE licenses SET document = ?2, serial = ?3, updated_at_ms = ?4,
                                  spec = coalesce(?5, spec)
              WHERE id = ?1",
-            params![
+            &params![
                 license.id,
                 text,
                 to_sql_ms(document.serial),
@@ -573,22 +807,17 @@ impl Db<'_> {
     const LICENSE_COLUMNS: &'static str = "l.id, l.license_key, c.name, l.contract, l.spec, \
          l.document, l.serial, l.created_at_ms, l.updated_at_ms";
 
-    fn license_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LicenseRecord> {
-        let contract: String = r.get(3)?;
+    fn license_row(r: &Row) -> Result<LicenseRecord, StoreError> {
         Ok(LicenseRecord {
-            id: r.get(0)?,
-            license_key: r.get(1)?,
-            customer: r.get(2)?,
-            contract: if contract == "lapsed" {
-                Contract::Lapsed
-            } else {
-                Contract::Active
-            },
-            spec: r.get(4)?,
-            document: r.get(5)?,
-            serial: from_sql_ms(r.get(6)?),
-            created_at_ms: from_sql_ms(r.get(7)?),
-            updated_at_ms: from_sql_ms(r.get(8)?),
+            id: r.int(0)?,
+            license_key: r.text(1)?,
+            customer: r.text(2)?,
+            contract: contract_of(&r.text(3)?),
+            spec: r.text(4)?,
+            document: r.text(5)?,
+            serial: from_sql_ms(r.int(6)?),
+            created_at_ms: from_sql_ms(r.int(7)?),
+            updated_at_ms: from_sql_ms(r.int(8)?),
         })
     }
 
@@ -598,10 +827,10 @@ impl Db<'_> {
              WHERE l.license_key = ?1",
             Self::LICENSE_COLUMNS
         );
-        Ok(self
-            .conn
-            .query_row(&sql, [license_key], Self::license_row)
-            .optional()?)
+        self.h
+            .query_opt(&sql, &params![license_key])?
+            .map(|r| Self::license_row(&r))
+            .transpose()
     }
 
     /// The license, or [`StoreError::NotFound`].
@@ -619,9 +848,11 @@ impl Db<'_> {
              ORDER BY l.license_key",
             Self::LICENSE_COLUMNS
         );
-        let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map([], Self::license_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.h
+            .query(&sql, &[])?
+            .iter()
+            .map(Self::license_row)
+            .collect()
     }
 
     /// Sets the contract; returns the previous one.
@@ -631,10 +862,11 @@ impl Db<'_> {
         contract: Contract,
         at_ms: u64,
     ) -> Result<Contract, StoreError> {
+        self.lock_license(license_key)?;
         let license = self.license_required(license_key)?;
-        self.conn.execute(
+        self.h.execute(
             "UPDATE licenses SET contract = ?2, updated_at_ms = ?3 WHERE id = ?1",
-            params![license.id, contract.as_str(), to_sql_ms(at_ms)],
+            &params![license.id, contract.as_str(), to_sql_ms(at_ms)],
         )?;
         Ok(license.contract)
     }
@@ -642,23 +874,26 @@ impl Db<'_> {
     /// Every document signed for the license, oldest first.
     pub fn documents(&self, license_key: &str) -> Result<Vec<DocumentRecord>, StoreError> {
         let license = self.license_required(license_key)?;
-        let mut stmt = self.conn.prepare(
-            "SELECT serial, key_id, issued_at_ms, signature_valid_until_ms, valid_until_ms,
-                    cause, document
-             FROM documents WHERE license_id = ?1 ORDER BY serial",
-        )?;
-        let rows = stmt.query_map([license.id], |r| {
-            Ok(DocumentRecord {
-                serial: from_sql_ms(r.get(0)?),
-                key_id: r.get(1)?,
-                issued_at_ms: from_sql_ms(r.get(2)?),
-                signature_valid_until_ms: r.get::<_, Option<i64>>(3)?.map(from_sql_ms),
-                valid_until_ms: r.get::<_, Option<i64>>(4)?.map(from_sql_ms),
-                cause: r.get(5)?,
-                document: r.get(6)?,
+        self.h
+            .query(
+                "SELECT serial, key_id, issued_at_ms, signature_valid_until_ms, valid_until_ms,
+                        cause, document
+                 FROM documents WHERE license_id = ?1 ORDER BY serial",
+                &params![license.id],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(DocumentRecord {
+                    serial: from_sql_ms(r.int(0)?),
+                    key_id: r.text(1)?,
+                    issued_at_ms: from_sql_ms(r.int(2)?),
+                    signature_valid_until_ms: r.opt_int(3)?.map(from_sql_ms),
+                    valid_until_ms: r.opt_int(4)?.map(from_sql_ms),
+                    cause: r.text(5)?,
+                    document: r.text(6)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
     }
 
     pub fn insert_token(
@@ -669,10 +904,10 @@ impl Db<'_> {
         note: Option<&str>,
         at_ms: u64,
     ) -> Result<i64, StoreError> {
-        self.conn.execute(
+        let row = self.h.query_opt(
             "INSERT INTO tokens (license_id, token_hash, allowed, note, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
+             VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+            &params![
                 license.id,
                 &token_hash[..],
                 allowed.to_column(),
@@ -680,34 +915,24 @@ impl Db<'_> {
                 to_sql_ms(at_ms)
             ],
         )?;
-        Ok(self.conn.last_insert_rowid())
+        returned_id(row)
     }
 
     const TOKEN_COLUMNS: &'static str = "t.id, t.license_id, l.license_key, t.allowed, t.note, \
          t.created_at_ms, t.revoked_at_ms, t.last_used_at_ms, t.last_used_from";
 
-    fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TokenRecord, String)> {
-        Ok((
-            TokenRecord {
-                id: r.get(0)?,
-                license_id: r.get(1)?,
-                license_key: r.get(2)?,
-                allowed: Allowed(Vec::new()),
-                note: r.get(4)?,
-                created_at_ms: from_sql_ms(r.get(5)?),
-                revoked_at_ms: r.get::<_, Option<i64>>(6)?.map(from_sql_ms),
-                last_used_at_ms: r.get::<_, Option<i64>>(7)?.map(from_sql_ms),
-                last_used_from: r.get(8)?,
-            },
-            r.get(3)?,
-        ))
-    }
-
-    fn finish_token(
-        (mut token, allowed): (TokenRecord, String),
-    ) -> Result<TokenRecord, StoreError> {
-        token.allowed = Allowed::from_column(&allowed)?;
-        Ok(token)
+    fn token_row(r: &Row) -> Result<TokenRecord, StoreError> {
+        Ok(TokenRecord {
+            id: r.int(0)?,
+            license_id: r.int(1)?,
+            license_key: r.text(2)?,
+            allowed: Allowed::from_column(&r.text(3)?)?,
+            note: r.opt_text(4)?,
+            created_at_ms: from_sql_ms(r.int(5)?),
+            revoked_at_ms: r.opt_int(6)?.map(from_sql_ms),
+            last_used_at_ms: r.opt_int(7)?.map(from_sql_ms),
+            last_used_from: r.opt_text(8)?,
+        })
     }
 
     pub fn token_by_hash(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
@@ -716,10 +941,9 @@ impl Db<'_> {
              WHERE t.token_hash = ?1",
             Self::TOKEN_COLUMNS
         );
-        self.conn
-            .query_row(&sql, [&token_hash[..]], Self::token_row)
-            .optional()?
-            .map(Self::finish_token)
+        self.h
+            .query_opt(&sql, &params![&token_hash[..]])?
+            .map(|r| Self::token_row(&r))
             .transpose()
     }
 
@@ -729,42 +953,43 @@ impl Db<'_> {
             Self::TOKEN_COLUMNS
         );
         let row = self
-            .conn
-            .query_row(&sql, [id], Self::token_row)
-            .optional()?
+            .h
+            .query_opt(&sql, &params![id])?
             .ok_or_else(|| StoreError::NotFound {
                 what: "token",
                 name: id.to_string(),
             })?;
-        Self::finish_token(row)
+        Self::token_row(&row)
     }
 
     pub fn tokens(&self, license_key: Option<&str>) -> Result<Vec<TokenRecord>, StoreError> {
         let sql = format!(
             "SELECT {} FROM tokens t JOIN licenses l ON l.id = t.license_id
-             WHERE ?1 IS NULL OR l.license_key = ?1 ORDER BY t.id",
+             WHERE CAST(?1 AS TEXT) IS NULL OR l.license_key = ?1 ORDER BY t.id",
             Self::TOKEN_COLUMNS
         );
-        let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map([license_key], Self::token_row)?;
-        rows.map(|r| Self::finish_token(r?)).collect()
+        self.h
+            .query(&sql, &params![license_key])?
+            .iter()
+            .map(Self::token_row)
+            .collect()
     }
 
     /// Revokes a token; revoking a revoked token keeps its first revocation time.
     pub fn revoke_token(&self, id: i64, at_ms: u64) -> Result<TokenRecord, StoreError> {
         self.token(id)?;
-        self.conn.execute(
+        self.h.execute(
             "UPDATE tokens SET revoked_at_ms = coalesce(revoked_at_ms, ?2) WHERE id = ?1",
-            params![id, to_sql_ms(at_ms)],
+            &params![id, to_sql_ms(at_ms)],
         )?;
         self.token(id)
     }
 
     /// Records the latest use of a token.
     pub fn touch_token(&self, id: i64, at_ms: u64, from: IpAddr) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.h.execute(
             "UPDATE tokens SET last_used_at_ms = ?2, last_used_from = ?3 WHERE id = ?1",
-            params![id, to_sql_ms(at_ms), from.to_canonical().to_string()],
+            &params![id, to_sql_ms(at_ms), from.to_canonical().to_string()],
         )?;
         Ok(())
     }
@@ -778,20 +1003,20 @@ impl Db<'_> {
     ) -> Result<i64, StoreError> {
         let json = serde_json::to_string(report)
             .map_err(|e| StoreError::Corrupt(format!("report does not serialize: {e}")))?;
-        self.conn.execute(
+        let row = self.h.query_opt(
             "INSERT INTO usage_reports (license_id, token_id, received_at_ms, client_address,
                                         node_id, report)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+            &params![
                 token.license_id,
                 token.id,
                 to_sql_ms(at_ms),
                 client.to_canonical().to_string(),
-                report.node_id,
+                report.node_id.as_str(),
                 json
             ],
         )?;
-        Ok(self.conn.last_insert_rowid())
+        returned_id(row)
     }
 
     /// The latest `limit` reports (of one license, or all), newest first.
@@ -800,43 +1025,37 @@ impl Db<'_> {
         license_key: Option<&str>,
         limit: u32,
     ) -> Result<Vec<ReportRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT r.id, l.license_key, r.token_id, r.received_at_ms, r.client_address, r.report
-             FROM usage_reports r JOIN licenses l ON l.id = r.license_id
-             WHERE ?1 IS NULL OR l.license_key = ?1
-             ORDER BY r.id DESC LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![license_key, limit.min(LIST_LIMIT_MAX)], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, String>(5)?,
-            ))
-        })?;
-        rows.map(|row| {
-            let (id, license_key, token_id, received, client_address, json) = row?;
-            let report = serde_json::from_str(&json)
-                .map_err(|e| StoreError::Corrupt(format!("usage report {id}: {e}")))?;
-            Ok(ReportRecord {
-                id,
-                license_key,
-                token_id,
-                received_at_ms: from_sql_ms(received),
-                client_address,
-                report,
+        self.h
+            .query(
+                "SELECT r.id, l.license_key, r.token_id, r.received_at_ms, r.client_address,
+                        r.report
+                 FROM usage_reports r JOIN licenses l ON l.id = r.license_id
+                 WHERE CAST(?1 AS TEXT) IS NULL OR l.license_key = ?1
+                 ORDER BY r.id DESC LIMIT ?2",
+                &params![license_key, limit.min(LIST_LIMIT_MAX)],
+            )?
+            .iter()
+            .map(|r| {
+                let id = r.int(0)?;
+                let report = serde_json::from_str(&r.text(5)?)
+                    .map_err(|e| StoreError::Corrupt(format!("usage report {id}: {e}")))?;
+                Ok(ReportRecord {
+                    id,
+                    license_key: r.text(1)?,
+                    token_id: r.int(2)?,
+                    received_at_ms: from_sql_ms(r.int(3)?),
+                    client_address: r.text(4)?,
+                    report,
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 
     pub fn audit(&self, entry: &Audit<'_>) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.h.execute(
             "INSERT INTO audit_log (at_ms, actor, action, license_key, client_address, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
+            &params![
                 to_sql_ms(entry.at_ms),
                 entry.actor,
                 entry.action,
@@ -854,24 +1073,33 @@ impl Db<'_> {
         license_key: Option<&str>,
         limit: u32,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, at_ms, actor, action, license_key, client_address, detail
-             FROM audit_log WHERE ?1 IS NULL OR license_key = ?1
-             ORDER BY id DESC LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![license_key, limit.min(LIST_LIMIT_MAX)], |r| {
-            Ok(AuditRecord {
-                id: r.get(0)?,
-                at_ms: from_sql_ms(r.get(1)?),
-                actor: r.get(2)?,
-                action: r.get(3)?,
-                license_key: r.get(4)?,
-                client_address: r.get(5)?,
-                detail: r.get(6)?,
+        self.h
+            .query(
+                "SELECT id, at_ms, actor, action, license_key, client_address, detail
+                 FROM audit_log WHERE CAST(?1 AS TEXT) IS NULL OR license_key = ?1
+                 ORDER BY id DESC LIMIT ?2",
+                &params![license_key, limit.min(LIST_LIMIT_MAX)],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(AuditRecord {
+                    id: r.int(0)?,
+                    at_ms: from_sql_ms(r.int(1)?),
+                    actor: r.text(2)?,
+                    action: r.text(3)?,
+                    license_key: r.opt_text(4)?,
+                    client_address: r.opt_text(5)?,
+                    detail: r.text(6)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
     }
+}
+
+fn returned_id(row: Option<Row>) -> Result<i64, StoreError> {
+    row.ok_or_else(|| StoreError::Corrupt("an insert returned no id".into()))?
+        .int(0)
+        .map_err(StoreError::from)
 }
 
 #[cfg(test)]
@@ -911,13 +1139,13 @@ mod tests {
         let path = dir.path().join("sub/ls.db");
         {
             let store = Store::open(&path).unwrap();
-            assert_eq!(store.schema_version().unwrap(), 1);
+            assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as u32);
             store.read().add_customer("Acme", T).unwrap();
         }
         use std::os::unix::fs::MetadataExt as _;
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as u32);
         assert_eq!(store.read().customers().unwrap().len(), 1, "data kept");
     }
 
@@ -945,8 +1173,9 @@ mod tests {
         let store = open(STEPS).unwrap();
         assert_eq!(store.schema_version().unwrap(), 2);
         store
-            .conn
-            .execute("INSERT INTO a (x, y) VALUES (1, 2)", [])
+            .read()
+            .h
+            .execute("INSERT INTO a (x, y) VALUES (1, 2)", &[])
             .unwrap();
         drop(store);
         // An older build refuses the newer database.

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
@@ -19,7 +21,7 @@ use tollgate_license_client::{ClientConfig, LicenseClient, Url};
 use tollgate_license_server::admin::{AdminArgs, AdminPaths};
 use tollgate_license_server::config::{Config, TlsSource};
 use tollgate_license_server::lease::LeaseRules;
-use tollgate_license_server::{LicenseServer, keyring};
+use tollgate_license_server::{Database, LicenseServer, keyring};
 
 /// The harness's "now" at start: 2030-03-17T17:46:40Z.
 pub const T0: u64 = 1_900_000_000_000;
@@ -42,14 +44,21 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// A server with one signing key (activated a day before T0) and nothing else.
+    /// A server with one signing key (activated a day before T0) and nothing else, on an
+    /// SQLite file.
     pub fn start() -> Harness {
+        Harness::start_on(None)
+    }
+
+    /// [`Harness::start`] on `database` (a PostgreSQL database), or SQLite with `None`.
+    pub fn start_on(database: Option<Database>) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let key_dir = dir.path().join("keys");
         let (key, _, _) = keyring::create_key(&key_dir, T0 - DAY_MS).unwrap();
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
-            database: dir.path().join("db/license-server.db"),
+            database: database
+                .unwrap_or_else(|| Database::Sqlite(dir.path().join("db/license-server.db"))),
             key_dir,
             tls: TlsSource::Dev {
                 dir: dir.path().join("tls"),
@@ -125,8 +134,16 @@ impl Harness {
             key_dir: self.config.key_dir.clone(),
             lease_ms: self.config.rules.lease_ms,
         };
-        let mut out = Vec::new();
-        tollgate_license_server::admin::run(&cli.args, &paths, self.now(), &mut out)?;
+        let now = self.now();
+        // On a thread of its own: the PostgreSQL client must not run inside an async task.
+        let out = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut out = Vec::new();
+                tollgate_license_server::admin::run(&cli.args, &paths, now, &mut out).map(|()| out)
+            })
+            .join()
+            .unwrap()
+        })?;
         Ok(String::from_utf8(out).unwrap())
     }
 
