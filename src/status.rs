@@ -13,9 +13,16 @@ pub struct StatusArgs {
     /// Print the agent's JSON (`GET /api/v1/usage`) instead of a table.
     #[arg(long)]
     json: bool,
-    /// Admin API of the agent to ask.
+    /// Admin API of the agent to ask (`https://…` when it has `[admin] tls_cert`).
     #[arg(long, env = "TOLLGATE_ADMIN", default_value = "http://127.0.0.1:7173")]
     admin: String,
+    /// Trust the certificates in this PEM file (the CA that signed the agent's admin
+    /// certificate, or a self-signed certificate itself) for an `https` admin API.
+    #[arg(long, value_name = "FILE", env = "TOLLGATE_ADMIN_CA")]
+    ca: Option<PathBuf>,
+    /// Do not verify the admin API's certificate (like `curl -k`).
+    #[arg(long)]
+    insecure: bool,
     /// Find the agent through its state directory (`agent.json`) instead of `--admin`.
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -28,6 +35,15 @@ pub struct StatusArgs {
 }
 
 pub fn run(args: StatusArgs) -> Result<(), Failure> {
+    let mut client = reqwest::Client::builder();
+    if let Some(path) = &args.ca {
+        for cert in read_certificates(path)? {
+            client = client.add_root_certificate(cert);
+        }
+    }
+    if args.insecure {
+        client = client.danger_accept_invalid_certs(true);
+    }
     let base = match &args.state_dir {
         Some(dir) => {
             let path = dir.join(tollgate_agent::state::RUNTIME_FILE);
@@ -37,7 +53,23 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
             let info: tollgate_agent::RuntimeInfo = serde_json::from_slice(&text)
                 .with_context(|| format!("{} is not valid", path.display()))
                 .map_err(Failure::Runtime)?;
-            format!("http://{}", info.admin)
+            if !info.admin_tls {
+                format!("http://{}", info.admin)
+            } else {
+                // The agent's own address, from its runtime file: the certificate is checked
+                // against --ca, or else against the agent's certificate file itself (a
+                // self-signed certificate, or a chain file with its issuer), but not for a
+                // name, since the address is an IP the certificate need not name.
+                if args.ca.is_none()
+                    && let Some(cert) = &info.admin_tls_cert
+                {
+                    for cert in read_certificates(cert)? {
+                        client = client.add_root_certificate(cert);
+                    }
+                }
+                client = client.danger_accept_invalid_hostnames(true);
+                format!("https://{}", info.admin)
+            }
         }
         None => args.admin.trim_end_matches('/').to_owned(),
     };
@@ -46,7 +78,9 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::Runtime(e.into()))?;
-    let client = reqwest::Client::new();
+    let client = client
+        .build()
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot set up the HTTP client: {e}")))?;
     let get = |url: String| {
         let mut request = client.get(url).timeout(std::time::Duration::from_secs(5));
         if let Some(user) = &args.user {
@@ -110,6 +144,23 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
         None => {}
     }
     Ok(())
+}
+
+/// Every certificate of a PEM file, for `--ca`.
+fn read_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, Failure> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read {}", path.display()))
+        .map_err(Failure::Config)?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .with_context(|| format!("{}: not a PEM certificate bundle", path.display()))
+        .map_err(Failure::Config)?;
+    if certs.is_empty() {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "{}: no certificate in it",
+            path.display()
+        )));
+    }
+    Ok(certs)
 }
 
 /// The cluster part: the aggregate and one line per node.

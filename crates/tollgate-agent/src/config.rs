@@ -133,6 +133,10 @@ pub struct RawRegistrations {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<String>,
+    /// HTTPS: the certificate chain (PEM, leaf first); needs `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// HTTPS: the certificate's private key (PEM); needs `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     #[serde(default)]
     pub users: Vec<RawUser>,
 }
@@ -242,6 +246,8 @@ pub struct Config {
     pub max_aors: u64,
     pub max_contacts_per_aor: u32,
     pub admin_listen: SocketAddr,
+    /// `[admin] tls_cert` / `tls_key`: HTTPS for the admin API and the page.
+    pub admin_tls: Option<AdminTls>,
     pub users: Vec<crate::auth::User>,
     pub report_interval: Duration,
     pub license_file: Option<PathBuf>,
@@ -256,6 +262,13 @@ pub struct Config {
     pub hep_listen: Option<SocketAddr>,
     pub hep_auth_key: Option<String>,
     pub hep_emergency_numbers: Option<Vec<String>>,
+}
+
+/// `[admin] tls_cert` and `tls_key`, checked at load (both files read and matched).
+#[derive(Debug, Clone)]
+pub struct AdminTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Default mesh address (MISSION.md), used only when the mesh is enabled.
@@ -373,6 +386,7 @@ impl Config {
         }
         let license_server = license_server(&raw.license, license_key.as_deref())?;
         let mesh = mesh_settings(&raw.mesh)?;
+        let admin_tls = admin_tls(&raw.admin)?;
         if let Some(numbers) = &raw.hep.emergency_numbers {
             tollgate_ingest::TrackerConfig {
                 emergency_numbers: numbers.iter().map(|n| n.as_bytes().to_vec()).collect(),
@@ -458,6 +472,7 @@ impl Config {
                 "admin.listen",
                 raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
             )?,
+            admin_tls,
             report_interval: Duration::from_secs(positive(
                 "report.interval_s",
                 raw.report.interval_s.unwrap_or(120),
@@ -597,6 +612,23 @@ fn license_server(
         servers,
         schedule,
     }))
+}
+
+/// `[admin] tls_cert` and `tls_key`: both or neither (empty strings count as unset); the
+/// files are read and the key matched to the certificate now, so a bad pair is a
+/// configuration error at start rather than a server that cannot answer.
+fn admin_tls(raw: &RawAdmin) -> Result<Option<AdminTls>, ConfigError> {
+    let set = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+    match (set(&raw.tls_cert), set(&raw.tls_key)) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(invalid("admin.tls_key", "required with admin.tls_cert")),
+        (None, Some(_)) => Err(invalid("admin.tls_cert", "required with admin.tls_key")),
+        (Some(cert), Some(key)) => {
+            crate::admin_tls::server_config(&cert, &key)
+                .map_err(|e| invalid("admin.tls_cert", e.to_string()))?;
+            Ok(Some(AdminTls { cert, key }))
+        }
+    }
 }
 
 /// `[mesh]`: on when `enabled = true`, or by default when seeds are configured.

@@ -15,7 +15,9 @@
 //! | GET | `/api/v1/admit?call_id=…[&emergency=1]` | the admission answer: 200 admit, 403 deny (viewer) |
 //! | GET | `/api/v1/features/{name}` | 200 licensed, 403 not licensed (viewer) |
 //!
-//! Reading usage takes no lock on the tables: every figure is a sum of sharded atomics.
+//! Over HTTPS with `[admin] tls_cert` / `tls_key` (the listener is `admin_tls.rs`; nothing
+//! here knows). Reading usage takes no lock on the tables: every figure is a sum of sharded
+//! atomics.
 //! Credentials are HTTP basic auth against `[[admin.users]]`; with no users configured,
 //! reads are open (the API listens on loopback by default) and admin actions answer 401.
 

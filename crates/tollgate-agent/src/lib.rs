@@ -11,6 +11,7 @@
 //! What it deliberately lacks: usage rules (in `tollgate-usage`), wire formats
 //! (`tollgate-events`), socket tricks (`tollgate-ingest`).
 
+pub mod admin_tls;
 pub mod auth;
 pub mod cluster;
 pub mod config;
@@ -52,6 +53,8 @@ pub enum AgentError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("admin HTTPS: {0}")]
+    AdminTls(String),
     #[error("admin HTTP server failed: {0}")]
     AdminServe(std::io::Error),
     #[error("license server client: {0}")]
@@ -87,6 +90,8 @@ pub struct AgentState {
     /// The HEPv3 collector, when configured.
     pub hep: Option<tollgate_ingest::HepHandle>,
     pub state_dir: Arc<StateDir>,
+    /// TLS handshakes of the admin server (all zero without `[admin] tls_cert`).
+    pub admin_tls: Arc<admin_tls::TlsCounters>,
 }
 
 /// Cluster-wide usage as this node sees it (from the mesh), for reports and the API.
@@ -137,6 +142,13 @@ pub struct RuntimeInfo {
     pub pid: u32,
     pub node_id: String,
     pub admin: SocketAddr,
+    /// The admin API is HTTPS (`[admin] tls_cert`).
+    #[serde(default)]
+    pub admin_tls: bool,
+    /// The admin API's certificate file, when HTTPS (`tollgate status --state-dir` trusts
+    /// it).
+    #[serde(default)]
+    pub admin_tls_cert: Option<PathBuf>,
     pub events_udp: Option<SocketAddr>,
     pub events_unix: Option<PathBuf>,
     /// The mesh's QUIC address, when the mesh is enabled.
@@ -296,6 +308,7 @@ pub async fn run(
         cluster,
         hep: hep.as_ref().map(|h| h.handle()),
         state_dir: Arc::clone(&state_dir),
+        admin_tls: Arc::default(),
     });
     state.evaluate_license();
 
@@ -305,17 +318,31 @@ pub async fn run(
             addr: config.admin_listen,
             source,
         })?;
-    let admin = listener
-        .local_addr()
-        .map_err(|source| AgentError::AdminBind {
+    let listener = match &config.admin_tls {
+        None => admin_tls::AdminListener::plain(listener),
+        Some(tls) => {
+            let server = admin_tls::server_config(&tls.cert, &tls.key)
+                .map_err(|e| AgentError::AdminTls(e.to_string()))?;
+            admin_tls::AdminListener::tls(listener, server, Arc::clone(&state.admin_tls))
+        }
+    }
+    .map_err(|source| AgentError::AdminBind {
+        addr: config.admin_listen,
+        source,
+    })?;
+    let admin =
+        axum::serve::Listener::local_addr(&listener).map_err(|source| AgentError::AdminBind {
             addr: config.admin_listen,
             source,
         })?;
+    let admin_scheme = listener.scheme();
 
     let info = RuntimeInfo {
         pid: std::process::id(),
         node_id: config.node_id.clone(),
         admin,
+        admin_tls: config.admin_tls.is_some(),
+        admin_tls_cert: config.admin_tls.as_ref().map(|t| t.cert.clone()),
         events_udp: bound.iter().find_map(|e| match e {
             Endpoint::Udp(a) => Some(*a),
             Endpoint::Unix(_) => None,
@@ -363,14 +390,16 @@ pub async fn run(
 
     tracing::info!(
         node_id = %config.node_id,
-        admin = %admin,
+        admin = %format_args!("{admin_scheme}://{admin}"),
         events_udp = ?info.events_udp,
         events_unix = ?info.events_unix,
         state_dir = %config.state_dir.display(),
         "agent ready"
     );
     on_ready(&info);
-    systemd::notify(&format!("READY=1\nSTATUS=ingesting; admin on {admin}"));
+    systemd::notify(&format!(
+        "READY=1\nSTATUS=ingesting; admin on {admin_scheme}://{admin}"
+    ));
     let watchdog = systemd::watchdog_interval().map(|every| {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);

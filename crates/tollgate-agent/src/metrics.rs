@@ -3,6 +3,7 @@
 //! low-cardinality `reason` label.
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
 
 use tollgate_events::{Malformed, Verb};
 use tollgate_ingest::stats::{BATCH_BUCKETS, DatagramDrop, EventOutcome};
@@ -271,6 +272,17 @@ pub fn render(state: &AgentState) -> String {
         "tollgate_snapshot_bytes",
         "Size of the last snapshot written.",
         snap.last_bytes,
+    );
+    let tls = &state.admin_tls;
+    m.labeled_counter(
+        "tollgate_admin_tls_handshakes_total",
+        "TLS handshakes on the admin API by result (all 0 without [admin] tls_cert).",
+        "result",
+        [
+            ("ok", tls.ok.load(Relaxed)),
+            ("failed", tls.failed.load(Relaxed)),
+            ("timeout", tls.timed_out.load(Relaxed)),
+        ],
     );
     m.finish()
 }
