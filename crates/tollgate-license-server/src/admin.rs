@@ -9,7 +9,7 @@
 //! Exit codes (through the binary): 0 done, 1 the database or a file failed, 2 bad input
 //! (unknown license, customer or token, a bad spec or address, missing `--db`).
 
-use std::io::{self, Write};
+use std::io::{self, BufRead as _, Read as _, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize as _;
@@ -68,6 +68,10 @@ pub enum AdminCommand {
     /// Signing keys: rotate (create the next key), list.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Vendor users of the admin API and console: add (password on standard input), list,
+    /// disable.
+    #[command(subcommand)]
+    User(UserCommand),
     /// The audit log, newest first: every admin action and every lease.
     Audit {
         /// Only entries about this license.
@@ -175,6 +179,21 @@ pub enum ReportsCommand {
         /// One JSON object per line (the report as sent, with the server's fields).
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum UserCommand {
+    /// Add a user; the password is read from standard input (one line, 8 to 1024 bytes).
+    Add {
+        name: String,
+        #[arg(long, value_enum)]
+        role: crate::admin_api::Role,
+    },
+    List,
+    /// Disable a user (kept for the audit log) and end its sessions.
+    Disable {
+        name: String,
     },
 }
 
@@ -288,11 +307,23 @@ fn actor() -> String {
     format!("admin:{user}")
 }
 
-/// Runs one admin command at `now_ms`, printing to `out`.
+/// Runs one admin command at `now_ms`, printing to `out` (a password comes from standard
+/// input).
 pub fn run(
     args: &AdminArgs,
     paths: &AdminPaths,
     now_ms: u64,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    run_with_input(args, paths, now_ms, &mut io::stdin().lock(), out)
+}
+
+/// [`run`] reading a password from `input`.
+pub fn run_with_input(
+    args: &AdminArgs,
+    paths: &AdminPaths,
+    now_ms: u64,
+    input_lines: &mut dyn io::BufRead,
     out: &mut dyn Write,
 ) -> Result<(), AdminError> {
     let actor = actor();
@@ -330,6 +361,7 @@ pub fn run(
             json,
         }) => reports(&store, license.as_deref(), *limit, *json, out),
         AdminCommand::Key(command) => key(&ctx, &mut store, command, out),
+        AdminCommand::User(command) => user(&ctx, &mut store, command, input_lines, out),
         AdminCommand::Audit {
             license,
             limit,
@@ -338,10 +370,12 @@ pub fn run(
     }
 }
 
-struct Ctx<'a> {
-    paths: &'a AdminPaths,
-    now_ms: u64,
-    actor: &'a str,
+/// Who acts, when, on which files: the CLI (`admin:<$USER>`) or the admin API
+/// (`user:<name>`) call the same action functions with it.
+pub struct Ctx<'a> {
+    pub paths: &'a AdminPaths,
+    pub now_ms: u64,
+    pub actor: &'a str,
 }
 
 impl Ctx<'_> {
@@ -368,6 +402,17 @@ fn customer_add(
     name: &str,
     out: &mut dyn Write,
 ) -> Result<(), AdminError> {
+    let customer = add_customer(ctx, store, name)?;
+    writeln!(out, "customer {} added: {}", customer.id, customer.name)?;
+    Ok(())
+}
+
+/// Adds a customer (audited `customer.add`).
+pub fn add_customer(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    name: &str,
+) -> Result<crate::store::Customer, AdminError> {
     let name = name.trim();
     if name.is_empty()
         || name.len() > tollgate_license::CUSTOMER_LEN_MAX
@@ -382,11 +427,10 @@ fn customer_add(
         db.audit(&ctx.audit("customer.add", None, serde_json::json!({ "name": name })))?;
         Ok::<_, AdminError>(customer)
     })?;
-    writeln!(out, "customer {} added: {}", customer.id, customer.name)?;
-    Ok(())
+    Ok(customer)
 }
 
-fn read_spec(path: &Path) -> Result<(String, LicenseSpec), AdminError> {
+fn read_spec(path: &Path) -> Result<String, AdminError> {
     use std::io::Read as _;
     let read_error = |source| AdminError::Read {
         path: path.to_owned(),
@@ -398,9 +442,7 @@ fn read_spec(path: &Path) -> Result<(String, LicenseSpec), AdminError> {
         .take(LicenseSpec::TEXT_LEN_MAX as u64 + 1)
         .read_to_string(&mut text)
         .map_err(read_error)?;
-    let spec =
-        LicenseSpec::parse(&text).map_err(|e| input(format!("spec {}: {e}", path.display())))?;
-    Ok((text, spec))
+    Ok(text)
 }
 
 /// The signing key at `now_ms` from the key directory.
@@ -416,16 +458,15 @@ fn signing_key(ctx: &Ctx<'_>) -> Result<tollgate_license::SigningKey, AdminError
 /// yet), the key.
 fn document_from_spec(
     ctx: &Ctx<'_>,
-    path: &Path,
-) -> Result<
-    (
-        String,
-        tollgate_license::Document,
-        tollgate_license::SigningKey,
-    ),
-    AdminError,
-> {
-    let (spec_text, spec) = read_spec(path)?;
+    spec_text: &str,
+) -> Result<(tollgate_license::Document, tollgate_license::SigningKey), AdminError> {
+    if spec_text.len() > LicenseSpec::TEXT_LEN_MAX {
+        return Err(input(format!(
+            "spec: longer than {} bytes",
+            LicenseSpec::TEXT_LEN_MAX
+        )));
+    }
+    let spec = LicenseSpec::parse(spec_text).map_err(|e| input(format!("spec: {e}")))?;
     let key = signing_key(ctx)?;
     let mut document = spec
         .to_document(key.key_id(), ctx.now_ms)
@@ -433,7 +474,98 @@ fn document_from_spec(
     document
         .signature_valid_until_ms
         .get_or_insert(document.issued_at_ms.saturating_add(ctx.paths.lease_ms));
-    Ok((spec_text, document, key))
+    Ok((document, key))
+}
+
+/// Creates a license from a spec's text, signed with the active key (audited
+/// `license.create`): the record, its first document, the key id.
+pub fn create_license(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    spec_text: &str,
+    contract: Contract,
+) -> Result<
+    (
+        crate::store::LicenseRecord,
+        Document,
+        tollgate_license::KeyId,
+    ),
+    AdminError,
+> {
+    let (document, key) = document_from_spec(ctx, spec_text)?;
+    let text = tollgate_license::sign(&document, &key).map_err(|e| input(format!("spec: {e}")))?;
+    let record = store.write(|db| {
+        let customer = db.customer(&document.customer)?.ok_or_else(|| {
+            input(format!(
+                "no customer {:?}: add it first with `admin customer add`",
+                document.customer
+            ))
+        })?;
+        let record =
+            db.create_license(&customer, contract, spec_text, &text, &document, ctx.now_ms)?;
+        db.audit(&ctx.audit(
+            "license.create",
+            Some(&document.license_key),
+            serde_json::json!({
+                "customer": document.customer,
+                "kind": document.kind.as_str(),
+                "serial": document.serial,
+                "contract": contract.as_str(),
+                "key_id": key.key_id().to_string(),
+            }),
+        ))?;
+        Ok::<_, AdminError>(record)
+    })?;
+    Ok((record, document, key.key_id()))
+}
+
+/// Replaces a license's content from a spec's text (same key and customer): a new document
+/// with serial max(spec serial, current + 1) (audited `license.update`). The document and
+/// the previous serial.
+pub fn update_license(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    license: &str,
+    spec_text: &str,
+) -> Result<(Document, u64), AdminError> {
+    let (mut document, key) = document_from_spec(ctx, spec_text)?;
+    store.write(|db| {
+        db.lock_license(license)?;
+        let record = db.license_required(license)?;
+        if document.license_key != record.license_key {
+            return Err(input(format!(
+                "the spec is for license {}, not {}",
+                document.license_key, record.license_key
+            )));
+        }
+        if document.customer != record.customer {
+            return Err(input(format!(
+                "the spec is for customer {:?}, the license belongs to {:?}",
+                document.customer, record.customer
+            )));
+        }
+        document.serial = document.serial.max(record.serial.saturating_add(1));
+        let text =
+            tollgate_license::sign(&document, &key).map_err(|e| input(format!("spec: {e}")))?;
+        db.record_document(
+            &record,
+            &text,
+            &document,
+            "updated",
+            Some(spec_text),
+            ctx.now_ms,
+        )?;
+        db.audit(&ctx.audit(
+            "license.update",
+            Some(license),
+            serde_json::json!({
+                "serial": document.serial,
+                "previous_serial": record.serial,
+                "key_id": key.key_id().to_string(),
+            }),
+        ))?;
+        Ok((document, record.serial))
+    })
 }
 
 fn license(
@@ -444,33 +576,9 @@ fn license(
 ) -> Result<(), AdminError> {
     match command {
         LicenseCommand::Create { spec, contract } => {
-            let (spec_text, document, key) = document_from_spec(ctx, spec)?;
-            let text =
-                tollgate_license::sign(&document, &key).map_err(|e| input(format!("spec: {e}")))?;
             let contract: Contract = (*contract).into();
-            let record = store.write(|db| {
-                let customer = db.customer(&document.customer)?.ok_or_else(|| {
-                    input(format!(
-                        "no customer {:?}: add it first with `admin customer add`",
-                        document.customer
-                    ))
-                })?;
-                let record = db.create_license(
-                    &customer, contract, &spec_text, &text, &document, ctx.now_ms,
-                )?;
-                db.audit(&ctx.audit(
-                    "license.create",
-                    Some(&document.license_key),
-                    serde_json::json!({
-                        "customer": document.customer,
-                        "kind": document.kind.as_str(),
-                        "serial": document.serial,
-                        "contract": contract.as_str(),
-                        "key_id": key.key_id().to_string(),
-                    }),
-                ))?;
-                Ok::<_, AdminError>(record)
-            })?;
+            let (record, document, key_id) =
+                create_license(ctx, store, &read_spec(spec)?, contract)?;
             writeln!(
                 out,
                 "license {} created for {}: {} serial {}, contract {}, signed by key {}",
@@ -479,48 +587,12 @@ fn license(
                 document.kind.as_str(),
                 record.serial,
                 contract.as_str(),
-                key.key_id()
+                key_id
             )?;
             describe_document(&document, out)
         }
         LicenseCommand::Update { license, spec } => {
-            let (spec_text, mut document, key) = document_from_spec(ctx, spec)?;
-            let document = store.write(|db| {
-                let record = db.license_required(license)?;
-                if document.license_key != record.license_key {
-                    return Err(input(format!(
-                        "the spec is for license {}, not {}",
-                        document.license_key, record.license_key
-                    )));
-                }
-                if document.customer != record.customer {
-                    return Err(input(format!(
-                        "the spec is for customer {:?}, the license belongs to {:?}",
-                        document.customer, record.customer
-                    )));
-                }
-                document.serial = document.serial.max(record.serial.saturating_add(1));
-                let text = tollgate_license::sign(&document, &key)
-                    .map_err(|e| input(format!("spec: {e}")))?;
-                db.record_document(
-                    &record,
-                    &text,
-                    &document,
-                    "updated",
-                    Some(&spec_text),
-                    ctx.now_ms,
-                )?;
-                db.audit(&ctx.audit(
-                    "license.update",
-                    Some(license),
-                    serde_json::json!({
-                        "serial": document.serial,
-                        "previous_serial": record.serial,
-                        "key_id": key.key_id().to_string(),
-                    }),
-                ))?;
-                Ok(document)
-            })?;
+            let (document, _) = update_license(ctx, store, license, &read_spec(spec)?)?;
             writeln!(out, "license {license} updated: serial {}", document.serial)?;
             describe_document(&document, out)
         }
@@ -588,6 +660,52 @@ fn license(
     }
 }
 
+fn user(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    command: &UserCommand,
+    input_lines: &mut dyn io::BufRead,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    match command {
+        UserCommand::Add { name, role } => {
+            let mut password = String::new();
+            input_lines
+                .take(crate::admin_api::PASSWORD_LEN_MAX as u64 + 2)
+                .read_line(&mut password)
+                .map_err(AdminError::Output)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            let user = add_user(ctx, store, name, *role, password)?;
+            writeln!(out, "user {} added: {}", user.name, user.role)?;
+        }
+        UserCommand::List => {
+            for u in store.read().users()? {
+                let state = match u.disabled_at_ms {
+                    Some(at) => format!("disabled {}", format_rfc3339(at)),
+                    None => "active".into(),
+                };
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\tcreated {}",
+                    u.name,
+                    u.role,
+                    state,
+                    format_rfc3339(u.created_at_ms)
+                )?;
+            }
+        }
+        UserCommand::Disable { name } => {
+            store.write(|db| {
+                db.disable_user(name, ctx.now_ms)?;
+                db.audit(&ctx.audit("user.disable", None, serde_json::json!({ "name": name })))?;
+                Ok::<_, AdminError>(())
+            })?;
+            writeln!(out, "user {name} disabled; its sessions ended")?;
+        }
+    }
+    Ok(())
+}
+
 fn parse_stored(text: &str) -> Result<Document, AdminError> {
     tollgate_license::parse(text.as_bytes())
         .map(|p| p.document)
@@ -622,15 +740,7 @@ fn contract(
     contract: Contract,
     out: &mut dyn Write,
 ) -> Result<(), AdminError> {
-    let previous = store.write(|db| {
-        let previous = db.set_contract(license, contract, ctx.now_ms)?;
-        db.audit(&ctx.audit(
-            "contract.set",
-            Some(license),
-            serde_json::json!({ "from": previous.as_str(), "to": contract.as_str() }),
-        ))?;
-        Ok::<_, AdminError>(previous)
-    })?;
+    let previous = set_contract(ctx, store, license, contract)?;
     writeln!(
         out,
         "contract of {license}: {} (was {})",
@@ -647,6 +757,24 @@ fn contract(
     Ok(())
 }
 
+/// Sets a license's contract (audited `contract.set`); the previous one.
+pub fn set_contract(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    license: &str,
+    contract: Contract,
+) -> Result<Contract, AdminError> {
+    store.write(|db| {
+        let previous = db.set_contract(license, contract, ctx.now_ms)?;
+        db.audit(&ctx.audit(
+            "contract.set",
+            Some(license),
+            serde_json::json!({ "from": previous.as_str(), "to": contract.as_str() }),
+        ))?;
+        Ok::<_, AdminError>(previous)
+    })
+}
+
 fn token(
     ctx: &Ctx<'_>,
     store: &mut Store,
@@ -659,45 +787,7 @@ fn token(
             allow,
             note,
         } => {
-            if allow.len() > TOKEN_ADDRESS_COUNT_MAX {
-                return Err(input(format!(
-                    "at most {TOKEN_ADDRESS_COUNT_MAX} --allow per token"
-                )));
-            }
-            let mut nets = Vec::new();
-            for text in allow {
-                let net = Allowed::parse_one(text).map_err(|e| input(format!("--allow: {e}")))?;
-                if !nets.contains(&net) {
-                    nets.push(net);
-                }
-            }
-            let allowed = Allowed(nets);
-            if let Some(note) = note
-                && (note.len() > NOTE_LEN_MAX || note.chars().any(char::is_control))
-            {
-                return Err(input("--note: at most 256 bytes, no control characters"));
-            }
-            let token = generate_token();
-            let id = store.write(|db| {
-                let record = db.license_required(license)?;
-                let id = db.insert_token(
-                    &record,
-                    &token_hash(&token),
-                    &allowed,
-                    note.as_deref(),
-                    ctx.now_ms,
-                )?;
-                db.audit(&ctx.audit(
-                    "token.issue",
-                    Some(license),
-                    serde_json::json!({
-                        "token_id": id,
-                        "allowed": allowed.to_string(),
-                        "note": note,
-                    }),
-                ))?;
-                Ok::<_, AdminError>(id)
-            })?;
+            let (id, token, allowed) = issue_token(ctx, store, license, allow, note.as_deref())?;
             writeln!(
                 out,
                 "token {id} for license {license}, allowed from {allowed}"
@@ -734,15 +824,7 @@ fn token(
             Ok(())
         }
         TokenCommand::Revoke { id } => {
-            let record = store.write(|db| {
-                let record = db.revoke_token(*id, ctx.now_ms)?;
-                db.audit(&ctx.audit(
-                    "token.revoke",
-                    Some(&record.license_key),
-                    serde_json::json!({ "token_id": id }),
-                ))?;
-                Ok::<_, AdminError>(record)
-            })?;
+            let record = revoke_token(ctx, store, *id)?;
             writeln!(
                 out,
                 "token {id} of license {} revoked at {}",
@@ -754,6 +836,73 @@ fn token(
             Ok(())
         }
     }
+}
+
+/// Issues an API token for a license bound to `allow` (audited `token.issue`): its id, the
+/// token (shown once; only its hash is stored) and the addresses.
+pub fn issue_token(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    license: &str,
+    allow: &[String],
+    note: Option<&str>,
+) -> Result<(i64, String, Allowed), AdminError> {
+    if allow.is_empty() {
+        return Err(input(
+            "a token needs at least one allowed address or network",
+        ));
+    }
+    if allow.len() > TOKEN_ADDRESS_COUNT_MAX {
+        return Err(input(format!(
+            "at most {TOKEN_ADDRESS_COUNT_MAX} --allow per token"
+        )));
+    }
+    let mut nets = Vec::new();
+    for text in allow {
+        let net = Allowed::parse_one(text).map_err(|e| input(format!("--allow: {e}")))?;
+        if !nets.contains(&net) {
+            nets.push(net);
+        }
+    }
+    let allowed = Allowed(nets);
+    if let Some(note) = note
+        && (note.len() > NOTE_LEN_MAX || note.chars().any(char::is_control))
+    {
+        return Err(input("--note: at most 256 bytes, no control characters"));
+    }
+    let token = generate_token();
+    let id = store.write(|db| {
+        let record = db.license_required(license)?;
+        let id = db.insert_token(&record, &token_hash(&token), &allowed, note, ctx.now_ms)?;
+        db.audit(&ctx.audit(
+            "token.issue",
+            Some(license),
+            serde_json::json!({
+                "token_id": id,
+                "allowed": allowed.to_string(),
+                "note": note,
+            }),
+        ))?;
+        Ok::<_, AdminError>(id)
+    })?;
+    Ok((id, token, allowed))
+}
+
+/// Revokes a token (audited `token.revoke`).
+pub fn revoke_token(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    id: i64,
+) -> Result<crate::store::TokenRecord, AdminError> {
+    store.write(|db| {
+        let record = db.revoke_token(id, ctx.now_ms)?;
+        db.audit(&ctx.audit(
+            "token.revoke",
+            Some(&record.license_key),
+            serde_json::json!({ "token_id": id }),
+        ))?;
+        Ok::<_, AdminError>(record)
+    })
 }
 
 fn reports(
@@ -821,29 +970,7 @@ fn key(
                 }
                 None => ctx.now_ms,
             };
-            if let Ok(ring) = KeyRing::load(&ctx.paths.key_dir)
-                && ring
-                    .entries()
-                    .iter()
-                    .any(|e| e.activation_ms / 1000 == activation_ms / 1000)
-            {
-                return Err(input(
-                    "a key with this activation second exists already; pick another time",
-                ));
-            }
-            let (key, key_path, pub_path) = keyring::create_key(&ctx.paths.key_dir, activation_ms)?;
-            store.write(|db| {
-                db.audit(&ctx.audit(
-                    "key.rotate",
-                    None,
-                    serde_json::json!({
-                        "key_id": key.key_id().to_string(),
-                        "activation": format_rfc3339(activation_ms - activation_ms % 1000),
-                        "file": key_path.display().to_string(),
-                    }),
-                ))?;
-                Ok::<_, AdminError>(())
-            })?;
+            let (key, key_path, pub_path) = rotate_key(ctx, store, activation_ms)?;
             writeln!(out, "key id       {}", key.key_id())?;
             writeln!(out, "private key  {}  (mode 0600)", key_path.display())?;
             writeln!(out, "public key   {}", pub_path.display())?;
@@ -882,6 +1009,61 @@ fn key(
             Ok(())
         }
     }
+}
+
+/// Creates the next signing key, activated at `activation_ms` (audited `key.rotate`): the
+/// key and its `.key` and `.pub` files.
+pub fn rotate_key(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    activation_ms: u64,
+) -> Result<(tollgate_license::SigningKey, PathBuf, PathBuf), AdminError> {
+    if let Ok(ring) = KeyRing::load(&ctx.paths.key_dir)
+        && ring
+            .entries()
+            .iter()
+            .any(|e| e.activation_ms / 1000 == activation_ms / 1000)
+    {
+        return Err(input(
+            "a key with this activation second exists already; pick another time",
+        ));
+    }
+    let (key, key_path, pub_path) = keyring::create_key(&ctx.paths.key_dir, activation_ms)?;
+    store.write(|db| {
+        db.audit(&ctx.audit(
+            "key.rotate",
+            None,
+            serde_json::json!({
+                "key_id": key.key_id().to_string(),
+                "activation": format_rfc3339(activation_ms - activation_ms % 1000),
+                "file": key_path.display().to_string(),
+            }),
+        ))?;
+        Ok::<_, AdminError>(())
+    })?;
+    Ok((key, key_path, pub_path))
+}
+
+/// Adds a vendor user for the admin API and console (audited `user.add`).
+pub fn add_user(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    name: &str,
+    role: crate::admin_api::Role,
+    password: &str,
+) -> Result<crate::store::VendorUser, AdminError> {
+    crate::admin_api::check_user(name, password).map_err(input)?;
+    let hash = crate::admin_api::hash_password(password)
+        .map_err(|e| AdminError::Output(io::Error::other(e)))?;
+    store.write(|db| {
+        let user = db.add_user(name, role.as_str(), &hash, ctx.now_ms)?;
+        db.audit(&ctx.audit(
+            "user.add",
+            None,
+            serde_json::json!({ "name": name, "role": role.as_str() }),
+        ))?;
+        Ok::<_, AdminError>(user)
+    })
 }
 
 fn audit(

@@ -6,6 +6,7 @@
 //! | GET | `/api/v1/keys` | the signing public keys as JSON (no token needed: they are public) |
 //! | POST | `/api/v1/licenses/{license_key}/lease` | a signed lease (bearer token; see [`crate::service`]) |
 //! | POST | `/api/v1/licenses/{license_key}/usage` | store a usage report (bearer token) |
+//! | … | `/api/v1/admin/…` | the admin API for vendor staff (see [`crate::admin_api`]) |
 //!
 //! Every error answer is JSON `{"error": "<word>", "message": "<sentence>"}`. Bodies are
 //! limited to [`BODY_LEN_MAX`] (413 beyond). Database work runs on the blocking pool, never
@@ -18,14 +19,22 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tollgate_license_client::ErrorBody;
 use tollgate_license_client::wire::USAGE_REPORT_LEN_MAX;
 
+use tollgate_license::timestamp::format_rfc3339;
+
+use crate::admin;
+use crate::admin_api::{
+    ContractBody, CustomerBody, LicenseBody, LoginBody, Role, RotateBody, TokenBody, admin_refusal,
+    audit_json, license_json, parse_activation, parse_contract, report_json, token_json,
+};
 use crate::service::{Refused, Service};
+use crate::store::VendorUser;
 
 /// Largest request body accepted.
 pub const BODY_LEN_MAX: usize = USAGE_REPORT_LEN_MAX;
@@ -57,6 +66,34 @@ pub fn router(service: Arc<Service>, clock: Clock) -> Router {
         .route("/api/v1/keys", get(keys))
         .route("/api/v1/licenses/{license_key}/lease", post(lease))
         .route("/api/v1/licenses/{license_key}/usage", post(usage))
+        .route("/api/v1/admin/login", post(admin_login))
+        .route("/api/v1/admin/logout", post(admin_logout))
+        .route("/api/v1/admin/whoami", get(admin_whoami))
+        .route(
+            "/api/v1/admin/customers",
+            get(admin_customers).post(admin_customer_add),
+        )
+        .route(
+            "/api/v1/admin/licenses",
+            get(admin_licenses).post(admin_license_create),
+        )
+        .route(
+            "/api/v1/admin/licenses/{license_key}",
+            get(admin_license).put(admin_license_update),
+        )
+        .route(
+            "/api/v1/admin/licenses/{license_key}/contract",
+            post(admin_contract),
+        )
+        .route(
+            "/api/v1/admin/tokens",
+            get(admin_tokens).post(admin_token_issue),
+        )
+        .route("/api/v1/admin/tokens/{id}/revoke", post(admin_token_revoke))
+        .route("/api/v1/admin/keys", get(admin_keys))
+        .route("/api/v1/admin/keys/rotate", post(admin_key_rotate))
+        .route("/api/v1/admin/reports", get(admin_reports))
+        .route("/api/v1/admin/audit", get(admin_audit))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(BODY_LEN_MAX))
         .with_state(AppState { service, clock })
@@ -154,6 +191,332 @@ async fn blocking<T: serde::Serialize + Send + 'static>(
             "internal error",
         ),
     }
+}
+
+/// `?license=KEY&limit=N` of the admin listings.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ListQuery {
+    license: Option<String>,
+    limit: Option<u32>,
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refused> {
+    serde_json::from_slice(body)
+        .map_err(|e| Refused::new(400, "bad_request", format!("request body: {e}")))
+}
+
+/// Runs an admin call on the blocking pool after checking the session and its role.
+async fn admin_call<T: serde::Serialize + Send + 'static>(
+    state: &AppState,
+    headers: &HeaderMap,
+    role: Role,
+    call: impl FnOnce(&Service, &VendorUser, u64) -> Result<T, Refused> + Send + 'static,
+) -> Response {
+    let token = bearer(headers);
+    let now = (state.clock)();
+    blocking(state, move |service| {
+        let user = service.admin_user(token.as_deref(), role, now)?;
+        call(service, &user, now)
+    })
+    .await
+}
+
+async fn admin_login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let now = (state.clock)();
+    blocking(&state, move |service| {
+        let login: LoginBody = json_body(&body)?;
+        service.admin_login(&login.name, &login.password, peer.ip(), now)
+    })
+    .await
+}
+
+async fn admin_logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let token = bearer(&headers);
+    admin_call(&state, &headers, Role::Viewer, move |service, _, _| {
+        if let Some(token) = token {
+            service.admin_logout(&token)?;
+        }
+        Ok(serde_json::json!({ "logged_out": true }))
+    })
+    .await
+}
+
+async fn admin_whoami(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    admin_call(&state, &headers, Role::Viewer, |_, user, _| {
+        Ok(serde_json::json!({ "name": user.name, "role": user.role }))
+    })
+    .await
+}
+
+async fn admin_customers(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    admin_call(&state, &headers, Role::Viewer, |service, _, _| {
+        let customers = service
+            .store
+            .lock()
+            .read()
+            .customers()
+            .map_err(store_refusal)?;
+        let list: Vec<_> = customers
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "id": c.id,
+                    "name": c.name,
+                    "created_at": format_rfc3339(c.created_at_ms),
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({ "customers": list }))
+    })
+    .await
+}
+
+async fn admin_customer_add(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    admin_call(&state, &headers, Role::Admin, move |service, user, now| {
+        let body: CustomerBody = json_body(&body)?;
+        let customer = service.admin_action(user, now, |ctx, store| {
+            admin::add_customer(ctx, store, &body.name)
+        })?;
+        Ok(serde_json::json!({ "id": customer.id, "name": customer.name }))
+    })
+    .await
+}
+
+async fn admin_licenses(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    admin_call(&state, &headers, Role::Viewer, |service, _, _| {
+        let licenses = service
+            .store
+            .lock()
+            .read()
+            .licenses()
+            .map_err(store_refusal)?;
+        let list: Vec<_> = licenses.iter().map(license_json).collect();
+        Ok(serde_json::json!({ "licenses": list }))
+    })
+    .await
+}
+
+async fn admin_license(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(license_key): Path<String>,
+) -> Response {
+    admin_call(&state, &headers, Role::Viewer, move |service, _, _| {
+        let store = service.store.lock();
+        let db = store.read();
+        let record = db.license_required(&license_key).map_err(store_refusal)?;
+        let tokens = db.tokens(Some(&license_key)).map_err(store_refusal)?;
+        let history = db.documents(&license_key).map_err(store_refusal)?;
+        let mut json = license_json(&record);
+        json["document"] = serde_json::Value::String(record.document.clone());
+        json["tokens"] = tokens.iter().map(token_json).collect();
+        json["history"] = history
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "serial": d.serial,
+                    "cause": d.cause,
+                    "key_id": d.key_id,
+                    "issued_at": format_rfc3339(d.issued_at_ms),
+                    "signature_valid_until": d.signature_valid_until_ms.map(format_rfc3339),
+                    "valid_until": d.valid_until_ms.map(format_rfc3339),
+                })
+            })
+            .collect();
+        Ok(json)
+    })
+    .await
+}
+
+async fn admin_license_create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    admin_call(&state, &headers, Role::Admin, move |service, user, now| {
+        let body: LicenseBody = json_body(&body)?;
+        let record = service.admin_action(user, now, |ctx, store| {
+            let contract = parse_contract(body.contract.as_deref())?;
+            admin::create_license(ctx, store, &body.spec, contract).map(|(record, _, _)| record)
+        })?;
+        Ok(license_json(&record))
+    })
+    .await
+}
+
+async fn admin_license_update(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(license_key): Path<String>,
+    body: Bytes,
+) -> Response {
+    admin_call(&state, &headers, Role::Admin, move |service, user, now| {
+        let body: LicenseBody = json_body(&body)?;
+        let (document, previous) = service.admin_action(user, now, |ctx, store| {
+            if body.contract.is_some() {
+                return Err(admin::AdminError::Input(
+                    "contract: set it with POST …/contract".into(),
+                ));
+            }
+            admin::update_license(ctx, store, &license_key, &body.spec)
+        })?;
+        Ok(serde_json::json!({
+            "license_key": document.license_key,
+            "serial": document.serial,
+            "previous_serial": previous,
+        }))
+    })
+    .await
+}
+
+async fn admin_contract(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(license_key): Path<String>,
+    body: Bytes,
+) -> Response {
+    admin_call(&state, &headers, Role::Admin, move |service, user, now| {
+        let body: ContractBody = json_body(&body)?;
+        let previous = service.admin_action(user, now, |ctx, store| {
+            let contract = parse_contract(Some(&body.contract))?;
+            admin::set_contract(ctx, store, &license_key, contract)
+        })?;
+        Ok(serde_json::json!({
+            "license_key": license_key,
+            "contract": body.contract,
+            "previous": previous.as_str(),
+        }))
+    })
+    .await
+}
+
+async fn admin_tokens(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    admin_call(&state, &headers, Role::Viewer, move |service, _, _| {
+        let tokens = service
+            .store
+            .lock()
+            .read()
+            .tokens(query.license.as_deref())
+            .map_err(store_refusal)?;
+        let list: Vec<_> = tokens.iter().map(token_json).collect();
+        Ok(serde_json::json!({ "tokens": list }))
+    })
+    .await
+}
+
+async fn admin_token_issue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    admin_call(&state, &headers, Role::Admin, move |service, user, now| {
+        let body: TokenBody = json_body(&body)?;
+        let (id, token, allowed) = service.admin_action(user, now, |ctx, store| {
+            admin::issue_token(ctx, store, &body.license, &body.allow, body.note.as_deref())
+        })?;
+        Ok(serde_json::json!({
+            "id": id,
+            "license_key": body.license,
+            "token": token,
+            "allowed": allowed.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }))
+    })
+    .await
+}
+
+async fn admin_token_revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    admin_call(&state, &headers, Role::Admin, move |service, user, now| {
+        let record =
+            service.admin_action(user, now, |ctx, store| admin::revoke_token(ctx, store, id))?;
+        Ok(token_json(&record))
+    })
+    .await
+}
+
+async fn admin_keys(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    admin_call(&state, &headers, Role::Viewer, |service, _, now| {
+        Ok(serde_json::json!({ "keys": service.public_keys(now) }))
+    })
+    .await
+}
+
+async fn admin_key_rotate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    admin_call(&state, &headers, Role::Admin, move |service, user, now| {
+        let body: RotateBody = if body.is_empty() {
+            RotateBody::default()
+        } else {
+            json_body(&body)?
+        };
+        let (key, _, _) = service.admin_action(user, now, |ctx, store| {
+            let activation = parse_activation(body.activate_at.as_deref(), now)?;
+            admin::rotate_key(ctx, store, activation)
+        })?;
+        Ok(serde_json::json!({
+            "key_id": key.key_id().to_string(),
+            "public_key": key.public_key().to_file_string().trim_end(),
+        }))
+    })
+    .await
+}
+
+async fn admin_reports(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    admin_call(&state, &headers, Role::Viewer, move |service, _, _| {
+        let reports = service
+            .store
+            .lock()
+            .read()
+            .reports(query.license.as_deref(), query.limit.unwrap_or(100))
+            .map_err(store_refusal)?;
+        let list: Vec<_> = reports.iter().map(report_json).collect();
+        Ok(serde_json::json!({ "reports": list }))
+    })
+    .await
+}
+
+async fn admin_audit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    admin_call(&state, &headers, Role::Viewer, move |service, _, _| {
+        let entries = service
+            .store
+            .lock()
+            .read()
+            .audit_log(query.license.as_deref(), query.limit.unwrap_or(100))
+            .map_err(store_refusal)?;
+        let list: Vec<_> = entries.iter().map(audit_json).collect();
+        Ok(serde_json::json!({ "audit": list }))
+    })
+    .await
+}
+
+fn store_refusal(e: crate::store::StoreError) -> Refused {
+    admin_refusal(admin::AdminError::Store(e))
 }
 
 /// The token of `Authorization: Bearer <token>` (scheme case-insensitive).

@@ -1,5 +1,6 @@
 //! The vendor's license server (`tollgate license-server`): it keeps customers, licenses,
-//! API tokens, usage reports and an audit log in an embedded SQLite database, and serves
+//! API tokens, usage reports and an audit log in an embedded SQLite database (or a shared
+//! PostgreSQL database, `[database] url`), and serves
 //! agents over HTTPS: a lease (the license freshly signed) and usage reports, each
 //! authenticated by an API token bound to the client's address.
 //!
@@ -11,7 +12,10 @@
 //! - [`service`]: the client API without HTTP: token, address, license, contract checks.
 //! - [`api`]: the axum router (the endpoint list is in its module doc).
 //! - [`tls`]: rustls with the ring provider; the `--dev` self-signed certificate.
-//! - [`admin`]: the vendor's CLI on the same database (`tollgate license-server admin …`).
+//! - [`admin`]: the vendor's CLI on the same database (`tollgate license-server admin …`);
+//!   its action functions are also what the admin API runs.
+//! - [`admin_api`]: vendor users, login sessions and roles of `/api/v1/admin/…`.
+//! - [`sql`]: one query layer over SQLite and PostgreSQL.
 //!
 //! [`LicenseServer::start`] opens everything, binds, and serves until
 //! [`LicenseServer::shutdown`]. The operator and vendor guide is `docs/license-server.md`.
@@ -29,11 +33,11 @@
 //!   0600 (others' access refuses the start), tokens are stored as BLAKE3 hashes and shown
 //!   once at issue.
 //!
-//! **What it deliberately lacks:** an admin HTTP API (administration is the CLI, whose
-//! credential is access to the database and key files), rate limiting (put it in front),
-//! and client certificates (tokens bound to addresses instead, as the seeds describe).
+//! **What it deliberately lacks:** rate limiting (put it in front), and client certificates
+//! (tokens bound to addresses instead, as the seeds describe).
 
 pub mod admin;
+pub mod admin_api;
 pub mod api;
 pub mod config;
 pub mod keyring;
@@ -159,7 +163,12 @@ impl LicenseServer {
             created_key = Some(path);
         }
         let keys = KeyCache::open(&config.key_dir)?;
-        let service = Arc::new(Service::new(store, keys, config.rules));
+        let admin_paths = admin::AdminPaths {
+            database: config.database.clone(),
+            key_dir: config.key_dir.clone(),
+            lease_ms: config.rules.lease_ms,
+        };
+        let service = Arc::new(Service::new(store, keys, config.rules, admin_paths));
         let signing_key_id = service
             .signing_key_id(now_ms)
             .ok_or_else(|| ServerError::NoActiveKey(config.key_dir.clone()))?;

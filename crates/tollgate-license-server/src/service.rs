@@ -39,7 +39,7 @@ pub struct Refused {
 }
 
 impl Refused {
-    fn new(status: u16, error: &'static str, message: impl Into<String>) -> Refused {
+    pub fn new(status: u16, error: &'static str, message: impl Into<String>) -> Refused {
         Refused {
             status,
             error,
@@ -47,7 +47,7 @@ impl Refused {
         }
     }
 
-    fn internal() -> Refused {
+    pub fn internal() -> Refused {
         Refused::new(500, "internal", "internal error; the server log says more")
     }
 }
@@ -84,9 +84,11 @@ pub struct KeyInfo {
 /// The client API's state: the store, the signing keys and the lease rules.
 #[derive(Debug)]
 pub struct Service {
-    store: Mutex<Store>,
-    keys: Mutex<KeyCache>,
+    pub(crate) store: Mutex<Store>,
+    pub(crate) keys: Mutex<KeyCache>,
     rules: LeaseRules,
+    /// Where admin API actions find the key directory and the lease length.
+    pub(crate) admin_paths: crate::admin::AdminPaths,
 }
 
 /// An internal failure inside a transaction (500).
@@ -116,11 +118,17 @@ enum Auth {
 }
 
 impl Service {
-    pub fn new(store: Store, keys: KeyCache, rules: LeaseRules) -> Service {
+    pub fn new(
+        store: Store,
+        keys: KeyCache,
+        rules: LeaseRules,
+        admin_paths: crate::admin::AdminPaths,
+    ) -> Service {
         Service {
             store: Mutex::new(store),
             keys: Mutex::new(keys),
             rules,
+            admin_paths,
         }
     }
 

@@ -54,10 +54,11 @@ pub struct Migration {
 }
 
 /// The schema, in order. Never edit a released step: add one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "customers, licenses, documents, tokens, usage reports, audit log",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "customers, licenses, documents, tokens, usage reports, audit log",
+        sql: "
         CREATE TABLE customers (
             id INTEGER PRIMARY KEY,
             name TEXT NOT NULL UNIQUE,
@@ -118,7 +119,31 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         );
         CREATE INDEX audit_log_by_license ON audit_log (license_key, at_ms);
         ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "vendor users (argon2 passwords, roles) and their admin API sessions",
+        sql: "
+        CREATE TABLE vendor_users (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            role TEXT NOT NULL CHECK (role IN ('admin', 'viewer')),
+            password_hash TEXT NOT NULL,
+            created_at_ms INTEGER NOT NULL,
+            disabled_at_ms INTEGER
+        );
+        CREATE TABLE admin_sessions (
+            id INTEGER PRIMARY KEY,
+            token_hash BLOB NOT NULL UNIQUE,
+            user_id INTEGER NOT NULL REFERENCES vendor_users(id),
+            created_at_ms INTEGER NOT NULL,
+            expires_at_ms INTEGER NOT NULL,
+            client_address TEXT
+        );
+        CREATE INDEX admin_sessions_by_expiry ON admin_sessions (expires_at_ms);
+        ",
+    },
+];
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -398,6 +423,19 @@ impl Drop for PostgresConn {
 enum Conn {
     Sqlite(Connection),
     Postgres(Box<PostgresConn>),
+}
+
+/// A vendor staff member of the admin API and console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VendorUser {
+    pub id: i64,
+    pub name: String,
+    /// `admin` (every action) or `viewer` (read only).
+    pub role: String,
+    /// argon2id, PHC string.
+    pub password_hash: String,
+    pub created_at_ms: u64,
+    pub disabled_at_ms: Option<u64>,
 }
 
 /// The database connection.
@@ -1093,6 +1131,161 @@ impl Db<'_> {
                 })
             })
             .collect()
+    }
+}
+
+impl Db<'_> {
+    const USER_COLUMNS: &'static str =
+        "u.id, u.name, u.role, u.password_hash, u.created_at_ms, u.disabled_at_ms";
+
+    fn user_row(r: &Row) -> Result<VendorUser, StoreError> {
+        Ok(VendorUser {
+            id: r.int(0)?,
+            name: r.text(1)?,
+            role: r.text(2)?,
+            password_hash: r.text(3)?,
+            created_at_ms: from_sql_ms(r.int(4)?),
+            disabled_at_ms: r.opt_int(5)?.map(from_sql_ms),
+        })
+    }
+
+    pub fn add_user(
+        &self,
+        name: &str,
+        role: &str,
+        password_hash: &str,
+        at_ms: u64,
+    ) -> Result<VendorUser, StoreError> {
+        if self.user(name)?.is_some() {
+            return Err(StoreError::Exists {
+                what: "user",
+                name: name.into(),
+            });
+        }
+        self.h.execute(
+            "INSERT INTO vendor_users (name, role, password_hash, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+            &params![name, role, password_hash, to_sql_ms(at_ms)],
+        )?;
+        self.user(name)?
+            .ok_or_else(|| StoreError::Corrupt("user vanished after insert".into()))
+    }
+
+    pub fn user(&self, name: &str) -> Result<Option<VendorUser>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM vendor_users u WHERE u.name = ?1",
+            Self::USER_COLUMNS
+        );
+        self.h
+            .query_opt(&sql, &params![name])?
+            .map(|r| Self::user_row(&r))
+            .transpose()
+    }
+
+    pub fn users(&self) -> Result<Vec<VendorUser>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM vendor_users u ORDER BY u.name",
+            Self::USER_COLUMNS
+        );
+        self.h
+            .query(&sql, &[])?
+            .iter()
+            .map(Self::user_row)
+            .collect()
+    }
+
+    /// Sets a user's password (and role); ends every session of the user.
+    pub fn update_user(
+        &self,
+        name: &str,
+        role: &str,
+        password_hash: &str,
+    ) -> Result<VendorUser, StoreError> {
+        let user = self.user(name)?.ok_or_else(|| StoreError::NotFound {
+            what: "user",
+            name: name.into(),
+        })?;
+        self.h.execute(
+            "UPDATE vendor_users SET role = ?2, password_hash = ?3 WHERE id = ?1",
+            &params![user.id, role, password_hash],
+        )?;
+        self.h.execute(
+            "DELETE FROM admin_sessions WHERE user_id = ?1",
+            &params![user.id],
+        )?;
+        self.user(name)?
+            .ok_or_else(|| StoreError::Corrupt("user vanished after update".into()))
+    }
+
+    /// Disables a user (kept for the audit log's sake) and ends its sessions.
+    pub fn disable_user(&self, name: &str, at_ms: u64) -> Result<VendorUser, StoreError> {
+        let user = self.user(name)?.ok_or_else(|| StoreError::NotFound {
+            what: "user",
+            name: name.into(),
+        })?;
+        self.h.execute(
+            "UPDATE vendor_users SET disabled_at_ms = coalesce(disabled_at_ms, ?2) WHERE id = ?1",
+            &params![user.id, to_sql_ms(at_ms)],
+        )?;
+        self.h.execute(
+            "DELETE FROM admin_sessions WHERE user_id = ?1",
+            &params![user.id],
+        )?;
+        self.user(name)?
+            .ok_or_else(|| StoreError::Corrupt("user vanished after update".into()))
+    }
+
+    /// Stores a new session (the bearer token's hash) and drops expired ones.
+    pub fn insert_session(
+        &self,
+        token_hash: &[u8; 32],
+        user: &VendorUser,
+        at_ms: u64,
+        expires_at_ms: u64,
+        client: IpAddr,
+    ) -> Result<(), StoreError> {
+        self.h.execute(
+            "DELETE FROM admin_sessions WHERE expires_at_ms <= ?1",
+            &params![to_sql_ms(at_ms)],
+        )?;
+        self.h.execute(
+            "INSERT INTO admin_sessions (token_hash, user_id, created_at_ms, expires_at_ms,
+                                         client_address)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            &params![
+                &token_hash[..],
+                user.id,
+                to_sql_ms(at_ms),
+                to_sql_ms(expires_at_ms),
+                client.to_canonical().to_string()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The enabled user of an unexpired session.
+    pub fn session_user(
+        &self,
+        token_hash: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<Option<VendorUser>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM admin_sessions s JOIN vendor_users u ON u.id = s.user_id
+             WHERE s.token_hash = ?1 AND s.expires_at_ms > ?2 AND u.disabled_at_ms IS NULL",
+            Self::USER_COLUMNS
+        );
+        self.h
+            .query_opt(&sql, &params![&token_hash[..], to_sql_ms(now_ms)])?
+            .map(|r| Self::user_row(&r))
+            .transpose()
+    }
+
+    pub fn delete_session(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.h.execute(
+            "DELETE FROM admin_sessions WHERE token_hash = ?1",
+            &params![&token_hash[..]],
+        )?;
+        Ok(())
     }
 }
 

@@ -147,6 +147,38 @@ impl Harness {
         Ok(String::from_utf8(out).unwrap())
     }
 
+    /// [`Harness::admin`] with `input` on standard input (a password).
+    pub fn admin_with_input(
+        &self,
+        args: &[&str],
+        input: &str,
+    ) -> Result<String, tollgate_license_server::admin::AdminError> {
+        let cli = AdminCli::try_parse_from(std::iter::once("admin").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let paths = AdminPaths {
+            database: self.config.database.clone(),
+            key_dir: self.config.key_dir.clone(),
+            lease_ms: self.config.rules.lease_ms,
+        };
+        let now = self.now();
+        let out = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut out = Vec::new();
+                tollgate_license_server::admin::run_with_input(
+                    &cli.args,
+                    &paths,
+                    now,
+                    &mut input.as_bytes(),
+                    &mut out,
+                )
+                .map(|()| out)
+            })
+            .join()
+            .unwrap()
+        })?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
     pub fn admin_ok(&self, args: &[&str]) -> String {
         self.admin(args)
             .unwrap_or_else(|e| panic!("admin {args:?}: {e}"))

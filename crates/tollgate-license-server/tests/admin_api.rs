@@ -1,0 +1,269 @@
+//! The admin HTTP API (`/api/v1/admin/…`) over real TLS: vendor users from the CLI
+//! (`admin user add`, password on standard input), login and bearer sessions, roles, the
+//! same actions as the CLI with the real actor in the audit log. Run on SQLite and on a
+//! private PostgreSQL cluster.
+
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::pg::PgCluster;
+use support::{CUSTOMER, Harness, LICENSE_KEY};
+use tollgate_license_server::Database;
+
+struct Api<'a> {
+    h: &'a Harness,
+    http: reqwest::Client,
+}
+
+impl Api<'_> {
+    fn url(&self, path: &str) -> String {
+        format!("{}api/v1/admin/{path}", self.h.url())
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    async fn login(&self, name: &str, password: &str) -> (StatusCode, Value) {
+        self.call(
+            reqwest::Method::POST,
+            "login",
+            None,
+            Some(json!({ "name": name, "password": password })),
+        )
+        .await
+    }
+}
+
+async fn scenario(h: &Harness) {
+    let out = h
+        .admin_with_input(
+            &["user", "add", "alice", "--role", "admin"],
+            "correct horse battery\n",
+        )
+        .unwrap();
+    assert!(out.contains("user alice added: admin"), "{out}");
+    h.admin_with_input(
+        &["user", "add", "bob", "--role", "viewer"],
+        "viewer password\n",
+    )
+    .unwrap();
+    let short = h
+        .admin_with_input(&["user", "add", "carol", "--role", "admin"], "short\n")
+        .unwrap_err();
+    assert!(
+        short.is_user_error() && short.to_string().contains("8 to"),
+        "{short}"
+    );
+    let listed = h.admin_ok(&["user", "list"]);
+    assert!(listed.contains("alice\tadmin\tactive"), "{listed}");
+
+    let api = Api { h, http: h.raw() };
+    let (status, body) = api.login("alice", "wrong password").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"], "bad_credentials");
+    let (status, body) = api.login("nobody", "whatever it is").await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::UNAUTHORIZED, &json!("bad_credentials"))
+    );
+    let (status, body) = api.login("alice", "correct horse battery").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["role"], "admin");
+    let alice = body["token"].as_str().unwrap().to_owned();
+    let (_, body) = api.login("bob", "viewer password").await;
+    let bob = body["token"].as_str().unwrap().to_owned();
+
+    // No session, a bad one, a viewer asking for a change.
+    let (status, body) = api
+        .call(reqwest::Method::GET, "customers", None, None)
+        .await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::UNAUTHORIZED, &json!("missing_token"))
+    );
+    let (status, body) = api.get("customers", "tgs_forged").await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::UNAUTHORIZED, &json!("bad_session"))
+    );
+    let (status, body) = api
+        .post("customers", &bob, json!({ "name": CUSTOMER }))
+        .await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::FORBIDDEN, &json!("forbidden"))
+    );
+    let (status, body) = api.get("whoami", &bob).await;
+    assert_eq!((status, &body["role"]), (StatusCode::OK, &json!("viewer")));
+
+    // The admin's actions: customer, license, token (shown once), revocation.
+    let (status, body) = api
+        .post("customers", &alice, json!({ "name": CUSTOMER }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api
+        .post("customers", &alice, json!({ "name": CUSTOMER }))
+        .await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::CONFLICT, &json!("exists"))
+    );
+    let spec = format!(
+        "license_key = \"{LICENSE_KEY}\"\ncustomer = \"{CUSTOMER}\"\nkind = \"perpetual\"\n\
+         serial = 1\nvalid_from = \"2029-01-01T00:00:00Z\"\n[limits]\ncalls = 100\n"
+    );
+    let (status, body) = api.post("licenses", &alice, json!({ "spec": spec })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["serial"].as_u64(), &body["contract"]),
+        (Some(1), &json!("active"))
+    );
+    let (status, body) = api
+        .post("licenses", &alice, json!({ "spec": "not = [toml" }))
+        .await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::BAD_REQUEST, &json!("bad_request"))
+    );
+    let (status, body) = api
+        .post(
+            "tokens",
+            &alice,
+            json!({ "license": LICENSE_KEY, "allow": ["127.0.0.1"], "note": "sp1" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["token"].as_str().unwrap().to_owned();
+    let token_id = body["id"].as_i64().unwrap();
+    let lease = h.client(&token).fetch_lease().await.unwrap();
+    assert_eq!(lease.license_key, LICENSE_KEY);
+
+    let (status, body) = api.get(&format!("licenses/{LICENSE_KEY}"), &bob).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["tokens"][0]["last_used_from"], "127.0.0.1", "{body}");
+    assert!(
+        body["tokens"][0].get("token").is_none(),
+        "a token is never shown again"
+    );
+    let (_, body) = api.get("licenses", &bob).await;
+    assert_eq!(body["licenses"][0]["limits"]["calls"], 100, "{body}");
+    let (status, body) = api.get("keys", &bob).await;
+    assert_eq!(
+        (status, &body["keys"][0]["signing"]),
+        (StatusCode::OK, &json!(true))
+    );
+
+    let (status, body) = api
+        .post(
+            &format!("licenses/{LICENSE_KEY}/contract"),
+            &alice,
+            json!({ "contract": "lapsed" }),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["previous"]),
+        (StatusCode::OK, &json!("active")),
+        "{body}"
+    );
+    let (status, body) = api
+        .post(&format!("tokens/{token_id}/revoke"), &alice, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["revoked_at"].is_string());
+    let refused = h.client(&token).fetch_lease().await.unwrap_err();
+    assert_eq!(refused.status(), Some(403));
+
+    // The audit log names the real actor, through the API and the CLI alike.
+    let (_, body) = api.get("audit?limit=50", &bob).await;
+    let actions: Vec<(String, String)> = body["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["actor"].as_str().unwrap().into(),
+                a["action"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for action in [
+        "customer.add",
+        "license.create",
+        "token.issue",
+        "contract.set",
+        "token.revoke",
+    ] {
+        assert!(
+            actions.contains(&("user:alice".into(), action.into())),
+            "{action} by user:alice in {actions:?}"
+        );
+    }
+    assert!(
+        actions
+            .iter()
+            .any(|(actor, action)| actor == "user:alice" && action == "admin.login")
+    );
+    let cli_audit = h.admin_ok(&["audit", "--limit", "100"]);
+    assert!(
+        cli_audit.contains("user:alice\ttoken.revoke"),
+        "{cli_audit}"
+    );
+
+    // Logging out ends the session; disabling a user ends theirs.
+    let (status, _) = api.post("logout", &alice, json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api.get("customers", &alice).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    h.admin_ok(&["user", "disable", "bob"]);
+    let (status, _) = api.get("customers", &bob).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = api.login("bob", "viewer password").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_with_users_sessions_and_roles_on_sqlite() {
+    let mut h = Harness::start();
+    scenario(&h).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_with_users_sessions_and_roles_on_postgresql() {
+    let pg = PgCluster::start();
+    let url = pg.create_database("admin_api");
+    let mut h = Harness::start_on(Some(Database::Postgres(url)));
+    scenario(&h).await;
+    h.stop().await;
+}
