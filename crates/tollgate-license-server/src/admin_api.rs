@@ -356,7 +356,7 @@ pub fn license_json(record: &crate::store::LicenseRecord) -> serde_json::Value {
             Some(d.kind.as_str()),
             d.valid_until_ms.map(format_rfc3339),
             d.signature_valid_until_ms.map(format_rfc3339),
-            serde_json::to_value(&d.limits).unwrap_or_default(),
+            serde_json::to_value(d.limits).unwrap_or_default(),
             serde_json::to_value(&d.features).unwrap_or_default(),
         ),
         Err(_) => (
