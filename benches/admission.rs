@@ -5,6 +5,10 @@
 //!   `gate_deny_over_limit` takes the longest path (calls checked, denied);
 //!   `gate_emergency` the shortest; `gate_lazy_calls` reads the calls count through a
 //!   closure over 64 atomic shard counters, as the agent does.
+//! - `admission/gate_deny_over_limit_counted`: the same denial, counted by code in
+//!   [`DenialCounters`] as the agent counts it (this thread's stripe: one uncontended
+//!   relaxed add); `gate_admit_counted`: an admission through the same code path (nothing
+//!   to count). Compare with the uncounted rows.
 //! - `admission/plan`: the same decision on a plain [`AdmissionPlan`] (no atomic).
 //! - `evaluate/full`: [`evaluate`] of a verified license against usage, including the
 //!   acceptance checks (what the agent runs on every usage change and once a second).
@@ -18,8 +22,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tollgate_license::{
-    AdmissionGate, Context, Document, Kind, Limits, Mode, Policy, SigningKey, TrustedKeys, Usage,
-    evaluate,
+    AdmissionGate, Context, DenialCounters, Document, Kind, Limits, Mode, Policy, SigningKey,
+    TrustedKeys, Usage, evaluate,
 };
 
 const NOW_MS: u64 = 1_800_000_000_000;
@@ -83,6 +87,13 @@ fn admission(c: &mut Criterion) {
     });
     group.bench_function("gate_deny_over_limit", |b| {
         b.iter(|| gate.decide(black_box(11_000), black_box(false)))
+    });
+    let denied = DenialCounters::new();
+    group.bench_function("gate_deny_over_limit_counted", |b| {
+        b.iter(|| denied.count(gate.decide(black_box(11_000), black_box(false))))
+    });
+    group.bench_function("gate_admit_counted", |b| {
+        b.iter(|| denied.count(gate.decide(black_box(9_500), black_box(false))))
     });
     group.bench_function("gate_emergency", |b| {
         b.iter(|| gate.decide(black_box(11_000), black_box(true)))

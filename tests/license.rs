@@ -315,6 +315,19 @@ fn enforce_mode_denies_new_calls_over_the_limit_but_never_emergency_calls() {
         "",
     );
     assert_eq!((status, body.contains("OVER_LIMIT")), (403, true), "{body}");
+    // Denials are counted by code, the socket's and the API's alike (issue 18).
+    assert_eq!(
+        agent.usage()["admissions_denied"],
+        serde_json::json!({"OVER_LIMIT": 2})
+    );
+    assert_eq!(
+        agent.metric("tollgate_admissions_denied_total{code=\"OVER_LIMIT\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        agent.metric("tollgate_admissions_denied_total{code=\"EXPIRED\"}"),
+        Some(0.0)
+    );
     // Running calls are untouched; a stop makes room again.
     send_udp(agent.udp(), b"call-stop c1\n");
     agent.wait_usage("2 calls", |u| u["calls"] == 2);

@@ -71,6 +71,11 @@ impl Vendor {
 
     /// Customer, a subscription license ending in 5 days, and a token for `allow`.
     fn provision(&self, allow: &str) -> String {
+        self.provision_with(allow, "")
+    }
+
+    /// Like `provision`, `extra` appended to the license spec (e.g. a `[policy]` table).
+    fn provision_with(&self, allow: &str, extra: &str) -> String {
         self.admin_ok(&["customer", "add", "Acme Telecom"]);
         let valid_until = tollgate_license::timestamp::format_rfc3339(
             now_ms() / 1000 * 1000 + 5 * tollgate_license::timestamp::DAY_MS,
@@ -78,7 +83,7 @@ impl Vendor {
         let spec = format!(
             "license_key = \"{LICENSE_KEY}\"\ncustomer = \"Acme Telecom\"\n\
              kind = \"subscription\"\nserial = 1\nvalid_from = \"2020-01-01T00:00:00Z\"\n\
-             valid_until = \"{valid_until}\"\n[limits]\ncalls = 100\n"
+             valid_until = \"{valid_until}\"\n[limits]\ncalls = 100\n{extra}"
         );
         std::fs::write(self.path("spec.toml"), spec).unwrap();
         self.admin_ok(&[
@@ -293,10 +298,19 @@ fn dev_server_prints_its_certificate_and_serves_leases_and_reports() {
             ..UsageFigures::default()
         },
         cluster: None,
+        admissions_denied: [("OVER_LIMIT".to_owned(), 4), ("EXPIRED".to_owned(), 1)].into(),
     };
     rt.block_on(client.send_usage(&report)).unwrap();
     let reports = vendor.admin_ok(&["reports", "list", "--license", LICENSE_KEY]);
     assert!(reports.contains("\tsp1\t42\t50\t"), "{reports}");
+    // Denied admissions by code are stored with the report as sent (issue 18).
+    let stored = vendor.admin_ok(&["reports", "list", "--json", "--license", LICENSE_KEY]);
+    let stored: serde_json::Value = serde_json::from_str(stored.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        stored["report"]["admissions_denied"],
+        serde_json::json!({"OVER_LIMIT": 4, "EXPIRED": 1}),
+        "{stored}"
+    );
     let audit = vendor.admin_ok(&["audit"]);
     for action in [
         "customer.add",
@@ -509,7 +523,7 @@ fn admin_works_on_a_database_given_by_path() {
 fn agent_fetches_at_start_reports_usage_and_survives_the_server_going_away() {
     let vendor = Vendor::new("");
     let server = Server::start(&vendor, true);
-    let token = vendor.provision("127.0.0.1");
+    let token = vendor.provision_with("127.0.0.1", "[policy]\nmode = \"enforce\"\ngrace_pct = 0\n");
     let keys: Vec<String> = server
         .banner
         .iter()
@@ -568,6 +582,48 @@ fn agent_fetches_at_start_reports_usage_and_survives_the_server_going_away() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // Over the limit in enforce mode: denials are counted by code in the API, the metrics
+    // and the usage reports (issue 18), each report carrying those since the previous one.
+    let calls: String = (1..100).map(|i| format!("call-start over-{i}\n")).collect();
+    common::send_udp(agent.udp(), calls.as_bytes());
+    agent.wait_usage("100 calls", |u| u["calls"] == 100);
+    for _ in 0..2 {
+        let (status, body) = http(
+            agent.rt.admin,
+            "GET",
+            "/api/v1/admit?call_id=one-more",
+            auth,
+        );
+        assert_eq!(status, 403, "{body}");
+    }
+    assert_eq!(
+        agent.usage()["admissions_denied"],
+        serde_json::json!({"OVER_LIMIT": 2})
+    );
+    assert_eq!(
+        agent.metric("tollgate_admissions_denied_total{code=\"OVER_LIMIT\"}"),
+        Some(2.0)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reports = vendor.admin_ok(&["reports", "list", "--json", "--limit", "1000"]);
+        let reported: u64 = reports
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|r| r["report"]["admissions_denied"]["OVER_LIMIT"].as_u64())
+            .sum();
+        if reported == 2 {
+            break;
+        }
+        assert!(reported < 2, "counted twice: {reports}");
+        assert!(
+            Instant::now() < deadline,
+            "the denials never reached the server: {reports}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     let (status, body) = http(agent.rt.admin, "POST", "/api/v1/license/reload", auth);
     assert_eq!(status, 200, "{body}");
     assert!(

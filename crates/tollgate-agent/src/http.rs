@@ -5,7 +5,7 @@
 //! | GET | `/` | the operator's web page (see `web.rs`) |
 //! | GET | `/healthz` | `ok` (200) while the agent runs |
 //! | GET | `/metrics` | Prometheus text exposition |
-//! | GET | `/api/v1/usage` | this node's usage as JSON ([`UsageReport`]) |
+//! | GET | `/api/v1/usage` | this node's usage as JSON ([`UsageReport`]), with `admissions_denied` by code |
 //! | GET | `/api/v1/usage/history` | per-minute peaks of the last 24 h as JSON |
 //! | GET | `/api/v1/whoami` | `{"user", "role"}` of the credentials (viewer); `{"user": null, "role": null, "users_configured": false}` when no users are configured |
 //! | GET | `/api/v1/cluster` | every node (id, address, state, age, incarnation, RTT, usage) and the cluster aggregate; 404 without a mesh |
@@ -59,6 +59,10 @@ pub struct UsageReport {
     pub peak_registered_subscribers: u64,
     pub uptime_s: u64,
     pub ingest: IngestSummary,
+    /// New calls denied admission since the agent started, by deny code:
+    /// `{"OVER_LIMIT": 4}`; codes never denied are left out (`{}` when none).
+    #[serde(default)]
+    pub admissions_denied: std::collections::BTreeMap<String, u64>,
 }
 
 /// Ingest totals since start, for a quick look (details are in `/metrics`): the event
@@ -105,6 +109,7 @@ pub fn usage_report(state: &AgentState) -> UsageReport {
             .max(usage.registered_subscribers),
         uptime_s: state.started.elapsed().as_secs(),
         ingest: summaries.iter().map(IngestSummary::of).sum(),
+        admissions_denied: state.admissions_denied(),
     }
 }
 

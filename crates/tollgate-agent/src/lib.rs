@@ -83,6 +83,9 @@ pub struct AgentState {
     pub users: auth::Users,
     /// The same admission the ingest threads answer `admit` with.
     pub admission: Arc<dyn tollgate_ingest::Admission>,
+    /// Admissions denied since start, by code (ingest `admit` and `GET /api/v1/admit`);
+    /// read them with [`AgentState::admissions_denied`].
+    pub denials: Arc<tollgate_license::DenialCounters>,
     /// The license server client, when one is configured.
     pub fetcher: Option<Arc<license_fetch::LicenseFetcher>>,
     /// The cluster mesh, when enabled.
@@ -117,6 +120,17 @@ impl AgentState {
         self.cluster
             .as_ref()
             .map(|c| c.view.with_local(&self.tables.usage()))
+    }
+
+    /// Admissions denied since this agent started, by deny code (`OVER_LIMIT`, `EXPIRED`,
+    /// …), codes never denied left out: the `usage.admissions_denied` object of
+    /// `GET /api/v1/usage`. A sum over per-thread stripes; never blocks admission.
+    pub fn admissions_denied(&self) -> std::collections::BTreeMap<String, u64> {
+        self.denials
+            .nonzero()
+            .into_iter()
+            .map(|(code, n)| (code.as_str().to_owned(), n))
+            .collect()
     }
 
     /// Evaluates the license against current usage now (every second, and after a change).
@@ -233,6 +247,7 @@ pub async fn run(
         ),
         None => None,
     };
+    let denials = Arc::new(tollgate_license::DenialCounters::new());
     let admission: Arc<dyn tollgate_ingest::Admission> = match &cluster {
         // Admission against the cluster: the other nodes' calls (lock-free, refreshed every
         // 50 ms) plus this node's calls at this instant.
@@ -241,11 +256,13 @@ pub async fn run(
             Arc::new(license::LicenseAdmission {
                 gate: license.gate(),
                 calls: Arc::new(move || view.remote_calls() + tables.usage().calls),
+                denied: Arc::clone(&denials),
             })
         }
         None => Arc::new(license::LicenseAdmission::local(
             license.gate(),
             Arc::clone(&tables),
+            Arc::clone(&denials),
         )),
     };
 
@@ -304,6 +321,7 @@ pub async fn run(
         license: Arc::clone(&license),
         users: auth::Users::new(config.users.clone()),
         admission,
+        denials,
         fetcher,
         cluster,
         hep: hep.as_ref().map(|h| h.handle()),

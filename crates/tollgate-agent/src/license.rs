@@ -28,8 +28,8 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tollgate_ingest::{Admission, Decision};
 use tollgate_license::{
-    AdmissionGate, AdmissionPlan, Context, Document, Evaluation, Mode, StatusCode, TrustedKeys,
-    VerifiedLicense,
+    AdmissionGate, AdmissionPlan, Context, DenialCounters, Document, Evaluation, Mode, StatusCode,
+    TrustedKeys, VerifiedLicense,
 };
 use tollgate_usage::Tables;
 
@@ -548,10 +548,12 @@ fn write_watermarks(dir: &Path, w: &Watermarks) -> Result<(), StateError> {
 }
 
 /// Answers `admit` on the ingest threads: one relaxed atomic load of the published plan,
-/// and the current calls count (a lock-free sum) only when the plan needs it.
+/// and the current calls count (a lock-free sum) only when the plan needs it. A denial adds
+/// one to this thread's stripe of `denied` (by code).
 pub struct LicenseAdmission {
     pub gate: Arc<AdmissionGate>,
     pub calls: Arc<dyn Fn() -> u64 + Send + Sync>,
+    pub denied: Arc<DenialCounters>,
 }
 
 impl std::fmt::Debug for LicenseAdmission {
@@ -564,10 +566,15 @@ impl std::fmt::Debug for LicenseAdmission {
 
 impl LicenseAdmission {
     /// Admission against this node's own calls.
-    pub fn local(gate: Arc<AdmissionGate>, tables: Arc<Tables>) -> Self {
+    pub fn local(
+        gate: Arc<AdmissionGate>,
+        tables: Arc<Tables>,
+        denied: Arc<DenialCounters>,
+    ) -> Self {
         LicenseAdmission {
             gate,
             calls: Arc::new(move || tables.usage().calls),
+            denied,
         }
     }
 }
@@ -577,7 +584,10 @@ impl Admission for LicenseAdmission {
     fn decide(&self, _call_id: &[u8], emergency: bool) -> Decision {
         match self.gate.decide_with(emergency, || (self.calls)()) {
             tollgate_license::Decision::Admit => Decision::Admit,
-            tollgate_license::Decision::Deny(code) => Decision::Deny(code.as_str()),
+            tollgate_license::Decision::Deny(code) => {
+                self.denied.record(code);
+                Decision::Deny(code.as_str())
+            }
         }
     }
 }

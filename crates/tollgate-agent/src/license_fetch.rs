@@ -78,6 +78,9 @@ pub struct LicenseFetcher {
     stats: Mutex<FetchStats>,
     /// Start of the period the next usage report's peaks cover.
     report_since_ms: Mutex<Option<u64>>,
+    /// Denied admissions by code at the last delivered report (the next one sends the
+    /// difference).
+    report_denied: Mutex<[u64; tollgate_license::StatusCode::ALL.len()]>,
     /// Wakes the schedule loop when a reload fetched out of turn.
     wake: tokio::sync::Notify,
 }
@@ -94,6 +97,7 @@ impl LicenseFetcher {
             running: tokio::sync::Mutex::new(()),
             stats: Mutex::new(FetchStats::default()),
             report_since_ms: Mutex::new(None),
+            report_denied: Mutex::new([0; tollgate_license::StatusCode::ALL.len()]),
             wake: tokio::sync::Notify::new(),
         }
     }
@@ -253,7 +257,23 @@ impl LicenseFetcher {
                 .registered_subscribers
                 .max(usage.registered_subscribers),
         };
+        let denied = state.denials.totals();
+        let admissions_denied = {
+            let reported = self.report_denied.lock();
+            tollgate_license::StatusCode::ALL
+                .into_iter()
+                .map(|code| {
+                    let i = code as usize;
+                    (
+                        code.as_str().to_owned(),
+                        denied[i].saturating_sub(reported[i]),
+                    )
+                })
+                .filter(|&(_, n)| n > 0)
+                .collect()
+        };
         let report = UsageReport {
+            admissions_denied,
             node_id: state.node_id.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             timestamp_ms: now.unix_ms(),
@@ -277,6 +297,7 @@ impl LicenseFetcher {
         match sent {
             Ok(()) => {
                 *self.report_since_ms.lock() = Some(now.unix_ms());
+                *self.report_denied.lock() = denied;
                 self.stats.lock().reports_sent += 1;
             }
             Err(e) => {

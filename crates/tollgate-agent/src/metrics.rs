@@ -248,6 +248,18 @@ pub fn render(state: &AgentState) -> String {
         hep.snapshot().write_metrics(&mut m.out);
     }
     render_license(&mut m, state);
+    // Every code that can deny, zeros included, so `rate()` and alerts see the series from
+    // the start.
+    let totals = state.denials.totals();
+    m.labeled_counter(
+        "tollgate_admissions_denied_total",
+        "New calls denied admission (`admit` on the event sockets and GET /api/v1/admit), by deny code.",
+        "code",
+        tollgate_license::StatusCode::ALL
+            .into_iter()
+            .filter(|c| c.can_deny())
+            .map(|c| (c.as_str(), totals[c as usize])),
+    );
     if let Some(cluster) = &state.cluster {
         render_mesh(&mut m, state, cluster);
     }

@@ -657,6 +657,7 @@ mod tests {
             license_serial: None,
             node: crate::UsageFigures::default(),
             cluster: None,
+            admissions_denied: Default::default(),
         };
         let error = client.send_usage(&report).await.unwrap_err();
         assert_eq!(error.reason(), "connect", "{error}");

@@ -21,6 +21,10 @@ pub const USAGE_REPORT_LEN_MAX: usize = 16 * 1024;
 pub const LEASE_REQUEST_LEN_MAX: usize = 4 * 1024;
 /// Longest error body a client reads.
 pub const ERROR_BODY_LEN_MAX: usize = 4 * 1024;
+/// Most deny codes in a usage report's `admissions_denied`.
+pub const DENY_CODE_COUNT_MAX: usize = 32;
+/// Longest deny code in a usage report, in bytes (`NOT_YET_VALID` is 13).
+pub const DENY_CODE_LEN_MAX: usize = 32;
 /// Longest node id in a report or lease request, in bytes.
 pub const NODE_ID_LEN_MAX: usize = 128;
 /// Longest agent version string, in bytes.
@@ -184,6 +188,12 @@ pub struct UsageReport {
     /// The cluster-wide aggregate as this node sees it, when it is part of a mesh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<UsageFigures>,
+    /// New calls this node denied admission during the period (`since_ms` to
+    /// `timestamp_ms`; since the agent started for the first report), by deny code:
+    /// `{"OVER_LIMIT": 4}`. Absent when none (and from agents before this field): a server
+    /// reads absent as empty. At most [`DENY_CODE_COUNT_MAX`] codes of `A`–`Z` and `_`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub admissions_denied: std::collections::BTreeMap<String, u64>,
 }
 
 impl UsageReport {
@@ -216,6 +226,18 @@ impl UsageReport {
         self.node.check("node")?;
         if let Some(cluster) = &self.cluster {
             cluster.check("cluster")?;
+        }
+        if self.admissions_denied.len() > DENY_CODE_COUNT_MAX
+            || self.admissions_denied.keys().any(|code| {
+                code.is_empty()
+                    || code.len() > DENY_CODE_LEN_MAX
+                    || !code.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+            })
+        {
+            return Err(ResponseError::Field {
+                field: "admissions_denied",
+                problem: "too many codes, or a code that is not A-Z and _",
+            });
         }
         Ok(())
     }
@@ -526,6 +548,7 @@ mod tests {
                 ..UsageFigures::default()
             },
             cluster: None,
+            admissions_denied: [("OVER_LIMIT".to_owned(), 4)].into(),
         }
     }
 
@@ -549,6 +572,18 @@ mod tests {
         check(|r| r.node.calls = LIMIT_MAX + 1, "node");
         check(
             |r| {
+                r.admissions_denied.insert("over limit".into(), 1);
+            },
+            "admissions_denied",
+        );
+        check(
+            |r| {
+                r.admissions_denied = (0..33).map(|i| ("X".repeat(i + 1), 1)).collect();
+            },
+            "admissions_denied",
+        );
+        check(
+            |r| {
                 r.cluster = Some(UsageFigures {
                     peak_registered_subscribers: u64::MAX,
                     ..UsageFigures::default()
@@ -565,6 +600,11 @@ mod tests {
         let parsed = parse_usage_report(json).unwrap();
         assert_eq!(parsed.node.peak_calls, 0);
         assert_eq!(parsed.cluster, None);
+        assert!(parsed.admissions_denied.is_empty());
+        // And a report without denials says nothing about them (older servers see the
+        // same JSON as before).
+        let json = serde_json::to_string(&parsed).unwrap();
+        assert!(!json.contains("admissions_denied"), "{json}");
     }
 
     #[test]

@@ -1498,6 +1498,7 @@ mod tests {
                     ..UsageFigures::default()
                 },
                 cluster: None,
+                admissions_denied: Default::default(),
             };
             db.insert_report(&token, T + calls, "127.0.0.1".parse().unwrap(), &report)
                 .unwrap();

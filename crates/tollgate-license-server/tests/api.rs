@@ -392,6 +392,7 @@ async fn usage_reports_are_stored_and_listed() {
                 calls: 17,
                 ..UsageFigures::default()
             }),
+            admissions_denied: Default::default(),
         };
         client.send_usage(&report).await.unwrap();
         h.advance(1000);

@@ -26,6 +26,7 @@ fn report(node: &str, calls: u64) -> UsageReport {
             ..UsageFigures::default()
         },
         cluster: None,
+        admissions_denied: [("OVER_LIMIT".to_owned(), 4)].into(),
     }
 }
 
@@ -47,6 +48,10 @@ async fn leases_reports_and_restarts_work_on_postgresql() {
         .unwrap();
     let reports = h.admin_ok(&["reports", "list", "--license", LICENSE_KEY, "--json"]);
     assert!(reports.contains("\"node_id\":\"sp1\""), "{reports}");
+    assert!(
+        reports.contains("\"admissions_denied\":{\"OVER_LIMIT\":4}"),
+        "{reports}"
+    );
 
     // A bad token is refused the same way as on SQLite.
     let refused = h.client("tg_wrong").fetch_lease().await.unwrap_err();

@@ -190,6 +190,92 @@ impl Default for AdmissionGate {
     }
 }
 
+/// Denied admissions by code, counted on the data plane without a shared hot spot: each
+/// thread adds to its own stripe (one uncontended relaxed `fetch_add` on a cache line of
+/// its own), a reader sums the stripes. Counts only grow; they start at zero with the
+/// process.
+#[derive(Debug)]
+pub struct DenialCounters {
+    stripes: Box<[Stripe]>,
+}
+
+/// One stripe: a counter per code, alone on its cache lines.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe([AtomicU64; StatusCode::ALL.len()]);
+
+impl DenialCounters {
+    /// Stripes: threads beyond this many share them (still correct, a little slower).
+    pub const STRIPE_COUNT: usize = 16;
+
+    pub fn new() -> DenialCounters {
+        DenialCounters {
+            stripes: (0..Self::STRIPE_COUNT).map(|_| Stripe::default()).collect(),
+        }
+    }
+
+    /// Counts one admission denied with `code`.
+    #[inline]
+    pub fn record(&self, code: StatusCode) {
+        let stripe = &self.stripes[stripe_index() % self.stripes.len()];
+        stripe.0[code as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `decision` when it is a denial; returns it unchanged.
+    #[inline]
+    pub fn count(&self, decision: Decision) -> Decision {
+        if let Decision::Deny(code) = decision {
+            self.record(code);
+        }
+        decision
+    }
+
+    /// The total for every code, indexed by the code's value.
+    pub fn totals(&self) -> [u64; StatusCode::ALL.len()] {
+        let mut totals = [0; StatusCode::ALL.len()];
+        for stripe in &self.stripes {
+            for (total, counter) in totals.iter_mut().zip(&stripe.0) {
+                *total += counter.load(Ordering::Relaxed);
+            }
+        }
+        totals
+    }
+
+    /// `(code, count)` for every code denied at least once, in code order.
+    pub fn nonzero(&self) -> Vec<(StatusCode, u64)> {
+        StatusCode::ALL
+            .into_iter()
+            .zip(self.totals())
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+}
+
+impl Default for DenialCounters {
+    fn default() -> Self {
+        DenialCounters::new()
+    }
+}
+
+/// This thread's stripe, assigned round-robin at its first denial.
+#[inline]
+fn stripe_index() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX.with(|index| {
+        let mut i = index.get();
+        if i == usize::MAX {
+            i = NEXT.fetch_add(1, Ordering::Relaxed);
+            index.set(i);
+        }
+        i
+    })
+}
+
 /// `floor(limit × (100 + grace_pct) / 100)`: the most calls running after an admission.
 pub fn calls_admit_max(limit: u64, grace_pct: u8) -> u64 {
     let max = u128::from(limit) * (100 + u128::from(grace_pct)) / 100;
@@ -244,6 +330,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn denials_are_counted_by_code_across_threads() {
+        let counters = std::sync::Arc::new(DenialCounters::new());
+        let threads: Vec<_> = (0..DenialCounters::STRIPE_COUNT + 3)
+            .map(|i| {
+                let counters = std::sync::Arc::clone(&counters);
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        counters.record(StatusCode::OverLimit);
+                    }
+                    let code = if i % 2 == 0 {
+                        StatusCode::Expired
+                    } else {
+                        StatusCode::NoLicense
+                    };
+                    assert_eq!(counters.count(Decision::Deny(code)), Decision::Deny(code));
+                    assert_eq!(counters.count(Decision::Admit), Decision::Admit);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        let n = DenialCounters::STRIPE_COUNT as u64 + 3;
+        assert_eq!(
+            counters.nonzero(),
+            vec![
+                (StatusCode::OverLimit, 1000 * n),
+                (StatusCode::Expired, n.div_ceil(2)),
+                (StatusCode::NoLicense, n / 2),
+            ]
+        );
+        assert_eq!(counters.totals().iter().sum::<u64>(), 1001 * n);
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub mod signing;
 pub mod status;
 pub mod timestamp;
 
-pub use admission::{AdmissionGate, AdmissionPlan, Decision, calls_admit_max};
+pub use admission::{AdmissionGate, AdmissionPlan, Decision, DenialCounters, calls_admit_max};
 pub use armor::{Armor, FormatError, LICENSE_TEXT_LEN_MAX, SIGNATURE_CONTEXT, normalize};
 pub use display::{log_line, summary, usage_report_line};
 pub use document::{

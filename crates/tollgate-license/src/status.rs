@@ -76,6 +76,11 @@ impl StatusCode {
         }
     }
 
+    /// Whether `admit` can be denied with this code (every code but `OK` and `WARNING`).
+    pub const fn can_deny(self) -> bool {
+        (self as u8) >= (StatusCode::OverLimit as u8)
+    }
+
     /// Whether this code says something about the license itself (not about usage).
     pub const fn is_license_problem(self) -> bool {
         (self as u8) >= (StatusCode::LeaseExpired as u8)

@@ -127,10 +127,11 @@ const HISTOGRAM_NS_MAX: u64 = 60_000_000_000;
 
 /// Answers `admit` exactly as the agent wires it (`tollgate-agent`'s `LicenseAdmission`):
 /// one relaxed load of the published plan, and the running calls (a lock-free sum over the
-/// tables' shard counters) only when the plan needs them.
+/// tables' shard counters) only when the plan needs them; a denial counted by code.
 struct LicenseAdmission {
     gate: Arc<AdmissionGate>,
     calls: Arc<dyn Fn() -> u64 + Send + Sync>,
+    denied: tollgate_license::DenialCounters,
 }
 
 impl Admission for LicenseAdmission {
@@ -139,6 +140,7 @@ impl Admission for LicenseAdmission {
         match self.gate.decide_with(emergency, || (self.calls)()) {
             tollgate_license::Decision::Admit => tollgate_ingest::Decision::Admit,
             tollgate_license::Decision::Deny(code) => {
+                self.denied.record(code);
                 tollgate_ingest::Decision::Deny(code.as_str())
             }
         }
@@ -528,6 +530,7 @@ fn main() -> anyhow::Result<()> {
                 let tables = Arc::clone(&tables);
                 Arc::new(move || tables.usage().calls)
             },
+            denied: tollgate_license::DenialCounters::new(),
         }),
         observer: None,
     };
