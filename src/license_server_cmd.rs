@@ -45,11 +45,46 @@ pub struct LicenseServerArgs {
 #[derive(Debug, clap::Subcommand)]
 enum ServerCommand {
     Admin(AdminArgs),
+    /// Write a consistent backup of the database and the signing keys to one file (mode
+    /// 0600), while servers run. See docs/license-server.md.
+    Backup {
+        /// The backup file to write (replaced atomically).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Restore a backup into the (empty) database and key directory the config names:
+    /// SQLite or PostgreSQL, whichever the backup came from.
+    Restore {
+        /// The backup file.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+    },
 }
 
 pub fn run(args: LicenseServerArgs) -> Result<(), Failure> {
     match &args.command {
         Some(ServerCommand::Admin(admin)) => run_admin(admin, args.config.as_deref(), args.dev),
+        Some(ServerCommand::Backup { out }) => {
+            let config = backup_config(args.config.as_deref())?;
+            let summary = tollgate_license_server::backup::backup(
+                &config.database,
+                &config.key_dir,
+                out,
+                now_ms(),
+            )
+            .map_err(backup_failure)?;
+            print_summary("backup written to", out, &summary);
+            Ok(())
+        }
+        Some(ServerCommand::Restore { from }) => {
+            let config = backup_config(args.config.as_deref())?;
+            let summary =
+                tollgate_license_server::backup::restore(&config.database, &config.key_dir, from)
+                    .map_err(backup_failure)?;
+            print_summary("restored from", from, &summary);
+            println!("into {} and {}", config.database, config.key_dir.display());
+            Ok(())
+        }
         None => serve(args.config.as_deref(), args.dev),
     }
 }
@@ -106,6 +141,40 @@ fn print_started(started: &Started) {
 
 fn server_failure(e: ServerError) -> Failure {
     if e.is_config() {
+        Failure::Config(e.into())
+    } else {
+        Failure::Runtime(e.into())
+    }
+}
+
+/// The files a backup or restore works on: the config's (TLS is not needed).
+fn backup_config(config_path: Option<&Path>) -> Result<Config, Failure> {
+    Config::load(config_path, true).map_err(|e| Failure::Config(e.into()))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn print_summary(what: &str, path: &Path, summary: &tollgate_license_server::backup::Summary) {
+    let rows: Vec<String> = summary
+        .rows
+        .iter()
+        .map(|(table, n)| format!("{table} {n}"))
+        .collect();
+    println!("{what} {}", path.display());
+    println!(
+        "schema version {}; rows: {}; key files: {}",
+        summary.schema_version,
+        rows.join(", "),
+        summary.key_files
+    );
+}
+
+fn backup_failure(e: tollgate_license_server::backup::BackupError) -> Failure {
+    if e.is_user_error() {
         Failure::Config(e.into())
     } else {
         Failure::Runtime(e.into())

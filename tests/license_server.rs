@@ -746,3 +746,57 @@ fn agent_fails_over_to_the_second_server_when_the_first_is_killed() {
     assert_eq!(license()["source"], url(&second));
     drop(second);
 }
+
+/// `license-server backup --out` while the server runs, `restore --from` into another
+/// configuration's (empty) store and key directory; a second restore is refused (exit 2).
+#[test]
+fn backup_while_running_and_restore_through_the_cli() {
+    let vendor = Vendor::new("");
+    let server = Server::start(&vendor, true);
+    let token = vendor.provision("127.0.0.1");
+    runtime().block_on(async {
+        server.client(&vendor, &token).fetch_lease().await.unwrap();
+    });
+    let file = vendor.path("ls.backup");
+    let run = |config: &Path, args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["license-server", "--config"])
+            .arg(config)
+            .args(args)
+            .output()
+            .expect("runs the binary");
+        (
+            out.status.code().expect("exited"),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run(
+        &vendor.config(),
+        &["backup", "--out", file.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("licenses 1") && stdout.contains("key files: 2"),
+        "{stdout}"
+    );
+    drop(server);
+
+    let target = Vendor::new("");
+    let (code, stdout, stderr) = run(
+        &target.config(),
+        &["restore", "--from", file.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("tokens 1"), "{stdout}");
+    let licenses = target.admin_ok(&["license", "list"]);
+    assert!(licenses.contains(LICENSE_KEY), "{licenses}");
+    let keys = target.admin_ok(&["key", "list"]);
+    assert!(keys.contains("signing"), "{keys}");
+    let (code, _, stderr) = run(
+        &target.config(),
+        &["restore", "--from", file.to_str().unwrap()],
+    );
+    assert_eq!(code, 2, "a non-empty store is refused: {stderr}");
+    assert!(stderr.contains("empty"), "{stderr}");
+}

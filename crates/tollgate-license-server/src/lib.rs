@@ -39,6 +39,7 @@
 pub mod admin;
 pub mod admin_api;
 pub mod api;
+pub mod backup;
 pub mod config;
 pub mod keyring;
 pub mod lease;

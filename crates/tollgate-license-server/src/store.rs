@@ -636,6 +636,49 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Runs `f` in one read-only snapshot (SQLite: a deferred transaction, a WAL snapshot
+    /// that does not block writers; PostgreSQL: `REPEATABLE READ READ ONLY`).
+    pub fn snapshot<T, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&Db<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        match &mut self.conn {
+            Conn::Sqlite(conn) => {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Deferred)
+                    .map_err(StoreError::from)?;
+                let value = f(&Db {
+                    h: Handle::Sqlite(&tx),
+                })?;
+                tx.commit().map_err(StoreError::from)?;
+                Ok(value)
+            }
+            Conn::Postgres(pg) => {
+                let client =
+                    pg.0.as_mut()
+                        .expect("the client is taken only on drop")
+                        .get_mut();
+                let tx = client
+                    .build_transaction()
+                    .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .map_err(StoreError::from)?;
+                let db = Db {
+                    h: Handle::PostgresTransaction(RefCell::new(tx)),
+                };
+                let value = f(&db)?;
+                let Handle::PostgresTransaction(tx) = db.h else {
+                    unreachable!("built above")
+                };
+                tx.into_inner().commit().map_err(StoreError::from)?;
+                Ok(value)
+            }
+        }
+    }
+}
+
 /// Queries, on a connection or inside a transaction.
 pub struct Db<'a> {
     pub(crate) h: Handle<'a>,
@@ -646,6 +689,13 @@ fn contract_of(text: &str) -> Contract {
         Contract::Lapsed
     } else {
         Contract::Active
+    }
+}
+
+impl<'a> Db<'a> {
+    /// The statement layer itself (backup and restore work table by table).
+    pub(crate) fn raw(&self) -> &Handle<'a> {
+        &self.h
     }
 }
 
@@ -666,7 +716,7 @@ impl Db<'_> {
         Ok(())
     }
 
-    fn schema_version(&self) -> Result<u32, StoreError> {
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
         let row = self
             .h
             .query_opt("SELECT coalesce(max(version), 0) FROM schema_version", &[])?;

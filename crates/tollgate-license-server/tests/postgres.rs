@@ -153,3 +153,117 @@ async fn two_servers_on_one_sqlite_file_never_issue_a_serial_twice() {
     let dir = tempfile::tempdir().unwrap();
     two_servers_never_issue_a_serial_twice(Database::Sqlite(dir.path().join("shared.db"))).await;
 }
+
+/// `backup` while the server signs leases, from PostgreSQL; `restore` into SQLite (and a
+/// fresh key directory); a server on the restored store answers the same token with the
+/// next serial; then back from SQLite into a new PostgreSQL database, identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_of_postgresql_restores_into_sqlite_and_back() {
+    use tollgate_license_server::backup::{BackupError, backup, restore};
+    let pg = PgCluster::start();
+    let url = pg.create_database("backup_source");
+    let mut h = Harness::start_on(Some(Database::Postgres(url)));
+    h.create_license("perpetual", None);
+    let (_, token) = h.issue_token(&["127.0.0.1"]);
+    h.advance(11 * MINUTE);
+    let client = h.client(&token);
+    let mut client_config = h.client_config(&token);
+    client.send_usage(&report("sp1", 3)).await.unwrap();
+
+    // Leases keep being signed (no reuse) while the backup runs.
+    let work = tokio::spawn({
+        let client = client.clone();
+        let clock = Arc::clone(&h.clock);
+        async move {
+            let mut serials = Vec::new();
+            for _ in 0..10 {
+                clock.fetch_add(11 * MINUTE, Ordering::SeqCst);
+                serials.push(client.fetch_lease().await.unwrap().serial);
+            }
+            serials
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ls.backup");
+    let (database, key_dir) = (h.config.database.clone(), h.config.key_dir.clone());
+    let now = h.now();
+    let taken = {
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || backup(&database, &key_dir, &file, now).unwrap())
+            .await
+            .unwrap()
+    };
+    let serials = work.await.unwrap();
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(taken.rows["customers"], 1);
+    assert_eq!(taken.rows["usage_reports"], 1);
+    assert_eq!(taken.key_files, 2, "the .key and its .pub");
+    // Consistent: the license row and its history agree, whatever was signed meanwhile.
+    let documents = taken.rows["documents"];
+    assert!((1..=11).contains(&documents), "{documents}");
+
+    // Into SQLite and a new key directory.
+    let sqlite = Database::Sqlite(dir.path().join("restored/ls.db"));
+    let restored_keys = dir.path().join("restored/keys");
+    let restored = {
+        let (sqlite, keys, file) = (sqlite.clone(), restored_keys.clone(), file.clone());
+        tokio::task::spawn_blocking(move || restore(&sqlite, &keys, &file).unwrap())
+            .await
+            .unwrap()
+    };
+    assert_eq!(restored, taken);
+    // Restoring again into the now non-empty store is refused.
+    let again = {
+        let (sqlite, keys, file) = (sqlite.clone(), restored_keys.clone(), file.clone());
+        tokio::task::spawn_blocking(move || restore(&sqlite, &keys, &file).unwrap_err())
+            .await
+            .unwrap()
+    };
+    assert!(matches!(again, BackupError::NotEmpty { .. }), "{again}");
+    h.stop().await;
+
+    // A server on the restored copy: the same token, the next serial after the backup's.
+    let mut config = h.config.clone();
+    config.database = sqlite.clone();
+    config.key_dir = restored_keys.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let clock = Arc::clone(&h.clock);
+    clock.fetch_add(11 * MINUTE, Ordering::SeqCst);
+    let server =
+        LicenseServer::start_with_clock(&config, Arc::new(move || clock.load(Ordering::SeqCst)))
+            .expect("a server starts on the restored store");
+    client_config.server_url = format!("https://127.0.0.1:{}", server.local_addr().port())
+        .parse()
+        .unwrap();
+    let lease = LicenseClient::new(client_config)
+        .unwrap()
+        .fetch_lease()
+        .await
+        .unwrap();
+    assert_eq!(
+        lease.serial as usize,
+        documents + 1,
+        "serials continue from the backup"
+    );
+    assert!(lease.serial <= *serials.last().unwrap() + 1);
+    server.shutdown().await.unwrap();
+
+    // And back into PostgreSQL: the same rows.
+    let second = dir.path().join("second.backup");
+    let url = pg.create_database("backup_target");
+    let (from_sqlite, into_pg) = {
+        let (sqlite, keys, second) = (sqlite.clone(), restored_keys.clone(), second.clone());
+        let target_keys = dir.path().join("pg-keys");
+        tokio::task::spawn_blocking(move || {
+            let taken = backup(&sqlite, &keys, &second, T0).unwrap();
+            let restored = restore(&Database::Postgres(url), &target_keys, &second).unwrap();
+            (taken, restored)
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(from_sqlite, into_pg);
+    assert_eq!(into_pg.rows["documents"], documents + 1);
+    assert_eq!(into_pg.rows["usage_reports"], 1);
+}
