@@ -11,7 +11,7 @@
 //! | GET | `/api/v1/cluster` | every node (id, address, state, age, incarnation, RTT, usage) and the cluster aggregate; 404 without a mesh |
 //! | GET | `/api/v1/license` | the license in force and its evaluation (viewer) |
 //! | PUT | `/api/v1/license` | upload an armored license; verified before it replaces the current one (admin) |
-//! | POST | `/api/v1/license/reload` | fetch from the license server (or re-read `[license] file`) now: 200 valid license in force, 401 bad credentials, 403 not admin, 502 server unreachable (admin) |
+//! | POST | `/api/v1/license/reload` | fetch from the license server (or re-read `[license] file`) now: 200 valid license in force, 401 bad credentials, 403 not admin, 422 the candidate was refused (`error` is its code), 502 the license server did not give a license: unreachable or failing (`connect`, `dns`, `tls`, `timeout`, `proxy`, `http_5xx`, `bad_response`) or refusing this agent (`http_401`/`http_403` for an unknown or revoked token, `http_404` for an unknown license key) (admin) |
 //! | GET | `/api/v1/admit?call_id=…[&emergency=1]` | the admission answer: 200 admit, 403 deny (viewer) |
 //! | GET | `/api/v1/features/{name}` | 200 licensed, 403 not licensed (viewer) |
 //!

@@ -215,11 +215,12 @@ pub fn render(state: &AgentState) -> String {
     );
     m.labeled_counter(
         "tollgate_admit_reply_failures_total",
-        "Admit replies that could not be sent, by reason.",
+        "Admit replies (or answers in them) that could not be sent, by reason: reply_full is one answer left out of a reply datagram already at 8192 bytes.",
         "reason",
         [
             ("send_error", t.reply_errors),
             ("no_return_address", t.replies_unaddressable),
+            ("reply_full", t.reply_answers_dropped),
         ],
     );
     m.counter(

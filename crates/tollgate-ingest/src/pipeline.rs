@@ -17,7 +17,7 @@ use crate::stats::{
 };
 
 /// Longest reply datagram built for one received datagram; further `admit` answers in the
-/// same datagram are dropped (and counted as reply errors).
+/// same datagram are dropped (and counted: `reply_answers_dropped`).
 pub const REPLY_BYTES_MAX: usize = 8192;
 
 /// The answer to an `admit` query.
@@ -239,7 +239,7 @@ fn write_decision(decision: Decision, reply: &mut Vec<u8>, stats: &mut LocalStat
         Decision::Deny(code) => (b"deny ", code),
     };
     if reply.len() + word.len() + code.len() + 1 > REPLY_BYTES_MAX {
-        stats.reply_errors += 1;
+        stats.reply_answers_dropped += 1;
         return;
     }
     reply.extend_from_slice(word);
@@ -292,6 +292,22 @@ mod tests {
             .filter(|(i, _)| !lost.contains(i))
             .map(|(_, d)| d)
             .collect()
+    }
+
+    #[test]
+    fn admit_answers_beyond_a_full_reply_are_dropped_and_counted() {
+        let p = pipeline();
+        let now = Timestamp::from_unix_secs(1_700_000_000);
+        let (mut stats, mut reply) = (LocalStats::default(), Vec::new());
+        // 3 bytes per `ok\n`: 2730 answers fit in 8192 bytes, the rest do not.
+        let queries: String = (0..3000).map(|i| format!("admit c{i}\n")).collect();
+        p.process(now, queries.as_bytes(), &mut stats, &mut reply);
+        assert_eq!(reply.len(), REPLY_BYTES_MAX / 3 * 3);
+        assert_eq!(
+            stats.reply_answers_dropped,
+            3000 - REPLY_BYTES_MAX as u64 / 3
+        );
+        assert_eq!(stats.reply_errors, 0);
     }
 
     #[test]

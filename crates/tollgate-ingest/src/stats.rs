@@ -155,6 +155,8 @@ pub struct LocalStats {
     pub batch_buckets: [u64; BATCH_BUCKETS.len() + 1],
     pub replies: u64,
     pub reply_errors: u64,
+    /// `admit` answers left out of a reply that had reached `REPLY_BYTES_MAX`.
+    pub reply_answers_dropped: u64,
     pub replies_unaddressable: u64,
     pub recv_errors: u64,
     /// OpenSIPS notifications, by [`OPENSIPS_RESULTS`] index.
@@ -226,6 +228,7 @@ atomic_mirror! {
     batch_buckets: [BATCH_BUCKETS.len() + 1],
     replies: one,
     reply_errors: one,
+    reply_answers_dropped: one,
     replies_unaddressable: one,
     recv_errors: one,
     opensips: [OPENSIPS_RESULT_COUNT],
