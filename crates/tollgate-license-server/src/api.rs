@@ -3,6 +3,7 @@
 //! | method | path | answer |
 //! | --- | --- | --- |
 //! | GET | `/healthz` | `ok` (200) while the server runs |
+//! | GET | `/metrics` | Prometheus text (see [`crate::metrics`]) |
 //! | GET | `/api/v1/keys` | the signing public keys as JSON (no token needed: they are public) |
 //! | POST | `/api/v1/licenses/{license_key}/lease` | a signed lease (bearer token; see [`crate::service`]) |
 //! | POST | `/api/v1/licenses/{license_key}/usage` | store a usage report (bearer token) |
@@ -63,6 +64,7 @@ struct AppState {
 pub fn router(service: Arc<Service>, clock: Clock) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/api/v1/keys", get(keys))
         .route("/api/v1/licenses/{license_key}/lease", post(lease))
         .route("/api/v1/licenses/{license_key}/usage", post(usage))
@@ -99,6 +101,34 @@ pub fn router(service: Arc<Service>, clock: Clock) -> Router {
         .with_state(AppState { service, clock })
 }
 
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.service.render_metrics(),
+    )
+        .into_response()
+}
+
+/// 429 with `Retry-After` for a throttled address.
+fn throttled(state: &AppState, peer: SocketAddr) -> Option<Response> {
+    let retry_after = state.service.throttled(peer.ip(), (state.clock)())?;
+    let mut response = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "throttled",
+        &format!(
+            "too many requests with a missing or unknown API token from {}; retry in {retry_after} s",
+            peer.ip().to_canonical()
+        ),
+    );
+    if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    Some(response)
+}
+
 async fn keys(State(state): State<AppState>) -> Response {
     let now = (state.clock)();
     blocking(&state, move |service| {
@@ -124,6 +154,9 @@ async fn lease(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(response) = throttled(&state, peer) {
+        return response;
+    }
     let r = license_request(&state, peer, license_key, &headers, body);
     blocking(&state, move |service| {
         service.lease(
@@ -144,6 +177,9 @@ async fn usage(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(response) = throttled(&state, peer) {
+        return response;
+    }
     let r = license_request(&state, peer, license_key, &headers, body);
     blocking(&state, move |service| {
         service

@@ -43,9 +43,11 @@ pub mod backup;
 pub mod config;
 pub mod keyring;
 pub mod lease;
+pub mod metrics;
 pub mod service;
 pub mod sql;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 
 use std::future::Future;
@@ -130,6 +132,36 @@ pub struct LicenseServer {
     started: Started,
     handle: axum_server::Handle<SocketAddr>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The once-a-minute summary of refused bad tokens.
+    summary: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LicenseServer {
+    fn drop(&mut self) {
+        self.summary.abort();
+    }
+}
+
+/// How often refused bad tokens are summarised in the log.
+pub const REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// One log line per interval for bad tokens, instead of one per request.
+async fn summarize_refusals(service: Arc<Service>) {
+    let mut interval = tokio::time::interval(REFUSAL_SUMMARY_INTERVAL);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        if let Some(s) = service.throttle.lock().take_summary() {
+            tracing::warn!(
+                bad_tokens = s.bad_tokens,
+                addresses = s.addresses,
+                throttled_addresses = s.throttled_addresses,
+                throttled_requests = s.throttled_requests,
+                interval_s = REFUSAL_SUMMARY_INTERVAL.as_secs(),
+                "requests with a missing or unknown API token refused"
+            );
+        }
+    }
 }
 
 impl std::fmt::Debug for LicenseServer {
@@ -205,6 +237,7 @@ impl LicenseServer {
             .acceptor(acceptor)
             .first_request_timeout(FIRST_REQUEST_TIMEOUT)
             .handle(handle.clone());
+        let summary = tokio::spawn(summarize_refusals(Arc::clone(&service)));
         let app = api::router(service, clock).into_make_service_with_connect_info::<SocketAddr>();
         let task = tokio::spawn(server.serve(app));
 
@@ -233,6 +266,7 @@ impl LicenseServer {
             started,
             handle,
             task,
+            summary,
         })
     }
 
@@ -260,9 +294,9 @@ impl LicenseServer {
 
     /// Stops accepting, lets requests in flight finish (up to [`SHUTDOWN_GRACE`]), and
     /// waits for the server to end.
-    pub async fn shutdown(self) -> Result<(), ServerError> {
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
         self.handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
-        match self.task.await {
+        match (&mut self.task).await {
             Ok(Ok(())) => {
                 tracing::info!("license server stopped");
                 Ok(())

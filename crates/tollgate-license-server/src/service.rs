@@ -89,6 +89,8 @@ pub struct Service {
     rules: LeaseRules,
     /// Where admin API actions find the key directory and the lease length.
     pub(crate) admin_paths: crate::admin::AdminPaths,
+    pub(crate) metrics: crate::metrics::Metrics,
+    pub(crate) throttle: Mutex<crate::throttle::Throttle>,
 }
 
 /// An internal failure inside a transaction (500).
@@ -129,6 +131,39 @@ impl Service {
             keys: Mutex::new(keys),
             rules,
             admin_paths,
+            metrics: crate::metrics::Metrics::default(),
+            throttle: Mutex::new(crate::throttle::Throttle::default()),
+        }
+    }
+
+    /// `GET /metrics`.
+    pub fn render_metrics(&self) -> String {
+        let tracked = self.throttle.lock().tracked();
+        self.metrics.render(tracked)
+    }
+
+    /// `Some(retry_after_s)` when `client` is throttled for bad tokens (counted).
+    pub fn throttled(&self, client: IpAddr, now_ms: u64) -> Option<u64> {
+        let retry = self.throttle.lock().check(client, now_ms);
+        if retry.is_some() {
+            self.metrics.refusal("throttled");
+        }
+        retry
+    }
+
+    /// Counts a refusal; a missing or unknown token counts against the address.
+    fn refused(&self, client: IpAddr, refused: &Refused, now_ms: u64) {
+        self.metrics.refusal(refused.error);
+        if (refused.error == "bad_token" || refused.error == "missing_token")
+            && self.throttle.lock().bad_token(client, now_ms)
+        {
+            tracing::warn!(
+                client = %client,
+                limit = crate::throttle::BAD_TOKEN_LIMIT,
+                window_s = crate::throttle::BAD_TOKEN_WINDOW_MS / 1000,
+                pause_s = crate::throttle::THROTTLE_MS / 1000,
+                "address throttled: too many missing or unknown API tokens"
+            );
         }
     }
 
@@ -163,6 +198,7 @@ impl Service {
         let ring = self.keys.lock().ring();
         let rules = self.rules;
         let mut store = self.store.lock();
+        let started = std::time::Instant::now();
         let result = store.write(|db| -> Result<Result<LeaseResponse, (Option<i64>, Refused)>, Internal> {
             let token = match authenticate(db, license_key, token, client)? {
                 Auth::Granted(granted) => granted.0,
@@ -252,9 +288,17 @@ impl Service {
             );
             Ok(Ok(response))
         });
+        drop(store);
+        self.metrics.db("lease", started.elapsed());
         match result {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => {
+                self.metrics
+                    .lease(if response.renewed { "signed" } else { "reused" });
+                Ok(response)
+            }
             Ok(Err((token_id, refused))) => {
+                self.metrics.lease("refused");
+                self.refused(client, &refused, now_ms);
                 log_refusal("lease refused", license_key, token_id, client, &refused);
                 Err(refused)
             }
@@ -276,6 +320,7 @@ impl Service {
     ) -> Result<i64, Refused> {
         let client = client.to_canonical();
         let mut store = self.store.lock();
+        let started = std::time::Instant::now();
         let result = store.write(
             |db| -> Result<Result<i64, (Option<i64>, Refused)>, Internal> {
                 let token = match authenticate(db, license_key, token, client)? {
@@ -303,9 +348,16 @@ impl Service {
                 Ok(Ok(id))
             },
         );
+        drop(store);
+        self.metrics.db("report", started.elapsed());
         match result {
-            Ok(Ok(id)) => Ok(id),
+            Ok(Ok(id)) => {
+                self.metrics.report("stored");
+                Ok(id)
+            }
             Ok(Err((token_id, refused))) => {
+                self.metrics.report("refused");
+                self.refused(client, &refused, now_ms);
                 log_refusal(
                     "usage report refused",
                     license_key,
@@ -336,6 +388,17 @@ fn log_refusal(
     client: IpAddr,
     refused: &Refused,
 ) {
+    if token_id.is_none() {
+        // Missing or unknown tokens: counted, throttled, and summarised once a minute.
+        tracing::debug!(
+            license_key,
+            status = refused.status,
+            reason = refused.error,
+            client = %client,
+            "{what}"
+        );
+        return;
+    }
     tracing::warn!(
         license_key,
         status = refused.status,

@@ -607,3 +607,93 @@ async fn license_update_raises_the_serial_and_keeps_history() {
     let verified = tollgate_license::verify(lease.license.as_bytes(), &h.trusted_all()).unwrap();
     assert_eq!(verified.document().limits.calls, Some(500));
 }
+
+/// Issue 17: 1,000 bad tokens were answered one WARN line each. Now an address sending more
+/// than the limit of missing or unknown tokens per minute gets 429 with Retry-After before
+/// any database work; other addresses are unaffected; /metrics counts it all.
+#[tokio::test]
+async fn bad_tokens_from_one_address_are_throttled_with_retry_after() {
+    use tollgate_license_server::throttle::BAD_TOKEN_LIMIT;
+    let h = Harness::start();
+    h.create_license("perpetual", None);
+    let (_, token) = h.issue_token(&["127.0.0.1", "127.0.0.2"]);
+    let url = format!("{}api/v1/licenses/{LICENSE_KEY}/lease", h.url());
+    let raw = h.raw();
+    for _ in 0..BAD_TOKEN_LIMIT {
+        let response = raw.post(&url).bearer_auth("tg_guess").send().await.unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    // The one over the limit is still answered 401; from then on, 429.
+    let response = raw.post(&url).bearer_auth("tg_guess").send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let response = raw.post(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        429,
+        "the address is throttled, whatever the token"
+    );
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "throttled");
+
+    // Another address with a good token is served.
+    let mut config = h.client_config(&token);
+    config.bind_address = Some(loopback(2));
+    let lease = LicenseClient::new(config)
+        .unwrap()
+        .fetch_lease()
+        .await
+        .unwrap();
+    assert_eq!(lease.license_key, LICENSE_KEY);
+
+    // And released after the pause (the harness clock).
+    h.advance(61_000);
+    assert!(h.client(&token).fetch_lease().await.is_ok());
+
+    let metrics = raw
+        .get(format!("{}metrics", h.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "tollgate_license_server_refusals_total{reason=\"bad_token\"} 11",
+        "tollgate_license_server_refusals_total{reason=\"throttled\"} 1",
+        "tollgate_license_server_leases_total{result=\"refused\"} 11",
+        "tollgate_license_server_db_seconds_count{operation=\"lease\"} 13",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("tollgate_license_server_leases_total{result=\"reused\"} 2"),
+        "{metrics}"
+    );
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; .ci/run installs it)");
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
