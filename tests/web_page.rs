@@ -70,13 +70,14 @@ fn license(
     customer: &str,
     limits: (u64, u64, u64),
     features: &str,
+    mode: &str,
 ) -> String {
     let (calls, subscribers, registered) = limits;
     let spec = format!(
         "license_key = \"{KEY}\"\ncustomer = \"{customer}\"\nkind = \"term\"\nserial = {serial}\n\
          valid_until = \"{}\"\nlease_days = 14\nfeatures = [{features}]\n\n\
          [limits]\ncalls = {calls}\nsubscribers = {subscribers}\nregistered_subscribers = {registered}\n\n\
-         [policy]\nmode = \"warn\"\nwarn_at_pct = 90\n",
+         [policy]\nmode = \"{mode}\"\nwarn_at_pct = 90\ngrace_pct = 0\n",
         rfc3339_in_days(60)
     );
     let document = LicenseSpec::parse(&spec)
@@ -131,7 +132,15 @@ fn page_in_chromium_shows_usage_and_license_and_reloads_and_uploads() {
     let license_file = dir.path().join("license.txt");
     std::fs::write(
         &license_file,
-        license(&vendor, 1, "Test Telecom", (20, 1000, 50), "\"pbx\""),
+        // Enforced, so the 21st call is denied (OVER_LIMIT) and counted on the page.
+        license(
+            &vendor,
+            1,
+            "Test Telecom",
+            (20, 1000, 50),
+            "\"pbx\"",
+            "enforce",
+        ),
     )
     .unwrap();
     let upload_file = dir.path().join("license-serial-2.txt");
@@ -143,6 +152,7 @@ fn page_in_chromium_shows_usage_and_license_and_reloads_and_uploads() {
             "Test Telecom Expanded",
             (100, 5000, 200),
             "\"pbx\", \"sms\", \"recording\"",
+            "warn",
         ),
     )
     .unwrap();
@@ -175,6 +185,7 @@ fn page_in_chromium_shows_usage_and_license_and_reloads_and_uploads() {
         .env("TOLLGATE_UPLOAD_LICENSE", &upload_file)
         .env("TOLLGATE_SCREENSHOT_DIR", &screenshots)
         .env("TOLLGATE_CHROMIUM", CHROMIUM)
+        .env("TOLLGATE_AGENT_PID", agent.child.id().to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -205,16 +216,33 @@ fn page_in_chromium_shows_usage_and_license_and_reloads_and_uploads() {
         screenshots.display()
     );
 
-    // What the page uploaded is what the agent has in force.
-    let (_, log) = agent.stop();
+    // The script killed the agent (kill -9) for the stale-state step; what the page
+    // uploaded before that is what the agent had in force.
+    let mut agent = agent;
+    let (status, log) = agent.wait_exit();
+    assert!(!status.success(), "the agent was killed: {status}");
     assert!(
         log.contains(&format!("Valid license: [{KEY}]: 100 calls")),
         "the upload from the page installed serial 2: {log}"
     );
-    for name in ["desktop.png", "desktop-after-upload.png", "phone.png"] {
+    for name in [
+        "desktop.png",
+        "desktop-after-upload.png",
+        "phone.png",
+        "stale-desktop.png",
+        "stale-phone.png",
+    ] {
         assert!(
             screenshots.join(name).exists(),
             "screenshot {name} was saved"
         );
+    }
+    // The README's screenshot is this test's desktop view: regenerate it on request.
+    if std::env::var("TOLLGATE_UPDATE_SCREENSHOT").as_deref() == Ok("1") {
+        std::fs::copy(
+            screenshots.join("desktop.png"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshot.png"),
+        )
+        .unwrap();
     }
 }

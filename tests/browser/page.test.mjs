@@ -5,8 +5,14 @@
 //   TOLLGATE_EVENTS_UDP        the agent's UDP event socket, 127.0.0.1:PORT
 //   TOLLGATE_ADMIN_USER / TOLLGATE_ADMIN_PASSWORD, TOLLGATE_VIEWER_USER / TOLLGATE_VIEWER_PASSWORD
 //   TOLLGATE_UPLOAD_LICENSE    a newer license file (higher serial, other limits) to upload
-//   TOLLGATE_SCREENSHOT_DIR    where desktop.png, desktop-after-upload.png and phone.png go
+//   TOLLGATE_SCREENSHOT_DIR    where desktop.png, desktop-after-upload.png, phone.png,
+//                              stale-desktop.png and stale-phone.png go
 //   TOLLGATE_CHROMIUM          the browser (default /usr/bin/chromium)
+//   TOLLGATE_AGENT_PID         the agent's pid: the last step kills it (SIGKILL) and checks
+//                              that the page shows its figures as stale
+//
+// The browser runs in Asia/Kolkata (UTC+5:30), so "local" and UTC differ by a non-whole
+// hour and a time shown in the wrong zone cannot pass for the right one.
 //
 // Exits 0 when every check passed, 1 with the failing step otherwise.
 
@@ -34,6 +40,10 @@ const uploadPath = env('TOLLGATE_UPLOAD_LICENSE');
 const shots = env('TOLLGATE_SCREENSHOT_DIR');
 const executablePath = env('TOLLGATE_CHROMIUM', '/usr/bin/chromium');
 const [udpHost, udpPort] = env('TOLLGATE_EVENTS_UDP').split(/:(?=\d+$)/);
+const agentPid = Number(env('TOLLGATE_AGENT_PID'));
+const RFC3339_RE = /\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?Z\b/g;
+/** A time as the page writes it: `2027-01-21 00:15 GMT+5:30`. */
+const PAGE_DATE_RE = /\b\d{4}-\d{2}-\d{2} \d{2}:\d{2} (?:UTC|GMT[+-]\d{1,2}(?::\d{2})?)/g;
 
 /** The usage fields the page shows, each with a data-value the script compares. */
 const USAGE_FIELDS = {
@@ -151,7 +161,10 @@ async function assertLicenseMatches(page, who) {
       assert.equal(shown.gaugeStatus[k], ev.limits[k].status, `${k} gauge status`);
     }
     assert.equal(shown.state, ev.status, 'state code');
-    assert.deepEqual(shown.explanation, report.explanation.split('\n'), 'explanation');
+    // The agent writes instants in UTC (RFC 3339); the page rewrites them into its zone.
+    assert.deepEqual(shown.explanation.map((l) => l.replace(PAGE_DATE_RE, 'T')),
+      report.explanation.split('\n').map((l) => l.replace(RFC3339_RE, 'T')), 'explanation');
+    for (const line of shown.explanation) assert.doesNotMatch(line, RFC3339_RE, 'no UTC instant left as is');
     assert.match(shown.validUntil, new RegExp(`\\(${ev.days_to_expiry} days left\\)`), 'valid until');
     assert.match(shown.lease, new RegExp(`\\(${ev.days_to_lease_end} days left\\)`), 'signature valid until');
     return report;
@@ -262,6 +275,16 @@ async function run(context) {
   });
   await assertUsageMatches(page);
 
+  step('denied admissions by code: an admit over the enforced limit shows on the page');
+  await sendUdp('admit web-denied-1@test\nadmit web-denied-2@test\n');
+  await eventually('the agent counted the denials', async () => {
+    assert.equal((await api('/api/v1/usage')).body.admissions_denied.OVER_LIMIT, 2);
+  });
+  await eventually('the page shows them', async () => {
+    assert.equal(await page.getAttribute('#denied [data-code="OVER_LIMIT"]', 'data-value'), '2');
+    assert.match(await page.textContent('#denied'), /denied since the agent started: 2 \(OVER_LIMIT 2\)/);
+  });
+
   step('polling pauses while the tab is hidden and resumes when it is shown');
   const setVisibility = (hidden) => page.evaluate((h) => {
     Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (h ? 'hidden' : 'visible') });
@@ -298,6 +321,45 @@ async function run(context) {
   await assertUsageMatches(page);
   await page.screenshot({ path: join(shots, 'desktop-after-upload.png'), fullPage: true });
 
+  step('one time zone for every time on the page, local or UTC');
+  const times = () => page.evaluate(() => ({
+    validUntil: document.querySelector('#license-details dd[data-field="valid_until"]').textContent,
+    issued: document.querySelector('#license-details dd[data-field="issued_at"]').textContent,
+    explanation: document.getElementById('explanation').textContent,
+    span: document.getElementById('history-span').textContent,
+    refresh: document.getElementById('refresh').textContent,
+    ticks: [...document.querySelectorAll('#chart-calls .axis text')].map((t) => t.textContent),
+  }));
+  const local = await times();
+  assert.match(local.validUntil, /GMT\+5:30/, 'local zone in the details');
+  assert.match(local.explanation, /GMT\+5:30/, 'the same zone in the state banner');
+  assert.doesNotMatch(local.explanation + local.validUntil, /UTC/);
+  assert.match(local.span, /local time/);
+  const until = after.license.valid_until_ms;
+  await page.click('#zone');
+  await eventually('every time switches to UTC', async () => {
+    const utc = await times();
+    assert.match(utc.validUntil, / UTC/, 'details in UTC');
+    assert.match(utc.explanation, / UTC/, 'the state banner in UTC');
+    assert.doesNotMatch(utc.validUntil + utc.issued + utc.explanation + utc.refresh, /GMT\+5:30/);
+    assert.match(utc.span, /UTC/);
+    assert.ok(utc.validUntil.startsWith(new Date(until).toISOString().slice(0, 16).replace('T', ' ')), utc.validUntil);
+  });
+  assert.equal(await page.getAttribute('#zone', 'aria-pressed'), 'true');
+  await page.reload();
+  await page.waitForSelector('#gauges-node .gauge[data-limit="calls"] .usage[data-value]');
+  assert.equal(await page.getAttribute('#zone', 'data-zone'), 'UTC', 'the choice is remembered');
+  await page.click('#zone');
+  await eventually('back to local time', async () => assert.match((await times()).validUntil, /GMT\+5:30/));
+
+  step('the chart caption names the first sample');
+  const first = Number(await page.getAttribute('#history-span', 'data-first'));
+  const history = (await api('/api/v1/usage/history')).body;
+  assert.equal(first, history[0].minute_start_ms, 'caption from the first sample');
+  const firstShown = new Intl.DateTimeFormat('en-US', { hour: '2-digit', minute: '2-digit', hourCycle: 'h23', timeZone: 'Asia/Kolkata' })
+    .format(first);
+  assert.match(await page.textContent('#history-span'), new RegExp(`since ${firstShown} \\(the first figure\\)`));
+
   step('phone width: nothing overflows sideways');
   await page.setViewportSize({ width: 390, height: 844 });
   await page.waitForTimeout(500);
@@ -307,6 +369,37 @@ async function run(context) {
 
   step('no script errors, no CSP violations, nothing fetched from elsewhere');
   assert.deepEqual(consoleErrors, []);
+  assert.deepEqual(foreign, []);
+
+  step('kill -9 of the agent: the page shows its figures as stale');
+  await page.setViewportSize({ width: 1440, height: 900 });
+  const lastGood = Date.now();
+  process.kill(agentPid, 'SIGKILL');
+  // Two refresh periods (2 s each) is the promise; the deadline is generous for a loaded
+  // machine and nothing here measures time.
+  await eventually('the stale state shows', async () => {
+    assert.equal(await page.getAttribute('body', 'data-reachable'), 'false');
+    assert.equal(await page.isVisible('#stale'), true, 'the banner is visible');
+  }, 20_000);
+  const lastOk = Number(await page.getAttribute('#stale-since', 'data-last-ok'));
+  assert.ok(lastOk > 0 && lastOk <= lastGood + 2000, `last good answer ${lastOk}`);
+  const banner = await page.textContent('#stale');
+  assert.match(banner, /not answering/);
+  assert.match(banner, /the last good answer/);
+  assert.match(banner, /\d{2}:\d{2}:\d{2} GMT\+5:30/, 'the time of the last good answer, in the page\'s zone');
+  const look = await page.evaluate(() => ({
+    filter: getComputedStyle(document.getElementById('usage')).filter,
+    opacity: Number(getComputedStyle(document.getElementById('usage')).opacity),
+    bannerTop: document.getElementById('stale').getBoundingClientRect().top,
+  }));
+  assert.match(look.filter, /grayscale/, 'figures are greyed');
+  assert.ok(look.opacity < 1, 'figures are dimmed');
+  assert.ok(look.bannerTop >= 0 && look.bannerTop < 200, 'the banner is at the top');
+  await page.screenshot({ path: join(shots, 'stale-desktop.png'), fullPage: false });
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForTimeout(300);
+  assert.equal(await page.isVisible('#stale'), true, 'the banner on a phone');
+  await page.screenshot({ path: join(shots, 'stale-phone.png'), fullPage: false });
   assert.deepEqual(foreign, []);
 }
 
@@ -329,10 +422,10 @@ async function main() {
         '--disable-sync',
         '--no-first-run',
       ],
-      viewport: { width: 1280, height: 900 },
+      viewport: { width: 1440, height: 900 },
       colorScheme: 'light',
       locale: 'en-US',
-      timezoneId: 'UTC',
+      timezoneId: 'Asia/Kolkata',
     });
     await run(context);
     console.log('page test: all checks passed');

@@ -10,6 +10,13 @@
 // Credentials are HTTP basic, kept in this tab only (sessionStorage). Polling pauses while
 // the tab is hidden. The DOM is built with textContent only: license fields are never
 // parsed as HTML.
+//
+// Stale data: a read that fails or takes longer than POLL_MS marks the agent unreachable,
+// so within two refresh periods of the agent going away the page greys every figure
+// (`body[data-reachable="false"]`) and shows the banner `#stale` with the time of the last
+// good answer. Times: every instant on the page goes through `fmtDate` / `fmtTime` in one
+// zone, the browser's or UTC (`#zone`, remembered in localStorage); timestamps inside the
+// agent's explanations are rewritten into that zone too.
 'use strict';
 
 const POLL_MS = 2000;
@@ -21,6 +28,9 @@ const DAY_MS = 24 * HOUR_MS;
 /** Minutes without a sample are bridged (usage held) up to this long, then the line breaks. */
 const GAP_BRIDGE_MS = 15 * MINUTE_MS;
 const SESSION_KEY = 'tollgate.session';
+const ZONE_KEY = 'tollgate.zone';
+/** RFC 3339 UTC instants in the agent's explanations (`2027-01-20T18:45:00Z`). */
+const RFC3339_RE = /\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?Z\b/g;
 
 /** The three limits: usage field, limit key, label, and what each bar's foot line adds. */
 const LIMITS = [
@@ -63,6 +73,7 @@ const state = {
   pollAgain: false,
   generation: 0,
   rendered: { license: '', history: '' },
+  zone: loadZone(), // 'local' or 'UTC'
 };
 
 const $ = (id) => document.getElementById(id);
@@ -112,19 +123,70 @@ function setResult(el, outcome, text, http) {
 // ---------------------------------------------------------------------------------------
 // Time and numbers
 
-const dateParts = new Intl.DateTimeFormat(undefined, {
-  year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit',
-  hourCycle: 'h23', timeZoneName: 'short',
-});
-const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', hourCycle: 'h23' });
-const clockFormat = new Intl.DateTimeFormat(undefined, {
-  hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23',
-});
+function loadZone() {
+  try {
+    return localStorage.getItem(ZONE_KEY) === 'UTC' ? 'UTC' : 'local';
+  } catch (e) {
+    return 'local';
+  }
+}
 
-/** `2026-12-23 14:44 CET`: ISO order in the browser's time zone. */
+/** The formatters of the chosen zone (rebuilt when the zone changes). */
+let formats = makeFormats('local');
+function makeFormats(zone) {
+  const tz = zone === 'UTC' ? { timeZone: 'UTC' } : {};
+  return {
+    date: new Intl.DateTimeFormat(undefined, {
+      year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit',
+      hourCycle: 'h23', timeZoneName: 'short', ...tz,
+    }),
+    time: new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', hourCycle: 'h23', ...tz }),
+    clock: new Intl.DateTimeFormat(undefined, {
+      hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23', timeZoneName: 'short', ...tz,
+    }),
+  };
+}
+
+/** `2026-12-23 14:44 CET` (or `… UTC`): ISO order in the page's zone. */
 function fmtDate(ms) {
-  const p = Object.fromEntries(dateParts.formatToParts(new Date(ms)).map((x) => [x.type, x.value]));
+  const p = Object.fromEntries(formats.date.formatToParts(new Date(ms)).map((x) => [x.type, x.value]));
   return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute} ${p.timeZoneName || ''}`.trim();
+}
+
+/** `14:44` in the page's zone. */
+function fmtTime(ms) {
+  return formats.time.format(ms);
+}
+
+/** `14:44:05 CET`: a clock time with its zone, for "last good answer" and refresh lines. */
+function fmtClock(ms) {
+  return formats.clock.format(ms);
+}
+
+/** The zone's offset from UTC at `ms`, in ms (0 in UTC): aligns chart ticks to the hour. */
+function zoneOffsetMs(ms) {
+  return state.zone === 'UTC' ? 0 : -new Date(ms).getTimezoneOffset() * MINUTE_MS;
+}
+
+/** Rewrites the agent's RFC 3339 UTC instants in `text` into the page's zone. */
+function inZone(text) {
+  return String(text).replace(RFC3339_RE, (iso) => {
+    const ms = Date.parse(iso);
+    return Number.isFinite(ms) ? fmtDate(ms) : iso;
+  });
+}
+
+function setZone(zone) {
+  state.zone = zone === 'UTC' ? 'UTC' : 'local';
+  formats = makeFormats(state.zone);
+  try {
+    localStorage.setItem(ZONE_KEY, state.zone);
+  } catch (e) {
+    // Storage refused: the choice lasts for this page only.
+  }
+  state.rendered.license = '';
+  state.rendered.history = '';
+  render();
 }
 
 function fmtDays(days) {
@@ -172,12 +234,21 @@ async function api(method, path, { token, body } = {}) {
   if (token) headers.Authorization = `Basic ${token}`;
   if (body !== undefined) headers['Content-Type'] = 'text/plain; charset=utf-8';
   let response;
+  let text = '';
+  // Reads give up after one refresh period (a hung agent is as stale as a dead one);
+  // admin actions get longer (a reload may wait on the license server).
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), method === 'GET' ? POLL_MS : 30 * POLL_MS);
   try {
-    response = await fetch(path, { method, headers, body, credentials: 'omit', cache: 'no-store' });
+    response = await fetch(path, {
+      method, headers, body, credentials: 'omit', cache: 'no-store', signal: controller.signal,
+    });
+    text = await response.text();
   } catch (e) {
     return { status: 0, ok: false, body: null, text: '' };
+  } finally {
+    clearTimeout(timer);
   }
-  const text = await response.text().catch(() => '');
   let json = null;
   try {
     json = text ? JSON.parse(text) : null;
@@ -343,10 +414,12 @@ document.addEventListener('visibilitychange', () => {
 // Rendering
 
 function render() {
+  renderZone();
   renderAccount();
   renderState();
-  renderGauges($('gauges-node'), state.usage, state.usageError);
+  renderGauges($('gauges-node'), state.usage, state.usageError, !state.cluster);
   renderIngest();
+  renderDenied();
   renderCluster();
   renderLicense();
   renderActions();
@@ -404,7 +477,7 @@ function renderState() {
   code.dataset.status = ev.status;
   $('state-summary').textContent = SUMMARIES[ev.status] || ev.status;
   const lines = (state.license.explanation || '').split('\n').filter(Boolean);
-  list.replaceChildren(...lines.map((line) => h('li', { text: line })));
+  list.replaceChildren(...lines.map((line) => h('li', { text: inZone(line) })));
   $('state-mode').textContent = modeLine(ev);
 }
 
@@ -443,10 +516,13 @@ function gauge(container, key) {
   return g;
 }
 
-/** Usage figures (this node's or the cluster's) against the license's limits. */
-function renderGauges(container, usage, error) {
+/** Usage figures (this node's or the cluster's) against the license's limits. With
+ * `againstLicense` false (this node's share when a cluster holds the license), the figures
+ * stand alone: no limit, no status, no headroom (those are the cluster's). */
+function renderGauges(container, usage, error, againstLicense = true) {
   const ev = evaluation();
-  const doc = state.license && state.license.license;
+  const doc = againstLicense ? state.license && state.license.license : null;
+  container.dataset.againstLicense = String(againstLicense);
   const warnPct = ev ? ev.policy.warn_at_pct : 90;
   for (const spec of LIMITS) {
     const g = gauge(container, spec.key);
@@ -471,7 +547,9 @@ function renderGauges(container, usage, error) {
 
     const of = g.querySelector('.of');
     of.replaceChildren();
-    if (limit === undefined) {
+    if (!againstLicense) {
+      of.textContent = error || 'on this node (the license holds for the cluster)';
+    } else if (limit === undefined) {
       of.textContent = error || (state.open === false && !state.license ? 'sign in to see the limit' : '');
     } else if (limit === null) {
       of.textContent = 'unlimited';
@@ -569,6 +647,37 @@ function renderIngest() {
     + `${fmt(i.kernel_drops)} dropped by the kernel.`;
 }
 
+/** Denied admissions since start, by code (`usage.admissions_denied`). */
+function renderDenied() {
+  const el = $('denied');
+  const u = state.usage;
+  if (!u || !u.admissions_denied) {
+    el.replaceChildren();
+    return;
+  }
+  const entries = Object.entries(u.admissions_denied).sort((a, b) => b[1] - a[1]);
+  const total = entries.reduce((n, [, c]) => n + c, 0);
+  el.dataset.total = String(total);
+  if (!total) {
+    el.replaceChildren('No new calls denied since the agent started.');
+    return;
+  }
+  el.replaceChildren(`New calls denied since the agent started: ${fmt(total)} (`,
+    ...entries.flatMap(([code, count], i) => [i ? ', ' : '',
+      h('span', { class: 'denied-code', 'data-code': code, 'data-value': count },
+        h('span', { class: 'badge', 'data-status': code, text: code }), ` ${fmt(count)}`)]),
+    ').');
+}
+
+function renderZone() {
+  const button = $('zone');
+  const local = Intl.DateTimeFormat().resolvedOptions().timeZone || 'local';
+  button.dataset.zone = state.zone;
+  button.textContent = state.zone === 'UTC' ? 'Times in UTC' : `Times in ${local}`;
+  button.setAttribute('aria-pressed', String(state.zone === 'UTC'));
+  button.title = state.zone === 'UTC' ? 'Show every time in this browser\'s time zone' : 'Show every time in UTC';
+}
+
 function renderCluster() {
   const section = $('cluster');
   const c = state.cluster;
@@ -577,7 +686,7 @@ function renderCluster() {
   const note = $('cluster-note');
   note.hidden = !state.clusterError;
   note.textContent = state.clusterError ? `Cluster figures unavailable: ${state.clusterError}` : '';
-  renderGauges($('gauges-cluster'), c ? c.usage || c.aggregate || null : null, '');
+  renderGauges($('gauges-cluster'), c ? c.usage || c.aggregate || null : null, '', true);
   const nodes = c && Array.isArray(c.nodes) ? c.nodes : [];
   const now = (state.usage && state.usage.timestamp_ms) || Date.now();
   $('cluster-nodes').querySelector('tbody').replaceChildren(...nodes.map((n) => {
@@ -596,7 +705,7 @@ function renderLicense() {
   const dl = $('license-details');
   const note = $('license-note');
   const report = state.license;
-  const key = JSON.stringify(report ? [report.license, evaluationKey(report.evaluation)] : [state.licenseError, state.open]);
+  const key = JSON.stringify(report ? [report.license, evaluationKey(report.evaluation), state.zone] : [state.licenseError, state.open]);
   if (key === state.rendered.license) return;
   state.rendered.license = key;
   if (!report) {
@@ -621,7 +730,7 @@ function renderLicense() {
     const from = ev.license_status === ev.status ? null
       : h('div', { class: 'sub', text: `from usage; the license itself is ${ev.license_status}` });
     row('State', 'status', h('span', { class: 'badge', 'data-status': ev.status, text: ev.status }), from,
-      ev.reason ? h('div', { class: 'sub', text: ev.reason }) : null);
+      ev.reason ? h('div', { class: 'sub', text: inZone(ev.reason) }) : null);
   }
   if (doc) {
     row('License key', 'license_key', h('span', { class: 'mono', text: doc.license_key }));
@@ -676,11 +785,20 @@ function renderRefresh() {
   if (document.visibilityState === 'hidden') {
     el.textContent = 'Paused while this tab is hidden.';
   } else if (state.reachable === false) {
-    el.textContent = `Cannot reach the agent since ${clockFormat.format(state.unreachableSince)}; retrying every ${POLL_MS / 1000} s.`;
+    el.textContent = `Cannot reach the agent since ${fmtClock(state.unreachableSince)}; retrying every ${POLL_MS / 1000} s.`;
   } else if (state.lastOk) {
-    el.textContent = `Live: updated ${clockFormat.format(state.lastOk)}, every ${POLL_MS / 1000} s.`;
+    el.textContent = `Live: updated ${fmtClock(state.lastOk)}, every ${POLL_MS / 1000} s.`;
   }
-  document.body.dataset.reachable = String(state.reachable !== false);
+  const stale = state.reachable === false;
+  document.body.dataset.reachable = String(!stale);
+  const banner = $('stale');
+  banner.hidden = !stale;
+  if (stale) {
+    $('stale-since').textContent = state.lastOk
+      ? `The figures below are from ${fmtClock(state.lastOk)} (the last good answer, ${fmtAgo(Date.now() - state.lastOk)}) and may be wrong now.`
+      : 'No answer from the agent yet: there are no figures to show.';
+    if (state.lastOk) $('stale-since').dataset.lastOk = String(state.lastOk);
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -705,11 +823,14 @@ function renderHistory(force) {
     const evLimit = ev && ev.limits ? ev.limits[series] : null;
     drawChart(fig, points, field, limit, evLimit ? evLimit.warn_at : null, from, to);
   }
-  $('history-span').textContent = points.length === 0
+  const zone = state.zone === 'UTC' ? 'UTC' : 'local time';
+  const span = $('history-span');
+  span.textContent = points.length === 0
     ? 'no figures yet'
-    : from > to - DAY_MS + MINUTE_MS
-      ? `since ${timeFormat.format(from)} (no older figures), local time`
-      : 'local time';
+    : first > to - DAY_MS + MINUTE_MS
+      ? `since ${fmtTime(first)} (the first figure), ${zone}`
+      : zone;
+  if (points.length) span.dataset.first = String(first);
   renderHistoryTable(points);
 }
 
@@ -751,10 +872,10 @@ function drawChart(fig, points, field, limit, warnAt, from, to) {
   }
   const tickMs = [10, 15, 30, 60, 120, 180, 240, 360].map((n) => n * MINUTE_MS)
     .find((s) => (to - from) / s <= Math.max(2, Math.floor(iw / 70))) || 6 * HOUR_MS;
-  const offset = -new Date(from).getTimezoneOffset() * MINUTE_MS; // align ticks to local time
+  const offset = zoneOffsetMs(from); // align ticks to the page's zone
   for (let t = Math.ceil((from + offset) / tickMs) * tickMs - offset; t <= to; t += tickMs) {
     grid.append(svg('line', { x1: x(t), x2: x(t), y1: m.t, y2: m.t + ih }));
-    axis.append(svg('text', { x: x(t), y: H - 6, 'text-anchor': 'middle', text: timeFormat.format(t) }));
+    axis.append(svg('text', { x: x(t), y: H - 6, 'text-anchor': 'middle', text: fmtTime(t) }));
   }
 
   // Step line over the minute peaks: each minute is flat, short gaps are held, long break.
@@ -798,7 +919,7 @@ function drawChart(fig, points, field, limit, warnAt, from, to) {
   }
 
   const label = points.length
-    ? `${caption}, ${timeFormat.format(from)} to ${timeFormat.format(to)}: latest ${fmt(last[field])}, highest ${fmt(peak)} at ${timeFormat.format(peakAt)}${limit !== null && limit !== undefined ? `, limit ${fmt(limit)}` : ''}.`
+    ? `${caption}, ${fmtTime(from)} to ${fmtTime(to)}: latest ${fmt(last[field])}, highest ${fmt(peak)} at ${fmtTime(peakAt)}${limit !== null && limit !== undefined ? `, limit ${fmt(limit)}` : ''}.`
     : `${caption}: no figures yet.`;
   const chart = svg('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: 'img', 'aria-label': label },
     svg('title', { text: label }), grid, axis, series, marks);
@@ -811,9 +932,9 @@ function drawChart(fig, points, field, limit, warnAt, from, to) {
 function renderHistoryTable(points) {
   const hours = new Map();
   for (const p of points) {
-    const d = new Date(p.minute_start_ms);
-    d.setMinutes(0, 0, 0);
-    const k = d.getTime();
+    // The hour in the page's zone (offsets are whole quarter hours, so align by the offset).
+    const off = zoneOffsetMs(p.minute_start_ms);
+    const k = Math.floor((p.minute_start_ms + off) / HOUR_MS) * HOUR_MS - off;
     const cur = hours.get(k) || [0, 0];
     hours.set(k, [Math.max(cur[0], p.peak_calls), Math.max(cur[1], p.peak_registered_subscribers)]);
   }
@@ -926,6 +1047,7 @@ async function fileChosen() {
 }
 
 function init() {
+  formats = makeFormats(state.zone);
   $('signin-toggle').addEventListener('click', () => showSignIn($('signin-form').hidden));
   $('signin-cancel').addEventListener('click', () => showSignIn(false));
   $('signin-form').addEventListener('submit', signIn);
@@ -933,6 +1055,7 @@ function init() {
   $('reload').addEventListener('click', () => adminAction('Reload License', 'POST', '/api/v1/license/reload'));
   $('upload-form').addEventListener('submit', upload);
   $('upload-file').addEventListener('change', fileChosen);
+  $('zone').addEventListener('click', () => setZone(state.zone === 'UTC' ? 'local' : 'UTC'));
   $('license-note').addEventListener('click', (e) => {
     if (e.target instanceof HTMLElement && e.target.dataset.action === 'signin') showSignIn(true);
   });
@@ -941,7 +1064,7 @@ function init() {
     cancelAnimationFrame(pending);
     pending = requestAnimationFrame(() => {
       renderHistory(true);
-      renderGauges($('gauges-node'), state.usage, state.usageError);
+      renderGauges($('gauges-node'), state.usage, state.usageError, !state.cluster);
     });
   }).observe($('history'));
   render();
