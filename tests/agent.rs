@@ -90,10 +90,17 @@ fn sequence_numbers_drop_replays_and_count_gaps() {
         1,
         "a replayed datagram changes nothing"
     );
-    // A gap far larger than the reorder window: those numbers are lost.
-    send_udp(agent.udp(), b"seq proxy-1 5000\ncall-start x2\n");
-    let u = agent.wait_usage("2 calls", |u| u["calls"] == 2);
-    assert!(u["ingest"]["lost_datagrams"].as_u64().unwrap() > 0, "{u}");
+    // Gaps that slide out of the 1024-number window unseen are lost: 2..=976 here.
+    send_udp(agent.udp(), b"seq proxy-1 1000\ncall-start x2\n");
+    send_udp(agent.udp(), b"seq proxy-1 2000\ncall-start x3\n");
+    let u = agent.wait_usage("3 calls", |u| u["calls"] == 3);
+    assert_eq!(u["ingest"]["lost_datagrams"], 975, "{u}");
+    // A jump of a window or more is a sender restart, not loss: only the old run's unseen
+    // tail (977..=2000 but 1000 and 2000) is counted.
+    send_udp(agent.udp(), b"seq proxy-1 5000000\ncall-start x4\n");
+    let u = agent.wait_usage("4 calls", |u| u["calls"] == 4);
+    assert_eq!(u["ingest"]["lost_datagrams"], 975 + 1022, "{u}");
+    assert_eq!(agent.metric("tollgate_sender_restarts_total"), Some(1.0));
 }
 
 #[test]

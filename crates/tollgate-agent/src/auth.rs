@@ -2,8 +2,15 @@
 //! checked on HTTP basic auth. A verified (user, password) pair is remembered for a few
 //! minutes (by its blake3 digest, never the password) so a page refreshing every few
 //! seconds does not pay an argon2 hash each time.
+//!
+//! An unknown user name costs the same argon2 work as a wrong password: it is checked
+//! against a dummy hash made with the configured users' parameters, so response times do
+//! not tell which names exist. Every verification is counted
+//! ([`Users::verifications_total`]). Throttling failed logins per client address is the
+//! HTTP layer's (`admin_limits.rs`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
@@ -67,6 +74,25 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A PHC hash of a random password with the same algorithm, version and parameters as
+/// `like` (so verifying against it costs the same).
+fn dummy_hash_like(like: &str) -> Option<String> {
+    let parsed = PasswordHash::new(like).ok()?;
+    let algorithm = argon2::Algorithm::try_from(parsed.algorithm).ok()?;
+    let version = parsed
+        .version
+        .and_then(|v| argon2::Version::try_from(v).ok())
+        .unwrap_or_default();
+    let params = argon2::Params::try_from(&parsed).ok()?;
+    let salt = argon2::password_hash::SaltString::generate(&mut rand::rngs::OsRng);
+    let mut password = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut password);
+    Argon2::new(algorithm, version, params)
+        .hash_password(&password, &salt)
+        .ok()
+        .map(|h| h.to_string())
+}
+
 /// Why a request is not allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
@@ -83,14 +109,47 @@ pub enum Denied {
 pub struct Users {
     users: Vec<User>,
     cache: Mutex<HashMap<[u8; 32], (Role, Instant)>>,
+    /// A hash of a random password with the first user's argon2 parameters: what an
+    /// unknown user name is checked against, so it costs what a wrong password costs.
+    dummy_hash: Option<String>,
+    verifications: AtomicU64,
 }
 
 impl Users {
     pub fn new(users: Vec<User>) -> Self {
+        let dummy_hash = users
+            .first()
+            .and_then(|u| dummy_hash_like(&u.password_hash));
         Users {
             users,
             cache: Mutex::new(HashMap::new()),
+            dummy_hash,
+            verifications: AtomicU64::new(0),
         }
+    }
+
+    /// Argon2 verifications run since start (known and unknown users alike).
+    pub fn verifications_total(&self) -> u64 {
+        self.verifications.load(Ordering::Relaxed)
+    }
+
+    /// Whether `authorization` is already verified (cached): checking it costs no hash.
+    pub fn is_cached(&self, authorization: Option<&str>) -> bool {
+        let Some(decoded) = authorization
+            .and_then(|a| a.strip_prefix("Basic "))
+            .and_then(|e| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(e.trim())
+                    .ok()
+            })
+        else {
+            return false;
+        };
+        let digest = *blake3::hash(&decoded).as_bytes();
+        self.cache
+            .lock()
+            .get(&digest)
+            .is_some_and(|(_, at)| at.elapsed() < CREDENTIAL_CACHE_TTL)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -155,11 +214,18 @@ impl Users {
         {
             return Some(*role);
         }
-        let user = self.users.iter().find(|u| u.name == name)?;
-        let hash = PasswordHash::new(&user.password_hash).ok()?;
-        Argon2::default()
+        let user = self.users.iter().find(|u| u.name == name);
+        // The same argon2 work whether or not the name exists.
+        let phc = match user {
+            Some(u) => u.password_hash.as_str(),
+            None => self.dummy_hash.as_deref()?,
+        };
+        let hash = PasswordHash::new(phc).ok()?;
+        self.verifications.fetch_add(1, Ordering::Relaxed);
+        let verified = Argon2::default()
             .verify_password(password.as_bytes(), &hash)
-            .ok()?;
+            .is_ok();
+        let user = user.filter(|_| verified)?;
         let mut cache = self.cache.lock();
         if cache.len() >= CREDENTIAL_CACHE_MAX {
             cache.clear();
@@ -223,6 +289,39 @@ mod tests {
             u.authorize(Some(&basic("ops", "secret")), Role::Admin),
             Ok(Some(Role::Admin))
         );
+    }
+
+    #[test]
+    fn an_unknown_user_costs_the_same_argon2_work_as_a_wrong_password() {
+        let u = users();
+        let dummy = u.dummy_hash.as_deref().expect("a dummy hash");
+        let (dummy, real) = (
+            PasswordHash::new(dummy).unwrap(),
+            PasswordHash::new(&u.users[0].password_hash).unwrap(),
+        );
+        assert_eq!(dummy.algorithm, real.algorithm);
+        assert_eq!(dummy.version, real.version);
+        assert_eq!(
+            argon2::Params::try_from(&dummy).unwrap(),
+            argon2::Params::try_from(&real).unwrap()
+        );
+        assert_eq!(u.verifications_total(), 0);
+        assert_eq!(
+            u.authorize(Some(&basic("ops", "wrong")), Role::Viewer),
+            Err(Denied::Unauthenticated)
+        );
+        assert_eq!(u.verifications_total(), 1, "a wrong password runs argon2");
+        assert_eq!(
+            u.authorize(Some(&basic("nobody", "wrong")), Role::Viewer),
+            Err(Denied::Unauthenticated)
+        );
+        assert_eq!(
+            u.verifications_total(),
+            2,
+            "an unknown user runs argon2 too"
+        );
+        // Even the dummy's own password (unknowable) cannot log in as an unknown user.
+        assert!(!u.is_cached(Some(&basic("nobody", "wrong"))));
     }
 
     #[test]

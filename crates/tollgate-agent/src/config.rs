@@ -137,6 +137,11 @@ pub struct RawAdmin {
     pub tls_cert: Option<PathBuf>,
     /// HTTPS: the certificate's private key (PEM); needs `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    pub max_connections: Option<usize>,
+    pub header_timeout_s: Option<u64>,
+    pub idle_timeout_s: Option<u64>,
+    pub login_failures_max: Option<u32>,
+    pub login_failures_window_s: Option<u64>,
     #[serde(default)]
     pub users: Vec<RawUser>,
 }
@@ -248,6 +253,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// `[admin] tls_cert` / `tls_key`: HTTPS for the admin API and the page.
     pub admin_tls: Option<AdminTls>,
+    /// `[admin]` connection and login limits.
+    pub admin_limits: AdminLimits,
     pub users: Vec<crate::auth::User>,
     pub report_interval: Duration,
     pub license_file: Option<PathBuf>,
@@ -269,6 +276,23 @@ pub struct Config {
 pub struct AdminTls {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// The admin HTTP server's limits (`[admin]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Most connections open at once; at the cap a new connection closes the one idle the
+    /// longest.
+    pub max_connections: usize,
+    /// A request's header must arrive within this long of the connection's start (or of
+    /// the first byte of a later request on the same connection).
+    pub header_timeout: Duration,
+    /// A connection with no bytes moving either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Failed logins from one client address within `login_failures_window` before its
+    /// requests with credentials are answered 429.
+    pub login_failures_max: u32,
+    pub login_failures_window: Duration,
 }
 
 /// Default mesh address (MISSION.md), used only when the mesh is enabled.
@@ -468,6 +492,38 @@ impl Config {
                 1,
                 tollgate_usage::CONTACTS_PER_AOR_LIMIT as u32,
             )?,
+            admin_limits: AdminLimits {
+                max_connections: in_range(
+                    "admin.max_connections",
+                    raw.admin.max_connections.unwrap_or(256),
+                    1,
+                    65_536,
+                )?,
+                header_timeout: Duration::from_secs(in_range(
+                    "admin.header_timeout_s",
+                    raw.admin.header_timeout_s.unwrap_or(10),
+                    1,
+                    300,
+                )?),
+                idle_timeout: Duration::from_secs(in_range(
+                    "admin.idle_timeout_s",
+                    raw.admin.idle_timeout_s.unwrap_or(60),
+                    1,
+                    3600,
+                )?),
+                login_failures_max: in_range(
+                    "admin.login_failures_max",
+                    raw.admin.login_failures_max.unwrap_or(10),
+                    1,
+                    10_000,
+                )?,
+                login_failures_window: Duration::from_secs(in_range(
+                    "admin.login_failures_window_s",
+                    raw.admin.login_failures_window_s.unwrap_or(60),
+                    1,
+                    86_400,
+                )?),
+            },
             admin_listen: addr(
                 "admin.listen",
                 raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
@@ -733,6 +789,16 @@ mod tests {
         assert_eq!(c.max_active_calls, 10_000_000);
         assert_eq!(c.max_expires_s, 604_800);
         assert_eq!((c.max_aors, c.max_contacts_per_aor), (10_000_000, 32));
+        assert_eq!(
+            c.admin_limits,
+            AdminLimits {
+                max_connections: 256,
+                header_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+                login_failures_max: 10,
+                login_failures_window: Duration::from_secs(60),
+            }
+        );
     }
 
     #[test]
@@ -831,6 +897,17 @@ mod tests {
                 "[registrations]\nmax_contacts_per_aor = 1025",
                 "registrations.max_contacts_per_aor",
             ),
+            ("[admin]\nmax_connections = 0", "admin.max_connections"),
+            ("[admin]\nheader_timeout_s = 0", "admin.header_timeout_s"),
+            ("[admin]\nidle_timeout_s = 3601", "admin.idle_timeout_s"),
+            (
+                "[admin]\nlogin_failures_max = 0",
+                "admin.login_failures_max",
+            ),
+            (
+                "[admin]\nlogin_failures_window_s = 0",
+                "admin.login_failures_window_s",
+            ),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
@@ -887,6 +964,11 @@ mod tests {
             "max_expires_s",
             "max_aors",
             "max_contacts_per_aor",
+            "max_connections",
+            "header_timeout_s",
+            "idle_timeout_s",
+            "login_failures_max",
+            "login_failures_window_s",
         ] {
             assert!(
                 doc.contains(&format!("`{key}`")),

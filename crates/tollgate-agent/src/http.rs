@@ -20,11 +20,20 @@
 //! atomics.
 //! Credentials are HTTP basic auth against `[[admin.users]]`; with no users configured,
 //! reads are open (the API listens on loopback by default) and admin actions answer 401.
+//! Passwords are hashed on the blocking pool, at most [`crate::HASHES_AT_ONCE_MAX`] at a
+//! time. A client address with `[admin] login_failures_max` failed logins within
+//! `login_failures_window_s` gets `429` with `Retry-After` for any request carrying
+//! credentials until the window has passed (`admin_limits.rs`; connection caps and
+//! timeouts are there too).
 
 use std::sync::Arc;
 
+use std::net::IpAddr;
+use std::time::Instant;
+
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -210,13 +219,110 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     response
 }
 
-/// Checks the request's credentials for `needed`.
-#[allow(clippy::result_large_err)]
-fn authorize(state: &AgentState, headers: &HeaderMap, needed: Role) -> Result<(), Response> {
+/// The client's IP address, when the server runs with connect info (the agent's does).
+#[derive(Debug, Clone, Copy)]
+pub struct Client(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Client(
+            parts
+                .extensions
+                .get::<ConnectInfo<crate::admin_limits::ClientAddr>>()
+                .map(|c| c.0.0.ip()),
+        ))
+    }
+}
+
+/// `429 Too Many Requests` with `Retry-After` (whole seconds, rounded up).
+fn too_many_login_failures(retry_after: std::time::Duration) -> Response {
+    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let mut response = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TOO_MANY_LOGIN_FAILURES",
+        format!("too many failed logins from this address; retry in {seconds} s"),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    response
+}
+
+/// Runs a credential check (which may hash a password) with the login throttle around it:
+/// a throttled address is answered 429 before any hashing, a failed login is recorded, and
+/// the hash runs on the blocking pool (at most [`crate::HASHES_AT_ONCE_MAX`] at once).
+async fn check_credentials<T: Send + 'static>(
+    state: &Arc<AgentState>,
+    headers: &HeaderMap,
+    client: Client,
+    check: impl FnOnce(&AgentState, Option<&str>) -> Result<T, Denied> + Send + 'static,
+) -> Result<Result<T, Denied>, Response> {
+    use std::sync::atomic::Ordering::Relaxed;
     let authorization = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match state.users.authorize(authorization, needed) {
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let login = authorization.is_some() && !state.users.is_empty();
+    if login
+        && let Some(ip) = client.0
+        && let Err(retry_after) = state.login_throttle.check(ip, Instant::now())
+    {
+        state.admin_counters.logins_throttled.fetch_add(1, Relaxed);
+        return Err(too_many_login_failures(retry_after));
+    }
+    let result = if !login || state.users.is_cached(authorization.as_deref()) {
+        check(state, authorization.as_deref())
+    } else {
+        let _permit = state.hash_permits.acquire().await.map_err(|_| {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SHUTTING_DOWN",
+                "the agent is stopping",
+            )
+        })?;
+        let s = Arc::clone(state);
+        tokio::task::spawn_blocking(move || check(&s, authorization.as_deref()))
+            .await
+            .map_err(|_| {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "INTERNAL",
+                    "credential check failed",
+                )
+            })?
+    };
+    if login {
+        match (&result, client.0) {
+            (Err(Denied::Unauthenticated), ip) => {
+                state.admin_counters.logins_failed.fetch_add(1, Relaxed);
+                if let Some(ip) = ip {
+                    state.login_throttle.failed(ip, Instant::now());
+                }
+            }
+            (Ok(_) | Err(Denied::Forbidden), Some(ip)) => state.login_throttle.succeeded(ip),
+            _ => {}
+        }
+    }
+    Ok(result)
+}
+
+/// Checks the request's credentials for `needed`.
+async fn authorize(
+    state: &Arc<AgentState>,
+    headers: &HeaderMap,
+    client: Client,
+    needed: Role,
+) -> Result<(), Response> {
+    let result = check_credentials(state, headers, client, move |s, authorization| {
+        s.users.authorize(authorization, needed)
+    })
+    .await?;
+    match result {
         Ok(_) => Ok(()),
         Err(Denied::Unauthenticated) => Err(error(
             StatusCode::UNAUTHORIZED,
@@ -282,11 +388,20 @@ async fn cluster(State(state): State<Arc<AgentState>>) -> Response {
     }
 }
 
-async fn whoami(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Response {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match state.users.identify(authorization) {
+async fn whoami(
+    State(state): State<Arc<AgentState>>,
+    client: Client,
+    headers: HeaderMap,
+) -> Response {
+    let result = match check_credentials(&state, &headers, client, |s, authorization| {
+        s.users.identify(authorization)
+    })
+    .await
+    {
+        Ok(result) => result,
+        Err(response) => return response,
+    };
+    match result {
         Ok(Some((user, role))) => {
             axum::Json(serde_json::json!({"user": user, "role": role, "users_configured": true}))
                 .into_response()
@@ -303,8 +418,12 @@ async fn whoami(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Res
     }
 }
 
-async fn license_get(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Viewer) {
+async fn license_get(
+    State(state): State<Arc<AgentState>>,
+    client: Client,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, client, Role::Viewer).await {
         return r;
     }
     axum::Json(license_report(&state)).into_response()
@@ -336,10 +455,11 @@ fn installed_response(
 
 async fn license_put(
     State(state): State<Arc<AgentState>>,
+    client: Client,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Admin) {
+    if let Err(r) = authorize(&state, &headers, client, Role::Admin).await {
         return r;
     }
     let now = tollgate_ingest::wall_clock().unix_ms();
@@ -347,8 +467,12 @@ async fn license_put(
     installed_response(&state, result)
 }
 
-async fn license_reload(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Admin) {
+async fn license_reload(
+    State(state): State<Arc<AgentState>>,
+    client: Client,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, client, Role::Admin).await {
         return r;
     }
     // With a license server: fetch from it now (this is also how a subscription renews on
@@ -383,10 +507,11 @@ struct AdmitQuery {
 
 async fn admit(
     State(state): State<Arc<AgentState>>,
+    client: Client,
     headers: HeaderMap,
     Query(q): Query<AdmitQuery>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Viewer) {
+    if let Err(r) = authorize(&state, &headers, client, Role::Viewer).await {
         return r;
     }
     let emergency = matches!(q.emergency.as_deref(), Some("1" | "true" | "yes" | ""));
@@ -404,10 +529,11 @@ async fn admit(
 
 async fn feature(
     State(state): State<Arc<AgentState>>,
+    client: Client,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Viewer) {
+    if let Err(r) = authorize(&state, &headers, client, Role::Viewer).await {
         return r;
     }
     let licensed = state

@@ -11,6 +11,7 @@
 //! What it deliberately lacks: usage rules (in `tollgate-usage`), wire formats
 //! (`tollgate-events`), socket tricks (`tollgate-ingest`).
 
+pub mod admin_limits;
 pub mod admin_tls;
 pub mod auth;
 pub mod cluster;
@@ -95,6 +96,11 @@ pub struct AgentState {
     pub state_dir: Arc<StateDir>,
     /// TLS handshakes of the admin server (all zero without `[admin] tls_cert`).
     pub admin_tls: Arc<admin_tls::TlsCounters>,
+    /// Admin connections and logins (`[admin]` limits).
+    pub admin_counters: Arc<admin_limits::AdminCounters>,
+    pub login_throttle: admin_limits::LoginThrottle,
+    /// Password hashes running at once (argon2 is ~19 MiB and tens of ms each).
+    pub hash_permits: tokio::sync::Semaphore,
 }
 
 /// Cluster-wide usage as this node sees it (from the mesh), for reports and the API.
@@ -327,6 +333,12 @@ pub async fn run(
         hep: hep.as_ref().map(|h| h.handle()),
         state_dir: Arc::clone(&state_dir),
         admin_tls: Arc::default(),
+        admin_counters: Arc::default(),
+        login_throttle: admin_limits::LoginThrottle::new(
+            config.admin_limits.login_failures_max,
+            config.admin_limits.login_failures_window,
+        ),
+        hash_permits: tokio::sync::Semaphore::new(HASHES_AT_ONCE_MAX),
     });
     state.evaluate_license();
 
@@ -428,8 +440,17 @@ pub async fn run(
         })
     });
 
-    let server =
-        axum::serve(listener, http::router(Arc::clone(&state))).with_graceful_shutdown(shutdown);
+    let listener = admin_limits::LimitedListener::new(
+        listener,
+        config.admin_limits,
+        Arc::clone(&state.admin_counters),
+    );
+    let server = axum::serve(
+        listener,
+        http::router(Arc::clone(&state))
+            .into_make_service_with_connect_info::<admin_limits::ClientAddr>(),
+    )
+    .with_graceful_shutdown(shutdown);
     let served = server.await;
 
     tracing::info!("shutting down: stopping ingest and writing a final snapshot");
@@ -542,6 +563,10 @@ async fn license_task(state: Arc<AgentState>) {
         state.evaluate_license();
     }
 }
+
+/// Most admin password hashes (argon2) running at once; further logins wait their turn, so
+/// a burst of bad logins cannot take every core or much memory.
+pub const HASHES_AT_ONCE_MAX: usize = 2;
 
 /// How often the license is evaluated against usage.
 pub const LICENSE_EVALUATION_INTERVAL: Duration = Duration::from_secs(1);

@@ -265,6 +265,8 @@ pub fn render(state: &AgentState) -> String {
         render_mesh(&mut m, state, cluster);
     }
 
+    render_admin(&mut m, state);
+
     let snap = state.snapshots.lock().clone();
     m.counter(
         "tollgate_snapshots_total",
@@ -298,6 +300,46 @@ pub fn render(state: &AgentState) -> String {
         ],
     );
     m.finish()
+}
+
+fn render_admin(m: &mut MetricsWriter, state: &AgentState) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &state.admin_counters;
+    m.gauge(
+        "tollgate_admin_connections",
+        "Admin HTTP connections open now (at most [admin] max_connections).",
+        c.open.load(Relaxed),
+    );
+    m.counter(
+        "tollgate_admin_connections_total",
+        "Admin HTTP connections accepted.",
+        c.accepted.load(Relaxed),
+    );
+    m.labeled_counter(
+        "tollgate_admin_connections_closed_total",
+        "Admin HTTP connections closed by the agent's limits, by reason.",
+        "reason",
+        [
+            ("evicted", c.evicted.load(Relaxed)),
+            ("refused", c.refused.load(Relaxed)),
+            ("header_timeout", c.header_timeouts.load(Relaxed)),
+            ("idle_timeout", c.idle_timeouts.load(Relaxed)),
+        ],
+    );
+    m.labeled_counter(
+        "tollgate_admin_login_failures_total",
+        "Admin requests with bad credentials (failed), and requests answered 429 because their address failed too often (throttled).",
+        "result",
+        [
+            ("failed", c.logins_failed.load(Relaxed)),
+            ("throttled", c.logins_throttled.load(Relaxed)),
+        ],
+    );
+    m.counter(
+        "tollgate_admin_password_verifications_total",
+        "Argon2 password verifications run (an unknown user costs one, like a wrong password).",
+        state.users.verifications_total(),
+    );
 }
 
 fn render_license(m: &mut MetricsWriter, state: &AgentState) {
