@@ -108,6 +108,15 @@ pub enum CustomerCommand {
         name: String,
     },
     List,
+    /// Suspend a customer: its licenses' leases answer 403 `suspended` (agents keep their
+    /// license until its lease ends); usage reports are still stored.
+    Suspend {
+        name: String,
+    },
+    /// Resume a suspended customer: leases are signed again.
+    Resume {
+        name: String,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -340,14 +349,31 @@ pub fn run_with_input(
         }
         AdminCommand::Customer(CustomerCommand::List) => {
             for c in store.read().customers()? {
+                let state = c.suspended_at_ms.map_or_else(
+                    || "active".to_owned(),
+                    |at| format!("suspended {}", format_rfc3339(at)),
+                );
                 writeln!(
                     out,
-                    "{}\t{}\t{}",
+                    "{}\t{}\t{}\t{state}",
                     c.id,
                     c.name,
                     format_rfc3339(c.created_at_ms)
                 )?;
             }
+            Ok(())
+        }
+        AdminCommand::Customer(CustomerCommand::Suspend { name }) => {
+            suspend_customer(&ctx, &mut store, name, true)?;
+            writeln!(
+                out,
+                "customer {name} suspended: its leases answer 403 suspended from now on"
+            )?;
+            Ok(())
+        }
+        AdminCommand::Customer(CustomerCommand::Resume { name }) => {
+            suspend_customer(&ctx, &mut store, name, false)?;
+            writeln!(out, "customer {name} resumed: leases are signed again")?;
             Ok(())
         }
         AdminCommand::License(command) => license(&ctx, &mut store, command, out),
@@ -405,6 +431,32 @@ fn customer_add(
     let customer = add_customer(ctx, store, name)?;
     writeln!(out, "customer {} added: {}", customer.id, customer.name)?;
     Ok(())
+}
+
+/// Suspends or resumes a customer (audited `customer.suspend` / `customer.resume`); the
+/// customer as it was before.
+pub fn suspend_customer(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    name: &str,
+    suspend: bool,
+) -> Result<crate::store::Customer, AdminError> {
+    store.write(|db| {
+        let before = db.set_customer_suspended(name, suspend.then_some(ctx.now_ms))?;
+        db.audit(&ctx.audit(
+            if suspend {
+                "customer.suspend"
+            } else {
+                "customer.resume"
+            },
+            None,
+            serde_json::json!({
+                "name": name,
+                "was_suspended": before.suspended_at_ms.is_some(),
+            }),
+        ))?;
+        Ok::<_, AdminError>(before)
+    })
 }
 
 /// Adds a customer (audited `customer.add`).

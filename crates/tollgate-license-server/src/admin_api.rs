@@ -9,6 +9,7 @@
 //! | GET | `/api/v1/admin/whoami` | any | the session's user and role |
 //! | GET | `/api/v1/admin/customers` | viewer | every customer |
 //! | POST | `/api/v1/admin/customers` | admin | `{"name"}` adds one |
+//! | POST | `/api/v1/admin/customers/{name}/suspend`, `…/resume` | admin | leases answer 403 `suspended` while suspended |
 //! | GET | `/api/v1/admin/licenses` | viewer | every license with its document's figures |
 //! | GET | `/api/v1/admin/licenses/{key}` | viewer | one license, its tokens and its history |
 //! | POST | `/api/v1/admin/licenses` | admin | `{"spec": "<TOML>", "contract"?}` creates one |

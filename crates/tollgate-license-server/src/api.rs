@@ -76,6 +76,14 @@ pub fn router(service: Arc<Service>, clock: Clock) -> Router {
             get(admin_customers).post(admin_customer_add),
         )
         .route(
+            "/api/v1/admin/customers/{name}/suspend",
+            post(admin_customer_suspend),
+        )
+        .route(
+            "/api/v1/admin/customers/{name}/resume",
+            post(admin_customer_resume),
+        )
+        .route(
             "/api/v1/admin/licenses",
             get(admin_licenses).post(admin_license_create),
         )
@@ -303,6 +311,7 @@ async fn admin_customers(State(state): State<AppState>, headers: HeaderMap) -> R
                     "id": c.id,
                     "name": c.name,
                     "created_at": format_rfc3339(c.created_at_ms),
+                    "suspended_at": c.suspended_at_ms.map(format_rfc3339),
                 })
             })
             .collect();
@@ -322,6 +331,41 @@ async fn admin_customer_add(
             admin::add_customer(ctx, store, &body.name)
         })?;
         Ok(serde_json::json!({ "id": customer.id, "name": customer.name }))
+    })
+    .await
+}
+
+async fn admin_customer_suspend(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    admin_customer_suspension(state, headers, name, true).await
+}
+
+async fn admin_customer_resume(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    admin_customer_suspension(state, headers, name, false).await
+}
+
+async fn admin_customer_suspension(
+    state: AppState,
+    headers: HeaderMap,
+    name: String,
+    suspend: bool,
+) -> Response {
+    admin_call(&state, &headers, Role::Admin, move |service, user, now| {
+        let before = service.admin_action(user, now, |ctx, store| {
+            admin::suspend_customer(ctx, store, &name, suspend)
+        })?;
+        Ok(serde_json::json!({
+            "name": name,
+            "suspended": suspend,
+            "was_suspended": before.suspended_at_ms.is_some(),
+        }))
     })
     .await
 }

@@ -12,6 +12,7 @@
 //! | the client address is one the token is bound to | 403 | `source_address_not_allowed` |
 //! | the license key is the token's license | 404 | `unknown_license` |
 //! | the body is well formed | 400 | `bad_request` |
+//! | (lease) the customer is not suspended | 403 | `suspended` |
 //! | (lease) the contract is active, or lapsed with validity left | 403 | `contract_lapsed` |
 //!
 //! A token for another license gets the same 404 as an unknown key, so a token does not
@@ -219,6 +220,22 @@ impl Service {
             // here: the current document read below is the one the new serial follows.
             db.lock_license(license_key)?;
             let license = db.license_required(license_key)?;
+            if let Some(since) = db
+                .customer(&license.customer)?
+                .and_then(|c| c.suspended_at_ms)
+            {
+                let refused = Refused::new(
+                    403,
+                    "suspended",
+                    format!(
+                        "the customer of {license_key} is suspended since {}: no lease is signed \
+                         until the vendor resumes it",
+                        format_rfc3339(since)
+                    ),
+                );
+                audit_refusal(db, Some(token.id), license_key, client, &refused, now_ms)?;
+                return Ok(Err((Some(token.id), refused)));
+            }
             let current = tollgate_license::parse(license.document.as_bytes())
                 .map_err(|e| Internal::Document {
                     license_key: license.license_key.clone(),

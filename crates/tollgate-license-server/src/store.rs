@@ -143,6 +143,11 @@ pub const MIGRATIONS: &[Migration] = &[
         CREATE INDEX admin_sessions_by_expiry ON admin_sessions (expires_at_ms);
         ",
     },
+    Migration {
+        version: 3,
+        description: "customer suspension",
+        sql: "ALTER TABLE customers ADD COLUMN suspended_at_ms INTEGER;",
+    },
 ];
 
 /// Why a store operation failed.
@@ -274,6 +279,8 @@ pub struct Customer {
     pub id: i64,
     pub name: String,
     pub created_at_ms: u64,
+    /// Suspended since (leases answer 403 `suspended`), or active.
+    pub suspended_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -752,6 +759,7 @@ impl Db<'_> {
             id: returned_id(row)?,
             name: name.into(),
             created_at_ms: at_ms,
+            suspended_at_ms: None,
         })
     }
 
@@ -760,13 +768,14 @@ impl Db<'_> {
             id: r.int(0)?,
             name: r.text(1)?,
             created_at_ms: from_sql_ms(r.int(2)?),
+            suspended_at_ms: r.opt_int(3)?.map(from_sql_ms),
         })
     }
 
     pub fn customer(&self, name: &str) -> Result<Option<Customer>, StoreError> {
         self.h
             .query_opt(
-                "SELECT id, name, created_at_ms FROM customers WHERE name = ?1",
+                "SELECT id, name, created_at_ms, suspended_at_ms FROM customers WHERE name = ?1",
                 &params![name],
             )?
             .map(|r| Self::customer_row(&r))
@@ -776,12 +785,34 @@ impl Db<'_> {
     pub fn customers(&self) -> Result<Vec<Customer>, StoreError> {
         self.h
             .query(
-                "SELECT id, name, created_at_ms FROM customers ORDER BY name",
+                "SELECT id, name, created_at_ms, suspended_at_ms FROM customers ORDER BY name",
                 &[],
             )?
             .iter()
             .map(Self::customer_row)
             .collect()
+    }
+
+    /// Suspends (`Some(at)`; a suspension keeps its first time) or resumes (`None`) a
+    /// customer; returns it as it was before.
+    pub fn set_customer_suspended(
+        &self,
+        name: &str,
+        at_ms: Option<u64>,
+    ) -> Result<Customer, StoreError> {
+        let before = self.customer(name)?.ok_or_else(|| StoreError::NotFound {
+            what: "customer",
+            name: name.into(),
+        })?;
+        let at = match (at_ms, before.suspended_at_ms) {
+            (Some(_), Some(first)) => Some(first),
+            (at, _) => at,
+        };
+        self.h.execute(
+            "UPDATE customers SET suspended_at_ms = ?2 WHERE id = ?1",
+            &params![before.id, at.map(to_sql_ms)],
+        )?;
+        Ok(before)
     }
 
     /// Creates a license with its first signed document.

@@ -697,3 +697,47 @@ async fn bad_tokens_from_one_address_are_throttled_with_retry_after() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A suspended customer's leases answer 403 `suspended` (audited, counted); usage reports
+/// are still stored; a resume signs again.
+#[tokio::test]
+async fn a_suspended_customer_gets_403_suspended_until_resumed() {
+    let h = Harness::start();
+    h.create_license("perpetual", None);
+    let (_, token) = h.issue_token(&["127.0.0.1"]);
+    let client = h.client(&token);
+    let before = client.fetch_lease().await.unwrap();
+
+    let out = h.admin_ok(&["customer", "suspend", CUSTOMER]);
+    assert!(out.contains("suspended"), "{out}");
+    assert!(h.admin_ok(&["customer", "list"]).contains("\tsuspended "));
+    h.advance(11 * MINUTE);
+    assert_eq!(
+        http_error(client.fetch_lease().await),
+        (403, "suspended".into(), "http_403")
+    );
+    let report = UsageReport {
+        node_id: "sp1".into(),
+        agent_version: "0.1.0".into(),
+        timestamp_ms: h.now(),
+        since_ms: None,
+        license_serial: Some(before.serial),
+        node: UsageFigures::default(),
+        cluster: None,
+        admissions_denied: Default::default(),
+    };
+    client.send_usage(&report).await.unwrap();
+    let audit = h.admin_ok(&["audit", "--json"]);
+    assert!(audit.contains("\"customer.suspend\""), "{audit}");
+    assert!(audit.contains("\"error\":\"suspended\""), "{audit}");
+
+    h.admin_ok(&["customer", "resume", CUSTOMER]);
+    let after = client.fetch_lease().await.unwrap();
+    assert_eq!(after.serial, before.serial + 1);
+    assert!(h.admin_ok(&["audit"]).contains("customer.resume"));
+    assert!(
+        h.admin(&["customer", "suspend", "Nobody"])
+            .unwrap_err()
+            .is_user_error()
+    );
+}
