@@ -359,14 +359,6 @@ fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
     }
 }
 
-fn positive<T: PartialOrd + Default + Copy>(key: &'static str, v: T) -> Result<T, ConfigError> {
-    if v > T::default() {
-        Ok(v)
-    } else {
-        Err(invalid(key, "must be greater than 0"))
-    }
-}
-
 impl Config {
     /// Validates `raw`; `state_dir_override` (the `--state-dir` flag) wins over `[state] dir`.
     pub fn from_raw(
@@ -404,7 +396,12 @@ impl Config {
                     invalid("ingest.unix_mode", format!("{v:?} is not an octal mode"))
                 })?,
         };
-        let shard_count = positive("calls.shard_count", raw.calls.shard_count.unwrap_or(64))?;
+        let shard_count = in_range(
+            "calls.shard_count",
+            raw.calls.shard_count.unwrap_or(64),
+            1,
+            tollgate_usage::SHARD_COUNT_MAX,
+        )?;
         if !shard_count.is_power_of_two() {
             return Err(invalid("calls.shard_count", "must be a power of two"));
         }
@@ -430,34 +427,47 @@ impl Config {
         Ok(Config {
             license_key,
             node_id,
-            snapshot_interval: Duration::from_secs(positive(
+            snapshot_interval: Duration::from_secs(in_range(
                 "state.snapshot_interval_s",
                 raw.state.snapshot_interval_s.unwrap_or(5),
+                1,
+                86_400,
             )?),
             state_dir,
             events_udp,
             events_unix,
             unix_mode,
-            ingest_threads: positive("ingest.threads", raw.ingest.threads.unwrap_or(1))?,
+            ingest_threads: in_range("ingest.threads", raw.ingest.threads.unwrap_or(1), 1, 64)?,
             recv_batch: in_range(
                 "ingest.recv_batch",
                 raw.ingest.recv_batch.unwrap_or(64),
                 1,
                 tollgate_ingest::RECV_BATCH_MAX,
             )?,
-            max_datagram_bytes: positive(
+            max_datagram_bytes: in_range(
                 "ingest.max_datagram_bytes",
                 raw.ingest.max_datagram_bytes.unwrap_or(65_535),
+                1,
+                1 << 20,
             )?,
-            receive_buffer_bytes: raw.ingest.receive_buffer_bytes.unwrap_or(8 << 20),
-            sweep_interval: Duration::from_millis(positive(
+            receive_buffer_bytes: in_range(
+                "ingest.receive_buffer_bytes",
+                raw.ingest.receive_buffer_bytes.unwrap_or(8 << 20),
+                4096,
+                1 << 30,
+            )?,
+            sweep_interval: Duration::from_millis(in_range(
                 "ingest.sweep_interval_ms",
                 raw.ingest.sweep_interval_ms.unwrap_or(1000),
+                1,
+                3_600_000,
             )?),
             busy_poll: raw.ingest.busy_poll.unwrap_or(false),
-            max_call_duration_s: positive(
+            max_call_duration_s: in_range(
                 "calls.max_call_duration_s",
                 raw.calls.max_call_duration_s.unwrap_or(4 * 3600),
+                1,
+                30 * 86_400,
             )?,
             shard_count,
             max_active_calls: in_range(
@@ -529,9 +539,11 @@ impl Config {
                 raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
             )?,
             admin_tls,
-            report_interval: Duration::from_secs(positive(
+            report_interval: Duration::from_secs(in_range(
                 "report.interval_s",
                 raw.report.interval_s.unwrap_or(120),
+                1,
+                86_400,
             )?),
             users: raw
                 .admin
@@ -661,7 +673,8 @@ fn license_server(
             .map_err(|e| invalid("license.daily_at", format!("{at:?}: {e}")))?;
     }
     if let Some(days) = raw.renew_before_days {
-        schedule.renew_before_ms = days.saturating_mul(86_400_000);
+        schedule.renew_before_ms =
+            in_range("license.renew_before_days", days, 0, 365)? * 86_400_000;
     }
     Ok(Some(LicenseServerConfig {
         client,
@@ -707,7 +720,7 @@ fn mesh_settings(raw: &RawMesh) -> Result<Option<MeshSettings>, ConfigError> {
             .and_then(|s| s.parse::<u64>().ok())
         {
             Some(s) => tollgate_replication::ExpiredRule::HoldFor {
-                hold_ms: s.saturating_mul(1000),
+                hold_ms: in_range("mesh.expired_rule", s, 1, 7 * 86_400)? * 1000,
             },
             None => {
                 return Err(invalid(
@@ -879,6 +892,16 @@ mod tests {
             ("[general]\nnode_id = \"a b\"", "general.node_id"),
             // Out of range is an error, never a silent clamp.
             ("[ingest]\nrecv_batch = 5000", "ingest.recv_batch"),
+            ("[ingest]\nthreads = 1000", "ingest.threads"),
+            ("[calls]\nshard_count = 8192", "calls.shard_count"),
+            (
+                "[ingest]\nreceive_buffer_bytes = 0",
+                "ingest.receive_buffer_bytes",
+            ),
+            (
+                "[calls]\nmax_call_duration_s = 4294967295",
+                "calls.max_call_duration_s",
+            ),
             ("[calls]\nmax_active_calls = 0", "calls.max_active_calls"),
             (
                 "[calls]\nmax_active_calls = 1000000001",
