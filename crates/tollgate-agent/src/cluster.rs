@@ -70,11 +70,17 @@ impl ClusterView {
             self.subscribers.load(Relaxed)
         };
         ClusterUsage {
-            calls: self.remote_calls.load(Relaxed) + local.calls,
-            emergency_calls: self.remote_emergency_calls.load(Relaxed) + local.emergency_calls,
+            // Saturating: the remote figures come from peers (their records saturate too).
+            calls: self.remote_calls.load(Relaxed).saturating_add(local.calls),
+            emergency_calls: self
+                .remote_emergency_calls
+                .load(Relaxed)
+                .saturating_add(local.emergency_calls),
             subscribers,
-            registered_subscribers: self.remote_registered_subscribers.load(Relaxed)
-                + local.registered_subscribers,
+            registered_subscribers: self
+                .remote_registered_subscribers
+                .load(Relaxed)
+                .saturating_add(local.registered_subscribers),
         }
     }
 

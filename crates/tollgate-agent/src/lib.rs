@@ -261,7 +261,7 @@ pub async fn run(
             let (view, tables) = (Arc::clone(&c.view), Arc::clone(&tables));
             Arc::new(license::LicenseAdmission {
                 gate: license.gate(),
-                calls: Arc::new(move || view.remote_calls() + tables.usage().calls),
+                calls: Arc::new(move || view.remote_calls().saturating_add(tables.usage().calls)),
                 denied: Arc::clone(&denials),
             })
         }
