@@ -61,6 +61,9 @@ pub struct RawConfig {
     pub mesh: RawMesh,
     #[serde(default)]
     pub hep: RawHep,
+    /// `[[reconcile]]`: the proxies whose own lists heal the counts.
+    #[serde(default)]
+    pub reconcile: Vec<crate::reconcile::RawReconcile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -269,6 +272,8 @@ pub struct Config {
     pub hep_listen: Option<SocketAddr>,
     pub hep_auth_key: Option<String>,
     pub hep_emergency_numbers: Option<Vec<String>>,
+    /// `[[reconcile]]` sources.
+    pub reconcile: Vec<crate::reconcile::SourceConfig>,
 }
 
 /// `[admin] tls_cert` and `tls_key`, checked at load (both files read and matched).
@@ -564,6 +569,7 @@ impl Config {
             },
             hep_auth_key: raw.hep.auth_key.filter(|k| !k.is_empty()),
             hep_emergency_numbers: raw.hep.emergency_numbers,
+            reconcile: crate::reconcile::validate(raw.reconcile)?,
             unlicensed_mode: match raw.license.unlicensed_mode.as_deref() {
                 None | Some("warn") => tollgate_license::Mode::Warn,
                 Some("enforce") => tollgate_license::Mode::Enforce,
@@ -992,6 +998,10 @@ mod tests {
             "idle_timeout_s",
             "login_failures_max",
             "login_failures_window_s",
+            "kind",
+            "url",
+            "sender",
+            "timeout_s",
         ] {
             assert!(
                 doc.contains(&format!("`{key}`")),

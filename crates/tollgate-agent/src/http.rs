@@ -14,6 +14,8 @@
 //! | POST | `/api/v1/license/reload` | fetch from the license server (or re-read `[license] file`) now: 200 valid license in force, 401 bad credentials, 403 not admin, 422 the candidate was refused (`error` is its code), 502 the license server did not give a license: unreachable or failing (`connect`, `dns`, `tls`, `timeout`, `proxy`, `http_5xx`, `bad_response`) or refusing this agent (`http_401`/`http_403` for an unknown or revoked token, `http_404` for an unknown license key) (admin) |
 //! | GET | `/api/v1/admit?call_id=…[&emergency=1]` | the admission answer: 200 admit, 403 deny (viewer) |
 //! | GET | `/api/v1/features/{name}` | 200 licensed, 403 not licensed (viewer) |
+//! | GET | `/api/v1/reconcile` | each reconciliation source's last run: time, duration, result, corrections by kind (viewer) |
+//! | POST | `/api/v1/reconcile` | run every `[[reconcile]]` source now; answers the runs with their corrections (admin) |
 //!
 //! Over HTTPS with `[admin] tls_cert` / `tls_key` (the listener is `admin_tls.rs`; nothing
 //! here knows). Reading usage takes no lock on the tables: every figure is a sum of sharded
@@ -164,6 +166,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/api/v1/license/reload", post(license_reload))
         .route("/api/v1/admit", get(admit))
         .route("/api/v1/features/{name}", get(feature))
+        .route("/api/v1/reconcile", get(reconcile_get).post(reconcile_post))
         .merge(crate::web::routes())
         .layer(axum::extract::DefaultBodyLimit::max(
             LICENSE_UPLOAD_BYTES_MAX,
@@ -451,6 +454,47 @@ fn installed_response(
             error(status, e.code(), e.to_string())
         }
     }
+}
+
+async fn reconcile_get(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Viewer) {
+        return r;
+    }
+    axum::Json(state.reconciler.status()).into_response()
+}
+
+/// The body of `POST /api/v1/reconcile`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ReconcileAnswer {
+    /// One run per `[[reconcile]]` source, in configuration order.
+    pub runs: Vec<crate::reconcile::RunReport>,
+    /// The corrections of all runs, by kind.
+    pub corrections: crate::reconcile::CorrectionCounts,
+}
+
+async fn reconcile_post(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Admin) {
+        return r;
+    }
+    let mut runs = state.reconciler.run_all().await;
+    // Lists pushed as sync-* lines that are complete are applied now too.
+    runs.extend(state.reconciler.apply_sync_lists().await);
+    let mut total = crate::reconcile::CorrectionCounts::default();
+    for run in &runs {
+        let c = &run.corrections;
+        total.phantom_call += c.phantom_call;
+        total.missing_call += c.missing_call;
+        total.phantom_contact += c.phantom_contact;
+        total.missing_contact += c.missing_contact;
+        total.emergency_updates += c.emergency_updates;
+        total.expiry_updates += c.expiry_updates;
+        total.shards_skipped += c.shards_skipped;
+    }
+    axum::Json(ReconcileAnswer {
+        runs,
+        corrections: total,
+    })
+    .into_response()
 }
 
 async fn license_put(

@@ -20,6 +20,7 @@ pub mod http;
 pub mod license;
 pub mod license_fetch;
 pub mod metrics;
+pub mod reconcile;
 pub mod state;
 pub mod systemd;
 pub mod web;
@@ -101,6 +102,8 @@ pub struct AgentState {
     pub login_throttle: admin_limits::LoginThrottle,
     /// Password hashes running at once (argon2 is ~19 MiB and tens of ms each).
     pub hash_permits: tokio::sync::Semaphore,
+    /// Reconciliation with the proxies' own lists (`[[reconcile]]`, `sync-*`).
+    pub reconciler: Arc<reconcile::Reconciler>,
 }
 
 /// Cluster-wide usage as this node sees it (from the mesh), for reports and the API.
@@ -339,6 +342,10 @@ pub async fn run(
             config.admin_limits.login_failures_window,
         ),
         hash_permits: tokio::sync::Semaphore::new(HASHES_AT_ONCE_MAX),
+        reconciler: Arc::new(reconcile::Reconciler::new(
+            Arc::clone(&tables),
+            &config.reconcile,
+        )),
     });
     state.evaluate_license();
 
@@ -411,6 +418,15 @@ pub async fn run(
         .fetcher
         .clone()
         .map(|f| tokio::spawn(f.run(Arc::clone(&state))));
+    let mut reconcile_tasks = vec![tokio::spawn(reconcile::sync_task(Arc::clone(
+        &state.reconciler,
+    )))];
+    for i in 0..state.reconciler.source_count() {
+        reconcile_tasks.push(tokio::spawn(reconcile::source_task(
+            Arc::clone(&state.reconciler),
+            i,
+        )));
+    }
     let cluster_tasks = state.cluster.is_some().then(|| {
         [
             tokio::spawn(cluster::sync_task(Arc::clone(&state))),
@@ -471,6 +487,9 @@ pub async fn run(
         f.abort();
     }
     for t in cluster_tasks.into_iter().flatten() {
+        t.abort();
+    }
+    for t in reconcile_tasks {
         t.abort();
     }
     if let Some(c) = &state.cluster {

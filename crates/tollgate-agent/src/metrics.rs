@@ -245,6 +245,7 @@ pub fn render(state: &AgentState) -> String {
         }
     }
     tollgate_ingest::write_refused_metrics(&mut m.out, &refused);
+    state.reconciler.write_metrics(&mut m.out);
     if let Some(hep) = &state.hep {
         hep.snapshot().write_metrics(&mut m.out);
     }
