@@ -456,8 +456,12 @@ fn installed_response(
     }
 }
 
-async fn reconcile_get(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Viewer) {
+async fn reconcile_get(
+    State(state): State<Arc<AgentState>>,
+    client: Client,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, client, Role::Viewer).await {
         return r;
     }
     axum::Json(state.reconciler.status()).into_response()
@@ -472,8 +476,12 @@ pub struct ReconcileAnswer {
     pub corrections: crate::reconcile::CorrectionCounts,
 }
 
-async fn reconcile_post(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Admin) {
+async fn reconcile_post(
+    State(state): State<Arc<AgentState>>,
+    client: Client,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, client, Role::Admin).await {
         return r;
     }
     let mut runs = state.reconciler.run_all().await;
