@@ -29,6 +29,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tollgate_agent::config::LogFormat;
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    s.parse()
+}
 
 /// Usage metering and license enforcement for SIP platforms.
 #[derive(Debug, Parser)]
@@ -37,6 +42,11 @@ struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `tollgate_agent=debug`.
     #[arg(long, global = true, env = "TOLLGATE_LOG", default_value = "info")]
     log: String,
+
+    /// Log line format on stderr: `text` or `json` (one object per line). For the agent,
+    /// overrides `[log] format`.
+    #[arg(long, global = true, env = "TOLLGATE_LOG_FORMAT", value_parser = parse_log_format)]
+    log_format: Option<LogFormat>,
 
     #[command(subcommand)]
     command: Command,
@@ -103,9 +113,13 @@ impl From<anyhow::Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log, matches!(cli.command, Command::Demo(_)));
+    // The agent's `[log] format` is in its config: it starts logging once that is read.
+    if !matches!(cli.command, Command::Agent(_)) {
+        let quiet = matches!(cli.command, Command::Demo(_));
+        init_logging(&cli.log, cli.log_format.unwrap_or_default(), quiet);
+    }
     let result = match cli.command {
-        Command::Agent(args) => run_agent(args),
+        Command::Agent(args) => run_agent(args, &cli.log, cli.log_format),
         Command::Status(args) => status::run(args),
         Command::Loadgen(args) => run_loadgen(args),
         Command::License(args) => license_cmd::run(args),
@@ -114,6 +128,10 @@ fn main() -> ExitCode {
         Command::Demo(args) => run_demo(args),
         Command::HashPassword => hash_password(),
     };
+    exit_code(result)
+}
+
+fn exit_code(result: Result<(), Failure>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => {
@@ -181,14 +199,26 @@ fn run_demo(args: DemoArgs) -> Result<(), Failure> {
     ))
 }
 
-fn init_logging(filter: &str, quiet: bool) {
+/// Logs go to stderr: plain text (ANSI colours only when stderr is a terminal, so a file,
+/// a pipe or the journal get clean, grep-able `key="value"` lines), or one JSON object per
+/// line with the fields at the top level.
+fn init_logging(filter: &str, format: LogFormat, quiet: bool) {
+    use std::io::IsTerminal as _;
     let filter = if quiet { "warn" } else { filter };
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -199,9 +229,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::Runtime(e.into()))
 }
 
-fn run_agent(args: AgentArgs) -> Result<(), Failure> {
-    let config = tollgate_agent::Config::load(args.config.as_deref(), args.state_dir.as_deref())
-        .map_err(|e| Failure::Config(e.into()))?;
+fn run_agent(args: AgentArgs, log: &str, log_format: Option<LogFormat>) -> Result<(), Failure> {
+    let config =
+        match tollgate_agent::Config::load(args.config.as_deref(), args.state_dir.as_deref()) {
+            Ok(config) => config,
+            Err(e) => {
+                init_logging(log, log_format.unwrap_or_default(), false);
+                return Err(Failure::Config(e.into()));
+            }
+        };
+    init_logging(log, log_format.unwrap_or(config.log_format), false);
     runtime()?.block_on(async move {
         tollgate_agent::run(config, shutdown_signal(), |_| {})
             .await

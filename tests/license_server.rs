@@ -643,6 +643,24 @@ fn agent_fetches_at_start_reports_usage_and_survives_the_server_going_away() {
         json["evaluation"]["license_status"], "OK",
         "the lease still runs: {body}"
     );
+
+    // A new node's start: "waiting for the license server" at info, and nothing at error
+    // level before the first fetch has had its chance (MISSION.md).
+    let (_, log) = agent.stop();
+    assert!(!log.contains('\x1b'), "ANSI escapes in a piped log:\n{log}");
+    let fetched = log
+        .find("license fetched from the license server")
+        .unwrap_or_else(|| panic!("no fetch logged:\n{log}"));
+    let before = &log[..fetched];
+    let waiting = before
+        .lines()
+        .find(|l| l.contains("waiting for the license server"))
+        .unwrap_or_else(|| panic!("no waiting line before the fetch:\n{log}"));
+    assert!(waiting.contains(" INFO "), "{waiting}");
+    assert!(
+        !before.lines().any(|l| l.contains("ERROR")),
+        "an error before the first fetch:\n{before}"
+    );
 }
 
 /// A body-less HTTP/1.1 request with basic auth: (status, body).

@@ -64,6 +64,39 @@ pub struct RawConfig {
     /// `[[reconcile]]`: the proxies whose own lists heal the counts.
     #[serde(default)]
     pub reconcile: Vec<crate::reconcile::RawReconcile>,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `"text"` (default) or `"json"`.
+    pub format: Option<String>,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `key=value` fields then the message; ANSI colours only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (journald, ELK): `timestamp`, `level`, `target`, the fields
+    /// and `message` at the top level.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("{other:?}: expected \"text\" or \"json\"")),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -272,8 +305,12 @@ pub struct Config {
     pub hep_listen: Option<SocketAddr>,
     pub hep_auth_key: Option<String>,
     pub hep_emergency_numbers: Option<Vec<String>>,
+<<<<<<< HEAD
     /// `[[reconcile]]` sources.
     pub reconcile: Vec<crate::reconcile::SourceConfig>,
+=======
+    /// `[log] format`.
+    pub log_format: LogFormat,
 }
 
 /// `[admin] tls_cert` and `tls_key`, checked at load (both files read and matched).
@@ -569,7 +606,13 @@ impl Config {
             },
             hep_auth_key: raw.hep.auth_key.filter(|k| !k.is_empty()),
             hep_emergency_numbers: raw.hep.emergency_numbers,
+<<<<<<< HEAD
             reconcile: crate::reconcile::validate(raw.reconcile)?,
+=======
+            log_format: match raw.log.format.as_deref() {
+                None => LogFormat::Text,
+                Some(v) => v.parse().map_err(|e| invalid("log.format", e))?,
+            },
             unlicensed_mode: match raw.license.unlicensed_mode.as_deref() {
                 None | Some("warn") => tollgate_license::Mode::Warn,
                 Some("enforce") => tollgate_license::Mode::Enforce,

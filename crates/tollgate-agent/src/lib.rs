@@ -249,6 +249,17 @@ pub async fn run(
         }
         None => None,
     };
+    if let Some(server) = &config.license_server {
+        // Before the first fetch has had its chance, no license is the normal state of a
+        // new node: said once at info, never as an error (MISSION.md).
+        license.await_license_server();
+        let servers: Vec<String> = server.servers.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            servers = %servers.join(", "),
+            installed = license.current().is_some(),
+            "waiting for the license server"
+        );
+    }
     let cluster = match &config.mesh {
         Some(settings) => Some(
             cluster::start(settings, &config.node_id, &state_dir)

@@ -23,6 +23,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -173,6 +174,8 @@ pub struct LicenseManager {
     last: Mutex<Option<Arc<Evaluation>>>,
     refused: Mutex<Option<RefusedLicense>>,
     log: Mutex<LogMemory>,
+    /// A license server is configured and its first fetch has not finished yet.
+    awaiting_server: AtomicBool,
 }
 
 impl LicenseManager {
@@ -189,6 +192,7 @@ impl LicenseManager {
             last: Mutex::new(None),
             refused: Mutex::new(None),
             log: Mutex::new(LogMemory::default()),
+            awaiting_server: AtomicBool::new(false),
         };
         let stored = manager.state_dir.path().join(CURRENT_FILE);
         match std::fs::read(&stored) {
@@ -461,6 +465,17 @@ impl LicenseManager {
         evaluation
     }
 
+    /// A license server is configured: until [`LicenseManager::license_server_answered`],
+    /// having no license is not logged as an error.
+    pub fn await_license_server(&self) {
+        self.awaiting_server.store(true, Relaxed);
+    }
+
+    /// The first fetch from the license server has finished (installed, refused or failed).
+    pub fn license_server_answered(&self) {
+        self.awaiting_server.store(false, Relaxed);
+    }
+
     /// Writes the watermarks now (at shutdown).
     pub fn persist(&self) {
         let w = self.watermarks.lock();
@@ -471,7 +486,12 @@ impl LicenseManager {
 
     fn log_transitions(&self, now_ms: u64, e: &Evaluation) {
         let mut log = self.log.lock();
-        if log.status != Some(e.status) {
+        // No license yet while the first fetch from the license server is under way is the
+        // normal start of a new node, said at info ("waiting for the license server"), not
+        // an error; it is logged (at error) only if still so once the server has answered
+        // or failed.
+        let waiting = e.status == StatusCode::NoLicense && self.awaiting_server.load(Relaxed);
+        if log.status != Some(e.status) && !waiting {
             let explanation = e.explain();
             match e.status {
                 StatusCode::Ok if log.status.is_some() => {

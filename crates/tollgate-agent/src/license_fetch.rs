@@ -192,6 +192,7 @@ impl LicenseFetcher {
             Err(e) => Err(FetchFailure::Fetch(e)),
         };
         let now = crate::wall_clock().unix_ms();
+        state.license.license_server_answered();
         let first_failure;
         {
             let mut schedule = self.schedule.lock();
