@@ -317,3 +317,57 @@ fn mirrored_sip_over_hep_counts_like_the_native_protocol() {
     assert!(u["ingest"]["datagrams"].as_f64().unwrap() >= sip, "{u:#}");
     assert!(u["ingest"]["events"].as_u64().unwrap() >= calls, "{u:#}");
 }
+
+/// Issue 18: hourly peaks are kept for 90 days in the state dir: a restart keeps the peak
+/// of the current hour even though the calls are gone.
+#[test]
+fn hourly_peaks_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = write_config(dir.path(), "");
+    let agent = Agent::start(&state, &config);
+    send_udp(
+        agent.udp(),
+        b"call-start h1\ncall-start h2\ncall-start h3\n",
+    );
+    agent.wait_usage("3 calls", |u| u["calls"] == 3);
+    send_udp(agent.udp(), b"call-stop h1\ncall-stop h2\ncall-stop h3\n");
+    agent.wait_usage("0 calls", |u| u["calls"] == 0);
+    let hourly = |agent: &Agent| -> serde_json::Value {
+        let (status, body) = agent.get("/api/v1/usage/history?resolution=hour");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while hourly(&agent)
+        .as_array()
+        .is_none_or(|h| h.last().is_none_or(|h| h["peak_calls"] != 3))
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", hourly(&agent));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (status, _) = agent.stop();
+    assert!(status.success());
+    assert!(state.join("history.json").exists());
+
+    let agent = Agent::start(&state, &config);
+    assert_eq!(
+        agent.usage()["peak_calls"],
+        0,
+        "the tables' peaks start over"
+    );
+    let hours = hourly(&agent);
+    // (`any`: the restart may cross an hour boundary.)
+    assert!(
+        hours
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["peak_calls"].as_u64() == Some(3)),
+        "{hours}"
+    );
+    let (status, body) = agent.get("/api/v1/usage/history?resolution=week");
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = agent.get("/api/v1/cluster/history");
+    assert_eq!(status, 404);
+}

@@ -6,7 +6,8 @@
 //! | GET | `/healthz` | `ok` (200) while the agent runs |
 //! | GET | `/metrics` | Prometheus text exposition |
 //! | GET | `/api/v1/usage` | this node's usage as JSON ([`UsageReport`]), with `admissions_denied` by code |
-//! | GET | `/api/v1/usage/history` | per-minute peaks of the last 24 h as JSON |
+//! | GET | `/api/v1/usage/history` | per-minute peaks of the last 24 h as JSON; `?resolution=hour`: hourly peaks of the last 90 days, with the cluster's (`cluster_peak_*`) in a mesh, persisted in `history.json` |
+//! | GET | `/api/v1/cluster/history` | the cluster aggregate's per-minute peaks of the last 24 h; 404 without a mesh |
 //! | GET | `/api/v1/whoami` | `{"user", "role"}` of the credentials (viewer); `{"user": null, "role": null, "users_configured": false}` when no users are configured |
 //! | GET | `/api/v1/cluster` | every node (id, address, state, age, incarnation, RTT, usage) and the cluster aggregate; 404 without a mesh |
 //! | GET | `/api/v1/license` | the license in force and its evaluation (viewer) |
@@ -162,6 +163,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/api/v1/usage/history", get(history))
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/cluster/history", get(cluster_history))
         .route("/api/v1/license", get(license_get).put(license_put))
         .route("/api/v1/license/reload", post(license_reload))
         .route("/api/v1/admit", get(admit))
@@ -192,7 +194,38 @@ async fn usage(State(state): State<Arc<AgentState>>) -> axum::Json<UsageReport> 
     axum::Json(usage_report(&state))
 }
 
-async fn history(State(state): State<Arc<AgentState>>) -> axum::Json<Vec<MinuteReport>> {
+#[derive(Debug, serde::Deserialize)]
+struct HistoryQuery {
+    /// `minute` (default, 24 h) or `hour` (90 days).
+    #[serde(default)]
+    resolution: Option<String>,
+}
+
+async fn history(State(state): State<Arc<AgentState>>, Query(q): Query<HistoryQuery>) -> Response {
+    match q.resolution.as_deref() {
+        None | Some("minute") => minute_history(&state).into_response(),
+        Some("hour") => axum::Json(state.history.lock().hours()).into_response(),
+        Some(_) => error(
+            StatusCode::BAD_REQUEST,
+            "BAD_RESOLUTION",
+            "resolution is minute (24 h) or hour (90 days)",
+        ),
+    }
+}
+
+async fn cluster_history(State(state): State<Arc<AgentState>>) -> Response {
+    if state.cluster.is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NO_MESH",
+            "this agent is not part of a cluster ([mesh] is not configured)",
+        );
+    }
+    let now = tollgate_ingest::wall_clock().unix_ms();
+    axum::Json(state.history.lock().cluster_minutes(now)).into_response()
+}
+
+fn minute_history(state: &AgentState) -> axum::Json<Vec<MinuteReport>> {
     let now = tollgate_ingest::wall_clock();
     axum::Json(
         state

@@ -16,6 +16,7 @@ pub mod admin_tls;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod license;
 pub mod license_fetch;
@@ -95,6 +96,8 @@ pub struct AgentState {
     /// The HEPv3 collector, when configured.
     pub hep: Option<tollgate_ingest::HepHandle>,
     pub state_dir: Arc<StateDir>,
+    /// Hourly peaks for 90 days (node and cluster) and the cluster's minutes for 24 h.
+    pub history: Mutex<history::History>,
     /// TLS handshakes of the admin server (all zero without `[admin] tls_cert`).
     pub admin_tls: Arc<admin_tls::TlsCounters>,
     /// Admin connections and logins (`[admin]` limits).
@@ -346,6 +349,7 @@ pub async fn run(
         cluster,
         hep: hep.as_ref().map(|h| h.handle()),
         state_dir: Arc::clone(&state_dir),
+        history: Mutex::new(load_history(&state_dir)),
         admin_tls: Arc::default(),
         admin_counters: Arc::default(),
         login_throttle: admin_limits::LoginThrottle::new(
@@ -508,6 +512,7 @@ pub async fn run(
         c.mesh.clone().shutdown().await;
     }
     license.persist();
+    persist_history(&state);
     write_snapshot(&state, &state_dir);
     state_dir.clear_runtime();
     served.map_err(AgentError::AdminServe)
@@ -588,9 +593,71 @@ async fn snapshot_task(state: Arc<AgentState>, state_dir: Arc<StateDir>, every: 
 async fn license_task(state: Arc<AgentState>) {
     let mut tick = tokio::time::interval(LICENSE_EVALUATION_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut persisted_ms = wall_clock().unix_ms();
     loop {
         tick.tick().await;
         state.evaluate_license();
+        let now_ms = sample_history(&state);
+        if now_ms.saturating_sub(persisted_ms) >= history::PERSIST_INTERVAL_MS {
+            persisted_ms = now_ms;
+            let s = Arc::clone(&state);
+            let _ = tokio::task::spawn_blocking(move || persist_history(&s)).await;
+        }
+    }
+}
+
+/// Folds this second into the long history: this node's peak since the hour began (from
+/// the tables' minute peaks) and the cluster aggregate now. Returns the time used.
+fn sample_history(state: &AgentState) -> u64 {
+    let now = wall_clock();
+    let now_ms = now.unix_ms();
+    let hour_start = Timestamp::from_unix_ms(now_ms - now_ms % history::HOUR_MS);
+    let peaks = state.tables.peaks().max_since(now, hour_start);
+    let usage = state.tables.usage();
+    let node = history::Sample {
+        calls: peaks.calls.max(usage.calls),
+        registered_subscribers: peaks
+            .registered_subscribers
+            .max(usage.registered_subscribers),
+    };
+    let cluster = state.cluster_usage().map(|c| history::Sample {
+        calls: c.calls,
+        registered_subscribers: c.registered_subscribers,
+    });
+    state.history.lock().observe(now_ms, node, cluster);
+    now_ms
+}
+
+fn load_history(state_dir: &StateDir) -> history::History {
+    let path = state_dir.path().join(history::HISTORY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => history::History::decode(&bytes).unwrap_or_else(|e| {
+            let aside = path.with_extension("json.unreadable");
+            let moved = std::fs::rename(&path, &aside);
+            tracing::error!(error = %e, moved_to = %aside.display(), moved = moved.is_ok(), "usage history unreadable; starting a new one");
+            history::History::default()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => history::History::default(),
+        Err(e) => {
+            tracing::error!(error = %e, path = %path.display(), "cannot read the usage history; starting a new one");
+            history::History::default()
+        }
+    }
+}
+
+/// Writes `history.json` when an hour changed (durably: temp file, fsync, rename).
+fn persist_history(state: &AgentState) {
+    let bytes = {
+        let mut h = state.history.lock();
+        if !h.is_dirty() {
+            return;
+        }
+        h.encode()
+    };
+    let path = state.state_dir.path().join(history::HISTORY_FILE);
+    if let Err(e) = state::write_atomically(&path, &bytes, 0o600) {
+        state.history.lock().mark_dirty();
+        tracing::warn!(error = %e, "cannot write the usage history");
     }
 }
 
