@@ -671,6 +671,25 @@ fn populated() -> Tables {
 }
 
 #[test]
+fn a_restore_into_smaller_caps_keeps_what_fits_and_counts_the_rest() {
+    let snapshot = populated().snapshot(at(10));
+    let small = Tables::new(
+        TablesConfig {
+            max_active_calls: 2,
+            max_aors: 1,
+            ..config()
+        },
+        FingerprintKey([9; 32]),
+    );
+    let restored = small.restore(at(10), &snapshot).expect("same key");
+    // One of the three calls, and the contacts of whichever AoR came second, are left out.
+    assert_eq!(restored.calls, 2);
+    assert_eq!(restored.dropped_full, 1 + (3 - restored.contacts));
+    let usage = small.usage();
+    assert_eq!((usage.calls, usage.registered_subscribers), (2, 1));
+}
+
+#[test]
 fn snapshot_then_restore_gives_the_same_usage() {
     let t = populated();
     let snapshot =
