@@ -10,6 +10,14 @@
 //! - **License:** a license installed here (upload, reload, license server) is advertised to
 //!   the mesh; one offered by a peer is verified and installed like any other source, so the
 //!   highest valid serial wins everywhere.
+//! - **Registered subscribers, counted once:** the usage tables feed this node's AoRs as
+//!   cluster fingerprints (`tollgate_usage::aors`); every [`USAGE_PUSH_INTERVAL`] their
+//!   changes go to the mesh, whose replica keeps every node's set and their union. The
+//!   cluster's `registered_subscribers` is that union, never less than this node's own
+//!   count. The cluster's AoR key is persisted in `<state_dir>/aor-key` (adopted from peers
+//!   when theirs wins, rotated with `POST /api/v1/cluster/aor-key/rotate`); the index from
+//!   table fingerprints to cluster fingerprints in `<state_dir>/aor-index`, written after
+//!   every snapshot, so a restart restores the set without the AoR texts.
 //! - **Incarnation:** read from `<state_dir>/incarnation`, incremented and written before
 //!   the mesh starts, rewritten when the replica moves past a duplicate.
 
@@ -19,14 +27,20 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use serde::Serialize;
+use tollgate_mesh::AorInput;
 use tollgate_mesh::{Mesh, MeshConfig};
-use tollgate_replication::{Event, NodeUsage};
+use tollgate_replication::{AOR_KEY_LEN, AorKey, Event, NodeUsage};
+use tollgate_usage::{AorChange, AorIndexEntry};
 
 use crate::config::MeshSettings;
 use crate::state::{StateDir, StateError, write_atomically};
 use crate::{AgentState, ClusterUsage};
 
 pub const INCARNATION_FILE: &str = "incarnation";
+/// The cluster's AoR key: generation, creation time (Unix ms), 32 key bytes.
+pub const AOR_KEY_FILE: &str = "aor-key";
+/// This node's AoR index (table fingerprint → cluster fingerprint), for restarts.
+pub const AOR_INDEX_FILE: &str = "aor-index";
 /// How often this node's counts are handed to the mesh.
 pub const USAGE_PUSH_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -50,6 +64,8 @@ pub struct ClusterView {
     remote_emergency_calls: AtomicU64,
     remote_registered_subscribers: AtomicU64,
     remote_registered_contacts: AtomicU64,
+    /// Distinct registered AoRs over the counted nodes (the union of the AoR sets).
+    registered_subscribers_distinct: AtomicU64,
     /// Platform-wide provisioned subscribers (latest report anywhere) and when.
     subscribers: AtomicU64,
     subscribers_reported_at: AtomicU64,
@@ -77,15 +93,29 @@ impl ClusterView {
                 .load(Relaxed)
                 .saturating_add(local.emergency_calls),
             subscribers,
+            // The union holds this node's set as last handed to the mesh (at most one push
+            // interval old); never less than this node's own count.
             registered_subscribers: self
-                .remote_registered_subscribers
+                .registered_subscribers_distinct
                 .load(Relaxed)
-                .saturating_add(local.registered_subscribers),
+                .max(local.registered_subscribers),
+            registered_contacts: self
+                .remote_registered_contacts
+                .load(Relaxed)
+                .saturating_add(local.registered_contacts),
         }
     }
 
     pub fn remote_registered_contacts(&self) -> u64 {
         self.remote_registered_contacts.load(Relaxed)
+    }
+
+    /// The sum of the counted nodes' registered subscribers (an AoR registered through two
+    /// nodes counts twice here), this node's live figure included.
+    pub fn registered_subscribers_sum(&self, local: &tollgate_usage::Usage) -> u64 {
+        self.remote_registered_subscribers
+            .load(Relaxed)
+            .saturating_add(local.registered_subscribers)
     }
 }
 
@@ -94,6 +124,96 @@ impl ClusterView {
 pub struct Cluster {
     pub mesh: Mesh,
     pub view: Arc<ClusterView>,
+    /// The cluster's AoR key as this node holds it (persisted in [`AOR_KEY_FILE`]).
+    pub aor_key: parking_lot::Mutex<AorKey>,
+}
+
+/// Reads `<state_dir>/aor-key`, or makes (and persists) a fresh key of generation 1.
+fn load_aor_key(state_dir: &StateDir) -> Result<AorKey, ClusterError> {
+    let path = state_dir.path().join(AOR_KEY_FILE);
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Some(key) = decode_aor_key(&bytes)
+    {
+        return Ok(key);
+    }
+    let mut key = [0u8; AOR_KEY_LEN];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+    let key = AorKey {
+        generation: 1,
+        created_at_ms: crate::wall_clock().unix_ms(),
+        key,
+    };
+    persist_aor_key(state_dir, &key)?;
+    Ok(key)
+}
+
+fn encode_aor_key(key: &AorKey) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(16 + AOR_KEY_LEN);
+    bytes.extend(key.generation.to_le_bytes());
+    bytes.extend(key.created_at_ms.to_le_bytes());
+    bytes.extend(key.key);
+    bytes
+}
+
+fn decode_aor_key(bytes: &[u8]) -> Option<AorKey> {
+    if bytes.len() != 16 + AOR_KEY_LEN {
+        return None;
+    }
+    let word = |i: usize| bytes[i..i + 8].try_into().ok().map(u64::from_le_bytes);
+    Some(AorKey {
+        generation: word(0)?,
+        created_at_ms: word(8)?,
+        key: bytes[16..].try_into().ok()?,
+    })
+}
+
+pub(crate) fn persist_aor_key(state_dir: &StateDir, key: &AorKey) -> Result<(), StateError> {
+    write_atomically(
+        &state_dir.path().join(AOR_KEY_FILE),
+        &encode_aor_key(key),
+        0o600,
+    )
+}
+
+/// The AoR index as bytes: 32 bytes per entry (table fingerprint, cluster fingerprint,
+/// key tag), little-endian.
+fn encode_aor_index(entries: &[AorIndexEntry]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(entries.len() * 32);
+    for entry in entries {
+        bytes.extend(entry.aor.0[0].to_le_bytes());
+        bytes.extend(entry.aor.0[1].to_le_bytes());
+        bytes.extend(entry.fingerprint.to_le_bytes());
+        bytes.extend(entry.key_tag.to_le_bytes());
+    }
+    bytes
+}
+
+fn decode_aor_index(bytes: &[u8]) -> Vec<AorIndexEntry> {
+    bytes
+        .chunks_exact(32)
+        .map(|chunk| {
+            let word = |i: usize| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&chunk[i * 8..i * 8 + 8]);
+                u64::from_le_bytes(w)
+            };
+            AorIndexEntry {
+                aor: tollgate_usage::Fingerprint([word(0), word(1)]),
+                fingerprint: word(2),
+                key_tag: word(3),
+            }
+        })
+        .collect()
+}
+
+/// Writes this node's AoR index (right after each snapshot of the tables, which it
+/// completes: the snapshot has the AoRs, the index their cluster fingerprints).
+pub fn persist_aor_index(state: &AgentState) {
+    let path = state.state_dir.path().join(AOR_INDEX_FILE);
+    let bytes = encode_aor_index(&state.tables.aor_index());
+    if let Err(e) = write_atomically(&path, &bytes, 0o600) {
+        tracing::warn!(error = %e, "cannot persist the AoR index");
+    }
 }
 
 fn node_usage(u: &tollgate_usage::Usage, peaks: tollgate_usage::PeakCounts) -> NodeUsage {
@@ -110,11 +230,26 @@ fn node_usage(u: &tollgate_usage::Usage, peaks: tollgate_usage::PeakCounts) -> N
 }
 
 /// Reads, increments and persists the incarnation, then starts the mesh.
+///
+/// Also starts the tables' AoR feed under the cluster's AoR key and restores this node's
+/// AoR index (call it after the snapshot is restored, before ingest starts).
 pub fn start(
     settings: &MeshSettings,
     node_id: &str,
     state_dir: &StateDir,
+    tables: &tollgate_usage::Tables,
 ) -> Result<Cluster, ClusterError> {
+    let aor_key = load_aor_key(state_dir)?;
+    tables.set_aor_key(&aor_key.key);
+    if let Ok(bytes) = std::fs::read(state_dir.path().join(AOR_INDEX_FILE)) {
+        let entries = decode_aor_index(&bytes);
+        let kept = tables.restore_aor_index(&entries);
+        tracing::info!(
+            kept,
+            dropped = entries.len() - kept,
+            "restored the AoR index"
+        );
+    }
     let path = state_dir.path().join(INCARNATION_FILE);
     let previous: u64 = std::fs::read_to_string(&path)
         .ok()
@@ -155,6 +290,7 @@ pub fn start(
     Ok(Cluster {
         mesh,
         view: Arc::new(ClusterView::default()),
+        aor_key: parking_lot::Mutex::new(aor_key),
     })
 }
 
@@ -167,8 +303,35 @@ pub async fn sync_task(state: Arc<AgentState>) {
     let mut tick = tokio::time::interval(USAGE_PUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut advertised_serial = None;
+    // This node's key and AoR set as restored, before any change.
+    let key = *cluster.aor_key.lock();
+    let _ = state.tables.drain_aor_changes();
+    let _ = cluster.mesh.aor(AorInput::Key(key)).await;
+    let _ = cluster
+        .mesh
+        .aor(AorInput::Load(state.tables.aor_fingerprints()))
+        .await;
     loop {
         tick.tick().await;
+        adopt_aor_key(&state, cluster);
+        let drain = state.tables.drain_aor_changes();
+        if drain.resync {
+            tracing::warn!("AoR changes overflowed; handing the whole set to the mesh");
+            let _ = cluster
+                .mesh
+                .aor(AorInput::Load(state.tables.aor_fingerprints()))
+                .await;
+        } else if !drain.changes.is_empty() {
+            let changes = drain
+                .changes
+                .into_iter()
+                .map(|change| match change {
+                    AorChange::Added(fp) => (fp, true),
+                    AorChange::Removed(fp) => (fp, false),
+                })
+                .collect();
+            let _ = cluster.mesh.aor(AorInput::Changes(changes)).await;
+        }
         let local = state.tables.usage();
         let pushed = node_usage(&local, state.tables.peaks().since_start());
         cluster.mesh.set_local_usage(pushed);
@@ -195,6 +358,8 @@ pub async fn sync_task(state: Arc<AgentState>) {
                 .saturating_sub(own.registered_contacts),
             Relaxed,
         );
+        v.registered_subscribers_distinct
+            .store(agg.registered_subscribers_distinct, Relaxed);
         v.subscribers.store(agg.subscribers, Relaxed);
         v.subscribers_reported_at
             .store(agg.subscribers_reported_at, Relaxed);
@@ -213,6 +378,24 @@ pub async fn sync_task(state: Arc<AgentState>) {
                 }
             }
         }
+    }
+}
+
+/// The replica holds another AoR key than the tables use (adopted from a peer, or rotated):
+/// fingerprint under it from now on (each AoR moves at its next refresh, see
+/// `tollgate_usage::aors`) and persist it. Read from the mesh every tick rather than from
+/// its events, which a late subscriber could miss.
+fn adopt_aor_key(state: &AgentState, cluster: &Cluster) {
+    let Some(key) = cluster.mesh.aor_key() else {
+        return;
+    };
+    if *cluster.aor_key.lock() == key {
+        return;
+    }
+    state.tables.set_aor_key(&key.key);
+    *cluster.aor_key.lock() = key;
+    if let Err(e) = persist_aor_key(&state.state_dir, &key) {
+        tracing::error!(error = %e, "cannot persist the cluster AoR key");
     }
 }
 
@@ -268,9 +451,18 @@ pub async fn event_task(state: Arc<AgentState>) {
 #[derive(Debug, Serialize)]
 pub struct ClusterReport {
     pub node_id: String,
-    /// The cluster-wide figures the license is held against.
+    /// The cluster-wide figures the license is held against. `registered_subscribers`
+    /// counts each AoR once however many nodes it is registered through;
+    /// `registered_contacts` is the sum of the nodes' contacts.
     pub usage: ClusterUsage,
+    /// Same as `usage.registered_contacts` (kept for older readers).
     pub registered_contacts: u64,
+    /// The sum of the counted nodes' registered subscribers: above
+    /// `usage.registered_subscribers` by the AoRs registered through several nodes.
+    pub registered_subscribers_sum: u64,
+    /// Public id of the cluster's AoR key (hex) and its generation.
+    pub aor_key_id: String,
+    pub aor_key_generation: u64,
     pub nodes_live: usize,
     pub nodes_suspect: usize,
     pub nodes_held: usize,
@@ -349,7 +541,13 @@ pub fn report(state: &AgentState, cluster: &Cluster) -> ClusterReport {
     ClusterReport {
         node_id: state.node_id.clone(),
         usage: cluster.view.with_local(&local),
-        registered_contacts: cluster.view.remote_registered_contacts() + local.registered_contacts,
+        registered_contacts: cluster
+            .view
+            .remote_registered_contacts()
+            .saturating_add(local.registered_contacts),
+        registered_subscribers_sum: cluster.view.registered_subscribers_sum(&local),
+        aor_key_id: format!("{:016x}", cluster.aor_key.lock().id()),
+        aor_key_generation: cluster.aor_key.lock().generation,
         nodes_live: agg.nodes_live,
         nodes_suspect: agg.nodes_suspect,
         nodes_held: agg.nodes_held,

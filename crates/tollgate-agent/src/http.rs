@@ -10,6 +10,7 @@
 //! | GET | `/api/v1/cluster/history` | the cluster aggregate's per-minute peaks of the last 24 h; 404 without a mesh |
 //! | GET | `/api/v1/whoami` | `{"user", "role"}` of the credentials (viewer); `{"user": null, "role": null, "users_configured": false}` when no users are configured |
 //! | GET | `/api/v1/cluster` | every node (id, address, state, age, incarnation, RTT, usage) and the cluster aggregate; 404 without a mesh |
+//! | POST | `/api/v1/cluster/aor-key/rotate` | a new cluster AoR key (next generation) for every node; 200 `{"aor_key_id", "aor_key_generation"}`, 404 without a mesh (admin) |
 //! | GET | `/api/v1/license` | the license in force and its evaluation (viewer) |
 //! | PUT | `/api/v1/license` | upload an armored license; verified before it replaces the current one (admin) |
 //! | POST | `/api/v1/license/reload` | fetch from the license server (or re-read `[license] file`) now: 200 valid license in force, 401 bad credentials, 403 not admin, 422 the candidate was refused (`error` is its code), 502 the license server did not give a license: unreachable or failing (`connect`, `dns`, `tls`, `timeout`, `proxy`, `http_5xx`, `bad_response`) or refusing this agent (`http_401`/`http_403` for an unknown or revoked token, `http_404` for an unknown license key) (admin) |
@@ -164,6 +165,10 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/cluster/history", get(cluster_history))
+        .route(
+            "/api/v1/cluster/aor-key/rotate",
+            post(cluster_aor_key_rotate),
+        )
         .route("/api/v1/license", get(license_get).put(license_put))
         .route("/api/v1/license/reload", post(license_reload))
         .route("/api/v1/admit", get(admit))
@@ -422,6 +427,56 @@ async fn cluster(State(state): State<Arc<AgentState>>) -> Response {
             "this agent is not part of a cluster ([mesh] is not configured)",
         ),
     }
+}
+
+/// Rotates the cluster's AoR key: the next generation wins on every node; each AoR moves to
+/// it at its next refresh (docs/cluster.md, "Rotating the AoR key").
+async fn cluster_aor_key_rotate(
+    State(state): State<Arc<AgentState>>,
+    client: Client,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, client, Role::Admin).await {
+        return r;
+    }
+    let Some(cluster) = &state.cluster else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NO_MESH",
+            "this agent is not part of a cluster ([mesh] is not configured)",
+        );
+    };
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+    let created_at_ms = tollgate_ingest::wall_clock().unix_ms();
+    let generation = cluster.aor_key.lock().generation + 1;
+    let sent = cluster
+        .mesh
+        .aor(tollgate_mesh::AorInput::Rotate { key, created_at_ms })
+        .await;
+    if sent.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "MESH_STOPPED",
+            "the mesh has stopped",
+        );
+    }
+    let id = tollgate_replication::AorKey {
+        generation,
+        created_at_ms,
+        key,
+    }
+    .id();
+    tracing::info!(
+        generation,
+        key_id = format_args!("{id:016x}"),
+        "cluster AoR key rotated"
+    );
+    axum::Json(serde_json::json!({
+        "aor_key_id": format!("{id:016x}"),
+        "aor_key_generation": generation,
+    }))
+    .into_response()
 }
 
 async fn whoami(

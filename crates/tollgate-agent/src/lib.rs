@@ -115,7 +115,10 @@ pub struct ClusterUsage {
     pub calls: u64,
     pub emergency_calls: u64,
     pub subscribers: u64,
+    /// Distinct AoRs registered on the counted nodes (each counted once).
     pub registered_subscribers: u64,
+    /// The counted nodes' registered contacts, summed.
+    pub registered_contacts: u64,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -265,7 +268,7 @@ pub async fn run(
     }
     let cluster = match &config.mesh {
         Some(settings) => Some(
-            cluster::start(settings, &config.node_id, &state_dir)
+            cluster::start(settings, &config.node_id, &state_dir, &tables)
                 .map_err(|e| AgentError::Cluster(e.to_string()))?,
         ),
         None => None,
@@ -560,6 +563,9 @@ fn write_snapshot(state: &AgentState, state_dir: &StateDir) {
     let snapshot = state.tables.snapshot(now);
     let bytes = tollgate_usage::encode_snapshot(&snapshot);
     let result = state_dir.write_snapshot(&bytes);
+    if state.cluster.is_some() {
+        cluster::persist_aor_index(state);
+    }
     let mut stats = state.snapshots.lock();
     match result {
         Ok(()) => {

@@ -476,7 +476,7 @@ fn render_mesh(m: &mut MetricsWriter, state: &AgentState, cluster: &crate::clust
     );
     m.gauge(
         "tollgate_cluster_registered_subscribers",
-        "Registered subscribers over the counted nodes of the cluster.",
+        "Distinct AoRs with a live contact on any counted node of the cluster (each counted once).",
         usage.registered_subscribers,
     );
     m.gauge(

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tollgate_replication::{
-    DATAGRAM_BYTES_MAX, Destination, Event, NodeUsage, Replica, Transmit, TransmitKind, encode,
+    AorKey, DATAGRAM_BYTES_MAX, Destination, Event, NodeUsage, Replica, Transmit, TransmitKind,
+    encode,
 };
 
 use crate::conn::{self, Input, Target, close_code};
@@ -41,6 +42,19 @@ pub(crate) enum Control {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// Commands about this node's AoR set and the cluster's AoR key (see [`crate::Mesh::aor`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AorInput {
+    /// Changes in order: `(fingerprint, registered)`.
+    Changes(Vec<(u64, bool)>),
+    /// The whole set (a restart, or changes were lost): replaces it.
+    Load(Vec<u64>),
+    /// The key this node starts with (persisted, or fresh).
+    Key(AorKey),
+    /// A rotation: these fresh bytes become the next generation.
+    Rotate { key: [u8; 32], created_at_ms: u64 },
+}
+
 struct Peer {
     connection: quinn::Connection,
     /// `connection.stable_id()`.
@@ -62,6 +76,7 @@ pub(crate) struct Driver {
     pub(crate) control: mpsc::Receiver<Control>,
     pub(crate) usage: watch::Receiver<NodeUsage>,
     pub(crate) license: watch::Receiver<Option<License>>,
+    pub(crate) aor: mpsc::Receiver<AorInput>,
     pub(crate) seeds: Vec<SocketAddr>,
 }
 
@@ -156,6 +171,25 @@ impl Driver {
                         debug_assert!(result.is_ok(), "the handle checks the length");
                     }
                 }
+                Some(input) = self.aor.recv() => {
+                    let now = self.shared.now_ms();
+                    match input {
+                        AorInput::Changes(changes) => {
+                            for (fingerprint, registered) in changes {
+                                if registered {
+                                    self.replica.aor_add(now, fingerprint);
+                                } else {
+                                    self.replica.aor_remove(now, fingerprint);
+                                }
+                            }
+                        }
+                        AorInput::Load(fingerprints) => self.replica.aor_load(now, &fingerprints),
+                        AorInput::Key(key) => self.replica.set_aor_key(now, key),
+                        AorInput::Rotate { key, created_at_ms } => {
+                            self.replica.rotate_aor_key(now, key, created_at_ms);
+                        }
+                    }
+                }
                 Some(_) = state.tasks.join_next(), if !state.tasks.is_empty() => {}
             }
             self.flush(&mut state);
@@ -195,6 +229,7 @@ impl Driver {
             replica: self.replica.stats(),
             incarnation: self.replica.version().incarnation,
             peers_connected: state.peers.len(),
+            aor_key: self.replica.aor_key(),
         };
         // The node list at once when a node came, went or changed state (first, so that a
         // reader woken by the aggregate finds it current); for usage, seqs and ages at most

@@ -72,7 +72,7 @@ pub use certs::{ClusterCa, NodeCert};
 pub use conn::{HANDSHAKES_MAX, RESOLVE_TIMEOUT, STREAM_READ_TIMEOUT};
 pub use dialer::{BACKOFF_MAX_MS, BACKOFF_MIN_MS, DIALS_IN_FLIGHT_MAX};
 pub use driver::{
-    CLOSE_WAIT_TIMEOUT, DIAL_CHECK_INTERVAL_MS, INPUT_BATCH_MAX, INPUT_QUEUE_MAX,
+    AorInput, CLOSE_WAIT_TIMEOUT, DIAL_CHECK_INTERVAL_MS, INPUT_BATCH_MAX, INPUT_QUEUE_MAX,
     LEAVE_FLUSH_TIMEOUT, NODES_PUBLISH_INTERVAL_MS, STREAM_QUEUE_MAX,
 };
 pub use stats::{Count, FRAME_NAMES, MeshStats, UdpTotals};
@@ -81,6 +81,14 @@ pub use stats::{Count, FRAME_NAMES, MeshStats, UdpTotals};
 pub const LISTEN_DEFAULT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7172);
 /// Most seed addresses.
 pub const SEEDS_MAX: usize = 64;
+/// AoR commands ([`Mesh::aor`]) waiting for the driver.
+pub const AOR_QUEUE_MAX: usize = 256;
+
+/// The mesh has stopped: the command was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the mesh has stopped")]
+pub struct MeshStopped;
+
 /// Events buffered for each [`Mesh::subscribe`] receiver; a slower one lags (and is told).
 pub const EVENTS_CHANNEL_MAX: usize = 1024;
 /// [`Mesh::shutdown`] returns after at most about this long.
@@ -203,6 +211,7 @@ struct Inner {
     control: mpsc::Sender<driver::Control>,
     usage: watch::Sender<NodeUsage>,
     license: watch::Sender<Option<License>>,
+    aor: mpsc::Sender<driver::AorInput>,
     driver: tokio::task::AbortHandle,
 }
 
@@ -239,6 +248,7 @@ pub(crate) struct Status {
     pub(crate) replica: tollgate_replication::Stats,
     pub(crate) incarnation: u64,
     pub(crate) peers_connected: usize,
+    pub(crate) aor_key: Option<tollgate_replication::AorKey>,
 }
 
 /// The aggregate and this node's own usage as counted in it, published together: the other
@@ -337,6 +347,7 @@ impl Mesh {
                 replica: replica.stats(),
                 incarnation: config.incarnation,
                 peers_connected: 0,
+                aor_key: None,
             }),
             nodes: Mutex::new(NodesSnapshot {
                 taken_at: Instant::now(),
@@ -349,6 +360,7 @@ impl Mesh {
         let (control_tx, control) = mpsc::channel(1);
         let (usage_tx, usage) = watch::channel(NodeUsage::default());
         let (license_tx, license) = watch::channel(None);
+        let (aor_tx, aor) = mpsc::channel(AOR_QUEUE_MAX);
         tracing::info!(
             node_id = config.node_id,
             listen = %local_addr,
@@ -367,6 +379,7 @@ impl Mesh {
             control,
             usage,
             license,
+            aor,
             seeds,
         };
         let driver = runtime.spawn(driver.run()).abort_handle();
@@ -377,6 +390,7 @@ impl Mesh {
                 control: control_tx,
                 usage: usage_tx,
                 license: license_tx,
+                aor: aor_tx,
                 driver,
             }),
         })
@@ -423,6 +437,19 @@ impl Mesh {
             armored: armored.into(),
         }));
         Ok(())
+    }
+
+    /// This node's AoR set and the cluster's AoR key: changes (in order), a whole set, the
+    /// key to start with, a rotation. Waits while [`AOR_QUEUE_MAX`] commands are queued;
+    /// `Err` once the mesh has stopped.
+    pub async fn aor(&self, input: AorInput) -> Result<(), MeshStopped> {
+        self.inner.aor.send(input).await.map_err(|_| MeshStopped)
+    }
+
+    /// The cluster's AoR key as the replica holds it now (the winner among the nodes it
+    /// heard): fingerprint AoRs under this one.
+    pub fn aor_key(&self) -> Option<tollgate_replication::AorKey> {
+        self.inner.shared.status.lock().aor_key
     }
 
     /// The cluster-wide figures, as of the driver's last input (a snapshot; never waits).

@@ -630,7 +630,7 @@ impl Replica {
                     self.stats.licenses_unsolicited += 1;
                 }
             }
-            Frame::AorKey(key) => self.handle_aor_key(now, from_peer, key),
+            Frame::AorKey(key) => self.handle_aor_key(from_peer, key),
             Frame::AorSummary(summary) => self.handle_aor_summary(now, from_peer, summary),
             Frame::AorDelta(delta) => self.handle_aor_delta(from_peer, delta),
             Frame::AorRanges(ranges) => self.handle_aor_ranges(now, from_peer, ranges),

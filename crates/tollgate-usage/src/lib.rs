@@ -38,6 +38,7 @@
 //! logic. It never stores Call-IDs, AoRs or contacts, only keyed fingerprints of them. It
 //! does not decide admission; it only counts.
 
+pub mod aors;
 pub mod calls;
 pub mod fingerprint;
 pub mod owners;
@@ -52,6 +53,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tollgate_events::Event;
 
+pub use aors::{AOR_CHANGES_MAX, AorChange, AorDrain, AorIndexEntry, cluster_fingerprint};
 pub use calls::{Swept, TOMBSTONES_PER_SHARD_MAX};
 pub use fingerprint::{Fingerprint, FingerprintKey, Fingerprinter};
 pub use owners::{OWNERS_MAX, Owner, Owners};
@@ -231,6 +233,7 @@ pub struct Tables {
     sweep_cursor: AtomicUsize,
     owners: Owners,
     sync: SyncLists,
+    aor_feed: aors::AorFeed,
 }
 
 impl std::fmt::Debug for Tables {
@@ -269,6 +272,7 @@ impl Tables {
             sweep_cursor: AtomicUsize::new(0),
             owners: Owners::new(),
             sync: SyncLists::default(),
+            aor_feed: aors::AorFeed::new(shard_count),
         }
     }
 
@@ -295,13 +299,28 @@ impl Tables {
                 aor,
                 contact,
                 expires_s,
-            } => self.registrations.register(
-                self.fingerprinter.aor(aor),
-                self.fingerprinter.contact(contact),
-                expires_s,
-                owner,
-                now_s,
-            ),
+            } => {
+                let aor_fp = self.fingerprinter.aor(aor);
+                let outcome = self.registrations.register(
+                    aor_fp,
+                    self.fingerprinter.contact(contact),
+                    expires_s,
+                    owner,
+                    now_s,
+                );
+                if self.aor_feed.enabled() {
+                    match outcome {
+                        Outcome::ContactAdded | Outcome::ContactRefreshed => {
+                            self.aor_registered(aor_fp, aor)
+                        }
+                        Outcome::ContactRemoved | Outcome::ContactUnknown => {
+                            self.aor_maybe_gone(aor_fp)
+                        }
+                        _ => {}
+                    }
+                }
+                outcome
+            }
             Event::Subscribers { count } => {
                 if count > tollgate_events::SUBSCRIBERS_MAX {
                     return Outcome::BadNumber;
@@ -353,10 +372,16 @@ impl Tables {
         let now_s = now.unix_secs_u32();
         let shard_count = self.shard_count();
         let mut swept = Swept::default();
+        let mut gone = Vec::new();
+        let feed = self.aor_feed.enabled();
         for _ in 0..shard_budget.clamp(1, shard_count) {
             let index = self.sweep_cursor.fetch_add(1, Ordering::Relaxed) % shard_count;
             self.calls.sweep_shard(index, now_s, &mut swept);
-            self.registrations.sweep_shard(index, now_s, &mut swept);
+            self.registrations
+                .sweep_shard(index, now_s, &mut swept, feed.then_some(&mut gone));
+            for aor in gone.drain(..) {
+                self.aor_maybe_gone(aor);
+            }
             swept.shards += 1;
             swept.pass_completed |= index == shard_count - 1;
         }

@@ -456,6 +456,9 @@ impl Tables {
             return;
         };
         let (mut subscribers_delta, mut contacts_delta) = (0i64, 0i64);
+        // AoRs this pass removes, for the AoR feed (after the shard lock is released).
+        let mut gone: Vec<Fingerprint> = Vec::new();
+        let feed = self.aor_feed_enabled();
         let listed_for = |aor: &Fingerprint| -> &[ListedContact] {
             let start = listed.partition_point(|l| l.aor < *aor);
             let end = listed.partition_point(|l| l.aor <= *aor);
@@ -471,6 +474,9 @@ impl Tables {
             contacts_delta -= pruned as i64;
             if empty {
                 subscribers_delta -= 1;
+                if feed {
+                    gone.push(*aor);
+                }
                 return false;
             }
             let for_aor = listed_for(aor);
@@ -488,6 +494,9 @@ impl Tables {
                 contacts_delta -= 1;
                 if entry.remove(position) {
                     subscribers_delta -= 1;
+                    if feed {
+                        gone.push(*aor);
+                    }
                     return false;
                 }
             }
@@ -530,6 +539,10 @@ impl Tables {
         }
         self.registrations
             .count(shard, subscribers_delta, contacts_delta);
+        drop(guard);
+        for aor in gone {
+            self.aor_maybe_gone(aor);
+        }
     }
 }
 

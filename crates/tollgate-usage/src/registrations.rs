@@ -382,20 +382,36 @@ impl RegTable {
         }
     }
 
-    /// Removes expired bindings (and AoRs left without any) from shard `index`.
-    pub(crate) fn sweep_shard(&self, index: usize, now_s: u32, swept: &mut Swept) {
+    /// Removes expired bindings (and AoRs left without any) from shard `index`; the AoRs
+    /// removed go to `gone` when given (the AoR feed's hook).
+    pub(crate) fn sweep_shard(
+        &self,
+        index: usize,
+        now_s: u32,
+        swept: &mut Swept,
+        mut gone: Option<&mut Vec<Fingerprint>>,
+    ) {
         let shard = &self.shards[index];
         let mut map = shard.map.lock();
         let (mut subscribers, mut contacts) = (0u64, 0u64);
-        map.retain(|_, aor_entry| {
+        map.retain(|aor, aor_entry| {
             let (removed, empty) = aor_entry.retain_live(now_s);
             contacts += removed;
             subscribers += u64::from(empty);
+            if empty && let Some(gone) = gone.as_mut() {
+                gone.push(*aor);
+            }
             !empty
         });
         self.count(shard, -(subscribers as i64), -(contacts as i64));
         shrink_if_sparse(&mut map.map);
         swept.contacts += contacts;
+    }
+
+    /// Whether `aor` is in the table (the AoR feed's re-check; an expired entry not yet
+    /// swept counts as registered, like in the counts).
+    pub(crate) fn is_registered(&self, aor: Fingerprint) -> bool {
+        self.shard(aor).map.lock().contains_key(&aor)
     }
 
     /// `(registered_subscribers, registered_contacts)`, summed without locks.

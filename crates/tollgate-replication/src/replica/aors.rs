@@ -170,18 +170,24 @@ impl Replica {
     }
 
     /// The cluster's AoR key this node starts with (persisted by the IO layer, or fresh).
-    /// Kept if it beats the one held; peers then learn it.
+    /// Kept if it beats the one held ([`Event::AorKeyChanged`]); peers then learn it.
     pub fn set_aor_key(&mut self, now: u64, key: AorKey) {
         self.tick(now);
+        self.adopt_aor_key(key);
+    }
+
+    fn adopt_aor_key(&mut self, key: AorKey) -> bool {
         if self.aor.key.is_some_and(|held| !key.beats(&held)) {
-            return;
+            return false;
         }
         self.aor.key = Some(key);
+        self.push_event(Event::AorKeyChanged { key });
         self.enqueue(Transmit {
             to: Destination::AllPeers,
             kind: TransmitKind::Stream,
             frame: Frame::AorKey(key),
         });
+        true
     }
 
     /// Rotates the cluster's AoR key: `key` (fresh random bytes) becomes generation + 1 and
@@ -195,7 +201,6 @@ impl Replica {
             key,
         };
         self.set_aor_key(now, key);
-        self.push_event(Event::AorKeyChanged { key });
         key
     }
 
@@ -305,7 +310,7 @@ impl Replica {
         }
     }
 
-    pub(super) fn handle_aor_key(&mut self, now: u64, peer: &str, key: AorKey) {
+    pub(super) fn handle_aor_key(&mut self, peer: &str, key: AorKey) {
         match self.aor.key {
             Some(held) if held == key => {}
             Some(held) if held.beats(&key) => {
@@ -316,8 +321,7 @@ impl Replica {
                 });
             }
             _ => {
-                self.set_aor_key(now, key);
-                self.push_event(Event::AorKeyChanged { key });
+                self.adopt_aor_key(key);
             }
         }
     }
