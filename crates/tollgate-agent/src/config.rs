@@ -305,10 +305,8 @@ pub struct Config {
     pub hep_listen: Option<SocketAddr>,
     pub hep_auth_key: Option<String>,
     pub hep_emergency_numbers: Option<Vec<String>>,
-<<<<<<< HEAD
     /// `[[reconcile]]` sources.
     pub reconcile: Vec<crate::reconcile::SourceConfig>,
-=======
     /// `[log] format`.
     pub log_format: LogFormat,
 }
@@ -606,9 +604,7 @@ impl Config {
             },
             hep_auth_key: raw.hep.auth_key.filter(|k| !k.is_empty()),
             hep_emergency_numbers: raw.hep.emergency_numbers,
-<<<<<<< HEAD
             reconcile: crate::reconcile::validate(raw.reconcile)?,
-=======
             log_format: match raw.log.format.as_deref() {
                 None => LogFormat::Text,
                 Some(v) => v.parse().map_err(|e| invalid("log.format", e))?,
