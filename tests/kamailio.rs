@@ -606,5 +606,249 @@ fn the_guide_quotes_the_tested_config() {
         blocks += 1;
         rest = &rest[end + end_marker.len()..];
     }
-    assert_eq!(blocks, 3, "modparams, invite and routes");
+    assert_eq!(
+        blocks, 5,
+        "modparams, invite, routes, reconcile modules and reconcile route"
+    );
+}
+
+/// A free TCP port on loopback (bound, read, released).
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Reconciliation interval of the agents in the reconciliation test.
+const RECONCILE_INTERVAL_S: u64 = 2;
+/// Kamailio's dialog timeout in the reconciliation test: every call there ends by timeout
+/// (none is hung up while Kamailio keeps it), after the late start and the restart of A.
+const RECONCILE_DIALOG_TIMEOUT_S: u64 = 25;
+
+/// Self-healing counts (issue 13): Kamailio with `jsonrpcs` + `xhttp` answers `dlg.list` and
+/// `ul.dump`, and agents with a `[[reconcile]]` source converge to it whatever they missed:
+/// - agent A (send_data) is down while calls and registrations happen; once started, it
+///   counts what Kamailio counts within one interval;
+/// - A is killed with `kill -9` while calls end (their stops are lost); after its restart
+///   plus one interval it counts what Kamailio counts again;
+/// - agent B (HEP only, `sender = "hep-1"`) keeps a call whose BYE never comes; Kamailio
+///   times it out and B drops it at the next reconciliation, long before its
+///   `max_call_duration_s`.
+#[test]
+fn agents_heal_from_kamailio_lists() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rpc_port = free_tcp_port();
+    let events_port = free_udp_port();
+    let reconcile = |sender: &str| {
+        format!(
+            "[[reconcile]]\nkind = \"kamailio\"\nurl = \"http://127.0.0.1:{rpc_port}/RPC\"\ninterval_s = {RECONCILE_INTERVAL_S}\n{sender}\n"
+        )
+    };
+    let a_state = dir.path().join("agent-events");
+    std::fs::create_dir_all(&a_state).unwrap();
+    let a_config = a_state.join("agent.toml");
+    std::fs::write(
+        &a_config,
+        format!(
+            "[general]\nnode_id = \"a\"\n\n[ingest]\nudp = \"127.0.0.1:{events_port}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[state]\nsnapshot_interval_s = 1\n\n{}",
+            reconcile("")
+        ),
+    )
+    .unwrap();
+    let hep = {
+        let state = dir.path().join("agent-hep");
+        std::fs::create_dir_all(&state).unwrap();
+        let config = write_config(
+            &state,
+            &format!(
+                "[hep]\nlisten = \"127.0.0.1:0\"\n\n[calls]\nmax_call_duration_s = 3600\n\n{}",
+                reconcile("sender = \"hep-1\"")
+            ),
+        );
+        Agent::start(&state, &config)
+    };
+    let hep_addr = hep_addr(&hep);
+
+    let run = dir.path().join("kamailio");
+    std::fs::create_dir_all(&run).unwrap();
+    let ctl = format!("unix:{}", run.join("ctl").display());
+    let sip: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let (call_port, nobye_port) = (free_udp_port(), free_udp_port());
+    let define = |name: &str, value: String| format!("{name}={value}");
+    let mut kamailio = Command::new(&tools.kamailio);
+    kamailio
+        .args(["-DD", "-E", "-f"])
+        .arg(scenario("kamailio.cfg"))
+        .arg("-Y")
+        .arg(&run)
+        .arg("-w")
+        .arg(&run)
+        .args(["-l", &format!("udp:{sip}")])
+        .args(["-l", &format!("tcp:127.0.0.1:{rpc_port}")])
+        .args(["-m", "64", "-M", "8", "-A", "TOLLGATE_RPC"])
+        .args(["-A", &define("CTL_SOCKET", format!("\"{ctl}\""))])
+        .args([
+            "-A",
+            &define(
+                "TOLLGATE_EVENTS",
+                format!("\"sip:127.0.0.1:{events_port}\""),
+            ),
+        ])
+        .args(["-A", &define("TOLLGATE_HEP", format!("\"sip:{hep_addr}\""))])
+        .args([
+            "-A",
+            &define("DIALOG_TIMEOUT", RECONCILE_DIALOG_TIMEOUT_S.to_string()),
+        ])
+        .args([
+            "-A",
+            &define("UAS_CALL", format!("\"sip:127.0.0.1:{call_port}\"")),
+        ])
+        .args([
+            "-A",
+            &define("UAS_NOBYE", format!("\"sip:127.0.0.1:{nobye_port}\"")),
+        ]);
+    let log = dir.path().join("kamailio.log");
+    let kam = Kamailio {
+        kamcmd: tools.kamcmd.clone(),
+        ctl,
+        sip,
+        _proc: Proc::spawn("kamailio", &mut kamailio, &log),
+    };
+    wait_for("kamailio's control socket", Duration::from_secs(15), || {
+        kam.kamcmd(&["dlg.stats_active"])
+            .map_err(|e| format!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
+    });
+    let callee = |name: &'static str, args: &[&str], port: u16, i: usize| {
+        let mut sipp = Command::new(&tools.sipp);
+        sipp.args(args)
+            .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin"]);
+        Proc::spawn(name, &mut sipp, &dir.path().join(format!("callee-{i}.log")))
+    };
+    let _callees = [
+        callee("sipp callee", &["-sn", "uas"], call_port, 0),
+        callee(
+            "sipp callee without BYE",
+            &["-sf", scenario("uas_nobye.xml").to_str().unwrap()],
+            nobye_port,
+            1,
+        ),
+    ];
+    let caller = |service: &str, scenario_name: &str, extra: &[&str]| {
+        let mut sipp = Command::new(&tools.sipp);
+        sipp.arg(sip.to_string());
+        if scenario_name == "uac" {
+            sipp.args(["-sn", "uac"]);
+        } else {
+            sipp.arg("-sf").arg(scenario(scenario_name));
+        }
+        sipp.args(["-s", service, "-i", "127.0.0.1", "-nostdin"])
+            .args(["-timeout", "60", "-timeout_error"])
+            .args(extra);
+        let log = dir.path().join(format!("caller-{service}.log"));
+        Proc::spawn("sipp caller", &mut sipp, &log)
+    };
+    let agrees = |agent: &Agent, what: &str| -> Result<KamCounts, String> {
+        let k = kam.counts();
+        let a = agent_counts(agent);
+        if (a.calls, a.users, a.contacts) == (k.calls, k.users, k.contacts) {
+            Ok(k)
+        } else {
+            Err(format!("{what}: kamailio {k:?}, agent {a:?}"))
+        }
+    };
+    let one_interval = Duration::from_secs(RECONCILE_INTERVAL_S * 2 + 8);
+
+    // Agent A is down: registrations and long calls happen without it.
+    assert_eq!(
+        caller(
+            "alice",
+            "register.xml",
+            &["-m", "5", "-r", "50", "-key", "expires", "3600"]
+        )
+        .wait(Duration::from_secs(40)),
+        0
+    );
+    let _long = caller(
+        "call",
+        "uac",
+        &["-m", "6", "-l", "6", "-r", "20", "-d", "120000"],
+    );
+    wait_for("6 calls up in kamailio", Duration::from_secs(20), || {
+        let k = kam.counts();
+        (k.calls == 6 && k.contacts == 15)
+            .then_some(())
+            .ok_or(format!("{k:?}"))
+    });
+    let agent = Agent::start(&a_state, &a_config);
+    let k = wait_for("agent A, started late, agrees", one_interval, || {
+        agrees(&agent, "after start")
+    });
+    assert_eq!((k.calls, k.users, k.contacts), (6, 5, 15));
+    let missing = agent
+        .metric("tollgate_reconcile_corrections_total{source=\"kamailio\",kind=\"missing_call\"}")
+        .unwrap_or(0.0);
+    assert_eq!(missing, 6.0, "the calls came from the reconciliation");
+
+    // Short calls end while agent A is killed: their stops are lost.
+    let short = caller(
+        "call2",
+        "uac",
+        &["-m", "4", "-l", "4", "-r", "20", "-d", "4000"],
+    );
+    wait_for("agent A sees the short calls", one_interval, || {
+        let a = agent_counts(&agent);
+        (a.calls == 10).then_some(()).ok_or(format!("{a:?}"))
+    });
+    std::thread::sleep(Duration::from_millis(1500)); // a snapshot with the 10 calls
+    agent.kill9();
+    assert_eq!(short.wait(Duration::from_secs(40)), 0);
+    wait_for(
+        "the short calls ended in kamailio",
+        Duration::from_secs(20),
+        || {
+            let k = kam.counts();
+            (k.calls == 6).then_some(()).ok_or(format!("{k:?}"))
+        },
+    );
+    let agent = Agent::start(&a_state, &a_config);
+    wait_for("agent A, restarted, agrees", one_interval, || {
+        agrees(&agent, "after restart")
+    });
+
+    // The HEP agent and calls Kamailio times out (no BYE on the wire): the HEP agent cannot
+    // see the timeout, and drops them at the next reconciliation, not at its
+    // max_call_duration_s (an hour).
+    let no_bye = caller("nobye", "uac_nobye.xml", &["-m", "1"]);
+    assert_eq!(no_bye.wait(Duration::from_secs(40)), 0);
+    wait_for(
+        "the HEP agent counts what kamailio counts",
+        one_interval,
+        || agrees(&hep, "HEP agent, calls up"),
+    );
+    wait_for(
+        "kamailio's dialog timeout",
+        Duration::from_secs(RECONCILE_DIALOG_TIMEOUT_S + 20),
+        || {
+            let k = kam.counts();
+            (k.calls == 0).then_some(()).ok_or(format!("{k:?}"))
+        },
+    );
+    wait_for(
+        "the HEP agent drops the timed-out calls",
+        one_interval,
+        || agrees(&hep, "HEP agent, after the timeout"),
+    );
+    assert!(
+        hep.metric("tollgate_reconcile_corrections_total{source=\"hep-1\",kind=\"phantom_call\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    wait_for("agent A still agrees", one_interval, || {
+        agrees(&agent, "end")
+    });
 }
