@@ -27,7 +27,6 @@ use parking_lot::Mutex;
 use tollgate_license_client::{
     FetchError, FetchReason, FetchSchedule, LicenseClient, Now, UsageFigures, UsageReport,
 };
-use tollgate_usage::Timestamp;
 
 use crate::AgentState;
 use crate::license::{InstallError, Installed};
@@ -243,17 +242,22 @@ impl LicenseFetcher {
         let now = crate::wall_clock();
         let since = *self.report_since_ms.lock();
         let usage = state.tables.usage();
-        let peaks = state
-            .tables
-            .peaks()
-            .max_since(now, Timestamp::from_unix_ms(since.unwrap_or(0)));
+        // The maxima of this report's own interval (since the previous report was taken),
+        // never below the current counts; given back if the report is not delivered.
+        let peaks = state.tables.peaks().take_interval();
+        // The next interval starts at today's level.
+        state.tables.peaks().observe_interval(
+            usage.calls,
+            usage.emergency_calls,
+            usage.registered_subscribers,
+        );
         let node = UsageFigures {
             calls: usage.calls,
             emergency_calls: usage.emergency_calls,
             subscribers: usage.subscribers,
             registered_subscribers: usage.registered_subscribers,
             peak_calls: peaks.calls.max(usage.calls),
-            peak_emergency_calls: usage.emergency_calls,
+            peak_emergency_calls: peaks.emergency_calls.max(usage.emergency_calls),
             peak_registered_subscribers: peaks
                 .registered_subscribers
                 .max(usage.registered_subscribers),
@@ -302,6 +306,7 @@ impl LicenseFetcher {
                 self.stats.lock().reports_sent += 1;
             }
             Err(e) => {
+                state.tables.peaks().restore_interval(peaks);
                 let mut stats = self.stats.lock();
                 stats.reports_failed += 1;
                 if stats.reports_failed == 1 || stats.reports_sent > 0 {

@@ -414,6 +414,11 @@ impl Tables {
         let usage = self.usage();
         self.peaks
             .observe(now, usage.calls, usage.registered_subscribers);
+        self.peaks.observe_interval(
+            usage.calls,
+            usage.emergency_calls,
+            usage.registered_subscribers,
+        );
         usage
     }
 

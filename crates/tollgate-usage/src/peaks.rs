@@ -36,6 +36,14 @@ pub struct MinutePeak {
     pub registered_subscribers: u64,
 }
 
+/// The peaks of one usage report's own interval (see [`Peaks::take_interval`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IntervalPeaks {
+    pub calls: u64,
+    pub emergency_calls: u64,
+    pub registered_subscribers: u64,
+}
+
 #[derive(Debug, Default)]
 struct MinuteSlot {
     calls: AtomicU64,
@@ -47,6 +55,9 @@ struct MinuteSlot {
 pub struct Peaks {
     calls_max: AtomicU64,
     registered_subscribers_max: AtomicU64,
+    /// Maxima since the last [`Peaks::take_interval`]: exact for a report's own interval,
+    /// where the per-minute slots would include the whole first and last minutes.
+    interval: [AtomicU64; 3],
     slots: Box<[MinuteSlot]>,
 }
 
@@ -105,6 +116,7 @@ impl Peaks {
         Peaks {
             calls_max: AtomicU64::new(0),
             registered_subscribers_max: AtomicU64::new(0),
+            interval: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             slots: (0..MINUTE_SLOT_COUNT)
                 .map(|_| MinuteSlot::default())
                 .collect(),
@@ -117,6 +129,33 @@ impl Peaks {
         self.registered_subscribers_max
             .fetch_max(registered_subscribers, Ordering::Relaxed);
         self.observe_minute(unix_minute(now), calls, registered_subscribers);
+    }
+
+    /// Raises the current interval's maxima (calls, emergency calls, registered
+    /// subscribers). [`crate::Tables::observe_peaks`] calls it with [`Peaks::observe`].
+    pub fn observe_interval(&self, calls: u64, emergency_calls: u64, registered_subscribers: u64) {
+        self.interval[0].fetch_max(calls, Ordering::Relaxed);
+        self.interval[1].fetch_max(emergency_calls, Ordering::Relaxed);
+        self.interval[2].fetch_max(registered_subscribers, Ordering::Relaxed);
+    }
+
+    /// The maxima since the previous call, and starts a new interval. A report that could
+    /// not be delivered gives them back with [`Peaks::restore_interval`].
+    pub fn take_interval(&self) -> IntervalPeaks {
+        IntervalPeaks {
+            calls: self.interval[0].swap(0, Ordering::Relaxed),
+            emergency_calls: self.interval[1].swap(0, Ordering::Relaxed),
+            registered_subscribers: self.interval[2].swap(0, Ordering::Relaxed),
+        }
+    }
+
+    /// Merges maxima taken by [`Peaks::take_interval`] back into the current interval.
+    pub fn restore_interval(&self, peaks: IntervalPeaks) {
+        self.observe_interval(
+            peaks.calls,
+            peaks.emergency_calls,
+            peaks.registered_subscribers,
+        );
     }
 
     fn observe_minute(&self, minute: u64, calls: u64, registered_subscribers: u64) {
@@ -322,5 +361,29 @@ mod tests {
         });
         assert_eq!(peaks.minutes(at(T0_S))[0].calls, 19_999);
         assert_eq!(peaks.since_start().calls, 19_999);
+    }
+
+    #[test]
+    fn interval_peaks_cover_exactly_one_report_and_can_be_given_back() {
+        let p = Peaks::new();
+        p.observe_interval(5, 1, 7);
+        p.observe_interval(9, 0, 3);
+        p.observe_interval(2, 2, 1);
+        let first = p.take_interval();
+        assert_eq!(
+            first,
+            IntervalPeaks {
+                calls: 9,
+                emergency_calls: 2,
+                registered_subscribers: 7
+            }
+        );
+        // A new interval: an earlier, higher minute does not leak into it.
+        p.observe_interval(3, 0, 2);
+        assert_eq!(p.take_interval().calls, 3);
+        // An undelivered report's maxima come back.
+        p.observe_interval(1, 0, 1);
+        p.restore_interval(first);
+        assert_eq!(p.take_interval(), first);
     }
 }
