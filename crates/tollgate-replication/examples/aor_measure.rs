@@ -56,7 +56,7 @@ fn main() {
 /// Which nodes hold AoR `i`: one home node; 20 % also the next one.
 fn holders(i: u64) -> impl Iterator<Item = usize> {
     let home = (mix(i) % NODES as u64) as usize;
-    let second = (i % 5 == 0).then_some((home + 1) % NODES);
+    let second = i.is_multiple_of(5).then_some((home + 1) % NODES);
     std::iter::once(home).chain(second)
 }
 
@@ -126,7 +126,7 @@ fn churn_traffic() {
         s.reset_traffic();
         let step_ms = (1000 / per_node_per_s).max(10);
         let per_step = per_node_per_s * step_ms / 1000;
-        let mut next = vec![2_000u64; NODES];
+        let mut next = [2_000u64; NODES];
         let mut changes = 0u64;
         for _ in 0..(60_000 / step_ms) {
             for (node, next) in next.iter_mut().enumerate() {
@@ -190,8 +190,7 @@ fn rejoin() {
     }
     s.run_for(20_000);
     s.partition(&[&[NODES - 1]]);
-    let mut next = 5_000u64;
-    for _ in 0..600 {
+    for next in 5_000u64..5_600 {
         for (node, set) in model.iter_mut().enumerate() {
             let aor = (node as u64) << 32 | next;
             let old = (node as u64) << 32 | (next - 5_000);
@@ -202,7 +201,6 @@ fn rejoin() {
                 r.aor_remove(now, fp(old));
             });
         }
-        next += 1;
         s.run_for(1_000);
     }
     s.reset_traffic();
