@@ -133,6 +133,7 @@ pub struct RawGeneral {
 pub struct RawState {
     pub dir: Option<PathBuf>,
     pub snapshot_interval_s: Option<u64>,
+    pub fsync_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -269,6 +270,9 @@ pub struct Config {
     pub node_id: String,
     pub state_dir: PathBuf,
     pub snapshot_interval: Duration,
+    /// How often the journal is synced to disk: what a power loss can lose at most. Zero:
+    /// every batch is synced before it is applied.
+    pub fsync_interval: Duration,
     pub events_udp: Option<SocketAddr>,
     pub events_unix: Option<PathBuf>,
     pub unix_mode: u32,
@@ -399,6 +403,11 @@ fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
     }
 }
 
+/// Default `[state] fsync_interval_ms`.
+pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 1000;
+/// Largest `[state] fsync_interval_ms`.
+pub const FSYNC_INTERVAL_MS_MAX: u64 = 60_000;
+
 impl Config {
     /// Validates `raw`; `state_dir_override` (the `--state-dir` flag) wins over `[state] dir`.
     pub fn from_raw(
@@ -472,6 +481,14 @@ impl Config {
                 raw.state.snapshot_interval_s.unwrap_or(5),
                 1,
                 86_400,
+            )?),
+            fsync_interval: Duration::from_millis(in_range(
+                "state.fsync_interval_ms",
+                raw.state
+                    .fsync_interval_ms
+                    .unwrap_or(FSYNC_INTERVAL_MS_DEFAULT),
+                0,
+                FSYNC_INTERVAL_MS_MAX,
             )?),
             state_dir,
             events_udp,

@@ -3,7 +3,7 @@
 //! | method | path | answer |
 //! | --- | --- | --- |
 //! | GET | `/` | the operator's web page (see `web.rs`) |
-//! | GET | `/healthz` | `ok` (200) while the agent runs |
+//! | GET | `/healthz` | `ok` (200) while the agent runs; then one `state reset: …` line per state reset not yet acknowledged |
 //! | GET | `/metrics` | Prometheus text exposition |
 //! | GET | `/api/v1/usage` | this node's usage as JSON ([`UsageReport`]), with `admissions_denied` by code |
 //! | GET | `/api/v1/usage/history` | per-minute peaks of the last 24 h as JSON; `?resolution=hour`: hourly peaks of the last 90 days, with the cluster's (`cluster_peak_*`) in a mesh, persisted in `history.json` |
@@ -18,6 +18,8 @@
 //! | GET | `/api/v1/features/{name}` | 200 licensed, 403 not licensed (viewer) |
 //! | GET | `/api/v1/reconcile` | each reconciliation source's last run: time, duration, result, corrections by kind (viewer) |
 //! | POST | `/api/v1/reconcile` | run every `[[reconcile]]` source now; answers the runs with their corrections (admin) |
+//! | GET | `/api/v1/state/resets` | state resets pending acknowledgement and this run's counts by reason (viewer) |
+//! | POST | `/api/v1/state/resets/acknowledge` | clears the pending resets: `{"acknowledged": n}` (admin) |
 //!
 //! Over HTTPS with `[admin] tls_cert` / `tls_key` (the listener is `admin_tls.rs`; nothing
 //! here knows). Reading usage takes no lock on the tables: every figure is a sum of sharded
@@ -174,6 +176,8 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/api/v1/admit", get(admit))
         .route("/api/v1/features/{name}", get(feature))
         .route("/api/v1/reconcile", get(reconcile_get).post(reconcile_post))
+        .route("/api/v1/state/resets", get(resets_get))
+        .route("/api/v1/state/resets/acknowledge", post(resets_acknowledge))
         .merge(crate::web::routes())
         .layer(axum::extract::DefaultBodyLimit::max(
             LICENSE_UPLOAD_BYTES_MAX,
@@ -181,8 +185,50 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// `ok`, then the pending state resets (the agent is alive either way: 200).
+async fn healthz(State(state): State<Arc<AgentState>>) -> String {
+    let mut out = String::from("ok\n");
+    for reset in state.resets.pending() {
+        out.push_str(&format!(
+            "state reset: {} at {} ms: {} (acknowledge: POST /api/v1/state/resets/acknowledge)\n",
+            reset.reason.as_str(),
+            reset.at_ms,
+            reset.detail
+        ));
+    }
+    out
+}
+
+async fn resets_get(
+    State(state): State<Arc<AgentState>>,
+    client: Client,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, client, Role::Viewer).await {
+        return r;
+    }
+    axum::Json(state.resets.report()).into_response()
+}
+
+async fn resets_acknowledge(
+    State(state): State<Arc<AgentState>>,
+    client: Client,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, client, Role::Admin).await {
+        return r;
+    }
+    // Who acknowledged, for the log line.
+    let user = match check_credentials(&state, &headers, client, |s, authorization| {
+        s.users.identify(authorization)
+    })
+    .await
+    {
+        Ok(Ok(Some((user, _)))) => user,
+        _ => String::new(),
+    };
+    let cleared = state.resets.acknowledge(&user);
+    axum::Json(serde_json::json!({ "acknowledged": cleared })).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
@@ -231,7 +277,8 @@ async fn cluster_history(State(state): State<Arc<AgentState>>) -> Response {
 }
 
 fn minute_history(state: &AgentState) -> axum::Json<Vec<MinuteReport>> {
-    let now = tollgate_ingest::wall_clock();
+    // Peaks are kept on the tables' clock.
+    let now = tollgate_ingest::tables_clock();
     axum::Json(
         state
             .tables

@@ -22,6 +22,8 @@ pub mod license;
 pub mod license_fetch;
 pub mod metrics;
 pub mod reconcile;
+pub mod recovery;
+pub mod resets;
 pub mod state;
 pub mod systemd;
 pub mod web;
@@ -107,6 +109,14 @@ pub struct AgentState {
     pub hash_permits: tokio::sync::Semaphore,
     /// Reconciliation with the proxies' own lists (`[[reconcile]]`, `sync-*`).
     pub reconciler: Arc<reconcile::Reconciler>,
+    /// State resets seen at start, pending until an admin acknowledges them.
+    pub resets: Arc<resets::StateResets>,
+    /// The journal (None when it could not be opened: the agent runs, not crash-safe).
+    pub journal: Option<Arc<tollgate_ingest::Journal>>,
+    /// The segment a checkpoint names when there is no journal.
+    pub next_segment: u64,
+    /// What start-up recovery did.
+    pub recovery: recovery::Recovery,
 }
 
 /// Cluster-wide usage as this node sees it (from the mesh), for reports and the API.
@@ -205,6 +215,8 @@ pub async fn run(
     on_ready: impl FnOnce(&RuntimeInfo),
 ) -> Result<(), AgentError> {
     let state_dir = Arc::new(StateDir::open(&config.state_dir)?);
+    tollgate_durable::remove_stale_temps(state_dir.path());
+    let resets = Arc::new(resets::StateResets::open(state_dir.path()));
     let key = state_dir.fingerprint_key()?;
     let tables = Arc::new(Tables::new(
         TablesConfig {
@@ -218,7 +230,36 @@ pub async fn run(
         },
         key,
     ));
-    restore_snapshot(&state_dir, &tables);
+    // Snapshot + journal replay, then a checkpoint before any new event: the new journal
+    // starts empty and the replayed segments go.
+    let recovered = recovery::recover(
+        &state_dir,
+        &tables,
+        &Pipeline {
+            tables: Arc::clone(&tables),
+            sequences: Arc::new(SequenceTracker::default()),
+            admission: Arc::new(tollgate_ingest::AdmitAll),
+            observer: None,
+            journal: None,
+        },
+        &resets,
+    );
+    let journal = match tollgate_ingest::Journal::open(
+        &state_dir.path().join(recovery::JOURNAL_DIR),
+        recovered.next_segment,
+        tables.fingerprint_key_id(),
+        tollgate_ingest::clock_offset_ms(),
+        config.fsync_interval,
+    ) {
+        Ok(j) => Some(Arc::new(j)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the journal: events are applied but a crash loses those since the last snapshot");
+            None
+        }
+    };
+    if let Err(e) = recovery::checkpoint(&tables, &state_dir, None, recovered.next_segment) {
+        tracing::error!(error = %e, "cannot write the start-up snapshot; the journal replayed now is kept for the next start");
+    }
     let license = Arc::new(license::LicenseManager::open(
         license::LicenseSettings {
             license_key: config.license_key.clone(),
@@ -298,6 +339,7 @@ pub async fn run(
         sequences: Arc::clone(&sequences),
         admission: Arc::clone(&admission),
         observer: Some(Arc::new(PeakSampler(Arc::clone(&tables)))),
+        journal: journal.clone(),
     };
     let mut endpoints = Vec::new();
     endpoints.extend(config.events_udp.map(Endpoint::Udp));
@@ -364,6 +406,10 @@ pub async fn run(
             Arc::clone(&tables),
             &config.reconcile,
         )),
+        resets: Arc::clone(&resets),
+        journal: journal.clone(),
+        next_segment: recovered.next_segment,
+        recovery: recovered,
     });
     state.evaluate_license();
 
@@ -425,6 +471,9 @@ pub async fn run(
         config.sweep_interval,
         Arc::clone(&stop),
     );
+    let syncer = journal
+        .clone()
+        .map(|j| spawn_syncer(j, config.fsync_interval, Arc::clone(&stop)));
     let snapshots = tokio::spawn(snapshot_task(
         Arc::clone(&state),
         Arc::clone(&state_dir),
@@ -498,6 +547,9 @@ pub async fn run(
     }
     stop.store(true, Ordering::Relaxed);
     let _ = sweeper.join();
+    if let Some(s) = syncer {
+        let _ = s.join();
+    }
     snapshots.abort();
     reports.abort();
     evaluations.abort();
@@ -521,57 +573,23 @@ pub async fn run(
     served.map_err(AgentError::AdminServe)
 }
 
-fn restore_snapshot(state_dir: &StateDir, tables: &Tables) {
-    let bytes = match state_dir.read_snapshot() {
-        Ok(Some(b)) => b,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read snapshot; starting empty");
-            return;
-        }
-    };
-    let now = wall_clock();
-    let restored = tollgate_usage::decode_snapshot(&bytes)
-        .and_then(|snapshot| Ok((tables.restore(now, &snapshot)?, snapshot.taken_at)));
-    match restored {
-        Ok((restored, taken_at)) => tracing::info!(
-            calls = restored.calls,
-            contacts = restored.contacts,
-            dropped_expired = restored.dropped_expired,
-            dropped_full = restored.dropped_full,
-            taken_at_ms = taken_at.unix_ms(),
-            "restored usage from snapshot"
-        ),
-        Err(e) => match state_dir.quarantine_snapshot(now.unix_ms()) {
-            Ok(moved) => tracing::error!(
-                error = %e,
-                moved_to = %moved.display(),
-                "snapshot unreadable; moved aside, starting empty"
-            ),
-            Err(e2) => tracing::error!(
-                error = %e,
-                move_error = %e2,
-                "snapshot unreadable and cannot be moved aside"
-            ),
-        },
-    }
-}
-
 /// Takes, encodes and writes one snapshot; counts the result.
 fn write_snapshot(state: &AgentState, state_dir: &StateDir) {
-    let now = wall_clock();
-    let snapshot = state.tables.snapshot(now);
-    let bytes = tollgate_usage::encode_snapshot(&snapshot);
-    let result = state_dir.write_snapshot(&bytes);
+    let result = recovery::checkpoint(
+        &state.tables,
+        state_dir,
+        state.journal.as_deref(),
+        state.next_segment,
+    );
     if state.cluster.is_some() {
         cluster::persist_aor_index(state);
     }
     let mut stats = state.snapshots.lock();
     match result {
-        Ok(()) => {
+        Ok(len) => {
             stats.written += 1;
-            stats.last_success_unix_s = now.unix_secs();
-            stats.last_bytes = bytes.len() as u64;
+            stats.last_success_unix_s = wall_clock().unix_secs();
+            stats.last_bytes = len as u64;
         }
         Err(e) => {
             stats.failed += 1;
@@ -716,6 +734,25 @@ impl IdleSenders {
     }
 }
 
+/// Syncs the journal every `every` (nothing to do when it is zero: appends sync inline).
+fn spawn_syncer(
+    journal: Arc<tollgate_ingest::Journal>,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("journal-sync".into())
+        .spawn(move || {
+            let tick = every.max(Duration::from_millis(10));
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                journal.sync();
+            }
+            journal.sync();
+        })
+        .unwrap_or_else(|e| panic!("cannot start the journal sync thread: {e}"))
+}
+
 fn spawn_sweeper(
     tables: Arc<Tables>,
     idle_senders: IdleSenders,
@@ -730,7 +767,7 @@ fn spawn_sweeper(
             let step = every / 10;
             let budget = tables.shard_count().div_ceil(10);
             while !stop.load(Ordering::Relaxed) {
-                let now = wall_clock();
+                let now = tollgate_ingest::tables_clock();
                 let swept = tables.sweep(now, budget);
                 if swept.pass_completed {
                     idle_senders.sweep(now);

@@ -300,6 +300,45 @@ pub fn render(state: &AgentState) -> String {
             ("timeout", tls.timed_out.load(Relaxed)),
         ],
     );
+    state.resets.write_metrics(&mut m.out);
+    if let Some(j) = &state.journal {
+        let s = &j.stats;
+        m.counter(
+            "tollgate_journal_records_total",
+            "Batches appended to the journal.",
+            s.records.load(Relaxed),
+        );
+        m.counter(
+            "tollgate_journal_bytes_total",
+            "Bytes appended to the journal.",
+            s.bytes.load(Relaxed),
+        );
+        m.counter(
+            "tollgate_journal_write_failures_total",
+            "Batches applied but not journalled (a full disk): not crash-safe until the next snapshot.",
+            s.write_failures.load(Relaxed),
+        );
+        m.counter(
+            "tollgate_journal_fsyncs_total",
+            "fsyncs of the journal.",
+            s.fsyncs.load(Relaxed),
+        );
+        m.counter(
+            "tollgate_journal_fsync_failures_total",
+            "fsyncs of the journal that failed.",
+            s.fsync_failures.load(Relaxed),
+        );
+    }
+    m.gauge(
+        "tollgate_journal_enabled",
+        "1 when applied batches are journalled (crash-exact), 0 when the journal could not be opened.",
+        u64::from(state.journal.is_some()),
+    );
+    m.gauge(
+        "tollgate_journal_replayed_records",
+        "Journal records replayed at start.",
+        state.recovery.records,
+    );
     m.finish()
 }
 

@@ -42,7 +42,7 @@ use crate::exposition::{family, header, single};
 use crate::stats::{EventOutcome, IngestStats, LocalStats, StatsSnapshot, ThreadStats};
 use crate::{
     Endpoint, EventSocket, IngestError, Pipeline, RecvBatch, RecvMode, SocketOptions, is_transient,
-    wall_clock,
+    tables_clock,
 };
 
 /// The collector's default address (MISSION.md). It is off unless configured.
@@ -470,6 +470,9 @@ struct Scratch {
     events: Vec<OwnedEvent>,
     /// Replies to `admit` lines in LOG packets: built by the pipeline, never sent.
     reply: Vec<u8>,
+    /// The derived events as text lines, for the journal.
+    lines: Vec<u8>,
+    record: tollgate_usage::journal::RecordBuilder,
 }
 
 impl Worker {
@@ -481,7 +484,7 @@ impl Worker {
             let n = match batch.recv_mode(fd, self.mode) {
                 Ok(n) => n,
                 Err(e) if is_transient(&e) => {
-                    let now = wall_clock();
+                    let now = tables_clock();
                     if self.expire_due(now) {
                         let mut tracker = self.tracker.lock();
                         self.expire(now, &mut tracker, &mut scratch);
@@ -504,7 +507,7 @@ impl Worker {
                     continue;
                 }
             };
-            let now = wall_clock();
+            let now = tables_clock();
             scratch.local.record_batch(n);
             {
                 let mut tracker = self.tracker.lock();
@@ -568,6 +571,14 @@ impl Worker {
             };
         }
         if let Some(datagram) = packet.log_events() {
+            // The text lines are journalled as they came (replay decodes them the same way).
+            let held = self.pipeline.journal.as_ref().map(|journal| {
+                scratch.record.begin(now);
+                scratch.record.push(packet.payload);
+                let mut held = journal.lock();
+                held.append(scratch.record.finish());
+                held
+            });
             for item in datagram.events {
                 match item {
                     Ok(event) => {
@@ -578,12 +589,36 @@ impl Worker {
                     Err(reason) => scratch.local.malformed[reason as usize] += 1,
                 }
             }
+            drop(held);
             return HepResult::Log as usize;
         }
         HepResult::OtherProtocol as usize
     }
 
     fn apply_events(&self, now: Timestamp, owner: Owner, scratch: &mut Scratch) {
+        if scratch.events.is_empty() {
+            return;
+        }
+        // Journalled as text lines (what replay decodes) before they are applied; a `seq`
+        // line names the capture agent that owns them.
+        let held = self.pipeline.journal.as_ref().map(|journal| {
+            scratch.lines.clear();
+            if owner != Owner::NONE
+                && let Some(name) = self.pipeline.tables.owners().name(owner)
+            {
+                let _ = tollgate_events::text::write_seq(name.as_bytes(), 0, &mut scratch.lines);
+            }
+            for event in &scratch.events {
+                // SIP fields never hold the spaces or newlines text cannot carry; an event
+                // that did would be applied but not journalled.
+                let _ = tollgate_events::text::write_event(&event.as_event(), &mut scratch.lines);
+            }
+            scratch.record.begin(now);
+            scratch.record.push(&scratch.lines);
+            let mut held = journal.lock();
+            held.append(scratch.record.finish());
+            held
+        });
         for event in scratch.events.drain(..) {
             scratch.reply.clear();
             self.pipeline.apply_from(
@@ -594,6 +629,7 @@ impl Worker {
                 &mut scratch.reply,
             );
         }
+        drop(held);
     }
 
     /// Whether this thread should sweep the tracker now (at most one thread per interval).

@@ -17,6 +17,7 @@
 
 mod exposition;
 pub mod hep;
+pub mod journal;
 mod pipeline;
 mod recv;
 mod socket;
@@ -31,6 +32,7 @@ pub use exposition::{write_opensips_metrics, write_refused_metrics};
 pub use hep::{
     HepConfig, HepHandle, HepIngest, HepResult, HepSnapshot, TrackerConfig, TrackerCounters,
 };
+pub use journal::{Journal, JournalStats};
 pub use pipeline::{Admission, AdmitAll, BatchObserver, Decision, Pipeline, REPLY_BYTES_MAX};
 pub use recv::{RECV_BATCH_MAX, Received, RecvBatch, RecvMode};
 pub use socket::{Endpoint, EventSocket, RECV_TIMEOUT, SocketOptions};
@@ -87,6 +89,50 @@ pub fn wall_clock() -> Timestamp {
         .unwrap_or(Duration::ZERO)
         .as_millis();
     Timestamp::from_unix_ms(ms as u64)
+}
+
+/// The tables' clock: Unix milliseconds at the first call (the wall clock then), advanced
+/// by the monotonic clock since. Durations (call deadlines, contact expiry, sweeps, the HEP
+/// tracker) run on it, so a step of the wall clock (NTP, an operator) changes no expiry;
+/// the wall clock is for display, snapshots and reports, and a snapshot records both
+/// (`Snapshot::wall_at`) so a restart converts its times.
+pub fn tables_clock() -> Timestamp {
+    CLOCK.now()
+}
+
+/// The process's [`MonotonicClock`], anchored at its first use.
+static CLOCK: std::sync::LazyLock<MonotonicClock> =
+    std::sync::LazyLock::new(|| MonotonicClock::new(wall_clock()));
+
+/// A clock that reads `anchor` at creation and advances with `Instant` only.
+#[derive(Debug, Clone, Copy)]
+pub struct MonotonicClock {
+    anchor: Timestamp,
+    started: std::time::Instant,
+}
+
+impl MonotonicClock {
+    pub fn new(anchor: Timestamp) -> Self {
+        MonotonicClock {
+            anchor,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        let elapsed = self.started.elapsed().as_millis() as u64;
+        Timestamp::from_unix_ms(self.anchor.unix_ms().saturating_add(elapsed))
+    }
+
+    /// `wall - now()`: what to add to this clock's times to show them as wall-clock times.
+    pub fn offset_to(&self, wall: Timestamp) -> i64 {
+        wall.unix_ms() as i64 - self.now().unix_ms() as i64
+    }
+}
+
+/// Wall clock minus tables clock, now (ms).
+pub fn clock_offset_ms() -> i64 {
+    CLOCK.offset_to(wall_clock())
 }
 
 /// Running ingest: one or more threads per socket until [`Ingest::shutdown`].
@@ -228,6 +274,8 @@ pub fn receive_loop(
     let mut local = LocalStats::default();
     let mut reply = Vec::with_capacity(REPLY_BYTES_MAX);
     let mut error_logged = false;
+    let mut record = tollgate_usage::journal::RecordBuilder::default();
+    let mut accepted: Vec<usize> = Vec::with_capacity(batch.capacity());
     while !stop.load(Ordering::Relaxed) {
         let n = match batch.recv_mode(fd, mode) {
             Ok(n) => n,
@@ -248,22 +296,49 @@ pub fn receive_loop(
                 continue;
             }
         };
-        let now = wall_clock();
+        let now = tables_clock();
         local.record_batch(n);
+        let Some(journal) = &pipeline.journal else {
+            for received in batch.iter() {
+                if received.truncated {
+                    pipeline.reject_oversize(received.data.len(), &mut local);
+                    continue;
+                }
+                reply.clear();
+                pipeline.process(now, received.data, &mut local, &mut reply);
+                send_reply(batch, fd, received.slot, &reply, &mut local);
+            }
+            pipeline.after_batch(now);
+            if let Some(d) = batch.kernel_drops() {
+                kernel_drops.fetch_max(u64::from(d), Ordering::Relaxed);
+            }
+            stats.publish(&mut local);
+            continue;
+        };
+        // Journalled: check every datagram's sequence, append the ones that passed as one
+        // record, and apply them while still holding the journal (its order is the tables').
+        record.begin(now);
+        accepted.clear();
         for received in batch.iter() {
             if received.truncated {
                 pipeline.reject_oversize(received.data.len(), &mut local);
-                continue;
+            } else if pipeline.check_sequence(now, received.data, &mut local) {
+                record.push(received.data);
+                accepted.push(received.slot);
             }
-            reply.clear();
-            pipeline.process(now, received.data, &mut local, &mut reply);
-            if !reply.is_empty() {
-                match batch.reply_to(fd, received.slot, &reply) {
-                    Ok(true) => local.replies += 1,
-                    Ok(false) => local.replies_unaddressable += 1,
-                    Err(_) => local.reply_errors += 1,
+        }
+        if !accepted.is_empty() {
+            let mut held = journal.lock();
+            held.append(record.finish());
+            for received in batch.iter() {
+                if accepted.binary_search(&received.slot).is_err() {
+                    continue;
                 }
+                reply.clear();
+                pipeline.apply_datagram(now, received.data, &mut local, &mut reply);
+                send_reply(batch, fd, received.slot, &reply, &mut local);
             }
+            drop(held);
         }
         pipeline.after_batch(now);
         if let Some(d) = batch.kernel_drops() {
@@ -272,6 +347,16 @@ pub fn receive_loop(
         stats.publish(&mut local);
     }
     stats.publish(&mut local);
+}
+
+fn send_reply(batch: &RecvBatch, fd: i32, slot: usize, reply: &[u8], local: &mut LocalStats) {
+    if !reply.is_empty() {
+        match batch.reply_to(fd, slot, reply) {
+            Ok(true) => local.replies += 1,
+            Ok(false) => local.replies_unaddressable += 1,
+            Err(_) => local.reply_errors += 1,
+        }
+    }
 }
 
 /// A bare drain loop: receive in the same batches and count, nothing else. The baseline the

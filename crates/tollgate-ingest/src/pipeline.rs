@@ -58,6 +58,8 @@ pub struct Pipeline {
     pub sequences: Arc<SequenceTracker>,
     pub admission: Arc<dyn Admission>,
     pub observer: Option<Arc<dyn BatchObserver>>,
+    /// The journal every applied batch is appended to first (`None`: not crash-safe).
+    pub journal: Option<Arc<crate::Journal>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -77,15 +79,21 @@ impl Pipeline {
         stats: &mut LocalStats,
         reply: &mut Vec<u8>,
     ) {
+        if self.check_sequence(now, datagram, stats) {
+            self.apply_datagram(now, datagram, stats, reply);
+        }
+    }
+
+    /// The first half of [`process`](Self::process): counts the datagram and checks its
+    /// sequence header; `false` means a replay, dropped (and counted). The receive loop calls
+    /// this for a whole batch, journals what passed, then applies it.
+    pub fn check_sequence(&self, now: Timestamp, datagram: &[u8], stats: &mut LocalStats) -> bool {
         stats.datagrams += 1;
         stats.bytes += datagram.len() as u64;
         if tollgate_opensips::looks_like_json(datagram) {
-            self.process_opensips(now, datagram, stats, reply);
-            return;
+            return true;
         }
-        let decoded = tollgate_events::decode(datagram);
-        let mut owner = Owner::NONE;
-        if let Some(seq) = &decoded.seq {
+        if let Some(seq) = &tollgate_events::decode(datagram).seq {
             match self.sequences.check(now, seq) {
                 SeqVerdict::Fresh { lost } => {
                     stats.lost_datagrams = stats.lost_datagrams.saturating_add(lost);
@@ -96,12 +104,32 @@ impl Pipeline {
                 }
                 SeqVerdict::Duplicate => {
                     stats.dropped[DatagramDrop::Duplicate as usize] += 1;
-                    return;
+                    return false;
                 }
             }
-            // Who reported these entries: a reconciliation source corrects only its own.
-            owner = self.tables.owners().intern(seq.sender);
         }
+        true
+    }
+
+    /// The second half of [`process`](Self::process): decodes and applies a datagram that
+    /// passed [`check_sequence`](Self::check_sequence).
+    pub fn apply_datagram(
+        &self,
+        now: Timestamp,
+        datagram: &[u8],
+        stats: &mut LocalStats,
+        reply: &mut Vec<u8>,
+    ) {
+        if tollgate_opensips::looks_like_json(datagram) {
+            self.process_opensips(now, datagram, stats, reply);
+            return;
+        }
+        let decoded = tollgate_events::decode(datagram);
+        // Who reported these entries: a reconciliation source corrects only its own.
+        let owner = decoded
+            .seq
+            .as_ref()
+            .map_or(Owner::NONE, |seq| self.tables.owners().intern(seq.sender));
         for item in decoded.events {
             match item {
                 Ok(Event::Sync(line)) => {
@@ -111,6 +139,37 @@ impl Pipeline {
                 }
                 Ok(event) => self.apply_from(now, &event, owner, stats, reply),
                 Err(reason) => stats.malformed[reason as usize] += 1,
+            }
+        }
+    }
+
+    /// Applies a journalled datagram again at its original receive time (start-up replay):
+    /// no sequence check (it was made when the datagram arrived), no `admit` answers; the
+    /// sender's `seq` header still names the owner of what it reports.
+    pub fn replay(&self, now: Timestamp, datagram: &[u8], stats: &mut LocalStats) {
+        let mut no_reply = Vec::new();
+        if tollgate_opensips::looks_like_json(datagram) {
+            if let Ok(Some(event)) = tollgate_opensips::decode(datagram, now) {
+                self.apply(now, &event.as_event(), stats, &mut no_reply);
+            }
+            return;
+        }
+        let decoded = tollgate_events::decode(datagram);
+        let owner = decoded
+            .seq
+            .as_ref()
+            .map_or(Owner::NONE, |seq| self.tables.owners().intern(seq.sender));
+        for event in decoded.events.flatten() {
+            match event {
+                Event::Sync(line) => {
+                    self.tables
+                        .sync_line(now, decoded.seq.map(|seq| seq.sender), &line);
+                }
+                Event::Admit { .. } => {}
+                event => {
+                    no_reply.clear();
+                    self.apply_from(now, &event, owner, stats, &mut no_reply);
+                }
             }
         }
     }
@@ -263,6 +322,7 @@ mod tests {
             sequences: Arc::new(SequenceTracker::default()),
             admission: Arc::new(AdmitAll),
             observer: None,
+            journal: None,
         }
     }
 

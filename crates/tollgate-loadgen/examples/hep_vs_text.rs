@@ -131,6 +131,7 @@ fn run_one(cli: &Cli, format: Format, run: usize) -> Row {
         sequences: Arc::new(SequenceTracker::default()),
         admission: Arc::new(AdmitAll),
         observer: None,
+        journal: None,
     };
     let (receiver, addr) = Receiver::start(format, pipeline);
     let args = LoadgenArgs {

@@ -476,6 +476,24 @@ impl CallTable {
         }
     }
 
+    /// Puts back a tombstone from a snapshot (a stop whose late start must still be
+    /// ignored after a restart). Within the per-shard cap; never over an entry.
+    pub(crate) fn restore_tombstone(&self, fp: Fingerprint, deadline_s: u32) -> bool {
+        let shard = self.shard(fp);
+        let mut state = shard.state.lock();
+        if state.tombstones >= TOMBSTONES_PER_SHARD_MAX {
+            return false;
+        }
+        match state.map.entry(fp) {
+            Entry::Vacant(vacant) => {
+                vacant.insert(CallEntry::tombstone(deadline_s));
+                state.tombstones += 1;
+                true
+            }
+            Entry::Occupied(_) => false,
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn tombstones(&self) -> u64 {
         self.shards

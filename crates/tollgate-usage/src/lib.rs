@@ -41,6 +41,7 @@
 pub mod aors;
 pub mod calls;
 pub mod fingerprint;
+pub mod journal;
 pub mod owners;
 pub mod peaks;
 pub mod reconcile;
@@ -62,7 +63,7 @@ pub use reconcile::{Corrections, ProxyList, Run, Scope, TOUCHED_PER_SHARD_MAX};
 pub use registrations::CONTACTS_PER_AOR_LIMIT;
 pub use sequence::{SEQ_SENDERS_MAX, SEQ_WINDOW_LEN, SeqVerdict, SequenceTracker};
 pub use snapshot::{
-    AorRecord, CallRecord, ContactRecord, Restored, Snapshot, SnapshotError,
+    AorRecord, CallRecord, ContactRecord, Restored, Snapshot, SnapshotError, TombstoneRecord,
     decode as decode_snapshot, encode as encode_snapshot,
 };
 pub use sync::{CompleteList, SyncLists, SyncResult};
@@ -427,8 +428,19 @@ impl Tables {
         let now_s = now.unix_secs_u32();
         let usage = self.usage();
         let mut calls = Vec::with_capacity(usage.calls as usize);
+        let mut tombstones = Vec::new();
         for shard in self.calls.shards.iter() {
             let state = shard.state.lock();
+            tombstones.extend(
+                state
+                    .map
+                    .iter()
+                    .filter(|(_, e)| e.is_tombstone() && e.deadline_s() > now_s)
+                    .map(|(fp, e)| TombstoneRecord {
+                        fingerprint: fp.to_bytes(),
+                        deadline_s: e.deadline_s(),
+                    }),
+            );
             calls.extend(
                 state
                     .map
@@ -471,6 +483,9 @@ impl Tables {
             subscribers: usage.subscribers,
             subscribers_reported_at: usage.subscribers_reported_at,
             peaks: self.peaks.minutes(now),
+            wall_at: now,
+            journal_segment: 0,
+            tombstones,
         };
         debug_assert!(snapshot.validate().is_ok());
         snapshot
@@ -501,6 +516,12 @@ impl Tables {
                 Restore::Inserted => restored.calls += 1,
                 Restore::Present => {}
                 Restore::Full => restored.dropped_full += 1,
+            }
+        }
+        for t in &snapshot.tombstones {
+            if t.deadline_s > now_s {
+                self.calls
+                    .restore_tombstone(Fingerprint::from_bytes(t.fingerprint), t.deadline_s);
             }
         }
         let mut live = Vec::new();

@@ -6,6 +6,10 @@
 //! them with temp file + fsync + rename (no file IO here). [`crate::Tables::restore`] puts
 //! the entries back, dropping what expired in the meantime.
 //!
+//! Format version 2 added the wall-clock anchor (`wall_at`), the journal segment the snapshot
+//! stops at (`journal_segment`, see [`crate::journal`]) and tombstones; version 1 snapshots
+//! still decode (with no anchor, no journal and no tombstones).
+//!
 //! ```text
 //! offset  size  field
 //!      0     6  magic "TGSNAP"
@@ -35,7 +39,7 @@ use crate::registrations::CONTACTS_PER_AOR_LIMIT;
 /// First bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 6] = *b"TGSNAP";
 /// The format [`encode`] writes and [`decode`] reads.
-pub const SNAPSHOT_FORMAT_VERSION: u16 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u16 = 2;
 /// Header length: magic, version, body length, body hash.
 pub const SNAPSHOT_HEADER_LEN: usize = 6 + 2 + 8 + 32;
 
@@ -51,6 +55,51 @@ pub struct Snapshot {
     pub subscribers_reported_at: Option<Timestamp>,
     /// Minute peaks of the last 24 hours, oldest first.
     pub peaks: Vec<MinutePeak>,
+    /// The wall clock when the snapshot was taken; `taken_at` and every time in the
+    /// snapshot are on the tables' (monotonic) clock, `wall_at - taken_at` converts them.
+    pub wall_at: Timestamp,
+    /// The first journal segment this snapshot does not contain: replay starts there
+    /// (0: no journal).
+    pub journal_segment: u64,
+    /// Stops of unknown calls still remembered, so their late starts stay ignored.
+    pub tombstones: Vec<TombstoneRecord>,
+}
+
+/// A stop of an unknown call, remembered until `deadline_s` (see [`crate::calls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TombstoneRecord {
+    pub fingerprint: [u8; 16],
+    pub deadline_s: u32,
+}
+
+/// The body of a format-1 snapshot.
+#[derive(Debug, Clone, Deserialize)]
+struct SnapshotV1 {
+    taken_at: Timestamp,
+    fingerprint_key_id: u64,
+    calls: Vec<CallRecord>,
+    registrations: Vec<AorRecord>,
+    subscribers: u64,
+    subscribers_reported_at: Option<Timestamp>,
+    peaks: Vec<MinutePeak>,
+}
+
+impl From<SnapshotV1> for Snapshot {
+    fn from(v1: SnapshotV1) -> Snapshot {
+        Snapshot {
+            taken_at: v1.taken_at,
+            fingerprint_key_id: v1.fingerprint_key_id,
+            calls: v1.calls,
+            registrations: v1.registrations,
+            subscribers: v1.subscribers,
+            subscribers_reported_at: v1.subscribers_reported_at,
+            peaks: v1.peaks,
+            // Version 1 ran on the wall clock.
+            wall_at: v1.taken_at,
+            journal_segment: 0,
+            tombstones: Vec::new(),
+        }
+    }
 }
 
 /// One active call.
@@ -160,9 +209,14 @@ pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
 /// Puts the header (magic, version, length, hash) in front of a body. [`encode`] uses it;
 /// tests and the fuzz target use it to feed arbitrary bodies past the checksum.
 pub fn frame_body(body: &[u8]) -> Vec<u8> {
+    frame_body_version(body, SNAPSHOT_FORMAT_VERSION)
+}
+
+/// [`frame_body`] with an explicit format version (tests of older versions).
+pub fn frame_body_version(body: &[u8], version: u16) -> Vec<u8> {
     let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + body.len());
     out.extend_from_slice(&SNAPSHOT_MAGIC);
-    out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(blake3::hash(body).as_bytes());
     debug_assert_eq!(out.len(), SNAPSHOT_HEADER_LEN);
@@ -185,7 +239,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
         return Err(truncated(SNAPSHOT_HEADER_LEN));
     }
     let version = u16::from_le_bytes([bytes[6], bytes[7]]);
-    if version != SNAPSHOT_FORMAT_VERSION {
+    if version != SNAPSHOT_FORMAT_VERSION && version != 1 {
         return Err(SnapshotError::UnsupportedVersion(version));
     }
     let Some((header, body)) = bytes.split_at_checked(SNAPSHOT_HEADER_LEN) else {
@@ -207,7 +261,12 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     if blake3::hash(body).as_bytes() != &header[16..48] {
         return Err(SnapshotError::ChecksumMismatch);
     }
-    let (snapshot, rest) = postcard::take_from_bytes::<Snapshot>(body)?;
+    let (snapshot, rest) = if version == 1 {
+        let (v1, rest) = postcard::take_from_bytes::<SnapshotV1>(body)?;
+        (Snapshot::from(v1), rest)
+    } else {
+        postcard::take_from_bytes::<Snapshot>(body)?
+    };
     if !rest.is_empty() {
         return Err(SnapshotError::Invalid("bytes after the postcard body"));
     }
@@ -249,6 +308,12 @@ mod tests {
                 calls: 3,
                 registered_subscribers: 1,
             }],
+            wall_at: Timestamp::from_unix_secs(1_750_000_100),
+            journal_segment: 9,
+            tombstones: vec![TombstoneRecord {
+                fingerprint: [3; 16],
+                deadline_s: 1_750_000_030,
+            }],
         }
     }
 
@@ -260,6 +325,35 @@ mod tests {
             decode(&encode(&Snapshot::default())).ok(),
             Some(Snapshot::default())
         );
+    }
+
+    #[test]
+    fn a_version_1_snapshot_still_decodes() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            taken_at: Timestamp,
+            fingerprint_key_id: u64,
+            calls: &'a [CallRecord],
+            registrations: &'a [AorRecord],
+            subscribers: u64,
+            subscribers_reported_at: Option<Timestamp>,
+            peaks: &'a [MinutePeak],
+        }
+        let s = sample();
+        let body = postcard::to_stdvec(&V1 {
+            taken_at: s.taken_at,
+            fingerprint_key_id: s.fingerprint_key_id,
+            calls: &s.calls,
+            registrations: &s.registrations,
+            subscribers: s.subscribers,
+            subscribers_reported_at: s.subscribers_reported_at,
+            peaks: &s.peaks,
+        })
+        .unwrap();
+        let decoded = decode(&frame_body_version(&body, 1)).unwrap();
+        assert_eq!(decoded.calls, s.calls);
+        assert_eq!(decoded.wall_at, s.taken_at);
+        assert_eq!(decoded.journal_segment, 0);
     }
 
     #[test]

@@ -533,6 +533,7 @@ fn main() -> anyhow::Result<()> {
             denied: tollgate_license::DenialCounters::new(),
         }),
         observer: None,
+        journal: None,
     };
     let datagrams: Vec<Vec<u8>> = (0..CALL_ID_COUNT)
         .map(|i| format!("admit {i:016x}-bench@10.0.0.1\n").into_bytes())

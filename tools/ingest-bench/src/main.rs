@@ -521,6 +521,7 @@ fn main() -> anyhow::Result<()> {
                 sequences: Arc::new(SequenceTracker::default()),
                 admission: Arc::new(AdmitAll),
                 observer: None,
+                journal: None,
             };
             let fill = match case.payload {
                 Payload::SingleText => args.fill,

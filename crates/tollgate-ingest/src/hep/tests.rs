@@ -25,6 +25,7 @@ impl Harness {
             sequences: Arc::new(SequenceTracker::default()),
             admission: Arc::new(AdmitAll),
             observer: None,
+            journal: None,
         };
         let mut config = HepConfig::new("127.0.0.1:0".parse().unwrap());
         config.auth_key = auth_key.map(<[u8]>::to_vec);
@@ -252,6 +253,7 @@ fn bad_configuration_is_refused() {
         sequences: Arc::new(SequenceTracker::default()),
         admission: Arc::new(AdmitAll),
         observer: None,
+        journal: None,
     };
     let mut config = HepConfig::new("127.0.0.1:0".parse().unwrap());
     config.auth_key = Some(Vec::new());
