@@ -359,6 +359,22 @@ async function run(context) {
   const firstShown = new Intl.DateTimeFormat('en-US', { hour: '2-digit', minute: '2-digit', hourCycle: 'h23', timeZone: 'Asia/Kolkata' })
     .format(first);
   assert.match(await page.textContent('#history-span'), new RegExp(`since ${firstShown} \\(the first figure\\)`));
+  assert.equal(await page.isVisible('#charts .chart-col[data-scope="cluster"]'), false, 'no cluster chart without a mesh');
+
+  step('90 days of hourly peaks, persisted by the agent');
+  await page.click('#range-quarter');
+  await eventually('the 90-day chart shows the agent\'s hours', async () => {
+    const hours = (await api('/api/v1/usage/history?resolution=hour')).body;
+    assert.ok(hours.length >= 1, 'the agent has an hour');
+    assert.equal(await page.textContent('#history-range-title'), 'Last 90 days');
+    assert.equal(await page.getAttribute('#chart-calls', 'data-points'), String(hours.length));
+    assert.match(await page.textContent('#history-span'), /since \d{4}-\d{2}-\d{2} \d{2}:\d{2} GMT\+5:30 \(the first figure\)/);
+    const rows = await page.$$eval('#history-table tbody tr', (trs) => trs.length);
+    assert.equal(rows, hours.length, 'the table lists the hours');
+  });
+  assert.equal(await page.getAttribute('#range-quarter', 'aria-pressed'), 'true');
+  await page.click('#range-day');
+  await eventually('back to 24 hours', async () => assert.equal(await page.textContent('#history-range-title'), 'Last 24 hours'));
 
   step('phone width: nothing overflows sideways');
   await page.setViewportSize({ width: 390, height: 844 });

@@ -4,6 +4,9 @@
 //   GET  /api/v1/usage           this node's figures, every POLL_MS
 //   GET  /api/v1/license         the license and its evaluation (viewer), every POLL_MS
 //   GET  /api/v1/usage/history   per-minute peaks of the last 24 h, every HISTORY_POLL_MS
+//   GET  /api/v1/usage/history?resolution=hour  hourly peaks of 90 days (node and cluster),
+//                                every HOURLY_POLL_MS while the 90-day range is shown
+//   GET  /api/v1/cluster/history the cluster's per-minute peaks of 24 h, in a cluster
 //   GET  /api/v1/cluster         cluster figures once the mesh adds them (404: section hidden)
 //   POST /api/v1/license/reload  Reload License (admin)
 //   PUT  /api/v1/license         Upload License, the armored text as the body (admin)
@@ -22,6 +25,8 @@
 const POLL_MS = 2000;
 const HISTORY_POLL_MS = 10000;
 const CLUSTER_RETRY_MS = 60000;
+const HOURLY_POLL_MS = 60000;
+const RANGE_KEY = 'tollgate.range';
 const MINUTE_MS = 60000;
 const HOUR_MS = 60 * MINUTE_MS;
 const DAY_MS = 24 * HOUR_MS;
@@ -61,6 +66,10 @@ const state = {
   licenseError: '',
   history: null,
   historyAt: 0,
+  clusterHistory: null, // the cluster's minutes (24 h)
+  hourly: null, // hourly peaks (90 days), node and cluster
+  hourlyAt: 0,
+  range: loadRange(), // 'day' (24 h per minute) or 'quarter' (90 days per hour)
   cluster: null,
   clusterError: '',
   clusterRetryAt: 0,
@@ -122,6 +131,29 @@ function setResult(el, outcome, text, http) {
 
 // ---------------------------------------------------------------------------------------
 // Time and numbers
+
+function loadRange() {
+  try {
+    return localStorage.getItem(RANGE_KEY) === 'quarter' ? 'quarter' : 'day';
+  } catch (e) {
+    return 'day';
+  }
+}
+
+function setRange(range) {
+  state.range = range === 'quarter' ? 'quarter' : 'day';
+  try {
+    localStorage.setItem(RANGE_KEY, state.range);
+  } catch (e) {
+    // The choice lasts for this page only.
+  }
+  state.rendered.history = '';
+  renderHistory(true);
+  if (state.range === 'quarter' && !state.hourly) {
+    state.hourlyAt = 0;
+    poll();
+  }
+}
 
 function loadZone() {
   try {
@@ -330,16 +362,19 @@ async function read(t) {
   const now = Date.now();
   const wantHistory = now - state.historyAt >= HISTORY_POLL_MS;
   const wantCluster = now >= state.clusterRetryAt;
-  const [usage, license, history, cluster] = await Promise.all([
+  const wantHourly = state.range === 'quarter' && now - state.hourlyAt >= HOURLY_POLL_MS;
+  const [usage, license, history, cluster, clusterHistory, hourly] = await Promise.all([
     api('GET', '/api/v1/usage', { token: t }),
     api('GET', '/api/v1/license', { token: t }),
     wantHistory ? api('GET', '/api/v1/usage/history', { token: t }) : null,
     wantCluster ? api('GET', '/api/v1/cluster', { token: t }) : null,
+    wantHistory && state.cluster ? api('GET', '/api/v1/cluster/history', { token: t }) : null,
+    wantHourly ? api('GET', '/api/v1/usage/history?resolution=hour', { token: t }) : null,
   ]);
-  return { t, now, usage, license, history, cluster };
+  return { t, now, usage, license, history, cluster, clusterHistory, hourly };
 }
 
-function apply({ t, now, usage, license, history, cluster }) {
+function apply({ t, now, usage, license, history, cluster, clusterHistory, hourly }) {
   state.reachable = usage.status !== 0;
   if (!state.reachable) {
     state.unreachableSince = state.unreachableSince || now;
@@ -357,6 +392,13 @@ function apply({ t, now, usage, license, history, cluster }) {
   if (history && history.ok && Array.isArray(history.body)) {
     state.history = history.body;
     state.historyAt = now;
+  }
+  if (clusterHistory && clusterHistory.ok && Array.isArray(clusterHistory.body)) {
+    state.clusterHistory = clusterHistory.body;
+  }
+  if (hourly && hourly.ok && Array.isArray(hourly.body)) {
+    state.hourly = hourly.body;
+    state.hourlyAt = now;
   }
   if (cluster) applyCluster(cluster, now);
 }
@@ -804,34 +846,65 @@ function renderRefresh() {
 // ---------------------------------------------------------------------------------------
 // The history charts (inline SVG)
 
+/** The series a chart draws, as `{t, v}` points (`t` the start of the minute or hour):
+ * this node's or the cluster's, per minute (24 h) or per hour (90 days). */
+function chartPoints(scope, series, quarter) {
+  if (quarter) {
+    const field = scope === 'cluster'
+      ? (series === 'calls' ? 'cluster_peak_calls' : 'cluster_peak_registered_subscribers')
+      : (series === 'calls' ? 'peak_calls' : 'peak_registered_subscribers');
+    return (state.hourly || []).filter((p) => p[field] !== undefined && p[field] !== null)
+      .map((p) => ({ t: p.hour_start_ms, v: p[field] }));
+  }
+  const field = series === 'calls' ? 'peak_calls' : 'peak_registered_subscribers';
+  const points = scope === 'cluster' ? state.clusterHistory || [] : state.history || [];
+  return points.map((p) => ({ t: p.minute_start_ms, v: p[field] }));
+}
+
 function renderHistory(force) {
-  const points = state.history || [];
+  const quarter = state.range === 'quarter';
+  const clustered = !!state.cluster;
   const doc = state.license && state.license.license;
   const ev = evaluation();
-  const key = JSON.stringify([state.historyAt, doc && doc.limits, ev && ev.policy.warn_at_pct, $('history').clientWidth]);
+  const key = JSON.stringify([state.historyAt, state.hourlyAt, state.range, clustered, state.zone,
+    doc && doc.limits, ev && ev.policy.warn_at_pct, $('history').clientWidth]);
   if (!force && key === state.rendered.history) return;
   state.rendered.history = key;
+  for (const b of document.querySelectorAll('#history .range button')) {
+    b.setAttribute('aria-pressed', String(b.dataset.range === state.range));
+  }
+  $('history-range-title').textContent = quarter ? 'Last 90 days' : 'Last 24 hours';
+  $('history-scope').textContent = quarter ? 'hourly peaks' : 'per-minute peaks';
+  $('charts').dataset.cluster = String(clustered);
+  document.querySelector('#charts .chart-col[data-scope="cluster"]').hidden = !clustered;
+  const stepMs = quarter ? HOUR_MS : MINUTE_MS;
+  const spanMs = quarter ? 90 * DAY_MS : DAY_MS;
+  const points = chartPoints('node', 'calls', quarter);
   // The agent's clock, not the browser's: the two may disagree.
   const now = (state.usage && state.usage.timestamp_ms) || Date.now();
-  const to = Math.max(now, ...points.slice(-1).map((p) => p.minute_start_ms + MINUTE_MS));
-  const first = points.length ? points[0].minute_start_ms : to;
-  const from = Math.max(to - DAY_MS, Math.min(first, to - HOUR_MS));
+  const to = Math.max(now, ...points.slice(-1).map((p) => p.t + stepMs));
+  const first = points.length ? points[0].t : to;
+  const from = Math.max(to - spanMs, Math.min(first, to - (quarter ? DAY_MS : HOUR_MS)));
   for (const fig of document.querySelectorAll('#history .chart')) {
     const series = fig.dataset.series;
-    const field = series === 'calls' ? 'peak_calls' : 'peak_registered_subscribers';
-    const limit = doc ? doc.limits[series] : null;
-    const evLimit = ev && ev.limits ? ev.limits[series] : null;
-    drawChart(fig, points, field, limit, evLimit ? evLimit.warn_at : null, from, to);
+    const scope = fig.dataset.scope;
+    if (scope === 'cluster' && !clustered) continue;
+    // In a cluster the license holds for the cluster: its limit goes on the cluster's charts.
+    const againstLicense = scope === 'cluster' || !clustered;
+    const limit = doc && againstLicense ? doc.limits[series] : null;
+    const evLimit = ev && ev.limits && againstLicense ? ev.limits[series] : null;
+    drawChart(fig, chartPoints(scope, series, quarter), limit, evLimit ? evLimit.warn_at : null, from, to, stepMs);
   }
   const zone = state.zone === 'UTC' ? 'UTC' : 'local time';
   const span = $('history-span');
+  const since = quarter ? fmtDate(first) : fmtTime(first);
   span.textContent = points.length === 0
     ? 'no figures yet'
-    : first > to - DAY_MS + MINUTE_MS
-      ? `since ${fmtTime(first)} (the first figure), ${zone}`
+    : first > to - spanMs + stepMs
+      ? `since ${since} (the first figure), ${zone}`
       : zone;
   if (points.length) span.dataset.first = String(first);
-  renderHistoryTable(points);
+  renderHistoryTable();
 }
 
 /** 1, 2, 2.5, 5 × 10^n at or above `raw`, never below 1 (counts are whole). */
@@ -843,7 +916,7 @@ function niceStep(raw) {
   return Math.max(1, m * pow);
 }
 
-function drawChart(fig, points, field, limit, warnAt, from, to) {
+function drawChart(fig, points, limit, warnAt, from, to, stepMs) {
   const plot = fig.querySelector('.plot');
   const caption = fig.querySelector('figcaption').textContent;
   const W = Math.max(260, Math.round(plot.clientWidth || 600));
@@ -854,9 +927,9 @@ function drawChart(fig, points, field, limit, warnAt, from, to) {
   let peak = 0;
   let peakAt = 0;
   for (const p of points) {
-    if (p[field] >= peak) {
-      peak = p[field];
-      peakAt = p.minute_start_ms;
+    if (p.v >= peak) {
+      peak = p.v;
+      peakAt = p.t;
     }
   }
   const step = niceStep((Math.max(peak, limit || 0, 1) * 1.1) / 4);
@@ -870,29 +943,31 @@ function drawChart(fig, points, field, limit, warnAt, from, to) {
     grid.append(svg('line', { x1: m.l, x2: W - m.r, y1: y(v), y2: y(v) }));
     axis.append(svg('text', { x: m.l - 6, y: y(v) + 4, 'text-anchor': 'end', text: compactFormat.format(v) }));
   }
-  const tickMs = [10, 15, 30, 60, 120, 180, 240, 360].map((n) => n * MINUTE_MS)
-    .find((s) => (to - from) / s <= Math.max(2, Math.floor(iw / 70))) || 6 * HOUR_MS;
+  const tickMs = [10, 15, 30, 60, 120, 180, 240, 360, 720, 1440, 2880, 10080, 20160].map((n) => n * MINUTE_MS)
+    .find((s) => (to - from) / s <= Math.max(2, Math.floor(iw / 70))) || 30 * DAY_MS;
+  const tickLabel = tickMs >= DAY_MS ? (t) => fmtDate(t).slice(5, 10) : fmtTime;
   const offset = zoneOffsetMs(from); // align ticks to the page's zone
   for (let t = Math.ceil((from + offset) / tickMs) * tickMs - offset; t <= to; t += tickMs) {
     grid.append(svg('line', { x1: x(t), x2: x(t), y1: m.t, y2: m.t + ih }));
-    axis.append(svg('text', { x: x(t), y: H - 6, 'text-anchor': 'middle', text: fmtTime(t) }));
+    axis.append(svg('text', { x: x(t), y: H - 6, 'text-anchor': 'middle', text: tickLabel(t) }));
   }
 
   // Step line over the minute peaks: each minute is flat, short gaps are held, long break.
   const runs = [];
   let run = null;
   let prevEnd = -Infinity;
+  const bridgeMs = Math.max(GAP_BRIDGE_MS, stepMs);
   for (const p of points) {
-    const t = p.minute_start_ms;
-    if (t + MINUTE_MS < from) continue;
-    const v = p[field];
-    if (!run || t - prevEnd > GAP_BRIDGE_MS) {
+    const t = p.t;
+    if (t + stepMs < from) continue;
+    const v = p.v;
+    if (!run || t - prevEnd > bridgeMs) {
       run = { d: `M${x(t).toFixed(1)},${y(v).toFixed(1)}`, start: t };
       runs.push(run);
     } else {
       run.d += `H${x(t).toFixed(1)}V${y(v).toFixed(1)}`;
     }
-    prevEnd = Math.min(t + MINUTE_MS, to);
+    prevEnd = Math.min(t + stepMs, to);
     run.d += `H${x(prevEnd).toFixed(1)}`;
     run.end = prevEnd;
   }
@@ -903,7 +978,7 @@ function drawChart(fig, points, field, limit, warnAt, from, to) {
   }
   const last = points.length ? points[points.length - 1] : null;
   if (last) {
-    series.append(svg('circle', { class: 'dot', cx: x(Math.min(last.minute_start_ms + MINUTE_MS, to)), cy: y(last[field]), r: 3 }));
+    series.append(svg('circle', { class: 'dot', cx: x(Math.min(last.t + stepMs, to)), cy: y(last.v), r: 3 }));
   }
 
   const marks = svg('g', null);
@@ -918,20 +993,27 @@ function drawChart(fig, points, field, limit, warnAt, from, to) {
     marks.append(svg('text', { class: 'limit-label', x: W - m.r - 2, y: y(limit) - 4, 'text-anchor': 'end', text: `limit ${fmt(limit)}` }));
   }
 
+  const at = stepMs >= HOUR_MS ? fmtDate : fmtTime;
   const label = points.length
-    ? `${caption}, ${fmtTime(from)} to ${fmtTime(to)}: latest ${fmt(last[field])}, highest ${fmt(peak)} at ${fmtTime(peakAt)}${limit !== null && limit !== undefined ? `, limit ${fmt(limit)}` : ''}.`
+    ? `${caption}, ${at(from)} to ${at(to)}: latest ${fmt(last.v)}, highest ${fmt(peak)} at ${at(peakAt)}${limit !== null && limit !== undefined ? `, limit ${fmt(limit)}` : ''}.`
     : `${caption}: no figures yet.`;
   const chart = svg('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: 'img', 'aria-label': label },
     svg('title', { text: label }), grid, axis, series, marks);
   if (!points.length) {
     chart.append(svg('text', { class: 'empty', x: m.l + iw / 2, y: m.t + ih / 2, 'text-anchor': 'middle', text: 'No figures yet' }));
   }
+  fig.dataset.points = String(points.length);
   plot.replaceChildren(chart);
 }
 
-function renderHistoryTable(points) {
+/** Hourly peaks as a table: from the 90-day history when it is loaded, else from the
+ * minutes of the last 24 h. */
+function renderHistoryTable() {
   const hours = new Map();
-  for (const p of points) {
+  if (state.range === 'quarter' && state.hourly) {
+    for (const p of state.hourly) hours.set(p.hour_start_ms, [p.peak_calls, p.peak_registered_subscribers]);
+  }
+  for (const p of state.range === 'quarter' && state.hourly ? [] : state.history || []) {
     // The hour in the page's zone (offsets are whole quarter hours, so align by the offset).
     const off = zoneOffsetMs(p.minute_start_ms);
     const k = Math.floor((p.minute_start_ms + off) / HOUR_MS) * HOUR_MS - off;
@@ -1056,6 +1138,9 @@ function init() {
   $('upload-form').addEventListener('submit', upload);
   $('upload-file').addEventListener('change', fileChosen);
   $('zone').addEventListener('click', () => setZone(state.zone === 'UTC' ? 'local' : 'UTC'));
+  for (const b of document.querySelectorAll('#history .range button')) {
+    b.addEventListener('click', () => setRange(b.dataset.range));
+  }
   $('license-note').addEventListener('click', (e) => {
     if (e.target instanceof HTMLElement && e.target.dataset.action === 'signin') showSignIn(true);
   });
