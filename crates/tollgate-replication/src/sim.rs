@@ -1136,4 +1136,56 @@ mod aor_tests {
             assert_eq!(stats.aor_deltas_stale, 0, "node {node}");
         }
     }
+
+    #[test]
+    fn the_oldest_key_wins_everywhere_and_a_rotation_replaces_it() {
+        use crate::frame::AorKey;
+        let mut sim = Sim::new(SimConfig {
+            node_count: 3,
+            seed: 21,
+            latency_ms_min: 5,
+            latency_ms_max: 20,
+            ..SimConfig::default()
+        });
+        // Each node starts with its own fresh key; node 1's is the oldest.
+        for (node, created_at_ms) in [(0usize, 300u64), (1, 100), (2, 200)] {
+            let key = AorKey {
+                generation: 1,
+                created_at_ms,
+                key: [node as u8; 32],
+            };
+            sim.with_replica(node, |r, now| r.set_aor_key(now, key));
+        }
+        sim.run_for(2_000);
+        let keys = |sim: &Sim| -> Vec<Option<AorKey>> {
+            (0..3)
+                .map(|n| sim.replica(n).and_then(|r| r.aor_key()))
+                .collect()
+        };
+        let oldest = keys(&sim)[1];
+        assert_eq!(oldest.map(|k| k.created_at_ms), Some(100));
+        assert_eq!(keys(&sim), vec![oldest; 3]);
+        let rotated = sim.with_replica(2, |r, now| r.rotate_aor_key(now, [9; 32], 5_000));
+        assert_eq!(rotated.generation, 2);
+        sim.run_for(2_000);
+        assert_eq!(keys(&sim), vec![Some(rotated); 3]);
+        // Every node told its agent about each key it adopted, the rotation last.
+        for node in 0..3 {
+            let last = sim
+                .events(node)
+                .iter()
+                .rev()
+                .find_map(|(_, event)| match event {
+                    Event::AorKeyChanged { key } => Some(*key),
+                    _ => None,
+                });
+            assert_eq!(last, Some(rotated), "node {node}");
+        }
+        // A restarted node with the old key learns the new one.
+        sim.restart(0);
+        let stale = oldest.unwrap();
+        sim.with_replica(0, |r, now| r.set_aor_key(now, stale));
+        sim.run_for(2_000);
+        assert_eq!(keys(&sim), vec![Some(rotated); 3]);
+    }
 }
