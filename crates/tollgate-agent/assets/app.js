@@ -363,18 +363,21 @@ async function read(t) {
   const wantHistory = now - state.historyAt >= HISTORY_POLL_MS;
   const wantCluster = now >= state.clusterRetryAt;
   const wantHourly = state.range === 'quarter' && now - state.hourlyAt >= HOURLY_POLL_MS;
-  const [usage, license, history, cluster, clusterHistory, hourly] = await Promise.all([
+  const [usage, license, history, cluster, clusterHistory, hourly, resets] = await Promise.all([
     api('GET', '/api/v1/usage', { token: t }),
     api('GET', '/api/v1/license', { token: t }),
     wantHistory ? api('GET', '/api/v1/usage/history', { token: t }) : null,
     wantCluster ? api('GET', '/api/v1/cluster', { token: t }) : null,
     wantHistory && state.cluster ? api('GET', '/api/v1/cluster/history', { token: t }) : null,
     wantHourly ? api('GET', '/api/v1/usage/history?resolution=hour', { token: t }) : null,
+    api('GET', '/api/v1/state/resets', { token: t }),
   ]);
-  return { t, now, usage, license, history, cluster, clusterHistory, hourly };
+  return { t, now, usage, license, history, cluster, clusterHistory, hourly, resets };
 }
 
-function apply({ t, now, usage, license, history, cluster, clusterHistory, hourly }) {
+function apply({ t, now, usage, license, history, cluster, clusterHistory, hourly, resets }) {
+  // State resets pending acknowledgement (GET /api/v1/state/resets).
+  if (resets && resets.ok) state.resets = resets.body.pending || [];
   state.reachable = usage.status !== 0;
   if (!state.reachable) {
     state.unreachableSince = state.unreachableSince || now;
@@ -456,6 +459,7 @@ document.addEventListener('visibilitychange', () => {
 // Rendering
 
 function render() {
+  renderResets();
   renderZone();
   renderAccount();
   renderState();
@@ -467,6 +471,16 @@ function render() {
   renderActions();
   renderHistory();
   renderRefresh();
+}
+
+// A banner while state resets wait for an admin's acknowledgement
+// (POST /api/v1/state/resets/acknowledge, see docs/operations.md).
+function renderResets() {
+  const pending = state.resets || [];
+  $('resets').hidden = pending.length === 0;
+  $('resets-text').textContent = pending
+    .map((r) => `${r.reason} at ${fmtClock(r.at_ms)}: ${r.detail}.`)
+    .join(' ') + (pending.length ? ' Counts may be low until senders refresh; an admin acknowledges this with POST /api/v1/state/resets/acknowledge.' : '');
 }
 
 function evaluation() {

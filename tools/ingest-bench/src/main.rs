@@ -66,6 +66,11 @@ struct Args {
     /// Print the results as JSON lines too.
     #[arg(long)]
     json: bool,
+    /// Journal every batch as the agent does (`[state]`, crash-exact state): a journal
+    /// directory in the temp dir, synced every this many ms (the agent's default is 1000;
+    /// 0 syncs every batch). Compare a run with and one without.
+    #[arg(long)]
+    journal_fsync_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -521,8 +526,34 @@ fn main() -> anyhow::Result<()> {
                 sequences: Arc::new(SequenceTracker::default()),
                 admission: Arc::new(AdmitAll),
                 observer: None,
-                journal: None,
+                journal: match args.journal_fsync_ms {
+                    Some(ms) => Some(Arc::new(tollgate_ingest::Journal::open(
+                        &dir.path()
+                            .join(format!("journal-{}", case.name.replace(' ', "_"))),
+                        1,
+                        7,
+                        0,
+                        std::time::Duration::from_millis(ms),
+                    )?)),
+                    None => None,
+                },
             };
+            // The agent's journal-sync thread, when journalling with an interval.
+            let _syncer = pipeline
+                .journal
+                .clone()
+                .filter(|_| args.journal_fsync_ms != Some(0))
+                .map(|j| {
+                    let every =
+                        std::time::Duration::from_millis(args.journal_fsync_ms.unwrap_or(1000));
+                    std::thread::spawn(move || {
+                        // Ends with the process.
+                        loop {
+                            std::thread::sleep(every);
+                            j.sync();
+                        }
+                    })
+                });
             let fill = match case.payload {
                 Payload::SingleText => args.fill,
                 Payload::BatchedBinary(size) => args.fill * 100 / size.max(100),
