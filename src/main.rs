@@ -5,6 +5,7 @@
 mod cluster_cmd;
 #[cfg(all(feature = "license-server", feature = "cluster-ca"))]
 mod demo;
+mod ledger_cmd;
 mod license_cmd;
 #[cfg(feature = "license-server")]
 mod license_server_cmd;
@@ -75,6 +76,9 @@ enum Command {
     /// The whole system on loopback: a license server, three meshed agents with load, a live
     /// view (~20 s or Ctrl-C) and an exact-count check.
     Demo(DemoArgs),
+    /// The node's signed usage ledger: `verify` a ledger directory or segment (exit 0 when
+    /// intact, else the finding's exit code), `export` its entries as JSON lines.
+    Ledger(ledger_cmd::LedgerArgs),
     /// Hash a password for `[[admin.users]] password_hash` (argon2id). Reads the password
     /// from the first line of standard input.
     HashPassword,
@@ -91,9 +95,12 @@ struct AgentArgs {
 }
 
 /// Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration (as clap does; also
-/// a command this build lacks), 3 could not reach the agent (status).
+/// a command this build lacks), 3 could not reach the agent (status), 10-17 a ledger finding
+/// (`ledger verify`).
 #[derive(Debug)]
 pub(crate) enum Failure {
+    /// `ledger verify` found this; already printed.
+    Finding(tollgate_ledger::FindingKind),
     Config(anyhow::Error),
     /// Only a build without some features makes it (see `missing_feature`).
     #[cfg_attr(
@@ -126,6 +133,7 @@ fn main() -> ExitCode {
         Command::LicenseServer(args) => run_license_server(args),
         Command::Cluster(args) => run_cluster(args),
         Command::Demo(args) => run_demo(args),
+        Command::Ledger(args) => ledger_cmd::run(args),
         Command::HashPassword => hash_password(),
     };
     exit_code(result)
@@ -134,6 +142,7 @@ fn main() -> ExitCode {
 fn exit_code(result: Result<(), Failure>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Finding(kind)) => ExitCode::from(kind.exit_code()),
         Err(Failure::Config(e)) => {
             eprintln!("tollgate: configuration error: {e:#}");
             ExitCode::from(2)

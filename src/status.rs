@@ -88,7 +88,7 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
         }
         request.send()
     };
-    let (body, license, cluster) = rt.block_on(async {
+    let (body, license, cluster, ledger) = rt.block_on(async {
         let resp = get(url.clone())
             .await
             .with_context(|| format!("cannot reach the agent at {base}"))
@@ -116,7 +116,11 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
             ))),
             Err(e) => Some(Err(format!("license details: {e}"))),
         };
-        Ok((body, license, cluster))
+        let ledger = match get(format!("{base}/api/v1/ledger")).await {
+            Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok(),
+            _ => None,
+        };
+        Ok((body, license, cluster, ledger))
     })?;
     if args.json {
         let mut usage: serde_json::Value = serde_json::from_str(&body)
@@ -128,6 +132,9 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
         if let Some(cluster) = cluster {
             usage["cluster"] = cluster;
         }
+        if let Some(ledger) = ledger {
+            usage["ledger"] = ledger;
+        }
         println!("{usage}");
         return Ok(());
     }
@@ -135,6 +142,9 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
         .with_context(|| format!("unexpected answer from {url}"))
         .map_err(Failure::Runtime)?;
     print!("{}", render(&report, &base));
+    if let Some(l) = &ledger {
+        print!("{}", render_ledger(l));
+    }
     if let Some(c) = &cluster {
         print!("{}", render_cluster(c));
     }
@@ -161,6 +171,18 @@ fn read_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>
         )));
     }
     Ok(certs)
+}
+
+/// The node key and the ledger's head.
+pub fn render_ledger(l: &serde_json::Value) -> String {
+    let head = match l["head"]["seq"].as_u64() {
+        Some(seq) => format!("seq {seq}"),
+        None => "no entry yet".to_owned(),
+    };
+    format!(
+        "node key: {}   ledger: {head}\n",
+        l["node_public_key"].as_str().unwrap_or("?")
+    )
 }
 
 /// The cluster part: the aggregate and one line per node.

@@ -11,6 +11,7 @@
 //! | GET | `/api/v1/whoami` | `{"user", "role"}` of the credentials (viewer); `{"user": null, "role": null, "users_configured": false}` when no users are configured |
 //! | GET | `/api/v1/cluster` | every node (id, address, state, age, incarnation, RTT, usage) and the cluster aggregate; 404 without a mesh |
 //! | POST | `/api/v1/cluster/aor-key/rotate` | a new cluster AoR key (next generation) for every node; 200 `{"aor_key_id", "aor_key_generation"}`, 404 without a mesh (admin) |
+//! | GET | `/api/v1/ledger` | the node's public key and the usage ledger's head (seq, hash, interval end) (viewer) |
 //! | GET | `/api/v1/license` | the license in force and its evaluation (viewer) |
 //! | PUT | `/api/v1/license` | upload an armored license; verified before it replaces the current one (admin) |
 //! | POST | `/api/v1/license/reload` | fetch from the license server (or re-read `[license] file`) now: 200 valid license in force, 401 bad credentials, 403 not admin, 422 the candidate was refused (`error` is its code), 502 the license server did not give a license: unreachable or failing (`connect`, `dns`, `tls`, `timeout`, `proxy`, `http_5xx`, `bad_response`) or refusing this agent (`http_401`/`http_403` for an unknown or revoked token, `http_404` for an unknown license key) (admin) |
@@ -171,6 +172,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
             "/api/v1/cluster/aor-key/rotate",
             post(cluster_aor_key_rotate),
         )
+        .route("/api/v1/ledger", get(ledger_get))
         .route("/api/v1/license", get(license_get).put(license_put))
         .route("/api/v1/license/reload", post(license_reload))
         .route("/api/v1/admit", get(admit))
@@ -554,6 +556,59 @@ async fn whoami(
             "missing or invalid credentials",
         ),
     }
+}
+
+/// The body of `GET /api/v1/ledger`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct LedgerReport {
+    pub node_id: String,
+    /// The node's Ed25519 public key, standard base64 (what `--public-key` takes).
+    pub node_public_key: String,
+    /// Where the ledger's segments are.
+    pub ledger_dir: String,
+    /// The last entry of the chain (absent: no entry yet).
+    pub head: Option<LedgerHead>,
+    pub entries_written: u64,
+    pub write_failures: u64,
+    /// State resets this agent detected at start (ledger lost, node key lost).
+    pub state_resets_seen: u64,
+}
+
+/// The head of the ledger in `GET /api/v1/ledger`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct LedgerHead {
+    pub seq: u64,
+    /// BLAKE3 of the head entry (body and signature), hex.
+    pub hash: String,
+    pub interval_end_ms: u64,
+}
+
+pub fn ledger_report(state: &AgentState) -> LedgerReport {
+    let stats = state.ledger.stats();
+    LedgerReport {
+        node_id: state.node_id.clone(),
+        node_public_key: tollgate_ledger::public_key_text(&state.ledger.public_key()),
+        ledger_dir: state.ledger.dir().display().to_string(),
+        head: state.ledger.head().map(|h| LedgerHead {
+            seq: h.seq,
+            hash: h.hash.iter().map(|b| format!("{b:02x}")).collect(),
+            interval_end_ms: h.interval_end_ms,
+        }),
+        entries_written: stats.entries_written,
+        write_failures: stats.write_failures,
+        state_resets_seen: stats.resets_seen,
+    }
+}
+
+async fn ledger_get(
+    State(state): State<Arc<AgentState>>,
+    client: Client,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, client, Role::Viewer).await {
+        return r;
+    }
+    axum::Json(ledger_report(&state)).into_response()
 }
 
 async fn license_get(

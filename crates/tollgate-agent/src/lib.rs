@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod config;
 pub mod history;
 pub mod http;
+pub mod ledger;
 pub mod license;
 pub mod license_fetch;
 pub mod metrics;
@@ -51,6 +52,8 @@ use state::StateDir;
 pub enum AgentError {
     #[error(transparent)]
     State(#[from] state::StateError),
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
     #[error(transparent)]
     Ingest(#[from] tollgate_ingest::IngestError),
     #[error("cannot bind admin HTTP on {addr}: {source}")]
@@ -117,6 +120,8 @@ pub struct AgentState {
     pub next_segment: u64,
     /// What start-up recovery did.
     pub recovery: recovery::Recovery,
+    /// The node key and the usage ledger.
+    pub ledger: Arc<ledger::Ledger>,
 }
 
 /// Cluster-wide usage as this node sees it (from the mesh), for reports and the API.
@@ -218,6 +223,7 @@ pub async fn run(
     tollgate_durable::remove_stale_temps(state_dir.path());
     let resets = Arc::new(resets::StateResets::open(state_dir.path()));
     let key = state_dir.fingerprint_key()?;
+    let (node_key, node_key_created) = ledger::node_key(state_dir.path())?;
     let tables = Arc::new(Tables::new(
         TablesConfig {
             max_call_duration_s: config.max_call_duration_s,
@@ -315,6 +321,20 @@ pub async fn run(
         None => None,
     };
     let denials = Arc::new(tollgate_license::DenialCounters::new());
+    // After the mesh started: the incarnation file holds this start's incarnation.
+    let ledger = Arc::new(ledger::Ledger::open(
+        state_dir.path(),
+        node_key,
+        node_key_created,
+        wall_clock().unix_ms(),
+    )?);
+    if ledger.stats().resets_seen > 0 {
+        resets.record(
+            resets::ResetReason::LedgerUnreadable,
+            wall_clock().unix_ms(),
+            "the ledger or the node key was lost: the chain starts anew or changes key",
+        );
+    }
     let admission: Arc<dyn tollgate_ingest::Admission> = match &cluster {
         // Admission against the cluster: the other nodes' calls (lock-free, refreshed every
         // 50 ms) plus this node's calls at this instant.
@@ -410,6 +430,7 @@ pub async fn run(
         journal: journal.clone(),
         next_segment: recovered.next_segment,
         recovery: recovered,
+        ledger,
     });
     state.evaluate_license();
 
@@ -699,6 +720,7 @@ async fn report_task(state: Arc<AgentState>, every: Duration) {
     loop {
         tick.tick().await;
         let u = state.tables.usage();
+        append_ledger_entry(&state);
         tracing::info!(
             "Usage report: {} calls, {} subscribers, {} registered subscribers",
             u.calls,
@@ -751,6 +773,67 @@ fn spawn_syncer(
             journal.sync();
         })
         .unwrap_or_else(|e| panic!("cannot start the journal sync thread: {e}"))
+}
+
+/// Records this interval in the ledger: counts at its end, peaks within it, the license,
+/// denials and state resets. A write failure is logged and counted; the next interval tries
+/// again (its entry then covers both intervals).
+pub fn append_ledger_entry(state: &AgentState) {
+    let now = wall_clock();
+    let entry = ledger_entry(state, now);
+    if let Err(e) = state.ledger.append(entry) {
+        tracing::error!(error = %e, "cannot append to the usage ledger");
+    }
+}
+
+/// The ledger entry for the interval from the ledger's head to `now`.
+pub fn ledger_entry(state: &AgentState, now: Timestamp) -> tollgate_ledger::Entry {
+    let start_ms = state.ledger.interval_start_ms().min(now.unix_ms());
+    let u = state.tables.usage();
+    let peaks = state
+        .tables
+        .peaks()
+        .max_since(now, Timestamp::from_unix_ms(start_ms));
+    let evaluation = state
+        .license
+        .last_evaluation()
+        .unwrap_or_else(|| state.evaluate_license());
+    let incarnation =
+        std::fs::read_to_string(state.state_dir.path().join(cluster::INCARNATION_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+    let denied = state.ingest_stats.snapshot().totals.outcomes
+        [tollgate_ingest::stats::EventOutcome::AdmitDenied as usize];
+    tollgate_ledger::Entry {
+        node_id: state.node_id.clone(),
+        incarnation,
+        interval_start_ms: start_ms,
+        interval_end_ms: now.unix_ms(),
+        counts: tollgate_ledger::Figures {
+            calls: u.calls,
+            emergency_calls: u.emergency_calls,
+            registered_subscribers: u.registered_subscribers,
+            provisioned_subscribers: u.subscribers,
+        },
+        peaks: tollgate_ledger::Figures {
+            calls: peaks.calls.max(u.calls),
+            // Per-interval peaks of these two are not sampled: the value at the end.
+            emergency_calls: u.emergency_calls,
+            registered_subscribers: peaks.registered_subscribers.max(u.registered_subscribers),
+            provisioned_subscribers: u.subscribers,
+        },
+        license_serial: state.license.current().map(|c| c.document().serial),
+        license_status: evaluation.status.as_str().to_owned(),
+        // Per-code denial counters do not exist yet: all codes together, as `ALL`.
+        denied: if denied > 0 {
+            vec![("ALL".to_owned(), denied)]
+        } else {
+            Vec::new()
+        },
+        // Every state reset this agent saw at start (tollgate_state_resets_total{reason}).
+        state_resets: state.resets.counts().iter().map(|(_, n)| n).sum(),
+    }
 }
 
 fn spawn_sweeper(

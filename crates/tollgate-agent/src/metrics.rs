@@ -339,6 +339,17 @@ pub fn render(state: &AgentState) -> String {
         "Journal records replayed at start.",
         state.recovery.records,
     );
+    let ledger = state.ledger.stats();
+    m.counter(
+        "tollgate_ledger_entries_total",
+        "Usage ledger entries appended since start.",
+        ledger.entries_written,
+    );
+    m.counter(
+        "tollgate_ledger_write_failures_total",
+        "Usage ledger entries that failed to write.",
+        ledger.write_failures,
+    );
     m.finish()
 }
 
