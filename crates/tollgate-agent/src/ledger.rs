@@ -2,7 +2,7 @@
 //!
 //! Files in the state dir:
 //! - `node.key` — the node's Ed25519 secret seed (32 bytes, 0600), created at first start
-//!   through the atomic write path (temp file, fsync, rename, fsync of the directory). Its
+//!   through the durable write path (`tollgate_durable::write_new`: never replaces a key). Its
 //!   public key is the node's identity: `tollgate status`, `GET /api/v1/ledger`, and the
 //!   license server, which binds it to the node at its first lease.
 //! - `ledger/<first seq, 20 digits>.tgl` — segments of the append-only chain, each a run of
@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use tollgate_ledger::{Chain, Entry, Head, NodeKey, PublicKey, SignedEntry, decode_frames};
 
-use crate::state::{StateError, write_atomically};
+use crate::state::StateError;
 
 pub const NODE_KEY_FILE: &str = "node.key";
 pub const LEDGER_DIR: &str = "ledger";
@@ -71,7 +71,8 @@ pub fn node_key(state_dir: &Path) -> Result<(NodeKey, bool), LedgerError> {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let key = NodeKey::generate();
-            write_atomically(&path, &key.seed(), 0o600)?;
+            // Never replaces a key: a second writer racing here fails instead.
+            tollgate_durable::write_new(&path, &key.seed(), 0o600).map_err(StateError::from)?;
             Ok((key, true))
         }
         Err(e) => Err(io_err(&path)(e)),
@@ -254,9 +255,7 @@ impl Ledger {
         }
         if inner.segment.as_ref() != Some(&path) {
             // A new segment: make its directory entry durable too.
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(&self.dir))?;
+            tollgate_durable::sync_dir(&self.dir).map_err(StateError::from)?;
             inner.segment = Some(path);
             inner.segment_bytes = 0;
         }
