@@ -803,8 +803,6 @@ pub fn ledger_entry(state: &AgentState, now: Timestamp) -> tollgate_ledger::Entr
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
-    let denied = state.ingest_stats.snapshot().totals.outcomes
-        [tollgate_ingest::stats::EventOutcome::AdmitDenied as usize];
     tollgate_ledger::Entry {
         node_id: state.node_id.clone(),
         incarnation,
@@ -825,12 +823,7 @@ pub fn ledger_entry(state: &AgentState, now: Timestamp) -> tollgate_ledger::Entr
         },
         license_serial: state.license.current().map(|c| c.document().serial),
         license_status: evaluation.status.as_str().to_owned(),
-        // Per-code denial counters do not exist yet: all codes together, as `ALL`.
-        denied: if denied > 0 {
-            vec![("ALL".to_owned(), denied)]
-        } else {
-            Vec::new()
-        },
+        denied: state.admissions_denied().into_iter().collect(),
         // Every state reset this agent saw at start (tollgate_state_resets_total{reason}).
         state_resets: state.resets.counts().iter().map(|(_, n)| n).sum(),
     }
