@@ -299,6 +299,7 @@ fn dev_server_prints_its_certificate_and_serves_leases_and_reports() {
         },
         cluster: None,
         admissions_denied: [("OVER_LIMIT".to_owned(), 4), ("EXPIRED".to_owned(), 1)].into(),
+        ledger: Vec::new(),
     };
     rt.block_on(client.send_usage(&report)).unwrap();
     let reports = vendor.admin_ok(&["reports", "list", "--license", LICENSE_KEY]);
@@ -626,6 +627,46 @@ fn agent_fetches_at_start_reports_usage_and_survives_the_server_going_away() {
         assert!(
             Instant::now() < deadline,
             "the denials never reached the server: {reports}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Issue 16: the reports carry the node's ledger entries, which the vendor can verify
+    // as one chain signed by the key the agent shows.
+    let (_, ledger) = http(agent.rt.admin, "GET", "/api/v1/ledger", auth);
+    let ledger: serde_json::Value = serde_json::from_str(&ledger).unwrap();
+    let key = tollgate_ledger::parse_public_key(ledger["node_public_key"].as_str().unwrap())
+        .expect("the agent shows its node key");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reports = vendor.admin_ok(&["reports", "list", "--json", "--limit", "1000"]);
+        let mut frames: Vec<Vec<u8>> = reports
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .flat_map(|r| {
+                r["report"]["ledger"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .rev()
+            })
+            .map(|e| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(e.as_str().unwrap())
+                    .unwrap()
+            })
+            .collect();
+        frames.reverse(); // reports are listed newest first
+        if frames.len() >= 2 {
+            let report = tollgate_ledger::verify(&frames.concat(), Some(&key), true);
+            assert_eq!(report.finding, None, "{reports}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ledger entries reached the server: {reports}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -284,6 +284,7 @@ pub async fn run(
                 let mut client = server.client.clone();
                 client.server_url = url.clone();
                 client.node_id = Some(config.node_id.clone());
+                client.node_public_key = Some(tollgate_ledger::public_key_text(&node_key.public()));
                 clients.push((
                     url.to_string(),
                     tollgate_license_client::LicenseClient::new(client)

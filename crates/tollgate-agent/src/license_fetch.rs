@@ -277,7 +277,19 @@ impl LicenseFetcher {
                 .filter(|&(_, n)| n > 0)
                 .collect()
         };
+        // The ledger entries not yet delivered, oldest first, as many as one report carries.
+        let unsent = state.ledger.unsent();
+        let ledger_entries = &unsent[..unsent
+            .len()
+            .min(tollgate_license_client::LEDGER_ENTRIES_PER_REPORT_MAX)];
         let report = UsageReport {
+            ledger: ledger_entries
+                .iter()
+                .map(|e| {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD.encode(e.encode())
+                })
+                .collect(),
             admissions_denied,
             node_id: state.node_id.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -303,6 +315,9 @@ impl LicenseFetcher {
             Ok(()) => {
                 *self.report_since_ms.lock() = Some(now.unix_ms());
                 *self.report_denied.lock() = denied;
+                if let Some(last) = ledger_entries.last() {
+                    state.ledger.delivered(last.seq);
+                }
                 self.stats.lock().reports_sent += 1;
             }
             Err(e) => {

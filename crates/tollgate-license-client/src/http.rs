@@ -55,6 +55,9 @@ pub struct ClientConfig {
     pub bind_address: Option<IpAddr>,
     /// This node's id, sent with lease requests for the server's audit log.
     pub node_id: Option<String>,
+    /// This node's public key (base64), sent with lease requests: the server binds it to
+    /// the node at its first lease.
+    pub node_public_key: Option<String>,
 }
 
 impl ClientConfig {
@@ -70,6 +73,7 @@ impl ClientConfig {
             timeout: TIMEOUT_DEFAULT,
             bind_address: None,
             node_id: None,
+            node_public_key: None,
         }
     }
 }
@@ -182,6 +186,7 @@ pub struct LicenseClient {
     http: reqwest::Client,
     license_key: String,
     node_id: Option<String>,
+    node_public_key: Option<String>,
     lease_url: Url,
     usage_url: Url,
     authorization: HeaderValue,
@@ -261,6 +266,7 @@ impl LicenseClient {
             http,
             license_key: config.license_key,
             node_id: config.node_id,
+            node_public_key: config.node_public_key,
             lease_url,
             usage_url,
             authorization,
@@ -280,6 +286,7 @@ impl LicenseClient {
     pub async fn fetch_lease(&self) -> Result<LeaseResponse, FetchError> {
         let request = LeaseRequest {
             node_id: self.node_id.clone(),
+            node_public_key: self.node_public_key.clone(),
             agent_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
         };
         let body = request.to_json();
@@ -658,6 +665,7 @@ mod tests {
             node: crate::UsageFigures::default(),
             cluster: None,
             admissions_denied: Default::default(),
+            ledger: Vec::new(),
         };
         let error = client.send_usage(&report).await.unwrap_err();
         assert_eq!(error.reason(), "connect", "{error}");

@@ -50,6 +50,7 @@ pub use http::{
 pub use reqwest::Url;
 pub use schedule::{FetchReason, FetchSchedule, LocalTime, NextFetch, Now, ScheduleConfig};
 pub use wire::{
-    Contract, ErrorBody, LeaseRequest, LeaseResponse, ResponseError, UsageFigures, UsageReport,
-    parse_lease_response, parse_usage_report,
+    Contract, ErrorBody, LEDGER_ENTRIES_PER_REPORT_MAX, LEDGER_ENTRY_TEXT_LEN_MAX, LeaseRequest,
+    LeaseResponse, ResponseError, UsageFigures, UsageReport, parse_lease_response,
+    parse_usage_report,
 };

@@ -77,6 +77,10 @@ impl Contract {
 pub struct LeaseRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+    /// The node's Ed25519 public key (standard base64): the server binds it to the node at
+    /// its first lease and checks the ledger entries against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_public_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
 }
@@ -194,7 +198,17 @@ pub struct UsageReport {
     /// reads absent as empty. At most [`DENY_CODE_COUNT_MAX`] codes of `A`–`Z` and `_`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub admissions_denied: std::collections::BTreeMap<String, u64>,
+    /// The node's usage ledger entries not yet delivered, oldest first: each the standard
+    /// base64 of one frame (docs/ledger.md). At most [`LEDGER_ENTRIES_PER_REPORT_MAX`], each
+    /// at most [`LEDGER_ENTRY_TEXT_LEN_MAX`] characters. Absent from older agents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ledger: Vec<String>,
 }
+
+/// Most ledger entries one usage report carries (the rest go in the next reports).
+pub const LEDGER_ENTRIES_PER_REPORT_MAX: usize = 8;
+/// Longest base64 text of one ledger frame (a 1 084-byte frame).
+pub const LEDGER_ENTRY_TEXT_LEN_MAX: usize = 1448;
 
 impl UsageReport {
     /// The JSON the agent sends.
@@ -221,6 +235,17 @@ impl UsageReport {
             return Err(ResponseError::Field {
                 field: "since_ms",
                 problem: "later than timestamp_ms",
+            });
+        }
+        if self.ledger.len() > LEDGER_ENTRIES_PER_REPORT_MAX
+            || self
+                .ledger
+                .iter()
+                .any(|e| e.is_empty() || e.len() > LEDGER_ENTRY_TEXT_LEN_MAX)
+        {
+            return Err(ResponseError::Field {
+                field: "ledger",
+                problem: "too many entries, or an entry of the wrong size",
             });
         }
         self.node.check("node")?;
@@ -549,6 +574,7 @@ mod tests {
             },
             cluster: None,
             admissions_denied: [("OVER_LIMIT".to_owned(), 4)].into(),
+            ledger: Vec::new(),
         }
     }
 

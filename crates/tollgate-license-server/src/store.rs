@@ -1580,6 +1580,7 @@ mod tests {
                 },
                 cluster: None,
                 admissions_denied: Default::default(),
+                ledger: Vec::new(),
             };
             db.insert_report(&token, T + calls, "127.0.0.1".parse().unwrap(), &report)
                 .unwrap();

@@ -393,6 +393,7 @@ async fn usage_reports_are_stored_and_listed() {
                 ..UsageFigures::default()
             }),
             admissions_denied: Default::default(),
+            ledger: Vec::new(),
         };
         client.send_usage(&report).await.unwrap();
         h.advance(1000);
@@ -725,6 +726,7 @@ async fn a_suspended_customer_gets_403_suspended_until_resumed() {
         node: UsageFigures::default(),
         cluster: None,
         admissions_denied: Default::default(),
+        ledger: Vec::new(),
     };
     client.send_usage(&report).await.unwrap();
     let audit = h.admin_ok(&["audit", "--json"]);

@@ -27,6 +27,7 @@ fn report(node: &str, calls: u64) -> UsageReport {
         },
         cluster: None,
         admissions_denied: [("OVER_LIMIT".to_owned(), 4)].into(),
+        ledger: Vec::new(),
     }
 }
 
