@@ -8,7 +8,8 @@
 //! - [`LimitedStream`] enforces the two timeouts on each connection: a request's header
 //!   (up to the blank line) must arrive within `header_timeout` of the connection's start or
 //!   of the first byte of a later request (slow-header clients), and a connection with no
-//!   byte moving either way for `idle_timeout` is closed.
+//!   byte moving either way for `idle_timeout` is closed. Neither applies while a request
+//!   is being handled (from the end of its header to the first byte of its response).
 //! - [`LoginThrottle`] counts failed logins per client address: after
 //!   `login_failures_max` within `login_failures_window`, that address's requests carrying
 //!   credentials are answered `429 Too Many Requests` with `Retry-After` (before any password
@@ -300,7 +301,9 @@ impl<S> LimitedStream<S> {
                 "evicted: admin connection cap",
             ));
         }
-        if self.timer.as_mut().poll(cx).is_ready() {
+        // While a request is being handled (a license reload may wait on the license
+        // server for a while), the agent is the one working: no timeout applies.
+        if self.phase != Phase::Busy && self.timer.as_mut().poll(cx).is_ready() {
             let counters = &self.registry.counters;
             let (counter, what) = match self.phase {
                 Phase::Head if tokio::time::Instant::now() >= self.head_deadline => {
