@@ -510,6 +510,18 @@ pub async fn run(
     let mut reconcile_tasks = vec![tokio::spawn(reconcile::sync_task(Arc::clone(
         &state.reconciler,
     )))];
+    // Corrections are not journaled events: a checkpoint after each run that made some
+    // keeps them across a crash (the journal replays only what came after it).
+    reconcile_tasks.push(tokio::spawn({
+        let (state, state_dir) = (Arc::clone(&state), Arc::clone(&state_dir));
+        async move {
+            loop {
+                state.reconciler.corrected.notified().await;
+                let (s, d) = (Arc::clone(&state), Arc::clone(&state_dir));
+                let _ = tokio::task::spawn_blocking(move || write_snapshot(&s, &d)).await;
+            }
+        }
+    }));
     for i in 0..state.reconciler.source_count() {
         reconcile_tasks.push(tokio::spawn(reconcile::source_task(
             Arc::clone(&state.reconciler),

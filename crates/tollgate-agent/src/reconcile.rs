@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tollgate_events::CallRef;
-use tollgate_ingest::wall_clock;
+use tollgate_ingest::{tables_clock, wall_clock};
 use tollgate_reconcile::{Expires, ListKind, ListSink, ParseError, ProxyKind};
 use tollgate_usage::{Corrections, ProxyList, Run, Scope, SyncResult, Tables};
 
@@ -280,6 +280,9 @@ pub struct Reconciler {
     client: reqwest::Client,
     /// Applied `sync-*` lists, by sender (bounded by the owner ids).
     sync: Mutex<BTreeMap<String, Stats>>,
+    /// Signalled after a run that changed the tables: the agent then writes a checkpoint
+    /// (snapshot), so corrections survive a crash like the events the journal holds.
+    pub corrected: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -398,6 +401,7 @@ impl Reconciler {
             sources,
             client,
             sync: Mutex::new(BTreeMap::new()),
+            corrected: tokio::sync::Notify::new(),
         }
     }
 
@@ -445,7 +449,7 @@ impl Reconciler {
                 let scope = source.scope;
                 let applied = tokio::task::spawn_blocking(move || {
                     let cpu = thread_cpu();
-                    let now = wall_clock();
+                    let now = tables_clock();
                     let run = guard.run.as_ref().map(|run| {
                         tables.reconcile(now, run, fetched.list, scope, fetched.contacts)
                     });
@@ -474,9 +478,24 @@ impl Reconciler {
         };
         report.result = result.to_owned();
         report.duration_ms = clock.elapsed().as_millis() as u64;
+        self.note_corrections(&report);
         self.log(&report, &source.stats.lock());
         source.stats.lock().record(result, &report);
         report
+    }
+
+    fn note_corrections(&self, report: &RunReport) {
+        let c = &report.corrections;
+        if c.phantom_call
+            + c.missing_call
+            + c.phantom_contact
+            + c.missing_contact
+            + c.emergency_updates
+            + c.expiry_updates
+            > 0
+        {
+            self.corrected.notify_one();
+        }
     }
 
     fn log(&self, report: &RunReport, before: &Stats) {
@@ -519,7 +538,7 @@ impl Reconciler {
     }
 
     async fn fetch_lists(&self, source: &Source) -> Result<Fetched, Failure> {
-        let now_s = wall_clock().unix_secs_u32();
+        let now_s = tables_clock().unix_secs_u32();
         let list = self.tables.new_list();
         let deadline = tokio::time::Instant::now() + source.config.timeout;
         let (list, _, cpu_dialogs) = self
@@ -638,7 +657,7 @@ impl Reconciler {
 
     /// Applies the complete `sync-*` lists waiting in the tables.
     pub async fn apply_sync_lists(&self) -> Vec<RunReport> {
-        let lists = self.tables.take_complete_sync_lists(wall_clock());
+        let lists = self.tables.take_complete_sync_lists(tables_clock());
         let mut reports = Vec::with_capacity(lists.len());
         for list in lists {
             let tables = Arc::clone(&self.tables);
@@ -655,7 +674,7 @@ impl Reconciler {
                 let corrections = guard
                     .run
                     .as_ref()
-                    .map(|run| tables.reconcile(wall_clock(), run, list.list, list.scope, true));
+                    .map(|run| tables.reconcile(tables_clock(), run, list.list, list.scope, true));
                 drop(guard);
                 (corrections, thread_cpu().saturating_sub(cpu))
             })
@@ -676,6 +695,7 @@ impl Reconciler {
                 listed_contacts: contacts,
                 corrections: corrections.into(),
             };
+            self.note_corrections(&report);
             let mut sync = self.sync.lock();
             let stats = sync.entry(sender).or_default();
             self.log(&report, stats);
