@@ -267,6 +267,7 @@ pub fn start(
     }
     let replication = tollgate_replication::Config {
         expired_rule: settings.expired_rule,
+        expired_visible_ms: settings.expired_visible_ms,
         rng_seed: u64::from_le_bytes(
             blake3::hash(node_id.as_bytes()).as_bytes()[..8]
                 .try_into()

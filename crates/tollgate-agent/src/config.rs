@@ -119,6 +119,7 @@ pub struct RawMesh {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub expired_rule: Option<String>,
+    pub expired_visible_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -352,6 +353,8 @@ pub struct MeshSettings {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub expired_rule: tollgate_replication::ExpiredRule,
+    /// `[mesh] expired_visible_s`, in ms.
+    pub expired_visible_ms: u64,
 }
 
 /// `[license] server` and what goes with it.
@@ -803,6 +806,12 @@ fn mesh_settings(raw: &RawMesh) -> Result<Option<MeshSettings>, ConfigError> {
         cert: required("mesh.cert", &raw.cert)?,
         key: required("mesh.key", &raw.key)?,
         expired_rule,
+        expired_visible_ms: in_range(
+            "mesh.expired_visible_s",
+            raw.expired_visible_s.unwrap_or(3600),
+            0,
+            7 * 86_400,
+        )? * 1000,
     }))
 }
 
@@ -1043,6 +1052,7 @@ mod tests {
             "cert",
             "key",
             "expired_rule",
+            "expired_visible_s",
             "auth_key",
             "emergency_numbers",
             "max_active_calls",

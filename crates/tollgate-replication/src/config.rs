@@ -50,6 +50,11 @@ pub struct Config {
     /// A node whose record has not advanced for this long is expired (see `expired_rule`).
     pub expire_after_ms: u64,
     pub expired_rule: ExpiredRule,
+    /// How long an expired node's record stays in the table, shown as expired and not
+    /// counted (unless `expired_rule` still holds it), before it is removed: so that
+    /// `nodes_expired`, the API and the alerts built on them see a node that died. The
+    /// longer of this and the hold applies.
+    pub expired_visible_ms: u64,
     /// How long a tombstone keeps an expired record from coming back on stale relays.
     pub tombstone_ttl_ms: u64,
     pub anti_entropy: AntiEntropy,
@@ -70,6 +75,7 @@ impl Default for Config {
             suspect_after_ms: 3_000,
             expire_after_ms: 10_000,
             expired_rule: ExpiredRule::Drop,
+            expired_visible_ms: 3_600_000,
             tombstone_ttl_ms: 60_000,
             anti_entropy: AntiEntropy::Digest,
             anti_entropy_interval_ms: 5_000,

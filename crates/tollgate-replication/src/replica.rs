@@ -292,9 +292,14 @@ impl Tombstone {
     /// two consecutive seqs, and the later one proves nothing. A node that was only cut off
     /// kept emitting, a new seq per interval, and is welcome back.
     fn blocks(&self, version: Version) -> bool {
-        version.incarnation < self.version.incarnation
-            || (version.incarnation == self.version.incarnation
-                && version.seq <= self.version.seq.saturating_add(1))
+        Tombstone::blocks_after(self.version, version)
+    }
+
+    /// Whether `version` is refused after a node last seen at `last` expired.
+    fn blocks_after(last: Version, version: Version) -> bool {
+        version.incarnation < last.incarnation
+            || (version.incarnation == last.incarnation
+                && version.seq <= last.seq.saturating_add(1))
     }
 }
 
@@ -1395,6 +1400,15 @@ impl Replica {
             }
             self.tombstones.remove(&record.node_id);
         }
+        // An expired record kept visible (`expired_visible_ms`) blocks stale relays as its
+        // tombstone would: a laggard's seq + 1 is no evidence that the node lives.
+        if let Some(entry) = self.entries.get(&record.node_id)
+            && state_at(entry, now, &self.config) == NodeState::Expired
+            && Tombstone::blocks_after(entry.record.version(), record.version())
+        {
+            self.stats.records_tombstoned += 1;
+            return;
+        }
         let mut events: [Option<Event>; 2] = [None, None];
         match self.entries.get_mut(&record.node_id) {
             Some(entry) => {
@@ -1494,7 +1508,8 @@ impl Replica {
     /// tombstone expiry; and the instant of the next such change.
     fn sweep(&mut self, now: u64) {
         let config = &self.config;
-        let hold_ms = config.expired_rule.hold_ms();
+        // An expired record stays (shown, not counted past its hold) this long after expiry.
+        let kept_ms = config.expired_rule.hold_ms().max(config.expired_visible_ms);
         let mut next: Option<u64> = None;
         let mut consider = |at: u64| next = Some(next.map_or(at, |next| next.min(at)));
         let mut removed: Vec<String> = Vec::new();
@@ -1520,7 +1535,7 @@ impl Replica {
             let remove_at = if entry.record.is_left() {
                 expire_at
             } else {
-                expire_at.saturating_add(hold_ms)
+                expire_at.saturating_add(kept_ms)
             };
             if now >= remove_at {
                 removed.push(node_id.clone());

@@ -80,8 +80,11 @@ fn five_nodes_converge_to_the_exact_sum_under_loss_and_reordering() {
 
 #[test]
 fn a_silent_node_goes_suspect_then_expired_then_out_of_the_sum() {
+    // Removed at expiry (no visibility time), as the events below count.
+    let mut config = steady(3);
+    config.replica.expired_visible_ms = 0;
     let sim = check(
-        steady(3),
+        config,
         &[
             Run(1_000),
             SetCalls(0, 1),
@@ -133,6 +136,8 @@ fn a_silent_node_goes_suspect_then_expired_then_out_of_the_sum() {
 fn with_hold_for_an_expired_node_is_held_then_dropped() {
     let mut config = steady(3);
     config.replica.expired_rule = ExpiredRule::HoldFor { hold_ms: 20_000 };
+    // Removed when the hold ends (no visibility beyond it).
+    config.replica.expired_visible_ms = 0;
     check(
         config,
         &[
@@ -219,14 +224,15 @@ fn a_partition_then_heal_converges() {
             SetCalls(0, 100),
             SetCalls(4, 200),
             Run(15_000),
-            // Each side expired the other (ExpiredRule::Drop).
+            // Each side expired the other (ExpiredRule::Drop): out of the sums, still shown
+            // as expired (`expired_visible_ms`), and back on heal.
             ExpectCalls(Who::Node(0), 102),
             ExpectCalls(Who::Node(1), 102),
             ExpectCalls(Who::Node(2), 212),
             ExpectState {
                 at: Who::Node(0),
                 node: 3,
-                state: None,
+                state: Some(NodeState::Expired),
             },
             Heal,
             Run(3_000),

@@ -320,7 +320,12 @@ fn a_heartbeat_advances_a_current_record_and_asks_for_a_missing_one() {
 
 #[test]
 fn expiry_leaves_a_tombstone_that_blocks_stale_relays_but_not_newer_versions() {
-    let mut replica = replica();
+    // Removed at expiry: no visibility time.
+    let config = Config {
+        expired_visible_ms: 0,
+        ..config()
+    };
+    let mut replica = Replica::new(config, "a", 1, 0).unwrap();
     let c = |seq| record("c", 1, seq, calls(9));
     replica
         .handle_frame(0, "b", Frame::Table(vec![c(5)]))
@@ -378,8 +383,50 @@ fn expiry_leaves_a_tombstone_that_blocks_stale_relays_but_not_newer_versions() {
 }
 
 #[test]
+fn an_expired_node_stays_visible_uncounted_for_expired_visible_ms() {
+    let config = Config {
+        expired_visible_ms: 60_000,
+        ..config()
+    };
+    let mut replica = Replica::new(config, "a", 1, 0).unwrap();
+    let c = |seq| record("c", 1, seq, calls(9));
+    replica
+        .handle_frame(0, "b", Frame::Table(vec![c(5)]))
+        .unwrap();
+    replica.handle_timeout(10_000);
+    let view = replica.node("c", 10_000).expect("still visible");
+    assert_eq!((view.state, view.counted), (NodeState::Expired, false));
+    let aggregate = replica.aggregate(10_000);
+    assert_eq!((aggregate.calls, aggregate.nodes_expired), (0, 1));
+    // A laggard relays the last seq or the one after: no evidence of life.
+    for (now, seq) in [(10_500, 5), (10_600, 6)] {
+        replica
+            .handle_frame(now, "b", Frame::Table(vec![c(seq)]))
+            .unwrap();
+        assert_eq!(replica.node("c", now).unwrap().state, NodeState::Expired);
+    }
+    assert_eq!(replica.stats().records_tombstoned, 2);
+    // Removed once the visibility time has passed, with a tombstone as before.
+    assert!(replica.poll_timeout().unwrap() <= 70_000);
+    replica.handle_timeout(70_000);
+    assert_eq!(replica.node("c", 70_000), None);
+    assert!(events(&mut replica).contains(&Event::NodeRemoved {
+        node_id: "c".into()
+    }));
+    // A node that was only cut off comes back with a newer seq.
+    replica
+        .handle_frame(71_000, "b", Frame::Table(vec![c(40)]))
+        .unwrap();
+    assert_eq!(replica.node("c", 71_000).unwrap().state, NodeState::Live);
+}
+
+#[test]
 fn tombstones_expire_after_their_ttl() {
-    let mut replica = replica();
+    let config = Config {
+        expired_visible_ms: 0,
+        ..config()
+    };
+    let mut replica = Replica::new(config, "a", 1, 0).unwrap();
     let c = record("c", 1, 5, calls(9));
     replica
         .handle_frame(0, "b", Frame::Table(vec![c.clone()]))
@@ -411,6 +458,7 @@ fn the_aggregate_counts_live_and_suspect_and_drops_expired_at_now() {
 fn hold_for_keeps_an_expired_node_counted_for_the_hold() {
     let config = Config {
         expired_rule: ExpiredRule::HoldFor { hold_ms: 5_000 },
+        expired_visible_ms: 0,
         ..config()
     };
     let mut replica = Replica::new(config, "a", 1, 0).unwrap();
