@@ -444,7 +444,11 @@ fn three_agents_over_a_lossy_100ms_wan_converge_survive_a_partition_and_heal() {
                 std::env::var_os("TOLLGATE_NETNS_TESTS").is_none(),
                 "TOLLGATE_NETNS_TESTS is set, but: {why}"
             );
-            eprintln!("skipped: {why}");
+            common::skipped(
+                "the WAN cluster test",
+                &why.to_string(),
+                "as root with iproute2 (ip netns, tc netem); TOLLGATE_NETNS_TESTS=1 makes it fail instead of skipping",
+            );
             return;
         }
     };

@@ -68,7 +68,11 @@ fn tools() -> Option<Tools> {
     if std::env::var("TOLLGATE_SIP_TESTS").as_deref() == Ok("1") {
         panic!("TOLLGATE_SIP_TESTS=1 but {why}");
     }
-    eprintln!("skipping the Kamailio end-to-end test: {why}");
+    common::skipped(
+        "the Kamailio end-to-end test",
+        why,
+        "install kamailio and sipp (sip-tester); TOLLGATE_SIP_TESTS=1 makes it fail instead of skipping",
+    );
     None
 }
 

@@ -121,8 +121,10 @@ fn page_in_chromium_shows_usage_and_license_and_reloads_and_uploads() {
             std::env::var("TOLLGATE_BROWSER_TESTS").as_deref() != Ok("1"),
             "TOLLGATE_BROWSER_TESTS=1 but the browser test cannot run: {why}"
         );
-        eprintln!(
-            "skipping the browser test: {why} (set TOLLGATE_BROWSER_TESTS=1 to fail instead)"
+        common::skipped(
+            "the browser test",
+            &why.to_string(),
+            "install chromium and run `npm ci` in tests/browser; TOLLGATE_BROWSER_TESTS=1 makes it fail instead of skipping",
         );
         return;
     }

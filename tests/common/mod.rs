@@ -291,3 +291,14 @@ pub fn http(
     };
     (status, body)
 }
+
+/// Says loudly that a whole-system test did not run: what is missing and how to run it.
+/// Written to the process's stderr directly, past the test harness's capture, so it shows
+/// in a plain `cargo test` that passes.
+pub fn skipped(test: &str, why: &str, how: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED {test}: {why}\n*** to run it: {how}\n"
+    );
+}
