@@ -7,11 +7,12 @@
 //!   the re-encoded datagram decodes to exactly the same sequence header and events, with
 //!   no error;
 //! - decoded fields never hold a space, CR or LF, and are 1..=255 bytes;
-//! - the same events survive the binary format too (encode binary, decode, compare).
+//! - the same events survive the binary format too (encode binary, decode, compare), except
+//!   the `sync-*` lines, which are text only (the binary encoder refuses them).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate_events::{CallRef, Event, FIELD_LEN_MAX, binary, text};
+use tollgate_events::{CallRef, Event, FIELD_LEN_MAX, SyncLine, binary, text};
 
 fuzz_target!(|data: &[u8]| {
     let datagram = text::decode(data);
@@ -63,10 +64,23 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(text::decode_line(&line), Ok(*event));
     }
 
-    // The same events as binary records (without the text sender, which need not be 8 bytes).
+    // The same events as binary records (without the text sender, which need not be 8 bytes,
+    // and without the text-only sync-* lines, which the binary encoder must refuse).
     let mut encoder = binary::Encoder::new(usize::MAX);
     let mut expected = Vec::new();
-    for event in events.iter().take(binary::RECORD_COUNT_MAX) {
+    for event in events
+        .iter()
+        .filter(|event| matches!(event, Event::Sync(_)))
+    {
+        assert!(
+            encoder.push(event).is_err(),
+            "a sync line has no binary record"
+        );
+    }
+    let binary_events = events
+        .iter()
+        .filter(|event| !matches!(event, Event::Sync(_)));
+    for event in binary_events.take(binary::RECORD_COUNT_MAX) {
         encoder
             .push(event)
             .expect("a text event fits a binary record");
@@ -86,5 +100,8 @@ fn fields<'a>(event: &Event<'a>) -> Vec<&'a [u8]> {
         Event::Register { aor, contact, .. } => vec![aor, contact],
         Event::Subscribers { .. } => Vec::new(),
         Event::Admit { call_id, .. } => vec![call_id],
+        Event::Sync(SyncLine::Begin { sender, .. } | SyncLine::End { sender, .. }) => vec![sender],
+        Event::Sync(SyncLine::Call { call: c, .. }) => call(c).collect(),
+        Event::Sync(SyncLine::Reg { aor, contact, .. }) => vec![aor, contact],
     }
 }
