@@ -612,10 +612,35 @@ impl Store {
         &mut self,
         f: impl FnOnce(&Db<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
+        self.in_transaction(TxKind::Write, f)
+    }
+}
+
+impl Store {
+    /// Runs `f` in one read-only snapshot (SQLite: a deferred transaction, a WAL snapshot
+    /// that does not block writers; PostgreSQL: `REPEATABLE READ READ ONLY`).
+    pub fn snapshot<T, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&Db<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.in_transaction(TxKind::ReadSnapshot, f)
+    }
+
+    /// Runs `f` in one transaction of `kind`: committed when `f` returns `Ok`, rolled back
+    /// (dropped) otherwise.
+    fn in_transaction<T, E: From<StoreError>>(
+        &mut self,
+        kind: TxKind,
+        f: impl FnOnce(&Db<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
         match &mut self.conn {
             Conn::Sqlite(conn) => {
+                let behavior = match kind {
+                    TxKind::Write => TransactionBehavior::Immediate,
+                    TxKind::ReadSnapshot => TransactionBehavior::Deferred,
+                };
                 let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .transaction_with_behavior(behavior)
                     .map_err(StoreError::from)?;
                 let value = f(&Db {
                     h: Handle::Sqlite(&tx),
@@ -628,7 +653,15 @@ impl Store {
                     pg.0.as_mut()
                         .expect("the client is taken only on drop")
                         .get_mut();
-                let tx = client.transaction().map_err(StoreError::from)?;
+                let tx = match kind {
+                    TxKind::Write => client.transaction(),
+                    TxKind::ReadSnapshot => client
+                        .build_transaction()
+                        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                        .read_only(true)
+                        .start(),
+                }
+                .map_err(StoreError::from)?;
                 let db = Db {
                     h: Handle::PostgresTransaction(RefCell::new(tx)),
                 };
@@ -643,47 +676,14 @@ impl Store {
     }
 }
 
-impl Store {
-    /// Runs `f` in one read-only snapshot (SQLite: a deferred transaction, a WAL snapshot
-    /// that does not block writers; PostgreSQL: `REPEATABLE READ READ ONLY`).
-    pub fn snapshot<T, E: From<StoreError>>(
-        &mut self,
-        f: impl FnOnce(&Db<'_>) -> Result<T, E>,
-    ) -> Result<T, E> {
-        match &mut self.conn {
-            Conn::Sqlite(conn) => {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Deferred)
-                    .map_err(StoreError::from)?;
-                let value = f(&Db {
-                    h: Handle::Sqlite(&tx),
-                })?;
-                tx.commit().map_err(StoreError::from)?;
-                Ok(value)
-            }
-            Conn::Postgres(pg) => {
-                let client =
-                    pg.0.as_mut()
-                        .expect("the client is taken only on drop")
-                        .get_mut();
-                let tx = client
-                    .build_transaction()
-                    .isolation_level(postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .map_err(StoreError::from)?;
-                let db = Db {
-                    h: Handle::PostgresTransaction(RefCell::new(tx)),
-                };
-                let value = f(&db)?;
-                let Handle::PostgresTransaction(tx) = db.h else {
-                    unreachable!("built above")
-                };
-                tx.into_inner().commit().map_err(StoreError::from)?;
-                Ok(value)
-            }
-        }
-    }
+/// How [`Store::in_transaction`] opens its transaction.
+#[derive(Clone, Copy)]
+enum TxKind {
+    /// Takes the write lock at once (SQLite `IMMEDIATE`; PostgreSQL's default).
+    Write,
+    /// One read-only snapshot (SQLite deferred, a WAL snapshot; PostgreSQL
+    /// `REPEATABLE READ READ ONLY`).
+    ReadSnapshot,
 }
 
 /// Queries, on a connection or inside a transaction.
