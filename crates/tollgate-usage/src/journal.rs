@@ -164,6 +164,17 @@ impl RecordBuilder {
     }
 }
 
+/// Puts a record header (length, checksum) in front of an arbitrary body, as a hostile or
+/// buggy writer would: tests and the fuzz target use it to reach the body parser past the
+/// checksum. [`RecordBuilder`] is the writer's way.
+pub fn frame_record_body(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RECORD_HEADER_LEN + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&xxh3_64_with_seed(body, body.len() as u64).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
 /// One record read back.
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {

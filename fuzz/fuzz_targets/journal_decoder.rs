@@ -1,0 +1,54 @@
+//! Fuzzes the journal decoder (`tollgate_usage::journal`): segment headers and records.
+//!
+//! Invariants, beyond "never panics":
+//! - a header that decodes re-encodes to exactly the first `SEGMENT_HEADER_LEN` bytes;
+//! - the records read before the reader stops re-encode (with `RecordBuilder`) to exactly
+//!   the bytes they came from, `good_len` is their total length, and the reader reports an
+//!   error exactly when it stopped before the end of the input;
+//! - the first input byte picks a mode: odd values wrap the rest in a valid record header
+//!   and checksum, so the record body parser (receive time, datagram lengths) sees
+//!   arbitrary bodies instead of stopping at the checksum.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tollgate_usage::journal::{
+    RECORD_HEADER_LEN, RecordBuilder, SEGMENT_HEADER_LEN, SegmentHeader, frame_record_body,
+    records,
+};
+
+fn check_records(bytes: &[u8]) {
+    let mut it = records(bytes, SEGMENT_HEADER_LEN);
+    let mut again = Vec::with_capacity(bytes.len());
+    let mut builder = RecordBuilder::default();
+    for record in it.by_ref() {
+        builder.begin(record.now);
+        for datagram in record.datagrams() {
+            builder.push(datagram);
+        }
+        again.extend_from_slice(builder.finish());
+    }
+    let good = it.good_len();
+    assert!(good <= bytes.len());
+    assert_eq!(again.as_slice(), &bytes[..good], "records re-encode to their bytes");
+    assert_eq!(it.error.is_some(), good < bytes.len(), "an error exactly when stopped early");
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    if mode & 1 == 1 {
+        // A valid record header around an arbitrary body.
+        let record = frame_record_body(rest);
+        assert_eq!(record.len(), RECORD_HEADER_LEN + rest.len());
+        check_records(&record);
+        return;
+    }
+    match SegmentHeader::decode(rest) {
+        Ok((header, records_bytes)) => {
+            assert_eq!(&header.encode()[..], &rest[..SEGMENT_HEADER_LEN]);
+            check_records(records_bytes);
+        }
+        Err(_) => check_records(rest),
+    }
+});
