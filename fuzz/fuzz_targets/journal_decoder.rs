@@ -12,8 +12,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tollgate_usage::journal::{
-    RECORD_HEADER_LEN, RecordBuilder, SEGMENT_HEADER_LEN, SegmentHeader, frame_record_body,
-    records,
+    RECORD_HEADER_LEN, RecordBuilder, SEGMENT_HEADER_LEN, SegmentHeader, frame_record_body, records,
 };
 
 fn check_records(bytes: &[u8]) {
@@ -29,8 +28,16 @@ fn check_records(bytes: &[u8]) {
     }
     let good = it.good_len();
     assert!(good <= bytes.len());
-    assert_eq!(again.as_slice(), &bytes[..good], "records re-encode to their bytes");
-    assert_eq!(it.error.is_some(), good < bytes.len(), "an error exactly when stopped early");
+    assert_eq!(
+        again.as_slice(),
+        &bytes[..good],
+        "records re-encode to their bytes"
+    );
+    assert_eq!(
+        it.error.is_some(),
+        good < bytes.len(),
+        "an error exactly when stopped early"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
