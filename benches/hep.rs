@@ -19,9 +19,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tollgate_events::MonoTime;
 use tollgate_hep::{HepBuilder, HepPacket};
 use tollgate_sip::{MirrorTracker, OwnedEvent, SipMessage, TrackerConfig};
-use tollgate_usage::Timestamp;
 
 /// Distinct calls the benchmark cycles through.
 const CALL_COUNT: usize = 1024;
@@ -146,15 +146,15 @@ impl Driver {
         if i == 0 {
             self.now_ms += ROUND_MS;
             self.tracker
-                .expire(Timestamp::from_unix_ms(self.now_ms), &mut self.out);
+                .expire(MonoTime::from_unix_ms(self.now_ms), &mut self.out);
             self.out.clear();
         }
         self.next = (i + 1) % CALL_COUNT;
         i
     }
 
-    fn now(&self) -> Timestamp {
-        Timestamp::from_unix_ms(self.now_ms)
+    fn now(&self) -> MonoTime {
+        MonoTime::from_unix_ms(self.now_ms)
     }
 
     /// Takes the events of one call, checking it was counted.

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tollgate_events::{CallRef, Event, Seq};
-use tollgate_usage::{FingerprintKey, SequenceTracker, Tables, TablesConfig, Timestamp};
+use tollgate_usage::{FingerprintKey, MonoTime, SequenceTracker, Tables, TablesConfig};
 
 /// Distinct calls cycled through by the pair benchmarks (fits in cache, like a busy proxy's
 /// recent calls).
 const CALL_IDS_PER_THREAD: usize = 4096;
 
-const NOW: Timestamp = Timestamp::from_unix_secs(1_750_000_000);
+const NOW: MonoTime = MonoTime::from_unix_secs(1_750_000_000);
 
 fn tables() -> Tables {
     Tables::new(TablesConfig::default(), FingerprintKey([0x5a; 32]))

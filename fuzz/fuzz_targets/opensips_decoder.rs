@@ -10,10 +10,10 @@
 use libfuzzer_sys::fuzz_target;
 use tollgate_opensips::{decode, looks_like_json};
 use tollgate_sip::OwnedEvent;
-use tollgate_usage::Timestamp;
+use tollgate_events::MonoTime;
 
 fuzz_target!(|data: &[u8]| {
-    let decoded = decode(data, Timestamp::from_unix_secs(1_700_000_000));
+    let decoded = decode(data, MonoTime::from_unix_secs(1_700_000_000));
     let Ok(event) = decoded else {
         return;
     };

@@ -18,7 +18,7 @@ use tollgate_sip::message::{Contact, Method, StartLine};
 use tollgate_sip::{
     CONTACT_COUNT_MAX, HEADER_COUNT_MAX, MirrorTracker, SipMessage, TrackerConfig, uri,
 };
-use tollgate_usage::Timestamp;
+use tollgate_events::MonoTime;
 
 fn within(whole: &[u8], part: &[u8]) -> bool {
     let start = whole.as_ptr() as usize;
@@ -85,7 +85,7 @@ fuzz_target!(|data: &[u8]| {
     let mut now_ms = 1_700_000_000_000u64;
     for (i, input) in data.split(|&b| b == 0).take(16).enumerate() {
         now_ms += 1000;
-        let now = Timestamp::from_unix_ms(now_ms);
+        let now = MonoTime::from_unix_ms(now_ms);
         let Ok(msg) = SipMessage::parse(input) else {
             continue;
         };
@@ -112,8 +112,8 @@ fuzz_target!(|data: &[u8]| {
     }
     // The first sweep ends dialogs (some with a stop, remembered as ended), the second
     // forgets them.
-    tracker.expire(Timestamp::from_unix_ms(now_ms + 86_400_000), &mut out);
-    tracker.expire(Timestamp::from_unix_ms(now_ms + 2 * 86_400_000), &mut out);
+    tracker.expire(MonoTime::from_unix_ms(now_ms + 86_400_000), &mut out);
+    tracker.expire(MonoTime::from_unix_ms(now_ms + 2 * 86_400_000), &mut out);
     assert_eq!(tracker.pending_count(), 0);
     assert_eq!(tracker.ended_count(), 0);
     assert_eq!(tracker.dialog_count(), 0);

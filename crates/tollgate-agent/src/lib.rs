@@ -40,9 +40,9 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tollgate_ingest::{
     BatchObserver, Endpoint, Ingest, IngestConfig, IngestStats, Pipeline, RecvMode, SocketOptions,
-    wall_clock,
+    tables_clock, wall_clock,
 };
-use tollgate_usage::{SequenceTracker, Tables, TablesConfig, Timestamp};
+use tollgate_usage::{MonoTime, SequenceTracker, Tables, TablesConfig, WallTime};
 
 pub use config::Config;
 use state::StateDir;
@@ -207,7 +207,7 @@ pub struct RuntimeInfo {
 struct PeakSampler(Arc<Tables>);
 
 impl BatchObserver for PeakSampler {
-    fn after_batch(&self, now: Timestamp) {
+    fn after_batch(&self, now: MonoTime) {
         self.0.observe_peaks(now);
     }
 }
@@ -667,10 +667,12 @@ async fn license_task(state: Arc<AgentState>) {
 /// Folds this second into the long history: this node's peak since the hour began (from
 /// the tables' minute peaks) and the cluster aggregate now. Returns the time used.
 fn sample_history(state: &AgentState) -> u64 {
-    let now = wall_clock();
-    let now_ms = now.unix_ms();
-    let hour_start = Timestamp::from_unix_ms(now_ms - now_ms % history::HOUR_MS);
-    let peaks = state.tables.peaks().max_since(now, hour_start);
+    let now_ms = wall_clock().unix_ms();
+    // The hour is the wall clock's; the minute peaks are on the tables' clock, so the
+    // window is measured back from the tables' now.
+    let tables_now = tables_clock();
+    let hour_start = tables_now.minus_ms(now_ms % history::HOUR_MS);
+    let peaks = state.tables.peaks().max_since(tables_now, hour_start);
     let usage = state.tables.usage();
     let node = history::Sample {
         calls: peaks.calls.max(usage.calls),
@@ -755,7 +757,7 @@ struct IdleSenders {
 }
 
 impl IdleSenders {
-    fn sweep(&self, now: Timestamp) {
+    fn sweep(&self, now: MonoTime) {
         let lost = self
             .sequences
             .sweep_idle(now, tollgate_usage::sequence::SEQ_IDLE_MS);
@@ -800,13 +802,15 @@ pub fn append_ledger_entry(state: &AgentState) {
 }
 
 /// The ledger entry for the interval from the ledger's head to `now`.
-pub fn ledger_entry(state: &AgentState, now: Timestamp) -> tollgate_ledger::Entry {
+pub fn ledger_entry(state: &AgentState, now: WallTime) -> tollgate_ledger::Entry {
     let start_ms = state.ledger.interval_start_ms().min(now.unix_ms());
     let u = state.tables.usage();
+    // The interval is on the wall clock; the minute peaks on the tables' clock.
+    let tables_now = tables_clock();
     let peaks = state
         .tables
         .peaks()
-        .max_since(now, Timestamp::from_unix_ms(start_ms));
+        .max_since(tables_now, tables_now.minus_ms(now.unix_ms() - start_ms));
     let evaluation = state
         .license
         .last_evaluation()

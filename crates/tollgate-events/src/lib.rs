@@ -31,11 +31,17 @@
 //! # Ok::<(), tollgate_events::EncodeError>(())
 //! ```
 //!
+//! It also holds tollgate's time vocabulary ([`time`]): [`WallTime`] and [`MonoTime`], the
+//! two instants every core takes as arguments.
+//!
 //! What this crate deliberately lacks: sockets, clocks, hashing, any notion of state. It
 //! turns bytes into [`Event`]s and back, nothing more.
 
 pub mod binary;
 pub mod text;
+pub mod time;
+
+pub use time::{MonoTime, WallTime};
 
 #[cfg(test)]
 mod test_util;

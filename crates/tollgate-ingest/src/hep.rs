@@ -34,7 +34,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tollgate_hep::HepError;
 use tollgate_sip::{MirrorTracker, OwnedEvent, SipError};
-use tollgate_usage::{Owner, Timestamp};
+use tollgate_usage::{MonoTime, Owner};
 
 pub use tollgate_sip::{TrackerConfig, TrackerCounters};
 
@@ -537,7 +537,7 @@ impl Worker {
     /// One datagram; returns its [`HepResult::LABELS`] index.
     fn handle(
         &self,
-        now: Timestamp,
+        now: MonoTime,
         datagram: &[u8],
         tracker: &mut MirrorTracker,
         scratch: &mut Scratch,
@@ -595,7 +595,7 @@ impl Worker {
         HepResult::OtherProtocol as usize
     }
 
-    fn apply_events(&self, now: Timestamp, owner: Owner, scratch: &mut Scratch) {
+    fn apply_events(&self, now: MonoTime, owner: Owner, scratch: &mut Scratch) {
         if scratch.events.is_empty() {
             return;
         }
@@ -633,7 +633,7 @@ impl Worker {
     }
 
     /// Whether this thread should sweep the tracker now (at most one thread per interval).
-    fn expire_due(&self, now: Timestamp) -> bool {
+    fn expire_due(&self, now: MonoTime) -> bool {
         let now_ms = now.unix_ms();
         let due = self.shared.next_expire_ms.load(Ordering::Relaxed);
         now_ms >= due
@@ -649,7 +649,7 @@ impl Worker {
                 .is_ok()
     }
 
-    fn expire(&self, now: Timestamp, tracker: &mut MirrorTracker, scratch: &mut Scratch) {
+    fn expire(&self, now: MonoTime, tracker: &mut MirrorTracker, scratch: &mut Scratch) {
         tracker.expire(now, &mut scratch.events);
         self.apply_events(now, Owner::NONE, scratch);
     }

@@ -254,7 +254,7 @@ impl JournalGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_usage::Timestamp;
+    use tollgate_events::MonoTime;
     use tollgate_usage::journal::{RecordBuilder, records};
 
     #[test]
@@ -262,11 +262,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path(), 1, 9, 0, Duration::from_secs(1)).unwrap();
         let mut b = RecordBuilder::default();
-        b.begin(Timestamp::from_unix_ms(5));
+        b.begin(MonoTime::from_unix_ms(5));
         b.push(b"call-start a\n");
         assert!(journal.lock().append(b.finish()));
         assert_eq!(journal.rotate().unwrap(), 2);
-        b.begin(Timestamp::from_unix_ms(6));
+        b.begin(MonoTime::from_unix_ms(6));
         b.push(b"call-stop a\n");
         assert!(journal.lock().append(b.finish()));
         journal.sync();

@@ -38,7 +38,7 @@ pub use recv::{RECV_BATCH_MAX, Received, RecvBatch, RecvMode};
 pub use socket::{Endpoint, EventSocket, RECV_TIMEOUT, SocketOptions};
 pub use stats::{IngestStats, LocalStats, StatsSnapshot, ThreadStats};
 
-use tollgate_usage::Timestamp;
+use tollgate_events::{MonoTime, WallTime};
 
 /// Failures of the ingest IO.
 #[derive(Debug, thiserror::Error)]
@@ -83,12 +83,12 @@ impl Default for IngestConfig {
 }
 
 /// The wall clock, as the sans-IO cores want it.
-pub fn wall_clock() -> Timestamp {
+pub fn wall_clock() -> WallTime {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_millis();
-    Timestamp::from_unix_ms(ms as u64)
+    WallTime::from_unix_ms(ms as u64)
 }
 
 /// The tables' clock: Unix milliseconds at the first call (the wall clock then), advanced
@@ -96,7 +96,7 @@ pub fn wall_clock() -> Timestamp {
 /// tracker) run on it, so a step of the wall clock (NTP, an operator) changes no expiry;
 /// the wall clock is for display, snapshots and reports, and a snapshot records both
 /// (`Snapshot::wall_at`) so a restart converts its times.
-pub fn tables_clock() -> Timestamp {
+pub fn tables_clock() -> MonoTime {
     CLOCK.now()
 }
 
@@ -107,25 +107,25 @@ static CLOCK: std::sync::LazyLock<MonotonicClock> =
 /// A clock that reads `anchor` at creation and advances with `Instant` only.
 #[derive(Debug, Clone, Copy)]
 pub struct MonotonicClock {
-    anchor: Timestamp,
+    anchor: WallTime,
     started: std::time::Instant,
 }
 
 impl MonotonicClock {
-    pub fn new(anchor: Timestamp) -> Self {
+    pub fn new(anchor: WallTime) -> Self {
         MonotonicClock {
             anchor,
             started: std::time::Instant::now(),
         }
     }
 
-    pub fn now(&self) -> Timestamp {
+    pub fn now(&self) -> MonoTime {
         let elapsed = self.started.elapsed().as_millis() as u64;
-        Timestamp::from_unix_ms(self.anchor.unix_ms().saturating_add(elapsed))
+        MonoTime::from_unix_ms(self.anchor.unix_ms().saturating_add(elapsed))
     }
 
     /// `wall - now()`: what to add to this clock's times to show them as wall-clock times.
-    pub fn offset_to(&self, wall: Timestamp) -> i64 {
+    pub fn offset_to(&self, wall: WallTime) -> i64 {
         wall.unix_ms() as i64 - self.now().unix_ms() as i64
     }
 }

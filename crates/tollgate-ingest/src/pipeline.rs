@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use tollgate_events::{Event, Malformed, Verb};
-use tollgate_usage::{Outcome, Owner, SeqVerdict, SequenceTracker, Tables, Timestamp};
+use tollgate_usage::{MonoTime, Outcome, Owner, SeqVerdict, SequenceTracker, Tables};
 
 use crate::stats::{
     DatagramDrop, EventOutcome, EventRefusal, LocalStats, OPENSIPS_APPLIED, OPENSIPS_IGNORED,
@@ -47,7 +47,7 @@ impl Admission for AdmitAll {
 /// Called once per receive batch, after its datagrams were applied (e.g. to sample peaks).
 /// Runs on the ingest thread: keep it to a few atomic operations.
 pub trait BatchObserver: Send + Sync + 'static {
-    fn after_batch(&self, now: Timestamp);
+    fn after_batch(&self, now: MonoTime);
 }
 
 /// Everything one datagram needs: the tables it changes, the sequence tracker that filters
@@ -74,7 +74,7 @@ impl Pipeline {
     /// to the datagram's source when it is not empty.
     pub fn process(
         &self,
-        now: Timestamp,
+        now: MonoTime,
         datagram: &[u8],
         stats: &mut LocalStats,
         reply: &mut Vec<u8>,
@@ -87,7 +87,7 @@ impl Pipeline {
     /// The first half of [`process`](Self::process): counts the datagram and checks its
     /// sequence header; `false` means a replay, dropped (and counted). The receive loop calls
     /// this for a whole batch, journals what passed, then applies it.
-    pub fn check_sequence(&self, now: Timestamp, datagram: &[u8], stats: &mut LocalStats) -> bool {
+    pub fn check_sequence(&self, now: MonoTime, datagram: &[u8], stats: &mut LocalStats) -> bool {
         stats.datagrams += 1;
         stats.bytes += datagram.len() as u64;
         if tollgate_opensips::looks_like_json(datagram) {
@@ -115,7 +115,7 @@ impl Pipeline {
     /// passed [`check_sequence`](Self::check_sequence).
     pub fn apply_datagram(
         &self,
-        now: Timestamp,
+        now: MonoTime,
         datagram: &[u8],
         stats: &mut LocalStats,
         reply: &mut Vec<u8>,
@@ -146,7 +146,7 @@ impl Pipeline {
     /// Applies a journalled datagram again at its original receive time (start-up replay):
     /// no sequence check (it was made when the datagram arrived), no `admit` answers; the
     /// sender's `seq` header still names the owner of what it reports.
-    pub fn replay(&self, now: Timestamp, datagram: &[u8], stats: &mut LocalStats) {
+    pub fn replay(&self, now: MonoTime, datagram: &[u8], stats: &mut LocalStats) {
         let mut no_reply = Vec::new();
         if tollgate_opensips::looks_like_json(datagram) {
             if let Ok(Some(event)) = tollgate_opensips::decode(datagram, now) {
@@ -179,7 +179,7 @@ impl Pipeline {
     #[cold]
     fn process_opensips(
         &self,
-        now: Timestamp,
+        now: MonoTime,
         datagram: &[u8],
         stats: &mut LocalStats,
         reply: &mut Vec<u8>,
@@ -196,7 +196,7 @@ impl Pipeline {
 
     /// Lets the observer see the tables after a batch.
     #[inline]
-    pub fn after_batch(&self, now: Timestamp) {
+    pub fn after_batch(&self, now: MonoTime) {
         if let Some(observer) = &self.observer {
             observer.after_batch(now);
         }
@@ -213,7 +213,7 @@ impl Pipeline {
 
     /// Counts, as lost, the unseen tails of senders silent for `idle_ms` (see
     /// [`SequenceTracker::sweep_idle`]). Called by the agent's sweeper, not on the hot path.
-    pub fn sweep_idle_senders(&self, now: Timestamp, idle_ms: u64, stats: &mut LocalStats) {
+    pub fn sweep_idle_senders(&self, now: MonoTime, idle_ms: u64, stats: &mut LocalStats) {
         let lost = self.sequences.sweep_idle(now, idle_ms);
         stats.lost_datagrams = stats.lost_datagrams.saturating_add(lost);
     }
@@ -226,7 +226,7 @@ impl Pipeline {
     #[inline]
     pub(crate) fn apply(
         &self,
-        now: Timestamp,
+        now: MonoTime,
         event: &Event<'_>,
         stats: &mut LocalStats,
         reply: &mut Vec<u8>,
@@ -238,7 +238,7 @@ impl Pipeline {
     #[inline]
     pub(crate) fn apply_from(
         &self,
-        now: Timestamp,
+        now: MonoTime,
         event: &Event<'_>,
         owner: Owner,
         stats: &mut LocalStats,
@@ -357,7 +357,7 @@ mod tests {
     #[test]
     fn admit_answers_beyond_a_full_reply_are_dropped_and_counted() {
         let p = pipeline();
-        let now = Timestamp::from_unix_secs(1_700_000_000);
+        let now = MonoTime::from_unix_secs(1_700_000_000);
         let (mut stats, mut reply) = (LocalStats::default(), Vec::new());
         // 3 bytes per `ok\n`: 2730 answers fit in 8192 bytes, the rest do not.
         let queries: String = (0..3000).map(|i| format!("admit c{i}\n")).collect();
@@ -373,7 +373,7 @@ mod tests {
     #[test]
     fn sync_lists_over_50_datagrams_heal_or_are_discarded_whole() {
         let p = pipeline();
-        let now = Timestamp::from_unix_secs(1_700_000_000);
+        let now = MonoTime::from_unix_secs(1_700_000_000);
         let (mut stats, mut reply) = (LocalStats::default(), Vec::new());
         // The sender's own events: a phantom (its stop was lost) and a call it still has.
         p.process(
@@ -412,7 +412,7 @@ mod tests {
     #[test]
     fn opensips_notifications_share_the_event_sockets() {
         let p = pipeline();
-        let now = Timestamp::from_unix_secs(1_700_000_000);
+        let now = MonoTime::from_unix_secs(1_700_000_000);
         let (mut stats, mut reply) = (LocalStats::default(), Vec::new());
         let contact = r#" {"jsonrpc":"2.0","method":"E_UL_CONTACT_INSERT","params":{"domain":"location","aor":"alice","uri":"sip:alice@10.0.0.1:5060","expires":1700000600}}"#;
         let datagrams = [
@@ -469,7 +469,7 @@ mod tests {
             )),
             ..pipeline()
         };
-        let now = Timestamp::from_unix_secs(1_700_000_000);
+        let now = MonoTime::from_unix_secs(1_700_000_000);
         let (mut stats, mut reply) = (LocalStats::default(), Vec::new());
         for d in [
             "seq x 0\nsubscribers 18446744073709551615\nsubscribers 1099511627777\n",

@@ -29,9 +29,9 @@
 //!
 //! ```
 //! use tollgate_opensips::decode;
-//! use tollgate_usage::Timestamp;
+//! use tollgate_events::MonoTime;
 //!
-//! let now = Timestamp::from_unix_secs(1_700_000_000);
+//! let now = MonoTime::from_unix_secs(1_700_000_000);
 //! let json = br#"{"jsonrpc":"2.0","method":"E_UL_CONTACT_INSERT","params":{"domain":"location",
 //!     "aor":"alice@example.com","uri":"sip:alice@10.0.0.1:5060","expires":1700003600}}"#;
 //! let event = decode(json, now)?.expect("an event");
@@ -48,8 +48,8 @@
 //! (statistics, load balancer, …), and the pre-3.0 `event_datagram` text format.
 
 use serde_json::{Map, Value};
+use tollgate_events::MonoTime;
 use tollgate_sip::{OwnedCall, OwnedEvent};
-use tollgate_usage::Timestamp;
 
 /// `expires_s` given to a permanent contact (usrloc `expires` 0): the tables saturate it, so
 /// the contact lasts until deleted.
@@ -125,7 +125,7 @@ pub fn looks_like_json(datagram: &[u8]) -> bool {
 
 /// Decodes one notification received at `now` (see the crate doc for the mapping).
 /// `Ok(None)`: a well-formed notification that changes nothing.
-pub fn decode(json: &[u8], now: Timestamp) -> Result<Option<OwnedEvent>, OpensipsError> {
+pub fn decode(json: &[u8], now: MonoTime) -> Result<Option<OwnedEvent>, OpensipsError> {
     if json.len() > NOTIFICATION_LEN_MAX {
         return Err(OpensipsError::TooLong);
     }

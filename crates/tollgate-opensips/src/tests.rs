@@ -4,8 +4,8 @@ use super::*;
 
 const NOW_S: u64 = 1_700_000_000;
 
-fn now() -> Timestamp {
-    Timestamp::from_unix_secs(NOW_S)
+fn now() -> MonoTime {
+    MonoTime::from_unix_secs(NOW_S)
 }
 
 /// A dialog notification as OpenSIPS 3.x `event_datagram` sends it.

@@ -13,7 +13,7 @@
 //!
 //! ```
 //! use tollgate_sip::{MirrorTracker, OwnedEvent, TrackerConfig};
-//! use tollgate_usage::Timestamp;
+//! use tollgate_events::MonoTime;
 //!
 //! let invite = b"INVITE sip:bob@example.com SIP/2.0\r\n\
 //!     Call-ID: a84b4c76e66710@pc33\r\nFrom: <sip:alice@example.com>;tag=1928301774\r\n\
@@ -23,7 +23,7 @@
 //!     To: <sip:bob@example.com>;tag=a6c85cf\r\nCSeq: 314159 INVITE\r\n\r\n";
 //! let mut tracker = MirrorTracker::new(TrackerConfig::default())?;
 //! let mut events = Vec::new();
-//! let now = Timestamp::from_unix_secs(1_700_000_000);
+//! let now = MonoTime::from_unix_secs(1_700_000_000);
 //! for payload in [&invite[..], ok, ok] {
 //!     tracker.handle_payload(now, 1, payload, &mut events)?;
 //! }

@@ -72,7 +72,7 @@
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 
 use hashbrown::{Equivalent, HashMap};
-use tollgate_usage::Timestamp;
+use tollgate_events::MonoTime;
 
 use crate::event::{OwnedCall, OwnedEvent};
 use crate::message::{CONTACT_COUNT_MAX, Contact, Method, SipError, SipMessage, StartLine};
@@ -435,7 +435,7 @@ impl MirrorTracker {
     /// counted in [`TrackerCounters::malformed`] and returned as the error.
     pub fn handle_payload(
         &mut self,
-        now: Timestamp,
+        now: MonoTime,
         capture_id: u32,
         payload: &[u8],
         out: &mut Vec<OwnedEvent>,
@@ -456,7 +456,7 @@ impl MirrorTracker {
     /// events it causes to `out`.
     pub fn handle(
         &mut self,
-        now: Timestamp,
+        now: MonoTime,
         capture_id: u32,
         msg: &SipMessage<'_>,
         out: &mut Vec<OwnedEvent>,
@@ -508,7 +508,7 @@ impl MirrorTracker {
     /// dialogs past their session timer end (a `CallStop` appended to `out`), idle dialogs
     /// are forgotten, lapsed contacts are forgotten. Cost: one pass over every table; call
     /// it about once a second.
-    pub fn expire(&mut self, now: Timestamp, out: &mut Vec<OwnedEvent>) {
+    pub fn expire(&mut self, now: MonoTime, out: &mut Vec<OwnedEvent>) {
         let now_ms = now.unix_ms();
         let pending_ttl_ms = self.config.pending_ttl_ms;
         let before = self.pending.len();

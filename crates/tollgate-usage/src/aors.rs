@@ -253,7 +253,7 @@ impl Tables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{FingerprintKey, TablesConfig, Timestamp};
+    use crate::{FingerprintKey, MonoTime, TablesConfig};
     use tollgate_events::Event;
 
     fn reg<'a>(aor: &'a str, contact: &'a str, expires_s: u32) -> Event<'a> {
@@ -271,7 +271,7 @@ mod tests {
     #[test]
     fn disabled_feed_queues_nothing() {
         let t = tables();
-        t.apply(Timestamp::from_unix_secs(10), &reg("alice", "c1", 60));
+        t.apply(MonoTime::from_unix_secs(10), &reg("alice", "c1", 60));
         assert!(t.drain_aor_changes().changes.is_empty());
     }
 
@@ -281,7 +281,7 @@ mod tests {
         let key = [3u8; 32];
         t.set_aor_key(&key);
         let alice = cluster_fingerprint(&key, b"alice");
-        let at = Timestamp::from_unix_secs;
+        let at = MonoTime::from_unix_secs;
         t.apply(at(10), &reg("alice", "c1", 60));
         t.apply(at(11), &reg("alice", "c2", 60));
         t.apply(at(12), &reg("alice", "c1", 60));
@@ -309,7 +309,7 @@ mod tests {
         let t = tables();
         let (old, new) = ([1u8; 32], [2u8; 32]);
         t.set_aor_key(&old);
-        let at = Timestamp::from_unix_secs;
+        let at = MonoTime::from_unix_secs;
         t.apply(at(10), &reg("alice", "c1", 60));
         t.drain_aor_changes();
         t.set_aor_key(&new);
@@ -332,7 +332,7 @@ mod tests {
         let key = FingerprintKey([9; 32]);
         let t = Tables::new(TablesConfig::default(), key.clone());
         t.set_aor_key(&[5; 32]);
-        let at = Timestamp::from_unix_secs;
+        let at = MonoTime::from_unix_secs;
         t.apply(at(10), &reg("alice", "c1", 60));
         t.apply(at(10), &reg("bob", "c1", 60));
         let index = t.aor_index();

@@ -36,7 +36,7 @@
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use crate::Timestamp;
+use crate::MonoTime;
 
 /// First bytes of every segment.
 pub const JOURNAL_MAGIC: [u8; 6] = *b"TGJRNL";
@@ -131,7 +131,7 @@ pub struct RecordBuilder {
 }
 
 impl RecordBuilder {
-    pub fn begin(&mut self, now: Timestamp) {
+    pub fn begin(&mut self, now: MonoTime) {
         self.buf.clear();
         self.datagrams = 0;
         self.buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
@@ -178,7 +178,7 @@ pub fn frame_record_body(body: &[u8]) -> Vec<u8> {
 /// One record read back.
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
-    pub now: Timestamp,
+    pub now: MonoTime,
     body: &'a [u8],
 }
 
@@ -255,7 +255,7 @@ impl<'a> Iterator for Records<'a> {
         let mut now = [0u8; 8];
         now.copy_from_slice(&body[..8]);
         let record = Record {
-            now: Timestamp::from_unix_ms(u64::from_le_bytes(now)),
+            now: MonoTime::from_unix_ms(u64::from_le_bytes(now)),
             body: &body[8..],
         };
         // The datagram lengths must cover the body exactly.
@@ -299,7 +299,7 @@ mod tests {
         .to_vec();
         let mut b = RecordBuilder::default();
         for (now, datagrams) in records {
-            b.begin(Timestamp::from_unix_ms(*now));
+            b.begin(MonoTime::from_unix_ms(*now));
             for d in *datagrams {
                 b.push(d);
             }

@@ -71,45 +71,11 @@ pub use sync::{CompleteList, SyncLists, SyncResult};
 use calls::{CallEntry, CallTable, Restore};
 use registrations::{Binding, RegTable};
 
-/// Wall-clock time as milliseconds since the Unix epoch. Always passed in, never read here.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-pub struct Timestamp(pub u64);
+pub use tollgate_events::{MonoTime, WallTime};
 
-impl Timestamp {
-    pub const fn from_unix_ms(ms: u64) -> Self {
-        Timestamp(ms)
-    }
-    pub const fn from_unix_secs(s: u64) -> Self {
-        Timestamp(s.saturating_mul(1000))
-    }
-    pub const fn unix_ms(self) -> u64 {
-        self.0
-    }
-    pub const fn unix_secs(self) -> u64 {
-        self.0 / 1000
-    }
-    /// Unix seconds as the tables store them: u32, saturating (until 2106).
-    pub const fn unix_secs_u32(self) -> u32 {
-        let s = self.unix_secs();
-        if s > u32::MAX as u64 {
-            u32::MAX
-        } else {
-            s as u32
-        }
-    }
-}
+/// The former name of [`MonoTime`] (the tables' clock), kept so code written against it
+/// still builds; new code names [`MonoTime`].
+pub type Timestamp = MonoTime;
 
 /// Largest shard count [`Tables::new`] uses.
 pub const SHARD_COUNT_MAX: usize = 4096;
@@ -170,7 +136,7 @@ pub struct Usage {
     pub registered_subscribers: u64,
     pub registered_contacts: u64,
     pub subscribers: u64,
-    pub subscribers_reported_at: Option<Timestamp>,
+    pub subscribers_reported_at: Option<MonoTime>,
 }
 
 /// What one event did to the tables.
@@ -280,14 +246,14 @@ impl Tables {
     /// Applies one event from no known sender ([`Owner::NONE`]). Idempotent (see the crate
     /// doc).
     #[inline]
-    pub fn apply(&self, now: Timestamp, event: &Event<'_>) -> Outcome {
+    pub fn apply(&self, now: MonoTime, event: &Event<'_>) -> Outcome {
         self.apply_from(now, event, Owner::NONE)
     }
 
     /// Applies one event reported by `owner` (see [`owners`]): a call start or a contact
     /// registration records it. Idempotent (see the crate doc).
     #[inline]
-    pub fn apply_from(&self, now: Timestamp, event: &Event<'_>, owner: Owner) -> Outcome {
+    pub fn apply_from(&self, now: MonoTime, event: &Event<'_>, owner: Owner) -> Outcome {
         let now_s = now.unix_secs_u32();
         match *event {
             Event::CallStart { call, emergency } => {
@@ -334,7 +300,7 @@ impl Tables {
         }
     }
 
-    fn set_subscribers(&self, now: Timestamp, count: u64) {
+    fn set_subscribers(&self, now: MonoTime, count: u64) {
         // Two stores: a concurrent reader may pair one report's count with the next one's
         // time; both are real reports.
         self.subscribers.store(count, Ordering::Relaxed);
@@ -359,7 +325,7 @@ impl Tables {
             registered_contacts,
             subscribers: self.subscribers.load(Ordering::Relaxed),
             subscribers_reported_at: (reported_at != REPORTED_NEVER)
-                .then_some(Timestamp(reported_at)),
+                .then_some(MonoTime(reported_at)),
         }
     }
 
@@ -369,7 +335,7 @@ impl Tables {
     /// `shard_count()` shards' worth of budget; the IO layer calls this periodically, e.g.
     /// every 100 ms with a budget that completes a pass every second or so. Expired entries
     /// are counted until swept, so the pass period bounds how long usage overstates.
-    pub fn sweep(&self, now: Timestamp, shard_budget: usize) -> Swept {
+    pub fn sweep(&self, now: MonoTime, shard_budget: usize) -> Swept {
         let now_s = now.unix_secs_u32();
         let shard_count = self.shard_count();
         let mut swept = Swept::default();
@@ -411,7 +377,7 @@ impl Tables {
 
     /// Feeds the current usage into [`Tables::peaks`] and returns it. Call once per ingest
     /// batch (see [`peaks`] for why not on every event).
-    pub fn observe_peaks(&self, now: Timestamp) -> Usage {
+    pub fn observe_peaks(&self, now: MonoTime) -> Usage {
         let usage = self.usage();
         self.peaks
             .observe(now, usage.calls, usage.registered_subscribers);
@@ -424,7 +390,7 @@ impl Tables {
     }
 
     /// Copies the live contents, shard by shard (one lock at a time).
-    pub fn snapshot(&self, now: Timestamp) -> Snapshot {
+    pub fn snapshot(&self, now: MonoTime) -> Snapshot {
         let now_s = now.unix_secs_u32();
         let usage = self.usage();
         let mut calls = Vec::with_capacity(usage.calls as usize);
@@ -483,7 +449,8 @@ impl Tables {
             subscribers: usage.subscribers,
             subscribers_reported_at: usage.subscribers_reported_at,
             peaks: self.peaks.minutes(now),
-            wall_at: now,
+            // The tables clock is anchored at Unix time; the agent sets the real wall clock.
+            wall_at: WallTime::from_unix_ms(now.unix_ms()),
             journal_segment: 0,
             tombstones,
         };
@@ -495,7 +462,7 @@ impl Tables {
     /// tables at start-up; entries already present are kept as they are (a known contact
     /// keeps the later expiry). The subscriber gauge is restored unless a newer report is
     /// already here; minute peaks are merged.
-    pub fn restore(&self, now: Timestamp, snapshot: &Snapshot) -> Result<Restored, SnapshotError> {
+    pub fn restore(&self, now: MonoTime, snapshot: &Snapshot) -> Result<Restored, SnapshotError> {
         if snapshot.fingerprint_key_id != self.fingerprint_key_id {
             return Err(SnapshotError::KeyMismatch);
         }

@@ -15,7 +15,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::Timestamp;
+use crate::MonoTime;
 
 /// Minutes kept: 24 hours.
 pub const MINUTE_SLOT_COUNT: usize = 1440;
@@ -31,7 +31,7 @@ pub struct PeakCounts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MinutePeak {
     /// Start of the minute (a multiple of 60 s).
-    pub minute_start: Timestamp,
+    pub minute_start: MonoTime,
     pub calls: u64,
     pub registered_subscribers: u64,
 }
@@ -67,7 +67,7 @@ impl Default for Peaks {
     }
 }
 
-fn unix_minute(t: Timestamp) -> u64 {
+fn unix_minute(t: MonoTime) -> u64 {
     t.unix_secs() / 60
 }
 
@@ -124,7 +124,7 @@ impl Peaks {
     }
 
     /// Records the current totals. Cheap (a few atomic operations); call it once per batch.
-    pub fn observe(&self, now: Timestamp, calls: u64, registered_subscribers: u64) {
+    pub fn observe(&self, now: MonoTime, calls: u64, registered_subscribers: u64) {
         self.calls_max.fetch_max(calls, Ordering::Relaxed);
         self.registered_subscribers_max
             .fetch_max(registered_subscribers, Ordering::Relaxed);
@@ -175,7 +175,7 @@ impl Peaks {
 
     /// The minutes of the last 24 hours (up to and including `now`'s) that have
     /// observations, oldest first.
-    pub fn minutes(&self, now: Timestamp) -> Vec<MinutePeak> {
+    pub fn minutes(&self, now: MonoTime) -> Vec<MinutePeak> {
         let now_minute = unix_minute(now);
         let first = now_minute.saturating_sub(MINUTE_SLOT_COUNT as u64 - 1);
         (first..=now_minute)
@@ -185,7 +185,7 @@ impl Peaks {
 
     /// The highest values of the minutes from `from`'s through `now`'s (at most the last
     /// 24 hours): "peaks since the last report".
-    pub fn max_since(&self, now: Timestamp, from: Timestamp) -> PeakCounts {
+    pub fn max_since(&self, now: MonoTime, from: MonoTime) -> PeakCounts {
         let now_minute = unix_minute(now);
         let first = unix_minute(from).max(now_minute.saturating_sub(MINUTE_SLOT_COUNT as u64 - 1));
         (first..=now_minute)
@@ -205,7 +205,7 @@ impl Peaks {
             return None;
         }
         Some(MinutePeak {
-            minute_start: Timestamp::from_unix_secs(minute * 60),
+            minute_start: MonoTime::from_unix_secs(minute * 60),
             calls: calls.unwrap_or(0),
             registered_subscribers: registered_subscribers.unwrap_or(0),
         })
@@ -213,7 +213,7 @@ impl Peaks {
 
     /// Merges restored minute peaks (those within 24 hours of `now`) into the ring; does not
     /// touch [`Peaks::since_start`]. Returns how many minutes were merged.
-    pub fn merge_minutes(&self, now: Timestamp, minutes: &[MinutePeak]) -> usize {
+    pub fn merge_minutes(&self, now: MonoTime, minutes: &[MinutePeak]) -> usize {
         let now_minute = unix_minute(now);
         let first = now_minute.saturating_sub(MINUTE_SLOT_COUNT as u64 - 1);
         let mut merged = 0;
@@ -234,8 +234,8 @@ mod tests {
 
     const T0_S: u64 = 1_749_999_980; // 20 s into a minute
 
-    fn at(s: u64) -> Timestamp {
-        Timestamp::from_unix_secs(s)
+    fn at(s: u64) -> MonoTime {
+        MonoTime::from_unix_secs(s)
     }
 
     #[test]
@@ -310,7 +310,7 @@ mod tests {
                 registered_subscribers: 6
             }
         );
-        let all = peaks.max_since(at(T0_S + 180), Timestamp::from_unix_secs(0));
+        let all = peaks.max_since(at(T0_S + 180), MonoTime::from_unix_secs(0));
         assert_eq!(
             all,
             PeakCounts {

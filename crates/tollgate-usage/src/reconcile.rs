@@ -32,7 +32,7 @@ use crate::calls::{CallEntry, emergency_delta};
 use crate::fingerprint::{Fingerprint, Fingerprinter};
 use crate::owners::Owner;
 use crate::registrations::{AorEntry, Binding, CONTACT_HASH_MASK};
-use crate::{Tables, Timestamp};
+use crate::{MonoTime, Tables};
 use tollgate_events::CallRef;
 
 /// Most entries one shard notes during reconciliation runs before it gives up on them.
@@ -304,7 +304,7 @@ impl Tables {
     /// the list covers registrations too (a source that only lists dialogs passes `false`).
     pub fn reconcile(
         &self,
-        now: Timestamp,
+        now: MonoTime,
         run: &Run,
         mut list: ProxyList,
         scope: Scope,

@@ -38,7 +38,7 @@ use hashbrown::HashMap;
 use parking_lot::Mutex;
 use tollgate_events::Seq;
 
-use crate::Timestamp;
+use crate::MonoTime;
 use crate::fingerprint::{BuildIdentityHasher, Fingerprint, FingerprintKey, Fingerprinter};
 
 /// Numbers per sender window.
@@ -257,7 +257,7 @@ impl SequenceTracker {
     /// Checks one datagram's sequence header. The verdict depends only on the order of
     /// calls (recency for eviction is a logical clock); `now` only marks when the sender was
     /// last heard, for [`SequenceTracker::sweep_idle`].
-    pub fn check(&self, now: Timestamp, seq: &Seq<'_>) -> SeqVerdict {
+    pub fn check(&self, now: MonoTime, seq: &Seq<'_>) -> SeqVerdict {
         let sender = self.fingerprinter.sender(seq.sender);
         let mut guard = self.state.lock();
         let state = &mut *guard;
@@ -287,7 +287,7 @@ impl SequenceTracker {
     /// window never seen (the gaps at the end of its run), once: returns how many. The
     /// sender stays tracked, so its duplicates are still caught. Holds the lock for one
     /// pass over the senders (at most [`SEQ_SENDERS_MAX`]); call it every second or so.
-    pub fn sweep_idle(&self, now: Timestamp, idle_ms: u64) -> u64 {
+    pub fn sweep_idle(&self, now: MonoTime, idle_ms: u64) -> u64 {
         let now_ms = now.unix_ms();
         let mut state = self.state.lock();
         state
@@ -342,7 +342,7 @@ mod tests {
             .iter()
             .map(|&n| {
                 t.check(
-                    Timestamp(0),
+                    MonoTime(0),
                     &Seq {
                         sender: b"proxy-1",
                         n,
@@ -380,7 +380,7 @@ mod tests {
     #[test]
     fn gaps_count_as_lost_once_they_leave_the_window() {
         let t = tracker();
-        let at = |n| t.check(Timestamp(0), &Seq { sender: b"s", n });
+        let at = |n| t.check(MonoTime(0), &Seq { sender: b"s", n });
         assert_eq!(at(5000), FRESH);
         assert_eq!(at(5002), FRESH); // 5001 missing, still in the window
         assert_eq!(at(5001 + SEQ_WINDOW_LEN - 1), FRESH);
@@ -391,7 +391,7 @@ mod tests {
     #[test]
     fn a_jump_of_a_window_or_more_is_a_restart_not_loss() {
         let t = tracker();
-        let at = |n| t.check(Timestamp(0), &Seq { sender: b"s", n });
+        let at = |n| t.check(MonoTime(0), &Seq { sender: b"s", n });
         for n in 0..2 * SEQ_WINDOW_LEN {
             assert_eq!(at(n), FRESH);
         }
@@ -414,7 +414,7 @@ mod tests {
     #[test]
     fn a_restart_counts_the_old_runs_unseen_tail_once() {
         let t = tracker();
-        let at = |n| t.check(Timestamp(0), &Seq { sender: b"s", n });
+        let at = |n| t.check(MonoTime(0), &Seq { sender: b"s", n });
         assert_eq!(at(100), FRESH);
         assert_eq!(at(105), FRESH); // 101..=104 unseen, still in the window
         assert_eq!(at(1_000_000), SeqVerdict::Restarted { lost: 4 });
@@ -424,7 +424,7 @@ mod tests {
     #[test]
     fn numbers_before_the_first_one_seen_are_never_lost() {
         let t = tracker();
-        let at = |n| t.check(Timestamp(0), &Seq { sender: b"s", n });
+        let at = |n| t.check(MonoTime(0), &Seq { sender: b"s", n });
         assert_eq!(at(100_000), FRESH);
         // 99_000 ..= 99_999 shared the window with 100_000 but came before it: not lost.
         assert_eq!(at(101_000), FRESH);
@@ -435,15 +435,15 @@ mod tests {
     #[test]
     fn an_idle_senders_tail_is_counted_once() {
         let t = tracker();
-        let at = |ms, n| t.check(Timestamp(ms), &Seq { sender: b"s", n });
+        let at = |ms, n| t.check(MonoTime(ms), &Seq { sender: b"s", n });
         assert_eq!(at(1_000, 10), FRESH);
         assert_eq!(at(1_000, 13), FRESH); // 11 and 12 never come
         assert_eq!(
-            t.sweep_idle(Timestamp(1_000 + SEQ_IDLE_MS - 1), SEQ_IDLE_MS),
+            t.sweep_idle(MonoTime(1_000 + SEQ_IDLE_MS - 1), SEQ_IDLE_MS),
             0
         );
-        assert_eq!(t.sweep_idle(Timestamp(1_000 + SEQ_IDLE_MS), SEQ_IDLE_MS), 2);
-        assert_eq!(t.sweep_idle(Timestamp(99_000), SEQ_IDLE_MS), 0, "once");
+        assert_eq!(t.sweep_idle(MonoTime(1_000 + SEQ_IDLE_MS), SEQ_IDLE_MS), 2);
+        assert_eq!(t.sweep_idle(MonoTime(99_000), SEQ_IDLE_MS), 0, "once");
         // The sender comes back: its old numbers are still duplicates, a late one from the
         // counted tail is applied (it stays counted lost), and the tail is not counted again
         // when it slides out of the window.
@@ -467,7 +467,7 @@ mod tests {
             numbers.extend((pattern_start..pattern_end).filter(|&n| !missing(n)));
             let mut lost = 0;
             for &n in &numbers {
-                match t.check(Timestamp(0), &Seq { sender: b"s", n }) {
+                match t.check(MonoTime(0), &Seq { sender: b"s", n }) {
                     SeqVerdict::Fresh { lost: l } => lost += l,
                     other => panic!("unexpected {other:?}"),
                 }
@@ -483,7 +483,7 @@ mod tests {
     #[test]
     fn a_number_far_behind_the_window_is_a_restart() {
         let t = tracker();
-        let at = |n| t.check(Timestamp(0), &Seq { sender: b"s", n });
+        let at = |n| t.check(MonoTime(0), &Seq { sender: b"s", n });
         assert_eq!(at(10_000), FRESH);
         assert_eq!(at(1), SeqVerdict::Restarted { lost: 0 });
         assert_eq!(t.restarts_total(), 1);
@@ -494,10 +494,10 @@ mod tests {
     #[test]
     fn senders_are_tracked_apart() {
         let t = tracker();
-        assert_eq!(t.check(Timestamp(0), &Seq { sender: b"a", n: 1 }), FRESH);
-        assert_eq!(t.check(Timestamp(0), &Seq { sender: b"b", n: 1 }), FRESH);
+        assert_eq!(t.check(MonoTime(0), &Seq { sender: b"a", n: 1 }), FRESH);
+        assert_eq!(t.check(MonoTime(0), &Seq { sender: b"b", n: 1 }), FRESH);
         assert_eq!(
-            t.check(Timestamp(0), &Seq { sender: b"a", n: 1 }),
+            t.check(MonoTime(0), &Seq { sender: b"a", n: 1 }),
             SeqVerdict::Duplicate
         );
     }
@@ -508,7 +508,7 @@ mod tests {
         let sender = |i: usize| format!("sender-{i}").into_bytes();
         for i in 0..SEQ_SENDERS_MAX {
             t.check(
-                Timestamp(0),
+                MonoTime(0),
                 &Seq {
                     sender: &sender(i),
                     n: 1,
@@ -518,7 +518,7 @@ mod tests {
         // Sender 0 is seen again, so it is the most recent.
         assert_eq!(
             t.check(
-                Timestamp(0),
+                MonoTime(0),
                 &Seq {
                     sender: &sender(0),
                     n: 1
@@ -527,7 +527,7 @@ mod tests {
             SeqVerdict::Duplicate
         );
         t.check(
-            Timestamp(0),
+            MonoTime(0),
             &Seq {
                 sender: b"newcomer",
                 n: 1,
@@ -537,7 +537,7 @@ mod tests {
         assert_eq!(t.evicted_total(), (SEQ_SENDERS_MAX / 8 + 1) as u64);
         assert_eq!(
             t.check(
-                Timestamp(0),
+                MonoTime(0),
                 &Seq {
                     sender: &sender(0),
                     n: 1
@@ -548,7 +548,7 @@ mod tests {
         // Sender 1 was among the least recent: evicted, so it starts afresh.
         assert_eq!(
             t.check(
-                Timestamp(0),
+                MonoTime(0),
                 &Seq {
                     sender: &sender(1),
                     n: 1
@@ -689,7 +689,7 @@ mod tests {
                     }
                     SeqOp::Idle => {
                         now_ms += SEQ_IDLE_MS;
-                        let swept = t.sweep_idle(Timestamp(now_ms), SEQ_IDLE_MS);
+                        let swept = t.sweep_idle(MonoTime(now_ms), SEQ_IDLE_MS);
                         let expected: u64 = models.iter_mut().flatten().map(RunModel::close_tail).sum();
                         prop_assert_eq!(swept, expected, "idle sweep");
                         lost += swept;
@@ -697,7 +697,7 @@ mod tests {
                     }
                 };
                 let id = [b's', b'0' + sender];
-                let verdict = t.check(Timestamp(now_ms), &Seq { sender: &id, n });
+                let verdict = t.check(MonoTime(now_ms), &Seq { sender: &id, n });
                 let expected = match &mut models[usize::from(sender)] {
                     Some(model) => model.check(n),
                     slot @ None => {

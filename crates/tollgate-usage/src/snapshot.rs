@@ -32,9 +32,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Timestamp;
 use crate::peaks::{MINUTE_SLOT_COUNT, MinutePeak};
 use crate::registrations::CONTACTS_PER_AOR_LIMIT;
+use crate::{MonoTime, WallTime};
 
 /// First bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 6] = *b"TGSNAP";
@@ -46,18 +46,18 @@ pub const SNAPSHOT_HEADER_LEN: usize = 6 + 2 + 8 + 32;
 /// The tables' contents at one time.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Snapshot {
-    pub taken_at: Timestamp,
+    pub taken_at: MonoTime,
     /// [`crate::FingerprintKey::id`] of the key the fingerprints were made with.
     pub fingerprint_key_id: u64,
     pub calls: Vec<CallRecord>,
     pub registrations: Vec<AorRecord>,
     pub subscribers: u64,
-    pub subscribers_reported_at: Option<Timestamp>,
+    pub subscribers_reported_at: Option<MonoTime>,
     /// Minute peaks of the last 24 hours, oldest first.
     pub peaks: Vec<MinutePeak>,
     /// The wall clock when the snapshot was taken; `taken_at` and every time in the
     /// snapshot are on the tables' (monotonic) clock, `wall_at - taken_at` converts them.
-    pub wall_at: Timestamp,
+    pub wall_at: WallTime,
     /// The first journal segment this snapshot does not contain: replay starts there
     /// (0: no journal).
     pub journal_segment: u64,
@@ -75,12 +75,12 @@ pub struct TombstoneRecord {
 /// The body of a format-1 snapshot.
 #[derive(Debug, Clone, Deserialize)]
 struct SnapshotV1 {
-    taken_at: Timestamp,
+    taken_at: MonoTime,
     fingerprint_key_id: u64,
     calls: Vec<CallRecord>,
     registrations: Vec<AorRecord>,
     subscribers: u64,
-    subscribers_reported_at: Option<Timestamp>,
+    subscribers_reported_at: Option<MonoTime>,
     peaks: Vec<MinutePeak>,
 }
 
@@ -95,7 +95,7 @@ impl From<SnapshotV1> for Snapshot {
             subscribers_reported_at: v1.subscribers_reported_at,
             peaks: v1.peaks,
             // Version 1 ran on the wall clock.
-            wall_at: v1.taken_at,
+            wall_at: WallTime::from_unix_ms(v1.taken_at.unix_ms()),
             journal_segment: 0,
             tombstones: Vec::new(),
         }
@@ -280,7 +280,7 @@ mod tests {
 
     fn sample() -> Snapshot {
         Snapshot {
-            taken_at: Timestamp::from_unix_secs(1_750_000_000),
+            taken_at: MonoTime::from_unix_secs(1_750_000_000),
             fingerprint_key_id: 42,
             calls: vec![CallRecord {
                 fingerprint: [1; 16],
@@ -302,13 +302,13 @@ mod tests {
                 ],
             }],
             subscribers: 1234,
-            subscribers_reported_at: Some(Timestamp::from_unix_secs(1_749_999_000)),
+            subscribers_reported_at: Some(MonoTime::from_unix_secs(1_749_999_000)),
             peaks: vec![MinutePeak {
-                minute_start: Timestamp::from_unix_secs(1_749_999_960),
+                minute_start: MonoTime::from_unix_secs(1_749_999_960),
                 calls: 3,
                 registered_subscribers: 1,
             }],
-            wall_at: Timestamp::from_unix_secs(1_750_000_100),
+            wall_at: WallTime::from_unix_secs(1_750_000_100),
             journal_segment: 9,
             tombstones: vec![TombstoneRecord {
                 fingerprint: [3; 16],
@@ -331,12 +331,12 @@ mod tests {
     fn a_version_1_snapshot_still_decodes() {
         #[derive(Serialize)]
         struct V1<'a> {
-            taken_at: Timestamp,
+            taken_at: MonoTime,
             fingerprint_key_id: u64,
             calls: &'a [CallRecord],
             registrations: &'a [AorRecord],
             subscribers: u64,
-            subscribers_reported_at: Option<Timestamp>,
+            subscribers_reported_at: Option<MonoTime>,
             peaks: &'a [MinutePeak],
         }
         let s = sample();
@@ -352,7 +352,7 @@ mod tests {
         .unwrap();
         let decoded = decode(&frame_body_version(&body, 1)).unwrap();
         assert_eq!(decoded.calls, s.calls);
-        assert_eq!(decoded.wall_at, s.taken_at);
+        assert_eq!(decoded.wall_at.unix_ms(), s.taken_at.unix_ms());
         assert_eq!(decoded.journal_segment, 0);
     }
 

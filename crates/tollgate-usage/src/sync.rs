@@ -28,7 +28,7 @@ use tollgate_events::SyncLine;
 
 use crate::owners::Owner;
 use crate::reconcile::{ProxyList, Run, Scope};
-use crate::{Tables, Timestamp};
+use crate::{MonoTime, Tables};
 
 /// Most lists open at once (one per sender).
 pub const SYNC_LISTS_MAX: usize = 16;
@@ -93,7 +93,7 @@ struct OpenList {
     sender: Box<[u8]>,
     owner: Owner,
     epoch: u64,
-    begun: Timestamp,
+    begun: MonoTime,
     list: ProxyList,
     run: Run,
 }
@@ -105,7 +105,7 @@ pub struct CompleteList {
     pub sender: String,
     pub epoch: u64,
     /// When its `sync-begin` arrived.
-    pub begun: Timestamp,
+    pub begun: MonoTime,
     pub scope: Scope,
     pub list: ProxyList,
     pub run: Run,
@@ -149,7 +149,7 @@ impl Tables {
     /// Returns the result when the line ended a list (or was a stray line).
     pub fn sync_line(
         &self,
-        now: Timestamp,
+        now: MonoTime,
         seq_sender: Option<&[u8]>,
         line: &SyncLine<'_>,
     ) -> Option<SyncResult> {
@@ -259,7 +259,7 @@ impl Tables {
     /// Takes the complete lists waiting to be applied, and discards open lists older than
     /// [`SYNC_LIST_TTL_S`]. Call periodically from the IO layer; apply each list with
     /// [`Tables::reconcile`] and then [`Tables::finish_run`] its run.
-    pub fn take_complete_sync_lists(&self, now: Timestamp) -> Vec<CompleteList> {
+    pub fn take_complete_sync_lists(&self, now: MonoTime) -> Vec<CompleteList> {
         let mut open = self.sync.open.lock();
         let mut i = 0;
         while i < open.len() {

@@ -11,8 +11,8 @@ use super::*;
 /// A realistic time (2025-06-15), so stored times are far from their saturation points.
 const T0_S: u64 = 1_750_000_000;
 
-fn at(s: u64) -> Timestamp {
-    Timestamp::from_unix_secs(T0_S + s)
+fn at(s: u64) -> MonoTime {
+    MonoTime::from_unix_secs(T0_S + s)
 }
 
 fn config() -> TablesConfig {
@@ -920,7 +920,7 @@ proptest! {
             if let Op::Advance { s } = op {
                 now_s += s;
             }
-            let now = Timestamp::from_unix_secs(u64::from(now_s));
+            let now = MonoTime::from_unix_secs(u64::from(now_s));
             let expected = model.apply(op, now_s);
             let id;
             let event = match *op {
@@ -1069,7 +1069,7 @@ proptest! {
         let mut model = RegModel::default();
         let mut now_s = T0_S as u32;
         for (index, op) in ops.iter().enumerate() {
-            let now = Timestamp::from_unix_secs(u64::from(now_s));
+            let now = MonoTime::from_unix_secs(u64::from(now_s));
             match *op {
                 RegOp::Reg { aor, contact, kind } => {
                     let expires_s = match kind {
@@ -1094,7 +1094,7 @@ proptest! {
                 RegOp::Advance { s } => now_s += s,
             }
         }
-        let now = Timestamp::from_unix_secs(u64::from(now_s));
+        let now = MonoTime::from_unix_secs(u64::from(now_s));
         t.sweep(now, t.shard_count());
         model.sweep(now_s);
         prop_assert_eq!(registered(&t), model.counts());

@@ -24,7 +24,7 @@ use hdrhistogram::Histogram;
 use tollgate_events::{CallRef, Event};
 use tollgate_ingest::{
     Admission, Endpoint, EventSocket, IngestConfig, IngestStats, LoopContext, Pipeline, RecvBatch,
-    RecvMode, receive_loop, wall_clock,
+    RecvMode, receive_loop, tables_clock,
 };
 use tollgate_license::{AdmissionGate, Context, LicenseSpec, SigningKey, TrustedKeys, Usage};
 use tollgate_usage::{FingerprintKey, SequenceTracker, Tables, TablesConfig};
@@ -497,7 +497,7 @@ fn main() -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
 
-    let now = wall_clock();
+    let now = tables_clock();
     let tables = Arc::new(Tables::new(
         TablesConfig::default(),
         FingerprintKey([7; 32]),

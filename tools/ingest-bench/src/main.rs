@@ -405,7 +405,7 @@ fn in_process(pipeline: &Pipeline, pool: &[Vec<u8>], fill: u64) -> f64 {
     pin_to_cpu(0);
     let mut stats = tollgate_ingest::LocalStats::default();
     let mut reply = Vec::new();
-    let now = tollgate_ingest::wall_clock();
+    let now = tollgate_ingest::tables_clock();
     (0..5)
         .map(|_| {
             let t = Instant::now();

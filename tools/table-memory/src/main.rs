@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tollgate_events::{CallRef, Event};
-use tollgate_usage::{FingerprintKey, Tables, TablesConfig, Timestamp};
+use tollgate_usage::{FingerprintKey, MonoTime, Tables, TablesConfig};
 
 /// Counts the live bytes the program has requested.
 struct Counting;
@@ -68,7 +68,7 @@ const ENTRY_COUNT: usize = 1_000_000;
 const CALL_BYTES_MAX: f64 = 64.0;
 const CONTACT_BYTES_MAX: f64 = 128.0;
 
-const NOW: Timestamp = Timestamp::from_unix_secs(1_750_000_000);
+const NOW: MonoTime = MonoTime::from_unix_secs(1_750_000_000);
 
 /// A field written into a stack buffer, so building it allocates nothing.
 struct Field {

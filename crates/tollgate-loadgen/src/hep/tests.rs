@@ -7,7 +7,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tollgate_sip::{MirrorTracker, TrackerConfig};
-use tollgate_usage::{FingerprintKey, Tables, TablesConfig, Timestamp};
+use tollgate_usage::{FingerprintKey, MonoTime, Tables, TablesConfig};
 
 use super::*;
 use crate::args::Mode;
@@ -44,7 +44,7 @@ fn check(seed: u64, seconds: u64, loss: f64) {
     let mut now = Duration::ZERO;
     while now < end {
         while let Some(action) = model.poll_action(now) {
-            let at = Timestamp::from_unix_ms(1_700_000_000_000 + now.as_millis() as u64);
+            let at = MonoTime::from_unix_ms(1_700_000_000_000 + now.as_millis() as u64);
             let books = writer.build(action, at.unix_ms() * 1000);
             let mut decided = false;
             for (i, bytes) in writer.packets().enumerate() {

@@ -177,14 +177,14 @@ fn run_with(config: TrackerConfig, steps: &[Step]) -> (MirrorTracker, Vec<String
                 text,
             } => {
                 for _ in 0..*copies {
-                    let now = Timestamp::from_unix_ms(T0_MS + at_ms);
+                    let now = MonoTime::from_unix_ms(T0_MS + at_ms);
                     tracker
                         .handle_payload(now, *capture_id, text.as_bytes(), &mut out)
                         .unwrap_or_else(|e| panic!("{e}: {text}"));
                 }
             }
             Step::Expire { at_ms } => {
-                tracker.expire(Timestamp::from_unix_ms(T0_MS + at_ms), &mut out)
+                tracker.expire(MonoTime::from_unix_ms(T0_MS + at_ms), &mut out)
             }
         }
     }
@@ -910,7 +910,7 @@ fn config_limits_are_checked() {
 fn malformed_payloads_are_counted_by_reason() {
     let mut tracker = MirrorTracker::new(TrackerConfig::default()).unwrap();
     let mut out = Vec::new();
-    let now = Timestamp::from_unix_ms(T0_MS);
+    let now = MonoTime::from_unix_ms(T0_MS);
     assert_eq!(
         tracker.handle_payload(now, 1, b"garbage\r\n\r\n", &mut out),
         Err(SipError::BadStartLine)
@@ -957,7 +957,7 @@ fn a_call_mirrored_as_hep_packets_counts_once() {
             let bytes = builder.build(&packet).unwrap();
             let hep = tollgate_hep::decode(bytes).unwrap();
             assert!(hep.is_sip());
-            let now = Timestamp::from_unix_ms(hep.timestamp_ms().unwrap());
+            let now = MonoTime::from_unix_ms(hep.timestamp_ms().unwrap());
             let capture_id = hep.capture_id.unwrap();
             tracker
                 .handle_payload(now, capture_id, hep.payload, &mut out)

@@ -7,14 +7,14 @@ use proptest::prelude::*;
 use tollgate_events::{CallRef, Event, SyncLine};
 
 use crate::{
-    Corrections, FingerprintKey, Scope, SyncResult, TOUCHED_PER_SHARD_MAX, Tables, TablesConfig,
-    Timestamp,
+    Corrections, FingerprintKey, MonoTime, Scope, SyncResult, TOUCHED_PER_SHARD_MAX, Tables,
+    TablesConfig,
 };
 
 const T0_S: u64 = 1_750_000_000;
 
-fn at(s: u64) -> Timestamp {
-    Timestamp::from_unix_secs(T0_S + s)
+fn at(s: u64) -> MonoTime {
+    MonoTime::from_unix_secs(T0_S + s)
 }
 
 fn tables() -> Tables {
@@ -59,7 +59,7 @@ fn reg<'a>(aor: &'a str, contact: &'a str, expires_s: u32) -> Event<'a> {
 /// expires in s) at `now`, with `during` applied between the start of the run and the list.
 fn run(
     t: &Tables,
-    now: Timestamp,
+    now: MonoTime,
     scope: Scope,
     calls: &[(&str, Option<bool>)],
     contacts: &[(&str, &str, u32)],
