@@ -198,7 +198,7 @@ pub fn render(state: &AgentState) -> String {
     );
     m.counter(
         "tollgate_kernel_drops_total",
-        "Datagrams the kernel dropped because a socket's receive queue was full (SO_RXQ_OVFL).",
+        "Datagrams the kernel dropped because a socket's receive queue was full (SO_MEMINFO).",
         ingest.kernel_drops,
     );
     m.histogram(

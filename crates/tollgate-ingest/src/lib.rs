@@ -146,21 +146,42 @@ pub struct Ingest {
 
 impl Ingest {
     /// Binds every endpoint and starts reading. Fails without leaving threads behind.
+    ///
+    /// With several threads per socket, a UDP endpoint gets one `SO_REUSEPORT` socket per
+    /// thread ([`EventSocket::bind_group`]): each thread reads its own queue, and the kernel
+    /// keeps each sender on one of them (so a sender's datagrams stay in order). A unix
+    /// endpoint has one socket that its threads share.
     pub fn start(
         endpoints: &[Endpoint],
         config: &IngestConfig,
         pipeline: Pipeline,
     ) -> Result<Self, IngestError> {
-        let sockets = endpoints
+        let threads = config.threads_per_socket.max(1);
+        let groups = endpoints
             .iter()
-            .map(|e| EventSocket::bind(e, &config.socket))
+            .map(|e| EventSocket::bind_group(e, &config.socket, threads))
             .collect::<Result<Vec<_>, _>>()?;
-        Self::start_on(sockets, config, pipeline)
+        Self::start_groups(groups, config, pipeline)
     }
 
-    /// Starts reading sockets that are already bound.
+    /// Starts reading sockets that are already bound, `threads_per_socket` threads sharing
+    /// each.
     pub fn start_on(
         sockets: Vec<EventSocket>,
+        config: &IngestConfig,
+        pipeline: Pipeline,
+    ) -> Result<Self, IngestError> {
+        Self::start_groups(
+            sockets.into_iter().map(|s| vec![s]).collect(),
+            config,
+            pipeline,
+        )
+    }
+
+    /// Each group is one endpoint: one socket shared by `threads_per_socket` threads, or
+    /// one socket per thread (a `SO_REUSEPORT` group).
+    fn start_groups(
+        groups: Vec<Vec<EventSocket>>,
         config: &IngestConfig,
         pipeline: Pipeline,
     ) -> Result<Self, IngestError> {
@@ -172,54 +193,76 @@ impl Ingest {
             stop,
             stats,
         };
-        for socket in sockets {
-            let socket = Arc::new(socket);
-            if socket.receive_buffer_bytes < config.socket.receive_buffer_bytes {
-                tracing::warn!(
-                    endpoint = %socket.endpoint(),
-                    requested = config.socket.receive_buffer_bytes,
-                    granted = socket.receive_buffer_bytes,
-                    "receive buffer capped by the kernel; raise net.core.rmem_max to absorb bursts"
-                );
-            }
-            let drops = ingest.stats.register_socket();
-            for i in 0..config.threads_per_socket.max(1) {
-                let (socket, pipeline, stop) = (
-                    Arc::clone(&socket),
-                    pipeline.clone(),
-                    Arc::clone(&ingest.stop),
-                );
-                let (thread_stats, drops) = (ingest.stats.register(), Arc::clone(&drops));
-                let mut batch = RecvBatch::new(config.recv_batch, config.max_datagram_bytes);
-                let mode = config.recv_mode;
-                let spawned = std::thread::Builder::new()
-                    .name(format!("ingest-{i}"))
-                    .spawn(move || {
-                        let ctx = LoopContext {
-                            stats: &thread_stats,
-                            kernel_drops: &drops,
-                            stop: &stop,
-                            mode,
-                        };
-                        receive_loop(&socket, &pipeline, &mut batch, &ctx)
-                    });
-                match spawned {
-                    Ok(handle) => ingest.threads.push(handle),
-                    Err(e) => {
-                        ingest.stop_threads();
-                        return Err(IngestError::Spawn(e));
+        for group in groups {
+            let threads_each = if group.len() > 1 {
+                1
+            } else {
+                config.threads_per_socket.max(1)
+            };
+            let sockets_in_group = group.len();
+            for socket in group {
+                let socket = Arc::new(socket);
+                if socket.receive_buffer_bytes < config.socket.receive_buffer_bytes {
+                    tracing::warn!(
+                        endpoint = %socket.endpoint(),
+                        requested = config.socket.receive_buffer_bytes,
+                        granted = socket.receive_buffer_bytes,
+                        "receive buffer capped by the kernel; raise net.core.rmem_max to absorb bursts"
+                    );
+                }
+                let drops = ingest.stats.register_socket();
+                for _ in 0..threads_each {
+                    let (socket, pipeline, stop) = (
+                        Arc::clone(&socket),
+                        pipeline.clone(),
+                        Arc::clone(&ingest.stop),
+                    );
+                    let (thread_stats, drops) = (ingest.stats.register(), Arc::clone(&drops));
+                    let mut batch = RecvBatch::new(config.recv_batch, config.max_datagram_bytes);
+                    let mode = config.recv_mode;
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("ingest-{}", ingest.threads.len()))
+                        .spawn(move || {
+                            let ctx = LoopContext {
+                                stats: &thread_stats,
+                                kernel_drops: &drops,
+                                stop: &stop,
+                                mode,
+                            };
+                            receive_loop(&socket, &pipeline, &mut batch, &ctx)
+                        });
+                    match spawned {
+                        Ok(handle) => ingest.threads.push(handle),
+                        Err(e) => {
+                            ingest.stop_threads();
+                            return Err(IngestError::Spawn(e));
+                        }
                     }
                 }
+                ingest.sockets.push(socket);
             }
-            tracing::info!(endpoint = %socket.endpoint(), threads = config.threads_per_socket.max(1), "ingest listening");
-            ingest.sockets.push(socket);
+            if let Some(socket) = ingest.sockets.last() {
+                tracing::info!(
+                    endpoint = %socket.endpoint(),
+                    threads = threads_each * sockets_in_group,
+                    sockets = sockets_in_group,
+                    "ingest listening"
+                );
+            }
         }
         Ok(ingest)
     }
 
-    /// The bound endpoints, in the order given (with real ports when 0 was asked for).
+    /// The bound endpoints, in the order given (with real ports when 0 was asked for); an
+    /// endpoint read by a `SO_REUSEPORT` group is listed once.
     pub fn endpoints(&self) -> Vec<Endpoint> {
-        self.sockets.iter().map(|s| s.endpoint().clone()).collect()
+        let mut out: Vec<Endpoint> = Vec::with_capacity(self.sockets.len());
+        for s in &self.sockets {
+            if out.last() != Some(s.endpoint()) {
+                out.push(s.endpoint().clone());
+            }
+        }
+        out
     }
 
     pub fn stats(&self) -> &IngestStats {

@@ -2,6 +2,13 @@
 //! receive path. Both the agent's ingest loop and the bench tool's bare drain loop use
 //! [`RecvBatch`], so a comparison between them measures only what happens after the
 //! datagrams are in user space.
+//!
+//! **Ask the kernel only for what is used.** A batch asks for the source address of each
+//! datagram only when replies are possible ([`RecvBatch::new`]; [`RecvBatch::without_source`]
+//! asks for none), and never for a control message: the kernel's drop count of the socket is
+//! read with one `getsockopt(SO_MEMINFO)` every [`DROPS_READ_EVERY`] receives and whenever
+//! the queue runs empty, instead of an `SO_RXQ_OVFL` control message written into every
+//! datagram's header (measured in `docs/performance.md`).
 
 use std::io;
 use std::os::fd::RawFd;
@@ -10,8 +17,14 @@ use std::os::fd::RawFd;
 /// machines we measured (see `shared/notes/ingest-limits.md`).
 pub const RECV_BATCH_MAX: usize = 1024;
 
-/// Control-message space per datagram: one `SO_RXQ_OVFL` u32 with room to spare, aligned.
-const CONTROL_WORDS: usize = 8;
+/// Receives between two reads of the socket's kernel drop count (`SO_MEMINFO`); it is also
+/// read whenever a receive finds the queue empty (throttled to one in [`DROPS_READ_EVERY`]).
+pub const DROPS_READ_EVERY: u32 = 256;
+
+/// `SO_MEMINFO` (include/uapi/asm-generic/socket.h; not in the `libc` crate for glibc).
+const SO_MEMINFO: libc::c_int = 55;
+/// `SK_MEMINFO_DROPS`: the socket's `sk_drops`, the counter `SO_RXQ_OVFL` reports too.
+const SK_MEMINFO_DROPS: usize = 8;
 
 /// How a receive waits for the first datagram of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,20 +49,22 @@ pub struct Received<'a> {
 }
 
 /// Pre-allocated buffers for `recvmmsg`: `batch` slots of `slot_bytes` each, with their
-/// source addresses and control messages. Nothing is allocated per call.
+/// source addresses when asked for. Nothing is allocated per call.
 pub struct RecvBatch {
     buffers: Vec<u8>,
     slot_bytes: usize,
-    // The three vectors below are pointed to by `msgs` (the kernel writes through those
+    // The two vectors below are pointed to by `msgs` (the kernel writes through those
     // pointers); they are never resized after construction, so the pointers stay valid when
-    // the `RecvBatch` itself moves. `iovecs` and `controls` are only held, never read here.
+    // the `RecvBatch` itself moves. `iovecs` is only held, never read here.
     _iovecs: Vec<libc::iovec>,
+    /// Empty when the batch asks for no source addresses.
     names: Vec<libc::sockaddr_storage>,
-    _controls: Vec<[u64; CONTROL_WORDS]>,
     msgs: Vec<libc::mmsghdr>,
     filled: usize,
-    /// Latest cumulative kernel drop count reported by `SO_RXQ_OVFL`, if any.
+    /// Latest cumulative kernel drop count of the socket (`SO_MEMINFO`), once read.
     kernel_drops: Option<u32>,
+    /// Receives since the drop count was last read.
+    since_drops_read: u32,
 }
 
 // SAFETY: the raw pointers inside `msgs`/`iovecs` point only into buffers this struct owns;
@@ -62,19 +77,31 @@ impl std::fmt::Debug for RecvBatch {
             .field("batch", &self.msgs.len())
             .field("slot_bytes", &self.slot_bytes)
             .field("filled", &self.filled)
+            .field("source_addresses", &self.asks_source())
             .finish()
     }
 }
 
 impl RecvBatch {
-    /// Buffers for `batch` datagrams (clamped to `1..=RECV_BATCH_MAX`) of up to `slot_bytes`.
+    /// Buffers for `batch` datagrams (clamped to `1..=RECV_BATCH_MAX`) of up to `slot_bytes`,
+    /// with each datagram's source address (for [`RecvBatch::reply_to`]).
     pub fn new(batch: usize, slot_bytes: usize) -> Self {
+        Self::build(batch, slot_bytes, true)
+    }
+
+    /// [`RecvBatch::new`] without source addresses: the kernel copies none out, and
+    /// [`RecvBatch::reply_to`] answers `Ok(false)`. For sockets nobody expects a reply from.
+    pub fn without_source(batch: usize, slot_bytes: usize) -> Self {
+        Self::build(batch, slot_bytes, false)
+    }
+
+    fn build(batch: usize, slot_bytes: usize, source: bool) -> Self {
         let batch = batch.clamp(1, RECV_BATCH_MAX);
         let slot_bytes = slot_bytes.max(1);
         let mut buffers = vec![0u8; batch * slot_bytes];
         // SAFETY: all-zero is a valid bit pattern for these plain C structs.
-        let mut names: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; batch];
-        let mut controls = vec![[0u64; CONTROL_WORDS]; batch];
+        let mut names: Vec<libc::sockaddr_storage> =
+            vec![unsafe { std::mem::zeroed() }; if source { batch } else { 0 }];
         let mut iovecs: Vec<libc::iovec> = (0..batch)
             .map(|i| libc::iovec {
                 // SAFETY: `i * slot_bytes` is within `buffers` (batch * slot_bytes long).
@@ -86,12 +113,12 @@ impl RecvBatch {
             .map(|i| {
                 // SAFETY: zeroed msghdr is valid; fields are set right after.
                 let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-                hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
-                hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+                if let Some(name) = names.get_mut(i) {
+                    hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
+                    hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+                }
                 hdr.msg_iov = &mut iovecs[i];
                 hdr.msg_iovlen = 1;
-                hdr.msg_control = controls[i].as_mut_ptr().cast();
-                hdr.msg_controllen = std::mem::size_of::<[u64; CONTROL_WORDS]>();
                 libc::mmsghdr {
                     msg_hdr: hdr,
                     msg_len: 0,
@@ -103,11 +130,32 @@ impl RecvBatch {
             slot_bytes,
             _iovecs: iovecs,
             names,
-            _controls: controls,
             msgs,
             filled: 0,
             kernel_drops: None,
+            since_drops_read: 0,
         }
+    }
+
+    /// Whether this batch asks the kernel for source addresses.
+    pub fn asks_source(&self) -> bool {
+        !self.names.is_empty()
+    }
+
+    /// What each receive asks the kernel for, as printed by the bench tool so that a
+    /// comparison between two loops states its terms.
+    pub fn describe(&self, mode: RecvMode) -> String {
+        format!(
+            "recvmmsg(batch {}, flags {}), source address {}, control messages none, \
+             kernel drops via SO_MEMINFO every {} receives",
+            self.capacity(),
+            match mode {
+                RecvMode::Block => "MSG_WAITFORONE",
+                RecvMode::Spin => "MSG_WAITFORONE|MSG_DONTWAIT",
+            },
+            if self.asks_source() { "yes" } else { "no" },
+            DROPS_READ_EVERY,
+        )
     }
 
     pub fn capacity(&self) -> usize {
@@ -128,9 +176,13 @@ impl RecvBatch {
             RecvMode::Block => libc::MSG_WAITFORONE,
             RecvMode::Spin => libc::MSG_WAITFORONE | libc::MSG_DONTWAIT,
         };
+        let namelen = if self.asks_source() {
+            std::mem::size_of::<libc::sockaddr_storage>() as u32
+        } else {
+            0
+        };
         for m in &mut self.msgs {
-            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-            m.msg_hdr.msg_controllen = std::mem::size_of::<[u64; CONTROL_WORDS]>();
+            m.msg_hdr.msg_namelen = namelen;
             m.msg_hdr.msg_flags = 0;
             m.msg_len = 0;
         }
@@ -146,15 +198,34 @@ impl RecvBatch {
             )
         };
         if n < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            // The queue ran empty: a cheap moment to look at the drop count (throttled, as a
+            // spinning receiver sees this in a loop).
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
+                self.since_drops_read = self.since_drops_read.saturating_add(1);
+                if self.since_drops_read >= DROPS_READ_EVERY || mode == RecvMode::Block {
+                    self.read_kernel_drops(fd);
+                }
+            }
+            return Err(e);
         }
         self.filled = n as usize;
-        for i in 0..self.filled {
-            if let Some(drops) = rxq_ovfl(&self.msgs[i].msg_hdr) {
-                self.kernel_drops = Some(drops);
-            }
+        self.since_drops_read += 1;
+        if self.since_drops_read >= DROPS_READ_EVERY {
+            self.read_kernel_drops(fd);
         }
         Ok(self.filled)
+    }
+
+    /// Reads the socket's cumulative kernel drop count now (one `getsockopt`).
+    pub fn read_kernel_drops(&mut self, fd: RawFd) {
+        self.since_drops_read = 0;
+        if let Some(drops) = socket_drops(fd) {
+            self.kernel_drops = Some(drops);
+        }
     }
 
     /// The datagrams of the last [`recv`](Self::recv).
@@ -172,7 +243,8 @@ impl RecvBatch {
     }
 
     /// Latest cumulative count of datagrams the kernel dropped on this socket because its
-    /// receive queue was full (`SO_RXQ_OVFL`), once the kernel has reported one.
+    /// receive queue was full (`SO_MEMINFO`), as of the last read (at most
+    /// [`DROPS_READ_EVERY`] receives ago, or when the queue last ran empty).
     pub fn kernel_drops(&self) -> Option<u32> {
         self.kernel_drops
     }
@@ -181,9 +253,11 @@ impl RecvBatch {
     /// Returns `Ok(false)` when the sender has no address to reply to (an unbound unix
     /// datagram socket).
     pub fn reply_to(&self, fd: RawFd, slot: usize, reply: &[u8]) -> io::Result<bool> {
-        let hdr = &self.msgs[slot].msg_hdr;
-        let namelen = hdr.msg_namelen;
-        let family = self.names[slot].ss_family as libc::c_int;
+        let Some(name) = self.names.get(slot) else {
+            return Ok(false);
+        };
+        let namelen = self.msgs[slot].msg_hdr.msg_namelen;
+        let family = name.ss_family as libc::c_int;
         // An unbound unix sender shows up with only the family (or nothing) as its name.
         let min_len = std::mem::size_of::<libc::sa_family_t>() as u32;
         if namelen <= min_len
@@ -198,7 +272,7 @@ impl RecvBatch {
                 reply.as_ptr().cast(),
                 reply.len(),
                 libc::MSG_DONTWAIT,
-                (&self.names[slot] as *const libc::sockaddr_storage).cast(),
+                (name as *const libc::sockaddr_storage).cast(),
                 namelen,
             )
         };
@@ -209,20 +283,23 @@ impl RecvBatch {
     }
 }
 
-/// Reads the `SO_RXQ_OVFL` control message, if present.
-fn rxq_ovfl(hdr: &libc::msghdr) -> Option<u32> {
-    // SAFETY: CMSG_* walk the control buffer the kernel filled, bounded by msg_controllen.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL {
-                let data = libc::CMSG_DATA(cmsg).cast::<u32>();
-                return Some(data.read_unaligned());
-            }
-            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
-        }
-    }
-    None
+/// The socket's kernel drop count (`sk_drops`) from `SO_MEMINFO`, if the kernel reports it.
+fn socket_drops(fd: RawFd) -> Option<u32> {
+    let mut info = [0u32; 16];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` and `len` are valid for writes of the declared size; the kernel writes
+    // at most `len` bytes and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let filled = len as usize / std::mem::size_of::<u32>();
+    (rc == 0 && filled > SK_MEMINFO_DROPS).then(|| info[SK_MEMINFO_DROPS])
 }
 
 #[cfg(test)]
@@ -271,5 +348,50 @@ mod tests {
         let r = batch.iter().next().unwrap();
         assert!(r.truncated);
         assert_eq!(r.data.len(), 32);
+    }
+
+    #[test]
+    fn a_batch_without_source_cannot_reply() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(b"call-stop x", rx.local_addr().unwrap())
+            .unwrap();
+        let mut batch = RecvBatch::without_source(8, 64);
+        assert!(!batch.asks_source());
+        assert_eq!(batch.recv(rx.as_raw_fd()).unwrap(), 1);
+        assert_eq!(batch.iter().next().unwrap().data, b"call-stop x");
+        assert!(!batch.reply_to(rx.as_raw_fd(), 0, b"ok\n").unwrap());
+        assert!(batch.describe(RecvMode::Spin).contains("source address no"));
+    }
+
+    #[test]
+    fn kernel_drops_are_read_from_the_socket_without_control_messages() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // The smallest receive buffer the kernel grants: a few datagrams fit, the rest drop.
+        let small: libc::c_int = 1;
+        // SAFETY: a valid int option of the right size.
+        unsafe {
+            libc::setsockopt(
+                rx.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&small as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        for _ in 0..200 {
+            tx.send_to(&[b'x'; 512], rx.local_addr().unwrap()).unwrap();
+        }
+        let mut batch = RecvBatch::new(64, 1024);
+        assert_eq!(batch.kernel_drops(), None);
+        let mut received = 0;
+        while let Ok(n) = batch.recv_mode(rx.as_raw_fd(), RecvMode::Spin) {
+            received += n;
+        }
+        batch.read_kernel_drops(rx.as_raw_fd());
+        let drops = batch.kernel_drops().expect("SO_MEMINFO reports drops");
+        assert!(received < 200, "{received} of 200 fit a minimal buffer");
+        assert_eq!(received as u32 + drops, 200);
     }
 }

@@ -1,5 +1,9 @@
-//! Opening the event sockets with the options ingest needs: a large receive buffer,
-//! kernel drop reporting (`SO_RXQ_OVFL`) and a receive timeout so threads notice shutdown.
+//! Opening the event sockets with the options ingest needs: a large receive buffer and a
+//! receive timeout so threads notice shutdown. Kernel drops are read from the socket
+//! (`SO_MEMINFO`, see [`crate::RecvBatch`]), not asked for per datagram. Several ingest
+//! threads on one UDP endpoint each get a socket of their own on the same port
+//! ([`EventSocket::bind_group`], `SO_REUSEPORT`): the kernel spreads senders over them by
+//! address, so each sender's datagrams stay in order on one thread.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -82,11 +86,50 @@ impl EventSocket {
                 (s.into(), Endpoint::Unix(path.clone()), Some(path.clone()))
             }
         };
+        Self::configure(fd, endpoint, unix_path, options).map_err(bind_err)
+    }
+
+    /// `count` sockets on one endpoint. For UDP, each is bound with `SO_REUSEPORT` to the
+    /// same address (the port of the first when 0 was asked for), so `count` threads each
+    /// read a socket of their own. A unix endpoint cannot be shared that way: it gets one
+    /// socket, which the threads share.
+    pub fn bind_group(
+        endpoint: &Endpoint,
+        options: &SocketOptions,
+        count: usize,
+    ) -> Result<Vec<Self>, IngestError> {
+        let Endpoint::Udp(addr) = endpoint else {
+            return Ok(vec![Self::bind(endpoint, options)?]);
+        };
+        if count <= 1 {
+            return Ok(vec![Self::bind(endpoint, options)?]);
+        }
+        let bind_err = |source| IngestError::Bind {
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        let mut sockets: Vec<Self> = Vec::with_capacity(count);
+        let mut addr = *addr;
+        for _ in 0..count {
+            let s = bind_udp_reuseport(addr).map_err(bind_err)?;
+            let local = s.local_addr().map_err(bind_err)?;
+            addr = local;
+            sockets.push(
+                Self::configure(s.into(), Endpoint::Udp(local), None, options).map_err(bind_err)?,
+            );
+        }
+        Ok(sockets)
+    }
+
+    fn configure(
+        fd: OwnedFd,
+        endpoint: Endpoint,
+        unix_path: Option<PathBuf>,
+        options: &SocketOptions,
+    ) -> io::Result<Self> {
         let raw = fd.as_raw_fd();
         set_receive_buffer(raw, options.receive_buffer_bytes);
-        // Best effort: not every socket family reports drops.
-        let _ = setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1);
-        set_receive_timeout(raw, RECV_TIMEOUT).map_err(bind_err)?;
+        set_receive_timeout(raw, RECV_TIMEOUT)?;
         let receive_buffer_bytes = getsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUF)
             .map(|v| v as usize)
             .unwrap_or(0);
@@ -114,6 +157,67 @@ impl Drop for EventSocket {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// A UDP socket bound to `addr` with `SO_REUSEPORT` set before the bind (std cannot).
+fn bind_udp_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use std::os::fd::FromRawFd;
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2); the fd is owned right after.
+    let raw = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh socket nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    // SAFETY: zeroed sockaddr_storage is valid; the variant written matches `len`.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    // SAFETY: `storage` holds a valid address of `len` bytes.
+    let rc = unsafe {
+        libc::bind(
+            raw,
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UdpSocket::from(fd))
 }
 
 fn remove_stale_socket(path: &Path) -> io::Result<()> {
@@ -245,5 +349,55 @@ mod tests {
         drop(UnixDatagram::bind(&path2).unwrap());
         assert!(path2.exists());
         EventSocket::bind(&Endpoint::Unix(path2), &SocketOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn a_udp_group_shares_one_port_and_every_socket_receives() {
+        let group = EventSocket::bind_group(
+            &Endpoint::Udp("127.0.0.1:0".parse().unwrap()),
+            &SocketOptions::default(),
+            3,
+        )
+        .unwrap();
+        assert_eq!(group.len(), 3);
+        let port = |s: &EventSocket| match s.endpoint() {
+            Endpoint::Udp(a) => *a,
+            other => panic!("unexpected {other:?}"),
+        };
+        let addr = port(&group[0]);
+        assert_ne!(addr.port(), 0);
+        assert!(group.iter().all(|s| port(s) == addr));
+        // The kernel picks a socket per sender address: senders from many source ports
+        // reach every socket of the group.
+        let mut reached = [false; 3];
+        let mut batch = crate::RecvBatch::new(8, 64);
+        for _ in 0..200 {
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            tx.send_to(b"x", addr).unwrap();
+            let mut found = false;
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !found && std::time::Instant::now() < deadline {
+                for (i, s) in group.iter().enumerate() {
+                    if batch.recv_mode(s.raw_fd(), crate::RecvMode::Spin).is_ok() {
+                        reached[i] = true;
+                        found = true;
+                    }
+                }
+            }
+            assert!(found, "a datagram to the group arrived nowhere");
+            if reached.iter().all(|r| *r) {
+                break;
+            }
+        }
+        assert_eq!(reached, [true; 3]);
+        // A unix endpoint gets one socket, shared.
+        let dir = tempfile::tempdir().unwrap();
+        let unix = EventSocket::bind_group(
+            &Endpoint::Unix(dir.path().join("e.sock")),
+            &SocketOptions::default(),
+            3,
+        )
+        .unwrap();
+        assert_eq!(unix.len(), 1);
     }
 }

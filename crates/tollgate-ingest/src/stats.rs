@@ -253,7 +253,7 @@ pub struct StatsSnapshot {
 #[derive(Debug, Default, Clone)]
 pub struct IngestStats {
     threads: Arc<Mutex<Vec<Arc<ThreadStats>>>>,
-    /// Per socket: the kernel's cumulative receive-queue drop count (`SO_RXQ_OVFL`), raised
+    /// Per socket: the kernel's cumulative receive-queue drop count (`SO_MEMINFO`), raised
     /// with `fetch_max` by whichever thread reads that socket.
     sockets: Arc<Mutex<Vec<Arc<AtomicU64>>>>,
 }

@@ -1,15 +1,27 @@
 //! ingest-bench: the agent's receive loop (`tollgate_ingest::receive_loop`) against a bare
-//! `recvmmsg` drain loop (`tollgate_ingest::drain_loop`) on the same socket type, the same
-//! datagrams and the same receive mode, alternating in one run. See README.md.
+//! `recvmmsg` drain loop (`tollgate_ingest::drain_loop`) on the same socket, the same
+//! datagrams, the same sender and the same receive mode, alternating in one run. See
+//! README.md.
 //!
-//! Two methods:
-//! - **full queue** (the receiver's own cost): a sender fills the socket's queue with N
-//!   datagrams while nobody reads, then the receiver drains exactly those N, timed from the
-//!   first receive to the last. The sender is idle during the measurement, so the figure is
-//!   what one receiving core can do.
-//! - **live**: a sender on the other core sends as fast as it can for a fixed time while the
-//!   receiver reads. On loopback the kernel's receive path runs on the sender's core, so on
-//!   a 2-core machine this measures the pair, usually sender-bound.
+//! Methods:
+//! - **live**: a sender on the other CPU sends as fast as the kernel takes it (`sendmmsg`,
+//!   with `UDP_SEGMENT` GSO over UDP) for a fixed time while the receiver, pinned to CPU 0,
+//!   reads. Datagrams of one case all have the same size (a stop ends in `\r\n` to match
+//!   its start's length), and the stream holds `--open-calls` calls open: call `i` starts
+//!   and call `i - open_calls` stops.
+//! - **full queue** (the receiver's own cost): the sender fills the socket's queue with N
+//!   datagrams while nobody reads, then the receiver drains exactly those N, timed. The
+//!   sender is idle during the measurement.
+//! - **in process**: `Pipeline::process` over the same datagrams, no socket.
+//! - **table**: `Tables::apply` alone at several numbers of open calls (ns per event).
+//! - **threads**: full queue with 1 and N `SO_REUSEPORT` sockets on one port, one pinned
+//!   receiver each, all sharing one set of tables (events/s of the whole).
+//! - **recv-cost**: the drain loop alone, bare vs asking for the source address vs also
+//!   asking for an `SO_RXQ_OVFL` control message per datagram: what each request costs.
+//!
+//! The drain loop asks the kernel for nothing but the bytes (no source address, no control
+//! message); the agent's loop asks for the source address (it may answer `admit`); both
+//! print what they ask for.
 //!
 //! As root the tool moves itself into a fresh network namespace so it can raise
 //! `net.unix.max_dgram_qlen` there (a unix queue must hold N datagrams) without touching
@@ -30,15 +42,16 @@ use tollgate_ingest::{
     AdmitAll, Endpoint, EventSocket, IngestStats, LoopContext, Pipeline, RecvBatch, RecvMode,
     SocketOptions, drain_loop, receive_loop,
 };
-use tollgate_usage::{FingerprintKey, SequenceTracker, Tables, TablesConfig};
+use tollgate_usage::{FingerprintKey, SequenceTracker, Tables, TablesConfig, Timestamp};
 
 #[derive(Debug, Parser)]
 #[command(about = "Agent ingest loop vs bare recvmmsg drain loop, side by side")]
 struct Args {
-    /// full-queue, live, or both.
+    /// live, full-queue, both (those two), in-process, table, threads, recv-cost, or all
+    /// (live, full-queue, in-process).
     #[arg(long, default_value = "both")]
     method: String,
-    /// Datagrams per full-queue fill (single-event cases; batched cases use a quarter).
+    /// Datagrams per full-queue fill (single-event cases; batched cases use fewer, by size).
     #[arg(long, default_value_t = 200_000)]
     fill: usize,
     /// Seconds per live phase.
@@ -56,6 +69,18 @@ struct Args {
     /// Datagrams per recvmmsg.
     #[arg(long, default_value_t = 64)]
     recv_batch: usize,
+    /// Calls the sender's stream holds open (call i starts, call i - open_calls stops).
+    #[arg(long, default_value_t = 65_536)]
+    open_calls: usize,
+    /// Datagrams per UDP GSO send (`UDP_SEGMENT`); 0 sends each datagram on its own.
+    #[arg(long, default_value_t = 64)]
+    gso: usize,
+    /// Open calls for `--method table`, comma-separated.
+    #[arg(long, default_value = "65536,1000000,10000000")]
+    table_sizes: String,
+    /// Receiver counts for `--method threads`, comma-separated.
+    #[arg(long, default_value = "1,2")]
+    threads: String,
     /// Receivers sleep in the kernel when the queue is empty (the agent's default) instead
     /// of spinning (`[ingest] busy_poll`).
     #[arg(long)]
@@ -81,9 +106,9 @@ enum Transport {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Payload {
-    /// One text event per datagram: `call-start <id> tag=…` then `call-stop <id> tag=…`.
+    /// One text event per datagram: `call-start <id> tag=…\n` or `call-stop <id> tag=…\r\n`.
     SingleText,
-    /// Binary datagrams of start/stop pairs, up to this many bytes each.
+    /// Binary datagrams of start/stop events, up to this many bytes each.
     BatchedBinary(usize),
 }
 
@@ -126,63 +151,111 @@ const CASES: [Case; 6] = [
     },
 ];
 
-/// Distinct calls in the sender's pool (each started, then stopped).
-const CALL_POOL: usize = 1 << 16;
+const FROM_TAG: &[u8] = b"ab12cd";
 
-/// The datagrams a sender cycles through, and the events each carries (max).
-fn datagrams(payload: Payload) -> (Vec<Vec<u8>>, u64) {
-    let ids: Vec<String> = (0..CALL_POOL)
-        .map(|i| format!("{i:016x}-bench@10.0.0.1"))
-        .collect();
-    match payload {
-        Payload::SingleText => {
-            let mut out = Vec::with_capacity(CALL_POOL * 2);
-            for chunk in ids.chunks(64) {
-                out.extend(
-                    chunk
-                        .iter()
-                        .map(|id| format!("call-start {id} tag=ab12cd\n").into_bytes()),
-                );
-                out.extend(
-                    chunk
-                        .iter()
-                        .map(|id| format!("call-stop {id} tag=ab12cd\n").into_bytes()),
-                );
+/// Call-IDs are fixed-width, so every start (and every stop) has the same length.
+fn call_id(i: usize) -> String {
+    format!("{i:016x}-bench@10.0.0.1")
+}
+
+/// Same-size datagrams, back to back, that a sender cycles through: the event stream
+/// `start(i), stop(i - open_calls)` over a cycle of `cycle` Call-IDs (mod `cycle`).
+struct Pool {
+    bytes: Vec<u8>,
+    size: usize,
+    count: usize,
+    events_per_datagram: u64,
+    open_calls: usize,
+    cycle: usize,
+}
+
+impl Pool {
+    fn new(payload: Payload, open_calls: usize) -> anyhow::Result<Self> {
+        let open_calls = open_calls.max(1);
+        let events_per_datagram = match payload {
+            Payload::SingleText => 1,
+            Payload::BatchedBinary(size) => {
+                let mut enc = binary::Encoder::new(size);
+                let id = call_id(0);
+                let mut n = 0;
+                while enc.push(&start_event(&id, n % 2 == 0)).is_ok() {
+                    n += 1;
+                }
+                // An even count: every datagram carries as many starts as stops.
+                (n - n % 2).max(2)
             }
-            (out, 1)
-        }
-        Payload::BatchedBinary(size) => {
-            let mut out = Vec::new();
-            let mut enc = binary::Encoder::new(size);
-            let mut per = 0u64;
-            for chunk in ids.chunks(16) {
-                let starts = chunk.iter().map(|id| (true, id));
-                for (start, id) in starts.chain(chunk.iter().map(|id| (false, id))) {
-                    let call = CallRef {
-                        call_id: id.as_bytes(),
-                        from_tag: Some(b"ab12cd"),
-                    };
-                    let ev = if start {
-                        Event::CallStart {
-                            call,
-                            emergency: false,
-                        }
+        };
+        // The cycle is a whole number of datagrams and at least twice the window.
+        let per_pairs = (events_per_datagram / 2).max(1);
+        let cycle = (2 * open_calls).div_ceil(per_pairs) * per_pairs;
+        let mut bytes = Vec::new();
+        let mut sizes = std::collections::BTreeSet::new();
+        let stream = (0..cycle).flat_map(|i| {
+            [
+                (true, call_id(i)),
+                (false, call_id((i + cycle - open_calls) % cycle)),
+            ]
+        });
+        match payload {
+            Payload::SingleText => {
+                for (start, id) in stream {
+                    let line = if start {
+                        format!("call-start {id} tag=ab12cd\n")
                     } else {
-                        Event::CallStop { call }
+                        format!("call-stop {id} tag=ab12cd\r\n")
                     };
-                    if enc.push(&ev).is_err() {
-                        per = per.max(enc.event_count() as u64);
-                        out.push(enc.as_bytes().to_vec());
-                        enc.reset(None);
-                        let _ = enc.push(&ev);
-                    }
+                    sizes.insert(line.len());
+                    bytes.extend_from_slice(line.as_bytes());
                 }
             }
-            if !enc.is_empty() {
-                out.push(enc.as_bytes().to_vec());
+            Payload::BatchedBinary(size) => {
+                let mut enc = binary::Encoder::new(size);
+                for (start, id) in stream {
+                    enc.push(&start_event(&id, start))
+                        .context("an event fits an empty datagram")?;
+                    if enc.event_count() == events_per_datagram {
+                        sizes.insert(enc.len());
+                        bytes.extend_from_slice(enc.as_bytes());
+                        enc.reset(None);
+                    }
+                }
+                anyhow::ensure!(enc.is_empty(), "the stream fills whole datagrams");
             }
-            (out, per)
         }
+        anyhow::ensure!(sizes.len() == 1, "datagram sizes differ: {sizes:?}");
+        let size = *sizes.first().context("an empty pool")?;
+        Ok(Pool {
+            count: bytes.len() / size,
+            bytes,
+            size,
+            events_per_datagram: events_per_datagram as u64,
+            open_calls,
+            cycle,
+        })
+    }
+
+    /// Starts the calls the stream expects open at its beginning (so the first stops stop
+    /// something and the table holds `open_calls` from the first datagram on).
+    fn preload(&self, tables: &Tables, now: Timestamp) {
+        for i in self.cycle - self.open_calls..self.cycle {
+            let id = call_id(i);
+            tables.apply(now, &start_event(&id, true));
+        }
+    }
+}
+
+fn start_event(id: &str, start: bool) -> Event<'_> {
+    let call = CallRef {
+        call_id: id.as_bytes(),
+        from_tag: Some(FROM_TAG),
+    };
+    if start {
+        Event::CallStart {
+            call,
+            emergency: false,
+        }
+    } else {
+        Event::CallStop { call }
     }
 }
 
@@ -198,16 +271,21 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
-fn setsockopt_int(fd: i32, name: i32, value: i32) {
+fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) -> std::io::Result<()> {
     // SAFETY: a valid int option of the right size.
-    unsafe {
+    let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
+            level,
             name,
             (&value as *const i32).cast(),
             std::mem::size_of::<i32>() as libc::socklen_t,
-        );
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
@@ -226,62 +304,194 @@ fn sender_socket(target: &Endpoint) -> anyhow::Result<OwnedFd> {
             s.into()
         }
     };
-    setsockopt_int(fd.as_raw_fd(), libc::SO_SNDBUFFORCE, 512 << 20);
+    let _ = setsockopt_int(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUFFORCE,
+        512 << 20,
+    );
     Ok(fd)
 }
 
-/// Sends datagrams from `pool` with sendmmsg (64 per call) until `count` were sent or
-/// `stop` is set. Returns how many were sent.
-fn send_datagrams(fd: &OwnedFd, pool: &[Vec<u8>], count: Option<u64>, stop: &AtomicBool) -> u64 {
-    const BATCH: usize = 64;
-    let mut iovecs: Vec<libc::iovec> = pool
-        .iter()
-        .map(|d| libc::iovec {
-            iov_base: d.as_ptr() as *mut libc::c_void,
-            iov_len: d.len(),
-        })
-        .collect();
-    let mut msgs: Vec<libc::mmsghdr> = iovecs
-        .iter_mut()
-        .map(|iov| {
-            // SAFETY: a zeroed msghdr is valid; it points at one iovec of the pool.
-            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-            hdr.msg_iov = iov;
-            hdr.msg_iovlen = 1;
-            libc::mmsghdr {
-                msg_hdr: hdr,
-                msg_len: 0,
-            }
-        })
-        .collect();
-    let (mut sent, mut at) = (0u64, 0usize);
-    while !stop.load(Ordering::Relaxed) && count.is_none_or(|c| sent < c) {
-        let want = count.map_or(BATCH, |c| ((c - sent) as usize).min(BATCH));
-        let len = want.min(msgs.len() - at);
-        // SAFETY: `msgs[at..at + len]` are initialised headers pointing into `pool`, which
-        // outlives this call.
-        let rc =
-            unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr().add(at), len as u32, 0) };
-        if rc > 0 {
-            sent += rc as u64;
-            at = (at + rc as usize) % msgs.len();
-        }
-    }
-    sent
+/// `UDP_SEGMENT` (linux/udp.h; not in the `libc` crate for glibc).
+const UDP_SEGMENT: libc::c_int = 103;
+/// Messages per `sendmmsg` call.
+const SEND_MESSAGES_MAX: usize = 16;
+
+/// A sender cycling through a pool: one message per datagram, or with GSO one message per
+/// `segments` datagrams (one `UDP_SEGMENT` control message each).
+struct Sender<'a> {
+    fd: &'a OwnedFd,
+    pool: &'a Pool,
+    segments: usize,
+    // Pointed to by `msgs`; never resized.
+    _iovecs: Vec<libc::iovec>,
+    _controls: Vec<[u64; 4]>,
+    msgs: Vec<libc::mmsghdr>,
+    /// Datagrams in each message.
+    per_msg: Vec<usize>,
+    at: usize,
 }
 
-/// Runs one receiver (the drain loop when `pipeline` is None, else the agent's loop) on this
-/// thread, pinned to CPU 0, while a watcher thread sets `stop` once `target` datagrams have
-/// been received or `deadline` passes. Returns (datagrams, seconds from first receive).
+impl<'a> Sender<'a> {
+    /// `first` is the datagram to start from (rounded down to a message boundary).
+    fn new(fd: &'a OwnedFd, pool: &'a Pool, segments: usize, first: usize) -> Self {
+        let segments = segments.clamp(1, 64).min((65_000 / pool.size).max(1));
+        let mut iovecs = Vec::new();
+        let mut per_msg = Vec::new();
+        let mut i = 0;
+        while i < pool.count {
+            let n = segments.min(pool.count - i);
+            iovecs.push(libc::iovec {
+                iov_base: pool.bytes[i * pool.size..].as_ptr() as *mut libc::c_void,
+                iov_len: n * pool.size,
+            });
+            per_msg.push(n);
+            i += n;
+        }
+        let cmsg_len = (std::mem::size_of::<libc::cmsghdr>() + 2) as libc::size_t;
+        let mut controls = vec![[0u64; 4]; if segments > 1 { iovecs.len() } else { 0 }];
+        for c in &mut controls {
+            // SAFETY: `c` is 32 bytes, 8-aligned: room for a cmsghdr and a u16.
+            unsafe {
+                let hdr = c.as_mut_ptr().cast::<libc::cmsghdr>();
+                (*hdr).cmsg_level = libc::SOL_UDP;
+                (*hdr).cmsg_type = UDP_SEGMENT;
+                (*hdr).cmsg_len = cmsg_len;
+                libc::CMSG_DATA(hdr)
+                    .cast::<u16>()
+                    .write_unaligned(pool.size as u16);
+            }
+        }
+        let msgs = iovecs
+            .iter_mut()
+            .enumerate()
+            .map(|(m, iov)| {
+                // SAFETY: a zeroed msghdr is valid; it points at one iovec of the pool.
+                let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+                hdr.msg_iov = iov;
+                hdr.msg_iovlen = 1;
+                if let Some(c) = controls.get_mut(m) {
+                    hdr.msg_control = c.as_mut_ptr().cast();
+                    // SAFETY: CMSG_SPACE is a pure computation.
+                    hdr.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as libc::size_t;
+                }
+                libc::mmsghdr {
+                    msg_hdr: hdr,
+                    msg_len: 0,
+                }
+            })
+            .collect::<Vec<_>>();
+        let at = (first % pool.count.max(1)) / segments;
+        Sender {
+            fd,
+            pool,
+            segments,
+            _iovecs: iovecs,
+            _controls: controls,
+            msgs,
+            per_msg,
+            at,
+        }
+    }
+
+    /// Sends until `count` datagrams were sent (or a little more: whole messages) or `stop`
+    /// is set. Returns how many datagrams were sent.
+    fn run(&mut self, count: Option<u64>, stop: &AtomicBool) -> anyhow::Result<u64> {
+        let mut sent = 0u64;
+        while !stop.load(Ordering::Relaxed) && count.is_none_or(|c| sent < c) {
+            let want_msgs = count.map_or(SEND_MESSAGES_MAX, |c| {
+                ((c - sent) as usize).div_ceil(self.segments)
+            });
+            let len = want_msgs
+                .min(SEND_MESSAGES_MAX)
+                .min(self.msgs.len() - self.at);
+            // SAFETY: `msgs[at..at + len]` are initialised headers pointing into the pool
+            // and the controls, which outlive this call.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    self.msgs.as_mut_ptr().add(self.at),
+                    len as u32,
+                    0,
+                )
+            };
+            if rc > 0 {
+                let rc = rc as usize;
+                sent += self.per_msg[self.at..self.at + rc].iter().sum::<usize>() as u64;
+                self.at = (self.at + rc) % self.msgs.len();
+            } else if rc < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut => {}
+                    // A full socket buffer on the way (loopback): try again.
+                    _ if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                    _ => {
+                        return Err(e).context(format!(
+                            "sendmmsg ({} datagrams of {} B per message)",
+                            self.segments, self.pool.size
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(sent)
+    }
+}
+
+/// Whether UDP GSO works here: one GSO send of two segments to a throwaway socket.
+fn gso_works() -> bool {
+    let Ok(rx) = UdpSocket::bind("127.0.0.1:0") else {
+        return false;
+    };
+    let Ok(pool) = Pool::new(Payload::SingleText, 4) else {
+        return false;
+    };
+    let Ok(addr) = rx.local_addr() else {
+        return false;
+    };
+    let Ok(fd) = sender_socket(&Endpoint::Udp(addr)) else {
+        return false;
+    };
+    let mut s = Sender::new(&fd, &pool, 2, 0);
+    s.run(Some(2), &AtomicBool::new(false)).is_ok()
+}
+
+/// Which loop a phase runs.
+#[derive(Clone, Copy)]
+enum Receiver<'a> {
+    /// The bare drain loop, with the batch it asks the kernel with.
+    Drain {
+        source: bool,
+    },
+    Agent(&'a Pipeline),
+}
+
+fn recv_batch_for(receiver: Receiver<'_>, recv_batch: usize) -> RecvBatch {
+    match receiver {
+        Receiver::Drain { source: false } => RecvBatch::without_source(recv_batch, 16 << 10),
+        // The agent's loop asks for source addresses: `admit` is answered to the sender.
+        Receiver::Drain { source: true } | Receiver::Agent(_) => {
+            RecvBatch::new(recv_batch, 16 << 10)
+        }
+    }
+}
+
+/// Runs one receiver on this thread, pinned to `cpu`, while a watcher thread sets `stop`
+/// once `target` datagrams have been received or `duration` passes. Returns (datagrams,
+/// seconds).
 fn receive_until(
     socket: &EventSocket,
-    pipeline: Option<&Pipeline>,
+    receiver: Receiver<'_>,
     target: Option<u64>,
     duration: Duration,
     recv_batch: usize,
     mode: RecvMode,
+    cpu: usize,
 ) -> (u64, f64) {
-    pin_to_cpu(0);
+    pin_to_cpu(cpu);
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let stats = IngestStats::default();
@@ -309,12 +519,12 @@ fn receive_until(
             }
         })
     };
-    let mut batch = RecvBatch::new(recv_batch, 16 << 10);
-    match pipeline {
-        None => {
+    let mut batch = recv_batch_for(receiver, recv_batch);
+    match receiver {
+        Receiver::Drain { .. } => {
             drain_loop(socket, &mut batch, &stop, mode, &received);
         }
-        Some(p) => {
+        Receiver::Agent(p) => {
             let drops = AtomicU64::new(0);
             let ctx = LoopContext {
                 stats: &thread_stats,
@@ -334,74 +544,94 @@ fn receive_until(
 
 /// Empties the socket's queue (receives until one receive times out).
 fn flush(socket: &EventSocket) {
-    let mut b = RecvBatch::new(64, 16 << 10);
+    let mut b = RecvBatch::without_source(64, 16 << 10);
     while b.recv_mode(socket.raw_fd(), RecvMode::Block).is_ok() {}
+}
+
+/// The phase's settings that do not change between runs.
+struct Setup<'a> {
+    args: &'a Args,
+    mode: RecvMode,
+    gso: usize,
+}
+
+impl Setup<'_> {
+    fn segments(&self, transport: Transport) -> usize {
+        if transport == Transport::Udp {
+            self.gso
+        } else {
+            1
+        }
+    }
 }
 
 /// Full-queue method: fill with `fill` datagrams, then time the drain. Datagrams per second.
 fn full_queue_phase(
     socket: &EventSocket,
-    pipeline: Option<&Pipeline>,
-    pool: &[Vec<u8>],
+    transport: Transport,
+    receiver: Receiver<'_>,
+    pool: &Pool,
     fill: u64,
-    args: &Args,
-    mode: RecvMode,
+    setup: &Setup<'_>,
 ) -> anyhow::Result<f64> {
     let fd = sender_socket(socket.endpoint())?;
-    let never = AtomicBool::new(false);
-    let sent = send_datagrams(&fd, pool, Some(fill), &never);
+    let sent = Sender::new(&fd, pool, setup.segments(transport), 0)
+        .run(Some(fill), &AtomicBool::new(false))?;
     let (received, seconds) = receive_until(
         socket,
-        pipeline,
+        receiver,
         Some(sent),
         Duration::from_secs(30),
-        args.recv_batch,
-        mode,
+        setup.args.recv_batch,
+        setup.mode,
+        0,
     );
     if received < sent {
-        eprintln!(
-            "  {} of {sent} datagrams arrived: the queue was too small for the fill",
-            received
-        );
+        eprintln!("  {received} of {sent} datagrams arrived: the queue was too small for the fill");
         flush(socket);
     }
     Ok(received as f64 / seconds)
 }
 
-/// Live method: a sender on CPU 1 for `seconds` while the receiver reads.
+/// Live method: a sender on CPU 1 for `seconds` while the receiver reads on CPU 0.
+/// Returns (datagrams/s received, datagrams/s sent).
 fn live_phase(
     socket: &EventSocket,
-    pipeline: Option<&Pipeline>,
-    pool: &Arc<Vec<Vec<u8>>>,
-    args: &Args,
-    mode: RecvMode,
-) -> anyhow::Result<f64> {
+    transport: Transport,
+    receiver: Receiver<'_>,
+    pool: &Arc<Pool>,
+    setup: &Setup<'_>,
+) -> anyhow::Result<(f64, f64)> {
     let fd = sender_socket(socket.endpoint())?;
     let stop_send = Arc::new(AtomicBool::new(false));
+    let segments = setup.segments(transport);
     let sender = {
         let (pool, stop) = (Arc::clone(pool), Arc::clone(&stop_send));
         std::thread::spawn(move || {
             pin_to_cpu(1);
-            send_datagrams(&fd, &pool, None, &stop)
+            Sender::new(&fd, &pool, segments, 0).run(None, &stop)
         })
     };
     let (received, seconds) = receive_until(
         socket,
-        pipeline,
+        receiver,
         None,
-        Duration::from_secs_f64(args.seconds),
-        args.recv_batch,
-        mode,
+        Duration::from_secs_f64(setup.args.seconds),
+        setup.args.recv_batch,
+        setup.mode,
+        0,
     );
     stop_send.store(true, Ordering::Relaxed);
-    let _ = sender.join();
+    let sent = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
     flush(socket);
-    Ok(received as f64 / seconds)
+    Ok((received as f64 / seconds, sent as f64 / seconds))
 }
 
 /// The pipeline alone, no socket: `Pipeline::process` over the pool, `fill` datagrams, best
 /// of five. Datagrams per second.
-fn in_process(pipeline: &Pipeline, pool: &[Vec<u8>], fill: u64) -> f64 {
+fn in_process(pipeline: &Pipeline, pool: &Pool, fill: u64) -> f64 {
     pin_to_cpu(0);
     let mut stats = tollgate_ingest::LocalStats::default();
     let mut reply = Vec::new();
@@ -409,7 +639,12 @@ fn in_process(pipeline: &Pipeline, pool: &[Vec<u8>], fill: u64) -> f64 {
     (0..5)
         .map(|_| {
             let t = Instant::now();
-            for d in pool.iter().cycle().take(fill as usize) {
+            for d in pool
+                .bytes
+                .chunks_exact(pool.size)
+                .cycle()
+                .take(fill as usize)
+            {
                 pipeline.process(now, d, &mut stats, &mut reply);
             }
             fill as f64 / t.elapsed().as_secs_f64()
@@ -420,6 +655,457 @@ fn in_process(pipeline: &Pipeline, pool: &[Vec<u8>], fill: u64) -> f64 {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+fn new_pipeline(args: &Args, dir: &std::path::Path, name: &str) -> anyhow::Result<Pipeline> {
+    Ok(Pipeline {
+        tables: Arc::new(Tables::new(
+            TablesConfig::default(),
+            FingerprintKey([7; 32]),
+        )),
+        sequences: Arc::new(SequenceTracker::default()),
+        admission: Arc::new(AdmitAll),
+        observer: None,
+        journal: match args.journal_fsync_ms {
+            Some(ms) => Some(Arc::new(tollgate_ingest::Journal::open(
+                &dir.join(format!("journal-{}", name.replace(' ', "_"))),
+                1,
+                7,
+                0,
+                Duration::from_millis(ms),
+            )?)),
+            None => None,
+        },
+    })
+}
+
+fn fill_for(args: &Args, payload: Payload) -> u64 {
+    (match payload {
+        Payload::SingleText => args.fill,
+        Payload::BatchedBinary(size) => args.fill * 100 / size.max(100),
+    }) as u64
+}
+
+fn endpoint_for(transport: Transport, dir: &std::path::Path) -> anyhow::Result<Endpoint> {
+    Ok(match transport {
+        Transport::Udp => Endpoint::Udp("127.0.0.1:0".parse()?),
+        Transport::Unix => Endpoint::Unix(PathBuf::from(dir).join("bench.sock")),
+    })
+}
+
+const BENCH_SOCKET: SocketOptions = SocketOptions {
+    receive_buffer_bytes: 1 << 30,
+    unix_mode: 0o600,
+};
+
+/// live / full-queue / in-process over the cases.
+fn socket_methods(
+    method: &str,
+    args: &Args,
+    setup: &Setup<'_>,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    println!("\n{method} ({} calls open in the stream):", args.open_calls);
+    if method != "in-process" {
+        let describe = |r| recv_batch_for(r, args.recv_batch).describe(setup.mode);
+        println!(
+            "  drain loop asks: {}",
+            describe(Receiver::Drain { source: false })
+        );
+        println!(
+            "  agent loop asks: {}",
+            describe(Receiver::Drain { source: true })
+        );
+    }
+    println!(
+        "{:<26} {:>14} {:>14} {:>7} {:>16} {:>11}",
+        "case", "drain dgram/s", "agent dgram/s", "ratio", "agent events/s", "open calls"
+    );
+    for case in CASES
+        .iter()
+        .filter(|c| args.only.as_deref().is_none_or(|o| c.name.contains(o)))
+    {
+        let pool = Arc::new(Pool::new(case.payload, args.open_calls)?);
+        let socket = EventSocket::bind(&endpoint_for(case.transport, dir)?, &BENCH_SOCKET)?;
+        let pipeline = new_pipeline(args, dir, case.name)?;
+        pool.preload(&pipeline.tables, tollgate_ingest::tables_clock());
+        // The agent's journal-sync thread, when journalling with an interval.
+        let _syncer = pipeline
+            .journal
+            .clone()
+            .filter(|_| args.journal_fsync_ms != Some(0))
+            .map(|j| {
+                let every = Duration::from_millis(args.journal_fsync_ms.unwrap_or(1000));
+                std::thread::spawn(move || {
+                    // Ends with the process.
+                    loop {
+                        std::thread::sleep(every);
+                        j.sync();
+                    }
+                })
+            });
+        let per = pool.events_per_datagram as f64;
+        if method == "in-process" {
+            let rate = in_process(&pipeline, &pool, fill_for(args, case.payload));
+            println!(
+                "{:<26} {:>14} {:>14.0} {:>7} {:>16.0} {:>11}   ({:.1} ns per datagram, {:.1} ns per event, no socket)",
+                case.name,
+                "-",
+                rate,
+                "-",
+                rate * per,
+                pipeline.tables.usage().calls,
+                1e9 / rate,
+                1e9 / rate / per
+            );
+            continue;
+        }
+        let (mut drain, mut agent, mut ratios, mut offered) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..args.runs {
+            let (d, a) = if method == "live" {
+                let (d, sent_d) = live_phase(
+                    &socket,
+                    case.transport,
+                    Receiver::Drain { source: false },
+                    &pool,
+                    setup,
+                )?;
+                let (a, sent_a) = live_phase(
+                    &socket,
+                    case.transport,
+                    Receiver::Agent(&pipeline),
+                    &pool,
+                    setup,
+                )?;
+                offered.push(sent_d.min(sent_a));
+                (d, a)
+            } else {
+                let fill = fill_for(args, case.payload);
+                (
+                    full_queue_phase(
+                        &socket,
+                        case.transport,
+                        Receiver::Drain { source: false },
+                        &pool,
+                        fill,
+                        setup,
+                    )?,
+                    full_queue_phase(
+                        &socket,
+                        case.transport,
+                        Receiver::Agent(&pipeline),
+                        &pool,
+                        fill,
+                        setup,
+                    )?,
+                )
+            };
+            drain.push(d);
+            agent.push(a);
+            ratios.push(if d > 0.0 { a / d } else { 0.0 });
+        }
+        let (d, a, r) = (median(drain), median(agent), median(ratios));
+        let open = pipeline.tables.usage().calls;
+        println!(
+            "{:<26} {:>14.0} {:>14.0} {:>7.3} {:>16.0} {:>11}",
+            case.name,
+            d,
+            a,
+            r,
+            a * per,
+            open
+        );
+        if method == "live" {
+            println!(
+                "{:<26} sender offered >= {:.0} dgram/s ({} B datagrams{})",
+                "",
+                median(offered),
+                pool.size,
+                if setup.segments(case.transport) > 1 {
+                    format!(", GSO {} per send", setup.segments(case.transport))
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "method": method, "case": case.name, "drain_datagrams_per_s": d,
+                    "agent_datagrams_per_s": a, "ratio": r, "datagram_bytes": pool.size,
+                    "events_per_datagram": pool.events_per_datagram, "agent_events_per_s": a * per,
+                    "open_calls_at_end": open,
+                })
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `Tables::apply` alone: `open` calls held open while call i starts and call i - open
+/// stops, ns per event (Call-ID formatting included; it is measured alone too).
+fn table_method(args: &Args) -> anyhow::Result<()> {
+    println!(
+        "\ntable (Tables::apply, start of call i + stop of call i - open, From-tag, 64 shards):"
+    );
+    println!(
+        "{:>12} {:>14} {:>14} {:>14}",
+        "open calls", "ns/event", "id format ns", "events timed"
+    );
+    pin_to_cpu(0);
+    for open in args
+        .table_sizes
+        .split(',')
+        .map(|s| s.trim().parse::<usize>())
+    {
+        let open = open.context("--table-sizes: numbers")?;
+        let tables = Tables::new(
+            TablesConfig {
+                max_active_calls: (open as u64 * 2).max(1 << 20),
+                ..TablesConfig::default()
+            },
+            FingerprintKey([7; 32]),
+        );
+        let cycle = 2 * open;
+        let now = tollgate_ingest::tables_clock();
+        let mut buf = *b"0000000000000000-bench@10.0.0.1";
+        let mut id = |i: usize| -> [u8; 31] {
+            let hex = b"0123456789abcdef";
+            for (k, b) in buf[..16].iter_mut().enumerate() {
+                *b = hex[(i >> (60 - 4 * k)) & 0xf];
+            }
+            buf
+        };
+        let apply = |tables: &Tables, i: usize, start: bool, id: &[u8; 31]| {
+            let call = CallRef {
+                call_id: id,
+                from_tag: Some(FROM_TAG),
+            };
+            let ev = if start {
+                Event::CallStart {
+                    call,
+                    emergency: false,
+                }
+            } else {
+                Event::CallStop { call }
+            };
+            std::hint::black_box(tables.apply(now, &ev));
+            i
+        };
+        for i in cycle - open..cycle {
+            apply(&tables, i, true, &id(i));
+        }
+        let pairs = if args.quick { 50_000 } else { 2_000_000 }.max(open / 4);
+        let mut best = f64::MAX;
+        let mut at = 0usize;
+        for _ in 0..3 {
+            let t = Instant::now();
+            for _ in 0..pairs {
+                let i = at % cycle;
+                apply(&tables, i, true, &id(i));
+                let j = (at + cycle - open) % cycle;
+                apply(&tables, j, false, &id(j));
+                at += 1;
+            }
+            best = best.min(t.elapsed().as_secs_f64() / (2 * pairs) as f64);
+        }
+        anyhow::ensure!(
+            tables.usage().calls == open as u64,
+            "the table holds {} calls, not {open}",
+            tables.usage().calls
+        );
+        let t = Instant::now();
+        let mut sink = 0u8;
+        for i in 0..2 * pairs {
+            sink ^= id(i)[3];
+        }
+        std::hint::black_box(sink);
+        let format_ns = t.elapsed().as_secs_f64() * 1e9 / (2 * pairs) as f64;
+        println!(
+            "{:>12} {:>14.1} {:>14.1} {:>14}",
+            open,
+            best * 1e9,
+            format_ns,
+            2 * pairs
+        );
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"method": "table", "open_calls": open, "ns_per_event": best * 1e9, "id_format_ns": format_ns})
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Finds, for each socket of a `SO_REUSEPORT` group, a sender socket the kernel steers to it.
+fn senders_per_socket(group: &[EventSocket]) -> anyhow::Result<Vec<OwnedFd>> {
+    let mut found: Vec<Option<OwnedFd>> = group.iter().map(|_| None).collect();
+    let mut batch = RecvBatch::without_source(8, 64);
+    for _ in 0..1000 {
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+        let fd = sender_socket(group[0].endpoint())?;
+        // SAFETY: sends one byte from a valid buffer on a connected socket.
+        unsafe { libc::send(fd.as_raw_fd(), b"\n".as_ptr().cast(), 1, 0) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        'probe: while Instant::now() < deadline {
+            for (k, s) in group.iter().enumerate() {
+                if batch.recv_mode(s.raw_fd(), RecvMode::Spin).is_ok() {
+                    if found[k].is_none() {
+                        found[k] = Some(fd);
+                    }
+                    break 'probe;
+                }
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|f| f.context("no sender source port reached one of the sockets"))
+        .collect()
+}
+
+/// Full queue with n `SO_REUSEPORT` sockets and n pinned receivers sharing one `Tables`.
+fn threads_method(args: &Args, setup: &Setup<'_>, dir: &std::path::Path) -> anyhow::Result<()> {
+    println!(
+        "\nthreads (full queue, one SO_REUSEPORT socket and one pinned receiver per thread, shared tables, {} calls open):",
+        args.open_calls
+    );
+    println!(
+        "{:<26} {:>8} {:>16} {:>16} {:>7}",
+        "case", "threads", "drain events/s", "agent events/s", "ratio"
+    );
+    let counts: Vec<usize> = args
+        .threads
+        .split(',')
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .context("--threads: numbers")?;
+    for case in CASES.iter().filter(|c| {
+        c.transport == Transport::Udp && args.only.as_deref().is_none_or(|o| c.name.contains(o))
+    }) {
+        let pool = Pool::new(case.payload, args.open_calls)?;
+        let per = pool.events_per_datagram as f64;
+        for &n in &counts {
+            let group =
+                EventSocket::bind_group(&endpoint_for(case.transport, dir)?, &BENCH_SOCKET, n)?;
+            let senders = senders_per_socket(&group)?;
+            let pipeline = new_pipeline(args, dir, case.name)?;
+            pool.preload(&pipeline.tables, tollgate_ingest::tables_clock());
+            let fill = fill_for(args, case.payload) / n as u64;
+            let run = |receiver: Receiver<'_>| -> anyhow::Result<f64> {
+                for (k, fd) in senders.iter().enumerate() {
+                    Sender::new(
+                        fd,
+                        &pool,
+                        setup.segments(case.transport),
+                        k * pool.count / n,
+                    )
+                    .run(Some(fill), &AtomicBool::new(false))?;
+                }
+                let results: Vec<(u64, f64)> = std::thread::scope(|scope| {
+                    let handles: Vec<_> = group
+                        .iter()
+                        .enumerate()
+                        .map(|(k, s)| {
+                            scope.spawn(move || {
+                                receive_until(
+                                    s,
+                                    receiver,
+                                    Some(fill),
+                                    Duration::from_secs(30),
+                                    args.recv_batch,
+                                    setup.mode,
+                                    k,
+                                )
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or((0, f64::MAX)))
+                        .collect()
+                });
+                let total: u64 = results.iter().map(|r| r.0).sum();
+                let slowest = results.iter().map(|r| r.1).fold(0.0, f64::max);
+                for s in &group {
+                    flush(s);
+                }
+                Ok(total as f64 / slowest)
+            };
+            let (mut drain, mut agent) = (Vec::new(), Vec::new());
+            for _ in 0..args.runs {
+                drain.push(run(Receiver::Drain { source: false })?);
+                agent.push(run(Receiver::Agent(&pipeline))?);
+            }
+            let (d, a) = (median(drain) * per, median(agent) * per);
+            println!(
+                "{:<26} {:>8} {:>16.0} {:>16.0} {:>7.3}",
+                case.name,
+                n,
+                d,
+                a,
+                a / d
+            );
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"method": "threads", "case": case.name, "threads": n,
+                        "drain_events_per_s": d, "agent_events_per_s": a})
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The drain loop alone: bare, with source addresses, and with source addresses plus an
+/// `SO_RXQ_OVFL` control message per datagram (what the agent asked for before).
+fn recv_cost_method(args: &Args, setup: &Setup<'_>, dir: &std::path::Path) -> anyhow::Result<()> {
+    println!("\nrecv-cost (full queue, drain loop only; what asking the kernel for more costs):");
+    println!(
+        "{:<26} {:>12} {:>14} {:>18}",
+        "case", "bare dgram/s", "+source addr", "+source +RXQ_OVFL"
+    );
+    for case in CASES
+        .iter()
+        .filter(|c| args.only.as_deref().is_none_or(|o| c.name.contains(o)))
+    {
+        let pool = Pool::new(case.payload, args.open_calls)?;
+        let socket = EventSocket::bind(&endpoint_for(case.transport, dir)?, &BENCH_SOCKET)?;
+        let fill = fill_for(args, case.payload);
+        let mut rates = [Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..args.runs {
+            for (k, rate) in rates.iter_mut().enumerate() {
+                let ovfl = i32::from(k == 2);
+                let _ = setsockopt_int(socket.raw_fd(), libc::SOL_SOCKET, libc::SO_RXQ_OVFL, ovfl);
+                rate.push(full_queue_phase(
+                    &socket,
+                    case.transport,
+                    Receiver::Drain { source: k > 0 },
+                    &pool,
+                    fill,
+                    setup,
+                )?);
+            }
+        }
+        let _ = setsockopt_int(socket.raw_fd(), libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 0);
+        let [bare, source, ovfl] = rates.map(median);
+        println!(
+            "{:<26} {:>12.0} {:>8.0} ({:.3}) {:>10.0} ({:.3})",
+            case.name,
+            bare,
+            source,
+            source / bare,
+            ovfl,
+            ovfl / bare
+        );
+    }
+    Ok(())
 }
 
 /// As root: a private network namespace with loopback up and a long unix datagram queue.
@@ -454,6 +1140,8 @@ fn main() -> anyhow::Result<()> {
         args.seconds = 0.3;
         args.runs = 1;
         args.fill = 20_000;
+        args.open_calls = args.open_calls.min(4096);
+        args.table_sizes = "4096".to_owned();
     }
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -476,135 +1164,48 @@ fn main() -> anyhow::Result<()> {
     } else {
         RecvMode::Spin
     };
+    let gso = if args.gso > 1 && !gso_works() {
+        eprintln!("UDP GSO (UDP_SEGMENT) refused here: sending one datagram per message");
+        1
+    } else {
+        args.gso.max(1)
+    };
     println!(
-        "ingest-bench: {netns}, net.unix.max_dgram_qlen {}, net.core.rmem_max {}, recv_batch {}, receive mode {mode:?}, {} run(s), cpus {}",
+        "ingest-bench: {netns}, net.unix.max_dgram_qlen {}, net.core.rmem_max {}, recv_batch {}, receive mode {mode:?}, UDP GSO {}, {} run(s), cpus {}, load {}",
         read("/proc/sys/net/unix/max_dgram_qlen"),
         read("/proc/sys/net/core/rmem_max"),
         args.recv_batch,
+        if gso > 1 {
+            format!("{gso} datagrams per send")
+        } else {
+            "off".to_owned()
+        },
         args.runs,
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
+        read("/proc/loadavg"),
     );
     let dir = tempfile::tempdir().context("temp dir")?;
+    let setup = Setup {
+        args: &args,
+        mode,
+        gso,
+    };
     let methods: Vec<&str> = match args.method.as_str() {
-        "both" => vec!["full-queue", "live"],
-        "all" => vec!["in-process", "full-queue", "live"],
-        m @ ("full-queue" | "live" | "in-process") => vec![m],
-        other => {
-            anyhow::bail!("--method {other}: expected full-queue, live, in-process, both or all")
-        }
+        "both" => vec!["live", "full-queue"],
+        "all" => vec!["live", "full-queue", "in-process"],
+        m @ ("full-queue" | "live" | "in-process" | "table" | "threads" | "recv-cost") => vec![m],
+        other => anyhow::bail!(
+            "--method {other}: expected live, full-queue, in-process, table, threads, recv-cost, both or all"
+        ),
     };
     for method in methods {
-        println!("\n{method}:");
-        println!(
-            "{:<26} {:>14} {:>14} {:>7} {:>16}",
-            "case", "drain dgram/s", "agent dgram/s", "ratio", "agent events/s"
-        );
-        for case in CASES
-            .iter()
-            .filter(|c| args.only.as_deref().is_none_or(|o| c.name.contains(o)))
-        {
-            let (pool, events_per_datagram) = datagrams(case.payload);
-            let pool = Arc::new(pool);
-            let endpoint = match case.transport {
-                Transport::Udp => Endpoint::Udp("127.0.0.1:0".parse()?),
-                Transport::Unix => Endpoint::Unix(PathBuf::from(dir.path()).join("bench.sock")),
-            };
-            let socket = EventSocket::bind(
-                &endpoint,
-                &SocketOptions {
-                    receive_buffer_bytes: 1 << 30,
-                    unix_mode: 0o600,
-                },
-            )?;
-            let pipeline = Pipeline {
-                tables: Arc::new(Tables::new(
-                    TablesConfig::default(),
-                    FingerprintKey([7; 32]),
-                )),
-                sequences: Arc::new(SequenceTracker::default()),
-                admission: Arc::new(AdmitAll),
-                observer: None,
-                journal: match args.journal_fsync_ms {
-                    Some(ms) => Some(Arc::new(tollgate_ingest::Journal::open(
-                        &dir.path()
-                            .join(format!("journal-{}", case.name.replace(' ', "_"))),
-                        1,
-                        7,
-                        0,
-                        std::time::Duration::from_millis(ms),
-                    )?)),
-                    None => None,
-                },
-            };
-            // The agent's journal-sync thread, when journalling with an interval.
-            let _syncer = pipeline
-                .journal
-                .clone()
-                .filter(|_| args.journal_fsync_ms != Some(0))
-                .map(|j| {
-                    let every =
-                        std::time::Duration::from_millis(args.journal_fsync_ms.unwrap_or(1000));
-                    std::thread::spawn(move || {
-                        // Ends with the process.
-                        loop {
-                            std::thread::sleep(every);
-                            j.sync();
-                        }
-                    })
-                });
-            let fill = match case.payload {
-                Payload::SingleText => args.fill,
-                Payload::BatchedBinary(size) => args.fill * 100 / size.max(100),
-            } as u64;
-            let (mut drain, mut agent, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-            if method == "in-process" {
-                let per = in_process(&pipeline, &pool, fill);
-                println!(
-                    "{:<26} {:>14} {:>14.0} {:>7} {:>16.0}   ({:.1} ns per datagram, {:.1} ns per event, no socket)",
-                    case.name,
-                    "-",
-                    per,
-                    "-",
-                    per * events_per_datagram as f64,
-                    1e9 / per,
-                    1e9 / per / events_per_datagram as f64
-                );
-                continue;
-            }
-            for _ in 0..args.runs {
-                let (d, a) = if method == "live" {
-                    (
-                        live_phase(&socket, None, &pool, &args, mode)?,
-                        live_phase(&socket, Some(&pipeline), &pool, &args, mode)?,
-                    )
-                } else {
-                    (
-                        full_queue_phase(&socket, None, &pool, fill, &args, mode)?,
-                        full_queue_phase(&socket, Some(&pipeline), &pool, fill, &args, mode)?,
-                    )
-                };
-                drain.push(d);
-                agent.push(a);
-                ratios.push(if d > 0.0 { a / d } else { 0.0 });
-            }
-            let (d, a, r) = (median(drain), median(agent), median(ratios));
-            let events = a * events_per_datagram as f64;
-            println!(
-                "{:<26} {:>14.0} {:>14.0} {:>7.3} {:>16.0}",
-                case.name, d, a, r, events
-            );
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "method": method, "case": case.name, "drain_datagrams_per_s": d,
-                        "agent_datagrams_per_s": a, "ratio": r,
-                        "events_per_datagram": events_per_datagram, "agent_events_per_s": events,
-                    })
-                );
-            }
+        match method {
+            "table" => table_method(&args)?,
+            "threads" => threads_method(&args, &setup, dir.path())?,
+            "recv-cost" => recv_cost_method(&args, &setup, dir.path())?,
+            m => socket_methods(m, &args, &setup, dir.path())?,
         }
     }
     Ok(())
