@@ -2,6 +2,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::ExpiredRule;
+use crate::frame::{DigestEntry, Heartbeat, LICENSE_BYTES_MAX};
 
 /// The timings these tests reason in: a 1 s heartbeat (the default is 1.5 s).
 fn config() -> Config {
