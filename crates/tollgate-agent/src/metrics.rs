@@ -1,12 +1,20 @@
 //! Prometheus text exposition (format 0.0.4), written by hand: a few dozen series do not
 //! need a registry. Names follow `tollgate_<name>_<unit>[_total]`; dropped things carry a
 //! low-cardinality `reason` label.
+//!
+//! **Boundary:** this is the only place the agent's Prometheus text is written. The crates
+//! expose plain counters (`tollgate_ingest::StatsSnapshot`, `HepSnapshot`, the replica's
+//! `Stats`, …) with their label names beside them; the agent's own modules (reconcile,
+//! state resets) hand their numbers to a [`MetricsWriter`] too.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
 use tollgate_events::{Malformed, Verb};
-use tollgate_ingest::stats::{BATCH_BUCKETS, DatagramDrop, EventOutcome};
+use tollgate_ingest::stats::{
+    BATCH_BUCKETS, DatagramDrop, EventOutcome, EventRefusal, OPENSIPS_RESULTS,
+};
+use tollgate_ingest::{HepResult, HepSnapshot};
 
 use crate::AgentState;
 
@@ -17,8 +25,22 @@ pub struct MetricsWriter {
 }
 
 impl MetricsWriter {
-    fn header(&mut self, name: &str, kind: &str, help: &str) {
+    /// `# HELP` and `# TYPE` of a family whose samples follow ([`MetricsWriter::sample`]).
+    pub fn header(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// One sample with any number of labels (values escaped), after its family's header.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(name);
+        for (i, (label, v)) in labels.iter().enumerate() {
+            let open = if i == 0 { "{" } else { "," };
+            let _ = write!(self.out, "{open}{label}=\"{}\"", escape_label(v));
+        }
+        if !labels.is_empty() {
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
     }
 
     pub fn gauge(&mut self, name: &str, help: &str, value: impl std::fmt::Display) {
@@ -229,7 +251,12 @@ pub fn render(state: &AgentState) -> String {
         t.recv_errors,
     );
 
-    tollgate_ingest::write_opensips_metrics(&mut m.out, t);
+    m.labeled_counter(
+        "tollgate_opensips_notifications_total",
+        "OpenSIPS event_datagram notifications on the event sockets, by result (applied, ignored, or why dropped).",
+        "result",
+        OPENSIPS_RESULTS.iter().copied().zip(t.opensips),
+    );
     // The tables are shared by the event sockets and the HEP collector: one family for both.
     let mut refused = tollgate_ingest::LocalStats {
         refused: t.refused,
@@ -244,10 +271,17 @@ pub fn render(state: &AgentState) -> String {
             *sum = sum.saturating_add(hep);
         }
     }
-    tollgate_ingest::write_refused_metrics(&mut m.out, &refused);
-    state.reconciler.write_metrics(&mut m.out);
+    m.labeled_counter(
+        "tollgate_events_refused_total",
+        "Well-formed events refused because a table is at its configured cap ([calls] max_active_calls, [registrations] max_aors), by reason. A refused event changes nothing.",
+        "reason",
+        EventRefusal::ALL
+            .iter()
+            .map(|r| (r.as_str(), refused.refused[*r as usize])),
+    );
+    state.reconciler.write_metrics(&mut m);
     if let Some(hep) = &state.hep {
-        hep.snapshot().write_metrics(&mut m.out);
+        render_hep(&mut m, &hep.snapshot());
     }
     render_license(&mut m, state);
     // Every code that can deny, zeros included, so `rate()` and alerts see the series from
@@ -300,7 +334,7 @@ pub fn render(state: &AgentState) -> String {
             ("timeout", tls.timed_out.load(Relaxed)),
         ],
     );
-    state.resets.write_metrics(&mut m.out);
+    state.resets.write_metrics(&mut m);
     if let Some(j) = &state.journal {
         let s = &j.stats;
         m.counter(
@@ -729,9 +763,121 @@ fn render_mesh(m: &mut MetricsWriter, state: &AgentState, cluster: &crate::clust
     );
 }
 
+/// The HEP collector's lines (`tollgate_hep_*`).
+fn render_hep(m: &mut MetricsWriter, hep: &HepSnapshot) {
+    let t = &hep.ingest.totals;
+    m.counter(
+        "tollgate_hep_datagrams_total",
+        "Datagrams received on the HEP socket.",
+        t.datagrams,
+    );
+    m.counter(
+        "tollgate_hep_bytes_total",
+        "Bytes received on the HEP socket.",
+        t.bytes,
+    );
+    m.labeled_counter(
+        "tollgate_hep_packets_total",
+        "HEP packets by result: sip, log, other_protocol, or why dropped.",
+        "result",
+        HepResult::LABELS.iter().copied().zip(hep.packets),
+    );
+    m.labeled_counter(
+        "tollgate_hep_sip_malformed_total",
+        "Mirrored SIP messages that did not parse, by reason.",
+        "reason",
+        tollgate_sip::SipError::LABELS
+            .iter()
+            .copied()
+            .zip(hep.tracker.malformed),
+    );
+    m.labeled_counter(
+        "tollgate_hep_tracker_total",
+        "What the mirror tracker did with SIP messages (calls started, duplicates absorbed, ...).",
+        "counter",
+        hep.tracker
+            .pairs()
+            .into_iter()
+            .filter(|(name, _)| *name != "malformed_total"),
+    );
+    m.labeled_gauge(
+        "tollgate_hep_tracker_entries",
+        "Entries the mirror tracker holds, by table.",
+        "table",
+        [
+            ("dialogs", hep.dialogs),
+            ("pending", hep.pending),
+            ("aors", hep.aors),
+        ],
+    );
+    m.labeled_counter(
+        "tollgate_hep_events_total",
+        "Events the HEP collector applied to the tables, by verb.",
+        "verb",
+        Verb::ALL
+            .iter()
+            .map(|v| (v.as_str(), t.events[*v as usize])),
+    );
+    m.labeled_counter(
+        "tollgate_hep_event_outcomes_total",
+        "What the HEP collector's events did to the tables.",
+        "outcome",
+        EventOutcome::ALL
+            .iter()
+            .map(|o| (o.as_str(), t.outcomes[*o as usize])),
+    );
+    m.labeled_counter(
+        "tollgate_hep_log_lines_malformed_total",
+        "Malformed text-protocol lines in HEP LOG packets, by reason.",
+        "reason",
+        Malformed::ALL
+            .iter()
+            .map(|r| (r.as_str(), t.malformed[*r as usize])),
+    );
+    m.counter(
+        "tollgate_hep_kernel_drops_total",
+        "Datagrams the kernel dropped because the HEP socket's receive queue was full.",
+        hep.ingest.kernel_drops,
+    );
+    m.counter(
+        "tollgate_hep_receive_errors_total",
+        "Failed receive calls on the HEP socket.",
+        t.recv_errors,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hep_counters_render_as_their_families() {
+        let mut hep = HepSnapshot::default();
+        hep.packets[HepResult::AuthFailed as usize] = 2;
+        hep.tracker.calls_started = 1;
+        hep.dialogs = 1;
+        hep.ingest.totals.events[Verb::CallStart as usize] = 1;
+        let mut m = MetricsWriter::default();
+        render_hep(&mut m, &hep);
+        let text = m.finish();
+        assert!(text.contains("tollgate_hep_packets_total{result=\"auth_failed\"} 2\n"));
+        assert!(text.contains("tollgate_hep_tracker_total{counter=\"calls_started\"} 1\n"));
+        assert!(text.contains("# TYPE tollgate_hep_tracker_entries gauge\n"));
+        assert!(text.contains("tollgate_hep_tracker_entries{table=\"dialogs\"} 1\n"));
+        assert!(text.contains("tollgate_hep_events_total{verb=\"call-start\"} 1\n"));
+        assert!(!text.contains("malformed_total\""), "{text}");
+    }
+
+    #[test]
+    fn samples_carry_every_label_escaped() {
+        let mut m = MetricsWriter::default();
+        m.header("f", "counter", "help");
+        m.sample("f", &[("source", "a\"b"), ("kind", "x")], 3);
+        m.sample("f", &[], 4);
+        let out = m.finish();
+        assert!(out.contains("f{source=\"a\\\"b\",kind=\"x\"} 3\n"), "{out}");
+        assert!(out.contains("\nf 4\n"), "{out}");
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

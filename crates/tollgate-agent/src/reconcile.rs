@@ -36,6 +36,7 @@ use tollgate_reconcile::{Expires, ListKind, ListSink, ParseError, ProxyKind};
 use tollgate_usage::{Corrections, ProxyList, Run, Scope, SyncResult, Tables};
 
 use crate::config::ConfigError;
+use crate::metrics::MetricsWriter;
 
 /// Default `interval_s`.
 pub const DEFAULT_INTERVAL_S: u64 = 30;
@@ -748,34 +749,27 @@ impl Reconciler {
     }
 
     /// Appends the reconciliation metrics.
-    pub fn write_metrics(&self, out: &mut String) {
+    pub fn write_metrics(&self, m: &mut MetricsWriter) {
         let status = self.status();
-        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
         let name = "tollgate_reconcile_runs_total";
-        header(
-            out,
+        m.header(
             name,
             "counter",
             "Reconciliation runs with a proxy's own lists (and applied sync-* lists), by source and result (ok, or why nothing was changed).",
         );
         for s in &status.sources {
-            let source = escape(&s.source);
             for result in RUN_RESULTS {
                 let n = s.runs.get(result).copied().unwrap_or(0);
-                let _ = writeln!(out, "{name}{{source=\"{source}\",result=\"{result}\"}} {n}");
+                m.sample(name, &[("source", &s.source), ("result", result)], n);
             }
         }
         let name = "tollgate_reconcile_corrections_total";
-        header(
-            out,
+        m.header(
             name,
             "counter",
             "Calls and contacts corrected by reconciliation, by source and kind (phantom: counted here, not at the proxy, removed; missing: at the proxy, not counted here, added).",
         );
         for s in &status.sources {
-            let source = escape(&s.source);
             let c = &s.corrections;
             for (kind, n) in [
                 ("phantom_call", c.phantom_call),
@@ -783,23 +777,21 @@ impl Reconciler {
                 ("phantom_contact", c.phantom_contact),
                 ("missing_contact", c.missing_contact),
             ] {
-                let _ = writeln!(out, "{name}{{source=\"{source}\",kind=\"{kind}\"}} {n}");
+                m.sample(name, &[("source", &s.source), ("kind", kind)], n);
             }
         }
         let name = "tollgate_reconcile_last_success_timestamp_seconds";
-        header(
-            out,
+        m.header(
             name,
             "gauge",
             "When the last successful reconciliation of a source started (Unix seconds; 0: never).",
         );
         for s in &status.sources {
             let at = s.last_success_ms.map_or(0.0, |ms| ms as f64 / 1e3);
-            let _ = writeln!(out, "{name}{{source=\"{}\"}} {at}", escape(&s.source));
+            m.sample(name, &[("source", &s.source)], at);
         }
         let name = "tollgate_reconcile_last_duration_seconds";
-        header(
-            out,
+        m.header(
             name,
             "gauge",
             "Wall time of the last reconciliation run of a source (fetch, parse, apply).",
@@ -809,37 +801,28 @@ impl Reconciler {
                 .last_run
                 .as_ref()
                 .map_or(0.0, |r| r.duration_ms as f64 / 1e3);
-            let _ = writeln!(out, "{name}{{source=\"{}\"}} {d}", escape(&s.source));
+            m.sample(name, &[("source", &s.source)], d);
         }
         let name = "tollgate_reconcile_last_cpu_seconds";
-        header(
-            out,
+        m.header(
             name,
             "gauge",
             "CPU time of the last reconciliation run of a source (parse and apply).",
         );
         for s in &status.sources {
             let d = s.last_run.as_ref().map_or(0.0, |r| r.cpu_ms / 1e3);
-            let _ = writeln!(out, "{name}{{source=\"{}\"}} {d}", escape(&s.source));
+            m.sample(name, &[("source", &s.source)], d);
         }
         let name = "tollgate_sync_lists_total";
-        header(
-            out,
+        m.header(
             name,
             "counter",
             "sync-* lists and stray sync lines, by result (complete, or why discarded whole).",
         );
         for (result, n) in &status.sync_lists {
-            let _ = writeln!(out, "{name}{{result=\"{result}\"}} {n}");
+            m.sample(name, &[("result", result)], n);
         }
     }
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// An error and its causes, on one line (reqwest hides the interesting part in sources).

@@ -195,25 +195,18 @@ impl StateResets {
     }
 
     /// Prometheus lines for `tollgate_state_resets_total{reason}` (every reason).
-    pub fn write_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        out.push_str("# HELP tollgate_state_resets_total State resets seen at start (a snapshot or journal missing or unreadable after an earlier run), by reason.\n");
-        out.push_str("# TYPE tollgate_state_resets_total counter\n");
-        for (reason, n) in self.counts() {
-            let _ = writeln!(
-                out,
-                "tollgate_state_resets_total{{reason=\"{}\"}} {n}",
-                reason.as_str()
-            );
-        }
-        out.push_str(
-            "# HELP tollgate_state_resets_pending State resets not yet acknowledged by an admin.\n",
+    pub fn write_metrics(&self, m: &mut crate::metrics::MetricsWriter) {
+        let counts = self.counts();
+        m.labeled_counter(
+            "tollgate_state_resets_total",
+            "State resets seen at start (a snapshot or journal missing or unreadable after an earlier run), by reason.",
+            "reason",
+            counts.iter().map(|(reason, n)| (reason.as_str(), *n)),
         );
-        out.push_str("# TYPE tollgate_state_resets_pending gauge\n");
-        let _ = writeln!(
-            out,
-            "tollgate_state_resets_pending {}",
-            self.inner.lock().pending.len()
+        m.gauge(
+            "tollgate_state_resets_pending",
+            "State resets not yet acknowledged by an admin.",
+            self.inner.lock().pending.len(),
         );
     }
 }
@@ -227,8 +220,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let resets = StateResets::open(dir.path());
         resets.record(ResetReason::SnapshotMissing, 1_000, "usage.snapshot: gone");
-        let mut text = String::new();
-        resets.write_metrics(&mut text);
+        let mut m = crate::metrics::MetricsWriter::default();
+        resets.write_metrics(&mut m);
+        let text = m.finish();
         assert!(text.contains("tollgate_state_resets_total{reason=\"snapshot_missing\"} 1\n"));
         assert!(text.contains("tollgate_state_resets_total{reason=\"journal_unreadable\"} 0\n"));
         assert!(text.contains("tollgate_state_resets_pending 1\n"));

@@ -17,7 +17,8 @@
 //!
 //! Counters: the generic ones (datagrams, bytes, events by verb, outcomes, batches, kernel
 //! drops) in an [`IngestStats`] of the collector's own, packets by [`HepResult`], and the
-//! tracker's [`TrackerCounters`]; [`HepSnapshot::write_metrics`] renders them.
+//! tracker's [`TrackerCounters`], copied out by [`HepHandle::snapshot`] as a plain
+//! [`HepSnapshot`]; the agent renders them (this crate writes no Prometheus text).
 //!
 //! What it deliberately lacks: HEP over TCP, HEPv1/v2, gzip payloads (counted as
 //! `unsupported_payload`), sequence checks (HEP has no sequence numbers: mirrored
@@ -33,13 +34,12 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tollgate_hep::HepError;
-use tollgate_sip::{MirrorTracker, OwnedEvent, SipError};
+use tollgate_sip::{MirrorTracker, OwnedEvent};
 use tollgate_usage::{MonoTime, Owner};
 
 pub use tollgate_sip::{TrackerConfig, TrackerCounters};
 
-use crate::exposition::{family, header, single};
-use crate::stats::{EventOutcome, IngestStats, LocalStats, StatsSnapshot, ThreadStats};
+use crate::stats::{IngestStats, LocalStats, StatsSnapshot, ThreadStats};
 use crate::{
     Endpoint, EventSocket, IngestError, Pipeline, RecvBatch, RecvMode, SocketOptions, is_transient,
     tables_clock,
@@ -169,103 +169,6 @@ impl HepSnapshot {
             .iter()
             .position(|l| *l == label)
             .map_or(0, |i| self.packets[i])
-    }
-
-    /// Writes the collector's Prometheus lines (`tollgate_hep_*`).
-    pub fn write_metrics(&self, out: &mut impl std::fmt::Write) {
-        let t = &self.ingest.totals;
-        single(
-            out,
-            "tollgate_hep_datagrams_total",
-            "counter",
-            "Datagrams received on the HEP socket.",
-            t.datagrams,
-        );
-        single(
-            out,
-            "tollgate_hep_bytes_total",
-            "counter",
-            "Bytes received on the HEP socket.",
-            t.bytes,
-        );
-        family(
-            out,
-            "tollgate_hep_packets_total",
-            "HEP packets by result: sip, log, other_protocol, or why dropped.",
-            "result",
-            HepResult::LABELS.iter().copied().zip(self.packets),
-        );
-        family(
-            out,
-            "tollgate_hep_sip_malformed_total",
-            "Mirrored SIP messages that did not parse, by reason.",
-            "reason",
-            SipError::LABELS.iter().copied().zip(self.tracker.malformed),
-        );
-        family(
-            out,
-            "tollgate_hep_tracker_total",
-            "What the mirror tracker did with SIP messages (calls started, duplicates absorbed, ...).",
-            "counter",
-            self.tracker
-                .pairs()
-                .into_iter()
-                .filter(|(name, _)| *name != "malformed_total"),
-        );
-        header(
-            out,
-            "tollgate_hep_tracker_entries",
-            "gauge",
-            "Entries the mirror tracker holds, by table.",
-        );
-        for (table, n) in [
-            ("dialogs", self.dialogs),
-            ("pending", self.pending),
-            ("aors", self.aors),
-        ] {
-            let _ = writeln!(out, "tollgate_hep_tracker_entries{{table=\"{table}\"}} {n}");
-        }
-        family(
-            out,
-            "tollgate_hep_events_total",
-            "Events the HEP collector applied to the tables, by verb.",
-            "verb",
-            tollgate_events::Verb::ALL
-                .iter()
-                .map(|v| (v.as_str(), t.events[*v as usize])),
-        );
-        family(
-            out,
-            "tollgate_hep_event_outcomes_total",
-            "What the HEP collector's events did to the tables.",
-            "outcome",
-            EventOutcome::ALL
-                .iter()
-                .map(|o| (o.as_str(), t.outcomes[*o as usize])),
-        );
-        family(
-            out,
-            "tollgate_hep_log_lines_malformed_total",
-            "Malformed text-protocol lines in HEP LOG packets, by reason.",
-            "reason",
-            tollgate_events::Malformed::ALL
-                .iter()
-                .map(|r| (r.as_str(), t.malformed[*r as usize])),
-        );
-        single(
-            out,
-            "tollgate_hep_kernel_drops_total",
-            "counter",
-            "Datagrams the kernel dropped because the HEP socket's receive queue was full.",
-            self.ingest.kernel_drops,
-        );
-        single(
-            out,
-            "tollgate_hep_receive_errors_total",
-            "counter",
-            "Failed receive calls on the HEP socket.",
-            t.recv_errors,
-        );
     }
 }
 

@@ -9,13 +9,13 @@
 //! Besides the text and binary formats, the event sockets accept OpenSIPS `event_datagram`
 //! notifications unchanged ([`Pipeline::process`] tells them apart by their first byte), and
 //! [`HepIngest`] runs a HEPv3 collector on a socket of its own ([`hep`]).
-//! [`write_opensips_metrics`] and [`HepSnapshot::write_metrics`] render their counters as
-//! Prometheus lines.
+//! Counters are plain structs ([`StatsSnapshot`], [`HepSnapshot`]) with their label names
+//! beside them ([`stats::OPENSIPS_RESULTS`], [`HepResult::LABELS`], …); the agent renders
+//! them as Prometheus text.
 //!
 //! What it deliberately lacks: any policy. Usage rules live in `tollgate-usage`, the decoders
 //! in `tollgate-events`, admission decisions behind the [`Admission`] trait.
 
-mod exposition;
 pub mod hep;
 pub mod journal;
 mod pipeline;
@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use exposition::{write_opensips_metrics, write_refused_metrics};
 pub use hep::{
     HepConfig, HepHandle, HepIngest, HepResult, HepSnapshot, TrackerConfig, TrackerCounters,
 };

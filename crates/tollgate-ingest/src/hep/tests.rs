@@ -6,6 +6,7 @@ use tollgate_usage::{FingerprintKey, SequenceTracker, Tables, TablesConfig, Usag
 
 use super::*;
 use crate::AdmitAll;
+use crate::stats::EventOutcome;
 
 struct Harness {
     tables: Arc<Tables>,
@@ -234,12 +235,14 @@ fn bad_packets_are_counted_by_reason_and_dropped() {
         ]
     );
     assert_eq!(h.tables.usage().calls, 1, "only the keyed 200 counts");
-    let mut text = String::new();
-    snap.write_metrics(&mut text);
-    assert!(text.contains("tollgate_hep_packets_total{result=\"auth_failed\"} 2\n"));
-    assert!(text.contains("tollgate_hep_tracker_total{counter=\"calls_started\"} 1\n"));
-    assert!(text.contains("tollgate_hep_tracker_entries{table=\"dialogs\"} 1\n"));
-    assert!(text.contains("tollgate_hep_events_total{verb=\"call-start\"} 1\n"));
+    // What the agent renders as tollgate_hep_{packets,tracker,tracker_entries,events}_*.
+    assert_eq!(snap.packets("auth_failed"), 2);
+    assert_eq!(snap.tracker.calls_started, 1);
+    assert_eq!(snap.dialogs, 1);
+    assert_eq!(
+        snap.ingest.totals.events[tollgate_events::Verb::CallStart as usize],
+        1
+    );
 }
 
 #[test]
