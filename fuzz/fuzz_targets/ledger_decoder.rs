@@ -18,7 +18,11 @@ fuzz_target!(|data: &[u8]| {
     for entry in &entries {
         again.extend_from_slice(&entry.encode());
     }
-    assert_eq!(again.as_slice(), &data[..end], "decoded frames re-encode to their bytes");
+    assert_eq!(
+        again.as_slice(),
+        &data[..end],
+        "decoded frames re-encode to their bytes"
+    );
 
     let _ = verify(data, None, false);
     let _ = verify(data, None, true);

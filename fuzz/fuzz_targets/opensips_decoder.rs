@@ -8,9 +8,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use tollgate_events::MonoTime;
 use tollgate_opensips::{decode, looks_like_json};
 use tollgate_sip::OwnedEvent;
-use tollgate_events::MonoTime;
 
 fuzz_target!(|data: &[u8]| {
     let decoded = decode(data, MonoTime::from_unix_secs(1_700_000_000));

@@ -14,11 +14,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use tollgate_events::MonoTime;
 use tollgate_sip::message::{Contact, Method, StartLine};
 use tollgate_sip::{
     CONTACT_COUNT_MAX, HEADER_COUNT_MAX, MirrorTracker, SipMessage, TrackerConfig, uri,
 };
-use tollgate_events::MonoTime;
 
 fn within(whole: &[u8], part: &[u8]) -> bool {
     let start = whole.as_ptr() as usize;

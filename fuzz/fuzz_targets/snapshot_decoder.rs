@@ -7,13 +7,16 @@
 //!   contacts equal what restore reports, never more than the snapshot holds, emergency
 //!   calls never more than calls (a count gone "negative" would wrap to a huge value).
 //!
-//! The input is tried twice: as a whole file (exercising the header checks), and as a body
-//! framed with a valid header (so the fuzzer reaches postcard without forging a blake3 hash).
+//! The input is tried three times: as a whole file (exercising the header checks), as a
+//! version-2 body framed with a valid header, and as version-3 frames wrapped in a valid
+//! header and trailer (so the fuzzer reaches postcard without forging a blake3 hash). The
+//! streaming restore (`Tables::restore_bytes`) of the framed input either fails and changes
+//! nothing, or restores what `decode` decodes.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate_usage::snapshot::{decode, encode, frame_body};
+use tollgate_usage::snapshot::{decode, encode, frame_body, frame_frames};
 use tollgate_usage::{FingerprintKey, Snapshot, Tables, TablesConfig};
 
 fuzz_target!(|data: &[u8]| {
@@ -21,6 +24,26 @@ fuzz_target!(|data: &[u8]| {
         check(snapshot);
     }
     if let Ok(snapshot) = decode(&frame_body(data)) {
+        check(snapshot);
+    }
+    let framed = frame_frames(data);
+    let decoded = decode(&framed);
+    let tables = Tables::new(TablesConfig::default(), FingerprintKey([0; 32]));
+    let restored = tables.restore_bytes(&framed);
+    match &decoded {
+        Ok(snapshot) if snapshot.fingerprint_key_id == tables.fingerprint_key_id() => {
+            assert!(restored.is_ok(), "decodes but does not restore");
+        }
+        _ => {
+            assert!(restored.is_err());
+            assert_eq!(
+                tables.usage(),
+                Default::default(),
+                "a refused file changed nothing"
+            );
+        }
+    }
+    if let Ok(snapshot) = decoded {
         check(snapshot);
     }
 });

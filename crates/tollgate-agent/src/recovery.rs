@@ -65,12 +65,8 @@ pub fn recover(
     let mut replay_from = None;
     match state_dir.read_snapshot() {
         Ok(Some(bytes)) => {
-            let restored = tollgate_usage::decode_snapshot(&bytes).and_then(|snapshot| {
-                // As of the time it was taken: the journal replays what came after.
-                let r = tables.restore(snapshot.taken_at, &snapshot)?;
-                Ok((r, snapshot))
-            });
-            match restored {
+            // As of the time it was taken: the journal replays what came after.
+            match tables.restore_bytes(&bytes) {
                 Ok((r, snapshot)) => {
                     recovery.snapshot_calls = r.calls;
                     recovery.snapshot_contacts = r.contacts;
@@ -276,11 +272,11 @@ pub fn checkpoint(
         None => segment,
     };
     let now = tables_clock();
-    let mut snapshot = tables.snapshot(now);
-    snapshot.wall_at = wall_clock();
-    snapshot.journal_segment = segment;
-    let bytes = tollgate_usage::encode_snapshot(&snapshot);
-    state_dir.write_snapshot(&bytes)?;
+    let len = state_dir.write_snapshot_with(|w| {
+        tables
+            .write_snapshot(now, wall_clock(), segment, w)
+            .map(|(_, len)| len)
+    })?;
     tollgate_ingest::journal::remove_segments_before(&state_dir.path().join(JOURNAL_DIR), segment);
-    Ok(bytes.len())
+    Ok(len as usize)
 }

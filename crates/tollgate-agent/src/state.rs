@@ -129,6 +129,20 @@ impl StateDir {
         write_atomically(&self.path.join(SNAPSHOT_FILE), bytes, 0o600)
     }
 
+    /// Replaces the snapshot atomically with what `fill` streams (a snapshot of millions of
+    /// entries is never built in memory); returns what `fill` returned.
+    pub fn write_snapshot_with<T>(
+        &self,
+        fill: impl FnOnce(&mut dyn io::Write) -> io::Result<T>,
+    ) -> Result<T, StateError> {
+        let mut result = None;
+        tollgate_durable::write_with(&self.path.join(SNAPSHOT_FILE), 0o600, |w| {
+            result = Some(fill(w)?);
+            Ok(())
+        })?;
+        Ok(result.expect("fill ran and succeeded"))
+    }
+
     /// The snapshot's bytes, or `None` when there is none yet.
     pub fn read_snapshot(&self) -> Result<Option<Vec<u8>>, StateError> {
         let path = self.path.join(SNAPSHOT_FILE);

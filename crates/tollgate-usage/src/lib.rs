@@ -63,8 +63,8 @@ pub use reconcile::{Corrections, ProxyList, Run, Scope, TOUCHED_PER_SHARD_MAX};
 pub use registrations::CONTACTS_PER_AOR_LIMIT;
 pub use sequence::{SEQ_SENDERS_MAX, SEQ_WINDOW_LEN, SeqVerdict, SequenceTracker};
 pub use snapshot::{
-    AorRecord, CallRecord, ContactRecord, Restored, Snapshot, SnapshotError, TombstoneRecord,
-    decode as decode_snapshot, encode as encode_snapshot,
+    AorRecord, CallRecord, ContactRecord, Frame, Restored, Snapshot, SnapshotError, SnapshotMeta,
+    SnapshotWriter, TombstoneRecord, decode as decode_snapshot, encode as encode_snapshot,
 };
 pub use sync::{CompleteList, SyncLists, SyncResult};
 
@@ -389,73 +389,132 @@ impl Tables {
         usage
     }
 
-    /// Copies the live contents, shard by shard (one lock at a time).
-    pub fn snapshot(&self, now: MonoTime) -> Snapshot {
-        let now_s = now.unix_secs_u32();
-        let usage = self.usage();
-        let mut calls = Vec::with_capacity(usage.calls as usize);
-        let mut tombstones = Vec::new();
-        for shard in self.calls.shards.iter() {
-            let state = shard.state.lock();
-            tombstones.extend(
-                state
-                    .map
-                    .iter()
-                    .filter(|(_, e)| e.is_tombstone() && e.deadline_s() > now_s)
-                    .map(|(fp, e)| TombstoneRecord {
-                        fingerprint: fp.to_bytes(),
-                        deadline_s: e.deadline_s(),
-                    }),
-            );
-            calls.extend(
-                state
-                    .map
-                    .iter()
-                    .filter(|(_, e)| !e.is_tombstone())
-                    .filter_map(|(fp, e)| {
-                        (e.deadline_s() > now_s).then_some(CallRecord {
-                            fingerprint: fp.to_bytes(),
-                            deadline_s: e.deadline_s(),
-                            started_s: e.started_s(now_s),
-                            emergency: e.is_emergency(),
-                        })
-                    }),
-            );
-        }
-        let mut registrations = Vec::with_capacity(usage.registered_subscribers as usize);
-        for shard in self.registrations.shards.iter() {
-            let map = shard.map.lock();
-            registrations.extend(map.iter().filter_map(|(fp, aor)| {
-                let contacts: Vec<ContactRecord> = aor
-                    .bindings()
-                    .filter(|b| b.expires_s > now_s)
-                    .map(|b| ContactRecord {
-                        contact_hash: b.contact_hash(),
-                        expires_s: b.expires_s,
-                    })
-                    .collect();
-                (!contacts.is_empty()).then_some(AorRecord {
+    /// Appends call shard `index`'s live calls and tombstones as of `now_s`.
+    fn collect_calls_shard(
+        &self,
+        index: usize,
+        now_s: u32,
+        calls: &mut Vec<CallRecord>,
+        tombstones: &mut Vec<TombstoneRecord>,
+    ) {
+        let state = self.calls.shards[index].state.lock();
+        for (fp, e) in state.map.iter() {
+            if e.deadline_s() <= now_s {
+                continue;
+            }
+            if e.is_tombstone() {
+                tombstones.push(TombstoneRecord {
                     fingerprint: fp.to_bytes(),
-                    contacts,
-                })
-            }));
+                    deadline_s: e.deadline_s(),
+                });
+            } else {
+                calls.push(CallRecord {
+                    fingerprint: fp.to_bytes(),
+                    deadline_s: e.deadline_s(),
+                    started_s: e.started_s(now_s),
+                    emergency: e.is_emergency(),
+                });
+            }
         }
+    }
+
+    /// Appends registration shard `index`'s AoRs with live contacts as of `now_s`.
+    fn collect_registrations_shard(&self, index: usize, now_s: u32, aors: &mut Vec<AorRecord>) {
+        let map = self.registrations.shards[index].map.lock();
+        aors.extend(map.iter().filter_map(|(fp, aor)| {
+            let contacts: Vec<ContactRecord> = aor
+                .bindings()
+                .filter(|b| b.expires_s > now_s)
+                .map(|b| ContactRecord {
+                    contact_hash: b.contact_hash(),
+                    expires_s: b.expires_s,
+                })
+                .collect();
+            (!contacts.is_empty()).then_some(AorRecord {
+                fingerprint: fp.to_bytes(),
+                contacts,
+            })
+        }));
+    }
+
+    fn snapshot_meta(&self, now: MonoTime) -> SnapshotMeta {
         let usage = self.usage();
-        let snapshot = Snapshot {
+        SnapshotMeta {
             taken_at: now,
             fingerprint_key_id: self.fingerprint_key_id,
-            calls,
-            registrations,
             subscribers: usage.subscribers,
             subscribers_reported_at: usage.subscribers_reported_at,
             peaks: self.peaks.minutes(now),
             // The tables clock is anchored at Unix time; the agent sets the real wall clock.
             wall_at: WallTime::from_unix_ms(now.unix_ms()),
             journal_segment: 0,
+        }
+    }
+
+    /// Copies the live contents into memory, shard by shard (one lock at a time). For tests
+    /// and tools: the agent streams with [`Tables::write_snapshot`] instead.
+    pub fn snapshot(&self, now: MonoTime) -> Snapshot {
+        let now_s = now.unix_secs_u32();
+        let usage = self.usage();
+        let mut calls = Vec::with_capacity(usage.calls as usize);
+        let mut tombstones = Vec::new();
+        for index in 0..self.calls.shards.len() {
+            self.collect_calls_shard(index, now_s, &mut calls, &mut tombstones);
+        }
+        let mut registrations = Vec::with_capacity(usage.registered_subscribers as usize);
+        for index in 0..self.registrations.shards.len() {
+            self.collect_registrations_shard(index, now_s, &mut registrations);
+        }
+        let meta = self.snapshot_meta(now);
+        let snapshot = Snapshot {
+            taken_at: meta.taken_at,
+            fingerprint_key_id: meta.fingerprint_key_id,
+            calls,
+            registrations,
+            subscribers: meta.subscribers,
+            subscribers_reported_at: meta.subscribers_reported_at,
+            peaks: meta.peaks,
+            wall_at: meta.wall_at,
+            journal_segment: meta.journal_segment,
             tombstones,
         };
         debug_assert!(snapshot.validate().is_ok());
         snapshot
+    }
+
+    /// Writes a snapshot as of `now` to `out`, streaming: one shard's entries are copied
+    /// (under that shard's lock only), written as frames, and the buffer reused for the
+    /// next shard, so memory beyond the tables is one shard's entries whatever the table
+    /// size. `wall_at` is the wall clock at `now`, `journal_segment` the first journal
+    /// segment the snapshot does not contain. Returns the bytes written and the counts.
+    pub fn write_snapshot<W: std::io::Write>(
+        &self,
+        now: MonoTime,
+        wall_at: WallTime,
+        journal_segment: u64,
+        out: W,
+    ) -> std::io::Result<(W, u64)> {
+        let now_s = now.unix_secs_u32();
+        let mut meta = self.snapshot_meta(now);
+        meta.wall_at = wall_at;
+        meta.journal_segment = journal_segment;
+        let mut w = SnapshotWriter::new(out, &meta)?;
+        let (mut calls, mut tombstones) = (Vec::new(), Vec::new());
+        for index in 0..self.calls.shards.len() {
+            calls.clear();
+            tombstones.clear();
+            self.collect_calls_shard(index, now_s, &mut calls, &mut tombstones);
+            w.calls(&calls)?;
+            w.tombstones(&tombstones)?;
+        }
+        drop((calls, tombstones));
+        let mut aors = Vec::new();
+        for index in 0..self.registrations.shards.len() {
+            aors.clear();
+            self.collect_registrations_shard(index, now_s, &mut aors);
+            w.registrations(&aors)?;
+        }
+        w.finish()
     }
 
     /// Puts a snapshot's entries back, dropping those expired by `now`. Meant for empty
@@ -469,7 +528,72 @@ impl Tables {
         snapshot.validate()?;
         let now_s = now.unix_secs_u32();
         let mut restored = Restored::default();
-        for call in &snapshot.calls {
+        self.restore_calls(now_s, &snapshot.calls, &mut restored);
+        self.restore_tombstones(now_s, &snapshot.tombstones);
+        self.restore_registrations(now_s, &snapshot.registrations, &mut restored);
+        self.restore_meta(
+            now,
+            snapshot.subscribers,
+            snapshot.subscribers_reported_at,
+            &snapshot.peaks,
+        );
+        Ok(restored)
+    }
+
+    /// Restores snapshot bytes (any format version) as of the time the snapshot was taken,
+    /// streaming: a version-3 file is checked whole first (hash, every frame, the end
+    /// counts) and only then restored frame by frame, so a bad file changes nothing and no
+    /// second copy of the entries is built. Returns what was restored and the snapshot's
+    /// meta.
+    pub fn restore_bytes(&self, bytes: &[u8]) -> Result<(Restored, SnapshotMeta), SnapshotError> {
+        let (meta, frames) = match snapshot::open(bytes)? {
+            snapshot::Opened::Whole(s) => {
+                let restored = self.restore(s.taken_at, &s)?;
+                let meta = SnapshotMeta {
+                    taken_at: s.taken_at,
+                    fingerprint_key_id: s.fingerprint_key_id,
+                    subscribers: s.subscribers,
+                    subscribers_reported_at: s.subscribers_reported_at,
+                    peaks: s.peaks,
+                    wall_at: s.wall_at,
+                    journal_segment: s.journal_segment,
+                };
+                return Ok((restored, meta));
+            }
+            snapshot::Opened::Frames(meta, frames) => (meta, frames),
+        };
+        if meta.fingerprint_key_id != self.fingerprint_key_id {
+            return Err(SnapshotError::KeyMismatch);
+        }
+        // Check every frame before the first change.
+        let mut check = snapshot::open(bytes)?;
+        if let snapshot::Opened::Frames(_, ref mut all) = check {
+            for frame in all {
+                frame?;
+            }
+        }
+        let now = meta.taken_at;
+        let now_s = now.unix_secs_u32();
+        let mut restored = Restored::default();
+        for frame in frames {
+            match frame? {
+                Frame::Calls(v) => self.restore_calls(now_s, &v, &mut restored),
+                Frame::Tombstones(v) => self.restore_tombstones(now_s, &v),
+                Frame::Registrations(v) => self.restore_registrations(now_s, &v, &mut restored),
+                Frame::Meta(_) | Frame::End(_) => {}
+            }
+        }
+        self.restore_meta(
+            now,
+            meta.subscribers,
+            meta.subscribers_reported_at,
+            &meta.peaks,
+        );
+        Ok((restored, meta))
+    }
+
+    fn restore_calls(&self, now_s: u32, calls: &[CallRecord], restored: &mut Restored) {
+        for call in calls {
             if call.deadline_s <= now_s {
                 restored.dropped_expired += 1;
                 continue;
@@ -485,14 +609,20 @@ impl Tables {
                 Restore::Full => restored.dropped_full += 1,
             }
         }
-        for t in &snapshot.tombstones {
+    }
+
+    fn restore_tombstones(&self, now_s: u32, tombstones: &[TombstoneRecord]) {
+        for t in tombstones {
             if t.deadline_s > now_s {
                 self.calls
                     .restore_tombstone(Fingerprint::from_bytes(t.fingerprint), t.deadline_s);
             }
         }
+    }
+
+    fn restore_registrations(&self, now_s: u32, aors: &[AorRecord], restored: &mut Restored) {
         let mut live = Vec::new();
-        for aor in &snapshot.registrations {
+        for aor in aors {
             live.clear();
             live.extend(
                 aor.contacts
@@ -509,16 +639,24 @@ impl Tables {
                 restored.dropped_full += live.len() as u64;
             }
         }
+    }
+
+    fn restore_meta(
+        &self,
+        now: MonoTime,
+        subscribers: u64,
+        subscribers_reported_at: Option<MonoTime>,
+        peaks: &[MinutePeak],
+    ) {
         let current = self.usage();
-        if let Some(reported_at) = snapshot.subscribers_reported_at
+        if let Some(reported_at) = subscribers_reported_at
             && current
                 .subscribers_reported_at
                 .is_none_or(|at| at < reported_at)
         {
-            self.set_subscribers(reported_at, snapshot.subscribers);
+            self.set_subscribers(reported_at, subscribers);
         }
-        self.peaks.merge_minutes(now, &snapshot.peaks);
-        Ok(restored)
+        self.peaks.merge_minutes(now, peaks);
     }
 
     #[cfg(test)]

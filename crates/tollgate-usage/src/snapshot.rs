@@ -1,34 +1,63 @@
 //! Snapshots of the tables, so a restarted agent keeps its counts.
 //!
-//! [`crate::Tables::snapshot`] copies the live entries shard by shard (one lock at a time,
-//! so ingest goes on; the result is therefore not an atomic cut across shards, only per
-//! shard). [`encode`] / [`decode`] turn a [`Snapshot`] into bytes and back; the agent writes
-//! them with temp file + fsync + rename (no file IO here). [`crate::Tables::restore`] puts
-//! the entries back, dropping what expired in the meantime.
+//! A snapshot is written **streaming, shard by shard**: [`crate::Tables::write_snapshot`]
+//! copies one shard's live entries (under that shard's lock only, so ingest goes on), writes
+//! them as a frame and moves on. The tables are never copied whole: memory beyond the tables
+//! is one shard's entries. The result is therefore not an atomic cut across shards, only per
+//! shard; the journal makes up for that (see the agent's recovery). Reading is streaming too:
+//! [`crate::Tables::restore_bytes`] checks the whole file's hash and structure first, then
+//! restores frame by frame. [`encode`] / [`decode`] turn a whole [`Snapshot`] into bytes and
+//! back (tests, tools, the fuzz target); the agent writes through the durable-write module
+//! (no file IO here).
 //!
-//! Format version 2 added the wall-clock anchor (`wall_at`), the journal segment the snapshot
-//! stops at (`journal_segment`, see [`crate::journal`]) and tombstones; version 1 snapshots
-//! still decode (with no anchor, no journal and no tombstones).
+//! Format version 3 (written now):
 //!
 //! ```text
 //! offset  size  field
 //!      0     6  magic "TGSNAP"
-//!      6     2  format version, u16 LE (SNAPSHOT_FORMAT_VERSION)
+//!      6     2  format version, u16 LE (SNAPSHOT_FORMAT_VERSION = 3)
+//!      8     …  frames, each a postcard-encoded `Frame`:
+//!                 Meta (exactly one, first), then any number of Calls / Tombstones /
+//!                 Registrations frames of at most FRAME_ENTRIES_MAX entries each, then
+//!                 End { calls, tombstones, aors, contacts } (the counts must add up)
+//!   len−48     6  end magic "TGSEND"
+//!   len−42     2  zero
+//!   len−40     8  bytes before the trailer (= len − 48), u64 LE
+//!   len−32    32  blake3 hash of every byte before the trailer
+//! ```
+//!
+//! The hash and length sit in a trailer because the writer does not know them until the
+//! last shard is written. A cut file has no trailer ([`SnapshotError::Unterminated`]).
+//! New frame kinds are added as new `Frame` variants at the end (postcard numbers variants
+//! in order), with a new format version so older readers refuse what they cannot restore.
+//!
+//! Versions 1 and 2 (one postcard body after a header with its length and hash) still
+//! decode. Version 2 added the wall-clock anchor (`wall_at`), the journal segment the
+//! snapshot stops at (`journal_segment`, see [`crate::journal`]) and tombstones; version 1
+//! has no anchor, no journal and no tombstones.
+//!
+//! ```text
+//! version 1 and 2
+//! offset  size  field
+//!      0     6  magic "TGSNAP"
+//!      6     2  format version, u16 LE
 //!      8     8  body length in bytes, u64 LE
 //!     16    32  blake3 hash of the body
 //!     48     …  body: postcard encoding of `Snapshot`
 //! ```
 //!
-//! **Hostile input.** Decoding never panics. The body length must match the input exactly
-//! and the hash must match before postcard sees a byte. postcard reads a length prefix before
-//! each `Vec`, but serde pre-allocates at most 1 MiB per `Vec` from a prefix and then grows
-//! only as elements actually decode (each element takes input bytes), so memory stays
-//! proportional to the input. After decoding, [`Snapshot::validate`] checks the structural
-//! limits (contacts per AoR, minute count); [`encode`] asserts the same (assertions in pairs).
+//! **Hostile input.** Decoding never panics. The length and hash must match before postcard
+//! sees a byte. postcard reads a length prefix before each `Vec`, but serde pre-allocates at
+//! most 1 MiB per `Vec` from a prefix and then grows only as elements actually decode (each
+//! element takes input bytes), so memory stays proportional to the input. Every frame is
+//! checked against the structural limits (entries per frame, contacts per AoR, minute count);
+//! the writer asserts the same (assertions in pairs).
 //!
 //! Fingerprints are stored, not Call-IDs: a snapshot is only meaningful with the key it was
 //! taken with, so it carries [`crate::FingerprintKey::id`] and restore refuses another key.
 //! The format version also pins the fingerprint algorithm.
+
+use std::io::{self, Write};
 
 use serde::{Deserialize, Serialize};
 
@@ -38,10 +67,18 @@ use crate::{MonoTime, WallTime};
 
 /// First bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 6] = *b"TGSNAP";
-/// The format [`encode`] writes and [`decode`] reads.
-pub const SNAPSHOT_FORMAT_VERSION: u16 = 2;
-/// Header length: magic, version, body length, body hash.
+/// The format [`encode`] and [`SnapshotWriter`] write; [`decode`] also reads 1 and 2.
+pub const SNAPSHOT_FORMAT_VERSION: u16 = 3;
+/// Header length of versions 1 and 2: magic, version, body length, body hash.
 pub const SNAPSHOT_HEADER_LEN: usize = 6 + 2 + 8 + 32;
+/// Header length of version 3: magic, version.
+pub const SNAPSHOT_V3_HEADER_LEN: usize = 6 + 2;
+/// First bytes of a version-3 trailer.
+pub const SNAPSHOT_END_MAGIC: [u8; 6] = *b"TGSEND";
+/// Version-3 trailer length: end magic, zero, length, hash.
+pub const SNAPSHOT_TRAILER_LEN: usize = 6 + 2 + 8 + 32;
+/// Most entries in one frame (the writer splits larger shards).
+pub const FRAME_ENTRIES_MAX: usize = 65_536;
 
 /// The tables' contents at one time.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -153,6 +190,8 @@ pub enum SnapshotError {
     Truncated { expected_len: u64, actual_len: u64 },
     #[error("snapshot has {0} bytes after its body")]
     TrailingBytes(u64),
+    #[error("snapshot has no valid end marker ({actual_len} bytes): cut short or appended to")]
+    Unterminated { actual_len: u64 },
     #[error("snapshot checksum mismatch")]
     ChecksumMismatch,
     #[error("snapshot body does not decode: {0}")]
@@ -169,17 +208,7 @@ impl Snapshot {
         if self.peaks.len() > MINUTE_SLOT_COUNT {
             return Err(SnapshotError::Invalid("more minute peaks than a day has"));
         }
-        if self.registrations.iter().any(|aor| aor.contacts.is_empty()) {
-            return Err(SnapshotError::Invalid("an AoR without contacts"));
-        }
-        if self
-            .registrations
-            .iter()
-            .any(|aor| aor.contacts.len() > CONTACTS_PER_AOR_LIMIT)
-        {
-            return Err(SnapshotError::Invalid("an AoR with too many contacts"));
-        }
-        Ok(())
+        validate_aors(&self.registrations)
     }
 
     /// Number of registered contacts in the snapshot.
@@ -196,23 +225,223 @@ impl Snapshot {
     }
 }
 
-/// Encodes a snapshot: header then postcard body (module doc).
+/// Everything in a snapshot but its entries: the first frame of a version-3 file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub taken_at: MonoTime,
+    pub fingerprint_key_id: u64,
+    pub subscribers: u64,
+    pub subscribers_reported_at: Option<MonoTime>,
+    pub peaks: Vec<MinutePeak>,
+    pub wall_at: WallTime,
+    pub journal_segment: u64,
+}
+
+/// The counts in the `End` frame: what the frames before it must add up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FrameCounts {
+    pub calls: u64,
+    pub tombstones: u64,
+    pub aors: u64,
+    pub contacts: u64,
+}
+
+/// One frame of a version-3 snapshot, as read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    Meta(SnapshotMeta),
+    Calls(Vec<CallRecord>),
+    Tombstones(Vec<TombstoneRecord>),
+    Registrations(Vec<AorRecord>),
+    End(FrameCounts),
+}
+
+/// [`Frame`] as written: the same variants in the same order, borrowing the entries.
+#[derive(Serialize)]
+enum FrameOut<'a> {
+    Meta(&'a SnapshotMeta),
+    Calls(&'a [CallRecord]),
+    Tombstones(&'a [TombstoneRecord]),
+    Registrations(&'a [AorRecord]),
+    End(FrameCounts),
+}
+
+impl SnapshotMeta {
+    fn validate(&self) -> Result<(), SnapshotError> {
+        if self.peaks.len() > MINUTE_SLOT_COUNT {
+            return Err(SnapshotError::Invalid("more minute peaks than a day has"));
+        }
+        Ok(())
+    }
+}
+
+fn validate_aors(aors: &[AorRecord]) -> Result<(), SnapshotError> {
+    if aors.iter().any(|aor| aor.contacts.is_empty()) {
+        return Err(SnapshotError::Invalid("an AoR without contacts"));
+    }
+    if aors
+        .iter()
+        .any(|aor| aor.contacts.len() > CONTACTS_PER_AOR_LIMIT)
+    {
+        return Err(SnapshotError::Invalid("an AoR with too many contacts"));
+    }
+    Ok(())
+}
+
+/// Counts bytes and hashes them on their way to `W`.
+struct Hashing<W> {
+    out: W,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Writes a version-3 snapshot frame by frame (module doc): [`new`](Self::new) with the
+/// meta, then entries in any order and any number of calls, then [`finish`](Self::finish).
+pub struct SnapshotWriter<W: Write> {
+    out: Hashing<W>,
+    counts: FrameCounts,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> SnapshotWriter<W> {
+    /// Writes the header and the meta frame.
+    ///
+    /// Panics if `meta` holds more minute peaks than a day has (a bug: the peaks table
+    /// cannot).
+    pub fn new(out: W, meta: &SnapshotMeta) -> io::Result<Self> {
+        assert!(meta.validate().is_ok(), "snapshot meta breaks its limits");
+        let mut w = SnapshotWriter {
+            out: Hashing {
+                out,
+                hasher: blake3::Hasher::new(),
+                len: 0,
+            },
+            counts: FrameCounts::default(),
+            buf: Vec::new(),
+        };
+        w.out.write_all(&SNAPSHOT_MAGIC)?;
+        w.out.write_all(&SNAPSHOT_FORMAT_VERSION.to_le_bytes())?;
+        w.frame(&FrameOut::Meta(meta))?;
+        Ok(w)
+    }
+
+    fn frame(&mut self, frame: &FrameOut<'_>) -> io::Result<()> {
+        self.buf.clear();
+        let buf = std::mem::take(&mut self.buf);
+        self.buf = postcard::to_extend(frame, buf).map_err(io::Error::other)?;
+        self.out.write_all(&self.buf)
+    }
+
+    pub fn calls(&mut self, calls: &[CallRecord]) -> io::Result<()> {
+        for chunk in calls.chunks(FRAME_ENTRIES_MAX) {
+            self.frame(&FrameOut::Calls(chunk))?;
+            self.counts.calls += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    pub fn tombstones(&mut self, tombstones: &[TombstoneRecord]) -> io::Result<()> {
+        for chunk in tombstones.chunks(FRAME_ENTRIES_MAX) {
+            self.frame(&FrameOut::Tombstones(chunk))?;
+            self.counts.tombstones += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Panics if an AoR has no contacts or more than [`CONTACTS_PER_AOR_LIMIT`] (a bug:
+    /// the registration table cannot).
+    pub fn registrations(&mut self, aors: &[AorRecord]) -> io::Result<()> {
+        assert!(
+            validate_aors(aors).is_ok(),
+            "snapshot AoRs break their limits"
+        );
+        for chunk in aors.chunks(FRAME_ENTRIES_MAX) {
+            self.frame(&FrameOut::Registrations(chunk))?;
+            self.counts.aors += chunk.len() as u64;
+            self.counts.contacts += chunk.iter().map(|a| a.contacts.len() as u64).sum::<u64>();
+        }
+        Ok(())
+    }
+
+    /// Writes the end frame and the trailer; returns the writer and the file's length.
+    pub fn finish(mut self) -> io::Result<(W, u64)> {
+        self.frame(&FrameOut::End(self.counts))?;
+        let Hashing {
+            mut out,
+            hasher,
+            len,
+        } = self.out;
+        let mut trailer = [0u8; SNAPSHOT_TRAILER_LEN];
+        trailer[..6].copy_from_slice(&SNAPSHOT_END_MAGIC);
+        trailer[8..16].copy_from_slice(&len.to_le_bytes());
+        trailer[16..48].copy_from_slice(hasher.finalize().as_bytes());
+        out.write_all(&trailer)?;
+        out.flush()?;
+        Ok((out, len + SNAPSHOT_TRAILER_LEN as u64))
+    }
+}
+
+/// Encodes a whole snapshot in the current format (module doc).
 ///
 /// Panics if the snapshot breaks [`Snapshot::validate`]: only [`crate::Tables::snapshot`]
 /// and [`decode`] make snapshots, and both uphold it.
 pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
     assert!(snapshot.validate().is_ok(), "encoding an invalid snapshot");
-    let body = postcard::to_stdvec(snapshot).expect("postcard cannot fail on a Vec writer");
-    frame_body(&body)
+    let meta = SnapshotMeta {
+        taken_at: snapshot.taken_at,
+        fingerprint_key_id: snapshot.fingerprint_key_id,
+        subscribers: snapshot.subscribers,
+        subscribers_reported_at: snapshot.subscribers_reported_at,
+        peaks: snapshot.peaks.clone(),
+        wall_at: snapshot.wall_at,
+        journal_segment: snapshot.journal_segment,
+    };
+    let written = (|| {
+        let mut w = SnapshotWriter::new(Vec::new(), &meta)?;
+        w.calls(&snapshot.calls)?;
+        w.tombstones(&snapshot.tombstones)?;
+        w.registrations(&snapshot.registrations)?;
+        w.finish()
+    })();
+    written.expect("writing to a Vec cannot fail").0
 }
 
-/// Puts the header (magic, version, length, hash) in front of a body. [`encode`] uses it;
-/// tests and the fuzz target use it to feed arbitrary bodies past the checksum.
+/// Wraps arbitrary frame bytes in a valid version-3 header and trailer, as a hostile writer
+/// would: tests and the fuzz target use it to reach the frame decoder past the hash.
+pub fn frame_frames(frames: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SNAPSHOT_V3_HEADER_LEN + frames.len() + SNAPSHOT_TRAILER_LEN);
+    out.extend_from_slice(&SNAPSHOT_MAGIC);
+    out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(frames);
+    let hash = blake3::hash(&out);
+    let len = out.len() as u64;
+    out.extend_from_slice(&SNAPSHOT_END_MAGIC);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(hash.as_bytes());
+    out
+}
+
+/// Puts a version-2 header (magic, version, length, hash) in front of a body: tests and the
+/// fuzz target use it to feed arbitrary bodies past the checksum.
 pub fn frame_body(body: &[u8]) -> Vec<u8> {
-    frame_body_version(body, SNAPSHOT_FORMAT_VERSION)
+    frame_body_version(body, 2)
 }
 
-/// [`frame_body`] with an explicit format version (tests of older versions).
+/// [`frame_body`] with an explicit format version (1 or 2).
 pub fn frame_body_version(body: &[u8], version: u16) -> Vec<u8> {
     let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + body.len());
     out.extend_from_slice(&SNAPSHOT_MAGIC);
@@ -224,24 +453,181 @@ pub fn frame_body_version(body: &[u8], version: u16) -> Vec<u8> {
     out
 }
 
-/// Decodes bytes made by [`encode`]. Never panics; see the module doc on hostile input.
-pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+/// A snapshot file opened for reading (after the header and hash checks).
+pub enum Opened<'a> {
+    /// Versions 1 and 2: one body, decoded whole.
+    Whole(Snapshot),
+    /// Version 3: the meta and the entry frames after it.
+    Frames(SnapshotMeta, Frames<'a>),
+}
+
+/// The entry frames of a version-3 snapshot (Calls, Tombstones, Registrations), checked one
+/// by one; the end frame's counts are checked when it is reached. Yields an error (once)
+/// and stops at the first bad frame.
+pub struct Frames<'a> {
+    rest: &'a [u8],
+    counts: FrameCounts,
+    done: bool,
+}
+
+impl Iterator for Frames<'_> {
+    type Item = Result<Frame, SnapshotError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let result = self.step();
+        if !matches!(result, Some(Ok(_))) {
+            self.done = true;
+        }
+        result
+    }
+}
+
+impl Frames<'_> {
+    fn step(&mut self) -> Option<Result<Frame, SnapshotError>> {
+        if self.rest.is_empty() {
+            return Some(Err(SnapshotError::Invalid("no end frame")));
+        }
+        let (frame, rest) = match postcard::take_from_bytes::<Frame>(self.rest) {
+            Ok(x) => x,
+            Err(e) => return Some(Err(e.into())),
+        };
+        self.rest = rest;
+        let c = &mut self.counts;
+        let len = match &frame {
+            Frame::Meta(_) => return Some(Err(SnapshotError::Invalid("a second meta frame"))),
+            Frame::End(end) => {
+                if *end != *c {
+                    return Some(Err(SnapshotError::Invalid(
+                        "the end frame's counts do not add up",
+                    )));
+                }
+                if !self.rest.is_empty() {
+                    return Some(Err(SnapshotError::Invalid("frames after the end frame")));
+                }
+                return None;
+            }
+            Frame::Calls(v) => {
+                c.calls += v.len() as u64;
+                v.len()
+            }
+            Frame::Tombstones(v) => {
+                c.tombstones += v.len() as u64;
+                v.len()
+            }
+            Frame::Registrations(v) => {
+                if let Err(e) = validate_aors(v) {
+                    return Some(Err(e));
+                }
+                c.aors += v.len() as u64;
+                c.contacts += v.iter().map(|a| a.contacts.len() as u64).sum::<u64>();
+                v.len()
+            }
+        };
+        if len > FRAME_ENTRIES_MAX {
+            return Some(Err(SnapshotError::Invalid("a frame with too many entries")));
+        }
+        Some(Ok(frame))
+    }
+}
+
+/// Checks the header, length and hash, and opens the body. Never panics.
+pub fn open(bytes: &[u8]) -> Result<Opened<'_>, SnapshotError> {
     let magic_len = SNAPSHOT_MAGIC.len();
     let present = bytes.len().min(magic_len);
     if bytes[..present] != SNAPSHOT_MAGIC[..present] {
         return Err(SnapshotError::BadMagic);
     }
+    if bytes.len() < magic_len + 2 {
+        return Err(SnapshotError::Truncated {
+            expected_len: SNAPSHOT_V3_HEADER_LEN as u64,
+            actual_len: bytes.len() as u64,
+        });
+    }
+    let version = u16::from_le_bytes([bytes[6], bytes[7]]);
+    match version {
+        1 | 2 => decode_whole(bytes, version).map(Opened::Whole),
+        SNAPSHOT_FORMAT_VERSION => {
+            let unterminated = SnapshotError::Unterminated {
+                actual_len: bytes.len() as u64,
+            };
+            let Some(body_end) = bytes.len().checked_sub(SNAPSHOT_TRAILER_LEN) else {
+                return Err(unterminated);
+            };
+            if body_end < SNAPSHOT_V3_HEADER_LEN {
+                return Err(unterminated);
+            }
+            let (body, trailer) = bytes.split_at(body_end);
+            let mut len = [0u8; 8];
+            len.copy_from_slice(&trailer[8..16]);
+            if trailer[..6] != SNAPSHOT_END_MAGIC
+                || trailer[6..8] != [0, 0]
+                || u64::from_le_bytes(len) != body_end as u64
+            {
+                return Err(unterminated);
+            }
+            if blake3::hash(body).as_bytes() != &trailer[16..48] {
+                return Err(SnapshotError::ChecksumMismatch);
+            }
+            let frames = &body[SNAPSHOT_V3_HEADER_LEN..];
+            let (first, rest) = postcard::take_from_bytes::<Frame>(frames)?;
+            let Frame::Meta(meta) = first else {
+                return Err(SnapshotError::Invalid("the first frame is not the meta"));
+            };
+            meta.validate()?;
+            Ok(Opened::Frames(
+                meta,
+                Frames {
+                    rest,
+                    counts: FrameCounts::default(),
+                    done: false,
+                },
+            ))
+        }
+        other => Err(SnapshotError::UnsupportedVersion(other)),
+    }
+}
+
+/// Decodes bytes made by [`encode`] (or by an older version). Never panics; see the module
+/// doc on hostile input.
+pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+    match open(bytes)? {
+        Opened::Whole(snapshot) => Ok(snapshot),
+        Opened::Frames(meta, frames) => {
+            let mut s = Snapshot {
+                taken_at: meta.taken_at,
+                fingerprint_key_id: meta.fingerprint_key_id,
+                subscribers: meta.subscribers,
+                subscribers_reported_at: meta.subscribers_reported_at,
+                peaks: meta.peaks,
+                wall_at: meta.wall_at,
+                journal_segment: meta.journal_segment,
+                ..Snapshot::default()
+            };
+            for frame in frames {
+                match frame? {
+                    Frame::Calls(v) => s.calls.extend(v),
+                    Frame::Tombstones(v) => s.tombstones.extend(v),
+                    Frame::Registrations(v) => s.registrations.extend(v),
+                    Frame::Meta(_) | Frame::End(_) => {
+                        unreachable!("Frames yields entry frames only")
+                    }
+                }
+            }
+            debug_assert!(s.validate().is_ok());
+            Ok(s)
+        }
+    }
+}
+
+/// Versions 1 and 2: header with length and hash, then one postcard body.
+fn decode_whole(bytes: &[u8], version: u16) -> Result<Snapshot, SnapshotError> {
     let truncated = |expected_len: usize| SnapshotError::Truncated {
         expected_len: expected_len as u64,
         actual_len: bytes.len() as u64,
     };
-    if bytes.len() < magic_len + 2 {
-        return Err(truncated(SNAPSHOT_HEADER_LEN));
-    }
-    let version = u16::from_le_bytes([bytes[6], bytes[7]]);
-    if version != SNAPSHOT_FORMAT_VERSION && version != 1 {
-        return Err(SnapshotError::UnsupportedVersion(version));
-    }
     let Some((header, body)) = bytes.split_at_checked(SNAPSHOT_HEADER_LEN) else {
         return Err(truncated(SNAPSHOT_HEADER_LEN));
     };
@@ -375,12 +761,20 @@ mod tests {
     }
 
     #[test]
-    fn every_truncation_is_reported_as_truncated() {
+    fn every_truncation_is_reported_as_cut_short() {
         let bytes = encode(&sample());
         for len in 0..bytes.len() {
             match decode(&bytes[..len]) {
-                Err(SnapshotError::Truncated { .. }) => {}
+                Err(SnapshotError::Truncated { .. } | SnapshotError::Unterminated { .. }) => {}
                 other => panic!("length {len}: {other:?}"),
+            }
+        }
+        let v2 = frame_body(&postcard::to_stdvec(&sample()).unwrap());
+        assert_eq!(decode(&v2).ok(), Some(sample()));
+        for len in 0..v2.len() {
+            match decode(&v2[..len]) {
+                Err(SnapshotError::Truncated { .. }) => {}
+                other => panic!("version 2, length {len}: {other:?}"),
             }
         }
     }
@@ -391,8 +785,118 @@ mod tests {
         bytes.push(0);
         assert!(matches!(
             decode(&bytes),
-            Err(SnapshotError::TrailingBytes(1))
+            Err(SnapshotError::Unterminated { .. })
         ));
+        let mut v2 = frame_body(&postcard::to_stdvec(&sample()).unwrap());
+        v2.push(0);
+        assert!(matches!(decode(&v2), Err(SnapshotError::TrailingBytes(1))));
+    }
+
+    #[test]
+    fn large_snapshots_are_split_into_bounded_frames() {
+        let mut s = sample();
+        s.calls = (0..FRAME_ENTRIES_MAX as u32 * 2 + 3)
+            .map(|i| CallRecord {
+                fingerprint: [(i % 251) as u8; 16],
+                deadline_s: i,
+                started_s: i,
+                emergency: i % 7 == 0,
+            })
+            .collect();
+        let bytes = encode(&s);
+        let Ok(Opened::Frames(meta, frames)) = open(&bytes) else {
+            panic!("a version-3 snapshot")
+        };
+        assert_eq!(meta.journal_segment, s.journal_segment);
+        let sizes: Vec<usize> = frames
+            .map(|f| match f.unwrap() {
+                Frame::Calls(v) => v.len(),
+                Frame::Tombstones(v) => v.len() + 1_000_000,
+                Frame::Registrations(v) => v.len() + 2_000_000,
+                Frame::Meta(_) | Frame::End(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![
+                FRAME_ENTRIES_MAX,
+                FRAME_ENTRIES_MAX,
+                3,
+                1_000_001,
+                2_000_001
+            ]
+        );
+        assert_eq!(decode(&bytes).ok(), Some(s));
+    }
+
+    /// Encodes frames as a hostile writer would, past the hash.
+    fn frames(frames: &[Frame]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for f in frames {
+            body = postcard::to_extend(f, body).unwrap();
+        }
+        frame_frames(&body)
+    }
+
+    #[test]
+    fn frames_that_break_the_structure_are_refused() {
+        let meta = Frame::Meta(SnapshotMeta::default());
+        let call = CallRecord {
+            fingerprint: [1; 16],
+            deadline_s: 9,
+            started_s: 1,
+            emergency: false,
+        };
+        let end = |calls| {
+            Frame::End(FrameCounts {
+                calls,
+                ..FrameCounts::default()
+            })
+        };
+        let good = frames(&[meta.clone(), Frame::Calls(vec![call]), end(1)]);
+        assert_eq!(decode(&good).unwrap().calls, vec![call]);
+        for (what, bad) in [
+            ("no meta", frames(&[Frame::Calls(vec![call]), end(1)])),
+            ("no end", frames(&[meta.clone(), Frame::Calls(vec![call])])),
+            (
+                "wrong count",
+                frames(&[meta.clone(), Frame::Calls(vec![call]), end(2)]),
+            ),
+            (
+                "after end",
+                frames(&[meta.clone(), end(0), Frame::Calls(vec![call])]),
+            ),
+            ("two metas", frames(&[meta.clone(), meta.clone(), end(0)])),
+            (
+                "empty AoR",
+                frames(&[
+                    meta.clone(),
+                    Frame::Registrations(vec![AorRecord {
+                        fingerprint: [2; 16],
+                        contacts: Vec::new(),
+                    }]),
+                    end(0),
+                ]),
+            ),
+            (
+                "frame too large",
+                frames(&[
+                    meta.clone(),
+                    Frame::Calls(vec![call; FRAME_ENTRIES_MAX + 1]),
+                    end(FRAME_ENTRIES_MAX as u64 + 1),
+                ]),
+            ),
+            ("garbage", frame_frames(&[0xff; 40])),
+        ] {
+            assert!(
+                matches!(
+                    decode(&bad),
+                    Err(SnapshotError::Invalid(_) | SnapshotError::Postcard(_))
+                ),
+                "{what}: {:?}",
+                decode(&bad)
+            );
+        }
     }
 
     #[test]
@@ -423,7 +927,7 @@ mod tests {
 
     #[test]
     fn a_huge_body_length_is_truncated_not_allocated() {
-        let mut bytes = encode(&sample());
+        let mut bytes = frame_body(&postcard::to_stdvec(&sample()).unwrap());
         bytes[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(matches!(
             decode(&bytes),
