@@ -7,10 +7,10 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use tollgate_license_server::admin::{AdminArgs, AdminPaths};
 use tollgate_license_server::{Config, LicenseServer, ServerError, Started};
 
 use crate::Failure;
+use crate::license_server_admin_cmd::{self, AdminArgs};
 
 const DETAILS: &str = "\
 Agents fetch their signed license (a lease) over HTTPS by license key with an API token
@@ -63,7 +63,9 @@ enum ServerCommand {
 
 pub fn run(args: LicenseServerArgs) -> Result<(), Failure> {
     match &args.command {
-        Some(ServerCommand::Admin(admin)) => run_admin(admin, args.config.as_deref(), args.dev),
+        Some(ServerCommand::Admin(admin)) => {
+            license_server_admin_cmd::run(admin, args.config.as_deref(), args.dev)
+        }
         Some(ServerCommand::Backup { out }) => {
             let config = backup_config(args.config.as_deref())?;
             let summary = tollgate_license_server::backup::backup(
@@ -174,24 +176,6 @@ fn print_summary(what: &str, path: &Path, summary: &tollgate_license_server::bac
 }
 
 fn backup_failure(e: tollgate_license_server::backup::BackupError) -> Failure {
-    if e.is_user_error() {
-        Failure::Config(e.into())
-    } else {
-        Failure::Runtime(e.into())
-    }
-}
-
-fn run_admin(args: &AdminArgs, config_path: Option<&Path>, dev: bool) -> Result<(), Failure> {
-    let paths = AdminPaths::resolve(args, config_path, dev).map_err(admin_failure)?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let mut out = std::io::stdout().lock();
-    tollgate_license_server::admin::run(args, &paths, now_ms, &mut out).map_err(admin_failure)?;
-    out.flush().map_err(|e| Failure::Runtime(e.into()))
-}
-
-fn admin_failure(e: tollgate_license_server::admin::AdminError) -> Failure {
     if e.is_user_error() {
         Failure::Config(e.into())
     } else {

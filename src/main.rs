@@ -8,6 +8,8 @@ mod demo;
 mod ledger_cmd;
 mod license_cmd;
 #[cfg(feature = "license-server")]
+mod license_server_admin_cmd;
+#[cfg(feature = "license-server")]
 mod license_server_cmd;
 #[cfg(not(all(feature = "license-server", feature = "cluster-ca")))]
 mod missing_feature;

@@ -63,6 +63,34 @@ impl Vendor {
         }
     }
 
+    /// `admin ARGS…` with `input` on its standard input (a password).
+    fn admin_with_input(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write as _;
+        let mut child = Command::new(BIN)
+            .args(["license-server", "--config"])
+            .arg(self.config())
+            .arg("admin")
+            .args(args)
+            .env_remove("TOLLGATE_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("runs the binary");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("writes the password");
+        let out = child.wait_with_output().expect("exits");
+        Output {
+            code: out.status.code().expect("exited"),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     fn admin_ok(&self, args: &[&str]) -> String {
         let out = self.admin(args);
         assert_eq!(out.code, 0, "admin {args:?}: {}", out.stderr);
@@ -503,6 +531,180 @@ fn configuration_and_admin_errors_exit_with_code_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--db"));
+}
+
+/// Every admin command's output as the vendor reads it (the binary's printing over the
+/// library's actions): tables, the license history, JSON lines, the token shown once, the
+/// password read from standard input, the audit actor `admin:<$USER>`.
+#[test]
+fn admin_cli_prints_what_each_command_did() {
+    let vendor = Vendor::new("");
+    let rotated = vendor.admin_ok(&["key", "rotate"]);
+    let key_id = rotated
+        .lines()
+        .find_map(|l| l.strip_prefix("key id"))
+        .expect("key id line")
+        .trim()
+        .to_owned();
+    assert!(rotated.contains("(mode 0600)"), "{rotated}");
+    let keys = vendor.admin_ok(&["key", "list"]);
+    assert!(
+        keys.starts_with(&format!("{key_id}\tsigning\tactivates ")),
+        "{keys}"
+    );
+    let out = vendor.admin_ok(&["customer", "add", "Acme Telecom"]);
+    assert_eq!(out, "customer 1 added: Acme Telecom\n");
+
+    std::fs::write(
+        vendor.path("spec.toml"),
+        format!(
+            "license_key = \"{LICENSE_KEY}\"\ncustomer = \"Acme Telecom\"\nkind = \"perpetual\"\n\
+             serial = 1\nvalid_from = \"2020-01-01T00:00:00Z\"\n[limits]\ncalls = 100\n"
+        ),
+    )
+    .unwrap();
+    let spec = vendor.path("spec.toml");
+    let spec = spec.to_str().unwrap();
+    let out = vendor.admin_ok(&["license", "create", "--spec", spec, "--contract", "lapsed"]);
+    assert!(
+        out.starts_with(&format!(
+            "license {LICENSE_KEY} created for Acme Telecom: perpetual serial 1, contract \
+             lapsed, signed by key {key_id}\nkind         perpetual\n"
+        )),
+        "{out}"
+    );
+    let out = vendor.admin_ok(&["license", "update", LICENSE_KEY, "--spec", spec]);
+    assert!(
+        out.starts_with(&format!("license {LICENSE_KEY} updated: serial 2\n")),
+        "{out}"
+    );
+    let out = vendor.admin_ok(&["contract", LICENSE_KEY, "active"]);
+    assert_eq!(
+        out,
+        format!("contract of {LICENSE_KEY}: active (was lapsed)\n")
+    );
+    let list = vendor.admin_ok(&["license", "list"]);
+    assert!(
+        list.starts_with(&format!(
+            "{LICENSE_KEY}\tAcme Telecom\tperpetual\tserial 2\tcontract active\tvalid until forever"
+        )),
+        "{list}"
+    );
+
+    let issued = vendor.admin_ok(&[
+        "token",
+        "issue",
+        "--license",
+        LICENSE_KEY,
+        "--allow",
+        "192.0.2.7",
+        "--allow",
+        "10.0.0.0/8",
+        "--note",
+        "sp1",
+    ]);
+    let lines: Vec<&str> = issued.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("token 1 for license {LICENSE_KEY}, allowed from 192.0.2.7/32 10.0.0.0/8")
+    );
+    assert!(lines[1].starts_with("tg_"), "{issued}");
+    let tokens = vendor.admin_ok(&["token", "list", "--license", LICENSE_KEY]);
+    assert!(
+        tokens.starts_with(&format!(
+            "1\t{LICENSE_KEY}\tactive\tallowed 192.0.2.7/32 10.0.0.0/8\tcreated "
+        )) && tokens.trim_end().ends_with("\tlast used never\tsp1"),
+        "{tokens}"
+    );
+    assert!(!tokens.contains(lines[1]), "the token is shown once");
+    let out = vendor.admin_ok(&["token", "revoke", "1"]);
+    assert!(
+        out.starts_with(&format!("token 1 of license {LICENSE_KEY} revoked at ")),
+        "{out}"
+    );
+
+    let show = vendor.admin_ok(&["license", "show", LICENSE_KEY, "--history"]);
+    for line in [
+        format!("license      {LICENSE_KEY}"),
+        "customer     Acme Telecom".into(),
+        "contract     active".into(),
+        "serial       2".into(),
+        "tokens       0 active, 1 revoked".into(),
+        "history:".into(),
+    ] {
+        assert!(show.lines().any(|l| l == line), "{line:?} in\n{show}");
+    }
+    assert!(show.contains("  serial 1\tcreated\t") && show.contains("  serial 2\tupdated\t"));
+    let export = vendor.admin_ok(&["license", "export", LICENSE_KEY]);
+    assert!(
+        export.starts_with("-----BEGIN TOLLGATE LICENSE-----"),
+        "{export}"
+    );
+
+    let out = vendor.admin_ok(&["customer", "suspend", "Acme Telecom"]);
+    assert!(out.contains("suspended"), "{out}");
+    let customers = vendor.admin_ok(&["customer", "list"]);
+    assert!(customers.starts_with("1\tAcme Telecom\t") && customers.contains("\tsuspended "));
+    vendor.admin_ok(&["customer", "resume", "Acme Telecom"]);
+    assert!(
+        vendor
+            .admin_ok(&["customer", "list"])
+            .trim_end()
+            .ends_with("\tactive")
+    );
+
+    let reports = vendor.admin_ok(&["reports", "list"]);
+    assert!(
+        reports.starts_with("id\treceived\tlicense\tnode\t"),
+        "{reports}"
+    );
+    assert_eq!(reports.lines().count(), 1, "the header only: no report yet");
+    assert_eq!(vendor.admin_ok(&["reports", "list", "--json"]), "");
+
+    let out = vendor.admin_with_input(
+        &["user", "add", "alice", "--role", "viewer"],
+        "a long password\n",
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "user alice added: viewer\n"),
+        "{}",
+        out.stderr
+    );
+    let out = vendor.admin_with_input(&["user", "add", "bob", "--role", "admin"], "short\n");
+    assert_eq!(out.code, 2, "a short password is bad input: {}", out.stderr);
+    let out = vendor.admin(&["user", "add", "bob", "--role", "owner"]);
+    assert_eq!(out.code, 2, "clap refuses an unknown role: {}", out.stderr);
+    assert!(
+        out.stderr.contains("[possible values: viewer, admin]"),
+        "{}",
+        out.stderr
+    );
+    vendor.admin_ok(&["user", "disable", "alice"]);
+    assert!(
+        vendor
+            .admin_ok(&["user", "list"])
+            .starts_with("alice\tviewer\tdisabled ")
+    );
+
+    let audit = vendor.admin_ok(&["audit", "--limit", "3"]);
+    let actions: Vec<&str> = audit
+        .lines()
+        .map(|l| l.split('\t').nth(3).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        actions,
+        ["user.disable", "user.add", "customer.resume"],
+        "{audit}"
+    );
+    let json = vendor.admin_ok(&["audit", "--json", "--license", LICENSE_KEY, "--limit", "1"]);
+    let entry: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(entry["action"], "token.revoke");
+    assert_eq!(entry["detail"]["token_id"], 1);
+    assert!(
+        entry["actor"].as_str().unwrap().starts_with("admin:"),
+        "{entry}"
+    );
 }
 
 #[test]

@@ -1,21 +1,22 @@
-//! The vendor's administration CLI, `tollgate license-server admin …`, working directly on
-//! the server's database and key directory (a running server sees every change at its next
-//! request). Its credential is file access: whoever can write the database and read the
-//! key directory administers the server.
+//! The vendor's administration actions: one function per change (add a customer, create
+//! or update a license, issue or revoke a token, rotate a key, add a user, …), each checking
+//! its input, writing the database in one transaction and the audit log with the actor of
+//! its [`Ctx`]. The CLI (`tollgate license-server admin …`, whose parsing and printing live
+//! in the binary's `src/license_server_admin_cmd.rs`, actor `admin:<$USER>`) and the admin
+//! HTTP API ([`crate::api`], actor `user:<name>`) both call these: one code path per action.
+//! Listing needs no action: it reads the store ([`Store::read`]).
 //!
-//! Every command that changes something is written to the audit log with the actor
-//! `admin:<$USER>`. Tokens are printed once, at issue, and stored as hashes.
+//! Tokens are returned once, at issue, and stored as hashes.
 //!
-//! Exit codes (through the binary): 0 done, 1 the database or a file failed, 2 bad input
-//! (unknown license, customer or token, a bad spec or address, missing `--db`).
+//! **Boundary.** No argument parsing and no printing here: the library has no clap.
 
-use std::io::{self, BufRead as _, Read as _, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize as _;
-use tollgate_license::timestamp::{DAY_MS, format_rfc3339, parse_rfc3339};
+use tollgate_license::timestamp::{DAY_MS, format_rfc3339};
 use tollgate_license::{Document, LicenseSpec};
-use tollgate_license_client::Contract;
+/// A license's contract, as the actions take it.
+pub use tollgate_license_client::Contract;
 
 use crate::config::{self, ConfigError};
 use crate::keyring::{self, KeyRing, KeyRingError};
@@ -24,200 +25,6 @@ use crate::store::{Allowed, Audit, Database, Store, StoreError, TOKEN_ADDRESS_CO
 
 /// Longest token note, in bytes.
 pub const NOTE_LEN_MAX: usize = 256;
-
-#[derive(Debug, clap::Args)]
-#[command(
-    about = "Administer licenses, tokens and keys on the server's database",
-    long_about = "Administer the license server's database and signing keys directly: customers, \
-licenses (from a spec), contracts, API tokens, usage reports, key rotation and the audit log. \
-The database and key directory come from --config (the server's config file), or --db and \
---key-dir, or --dev (./license-server-dev). See docs/license-server.md."
-)]
-pub struct AdminArgs {
-    /// The database file (default: `database` of --config).
-    #[arg(long, value_name = "PATH", global = true)]
-    pub db: Option<PathBuf>,
-    /// The signing key directory (default: `[signing] key_dir` of --config).
-    #[arg(long, value_name = "DIR", global = true)]
-    pub key_dir: Option<PathBuf>,
-    #[command(subcommand)]
-    pub command: AdminCommand,
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum AdminCommand {
-    /// Customers: add, list.
-    #[command(subcommand)]
-    Customer(CustomerCommand),
-    /// Licenses: create from a spec, update, list, show, export the signed document.
-    #[command(subcommand)]
-    License(LicenseCommand),
-    /// Mark a license's contract active (subscriptions roll forward) or lapsed.
-    Contract {
-        /// The license key.
-        license: String,
-        #[arg(value_enum)]
-        state: ContractState,
-    },
-    /// API tokens: issue (printed once), list, revoke.
-    #[command(subcommand)]
-    Token(TokenCommand),
-    /// Usage reports sent by agents.
-    #[command(subcommand)]
-    Reports(ReportsCommand),
-    /// Signing keys: rotate (create the next key), list.
-    #[command(subcommand)]
-    Key(KeyCommand),
-    /// Vendor users of the admin API and console: add (password on standard input), list,
-    /// disable.
-    #[command(subcommand)]
-    User(UserCommand),
-    /// The audit log, newest first: every admin action and every lease.
-    Audit {
-        /// Only entries about this license.
-        #[arg(long, value_name = "KEY")]
-        license: Option<String>,
-        /// At most this many (newest first).
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-        /// One JSON object per line.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ContractState {
-    Active,
-    Lapsed,
-}
-
-impl From<ContractState> for Contract {
-    fn from(state: ContractState) -> Contract {
-        match state {
-            ContractState::Active => Contract::Active,
-            ContractState::Lapsed => Contract::Lapsed,
-        }
-    }
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum CustomerCommand {
-    /// Add a customer (the name licenses' `customer` field refers to).
-    Add {
-        name: String,
-    },
-    List,
-    /// Suspend a customer: its licenses' leases answer 403 `suspended` (agents keep their
-    /// license until its lease ends); usage reports are still stored.
-    Suspend {
-        name: String,
-    },
-    /// Resume a suspended customer: leases are signed again.
-    Resume {
-        name: String,
-    },
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum LicenseCommand {
-    /// Create a license from a spec (the TOML of `tollgate license sign`); its `customer`
-    /// must have been added. Signs the first document with the current key; without
-    /// `lease_days` or `signature_valid_until` in the spec the server's lease applies.
-    Create {
-        #[arg(long, value_name = "SPEC.toml")]
-        spec: PathBuf,
-        /// The contract to start with.
-        #[arg(long, value_enum, default_value = "active")]
-        contract: ContractState,
-    },
-    /// Replace a license's content from a new spec (same key and customer): signs a new
-    /// document with serial max(spec serial, current + 1).
-    Update {
-        license: String,
-        #[arg(long, value_name = "SPEC.toml")]
-        spec: PathBuf,
-    },
-    List,
-    /// A license's state; with --history every document ever signed for it.
-    Show {
-        license: String,
-        #[arg(long)]
-        history: bool,
-    },
-    /// Print the current signed document (armored), e.g. for an offline installation.
-    Export {
-        license: String,
-    },
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum TokenCommand {
-    /// Issue an API token for a license, bound to client addresses; prints it once.
-    Issue {
-        /// The license key the token is for.
-        #[arg(long, value_name = "KEY")]
-        license: String,
-        /// An address (192.0.2.7) or network (10.0.0.0/8) the token may be used from;
-        /// repeat for several. Behind a proxy, the proxy's egress address.
-        #[arg(long = "allow", value_name = "ADDR[/BITS]", required = true)]
-        allow: Vec<String>,
-        /// A note for the vendor (e.g. which node).
-        #[arg(long)]
-        note: Option<String>,
-    },
-    List {
-        /// Only this license's tokens.
-        #[arg(long, value_name = "KEY")]
-        license: Option<String>,
-    },
-    /// Revoke a token (by the id `token list` shows): the next request is refused (403).
-    Revoke { id: i64 },
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum ReportsCommand {
-    /// The latest usage reports, newest first.
-    List {
-        /// Only this license's reports.
-        #[arg(long, value_name = "KEY")]
-        license: Option<String>,
-        /// At most this many (newest first).
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
-        /// One JSON object per line (the report as sent, with the server's fields).
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum UserCommand {
-    /// Add a user; the password is read from standard input (one line, 8 to 1024 bytes).
-    Add {
-        name: String,
-        #[arg(long, value_enum)]
-        role: crate::admin_api::Role,
-    },
-    List,
-    /// Disable a user (kept for the audit log) and end its sessions.
-    Disable {
-        name: String,
-    },
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum KeyCommand {
-    /// Create the next signing key. The server signs new leases with it from its activation
-    /// time on (default now): publish its .pub to agents first, or schedule it.
-    Rotate {
-        /// When the key starts signing (UTC, like 2030-01-15T00:00:00Z).
-        #[arg(long, value_name = "TIME")]
-        activate_at: Option<String>,
-    },
-    /// Every key, its activation time, and which one signs now.
-    List,
-}
 
 /// Why an admin command failed.
 #[derive(Debug, thiserror::Error)]
@@ -247,7 +54,8 @@ impl AdminError {
     }
 }
 
-fn input(message: impl Into<String>) -> AdminError {
+/// A bad-input error (exit code 2 through the CLI, 400 through the API).
+pub fn input(message: impl Into<String>) -> AdminError {
     AdminError::Input(message.into())
 }
 
@@ -260,10 +68,11 @@ pub struct AdminPaths {
 }
 
 impl AdminPaths {
-    /// From `--db` / `--key-dir`, else the config file, else (with `dev`) the development
-    /// defaults.
+    /// From `db` / `key_dir` (the CLI's `--db` / `--key-dir`), else the config file, else
+    /// (with `dev`) the development defaults.
     pub fn resolve(
-        args: &AdminArgs,
+        db: Option<&Path>,
+        key_dir_arg: Option<&Path>,
         config_path: Option<&Path>,
         dev: bool,
     ) -> Result<AdminPaths, AdminError> {
@@ -286,17 +95,14 @@ impl AdminPaths {
             }
             (None, false) => (None, None, config::LEASE_DAYS_DEFAULT * DAY_MS),
         };
-        let database = args
-            .db
-            .clone()
-            .map(Database::Sqlite)
+        let database = db
+            .map(|path| Database::Sqlite(path.to_owned()))
             .or(database)
             .ok_or_else(|| {
                 input("which database? give --config FILE (the server's), --db PATH, or --dev")
             })?;
-        let key_dir = args
-            .key_dir
-            .clone()
+        let key_dir = key_dir_arg
+            .map(Path::to_owned)
             .or(key_dir)
             .unwrap_or_else(|| PathBuf::from(config::KEY_DIR_DEFAULT));
         Ok(AdminPaths {
@@ -304,95 +110,6 @@ impl AdminPaths {
             key_dir,
             lease_ms,
         })
-    }
-}
-
-/// The actor recorded in the audit log.
-fn actor() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    let user: String = user.chars().filter(|c| !c.is_control()).take(64).collect();
-    format!("admin:{user}")
-}
-
-/// Runs one admin command at `now_ms`, printing to `out` (a password comes from standard
-/// input).
-pub fn run(
-    args: &AdminArgs,
-    paths: &AdminPaths,
-    now_ms: u64,
-    out: &mut dyn Write,
-) -> Result<(), AdminError> {
-    run_with_input(args, paths, now_ms, &mut io::stdin().lock(), out)
-}
-
-/// [`run`] reading a password from `input`.
-pub fn run_with_input(
-    args: &AdminArgs,
-    paths: &AdminPaths,
-    now_ms: u64,
-    input_lines: &mut dyn io::BufRead,
-    out: &mut dyn Write,
-) -> Result<(), AdminError> {
-    let actor = actor();
-    let ctx = Ctx {
-        paths,
-        now_ms,
-        actor: &actor,
-    };
-    // Key rotation needs no database to create the key, but records the rotation.
-    let mut store = Store::open_database(&paths.database)?;
-    match &args.command {
-        AdminCommand::Customer(CustomerCommand::Add { name }) => {
-            customer_add(&ctx, &mut store, name, out)
-        }
-        AdminCommand::Customer(CustomerCommand::List) => {
-            for c in store.read().customers()? {
-                let state = c.suspended_at_ms.map_or_else(
-                    || "active".to_owned(),
-                    |at| format!("suspended {}", format_rfc3339(at)),
-                );
-                writeln!(
-                    out,
-                    "{}\t{}\t{}\t{state}",
-                    c.id,
-                    c.name,
-                    format_rfc3339(c.created_at_ms)
-                )?;
-            }
-            Ok(())
-        }
-        AdminCommand::Customer(CustomerCommand::Suspend { name }) => {
-            suspend_customer(&ctx, &mut store, name, true)?;
-            writeln!(
-                out,
-                "customer {name} suspended: its leases answer 403 suspended from now on"
-            )?;
-            Ok(())
-        }
-        AdminCommand::Customer(CustomerCommand::Resume { name }) => {
-            suspend_customer(&ctx, &mut store, name, false)?;
-            writeln!(out, "customer {name} resumed: leases are signed again")?;
-            Ok(())
-        }
-        AdminCommand::License(command) => license(&ctx, &mut store, command, out),
-        AdminCommand::Contract { license, state } => {
-            contract(&ctx, &mut store, license, (*state).into(), out)
-        }
-        AdminCommand::Token(command) => token(&ctx, &mut store, command, out),
-        AdminCommand::Reports(ReportsCommand::List {
-            license,
-            limit,
-            json,
-        }) => reports(&store, license.as_deref(), *limit, *json, out),
-        AdminCommand::Key(command) => key(&ctx, &mut store, command, out),
-        AdminCommand::User(command) => user(&ctx, &mut store, command, input_lines, out),
-        AdminCommand::Audit {
-            license,
-            limit,
-            json,
-        } => audit(&store, license.as_deref(), *limit, *json, out),
     }
 }
 
@@ -420,17 +137,6 @@ impl Ctx<'_> {
             detail,
         }
     }
-}
-
-fn customer_add(
-    ctx: &Ctx<'_>,
-    store: &mut Store,
-    name: &str,
-    out: &mut dyn Write,
-) -> Result<(), AdminError> {
-    let customer = add_customer(ctx, store, name)?;
-    writeln!(out, "customer {} added: {}", customer.id, customer.name)?;
-    Ok(())
 }
 
 /// Suspends or resumes a customer (audited `customer.suspend` / `customer.resume`); the
@@ -480,21 +186,6 @@ pub fn add_customer(
         Ok::<_, AdminError>(customer)
     })?;
     Ok(customer)
-}
-
-fn read_spec(path: &Path) -> Result<String, AdminError> {
-    use std::io::Read as _;
-    let read_error = |source| AdminError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .map_err(read_error)?
-        .take(LicenseSpec::TEXT_LEN_MAX as u64 + 1)
-        .read_to_string(&mut text)
-        .map_err(read_error)?;
-    Ok(text)
 }
 
 /// The signing key at `now_ms` from the key directory.
@@ -620,195 +311,6 @@ pub fn update_license(
     })
 }
 
-fn license(
-    ctx: &Ctx<'_>,
-    store: &mut Store,
-    command: &LicenseCommand,
-    out: &mut dyn Write,
-) -> Result<(), AdminError> {
-    match command {
-        LicenseCommand::Create { spec, contract } => {
-            let contract: Contract = (*contract).into();
-            let (record, document, key_id) =
-                create_license(ctx, store, &read_spec(spec)?, contract)?;
-            writeln!(
-                out,
-                "license {} created for {}: {} serial {}, contract {}, signed by key {}",
-                record.license_key,
-                record.customer,
-                document.kind.as_str(),
-                record.serial,
-                contract.as_str(),
-                key_id
-            )?;
-            describe_document(&document, out)
-        }
-        LicenseCommand::Update { license, spec } => {
-            let (document, _) = update_license(ctx, store, license, &read_spec(spec)?)?;
-            writeln!(out, "license {license} updated: serial {}", document.serial)?;
-            describe_document(&document, out)
-        }
-        LicenseCommand::List => {
-            for l in store.read().licenses()? {
-                let document = parse_stored(&l.document)?;
-                writeln!(
-                    out,
-                    "{}\t{}\t{}\tserial {}\tcontract {}\tvalid until {}\tlease until {}",
-                    l.license_key,
-                    l.customer,
-                    document.kind.as_str(),
-                    l.serial,
-                    l.contract.as_str(),
-                    document
-                        .valid_until_ms
-                        .map_or_else(|| "forever".into(), format_rfc3339),
-                    document
-                        .signature_valid_until_ms
-                        .map_or_else(|| "-".into(), format_rfc3339),
-                )?;
-            }
-            Ok(())
-        }
-        LicenseCommand::Show { license, history } => {
-            let db = store.read();
-            let record = db.license_required(license)?;
-            let document = parse_stored(&record.document)?;
-            writeln!(out, "license      {}", record.license_key)?;
-            writeln!(out, "customer     {}", record.customer)?;
-            writeln!(out, "contract     {}", record.contract.as_str())?;
-            writeln!(out, "serial       {}", record.serial)?;
-            describe_document(&document, out)?;
-            let tokens = db.tokens(Some(license))?;
-            let active = tokens.iter().filter(|t| t.revoked_at_ms.is_none()).count();
-            writeln!(
-                out,
-                "tokens       {active} active, {} revoked",
-                tokens.len() - active
-            )?;
-            if *history {
-                writeln!(out, "history:")?;
-                for d in db.documents(license)? {
-                    writeln!(
-                        out,
-                        "  serial {}\t{}\tissued {}\tlease until {}\tvalid until {}\tkey {}",
-                        d.serial,
-                        d.cause,
-                        format_rfc3339(d.issued_at_ms),
-                        d.signature_valid_until_ms
-                            .map_or_else(|| "-".into(), format_rfc3339),
-                        d.valid_until_ms
-                            .map_or_else(|| "forever".into(), format_rfc3339),
-                        d.key_id
-                    )?;
-                }
-            }
-            Ok(())
-        }
-        LicenseCommand::Export { license } => {
-            let record = store.read().license_required(license)?;
-            out.write_all(record.document.as_bytes())?;
-            Ok(())
-        }
-    }
-}
-
-fn user(
-    ctx: &Ctx<'_>,
-    store: &mut Store,
-    command: &UserCommand,
-    input_lines: &mut dyn io::BufRead,
-    out: &mut dyn Write,
-) -> Result<(), AdminError> {
-    match command {
-        UserCommand::Add { name, role } => {
-            let mut password = String::new();
-            input_lines
-                .take(crate::admin_api::PASSWORD_LEN_MAX as u64 + 2)
-                .read_line(&mut password)
-                .map_err(AdminError::Output)?;
-            let password = password.trim_end_matches(['\r', '\n']);
-            let user = add_user(ctx, store, name, *role, password)?;
-            writeln!(out, "user {} added: {}", user.name, user.role)?;
-        }
-        UserCommand::List => {
-            for u in store.read().users()? {
-                let state = match u.disabled_at_ms {
-                    Some(at) => format!("disabled {}", format_rfc3339(at)),
-                    None => "active".into(),
-                };
-                writeln!(
-                    out,
-                    "{}\t{}\t{}\tcreated {}",
-                    u.name,
-                    u.role,
-                    state,
-                    format_rfc3339(u.created_at_ms)
-                )?;
-            }
-        }
-        UserCommand::Disable { name } => {
-            store.write(|db| {
-                db.disable_user(name, ctx.now_ms)?;
-                db.audit(&ctx.audit("user.disable", None, serde_json::json!({ "name": name })))?;
-                Ok::<_, AdminError>(())
-            })?;
-            writeln!(out, "user {name} disabled; its sessions ended")?;
-        }
-    }
-    Ok(())
-}
-
-fn parse_stored(text: &str) -> Result<Document, AdminError> {
-    tollgate_license::parse(text.as_bytes())
-        .map(|p| p.document)
-        .map_err(|e| AdminError::Store(StoreError::Corrupt(format!("stored document: {e}"))))
-}
-
-fn describe_document(document: &Document, out: &mut dyn Write) -> Result<(), AdminError> {
-    writeln!(out, "kind         {}", document.kind.as_str())?;
-    writeln!(
-        out,
-        "valid        {} until {}",
-        format_rfc3339(document.valid_from_ms),
-        document
-            .valid_until_ms
-            .map_or_else(|| "forever".into(), format_rfc3339)
-    )?;
-    writeln!(
-        out,
-        "lease until  {}",
-        document
-            .signature_valid_until_ms
-            .map_or_else(|| "-".into(), format_rfc3339)
-    )?;
-    writeln!(out, "key id       {}", document.key_id)?;
-    Ok(())
-}
-
-fn contract(
-    ctx: &Ctx<'_>,
-    store: &mut Store,
-    license: &str,
-    contract: Contract,
-    out: &mut dyn Write,
-) -> Result<(), AdminError> {
-    let previous = set_contract(ctx, store, license, contract)?;
-    writeln!(
-        out,
-        "contract of {license}: {} (was {})",
-        contract.as_str(),
-        previous.as_str()
-    )?;
-    if contract == Contract::Lapsed {
-        writeln!(
-            out,
-            "leases are still renewed, but a subscription is no longer rolled forward: it ends \
-             at its valid_until"
-        )?;
-    }
-    Ok(())
-}
-
 /// Sets a license's contract (audited `contract.set`); the previous one.
 pub fn set_contract(
     ctx: &Ctx<'_>,
@@ -825,69 +327,6 @@ pub fn set_contract(
         ))?;
         Ok::<_, AdminError>(previous)
     })
-}
-
-fn token(
-    ctx: &Ctx<'_>,
-    store: &mut Store,
-    command: &TokenCommand,
-    out: &mut dyn Write,
-) -> Result<(), AdminError> {
-    match command {
-        TokenCommand::Issue {
-            license,
-            allow,
-            note,
-        } => {
-            let (id, token, allowed) = issue_token(ctx, store, license, allow, note.as_deref())?;
-            writeln!(
-                out,
-                "token {id} for license {license}, allowed from {allowed}"
-            )?;
-            writeln!(out, "{token}")?;
-            writeln!(
-                out,
-                "(shown once: put it in the agent's configuration; the server keeps only a hash)"
-            )?;
-            Ok(())
-        }
-        TokenCommand::List { license } => {
-            for t in store.read().tokens(license.as_deref())? {
-                let state = match t.revoked_at_ms {
-                    Some(at) => format!("revoked {}", format_rfc3339(at)),
-                    None => "active".into(),
-                };
-                let used = match (t.last_used_at_ms, &t.last_used_from) {
-                    (Some(at), Some(from)) => format!("{} from {from}", format_rfc3339(at)),
-                    _ => "never".into(),
-                };
-                writeln!(
-                    out,
-                    "{}\t{}\t{}\tallowed {}\tcreated {}\tlast used {}\t{}",
-                    t.id,
-                    t.license_key,
-                    state,
-                    t.allowed,
-                    format_rfc3339(t.created_at_ms),
-                    used,
-                    t.note.as_deref().unwrap_or("")
-                )?;
-            }
-            Ok(())
-        }
-        TokenCommand::Revoke { id } => {
-            let record = revoke_token(ctx, store, *id)?;
-            writeln!(
-                out,
-                "token {id} of license {} revoked at {}",
-                record.license_key,
-                record
-                    .revoked_at_ms
-                    .map_or_else(String::new, format_rfc3339)
-            )?;
-            Ok(())
-        }
-    }
 }
 
 /// Issues an API token for a license bound to `allow` (audited `token.issue`): its id, the
@@ -957,112 +396,6 @@ pub fn revoke_token(
     })
 }
 
-fn reports(
-    store: &Store,
-    license: Option<&str>,
-    limit: u32,
-    json: bool,
-    out: &mut dyn Write,
-) -> Result<(), AdminError> {
-    let reports = store.read().reports(license, limit)?;
-    if !json {
-        writeln!(
-            out,
-            "id\treceived\tlicense\tnode\tcalls\tpeak\temergency\tsubscribers\tregistered\tpeak\tcluster calls\tversion\tfrom"
-        )?;
-    }
-    for r in reports {
-        if json {
-            let value = serde_json::json!({
-                "id": r.id,
-                "received_at": format_rfc3339(r.received_at_ms),
-                "license_key": r.license_key,
-                "token_id": r.token_id,
-                "client_address": r.client_address,
-                "report": r.report,
-            });
-            writeln!(out, "{value}")?;
-            continue;
-        }
-        let n = &r.report.node;
-        writeln!(
-            out,
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-            r.id,
-            format_rfc3339(r.received_at_ms),
-            r.license_key,
-            r.report.node_id,
-            n.calls,
-            n.peak_calls,
-            n.emergency_calls,
-            n.subscribers,
-            n.registered_subscribers,
-            n.peak_registered_subscribers,
-            r.report
-                .cluster
-                .map_or_else(|| "-".into(), |c| c.calls.to_string()),
-            r.report.agent_version,
-            r.client_address
-        )?;
-    }
-    Ok(())
-}
-
-fn key(
-    ctx: &Ctx<'_>,
-    store: &mut Store,
-    command: &KeyCommand,
-    out: &mut dyn Write,
-) -> Result<(), AdminError> {
-    match command {
-        KeyCommand::Rotate { activate_at } => {
-            let activation_ms = match activate_at {
-                Some(text) => {
-                    parse_rfc3339(text).map_err(|e| input(format!("--activate-at {text}: {e}")))?
-                }
-                None => ctx.now_ms,
-            };
-            let (key, key_path, pub_path) = rotate_key(ctx, store, activation_ms)?;
-            writeln!(out, "key id       {}", key.key_id())?;
-            writeln!(out, "private key  {}  (mode 0600)", key_path.display())?;
-            writeln!(out, "public key   {}", pub_path.display())?;
-            writeln!(
-                out,
-                "activates    {}",
-                format_rfc3339(activation_ms - activation_ms % 1000)
-            )?;
-            writeln!(out, "{}", key.public_key().to_file_string().trim_end())?;
-            writeln!(
-                out,
-                "Agents must trust this public key (beside the old one) before the server signs \
-                 with it; until then they keep their current license and refuse the renewal."
-            )?;
-            Ok(())
-        }
-        KeyCommand::List => {
-            let ring = KeyRing::load(&ctx.paths.key_dir)?;
-            let signing = ring.signing_key(ctx.now_ms).map(|e| e.key.key_id());
-            for entry in ring.entries() {
-                let id = entry.key.key_id();
-                let state = if Some(id) == signing {
-                    "signing"
-                } else if entry.activation_ms > ctx.now_ms {
-                    "scheduled"
-                } else {
-                    "previous"
-                };
-                writeln!(
-                    out,
-                    "{id}\t{state}\tactivates {}\t{}",
-                    format_rfc3339(entry.activation_ms),
-                    entry.file_name
-                )?;
-            }
-            Ok(())
-        }
-    }
-}
-
 /// Creates the next signing key, activated at `activation_ms` (audited `key.rotate`): the
 /// key and its `.key` and `.pub` files.
 pub fn rotate_key(
@@ -1118,41 +451,16 @@ pub fn add_user(
     })
 }
 
-fn audit(
-    store: &Store,
-    license: Option<&str>,
-    limit: u32,
-    json: bool,
-    out: &mut dyn Write,
-) -> Result<(), AdminError> {
-    for a in store.read().audit_log(license, limit)? {
-        if json {
-            let detail: serde_json::Value =
-                serde_json::Value::deserialize(&mut serde_json::Deserializer::from_str(&a.detail))
-                    .unwrap_or(serde_json::Value::String(a.detail.clone()));
-            let value = serde_json::json!({
-                "id": a.id,
-                "at": format_rfc3339(a.at_ms),
-                "actor": a.actor,
-                "action": a.action,
-                "license_key": a.license_key,
-                "client_address": a.client_address,
-                "detail": detail,
-            });
-            writeln!(out, "{value}")?;
-        } else {
-            writeln!(
-                out,
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                a.id,
-                format_rfc3339(a.at_ms),
-                a.actor,
-                a.action,
-                a.license_key.as_deref().unwrap_or("-"),
-                a.client_address.as_deref().unwrap_or("-"),
-                a.detail
-            )?;
-        }
-    }
-    Ok(())
+/// Disables a vendor user (kept for the audit log) and ends its sessions (audited
+/// `user.disable`).
+pub fn disable_user(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    name: &str,
+) -> Result<crate::store::VendorUser, AdminError> {
+    store.write(|db| {
+        let user = db.disable_user(name, ctx.now_ms)?;
+        db.audit(&ctx.audit("user.disable", None, serde_json::json!({ "name": name })))?;
+        Ok::<_, AdminError>(user)
+    })
 }

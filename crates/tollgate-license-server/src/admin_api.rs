@@ -51,7 +51,7 @@ pub const PASSWORD_LEN_MAX: usize = 1024;
 pub const USER_NAME_LEN_MAX: usize = 64;
 
 /// A vendor user's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     /// Read everything, change nothing.
     Viewer,

@@ -12,8 +12,8 @@
 //! - [`service`]: the client API without HTTP: token, address, license, contract checks.
 //! - [`api`]: the axum router (the endpoint list is in its module doc).
 //! - [`tls`]: rustls with the ring provider; the `--dev` self-signed certificate.
-//! - [`admin`]: the vendor's CLI on the same database (`tollgate license-server admin …`);
-//!   its action functions are also what the admin API runs.
+//! - [`admin`]: the vendor's administration actions, one function per change, audited:
+//!   what the admin API and the binary's CLI (`tollgate license-server admin …`) both run.
 //! - [`admin_api`]: vendor users, login sessions and roles of `/api/v1/admin/…`.
 //! - [`sql`]: one query layer over SQLite and PostgreSQL.
 //!

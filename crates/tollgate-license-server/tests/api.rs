@@ -1,5 +1,6 @@
 //! The license server in process, over real TLS on loopback, driven by the real license
-//! client and the admin CLI: tokens, addresses, contracts, rotation, proxies, reports.
+//! client and the admin actions (what the CLI and the admin API run): tokens, addresses,
+//! contracts, rotation, proxies, reports.
 
 mod support;
 
@@ -12,6 +13,8 @@ use tollgate_license::{Kind, TrustedKeys, VerifyError};
 use tollgate_license_client::{
     ClientConfig, Contract, FetchError, LicenseClient, UsageFigures, UsageReport,
 };
+use tollgate_license_server::KeyRing;
+use tollgate_license_server::admin;
 
 fn http_error(result: Result<impl std::fmt::Debug, FetchError>) -> (u16, String, &'static str) {
     match result {
@@ -64,21 +67,28 @@ async fn fetch_with_a_valid_token_gets_a_freshly_signed_lease() {
     assert_eq!(verified.document().customer, CUSTOMER);
 
     // Stored: current document and history, audit entry, token use.
-    let show = h.admin_ok(&["license", "show", LICENSE_KEY, "--history"]);
-    assert!(show.contains("serial       2"), "{show}");
-    assert!(
-        show.contains("serial 1\tcreated") && show.contains("serial 2\tlease"),
-        "{show}"
-    );
-    let audit = h.admin_ok(&["audit", "--license", LICENSE_KEY]);
-    assert!(audit.contains("lease.signed"), "{audit}");
-    let tokens = h.admin_ok(&["token", "list"]);
-    assert!(tokens.contains("from 127.0.0.1"), "{tokens}");
+    let record = h.read(|db| db.license_required(LICENSE_KEY));
+    assert_eq!(record.serial, 2);
     assert_eq!(
-        h.admin_ok(&["license", "export", LICENSE_KEY]),
-        lease.license,
-        "export prints the current document"
+        record.document, lease.license,
+        "the current document is stored"
     );
+    let history: Vec<(u64, String)> = h
+        .read(|db| db.documents(LICENSE_KEY))
+        .into_iter()
+        .map(|d| (d.serial, d.cause))
+        .collect();
+    assert!(
+        history.contains(&(1, "created".into())) && history.contains(&(2, "lease".into())),
+        "{history:?}"
+    );
+    assert!(
+        h.audit(Some(LICENSE_KEY))
+            .iter()
+            .any(|a| a.action == "lease.signed")
+    );
+    let tokens = h.read(|db| db.tokens(None));
+    assert_eq!(tokens[0].last_used_from.as_deref(), Some("127.0.0.1"));
 }
 
 #[tokio::test]
@@ -144,7 +154,7 @@ async fn a_bad_or_missing_token_is_401() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "missing_token");
     // No audit entry for unauthenticated requests.
-    assert!(!h.admin_ok(&["audit"]).contains("lease.refused"));
+    assert!(!h.audited("lease.refused"));
 }
 
 #[tokio::test]
@@ -154,17 +164,13 @@ async fn a_revoked_token_is_403() {
     let (id, token) = h.issue_token(&["127.0.0.1"]);
     let client = h.client(&token);
     client.fetch_lease().await.unwrap();
-    let out = h.admin_ok(&["token", "revoke", &id.to_string()]);
-    assert!(out.contains("revoked"), "{out}");
+    let revoked = h.act_ok(|ctx, store| admin::revoke_token(ctx, store, id));
+    assert_eq!(revoked.revoked_at_ms, Some(h.now()));
     assert_eq!(
         http_error(client.fetch_lease().await),
         (403, "token_revoked".into(), "http_403")
     );
-    let audit = h.admin_ok(&["audit"]);
-    assert!(
-        audit.contains("token.revoke") && audit.contains("lease.refused"),
-        "{audit}"
-    );
+    assert!(h.audited("token.revoke") && h.audited("lease.refused"));
 }
 
 #[tokio::test]
@@ -174,8 +180,9 @@ async fn a_lapsed_subscription_is_not_rolled_forward_and_ends_at_valid_until() {
     h.create_license("subscription", Some(valid_until));
     let (_, token) = h.issue_token(&["127.0.0.1"]);
     let client = h.client(&token);
-    let out = h.admin_ok(&["contract", LICENSE_KEY, "lapsed"]);
-    assert!(out.contains("lapsed (was active)"), "{out}");
+    let previous =
+        h.act_ok(|ctx, store| admin::set_contract(ctx, store, LICENSE_KEY, Contract::Lapsed));
+    assert_eq!(previous, Contract::Active);
 
     h.advance(DAY_MS);
     let lease = client.fetch_lease().await.unwrap();
@@ -199,7 +206,7 @@ async fn a_lapsed_subscription_is_not_rolled_forward_and_ends_at_valid_until() {
     );
 
     // Back to current: renewed and rolled forward at once.
-    h.admin_ok(&["contract", LICENSE_KEY, "active"]);
+    h.act_ok(|ctx, store| admin::set_contract(ctx, store, LICENSE_KEY, Contract::Active));
     let lease = client.fetch_lease().await.unwrap();
     assert_eq!(lease.contract, Contract::Active);
     assert_eq!(lease.valid_until_ms, Some(h.now() + 30 * DAY_MS));
@@ -215,15 +222,16 @@ async fn key_rotation_signs_new_leases_with_the_new_key_and_old_documents_still_
     assert_eq!(old.key_id, h.first_key.key_id());
 
     // A scheduled rotation: nothing changes until the activation time.
-    let activation = tollgate_license::timestamp::format_rfc3339(T0 + 60 * MINUTE);
-    let out = h.admin_ok(&["key", "rotate", "--activate-at", &activation]);
-    let new_id = out
-        .lines()
-        .find_map(|l| l.strip_prefix("key id"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    assert!(h.admin_ok(&["key", "list"]).contains("scheduled"));
+    let activation = T0 + 60 * MINUTE;
+    let (new_key, _, _) = h.act_ok(|ctx, store| admin::rotate_key(ctx, store, activation));
+    let new_id = new_key.key_id().to_string();
+    let ring = KeyRing::load(&h.config.key_dir).unwrap();
+    assert_eq!(ring.entries().len(), 2);
+    assert_eq!(
+        ring.signing_key(h.now()).unwrap().key.key_id(),
+        h.first_key.key_id(),
+        "scheduled, not signing yet"
+    );
     h.advance(30 * MINUTE);
     let before = client.fetch_lease().await.unwrap();
     assert_eq!(before.key_id, h.first_key.key_id());
@@ -245,12 +253,12 @@ async fn key_rotation_signs_new_leases_with_the_new_key_and_old_documents_still_
         tollgate_license::verify(new.license.as_bytes(), &only_old),
         Err(VerifyError::UnknownKey(_))
     ));
-    let keys = h.admin_ok(&["key", "list"]);
-    assert!(
-        keys.contains("signing") && keys.contains("previous"),
-        "{keys}"
+    let ring = KeyRing::load(&h.config.key_dir).unwrap();
+    assert_eq!(
+        ring.signing_key(h.now()).unwrap().key.key_id().to_string(),
+        new_id
     );
-    assert!(h.admin_ok(&["audit"]).contains("key.rotate"));
+    assert!(h.audited("key.rotate"));
 
     // The public keys endpoint lists both, the new one signing.
     let body: serde_json::Value = h
@@ -291,8 +299,8 @@ async fn fetch_through_an_http_connect_proxy() {
     let lease = client.fetch_lease().await.unwrap();
     assert_eq!(lease.license_key, LICENSE_KEY);
     assert!(proxy.count() >= 1, "the proxy carried the request");
-    let tokens = h.admin_ok(&["token", "list"]);
-    assert!(tokens.contains("from 127.0.0.3"), "{tokens}");
+    let tokens = h.read(|db| db.tokens(None));
+    assert_eq!(tokens[0].last_used_from.as_deref(), Some("127.0.0.3"));
 }
 
 #[tokio::test]
@@ -398,18 +406,24 @@ async fn usage_reports_are_stored_and_listed() {
         client.send_usage(&report).await.unwrap();
         h.advance(1000);
     }
-    let table = h.admin_ok(&["reports", "list", "--license", LICENSE_KEY]);
-    let lines: Vec<&str> = table.lines().collect();
-    assert_eq!(lines.len(), 3, "{table}");
-    assert!(
-        lines[1].contains("\tsp2\t7\t9\t1\t18\t5\t6\t17\t0.1.0\t127.0.0.1"),
-        "{table}"
+    let reports = h.read(|db| db.reports(Some(LICENSE_KEY), 20));
+    assert_eq!(reports.len(), 2);
+    let newest = &reports[0];
+    assert_eq!(newest.report.node_id, "sp2");
+    assert_eq!(
+        (
+            newest.report.node.calls,
+            newest.report.node.peak_calls,
+            newest.report.node.emergency_calls,
+            newest.report.node.subscribers,
+            newest.report.node.registered_subscribers,
+            newest.report.node.peak_registered_subscribers,
+        ),
+        (7, 9, 1, 18, 5, 6)
     );
-    let json = h.admin_ok(&["reports", "list", "--json", "--limit", "1"]);
-    let value: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
-    assert_eq!(value["report"]["node_id"], "sp2");
-    assert_eq!(value["report"]["cluster"]["calls"], 17);
-    assert_eq!(value["client_address"], "127.0.0.1");
+    assert_eq!(newest.report.cluster.map(|c| c.calls), Some(17));
+    assert_eq!(newest.report.agent_version, "0.1.0");
+    assert_eq!(newest.client_address, "127.0.0.1");
 
     // A malformed report is refused with a reason, and not stored.
     let url = format!("{}api/v1/licenses/{LICENSE_KEY}/usage", h.url());
@@ -433,10 +447,7 @@ async fn usage_reports_are_stored_and_listed() {
         .await
         .unwrap();
     assert_eq!(too_big.status(), 413);
-    assert_eq!(
-        h.admin_ok(&["reports", "list", "--json"]).lines().count(),
-        2
-    );
+    assert_eq!(h.read(|db| db.reports(None, 20)).len(), 2);
 }
 
 #[tokio::test]
@@ -463,8 +474,7 @@ async fn leases_are_idempotent_within_the_reuse_window() {
         first.serial + 1,
         "a new serial once the window has passed"
     );
-    let audit = h.admin_ok(&["audit", "--json"]);
-    assert!(audit.contains("\"lease.reused\""), "{audit}");
+    assert!(h.audited("lease.reused"));
 }
 
 async fn futures_join(
@@ -497,8 +507,12 @@ async fn the_database_survives_a_restart_and_serials_keep_growing() {
     h.restart();
     let second = h.client(&token).fetch_lease().await.unwrap();
     assert_eq!(second.serial, first.serial + 1);
-    let history = h.admin_ok(&["license", "show", LICENSE_KEY, "--history"]);
-    assert_eq!(history.matches("\tlease\t").count(), 2, "{history}");
+    let history = h.read(|db| db.documents(LICENSE_KEY));
+    assert_eq!(
+        history.iter().filter(|d| d.cause == "lease").count(),
+        2,
+        "{history:?}"
+    );
 }
 
 #[tokio::test]
@@ -542,65 +556,54 @@ async fn a_readable_signing_key_refuses_the_start() {
 #[tokio::test]
 async fn admin_refuses_bad_input_with_user_errors() {
     let h = Harness::start();
-    for args in [
-        &["license", "show", "NOPE"][..],
-        &["token", "revoke", "42"],
-        &["contract", "NOPE", "lapsed"],
-    ] {
-        let error = h.admin(args).unwrap_err();
-        assert!(error.is_user_error(), "{args:?}: {error}");
+    let errors = [
+        h.act(|ctx, store| admin::set_contract(ctx, store, "NOPE", Contract::Lapsed).map(|_| ())),
+        h.act(|ctx, store| admin::revoke_token(ctx, store, 42).map(|_| ())),
+        h.act(|ctx, store| admin::suspend_customer(ctx, store, "Nobody", true).map(|_| ())),
+    ];
+    for error in errors {
+        let error = error.unwrap_err();
+        assert!(error.is_user_error(), "{error}");
     }
     h.create_license("perpetual", None);
     let error = h
-        .admin(&[
-            "token",
-            "issue",
-            "--license",
-            LICENSE_KEY,
-            "--allow",
-            "10.0.0.1/8",
-        ])
+        .act(|ctx, store| admin::issue_token(ctx, store, LICENSE_KEY, &["10.0.0.1/8".into()], None))
         .unwrap_err();
     assert!(
-        error.to_string().contains("did you mean 10.0.0.0/8"),
+        error.is_user_error() && error.to_string().contains("did you mean 10.0.0.0/8"),
         "{error}"
     );
-    let error = h.admin(&["customer", "add", CUSTOMER]).unwrap_err();
+    let error = h
+        .act(|ctx, store| admin::issue_token(ctx, store, LICENSE_KEY, &[], None))
+        .unwrap_err();
+    assert!(error.is_user_error(), "{error}");
+    let error = h
+        .act(|ctx, store| admin::add_customer(ctx, store, CUSTOMER))
+        .unwrap_err();
     assert!(error.is_user_error() && error.to_string().contains("already exists"));
     // A license for a customer that was not added.
-    let spec = h.dir.path().join("other.toml");
-    std::fs::write(
-        &spec,
-        "license_key = \"X\"\ncustomer = \"Nobody\"\nkind = \"perpetual\"\nserial = 1\n",
-    )
-    .unwrap();
     let error = h
-        .admin(&["license", "create", "--spec", spec.to_str().unwrap()])
+        .create_license_from_spec(
+            "license_key = \"X\"\ncustomer = \"Nobody\"\nkind = \"perpetual\"\nserial = 1\n",
+        )
         .unwrap_err();
-    assert!(error.to_string().contains("customer add"), "{error}");
+    assert!(
+        error.is_user_error() && error.to_string().contains("customer add"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
 async fn license_update_raises_the_serial_and_keeps_history() {
     let h = Harness::start();
     h.create_license("perpetual", None);
-    let spec = h.dir.path().join("v2.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "license_key = \"{LICENSE_KEY}\"\ncustomer = \"{CUSTOMER}\"\nkind = \"perpetual\"\n\
-             serial = 1\n[limits]\ncalls = 500\n"
-        ),
-    )
-    .unwrap();
-    let out = h.admin_ok(&[
-        "license",
-        "update",
-        LICENSE_KEY,
-        "--spec",
-        spec.to_str().unwrap(),
-    ]);
-    assert!(out.contains("serial 2"), "{out}");
+    let spec = format!(
+        "license_key = \"{LICENSE_KEY}\"\ncustomer = \"{CUSTOMER}\"\nkind = \"perpetual\"\n\
+         serial = 1\n[limits]\ncalls = 500\n"
+    );
+    let (document, previous) =
+        h.act_ok(|ctx, store| admin::update_license(ctx, store, LICENSE_KEY, &spec));
+    assert_eq!((document.serial, previous), (2, 1));
     let (_, token) = h.issue_token(&["127.0.0.1"]);
     let lease = h.client(&token).fetch_lease().await.unwrap();
     assert_eq!(lease.serial, 2, "signed moments ago: reused");
@@ -709,9 +712,10 @@ async fn a_suspended_customer_gets_403_suspended_until_resumed() {
     let client = h.client(&token);
     let before = client.fetch_lease().await.unwrap();
 
-    let out = h.admin_ok(&["customer", "suspend", CUSTOMER]);
-    assert!(out.contains("suspended"), "{out}");
-    assert!(h.admin_ok(&["customer", "list"]).contains("\tsuspended "));
+    let before_suspend = h.act_ok(|ctx, store| admin::suspend_customer(ctx, store, CUSTOMER, true));
+    assert_eq!(before_suspend.suspended_at_ms, None);
+    let customer = h.read(|db| db.customer(CUSTOMER)).unwrap();
+    assert_eq!(customer.suspended_at_ms, Some(h.now()));
     h.advance(11 * MINUTE);
     assert_eq!(
         http_error(client.fetch_lease().await),
@@ -729,17 +733,21 @@ async fn a_suspended_customer_gets_403_suspended_until_resumed() {
         ledger: Vec::new(),
     };
     client.send_usage(&report).await.unwrap();
-    let audit = h.admin_ok(&["audit", "--json"]);
-    assert!(audit.contains("\"customer.suspend\""), "{audit}");
-    assert!(audit.contains("\"error\":\"suspended\""), "{audit}");
+    assert!(h.audited("customer.suspend"));
+    assert!(
+        h.audit(None)
+            .iter()
+            .any(|a| a.action == "lease.refused" && a.detail.contains("\"error\":\"suspended\"")),
+        "{:?}",
+        h.audit(None)
+    );
 
-    h.admin_ok(&["customer", "resume", CUSTOMER]);
+    h.act_ok(|ctx, store| admin::suspend_customer(ctx, store, CUSTOMER, false));
     let after = client.fetch_lease().await.unwrap();
     assert_eq!(after.serial, before.serial + 1);
-    assert!(h.admin_ok(&["audit"]).contains("customer.resume"));
-    assert!(
-        h.admin(&["customer", "suspend", "Nobody"])
-            .unwrap_err()
-            .is_user_error()
+    assert!(h.audited("customer.resume"));
+    assert_eq!(
+        h.read(|db| db.customer(CUSTOMER)).unwrap().suspended_at_ms,
+        None
     );
 }

@@ -47,12 +47,11 @@ async fn leases_reports_and_restarts_work_on_postgresql() {
         .send_usage(&report("sp1", 7))
         .await
         .unwrap();
-    let reports = h.admin_ok(&["reports", "list", "--license", LICENSE_KEY, "--json"]);
-    assert!(reports.contains("\"node_id\":\"sp1\""), "{reports}");
-    assert!(
-        reports.contains("\"admissions_denied\":{\"OVER_LIMIT\":4}"),
-        "{reports}"
-    );
+    let reports = h.read(|db| db.reports(Some(LICENSE_KEY), 20));
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].report.node_id, "sp1");
+    let denied = serde_json::to_value(&reports[0].report.admissions_denied).unwrap();
+    assert_eq!(denied, serde_json::json!({ "OVER_LIMIT": 4 }));
 
     // A bad token is refused the same way as on SQLite.
     let refused = h.client("tg_wrong").fetch_lease().await.unwrap_err();
@@ -67,15 +66,20 @@ async fn leases_reports_and_restarts_work_on_postgresql() {
         first.serial + 1,
         "the data survived the restart"
     );
-    let history = h.admin_ok(&["license", "show", LICENSE_KEY, "--history"]);
+    let history: Vec<(u64, String)> = h
+        .read(|db| db.documents(LICENSE_KEY))
+        .into_iter()
+        .map(|d| (d.serial, d.cause))
+        .collect();
     assert!(
-        history.contains("serial 1\tcreated") && history.contains("serial 3\tlease"),
-        "{history}"
+        history.contains(&(1, "created".into())) && history.contains(&(3, "lease".into())),
+        "{history:?}"
     );
-    let audit = h.admin_ok(&["audit", "--license", LICENSE_KEY]);
+    let audit = h.audit(Some(LICENSE_KEY));
     assert!(
-        audit.contains("lease.signed") && audit.contains("token.issue"),
-        "{audit}"
+        audit.iter().any(|a| a.action == "lease.signed")
+            && audit.iter().any(|a| a.action == "token.issue"),
+        "{audit:?}"
     );
 
     // Reopening migrates nothing and keeps the version.
@@ -136,8 +140,12 @@ async fn two_servers_never_issue_a_serial_twice(database: Database) {
         serials, expected,
         "one serial per lease, no gap, none twice"
     );
-    let history = h.admin_ok(&["license", "show", LICENSE_KEY, "--history"]);
-    assert_eq!(history.matches("\tlease\t").count(), LEASES, "{history}");
+    let history = h.read(|db| db.documents(LICENSE_KEY));
+    assert_eq!(
+        history.iter().filter(|d| d.cause == "lease").count(),
+        LEASES,
+        "{history:?}"
+    );
     second.shutdown().await.unwrap();
     h.stop().await;
 }

@@ -1,6 +1,8 @@
 //! In-process harness: a real license server (real TLS, a real SQLite file, an injected
-//! clock) on an ephemeral loopback port, the admin CLI on the same database, clients of
-//! the real `tollgate-license-client`, and a tiny HTTP CONNECT proxy.
+//! clock) on an ephemeral loopback port, the admin actions (what the CLI and the admin API
+//! run) on the same database, clients of the real `tollgate-license-client`, and a tiny
+//! HTTP CONNECT proxy. The CLI's parsing and printing are the binary's, tested in the root
+//! package's `tests/license_server.rs`.
 
 #![allow(dead_code)]
 
@@ -13,14 +15,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use clap::Parser as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tollgate_license::timestamp::{DAY_MS, format_rfc3339};
 use tollgate_license::{PublicKey, TrustedKeys};
 use tollgate_license_client::{ClientConfig, LicenseClient, Url};
-use tollgate_license_server::admin::{AdminArgs, AdminPaths};
+use tollgate_license_server::admin::{self, AdminError, AdminPaths, Contract, Ctx};
 use tollgate_license_server::config::{Config, TlsSource};
 use tollgate_license_server::lease::LeaseRules;
+use tollgate_license_server::store::{AuditRecord, Db, Store, StoreError};
 use tollgate_license_server::{Database, LicenseServer, keyring};
 
 /// The harness's "now" at start: 2030-03-17T17:46:40Z.
@@ -29,11 +31,8 @@ pub const MINUTE: u64 = 60_000;
 pub const LICENSE_KEY: &str = "ACME_0001";
 pub const CUSTOMER: &str = "Acme Telecom";
 
-#[derive(clap::Parser)]
-struct AdminCli {
-    #[command(flatten)]
-    args: AdminArgs,
-}
+/// The audit actor of the harness's admin actions.
+pub const ACTOR: &str = "admin:test";
 
 pub struct Harness {
     pub dir: tempfile::TempDir,
@@ -121,74 +120,77 @@ impl Harness {
         self.dir.path().join("tls/cert.pem")
     }
 
-    /// Runs `tollgate license-server admin ARGS…` on the server's database at the harness
-    /// clock; returns its output.
-    pub fn admin(
+    /// Runs an admin action (the library function the CLI and the admin API call) as
+    /// [`ACTOR`] at the harness clock, on a thread of its own (the PostgreSQL client must not
+    /// run inside an async task).
+    pub fn act<T: Send>(
         &self,
-        args: &[&str],
-    ) -> Result<String, tollgate_license_server::admin::AdminError> {
-        let cli = AdminCli::try_parse_from(std::iter::once("admin").chain(args.iter().copied()))
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        action: impl FnOnce(&Ctx<'_>, &mut Store) -> Result<T, AdminError> + Send,
+    ) -> Result<T, AdminError> {
         let paths = AdminPaths {
             database: self.config.database.clone(),
             key_dir: self.config.key_dir.clone(),
             lease_ms: self.config.rules.lease_ms,
         };
-        let now = self.now();
-        // On a thread of its own: the PostgreSQL client must not run inside an async task.
-        let out = std::thread::scope(|s| {
+        let now_ms = self.now();
+        std::thread::scope(|s| {
             s.spawn(|| {
-                let mut out = Vec::new();
-                tollgate_license_server::admin::run(&cli.args, &paths, now, &mut out).map(|()| out)
+                let ctx = Ctx {
+                    paths: &paths,
+                    now_ms,
+                    actor: ACTOR,
+                };
+                let mut store = Store::open_database(&paths.database)?;
+                action(&ctx, &mut store)
             })
             .join()
             .unwrap()
-        })?;
-        Ok(String::from_utf8(out).unwrap())
+        })
     }
 
-    /// [`Harness::admin`] with `input` on standard input (a password).
-    pub fn admin_with_input(
+    /// [`Harness::act`] that must succeed.
+    pub fn act_ok<T: Send>(
         &self,
-        args: &[&str],
-        input: &str,
-    ) -> Result<String, tollgate_license_server::admin::AdminError> {
-        let cli = AdminCli::try_parse_from(std::iter::once("admin").chain(args.iter().copied()))
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-        let paths = AdminPaths {
-            database: self.config.database.clone(),
-            key_dir: self.config.key_dir.clone(),
-            lease_ms: self.config.rules.lease_ms,
-        };
-        let now = self.now();
-        let out = std::thread::scope(|s| {
+        action: impl FnOnce(&Ctx<'_>, &mut Store) -> Result<T, AdminError> + Send,
+    ) -> T {
+        self.act(action)
+            .unwrap_or_else(|e| panic!("admin action: {e}"))
+    }
+
+    /// Reads the database (on a thread of its own, like [`Harness::act`]).
+    pub fn read<T: Send>(&self, query: impl FnOnce(&Db<'_>) -> Result<T, StoreError> + Send) -> T {
+        let database = self.config.database.clone();
+        std::thread::scope(|s| {
             s.spawn(|| {
-                let mut out = Vec::new();
-                tollgate_license_server::admin::run_with_input(
-                    &cli.args,
-                    &paths,
-                    now,
-                    &mut input.as_bytes(),
-                    &mut out,
-                )
-                .map(|()| out)
+                let store = Store::open_database(&database)?;
+                query(&store.read())
             })
             .join()
             .unwrap()
-        })?;
-        Ok(String::from_utf8(out).unwrap())
+        })
+        .unwrap_or_else(|e| panic!("read: {e}"))
     }
 
-    pub fn admin_ok(&self, args: &[&str]) -> String {
-        self.admin(args)
-            .unwrap_or_else(|e| panic!("admin {args:?}: {e}"))
+    /// The audit log, newest first (at most 1,000 entries), of one license or all.
+    pub fn audit(&self, license: Option<&str>) -> Vec<AuditRecord> {
+        self.read(|db| db.audit_log(license, 1000))
+    }
+
+    /// Whether the audit log has an entry with `action`.
+    pub fn audited(&self, action: &str) -> bool {
+        self.audit(None).iter().any(|a| a.action == action)
+    }
+
+    /// Adds a customer (if missing) and a license from `spec`.
+    pub fn create_license_from_spec(&self, spec: &str) -> Result<(), AdminError> {
+        self.act(|ctx, store| admin::create_license(ctx, store, spec, Contract::Active).map(|_| ()))
     }
 
     /// Adds the customer and a license of `kind` valid until `valid_until` (ms), created at
     /// the harness clock.
     pub fn create_license(&self, kind: &str, valid_until: Option<u64>) {
-        if !self.admin_ok(&["customer", "list"]).contains(CUSTOMER) {
-            self.admin_ok(&["customer", "add", CUSTOMER]);
+        if self.read(|db| db.customer(CUSTOMER)).is_none() {
+            self.act_ok(|ctx, store| admin::add_customer(ctx, store, CUSTOMER));
         }
         let valid_until = valid_until
             .map(|u| format!("valid_until = \"{}\"\n", format_rfc3339(u)))
@@ -198,28 +200,15 @@ impl Harness {
              serial = 1\nvalid_from = \"2029-01-01T00:00:00Z\"\n{valid_until}\
              features = [\"pbx\"]\n\n[limits]\ncalls = 100\n"
         );
-        let path = self.dir.path().join("spec.toml");
-        std::fs::write(&path, spec).unwrap();
-        self.admin_ok(&["license", "create", "--spec", path.to_str().unwrap()]);
+        self.create_license_from_spec(&spec)
+            .unwrap_or_else(|e| panic!("license create: {e}"));
     }
 
     /// Issues a token for the license, allowed from `allow`; returns (id, token).
     pub fn issue_token(&self, allow: &[&str]) -> (i64, String) {
-        let mut args = vec!["token", "issue", "--license", LICENSE_KEY];
-        for a in allow {
-            args.extend(["--allow", a]);
-        }
-        let out = self.admin_ok(&args);
-        let id = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|t| t.parse().ok())
-            .expect("token id");
-        let token = out
-            .lines()
-            .find(|l| l.starts_with("tg_"))
-            .expect("the token is printed")
-            .to_owned();
+        let allow: Vec<String> = allow.iter().map(|a| (*a).to_owned()).collect();
+        let (id, token, _) =
+            self.act_ok(|ctx, store| admin::issue_token(ctx, store, LICENSE_KEY, &allow, None));
         (id, token)
     }
 

@@ -1,0 +1,759 @@
+//! `tollgate license-server admin …`: the vendor's administration CLI, working directly on
+//! the server's database and key directory (a running server sees every change at its next
+//! request). Its credential is file access: whoever can write the database and read the key
+//! directory administers the server.
+//!
+//! This module parses the arguments and prints; every change is an action of
+//! `tollgate_license_server::admin` (the admin HTTP API calls the same ones), listed
+//! content is read from the store. Every command that changes something is written to the
+//! audit log with the actor `admin:<$USER>`. Tokens are printed once, at issue.
+//!
+//! Exit codes: 0 done, 1 the database or a file failed, 2 bad input (unknown license,
+//! customer or token, a bad spec or address, missing `--db`).
+
+use std::io::{self, BufRead as _, Read as _, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize as _;
+use tollgate_license::timestamp::{format_rfc3339, parse_rfc3339};
+use tollgate_license::{Document, LicenseSpec};
+use tollgate_license_server::KeyRing;
+use tollgate_license_server::admin::{self, AdminError, AdminPaths, Contract, Ctx};
+use tollgate_license_server::admin_api::{PASSWORD_LEN_MAX, Role};
+use tollgate_license_server::store::{Store, StoreError};
+
+use crate::Failure;
+
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "Administer licenses, tokens and keys on the server's database",
+    long_about = "Administer the license server's database and signing keys directly: customers, \
+licenses (from a spec), contracts, API tokens, usage reports, key rotation and the audit log. \
+The database and key directory come from --config (the server's config file), or --db and \
+--key-dir, or --dev (./license-server-dev). See docs/license-server.md."
+)]
+pub(crate) struct AdminArgs {
+    /// The database file (default: `database` of --config).
+    #[arg(long, value_name = "PATH", global = true)]
+    db: Option<PathBuf>,
+    /// The signing key directory (default: `[signing] key_dir` of --config).
+    #[arg(long, value_name = "DIR", global = true)]
+    key_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum AdminCommand {
+    /// Customers: add, list.
+    #[command(subcommand)]
+    Customer(CustomerCommand),
+    /// Licenses: create from a spec, update, list, show, export the signed document.
+    #[command(subcommand)]
+    License(LicenseCommand),
+    /// Mark a license's contract active (subscriptions roll forward) or lapsed.
+    Contract {
+        /// The license key.
+        license: String,
+        #[arg(value_enum)]
+        state: ContractState,
+    },
+    /// API tokens: issue (printed once), list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Usage reports sent by agents.
+    #[command(subcommand)]
+    Reports(ReportsCommand),
+    /// Signing keys: rotate (create the next key), list.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Vendor users of the admin API and console: add (password on standard input), list,
+    /// disable.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// The audit log, newest first: every admin action and every lease.
+    Audit {
+        /// Only entries about this license.
+        #[arg(long, value_name = "KEY")]
+        license: Option<String>,
+        /// At most this many (newest first).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ContractState {
+    Active,
+    Lapsed,
+}
+
+/// A vendor user's role (`admin_api::Role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RoleArg {
+    Viewer,
+    Admin,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Role {
+        match role {
+            RoleArg::Viewer => Role::Viewer,
+            RoleArg::Admin => Role::Admin,
+        }
+    }
+}
+
+impl From<ContractState> for Contract {
+    fn from(state: ContractState) -> Contract {
+        match state {
+            ContractState::Active => Contract::Active,
+            ContractState::Lapsed => Contract::Lapsed,
+        }
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum CustomerCommand {
+    /// Add a customer (the name licenses' `customer` field refers to).
+    Add {
+        name: String,
+    },
+    List,
+    /// Suspend a customer: its licenses' leases answer 403 `suspended` (agents keep their
+    /// license until its lease ends); usage reports are still stored.
+    Suspend {
+        name: String,
+    },
+    /// Resume a suspended customer: leases are signed again.
+    Resume {
+        name: String,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum LicenseCommand {
+    /// Create a license from a spec (the TOML of `tollgate license sign`); its `customer`
+    /// must have been added. Signs the first document with the current key; without
+    /// `lease_days` or `signature_valid_until` in the spec the server's lease applies.
+    Create {
+        #[arg(long, value_name = "SPEC.toml")]
+        spec: PathBuf,
+        /// The contract to start with.
+        #[arg(long, value_enum, default_value = "active")]
+        contract: ContractState,
+    },
+    /// Replace a license's content from a new spec (same key and customer): signs a new
+    /// document with serial max(spec serial, current + 1).
+    Update {
+        license: String,
+        #[arg(long, value_name = "SPEC.toml")]
+        spec: PathBuf,
+    },
+    List,
+    /// A license's state; with --history every document ever signed for it.
+    Show {
+        license: String,
+        #[arg(long)]
+        history: bool,
+    },
+    /// Print the current signed document (armored), e.g. for an offline installation.
+    Export {
+        license: String,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Issue an API token for a license, bound to client addresses; prints it once.
+    Issue {
+        /// The license key the token is for.
+        #[arg(long, value_name = "KEY")]
+        license: String,
+        /// An address (192.0.2.7) or network (10.0.0.0/8) the token may be used from;
+        /// repeat for several. Behind a proxy, the proxy's egress address.
+        #[arg(long = "allow", value_name = "ADDR[/BITS]", required = true)]
+        allow: Vec<String>,
+        /// A note for the vendor (e.g. which node).
+        #[arg(long)]
+        note: Option<String>,
+    },
+    List {
+        /// Only this license's tokens.
+        #[arg(long, value_name = "KEY")]
+        license: Option<String>,
+    },
+    /// Revoke a token (by the id `token list` shows): the next request is refused (403).
+    Revoke { id: i64 },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ReportsCommand {
+    /// The latest usage reports, newest first.
+    List {
+        /// Only this license's reports.
+        #[arg(long, value_name = "KEY")]
+        license: Option<String>,
+        /// At most this many (newest first).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// One JSON object per line (the report as sent, with the server's fields).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum UserCommand {
+    /// Add a user; the password is read from standard input (one line, 8 to 1024 bytes).
+    Add {
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    List,
+    /// Disable a user (kept for the audit log) and end its sessions.
+    Disable {
+        name: String,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Create the next signing key. The server signs new leases with it from its activation
+    /// time on (default now): publish its .pub to agents first, or schedule it.
+    Rotate {
+        /// When the key starts signing (UTC, like 2030-01-15T00:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        activate_at: Option<String>,
+    },
+    /// Every key, its activation time, and which one signs now.
+    List,
+}
+
+/// The actor recorded in the audit log.
+fn actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let user: String = user.chars().filter(|c| !c.is_control()).take(64).collect();
+    format!("admin:{user}")
+}
+
+/// Runs `tollgate license-server admin …` with the files of `--config` (or `--dev`) and the
+/// system clock; maps errors to exit codes (2 bad input or configuration, 1 failure).
+pub(crate) fn run(args: &AdminArgs, config_path: Option<&Path>, dev: bool) -> Result<(), Failure> {
+    let paths = AdminPaths::resolve(
+        args.db.as_deref(),
+        args.key_dir.as_deref(),
+        config_path,
+        dev,
+    )
+    .map_err(admin_failure)?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut out = io::stdout().lock();
+    run_with_input(args, &paths, now_ms, &mut io::stdin().lock(), &mut out)
+        .map_err(admin_failure)?;
+    out.flush().map_err(|e| Failure::Runtime(e.into()))
+}
+
+fn admin_failure(e: AdminError) -> Failure {
+    if e.is_user_error() {
+        Failure::Config(e.into())
+    } else {
+        Failure::Runtime(e.into())
+    }
+}
+
+/// One admin command at `now_ms`, printing to `out`; a password comes from `input_lines`.
+fn run_with_input(
+    args: &AdminArgs,
+    paths: &AdminPaths,
+    now_ms: u64,
+    input_lines: &mut dyn io::BufRead,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let actor = actor();
+    let ctx = Ctx {
+        paths,
+        now_ms,
+        actor: &actor,
+    };
+    // Key rotation needs no database to create the key, but records the rotation.
+    let mut store = Store::open_database(&paths.database)?;
+    match &args.command {
+        AdminCommand::Customer(CustomerCommand::Add { name }) => {
+            customer_add(&ctx, &mut store, name, out)
+        }
+        AdminCommand::Customer(CustomerCommand::List) => {
+            for c in store.read().customers()? {
+                let state = c.suspended_at_ms.map_or_else(
+                    || "active".to_owned(),
+                    |at| format!("suspended {}", format_rfc3339(at)),
+                );
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{state}",
+                    c.id,
+                    c.name,
+                    format_rfc3339(c.created_at_ms)
+                )?;
+            }
+            Ok(())
+        }
+        AdminCommand::Customer(CustomerCommand::Suspend { name }) => {
+            admin::suspend_customer(&ctx, &mut store, name, true)?;
+            writeln!(
+                out,
+                "customer {name} suspended: its leases answer 403 suspended from now on"
+            )?;
+            Ok(())
+        }
+        AdminCommand::Customer(CustomerCommand::Resume { name }) => {
+            admin::suspend_customer(&ctx, &mut store, name, false)?;
+            writeln!(out, "customer {name} resumed: leases are signed again")?;
+            Ok(())
+        }
+        AdminCommand::License(command) => license(&ctx, &mut store, command, out),
+        AdminCommand::Contract { license, state } => {
+            contract(&ctx, &mut store, license, (*state).into(), out)
+        }
+        AdminCommand::Token(command) => token(&ctx, &mut store, command, out),
+        AdminCommand::Reports(ReportsCommand::List {
+            license,
+            limit,
+            json,
+        }) => reports(&store, license.as_deref(), *limit, *json, out),
+        AdminCommand::Key(command) => key(&ctx, &mut store, command, out),
+        AdminCommand::User(command) => user(&ctx, &mut store, command, input_lines, out),
+        AdminCommand::Audit {
+            license,
+            limit,
+            json,
+        } => audit(&store, license.as_deref(), *limit, *json, out),
+    }
+}
+
+fn customer_add(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    name: &str,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let customer = admin::add_customer(ctx, store, name)?;
+    writeln!(out, "customer {} added: {}", customer.id, customer.name)?;
+    Ok(())
+}
+
+fn read_spec(path: &Path) -> Result<String, AdminError> {
+    use std::io::Read as _;
+    let read_error = |source| AdminError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(read_error)?
+        .take(LicenseSpec::TEXT_LEN_MAX as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
+    Ok(text)
+}
+
+fn license(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    command: &LicenseCommand,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    match command {
+        LicenseCommand::Create { spec, contract } => {
+            let contract: Contract = (*contract).into();
+            let (record, document, key_id) =
+                admin::create_license(ctx, store, &read_spec(spec)?, contract)?;
+            writeln!(
+                out,
+                "license {} created for {}: {} serial {}, contract {}, signed by key {}",
+                record.license_key,
+                record.customer,
+                document.kind.as_str(),
+                record.serial,
+                contract.as_str(),
+                key_id
+            )?;
+            describe_document(&document, out)
+        }
+        LicenseCommand::Update { license, spec } => {
+            let (document, _) = admin::update_license(ctx, store, license, &read_spec(spec)?)?;
+            writeln!(out, "license {license} updated: serial {}", document.serial)?;
+            describe_document(&document, out)
+        }
+        LicenseCommand::List => {
+            for l in store.read().licenses()? {
+                let document = parse_stored(&l.document)?;
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\tserial {}\tcontract {}\tvalid until {}\tlease until {}",
+                    l.license_key,
+                    l.customer,
+                    document.kind.as_str(),
+                    l.serial,
+                    l.contract.as_str(),
+                    document
+                        .valid_until_ms
+                        .map_or_else(|| "forever".into(), format_rfc3339),
+                    document
+                        .signature_valid_until_ms
+                        .map_or_else(|| "-".into(), format_rfc3339),
+                )?;
+            }
+            Ok(())
+        }
+        LicenseCommand::Show { license, history } => {
+            let db = store.read();
+            let record = db.license_required(license)?;
+            let document = parse_stored(&record.document)?;
+            writeln!(out, "license      {}", record.license_key)?;
+            writeln!(out, "customer     {}", record.customer)?;
+            writeln!(out, "contract     {}", record.contract.as_str())?;
+            writeln!(out, "serial       {}", record.serial)?;
+            describe_document(&document, out)?;
+            let tokens = db.tokens(Some(license))?;
+            let active = tokens.iter().filter(|t| t.revoked_at_ms.is_none()).count();
+            writeln!(
+                out,
+                "tokens       {active} active, {} revoked",
+                tokens.len() - active
+            )?;
+            if *history {
+                writeln!(out, "history:")?;
+                for d in db.documents(license)? {
+                    writeln!(
+                        out,
+                        "  serial {}\t{}\tissued {}\tlease until {}\tvalid until {}\tkey {}",
+                        d.serial,
+                        d.cause,
+                        format_rfc3339(d.issued_at_ms),
+                        d.signature_valid_until_ms
+                            .map_or_else(|| "-".into(), format_rfc3339),
+                        d.valid_until_ms
+                            .map_or_else(|| "forever".into(), format_rfc3339),
+                        d.key_id
+                    )?;
+                }
+            }
+            Ok(())
+        }
+        LicenseCommand::Export { license } => {
+            let record = store.read().license_required(license)?;
+            out.write_all(record.document.as_bytes())?;
+            Ok(())
+        }
+    }
+}
+
+fn user(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    command: &UserCommand,
+    input_lines: &mut dyn io::BufRead,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    match command {
+        UserCommand::Add { name, role } => {
+            let mut password = String::new();
+            input_lines
+                .take(PASSWORD_LEN_MAX as u64 + 2)
+                .read_line(&mut password)
+                .map_err(AdminError::Output)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            let user = admin::add_user(ctx, store, name, (*role).into(), password)?;
+            writeln!(out, "user {} added: {}", user.name, user.role)?;
+        }
+        UserCommand::List => {
+            for u in store.read().users()? {
+                let state = match u.disabled_at_ms {
+                    Some(at) => format!("disabled {}", format_rfc3339(at)),
+                    None => "active".into(),
+                };
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\tcreated {}",
+                    u.name,
+                    u.role,
+                    state,
+                    format_rfc3339(u.created_at_ms)
+                )?;
+            }
+        }
+        UserCommand::Disable { name } => {
+            admin::disable_user(ctx, store, name)?;
+            writeln!(out, "user {name} disabled; its sessions ended")?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_stored(text: &str) -> Result<Document, AdminError> {
+    tollgate_license::parse(text.as_bytes())
+        .map(|p| p.document)
+        .map_err(|e| AdminError::Store(StoreError::Corrupt(format!("stored document: {e}"))))
+}
+
+fn describe_document(document: &Document, out: &mut dyn Write) -> Result<(), AdminError> {
+    writeln!(out, "kind         {}", document.kind.as_str())?;
+    writeln!(
+        out,
+        "valid        {} until {}",
+        format_rfc3339(document.valid_from_ms),
+        document
+            .valid_until_ms
+            .map_or_else(|| "forever".into(), format_rfc3339)
+    )?;
+    writeln!(
+        out,
+        "lease until  {}",
+        document
+            .signature_valid_until_ms
+            .map_or_else(|| "-".into(), format_rfc3339)
+    )?;
+    writeln!(out, "key id       {}", document.key_id)?;
+    Ok(())
+}
+
+fn contract(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    license: &str,
+    contract: Contract,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let previous = admin::set_contract(ctx, store, license, contract)?;
+    writeln!(
+        out,
+        "contract of {license}: {} (was {})",
+        contract.as_str(),
+        previous.as_str()
+    )?;
+    if contract == Contract::Lapsed {
+        writeln!(
+            out,
+            "leases are still renewed, but a subscription is no longer rolled forward: it ends \
+             at its valid_until"
+        )?;
+    }
+    Ok(())
+}
+
+fn token(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    command: &TokenCommand,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    match command {
+        TokenCommand::Issue {
+            license,
+            allow,
+            note,
+        } => {
+            let (id, token, allowed) =
+                admin::issue_token(ctx, store, license, allow, note.as_deref())?;
+            writeln!(
+                out,
+                "token {id} for license {license}, allowed from {allowed}"
+            )?;
+            writeln!(out, "{token}")?;
+            writeln!(
+                out,
+                "(shown once: put it in the agent's configuration; the server keeps only a hash)"
+            )?;
+            Ok(())
+        }
+        TokenCommand::List { license } => {
+            for t in store.read().tokens(license.as_deref())? {
+                let state = match t.revoked_at_ms {
+                    Some(at) => format!("revoked {}", format_rfc3339(at)),
+                    None => "active".into(),
+                };
+                let used = match (t.last_used_at_ms, &t.last_used_from) {
+                    (Some(at), Some(from)) => format!("{} from {from}", format_rfc3339(at)),
+                    _ => "never".into(),
+                };
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\tallowed {}\tcreated {}\tlast used {}\t{}",
+                    t.id,
+                    t.license_key,
+                    state,
+                    t.allowed,
+                    format_rfc3339(t.created_at_ms),
+                    used,
+                    t.note.as_deref().unwrap_or("")
+                )?;
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { id } => {
+            let record = admin::revoke_token(ctx, store, *id)?;
+            writeln!(
+                out,
+                "token {id} of license {} revoked at {}",
+                record.license_key,
+                record
+                    .revoked_at_ms
+                    .map_or_else(String::new, format_rfc3339)
+            )?;
+            Ok(())
+        }
+    }
+}
+
+fn reports(
+    store: &Store,
+    license: Option<&str>,
+    limit: u32,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let reports = store.read().reports(license, limit)?;
+    if !json {
+        writeln!(
+            out,
+            "id\treceived\tlicense\tnode\tcalls\tpeak\temergency\tsubscribers\tregistered\tpeak\tcluster calls\tversion\tfrom"
+        )?;
+    }
+    for r in reports {
+        if json {
+            let value = serde_json::json!({
+                "id": r.id,
+                "received_at": format_rfc3339(r.received_at_ms),
+                "license_key": r.license_key,
+                "token_id": r.token_id,
+                "client_address": r.client_address,
+                "report": r.report,
+            });
+            writeln!(out, "{value}")?;
+            continue;
+        }
+        let n = &r.report.node;
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            r.id,
+            format_rfc3339(r.received_at_ms),
+            r.license_key,
+            r.report.node_id,
+            n.calls,
+            n.peak_calls,
+            n.emergency_calls,
+            n.subscribers,
+            n.registered_subscribers,
+            n.peak_registered_subscribers,
+            r.report
+                .cluster
+                .map_or_else(|| "-".into(), |c| c.calls.to_string()),
+            r.report.agent_version,
+            r.client_address
+        )?;
+    }
+    Ok(())
+}
+
+fn key(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    command: &KeyCommand,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    match command {
+        KeyCommand::Rotate { activate_at } => {
+            let activation_ms = match activate_at {
+                Some(text) => parse_rfc3339(text)
+                    .map_err(|e| admin::input(format!("--activate-at {text}: {e}")))?,
+                None => ctx.now_ms,
+            };
+            let (key, key_path, pub_path) = admin::rotate_key(ctx, store, activation_ms)?;
+            writeln!(out, "key id       {}", key.key_id())?;
+            writeln!(out, "private key  {}  (mode 0600)", key_path.display())?;
+            writeln!(out, "public key   {}", pub_path.display())?;
+            writeln!(
+                out,
+                "activates    {}",
+                format_rfc3339(activation_ms - activation_ms % 1000)
+            )?;
+            writeln!(out, "{}", key.public_key().to_file_string().trim_end())?;
+            writeln!(
+                out,
+                "Agents must trust this public key (beside the old one) before the server signs \
+                 with it; until then they keep their current license and refuse the renewal."
+            )?;
+            Ok(())
+        }
+        KeyCommand::List => {
+            let ring = KeyRing::load(&ctx.paths.key_dir)?;
+            let signing = ring.signing_key(ctx.now_ms).map(|e| e.key.key_id());
+            for entry in ring.entries() {
+                let id = entry.key.key_id();
+                let state = if Some(id) == signing {
+                    "signing"
+                } else if entry.activation_ms > ctx.now_ms {
+                    "scheduled"
+                } else {
+                    "previous"
+                };
+                writeln!(
+                    out,
+                    "{id}\t{state}\tactivates {}\t{}",
+                    format_rfc3339(entry.activation_ms),
+                    entry.file_name
+                )?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn audit(
+    store: &Store,
+    license: Option<&str>,
+    limit: u32,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    for a in store.read().audit_log(license, limit)? {
+        if json {
+            let detail: serde_json::Value =
+                serde_json::Value::deserialize(&mut serde_json::Deserializer::from_str(&a.detail))
+                    .unwrap_or(serde_json::Value::String(a.detail.clone()));
+            let value = serde_json::json!({
+                "id": a.id,
+                "at": format_rfc3339(a.at_ms),
+                "actor": a.actor,
+                "action": a.action,
+                "license_key": a.license_key,
+                "client_address": a.client_address,
+                "detail": detail,
+            });
+            writeln!(out, "{value}")?;
+        } else {
+            writeln!(
+                out,
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                a.id,
+                format_rfc3339(a.at_ms),
+                a.actor,
+                a.action,
+                a.license_key.as_deref().unwrap_or("-"),
+                a.client_address.as_deref().unwrap_or("-"),
+                a.detail
+            )?;
+        }
+    }
+    Ok(())
+}
