@@ -2,8 +2,9 @@
 //! dedicated threads, each datagram handed to the sans-IO [`Pipeline`].
 //!
 //! Data path: kernel → [`RecvBatch::recv`] (up to `recv_batch` datagrams per syscall) →
-//! [`Pipeline::process`] (sequence check, decode, `Tables::apply`, `admit` answers) →
-//! counters published once per batch. The only clock read is one wall-clock sample per
+//! [`Pipeline::process_pipelined`] (sequence check, decode, `admit` answers; call events
+//! fingerprinted and their table slots prefetched a few events ahead of
+//! `Tables::apply_prefetched`, see [`Pending`]) → counters published once per batch. The only clock read is one wall-clock sample per
 //! batch; nothing here allocates per datagram.
 //!
 //! Besides the text and binary formats, the event sockets accept OpenSIPS `event_datagram`
@@ -32,7 +33,10 @@ pub use hep::{
     HepConfig, HepHandle, HepIngest, HepResult, HepSnapshot, TrackerConfig, TrackerCounters,
 };
 pub use journal::{Journal, JournalStats};
-pub use pipeline::{Admission, AdmitAll, BatchObserver, Decision, Pipeline, REPLY_BYTES_MAX};
+pub use pipeline::{
+    Admission, AdmitAll, BatchObserver, Decision, PREFETCH_DEPTH, Pending, Pipeline,
+    REPLY_BYTES_MAX,
+};
 pub use recv::{RECV_BATCH_MAX, Received, RecvBatch, RecvMode};
 pub use socket::{Endpoint, EventSocket, RECV_TIMEOUT, SocketOptions};
 pub use stats::{IngestStats, LocalStats, StatsSnapshot, ThreadStats};
@@ -340,6 +344,8 @@ pub fn receive_loop(
         };
         let now = tables_clock();
         local.record_batch(n);
+        // Call events of the whole batch go through one prefetch queue (see `Pending`).
+        let mut pending = Pending::default();
         let Some(journal) = &pipeline.journal else {
             for received in batch.iter() {
                 if received.truncated {
@@ -347,9 +353,16 @@ pub fn receive_loop(
                     continue;
                 }
                 reply.clear();
-                pipeline.process(now, received.data, &mut local, &mut reply);
+                pipeline.process_pipelined(
+                    now,
+                    received.data,
+                    &mut local,
+                    &mut reply,
+                    &mut pending,
+                );
                 send_reply(batch, fd, received.slot, &reply, &mut local);
             }
+            pipeline.finish(now, &mut pending, &mut local);
             pipeline.after_batch(now);
             if let Some(d) = batch.kernel_drops() {
                 kernel_drops.fetch_max(u64::from(d), Ordering::Relaxed);
@@ -377,9 +390,11 @@ pub fn receive_loop(
                     continue;
                 }
                 reply.clear();
-                pipeline.apply_datagram(now, received.data, &mut local, &mut reply);
+                pipeline.apply_pipelined(now, received.data, &mut local, &mut reply, &mut pending);
                 send_reply(batch, fd, received.slot, &reply, &mut local);
             }
+            // Applied before the journal is let go: its order is the tables' order.
+            pipeline.finish(now, &mut pending, &mut local);
             drop(held);
         }
         pipeline.after_batch(now);

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use tollgate_events::{Event, Malformed, Verb};
-use tollgate_usage::{MonoTime, Outcome, Owner, SeqVerdict, SequenceTracker, Tables};
+use tollgate_usage::{MonoTime, Outcome, Owner, Prefetched, SeqVerdict, SequenceTracker, Tables};
 
 use crate::stats::{
     DatagramDrop, EventOutcome, EventRefusal, LocalStats, OPENSIPS_APPLIED, OPENSIPS_IGNORED,
@@ -19,6 +19,61 @@ use crate::stats::{
 /// Longest reply datagram built for one received datagram; further `admit` answers in the
 /// same datagram are dropped (and counted: `reply_answers_dropped`).
 pub const REPLY_BYTES_MAX: usize = 8192;
+
+/// Call events decoded and prefetched ahead of the one being applied (see [`Pending`]).
+pub const PREFETCH_DEPTH: usize = 16;
+
+/// Call events decoded, their fingerprints computed and their table slots prefetched
+/// ([`Tables::prefetch`]), waiting to be applied: a queue of at most [`PREFETCH_DEPTH`]
+/// that runs across the datagrams of one receive batch, so the cache misses of the next
+/// events overlap the work on the current one (software pipelining, as DPDK's bulk hash
+/// lookups do). Events leave in the order they came; any other event (a registration, an
+/// `admit`, a `sync-*` line) first applies everything queued, so the order of all events
+/// is the order of the datagrams. Drained by [`Pipeline::finish`] before the batch ends.
+pub struct Pending<'a> {
+    queue: [(Event<'a>, Owner, Prefetched); PREFETCH_DEPTH],
+    head: usize,
+    len: usize,
+}
+
+impl Default for Pending<'_> {
+    fn default() -> Self {
+        const IDLE: Event<'static> = Event::Subscribers { count: 0 };
+        Pending {
+            queue: [(IDLE, Owner::NONE, Prefetched::NONE); PREFETCH_DEPTH],
+            head: 0,
+            len: 0,
+        }
+    }
+}
+
+impl<'a> Pending<'a> {
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn pop(&mut self) -> Option<(Event<'a>, Owner, Prefetched)> {
+        if self.len == 0 {
+            return None;
+        }
+        let item = self.queue[self.head];
+        self.head = (self.head + 1) % PREFETCH_DEPTH;
+        self.len -= 1;
+        Some(item)
+    }
+
+    fn push(&mut self, item: (Event<'a>, Owner, Prefetched)) {
+        debug_assert!(self.len < PREFETCH_DEPTH);
+        self.queue[(self.head + self.len) % PREFETCH_DEPTH] = item;
+        self.len += 1;
+    }
+}
+
+impl std::fmt::Debug for Pending<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("len", &self.len).finish()
+    }
+}
 
 /// The answer to an `admit` query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,9 +134,52 @@ impl Pipeline {
         stats: &mut LocalStats,
         reply: &mut Vec<u8>,
     ) {
+        let mut pending = Pending::default();
+        self.process_pipelined(now, datagram, stats, reply, &mut pending);
+        self.finish(now, &mut pending, stats);
+    }
+
+    /// [`process`](Self::process) that leaves up to [`PREFETCH_DEPTH`] call events in
+    /// `pending`, prefetched and not applied yet, for the next datagrams of the batch to
+    /// overlap; the caller ends the batch with [`finish`](Self::finish).
+    pub fn process_pipelined<'a>(
+        &self,
+        now: MonoTime,
+        datagram: &'a [u8],
+        stats: &mut LocalStats,
+        reply: &mut Vec<u8>,
+        pending: &mut Pending<'a>,
+    ) {
         if self.check_sequence(now, datagram, stats) {
-            self.apply_datagram(now, datagram, stats, reply);
+            self.apply_pipelined(now, datagram, stats, reply, pending);
         }
+    }
+
+    /// Applies every call event still queued in `pending`.
+    pub fn finish(&self, now: MonoTime, pending: &mut Pending<'_>, stats: &mut LocalStats) {
+        while let Some((event, owner, prefetched)) = pending.pop() {
+            self.apply_call(now, &event, owner, prefetched, stats);
+        }
+    }
+
+    /// Queues a call event (prefetching its slot), applying the oldest queued one first when
+    /// the queue is full.
+    #[inline]
+    fn queue_call<'a>(
+        &self,
+        now: MonoTime,
+        event: Event<'a>,
+        owner: Owner,
+        stats: &mut LocalStats,
+        pending: &mut Pending<'a>,
+    ) {
+        if pending.len == PREFETCH_DEPTH
+            && let Some((old, old_owner, prefetched)) = pending.pop()
+        {
+            self.apply_call(now, &old, old_owner, prefetched, stats);
+        }
+        let prefetched = self.tables.prefetch(&event);
+        pending.push((event, owner, prefetched));
     }
 
     /// The first half of [`process`](Self::process): counts the datagram and checks its
@@ -120,7 +218,23 @@ impl Pipeline {
         stats: &mut LocalStats,
         reply: &mut Vec<u8>,
     ) {
+        let mut pending = Pending::default();
+        self.apply_pipelined(now, datagram, stats, reply, &mut pending);
+        self.finish(now, &mut pending, stats);
+    }
+
+    /// [`apply_datagram`](Self::apply_datagram) through `pending` (see
+    /// [`process_pipelined`](Self::process_pipelined)).
+    pub fn apply_pipelined<'a>(
+        &self,
+        now: MonoTime,
+        datagram: &'a [u8],
+        stats: &mut LocalStats,
+        reply: &mut Vec<u8>,
+        pending: &mut Pending<'a>,
+    ) {
         if tollgate_opensips::looks_like_json(datagram) {
+            self.finish(now, pending, stats);
             self.process_opensips(now, datagram, stats, reply);
             return;
         }
@@ -132,12 +246,21 @@ impl Pipeline {
             .map_or(Owner::NONE, |seq| self.tables.owners().intern(seq.sender));
         for item in decoded.events {
             match item {
+                Ok(
+                    event @ (Event::CallStart { .. }
+                    | Event::CallStop { .. }
+                    | Event::CallRefresh { .. }),
+                ) => self.queue_call(now, event, owner, stats, pending),
                 Ok(Event::Sync(line)) => {
+                    self.finish(now, pending, stats);
                     stats.events[Verb::Sync as usize] += 1;
                     self.tables
                         .sync_line(now, decoded.seq.map(|seq| seq.sender), &line);
                 }
-                Ok(event) => self.apply_from(now, &event, owner, stats, reply),
+                Ok(event) => {
+                    self.finish(now, pending, stats);
+                    self.apply_from(now, &event, owner, stats, reply);
+                }
                 Err(reason) => stats.malformed[reason as usize] += 1,
             }
         }
@@ -255,7 +378,30 @@ impl Pipeline {
             write_decision(decision, reply, stats);
             return;
         }
-        let outcome = match self.tables.apply_from(now, event, owner) {
+        let outcome = self.tables.apply_from(now, event, owner);
+        count_outcome(event, outcome, stats);
+    }
+
+    /// A call event [`Tables::prefetch`] was called for.
+    #[inline]
+    fn apply_call(
+        &self,
+        now: MonoTime,
+        event: &Event<'_>,
+        owner: Owner,
+        prefetched: Prefetched,
+        stats: &mut LocalStats,
+    ) {
+        let outcome = self.tables.apply_prefetched(now, event, owner, prefetched);
+        count_outcome(event, outcome, stats);
+    }
+}
+
+/// Counts what one applied event did.
+#[inline]
+fn count_outcome(event: &Event<'_>, outcome: Outcome, stats: &mut LocalStats) {
+    {
+        let outcome = match outcome {
             Outcome::BadNumber => {
                 stats.malformed[Malformed::BadNumber as usize] += 1;
                 return;
@@ -487,5 +633,84 @@ mod tests {
             (1, 1, 0)
         );
         assert_eq!(EventRefusal::CallsTableFull.as_str(), "calls_table_full");
+    }
+
+    /// One receive batch through the prefetch queue ends with the same tables and counters
+    /// as the same datagrams processed one by one: call events are queued, everything else
+    /// (registrations, admits, subscribers, malformed lines) drains the queue first.
+    #[test]
+    fn a_pipelined_batch_ends_like_datagrams_processed_one_by_one() {
+        let key = FingerprintKey([9; 32]);
+        let new = || Pipeline {
+            tables: Arc::new(Tables::new(TablesConfig::default(), key.clone())),
+            ..pipeline()
+        };
+        let (one_by_one, pipelined) = (new(), new());
+        // A deterministic mix: starts, stops, refreshes of few calls (so duplicates and
+        // stops without starts happen), registrations, admits, junk.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut datagrams: Vec<String> = Vec::new();
+        for _ in 0..300 {
+            let mut d = String::new();
+            for _ in 0..=(x % 3) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let id = x % 23;
+                d += &match (x >> 8) % 9 {
+                    0..=2 => format!("call-start c{id} tag=t{}\n", id % 2),
+                    3 | 4 => format!("call-stop c{id} tag=t{}\n", id % 2),
+                    5 => format!("call-refresh c{id} tag=t{}\n", id % 2),
+                    6 => format!("reg sip:u{id}@x sip:c{id}@h 60\n"),
+                    7 => format!("admit c{id}\n"),
+                    _ => "call-start\n".to_owned(),
+                };
+            }
+            datagrams.push(d);
+        }
+        // Batches 40 s apart: tombstones (32 s) lapse between them.
+        let at = |k: usize| MonoTime::from_unix_secs(1_750_000_000 + 40 * k as u64);
+        let (mut stats_a, mut stats_b) = (LocalStats::default(), LocalStats::default());
+        let (mut reply_a, mut reply_b) = (Vec::new(), Vec::new());
+        for (k, batch) in datagrams.chunks(64).enumerate() {
+            for d in batch {
+                reply_a.clear();
+                one_by_one.process(at(k), d.as_bytes(), &mut stats_a, &mut reply_a);
+            }
+        }
+        let now = at(datagrams.len().div_ceil(64));
+        for (k, batch) in datagrams.chunks(64).enumerate() {
+            let now = at(k);
+            let mut pending = Pending::default();
+            for d in batch {
+                reply_b.clear();
+                pipelined.process_pipelined(
+                    now,
+                    d.as_bytes(),
+                    &mut stats_b,
+                    &mut reply_b,
+                    &mut pending,
+                );
+            }
+            pipelined.finish(now, &mut pending, &mut stats_b);
+            assert!(pending.is_empty());
+        }
+        assert_eq!(format!("{stats_a:?}"), format!("{stats_b:?}"));
+        assert_eq!(one_by_one.tables.usage(), pipelined.tables.usage());
+        assert!(one_by_one.tables.usage().calls > 0);
+        // The same calls are open in both: stopping each gives the same outcome.
+        for id in 0..23 {
+            let line = format!("call-stop c{id} tag=t{}", id % 2);
+            let event = tollgate_events::decode(line.as_bytes())
+                .events
+                .next()
+                .and_then(Result::ok)
+                .unwrap();
+            assert_eq!(
+                one_by_one.tables.apply(now, &event),
+                pipelined.tables.apply(now, &event),
+                "{line}"
+            );
+        }
     }
 }

@@ -40,11 +40,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 use hashbrown::HashMap;
-use hashbrown::hash_map::Entry;
 use parking_lot::Mutex;
 
 use crate::Outcome;
-use crate::fingerprint::{BuildIdentityHasher, Fingerprint};
+use crate::fingerprint::Fingerprint;
+use crate::fpmap::{Entry, FpMap};
 use crate::owners::Owner;
 use crate::reconcile::Touched;
 
@@ -62,7 +62,7 @@ const OWNER_SHIFT: u32 = STARTED_BITS;
 const OWNER_MASK: u32 = 0xFF << OWNER_SHIFT;
 
 /// One active call (or tombstone): 8 bytes, so a map slot is 24 bytes with its key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct CallEntry {
     /// The call ends (or the tombstone lapses) when `now_s >= deadline_s`.
     deadline_s: u32,
@@ -125,7 +125,8 @@ impl CallEntry {
     }
 }
 
-type CallMap = HashMap<Fingerprint, CallEntry, BuildIdentityHasher>;
+/// Open addressing, 24-byte slots, home slot from the key ([`crate::fpmap`]).
+pub(crate) type CallMap = FpMap<CallEntry>;
 
 pub(crate) struct CallState {
     pub(crate) map: CallMap,
@@ -138,6 +139,11 @@ pub(crate) struct CallShard {
     pub(crate) state: Mutex<CallState>,
     calls: AtomicU64,
     emergency_calls: AtomicU64,
+    /// The map's slot array and mask as of the last change under the lock, so a thread
+    /// can prefetch a key's home slot before taking the lock ([`CallTable::prefetch`]).
+    /// Read without the lock, possibly stale: only ever used as a prefetch address.
+    slots_hint: AtomicUsize,
+    mask_hint: AtomicUsize,
 }
 
 impl CallShard {
@@ -150,6 +156,19 @@ impl CallShard {
             }),
             calls: AtomicU64::new(0),
             emergency_calls: AtomicU64::new(0),
+            slots_hint: AtomicUsize::new(0),
+            mask_hint: AtomicUsize::new(0),
+        }
+    }
+
+    /// Publishes where the map's slots are now (the caller holds the lock and may have
+    /// grown or shrunk the map). Two relaxed stores on the shard's own cache line.
+    #[inline]
+    pub(crate) fn publish_hint(&self, map: &CallMap) {
+        let (slots, mask) = map.slot_array();
+        if self.slots_hint.load(Ordering::Relaxed) != slots {
+            self.slots_hint.store(slots, Ordering::Relaxed);
+            self.mask_hint.store(mask, Ordering::Relaxed);
         }
     }
 
@@ -304,6 +323,25 @@ impl CallTable {
         &self.shards[(fp.0[1] & self.shard_mask) as usize]
     }
 
+    /// Asks the CPU to bring `fp`'s home slot into the cache, without the lock: issued for
+    /// the events of a batch before they are applied, so the misses overlap instead of
+    /// stalling one after the other. Never reads memory; a stale hint only wastes the
+    /// prefetch.
+    #[inline]
+    pub(crate) fn prefetch(&self, fp: Fingerprint) {
+        let shard = self.shard(fp);
+        let slots = shard.slots_hint.load(Ordering::Relaxed);
+        if slots == 0 {
+            return;
+        }
+        let mask = shard.mask_hint.load(Ordering::Relaxed);
+        let slot_bytes = size_of::<(Fingerprint, CallEntry)>();
+        let at = slots.wrapping_add((fp.0[0] as usize & mask).wrapping_mul(slot_bytes));
+        prefetch_line(at);
+        // A slot that straddles two cache lines.
+        prefetch_line(at.wrapping_add(slot_bytes - 1));
+    }
+
     pub(crate) fn start(
         &self,
         fp: Fingerprint,
@@ -326,6 +364,7 @@ impl CallTable {
                     return Outcome::CallsTableFull;
                 }
                 vacant.insert(new);
+                shard.publish_hint(&state.map);
                 self.count(shard, 1, emergency_delta(emergency));
                 Outcome::CallStarted
             }
@@ -395,6 +434,7 @@ impl CallTable {
                 if tombstone_allowed {
                     vacant.insert(tombstone);
                     state.tombstones += 1;
+                    shard.publish_hint(&state.map);
                 }
                 Outcome::CallUnknown
             }
@@ -441,7 +481,8 @@ impl CallTable {
         });
         state.tombstones -= tombstones as u32;
         self.count(shard, -(calls as i64), -(emergency_calls as i64));
-        shrink_if_sparse(&mut state.map);
+        shrink_calls_if_sparse(&mut state.map);
+        shard.publish_hint(&state.map);
         swept.calls += calls;
         swept.tombstones += tombstones;
     }
@@ -469,6 +510,7 @@ impl CallTable {
                     return Restore::Full;
                 }
                 vacant.insert(entry);
+                shard.publish_hint(&state.map);
                 self.count(shard, 1, emergency_delta(entry.is_emergency()));
                 Restore::Inserted
             }
@@ -488,6 +530,7 @@ impl CallTable {
             Entry::Vacant(vacant) => {
                 vacant.insert(CallEntry::tombstone(deadline_s));
                 state.tombstones += 1;
+                shard.publish_hint(&state.map);
                 true
             }
             Entry::Occupied(_) => false,
@@ -510,6 +553,27 @@ pub(crate) enum Restore {
     Present,
     /// Dropped: the table is at its configured cap.
     Full,
+}
+
+/// [`shrink_if_sparse`] for the call map.
+pub(crate) fn shrink_calls_if_sparse(map: &mut CallMap) {
+    const SHRINK_CAPACITY_MIN: usize = 1024;
+    if map.capacity() > SHRINK_CAPACITY_MIN && map.len() < map.capacity() / 8 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
+/// A prefetch of the cache line holding `address` (a hint: never faults, never reads).
+#[inline(always)]
+fn prefetch_line(address: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` only hints the cache; it does not dereference and cannot fault
+    // on any address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
 }
 
 /// Gives memory back after a mass expiry, keeping room to double.

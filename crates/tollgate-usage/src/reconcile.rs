@@ -436,6 +436,7 @@ impl Tables {
                 }
             }
         }
+        shard.publish_hint(&state.map);
         self.calls.count(shard, calls_delta, emergency_delta_sum);
     }
 
