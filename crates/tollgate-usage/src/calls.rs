@@ -30,11 +30,17 @@
 //! counters (~64 relaxed loads). Exact with one ingest thread; with several, starts racing
 //! in different shards at the very edge can pass the cap by at most one call per thread.
 //!
-//! **Measured** (`benches/tables.rs`, `tools/table-memory`): a start+stop pair through
-//! [`crate::Tables::apply`] 40 ns (59 ns with a From-tag); 52.5 heap bytes per call at 1 M
-//! calls (an entry is 24 bytes plus a control byte; the rest is hash-table slack, at worst
-//! ~57 bytes just after a growth step); a sweep holds one shard's lock ~36 µs at 1 M calls
-//! (64 shards).
+//! **Layout.** Each shard's map is an open-addressing table of 24-byte slots (16-byte
+//! fingerprint + 8-byte [`CallEntry`], [`crate::fpmap`]): the home slot follows from the
+//! fingerprint, so the ingest path prefetches it for the next events of a batch before
+//! applying the current one ([`crate::Tables::prefetch`]); a cache miss then overlaps
+//! others instead of stalling alone. Tried first and replaced: `hashbrown` (a control-byte
+//! group and a bucket on two cache lines per lookup, neither addressable from outside).
+//!
+//! **Measured** (`docs/performance.md`: `tools/table-memory`, `ingest-bench --method
+//! table`): 50.4 heap bytes per call at 1 M calls (24-byte slots at most 3/4 full, ~32–64
+//! bytes depending on where a shard is in its doubling); ns per event at 65 536, 1 M and
+//! 10 M open calls, plain and batched with prefetch, in `docs/performance.md`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 

@@ -866,8 +866,15 @@ fn table_method(args: &Args) -> anyhow::Result<()> {
         "\ntable (Tables::apply, start of call i + stop of call i - open, From-tag, 64 shards):"
     );
     println!(
-        "{:>12} {:>14} {:>18} {:>14} {:>14}",
-        "open calls", "ns/event", "batch+prefetch ns", "id format ns", "events timed"
+        "{:>12} {:>14} {:>18} {:>14} {:>14} {:>12} {:>11} {:>9}",
+        "open calls",
+        "ns/event",
+        "batch+prefetch ns",
+        "id format ns",
+        "events timed",
+        "snapshot ms",
+        "restore ms",
+        "B/call"
     );
     pin_to_cpu(0);
     for open in args
@@ -963,6 +970,25 @@ fn table_method(args: &Args) -> anyhow::Result<()> {
             "the table holds {} calls, not {open}",
             tables.usage().calls
         );
+        // Snapshot cost at this size: the tables walked and encoded, as the agent's
+        // checkpoint does (restore measured too: a restart).
+        let t = Instant::now();
+        let snapshot = tables.snapshot(now);
+        let bytes = tollgate_usage::encode_snapshot(&snapshot);
+        let snapshot_ms = t.elapsed().as_secs_f64() * 1e3;
+        let restored = Tables::new(
+            TablesConfig {
+                max_active_calls: (open as u64 * 2).max(1 << 20),
+                ..TablesConfig::default()
+            },
+            FingerprintKey([7; 32]),
+        );
+        let t = Instant::now();
+        let decoded = tollgate_usage::decode_snapshot(&bytes)?;
+        restored.restore(now, &decoded)?;
+        let restore_ms = t.elapsed().as_secs_f64() * 1e3;
+        anyhow::ensure!(restored.usage().calls == open as u64, "restore lost calls");
+        drop((restored, decoded, snapshot));
         let t = Instant::now();
         let mut sink = 0u8;
         for i in 0..2 * pairs {
@@ -971,18 +997,22 @@ fn table_method(args: &Args) -> anyhow::Result<()> {
         std::hint::black_box(sink);
         let format_ns = t.elapsed().as_secs_f64() * 1e9 / (2 * pairs) as f64;
         println!(
-            "{:>12} {:>14.1} {:>18.1} {:>14.1} {:>14}",
+            "{:>12} {:>14.1} {:>18.1} {:>14.1} {:>14} {:>12.1} {:>11.1} {:>9.1}",
             open,
             plain * 1e9,
             batched * 1e9,
             format_ns,
-            2 * pairs
+            2 * pairs,
+            snapshot_ms,
+            restore_ms,
+            bytes.len() as f64 / open as f64,
         );
         if args.json {
             println!(
                 "{}",
                 serde_json::json!({"method": "table", "open_calls": open, "ns_per_event": plain * 1e9,
-                    "ns_per_event_batched_prefetch": batched * 1e9, "id_format_ns": format_ns})
+                    "ns_per_event_batched_prefetch": batched * 1e9, "id_format_ns": format_ns,
+                    "snapshot_ms": snapshot_ms, "restore_ms": restore_ms})
             );
         }
     }

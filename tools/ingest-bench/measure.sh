@@ -1,0 +1,37 @@
+#!/bin/sh
+# Every ingest figure of docs/performance.md in one run (~12 minutes on the 2-vCPU VM):
+# live and full-queue ratios against the bare drain loop, in-process cost, table ns/event
+# at 65 536 / 1 M / 10 M open calls (plain and batched with prefetch, snapshot cost),
+# 1 vs 2 SO_REUSEPORT threads, what asking recvmmsg for more costs, memory per entry and
+# the admit round trip. Run it on an otherwise idle machine, as root (private network
+# namespace, SO_RCVBUFFORCE); every command is echoed before its output.
+#
+#   tools/ingest-bench/measure.sh [RUNS]        # RUNS per comparison, default 5
+#
+# BASELINE=/path/to/an/older/ingest-bench also runs that binary's table and live methods
+# for a before/after comparison.
+set -eu
+runs="${1:-5}"
+cd "$(dirname "$0")/../.."
+cargo build --release -q -p ingest-bench -p table-memory -p admit-bench
+target="${CARGO_TARGET_DIR:-target}/release"
+run() {
+    echo
+    echo "\$ $*"
+    "$@"
+}
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg), $(git rev-parse --short HEAD)"
+run "$target/ingest-bench" --method live --runs "$runs" --seconds 2
+run "$target/ingest-bench" --method full-queue --runs "$runs"
+run "$target/ingest-bench" --method in-process
+run "$target/ingest-bench" --method table --table-sizes 65536,1000000,10000000
+run "$target/ingest-bench" --method threads --runs "$runs" --threads 1,2
+run "$target/ingest-bench" --method recv-cost --runs "$runs"
+run "$target/table-memory"
+run "$target/admit-bench" --count 100000 --mode both
+if [ -n "${BASELINE:-}" ]; then
+    run "$BASELINE" --method table --table-sizes 65536,1000000,10000000
+    run "$BASELINE" --method live --runs "$runs" --seconds 2 --only "single-event"
+fi
+echo
+echo "# done $(date -u '+%H:%M UTC')"
