@@ -7,6 +7,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use tollgate_agent::systemd;
 use tollgate_license_server::{Config, LicenseServer, ServerError, Started};
 
 use crate::Failure;
@@ -101,12 +102,35 @@ fn serve(config_path: Option<&Path>, dev: bool) -> Result<(), Failure> {
         );
     }
     crate::runtime()?.block_on(async move {
+        let signal = crate::shutdown_signal();
         let server = LicenseServer::start(&config).map_err(server_failure)?;
         print_started(server.started());
-        server
-            .run_until(crate::shutdown_signal())
+        // systemd (`Type=notify`): ready once the HTTPS listener is bound, a watchdog ping
+        // from the server's runtime, and `STOPPING=1` when a signal arrives.
+        systemd::notify(&format!(
+            "READY=1\nSTATUS=serving on https://{}",
+            server.started().local_addr
+        ));
+        let watchdog = systemd::watchdog_interval().map(|every| {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    systemd::notify("WATCHDOG=1");
+                }
+            })
+        });
+        let result = server
+            .run_until(async {
+                signal.await;
+                systemd::notify("STOPPING=1");
+            })
             .await
-            .map_err(server_failure)
+            .map_err(server_failure);
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        result
     })
 }
 

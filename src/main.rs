@@ -121,7 +121,7 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(multicall_args());
     // The agent's `[log] format` is in its config: it starts logging once that is read.
     if !matches!(cli.command, Command::Agent(_)) {
         let quiet = matches!(cli.command, Command::Demo(_));
@@ -139,6 +139,21 @@ fn main() -> ExitCode {
         Command::HashPassword => hash_password(),
     };
     exit_code(result)
+}
+
+/// The command line, with `tollgate-license-server …` (the name the Debian package gives the
+/// full binary) read as `tollgate license-server …`.
+fn multicall_args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let called = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|name| name == "tollgate-license-server");
+    let version = args.get(1).is_some_and(|a| a == "--version" || a == "-V");
+    if called == Some(true) && !version {
+        args.insert(1, "license-server".into());
+    }
+    args
 }
 
 fn exit_code(result: Result<(), Failure>) -> ExitCode {
@@ -257,20 +272,25 @@ fn run_agent(args: AgentArgs, log: &str, log_format: Option<LogFormat>) -> Resul
     })
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub(crate) async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT. The handlers are installed by this call (inside the
+/// runtime), not when the future is first polled: a SIGTERM that systemd sends right after
+/// `READY=1` must stop the process cleanly, not kill it by the default action.
+pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the agent can only be killed; keep running.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            // Without signal handlers the agent can only be killed; keep running.
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }
 
