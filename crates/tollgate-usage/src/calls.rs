@@ -42,7 +42,7 @@
 //! bytes depending on where a shard is in its doubling); ns per event at 65 536, 1 M and
 //! 10 M open calls, plain and batched with prefetch, in `docs/performance.md`.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 use hashbrown::HashMap;
@@ -149,21 +149,26 @@ pub(crate) struct CallShard {
     /// can prefetch a key's home slot before taking the lock ([`CallTable::prefetch`]).
     /// Read without the lock, possibly stale: only ever used as a prefetch address.
     slots_hint: AtomicUsize,
-    mask_hint: AtomicUsize,
+    shift_hint: AtomicU32,
+    /// The map's seed (fixed for its life).
+    seed: u64,
 }
 
 impl CallShard {
     fn new() -> Self {
+        let map = CallMap::default();
+        let seed = map.seed();
         CallShard {
+            seed,
             state: Mutex::new(CallState {
-                map: CallMap::default(),
+                map,
                 tombstones: 0,
                 touched: Touched::default(),
             }),
             calls: AtomicU64::new(0),
             emergency_calls: AtomicU64::new(0),
             slots_hint: AtomicUsize::new(0),
-            mask_hint: AtomicUsize::new(0),
+            shift_hint: AtomicU32::new(63),
         }
     }
 
@@ -171,10 +176,10 @@ impl CallShard {
     /// grown or shrunk the map). Two relaxed stores on the shard's own cache line.
     #[inline]
     pub(crate) fn publish_hint(&self, map: &CallMap) {
-        let (slots, mask) = map.slot_array();
+        let (slots, shift) = map.slot_array();
         if self.slots_hint.load(Ordering::Relaxed) != slots {
+            self.shift_hint.store(shift, Ordering::Relaxed);
             self.slots_hint.store(slots, Ordering::Relaxed);
-            self.mask_hint.store(mask, Ordering::Relaxed);
         }
     }
 
@@ -340,9 +345,11 @@ impl CallTable {
         if slots == 0 {
             return;
         }
-        let mask = shard.mask_hint.load(Ordering::Relaxed);
+        // Read apart from `slots`: a torn pair only aims the prefetch elsewhere.
+        let shift = shard.shift_hint.load(Ordering::Relaxed);
         let slot_bytes = size_of::<(Fingerprint, CallEntry)>();
-        let at = slots.wrapping_add((fp.0[0] as usize & mask).wrapping_mul(slot_bytes));
+        let home = crate::fpmap::home_slot(fp, shard.seed, shift);
+        let at = slots.wrapping_add(home.wrapping_mul(slot_bytes));
         prefetch_line(at);
         // A slot that straddles two cache lines.
         prefetch_line(at.wrapping_add(slot_bytes - 1));
