@@ -204,6 +204,28 @@ pub(crate) enum ReportsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What verifying the nodes' usage ledgers raised (`chain_break`, `fork`, `gap`,
+    /// `reset`, `key_change`, …), newest first.
+    Flags {
+        /// Only this license's nodes.
+        #[arg(long, value_name = "KEY")]
+        license: Option<String>,
+        /// At most this many (newest first).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The nodes whose ledgers the server holds: bound key, chain, head, flag count.
+    Nodes {
+        /// Only this license's nodes.
+        #[arg(long, value_name = "KEY")]
+        license: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -329,6 +351,14 @@ fn run_with_input(
             limit,
             json,
         }) => reports(&store, license.as_deref(), *limit, *json, out),
+        AdminCommand::Reports(ReportsCommand::Flags {
+            license,
+            limit,
+            json,
+        }) => ledger_flags(&store, license.as_deref(), *limit, *json, out),
+        AdminCommand::Reports(ReportsCommand::Nodes { license, json }) => {
+            ledger_nodes(&store, license.as_deref(), *json, out)
+        }
         AdminCommand::Key(command) => key(&ctx, &mut store, command, out),
         AdminCommand::User(command) => user(&ctx, &mut store, command, input_lines, out),
         AdminCommand::Audit {
@@ -625,26 +655,22 @@ fn reports(
     if !json {
         writeln!(
             out,
-            "id\treceived\tlicense\tnode\tcalls\tpeak\temergency\tsubscribers\tregistered\tpeak\tcluster calls\tversion\tfrom"
+            "id\treceived\tlicense\tnode\tcalls\tpeak\temergency\tsubscribers\tregistered\tpeak\tcluster calls\tversion\tfrom\tledger flags"
         )?;
     }
     for r in reports {
         if json {
-            let value = serde_json::json!({
-                "id": r.id,
-                "received_at": format_rfc3339(r.received_at_ms),
-                "license_key": r.license_key,
-                "token_id": r.token_id,
-                "client_address": r.client_address,
-                "report": r.report,
-            });
-            writeln!(out, "{value}")?;
+            writeln!(
+                out,
+                "{}",
+                tollgate_license_server::admin_api::report_json(&r)
+            )?;
             continue;
         }
         let n = &r.report.node;
         writeln!(
             out,
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             r.id,
             format_rfc3339(r.received_at_ms),
             r.license_key,
@@ -659,7 +685,86 @@ fn reports(
                 .cluster
                 .map_or_else(|| "-".into(), |c| c.calls.to_string()),
             r.report.agent_version,
-            r.client_address
+            r.client_address,
+            if r.ledger_flags.is_empty() {
+                "-".to_owned()
+            } else {
+                r.ledger_flags
+                    .iter()
+                    .map(|f| f.kind.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        )?;
+    }
+    Ok(())
+}
+
+/// `admin reports flags`: what verifying the nodes' ledgers raised
+/// (`tollgate_license_server::ledger`).
+fn ledger_flags(
+    store: &Store,
+    license: Option<&str>,
+    limit: u32,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let flags = store.read().ledger_flags(license, limit)?;
+    if !json {
+        writeln!(out, "id\tat\tlicense\tnode\tflag\tseq\treport\tdetail")?;
+    }
+    for f in flags {
+        if json {
+            writeln!(out, "{}", serde_json::json!(f))?;
+            continue;
+        }
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            f.id,
+            f.at,
+            f.license_key,
+            f.node_id,
+            f.kind,
+            opt(f.seq.map(|s| s.to_string())),
+            opt(f.report_id.map(|s| s.to_string())),
+            f.detail
+        )?;
+    }
+    Ok(())
+}
+
+/// `admin reports nodes`: every node whose key or ledger the server holds.
+fn ledger_nodes(
+    store: &Store,
+    license: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let nodes = store.read().ledger_nodes(license)?;
+    if !json {
+        writeln!(
+            out,
+            "license\tnode\tkey\tchain\thead seq\tentries\tflags\tlast seen"
+        )?;
+    }
+    for n in nodes {
+        if json {
+            writeln!(out, "{}", serde_json::json!(n))?;
+            continue;
+        }
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            n.license_key,
+            n.node_id,
+            n.public_key.as_deref().unwrap_or("-"),
+            n.chain,
+            n.head_seq.map_or_else(|| "-".into(), |s| s.to_string()),
+            n.entries,
+            n.flags,
+            n.last_seen
         )?;
     }
     Ok(())

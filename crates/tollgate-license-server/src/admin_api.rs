@@ -20,7 +20,8 @@
 //! | POST | `/api/v1/admin/tokens/{id}/revoke` | admin | revokes |
 //! | GET | `/api/v1/admin/keys` | viewer | signing keys, which signs now, which are scheduled |
 //! | POST | `/api/v1/admin/keys/rotate` | admin | `{"activate_at"?: RFC 3339}` creates the next key |
-//! | GET | `/api/v1/admin/reports` | viewer | latest usage reports (`?license=KEY&limit=N`) |
+//! | GET | `/api/v1/admin/reports` | viewer | latest usage reports (`?license=KEY&limit=N`), each with its `ledger_flags` |
+//! | GET | `/api/v1/admin/ledger` | viewer | the nodes' ledgers: `nodes` (bound key, chain, head, flag count) and the latest `flags` (`?license=KEY&limit=N`) |
 //! | GET | `/api/v1/admin/audit` | viewer | latest audit entries (`?license=KEY&limit=N`) |
 //!
 //! Refusals are `{"error", "message"}`: 401 `missing_token` / `bad_session` /
@@ -418,5 +419,6 @@ pub fn report_json(r: &crate::store::ReportRecord) -> serde_json::Value {
         "token_id": r.token_id,
         "client_address": r.client_address,
         "report": r.report,
+        "ledger_flags": r.ledger_flags,
     })
 }

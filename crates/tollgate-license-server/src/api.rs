@@ -103,6 +103,7 @@ pub fn router(service: Arc<Service>, clock: Clock) -> Router {
         .route("/api/v1/admin/keys", get(admin_keys))
         .route("/api/v1/admin/keys/rotate", post(admin_key_rotate))
         .route("/api/v1/admin/reports", get(admin_reports))
+        .route("/api/v1/admin/ledger", get(admin_ledger))
         .route("/api/v1/admin/audit", get(admin_audit))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(BODY_LEN_MAX))
@@ -573,6 +574,24 @@ async fn admin_reports(
             .map_err(store_refusal)?;
         let list: Vec<_> = reports.iter().map(report_json).collect();
         Ok(serde_json::json!({ "reports": list }))
+    })
+    .await
+}
+
+async fn admin_ledger(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    admin_call(&state, &headers, Role::Viewer, move |service, _, _| {
+        let store = service.store.lock();
+        let db = store.read();
+        let license = query.license.as_deref();
+        let nodes = db.ledger_nodes(license).map_err(store_refusal)?;
+        let flags = db
+            .ledger_flags(license, query.limit.unwrap_or(100))
+            .map_err(store_refusal)?;
+        Ok(serde_json::json!({ "nodes": nodes, "flags": flags }))
     })
     .await
 }

@@ -40,6 +40,9 @@ pub const BACKUP_TABLES: &[&str] = &[
     "usage_reports",
     "audit_log",
     "vendor_users",
+    "ledger_nodes",
+    "ledger_entries",
+    "ledger_flags",
 ];
 /// Largest backup file `restore` reads.
 pub const BACKUP_LEN_MAX: u64 = 4 << 30;

@@ -7,6 +7,8 @@
 //! - [`config`]: the TOML configuration, validated in two stages.
 //! - [`store`]: the database: schema migrations, every table, every query.
 //! - [`keyring`]: the signing keys (`*.key`, mode 0600, activation times for rotation).
+//! - [`ledger`]: the nodes' usage ledgers verified on receipt: node keys bound at the first
+//!   lease, entries chained per node, flags (`reset`, `key_change`, …) stored and audited.
 //! - [`lease`]: the lease rule, pure: renew, roll a subscription forward, reuse a fresh
 //!   document (idempotence), refuse a lapsed contract whose license is over.
 //! - [`service`]: the client API without HTTP: token, address, license, contract checks.
@@ -43,6 +45,7 @@ pub mod backup;
 pub mod config;
 pub mod keyring;
 pub mod lease;
+pub mod ledger;
 pub mod metrics;
 pub mod service;
 pub mod sql;

@@ -275,6 +275,21 @@ impl Service {
             let response = LeaseResponse::for_document(text, &document, license.contract, renewed)
                 .ok_or_else(|| sign_error("the document has no lease".into()))?;
             db.touch_token(token.id, now_ms, client)?;
+            // Issue 16: the node's identity key is bound at its first lease; another key
+            // later is flagged `key_change` (crate::ledger).
+            if let (Some(node_id), Some(key)) = (&request.node_id, &request.node_public_key) {
+                match tollgate_ledger::parse_public_key(key) {
+                    Some(key) => {
+                        db.ledger_bind_at_lease(&token, license_key, client, node_id, &key, now_ms)?;
+                    }
+                    None => tracing::warn!(
+                        license_key,
+                        node_id = node_id.as_str(),
+                        client = %client,
+                        "lease request with a malformed node_public_key: not bound"
+                    ),
+                }
+            }
             db.audit(&Audit {
                 at_ms: now_ms,
                 actor: &format!("token:{}", token.id),
@@ -352,6 +367,7 @@ impl Service {
                     }
                 };
                 let id = db.insert_report(&token, now_ms, client, &report)?;
+                db.ledger_verify_report(&token, license_key, client, id, &report, now_ms)?;
                 db.touch_token(token.id, now_ms, client)?;
                 tracing::debug!(
                     license_key,

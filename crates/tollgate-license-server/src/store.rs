@@ -8,7 +8,7 @@
 //! - **Migrations** are applied in order at open, each in its own transaction together with
 //!   the new `schema_version` (on PostgreSQL under an advisory lock, so servers starting
 //!   together migrate once); a database newer than this build is refused rather than
-//!   misread. A later step (node keys, ledger entries) is one more [`Migration`].
+//!   misread. A later step is one more [`Migration`] (the ledger's tables: [`crate::ledger`]).
 //! - **Concurrency**: on SQLite, WAL and a busy timeout, and every write in one
 //!   `BEGIN IMMEDIATE` transaction. On PostgreSQL, every write is one transaction and a
 //!   lease first locks its license's row ([`Db::lock_license`]: `SELECT … FOR UPDATE`), so
@@ -147,6 +147,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 3,
         description: "customer suspension",
         sql: "ALTER TABLE customers ADD COLUMN suspended_at_ms INTEGER;",
+    },
+    Migration {
+        version: 4,
+        description: "usage ledger: node keys, verified entries, flags (crate::ledger)",
+        sql: crate::ledger::MIGRATION_SQL,
     },
 ];
 
@@ -385,6 +390,8 @@ pub struct ReportRecord {
     pub received_at_ms: u64,
     pub client_address: String,
     pub report: UsageReport,
+    /// What verifying the report's ledger entries raised (`crate::ledger`).
+    pub ledger_flags: Vec<crate::ledger::Flag>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1165,9 +1172,18 @@ impl Db<'_> {
                     received_at_ms: from_sql_ms(r.int(3)?),
                     client_address: r.text(4)?,
                     report,
+                    ledger_flags: Vec::new(),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<ReportRecord>, StoreError>>()
+            .and_then(|mut reports| {
+                let ids: Vec<i64> = reports.iter().map(|r| r.id).collect();
+                let mut flags = self.ledger_flags_of_reports(&ids)?;
+                for r in &mut reports {
+                    r.ledger_flags = flags.remove(&r.id).unwrap_or_default();
+                }
+                Ok(reports)
+            })
     }
 
     pub fn audit(&self, entry: &Audit<'_>) -> Result<(), StoreError> {

@@ -1,0 +1,177 @@
+//! Issue 16 on the server side: the node key bound at the first lease, ledger entries in
+//! usage reports verified on receipt, and each flag (`key_change`, `reset`, `gap`, `fork`,
+//! `chain_break`, `bad_signature`) stored per node, shown by `admin reports` and written to
+//! the audit log; an honest node, its reports resent, raises none. The same scenario on
+//! SQLite and on PostgreSQL (a private cluster started for the test).
+
+mod support;
+
+use base64::Engine as _;
+use support::pg::PgCluster;
+use support::{Harness, LICENSE_KEY, T0};
+use tollgate_ledger::{Chain, Entry, NodeKey, SignedEntry, public_key_text};
+use tollgate_license::timestamp::DAY_MS;
+use tollgate_license_client::{LicenseClient, UsageReport};
+use tollgate_license_server::Database;
+
+fn entry(end_ms: u64) -> Entry {
+    Entry {
+        node_id: "sp1".into(),
+        incarnation: 1,
+        interval_start_ms: end_ms - 120_000,
+        interval_end_ms: end_ms,
+        license_serial: Some(2),
+        license_status: "OK".into(),
+        ..Entry::default()
+    }
+}
+
+fn report(entries: &[SignedEntry]) -> UsageReport {
+    UsageReport {
+        node_id: "sp1".into(),
+        agent_version: "0.1.0".into(),
+        timestamp_ms: T0,
+        since_ms: None,
+        license_serial: Some(2),
+        node: Default::default(),
+        cluster: None,
+        admissions_denied: Default::default(),
+        ledger: entries
+            .iter()
+            .map(|e| base64::engine::general_purpose::STANDARD.encode(e.encode()))
+            .collect(),
+    }
+}
+
+/// The flags `admin reports flags --json` lists, oldest first, as (kind, seq).
+fn flags(h: &Harness) -> Vec<(String, Option<u64>)> {
+    let mut out: Vec<(String, Option<u64>)> = h
+        .admin_ok(&["reports", "flags", "--json", "--license", LICENSE_KEY])
+        .lines()
+        .map(|l| {
+            let f: serde_json::Value = serde_json::from_str(l).unwrap();
+            (f["kind"].as_str().unwrap().to_owned(), f["seq"].as_u64())
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+async fn scenario(h: &Harness) {
+    h.create_license("subscription", Some(T0 + 5 * DAY_MS));
+    let (_, token) = h.issue_token(&["127.0.0.1"]);
+    let key = NodeKey::from_seed(&[7; 32]);
+    let client_with = |key: &NodeKey| {
+        let mut config = h.client_config(&token);
+        config.node_public_key = Some(public_key_text(&key.public()));
+        LicenseClient::new(config).unwrap()
+    };
+    let client = client_with(&key);
+    client.fetch_lease().await.unwrap();
+    let nodes = h.admin_ok(&["reports", "nodes", "--json"]);
+    assert!(
+        nodes.contains(&public_key_text(&key.public())),
+        "the key is bound at the first lease: {nodes}"
+    );
+
+    // An honest node: 10 entries over 3 reports, the middle one sent twice.
+    let mut chain = Chain::new(None);
+    let honest: Vec<SignedEntry> = (0..10)
+        .map(|i| chain.append(&key, entry(T0 + i * 120_000)))
+        .collect();
+    for part in [&honest[0..4], &honest[4..8], &honest[4..8], &honest[8..10]] {
+        client.send_usage(&report(part)).await.unwrap();
+    }
+    client.fetch_lease().await.unwrap();
+    assert_eq!(flags(h), vec![], "an honest node raises nothing");
+    let nodes = h.admin_ok(&["reports", "nodes"]);
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.contains("\tsp1\t") && l.contains("\t0\t9\t10\t0\t")),
+        "chain 0, head seq 9, 10 entries, no flag: {nodes}"
+    );
+
+    // Entries missing (seq 10 never sent), then one replaced (a new seq 12 whose previous
+    // hash is not seq 11's), then a second entry for a seq already held (a fork), then an
+    // edited one.
+    let e10 = chain.append(&key, entry(T0 + 10 * 120_000));
+    let e11 = chain.append(&key, entry(T0 + 11 * 120_000));
+    let _ = e10;
+    client.send_usage(&report(&[e11.clone()])).await.unwrap();
+    let forged12 = SignedEntry::sign(&key, 12, honest[9].hash(), entry(T0 + 99 * 120_000));
+    client.send_usage(&report(&[forged12])).await.unwrap();
+    let fork5 = SignedEntry::sign(&key, 5, honest[4].hash(), entry(T0 + 77 * 120_000));
+    client.send_usage(&report(&[fork5])).await.unwrap();
+    let mut edited = SignedEntry::sign(&key, 13, [9; 32], entry(T0 + 13 * 120_000));
+    edited.signature[3] ^= 0x40;
+    client.send_usage(&report(&[edited])).await.unwrap();
+    assert_eq!(
+        flags(h),
+        vec![
+            ("gap".into(), Some(11)),
+            ("chain_break".into(), Some(12)),
+            ("fork".into(), Some(5)),
+            ("bad_signature".into(), Some(13)),
+        ]
+    );
+
+    // A report signed by another key under the node's id: key_change.
+    let stranger = NodeKey::from_seed(&[8; 32]);
+    let mut strange = Chain::new(None);
+    let s0 = strange.append(&stranger, entry(T0 + 50 * 120_000));
+    client.send_usage(&report(&[s0])).await.unwrap();
+    let raised = flags(h);
+    assert_eq!(raised[4], ("key_change".into(), Some(0)), "{raised:?}");
+    // … and its seq 0 after the node's entries is also a new chain: reset.
+    assert_eq!(raised[5], ("reset".into(), Some(0)), "{raised:?}");
+
+    // The node's state dir lost: a new key at the lease (key_change), then a new chain.
+    let renewed = NodeKey::from_seed(&[9; 32]);
+    let fresh = client_with(&renewed);
+    fresh.fetch_lease().await.unwrap();
+    let mut chain = Chain::new(None);
+    let first = chain.append(&renewed, entry(T0 + 60 * 120_000));
+    let second = chain.append(&renewed, entry(T0 + 61 * 120_000));
+    fresh.send_usage(&report(&[first, second])).await.unwrap();
+    let raised = flags(h);
+    assert_eq!(
+        raised[6..],
+        [("key_change".into(), None), ("reset".into(), Some(0))],
+        "{raised:?}"
+    );
+
+    // Every flag is in the audit log and on its report.
+    let audit = h.admin_ok(&["audit", "--license", LICENSE_KEY]);
+    for kind in [
+        "gap",
+        "chain_break",
+        "fork",
+        "bad_signature",
+        "key_change",
+        "reset",
+    ] {
+        assert!(audit.contains(&format!("ledger.{kind}")), "{kind}: {audit}");
+    }
+    let reports = h.admin_ok(&["reports", "list", "--license", LICENSE_KEY, "--json"]);
+    let newest: serde_json::Value = serde_json::from_str(reports.lines().next().unwrap()).unwrap();
+    assert_eq!(newest["ledger_flags"][0]["kind"], "reset", "{newest}");
+    let text = h.admin_ok(&["reports", "list", "--license", LICENSE_KEY]);
+    assert!(text.lines().nth(1).unwrap().ends_with("\treset"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_flags_on_sqlite() {
+    let mut h = Harness::start();
+    scenario(&h).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_flags_on_postgresql() {
+    let pg = PgCluster::start();
+    let url = pg.create_database("ledger");
+    let mut h = Harness::start_on(Some(Database::Postgres(url)));
+    scenario(&h).await;
+    h.stop().await;
+}
