@@ -98,7 +98,7 @@ async fn scenario(h: &Harness) {
     let e10 = chain.append(&key, entry(T0 + 10 * 120_000));
     let e11 = chain.append(&key, entry(T0 + 11 * 120_000));
     let _ = e10;
-    client.send_usage(&report(&[e11.clone()])).await.unwrap();
+    client.send_usage(&report(&[e11])).await.unwrap();
     let forged12 = SignedEntry::sign(&key, 12, honest[9].hash(), entry(T0 + 99 * 120_000));
     client.send_usage(&report(&[forged12])).await.unwrap();
     let fork5 = SignedEntry::sign(&key, 5, honest[4].hash(), entry(T0 + 77 * 120_000));
