@@ -364,6 +364,8 @@ pub async fn sync_task(state: Arc<AgentState>) {
         v.subscribers.store(agg.subscribers, Relaxed);
         v.subscribers_reported_at
             .store(agg.subscribers_reported_at, Relaxed);
+        // Issue 16: the highest serial any node holds is a rollback watermark here too.
+        state.license.learn_serial(agg.license_serial_max, "mesh");
 
         if let Some(current) = state.license.current() {
             let serial = current.document().serial;

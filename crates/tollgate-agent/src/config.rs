@@ -208,7 +208,11 @@ pub struct RawLicense {
     pub daily_at: Option<String>,
     pub renew_before_days: Option<u64>,
     pub bind_address: Option<String>,
+    pub clock_skew_tolerance_s: Option<u64>,
 }
+
+/// Default of `[license] clock_skew_tolerance_s`.
+pub const CLOCK_SKEW_TOLERANCE_S_DEFAULT: u64 = 300;
 
 /// `[license] server`: one URL, or a list tried in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,6 +306,9 @@ pub struct Config {
     pub trusted_keys: tollgate_license::TrustedKeys,
     pub host_id: Option<String>,
     pub unlicensed_mode: tollgate_license::Mode,
+    /// `[license] clock_skew_tolerance_s`, in ms: how far this node's clock may be from the
+    /// license server's before `CLOCK_SKEW` (issue 16).
+    pub clock_skew_tolerance_ms: u64,
     /// The license server client, when `[license] server` is set.
     pub license_server: Option<LicenseServerConfig>,
     /// The cluster mesh, when enabled.
@@ -629,6 +636,14 @@ impl Config {
                 None => LogFormat::Text,
                 Some(v) => v.parse().map_err(|e| invalid("log.format", e))?,
             },
+            clock_skew_tolerance_ms: in_range(
+                "license.clock_skew_tolerance_s",
+                raw.license
+                    .clock_skew_tolerance_s
+                    .unwrap_or(CLOCK_SKEW_TOLERANCE_S_DEFAULT),
+                1,
+                86_400,
+            )? * 1000,
             unlicensed_mode: match raw.license.unlicensed_mode.as_deref() {
                 None | Some("warn") => tollgate_license::Mode::Warn,
                 Some("enforce") => tollgate_license::Mode::Enforce,
@@ -1045,6 +1060,7 @@ mod tests {
             "daily_at",
             "renew_before_days",
             "bind_address",
+            "clock_skew_tolerance_s",
             "enabled",
             "advertise",
             "seeds",

@@ -450,20 +450,38 @@ pub struct LicenseReport {
     /// The URL of the license server that answered last (null: none has, or none is
     /// configured).
     pub source: Option<String>,
+    /// This node's clock against the license server's (`status` `OK` or `CLOCK_SKEW`;
+    /// null before the first lease answer). While `CLOCK_SKEW`, licenses are judged by the
+    /// server's time.
+    pub clock: Option<crate::license::ClockCheck>,
 }
 
 pub fn license_report(state: &AgentState) -> LicenseReport {
     let current = state.license.current();
     // Evaluated now (tens of nanoseconds), so the answer reflects this instant's usage.
     let evaluation = Some(state.evaluate_license());
+    let clock = state.license.clock();
     LicenseReport {
         node_id: state.node_id.clone(),
         license: current.as_ref().map(|c| c.document().clone()),
         armored: current.as_ref().map(|c| c.armored().to_owned()),
-        explanation: evaluation.as_ref().map(|e| e.explain()),
+        explanation: evaluation.as_ref().map(|e| {
+            let mut text = e.explain();
+            if let Some(c) = clock.as_ref().filter(|c| c.skewed()) {
+                text.push_str(&format!(
+                    "\nCLOCK_SKEW: this node's clock is {} s {} the {}'s; licenses are judged by the {}'s time.",
+                    c.skew_ms.unsigned_abs() / 1000,
+                    if c.skew_ms > 0 { "behind" } else { "ahead of" },
+                    c.source,
+                    c.source
+                ));
+            }
+            text
+        }),
         evaluation,
         refused: state.license.refused(),
         source: state.fetcher.as_ref().and_then(|f| f.source()),
+        clock,
     }
 }
 

@@ -11,6 +11,10 @@
 //!   Nothing ever rewrites or truncates a segment: a damaged tail found at start is left
 //!   as evidence, and the chain goes on in a new segment from the last entry that decodes.
 //!
+//! - `ledger/delivered` — the seq of the last entry a usage report delivered (text). At start
+//!   the entries after it are queued again, so entries written but not delivered before a
+//!   stop reach the license server after the restart (no `gap` there).
+//!
 //! A node whose `node.key` is gone while the ledger remains gets a new key and continues
 //! the chain with it (`key_change` to a verifier); a node whose ledger is gone starts a
 //! new chain at seq 0 (`reset`). Both are counted as state resets seen.
@@ -27,6 +31,8 @@ use crate::state::StateError;
 
 pub const NODE_KEY_FILE: &str = "node.key";
 pub const LEDGER_DIR: &str = "ledger";
+/// The seq of the last delivered entry, in the ledger directory.
+pub const DELIVERED_FILE: &str = "delivered";
 /// Extension of a ledger segment.
 pub const SEGMENT_EXT: &str = "tgl";
 /// A segment past this size is closed; the next entry opens a new one.
@@ -184,9 +190,15 @@ impl Ledger {
                 "the ledger was signed by another node key: the chain goes on with this one (a key change)"
             );
         }
+        let delivered = std::fs::read_to_string(dir.join(DELIVERED_FILE))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        let unsent = undelivered(&found, delivered);
         tracing::info!(
             node_key = %tollgate_ledger::public_key_text(&key.public()),
             head_seq = ?head.map(|h| h.seq),
+            delivered_seq = ?delivered,
+            undelivered = unsent.len(),
             "ledger opened"
         );
         Ok(Ledger {
@@ -197,7 +209,7 @@ impl Ledger {
                 segment,
                 segment_bytes,
                 interval_start_ms: head.map_or(now_ms, |h| h.interval_end_ms.min(now_ms)),
-                unsent: Vec::new(),
+                unsent,
                 stats,
             }),
         })
@@ -275,10 +287,34 @@ impl Ledger {
         self.inner.lock().unsent.clone()
     }
 
-    /// Forgets the unsent entries up to and including `seq` (delivered).
+    /// Forgets the unsent entries up to and including `seq` (delivered), and records `seq`
+    /// in `ledger/delivered` for the next start.
     pub fn delivered(&self, seq: u64) {
         self.inner.lock().unsent.retain(|e| e.seq > seq);
+        let path = self.dir.join(DELIVERED_FILE);
+        if let Err(e) = crate::state::write_atomically(&path, seq.to_string().as_bytes(), 0o600) {
+            tracing::warn!(error = %e, "cannot record the delivered ledger seq; entries may be sent twice");
+        }
     }
+}
+
+/// The entries after `delivered` (all, without a record), at most [`UNSENT_ENTRIES_MAX`] of
+/// the newest, oldest first: read from the last segment backwards.
+fn undelivered(segments: &[PathBuf], delivered: Option<u64>) -> Vec<SignedEntry> {
+    let mut newest_first = Vec::new();
+    'segments: for segment in segments.iter().rev() {
+        let Ok(bytes) = std::fs::read(segment) else {
+            break;
+        };
+        for e in decode_frames(&bytes).0.into_iter().rev() {
+            if delivered.is_some_and(|d| e.seq <= d) || newest_first.len() == UNSENT_ENTRIES_MAX {
+                break 'segments;
+            }
+            newest_first.push(e);
+        }
+    }
+    newest_first.reverse();
+    newest_first
 }
 
 #[cfg(test)]
@@ -317,6 +353,34 @@ mod tests {
         let report = verify(&bytes, Some(&ledger.public_key()), true);
         assert_eq!(report.finding, None);
         assert_eq!(report.entries, 3);
+    }
+
+    #[test]
+    fn entries_not_delivered_before_a_stop_are_queued_again_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, created) = node_key(dir.path()).unwrap();
+        let ledger = Ledger::open(dir.path(), key, created, 1000).unwrap();
+        for end in [2000, 3000, 4000, 5000] {
+            ledger.append(entry(end)).unwrap();
+        }
+        ledger.delivered(1);
+        drop(ledger);
+        let (key, created) = node_key(dir.path()).unwrap();
+        let ledger = Ledger::open(dir.path(), key, created, 6000).unwrap();
+        let seqs: Vec<u64> = ledger.unsent().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [2, 3]);
+        ledger.delivered(3);
+        drop(ledger);
+        let (key, created) = node_key(dir.path()).unwrap();
+        let ledger = Ledger::open(dir.path(), key, created, 7000).unwrap();
+        assert!(ledger.unsent().is_empty());
+        // Without a record (an older agent), the newest entries are queued (the server
+        // ignores those it holds).
+        std::fs::remove_file(dir.path().join(LEDGER_DIR).join(DELIVERED_FILE)).unwrap();
+        drop(ledger);
+        let (key, created) = node_key(dir.path()).unwrap();
+        let ledger = Ledger::open(dir.path(), key, created, 8000).unwrap();
+        assert_eq!(ledger.unsent().len(), 4);
     }
 
     #[test]

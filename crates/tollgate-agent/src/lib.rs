@@ -273,6 +273,7 @@ pub async fn run(
             trusted: config.trusted_keys.clone(),
             host_id: config.host_id.clone(),
             unlicensed_mode: config.unlicensed_mode,
+            clock_skew_tolerance_ms: config.clock_skew_tolerance_ms,
         },
         Arc::clone(&state_dir),
         wall_clock().unix_ms(),

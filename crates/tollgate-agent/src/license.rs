@@ -142,6 +142,32 @@ pub struct Installed {
 struct Watermarks {
     serial_seen_max: Option<u64>,
     time_recorded_max_ms: Option<u64>,
+    /// The highest serial learned from elsewhere (the mesh's records, the license server's
+    /// lease answers): candidates below it are refused `ROLLBACK`, while the license in
+    /// force is kept until the newer document arrives (issue 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    serial_learned_max: Option<u64>,
+}
+
+/// `CLOCK_SKEW`: what the agent's clock was found to be against a trusted clock (the
+/// license server's, from its lease answers). Shown in `GET /api/v1/license` as `clock`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClockCheck {
+    /// `OK`, or `CLOCK_SKEW` when `|skew_ms|` exceeds `tolerance_ms`.
+    pub status: &'static str,
+    /// Trusted time minus this node's time, ms (positive: this node's clock is behind).
+    pub skew_ms: i64,
+    pub tolerance_ms: u64,
+    /// Where the trusted time came from (`license server`).
+    pub source: String,
+    /// When it was compared, Unix ms by this node's clock.
+    pub checked_at_ms: u64,
+}
+
+impl ClockCheck {
+    pub fn skewed(&self) -> bool {
+        self.status == "CLOCK_SKEW"
+    }
 }
 
 /// Settings of the license manager (from `[license]` and `[general]`).
@@ -152,6 +178,9 @@ pub struct LicenseSettings {
     pub trusted: TrustedKeys,
     pub host_id: Option<String>,
     pub unlicensed_mode: Mode,
+    /// How far this node's clock may be from a trusted clock before `CLOCK_SKEW`, ms (0:
+    /// the default, [`crate::config::CLOCK_SKEW_TOLERANCE_S_DEFAULT`]).
+    pub clock_skew_tolerance_ms: u64,
 }
 
 /// What the log has already said, so transitions are logged once.
@@ -176,6 +205,8 @@ pub struct LicenseManager {
     log: Mutex<LogMemory>,
     /// A license server is configured and its first fetch has not finished yet.
     awaiting_server: AtomicBool,
+    /// The latest comparison with a trusted clock (none before the first lease answer).
+    clock: Mutex<Option<ClockCheck>>,
 }
 
 impl LicenseManager {
@@ -193,6 +224,7 @@ impl LicenseManager {
             refused: Mutex::new(None),
             log: Mutex::new(LogMemory::default()),
             awaiting_server: AtomicBool::new(false),
+            clock: Mutex::new(None),
         };
         let stored = manager.state_dir.path().join(CURRENT_FILE);
         match std::fs::read(&stored) {
@@ -248,6 +280,7 @@ impl LicenseManager {
         &self.settings
     }
 
+    /// The context the license in force is evaluated in. `now_ms` is the trusted time.
     fn context(&self, now_ms: u64) -> Context<'_> {
         let (w, _) = *self.watermarks.lock();
         Context {
@@ -256,6 +289,100 @@ impl LicenseManager {
             serial_seen_max: w.serial_seen_max,
             time_recorded_max_ms: w.time_recorded_max_ms,
             unlicensed_mode: self.settings.unlicensed_mode,
+        }
+    }
+
+    /// The context a candidate is checked in: also below the serial learned from peers and
+    /// the license server.
+    fn candidate_context(&self, now_ms: u64) -> Context<'_> {
+        let mut context = self.context(now_ms);
+        let learned = self.watermarks.lock().0.serial_learned_max;
+        context.serial_seen_max = context.serial_seen_max.max(learned);
+        context
+    }
+
+    /// The time licenses are judged by: this node's clock, or, while it disagrees with a
+    /// trusted clock by more than the tolerance (`CLOCK_SKEW`), the trusted clock's.
+    pub fn trusted_now(&self, local_ms: u64) -> u64 {
+        match self.clock.lock().as_ref() {
+            Some(c) if c.skewed() => local_ms.saturating_add_signed(c.skew_ms),
+            _ => local_ms,
+        }
+    }
+
+    /// The latest comparison with a trusted clock.
+    pub fn clock(&self) -> Option<ClockCheck> {
+        self.clock.lock().clone()
+    }
+
+    fn tolerance_ms(&self) -> u64 {
+        match self.settings.clock_skew_tolerance_ms {
+            0 => crate::config::CLOCK_SKEW_TOLERANCE_S_DEFAULT * 1000,
+            t => t,
+        }
+    }
+
+    /// A trusted clock read `trusted_ms` when this node's read `local_ms` (the license
+    /// server's `server_time_ms`, compared when its answer arrived). Beyond the tolerance
+    /// this is `CLOCK_SKEW`: logged once at error, shown in `GET /api/v1/license`, and
+    /// licenses are judged by the trusted time until a later comparison agrees.
+    pub fn observe_trusted_time(&self, trusted_ms: u64, local_ms: u64, source: &str) {
+        let skew_ms = i64::try_from(i128::from(trusted_ms) - i128::from(local_ms)).unwrap_or(
+            if trusted_ms > local_ms {
+                i64::MAX
+            } else {
+                i64::MIN
+            },
+        );
+        let tolerance_ms = self.tolerance_ms();
+        let skewed = skew_ms.unsigned_abs() > tolerance_ms;
+        let check = ClockCheck {
+            status: if skewed { "CLOCK_SKEW" } else { "OK" },
+            skew_ms,
+            tolerance_ms,
+            source: source.to_owned(),
+            checked_at_ms: local_ms,
+        };
+        let was = self.clock.lock().replace(check).is_some_and(|c| c.skewed());
+        match (was, skewed) {
+            (false, true) => tracing::error!(
+                code = "CLOCK_SKEW",
+                skew_ms,
+                tolerance_ms,
+                source,
+                trusted_time = %tollgate_license::timestamp::format_rfc3339(trusted_ms),
+                "CLOCK_SKEW: this node's clock is {}s {} the {source}'s (tolerance {}s); licenses are judged by the {source}'s time",
+                skew_ms.unsigned_abs() / 1000,
+                if skew_ms > 0 { "behind" } else { "ahead of" },
+                tolerance_ms / 1000
+            ),
+            (true, false) => tracing::info!(
+                skew_ms,
+                source,
+                "clock back within tolerance of the {source}'s"
+            ),
+            _ => {}
+        }
+    }
+
+    /// Raises the rollback watermark to `serial`, learned from `source` (a peer's record,
+    /// the license server's `serial_issued_max`). Persisted; candidates below it are
+    /// refused `ROLLBACK` from then on.
+    pub fn learn_serial(&self, serial: u64, source: &str) {
+        let mut w = self.watermarks.lock();
+        if serial == 0 || w.0.serial_learned_max.is_some_and(|s| s >= serial) {
+            return;
+        }
+        w.0.serial_learned_max = Some(serial);
+        if let Err(e) = write_watermarks(self.state_dir.path(), &w.0) {
+            tracing::warn!(error = %e, "cannot persist license watermarks");
+        }
+        if w.0.serial_seen_max.is_none_or(|s| s < serial) {
+            tracing::info!(
+                serial,
+                source,
+                "license serial watermark raised to {serial} (learned from the {source}): older serials are refused ROLLBACK"
+            );
         }
     }
 
@@ -297,9 +424,10 @@ impl LicenseManager {
         source: &str,
         authentic: &mut Option<Document>,
     ) -> Result<Installed, InstallError> {
+        let now_ms = self.trusted_now(now_ms);
         let candidate = tollgate_license::verify(text, &self.settings.trusted)?;
         *authentic = Some(candidate.document().clone());
-        candidate.check(&self.context(now_ms))?;
+        candidate.check(&self.candidate_context(now_ms))?;
         let doc = candidate.document();
         if let Some(configured) = &self.settings.license_key
             && &doc.license_key != configured
@@ -433,6 +561,7 @@ impl LicenseManager {
     /// Evaluates the current license against `usage` at `now_ms`, publishes the admission
     /// plan to the gate, and logs transitions. Called every second by the agent.
     pub fn tick(&self, now_ms: u64, usage: &tollgate_license::Usage) -> Arc<Evaluation> {
+        let now_ms = self.trusted_now(now_ms);
         {
             let mut w = self.watermarks.lock();
             // The clock watermark only moves forward; a clock set back is caught by
@@ -619,5 +748,114 @@ pub fn license_usage(u: &tollgate_usage::Usage) -> tollgate_license::Usage {
         emergency_calls: u.emergency_calls,
         subscribers: u.subscribers,
         registered_subscribers: u.registered_subscribers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_license::timestamp::{DAY_MS, format_rfc3339};
+    use tollgate_license::{LicenseSpec, SigningKey};
+
+    const NOW: u64 = 1_900_000_000_000;
+
+    fn text(key: &SigningKey, serial: u64, valid_until_ms: u64) -> Vec<u8> {
+        let spec = format!(
+            "license_key = \"K1\"\ncustomer = \"C\"\nkind = \"term\"\nserial = {serial}\n\
+             issued_at = \"{}\"\nvalid_from = \"{}\"\nvalid_until = \"{}\"\n[limits]\ncalls = 10\n",
+            format_rfc3339(NOW - 300 * DAY_MS),
+            format_rfc3339(NOW - 300 * DAY_MS),
+            format_rfc3339(valid_until_ms)
+        );
+        let doc = LicenseSpec::parse(&spec)
+            .unwrap()
+            .to_document(key.key_id(), NOW)
+            .unwrap();
+        tollgate_license::sign(&doc, key).unwrap().into_bytes()
+    }
+
+    fn manager(key: &SigningKey, dir: &std::path::Path) -> LicenseManager {
+        manager_at(key, dir, NOW)
+    }
+
+    fn manager_at(key: &SigningKey, dir: &std::path::Path, now_ms: u64) -> LicenseManager {
+        let mut trusted = TrustedKeys::new();
+        trusted.insert(key.public_key()).unwrap();
+        let settings = LicenseSettings {
+            trusted,
+            clock_skew_tolerance_ms: 300_000,
+            ..LicenseSettings::default()
+        };
+        LicenseManager::open(settings, Arc::new(StateDir::open(dir).unwrap()), now_ms)
+    }
+
+    #[test]
+    fn a_serial_learned_elsewhere_refuses_older_candidates_but_keeps_the_one_in_force() {
+        let key = SigningKey::generate();
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager(&key, dir.path());
+        m.install(&text(&key, 8, NOW + DAY_MS), NOW, "upload")
+            .unwrap();
+        m.learn_serial(9, "mesh");
+        // The license in force stays (the newer document is on its way).
+        let e = m.tick(NOW, &tollgate_license::Usage::default());
+        assert_eq!(e.status, StatusCode::Ok);
+
+        // A node with no license and no local record: the learned serial alone refuses.
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager(&key, dir.path());
+        m.install(&text(&key, 8, NOW + DAY_MS), NOW, "upload")
+            .unwrap();
+        drop(m);
+        std::fs::remove_file(dir.path().join(WATERMARKS_FILE)).unwrap();
+        std::fs::remove_file(dir.path().join(CURRENT_FILE)).unwrap();
+        let m = manager(&key, dir.path());
+        m.learn_serial(9, "license server");
+        let err = m
+            .install(&text(&key, 8, NOW + DAY_MS), NOW, "upload")
+            .unwrap_err();
+        assert_eq!(err.code(), "ROLLBACK", "{err}");
+        m.install(&text(&key, 9, NOW + DAY_MS), NOW, "upload")
+            .unwrap();
+        // Learned watermarks survive a restart.
+        m.learn_serial(12, "mesh");
+        drop(m);
+        let m = manager(&key, dir.path());
+        let err = m
+            .install(&text(&key, 11, NOW + 2 * DAY_MS), NOW, "upload")
+            .unwrap_err();
+        assert_eq!(err.code(), "ROLLBACK", "{err}");
+    }
+
+    #[test]
+    fn a_clock_far_from_the_servers_is_clock_skew_and_expiry_is_judged_by_the_servers_time() {
+        let key = SigningKey::generate();
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager(&key, dir.path());
+        // Expired 30 days ago by real time; this node's clock runs 270 days behind.
+        let local = NOW - 270 * DAY_MS;
+        let expired = text(&key, 3, NOW - 30 * DAY_MS);
+        m.observe_trusted_time(NOW, local + 10_000, "license server");
+        assert_eq!(m.clock().unwrap().status, "CLOCK_SKEW");
+        let err = m.install(&expired, local, "license server").unwrap_err();
+        assert_eq!(err.code(), "EXPIRED", "{err}");
+
+        // Installed from the state dir (what was in force before) it evaluates EXPIRED.
+        let m2dir = tempfile::tempdir().unwrap();
+        std::fs::write(m2dir.path().join(CURRENT_FILE), &expired).unwrap();
+        let m2 = manager_at(&key, m2dir.path(), local);
+        let usage = tollgate_license::Usage::default();
+        assert_eq!(
+            m2.tick(local, &usage).status,
+            StatusCode::Ok,
+            "by the local clock"
+        );
+        m2.observe_trusted_time(NOW, local, "license server");
+        assert_eq!(m2.tick(local, &usage).status, StatusCode::Expired);
+
+        // Within the tolerance nothing changes.
+        m2.observe_trusted_time(local + 299_000, local, "license server");
+        assert_eq!(m2.clock().unwrap().status, "OK");
+        assert_eq!(m2.trusted_now(local), local);
     }
 }

@@ -167,6 +167,16 @@ impl LicenseFetcher {
         {
             Ok(lease) => {
                 let now = crate::wall_clock().unix_ms();
+                // Issue 16: the server's clock and highest serial are watermarks, taken
+                // before the document is judged.
+                if let Some(server_ms) = lease.server_time_ms {
+                    state
+                        .license
+                        .observe_trusted_time(server_ms, now, "license server");
+                }
+                if let Some(serial) = lease.serial_issued_max {
+                    state.license.learn_serial(serial, "license server");
+                }
                 match state
                     .license
                     .install(lease.license.as_bytes(), now, "license server")

@@ -119,6 +119,16 @@ pub struct LeaseResponse {
     /// False when the server answered with the document it signed moments ago (a repeated
     /// request within its reuse window), true when it signed a new serial for this request.
     pub renewed: bool,
+    /// The server's clock when it answered, Unix ms: the agent's trusted time (it reports
+    /// `CLOCK_SKEW` when its own clock disagrees by more than its tolerance). Absent from
+    /// older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_time_ms: Option<u64>,
+    /// The highest serial the server ever issued for this license key: the agent's
+    /// rollback watermark (it refuses `ROLLBACK` any document below it). Absent from older
+    /// servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_issued_max: Option<u64>,
 }
 
 /// The JSON body of every error answer of the license server.
@@ -344,6 +354,8 @@ impl LeaseResponse {
             valid_until_ms: document.valid_until_ms,
             contract,
             renewed,
+            server_time_ms: None,
+            serial_issued_max: None,
         })
     }
 

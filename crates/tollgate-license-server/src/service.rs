@@ -272,8 +272,12 @@ impl Service {
                     (text, next, true)
                 }
             };
-            let response = LeaseResponse::for_document(text, &document, license.contract, renewed)
-                .ok_or_else(|| sign_error("the document has no lease".into()))?;
+            let mut response =
+                LeaseResponse::for_document(text, &document, license.contract, renewed)
+                    .ok_or_else(|| sign_error("the document has no lease".into()))?;
+            // Issue 16: the agent's watermarks (trusted time, highest serial issued).
+            response.server_time_ms = Some(now_ms);
+            response.serial_issued_max = Some(response.serial.max(license.serial));
             db.touch_token(token.id, now_ms, client)?;
             // Issue 16: the node's identity key is bound at its first lease; another key
             // later is flagged `key_change` (crate::ledger).
