@@ -13,6 +13,7 @@ use tollgate_ledger::{Chain, Entry, NodeKey, SignedEntry, public_key_text};
 use tollgate_license::timestamp::DAY_MS;
 use tollgate_license_client::{LicenseClient, UsageReport};
 use tollgate_license_server::Database;
+use tollgate_license_server::ledger::LedgerNode;
 
 fn entry(end_ms: u64) -> Entry {
     Entry {
@@ -43,18 +44,24 @@ fn report(entries: &[SignedEntry]) -> UsageReport {
     }
 }
 
-/// The flags `admin reports flags --json` lists, oldest first, as (kind, seq).
+/// The flags stored for the license (what `admin reports flags` lists), oldest first, as
+/// (kind, seq).
 fn flags(h: &Harness) -> Vec<(String, Option<u64>)> {
     let mut out: Vec<(String, Option<u64>)> = h
-        .admin_ok(&["reports", "flags", "--json", "--license", LICENSE_KEY])
-        .lines()
-        .map(|l| {
-            let f: serde_json::Value = serde_json::from_str(l).unwrap();
-            (f["kind"].as_str().unwrap().to_owned(), f["seq"].as_u64())
-        })
+        .read(|db| db.ledger_flags(Some(LICENSE_KEY), 1000))
+        .into_iter()
+        .map(|f| (f.kind, f.seq))
         .collect();
     out.reverse();
     out
+}
+
+/// The node `sp1` as `admin reports nodes` shows it.
+fn node(h: &Harness) -> LedgerNode {
+    h.read(|db| db.ledger_nodes(Some(LICENSE_KEY)))
+        .into_iter()
+        .find(|n| n.node_id == "sp1")
+        .expect("the node is known")
 }
 
 async fn scenario(h: &Harness) {
@@ -68,10 +75,10 @@ async fn scenario(h: &Harness) {
     };
     let client = client_with(&key);
     client.fetch_lease().await.unwrap();
-    let nodes = h.admin_ok(&["reports", "nodes", "--json"]);
-    assert!(
-        nodes.contains(&public_key_text(&key.public())),
-        "the key is bound at the first lease: {nodes}"
+    assert_eq!(
+        node(h).public_key,
+        Some(public_key_text(&key.public())),
+        "the key is bound at the first lease"
     );
 
     // An honest node: 10 entries over 3 reports, the middle one sent twice.
@@ -84,12 +91,11 @@ async fn scenario(h: &Harness) {
     }
     client.fetch_lease().await.unwrap();
     assert_eq!(flags(h), vec![], "an honest node raises nothing");
-    let nodes = h.admin_ok(&["reports", "nodes"]);
-    assert!(
-        nodes
-            .lines()
-            .any(|l| l.contains("\tsp1\t") && l.contains("\t0\t9\t10\t0\t")),
-        "chain 0, head seq 9, 10 entries, no flag: {nodes}"
+    let n = node(h);
+    assert_eq!(
+        (n.chain, n.head_seq, n.entries, n.flags),
+        (0, Some(9), 10, 0),
+        "{n:?}"
     );
 
     // Entries missing (seq 10 never sent), then one replaced (a new seq 12 whose previous
@@ -142,7 +148,6 @@ async fn scenario(h: &Harness) {
     );
 
     // Every flag is in the audit log and on its report.
-    let audit = h.admin_ok(&["audit", "--license", LICENSE_KEY]);
     for kind in [
         "gap",
         "chain_break",
@@ -151,13 +156,16 @@ async fn scenario(h: &Harness) {
         "key_change",
         "reset",
     ] {
-        assert!(audit.contains(&format!("ledger.{kind}")), "{kind}: {audit}");
+        assert!(h.audited(&format!("ledger.{kind}")), "{kind} not audited");
     }
-    let reports = h.admin_ok(&["reports", "list", "--license", LICENSE_KEY, "--json"]);
-    let newest: serde_json::Value = serde_json::from_str(reports.lines().next().unwrap()).unwrap();
+    let reports = h.read(|db| db.reports(Some(LICENSE_KEY), 1));
+    let newest = tollgate_license_server::admin_api::report_json(&reports[0]);
     assert_eq!(newest["ledger_flags"][0]["kind"], "reset", "{newest}");
-    let text = h.admin_ok(&["reports", "list", "--license", LICENSE_KEY]);
-    assert!(text.lines().nth(1).unwrap().ends_with("\treset"), "{text}");
+    assert_eq!(
+        node(h).chain,
+        2,
+        "the stranger's chain, then the renewed node's"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
