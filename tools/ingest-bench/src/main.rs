@@ -157,8 +157,9 @@ const CASES: [Case; 6] = [
 const FROM_TAG: &[u8] = b"ab12cd";
 
 /// Call-IDs are fixed-width, so every start (and every stop) has the same length.
-fn call_id(i: usize) -> String {
-    format!("{i:016x}-bench@10.0.0.1")
+/// `sender` (0–9) keeps the calls of several senders apart.
+fn call_id(i: usize, sender: usize) -> String {
+    format!("{i:016x}-bench{}@10.0.0.1", sender % 10)
 }
 
 /// Same-size datagrams, back to back, that a sender cycles through: the event stream
@@ -170,16 +171,17 @@ struct Pool {
     events_per_datagram: u64,
     open_calls: usize,
     cycle: usize,
+    sender: usize,
 }
 
 impl Pool {
-    fn new(payload: Payload, open_calls: usize) -> anyhow::Result<Self> {
+    fn new(payload: Payload, open_calls: usize, sender: usize) -> anyhow::Result<Self> {
         let open_calls = open_calls.max(1);
         let events_per_datagram = match payload {
             Payload::SingleText => 1,
             Payload::BatchedBinary(size) => {
                 let mut enc = binary::Encoder::new(size);
-                let id = call_id(0);
+                let id = call_id(0, sender);
                 let mut n = 0;
                 while enc.push(&start_event(&id, n % 2 == 0)).is_ok() {
                     n += 1;
@@ -195,8 +197,8 @@ impl Pool {
         let mut sizes = std::collections::BTreeSet::new();
         let stream = (0..cycle).flat_map(|i| {
             [
-                (true, call_id(i)),
-                (false, call_id((i + cycle - open_calls) % cycle)),
+                (true, call_id(i, sender)),
+                (false, call_id((i + cycle - open_calls) % cycle, sender)),
             ]
         });
         match payload {
@@ -234,6 +236,7 @@ impl Pool {
             events_per_datagram: events_per_datagram as u64,
             open_calls,
             cycle,
+            sender,
         })
     }
 
@@ -241,7 +244,7 @@ impl Pool {
     /// something and the table holds `open_calls` from the first datagram on).
     fn preload(&self, tables: &Tables, now: Timestamp) {
         for i in self.cycle - self.open_calls..self.cycle {
-            let id = call_id(i);
+            let id = call_id(i, self.sender);
             tables.apply(now, &start_event(&id, true));
         }
     }
@@ -449,7 +452,7 @@ fn gso_works() -> bool {
     let Ok(rx) = UdpSocket::bind("127.0.0.1:0") else {
         return false;
     };
-    let Ok(pool) = Pool::new(Payload::SingleText, 4) else {
+    let Ok(pool) = Pool::new(Payload::SingleText, 4, 0) else {
         return false;
     };
     let Ok(addr) = rx.local_addr() else {
@@ -735,7 +738,7 @@ fn socket_methods(
         .iter()
         .filter(|c| args.only.as_deref().is_none_or(|o| c.name.contains(o)))
     {
-        let pool = Arc::new(Pool::new(case.payload, args.open_calls)?);
+        let pool = Arc::new(Pool::new(case.payload, args.open_calls, 0)?);
         let socket = EventSocket::bind(&endpoint_for(case.transport, dir)?, &BENCH_SOCKET)?;
         let pipeline = new_pipeline(args, dir, case.name)?;
         pool.preload(&pipeline.tables, tollgate_ingest::tables_clock());
@@ -1048,15 +1051,17 @@ fn senders_per_socket(group: &[EventSocket]) -> anyhow::Result<Vec<OwnedFd>> {
         .collect()
 }
 
-/// Full queue with n `SO_REUSEPORT` sockets and n pinned receivers sharing one `Tables`.
+/// Full queue with n `SO_REUSEPORT` sockets and n pinned receivers sharing one `Tables`
+/// (as the agent does), and for comparison with one `Tables` per receiver (what sharing
+/// costs: the shard locks' cache lines travel between the cores).
 fn threads_method(args: &Args, setup: &Setup<'_>, dir: &std::path::Path) -> anyhow::Result<()> {
     println!(
         "\nthreads (full queue, one SO_REUSEPORT socket and one pinned receiver per thread, shared tables, {} calls open):",
         args.open_calls
     );
     println!(
-        "{:<26} {:>8} {:>16} {:>16} {:>7}",
-        "case", "threads", "drain events/s", "agent events/s", "ratio"
+        "{:<26} {:>8} {:>16} {:>16} {:>7} {:>18}",
+        "case", "threads", "drain events/s", "agent events/s", "ratio", "own tables ev/s"
     );
     let counts: Vec<usize> = args
         .threads
@@ -1067,30 +1072,43 @@ fn threads_method(args: &Args, setup: &Setup<'_>, dir: &std::path::Path) -> anyh
     for case in CASES.iter().filter(|c| {
         c.transport == Transport::Udp && args.only.as_deref().is_none_or(|o| c.name.contains(o))
     }) {
-        let pool = Pool::new(case.payload, args.open_calls)?;
-        let per = pool.events_per_datagram as f64;
+        // Each sender has calls of its own (as separate proxies would).
+        let pools = (0..counts.iter().copied().max().unwrap_or(1))
+            .map(|k| Pool::new(case.payload, args.open_calls, k))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let per = pools[0].events_per_datagram as f64;
         for &n in &counts {
             let group =
                 EventSocket::bind_group(&endpoint_for(case.transport, dir)?, &BENCH_SOCKET, n)?;
             let senders = senders_per_socket(&group)?;
             let pipeline = new_pipeline(args, dir, case.name)?;
-            pool.preload(&pipeline.tables, tollgate_ingest::tables_clock());
+            for pool in &pools[..n] {
+                pool.preload(&pipeline.tables, tollgate_ingest::tables_clock());
+            }
+            let own: Vec<Pipeline> = pools[..n]
+                .iter()
+                .map(|pool| {
+                    let p = new_pipeline(args, dir, case.name)?;
+                    pool.preload(&p.tables, tollgate_ingest::tables_clock());
+                    Ok(p)
+                })
+                .collect::<anyhow::Result<_>>()?;
             let fill = fill_for(args, case.payload) / n as u64;
-            let run = |receiver: Receiver<'_>| -> anyhow::Result<f64> {
-                for (k, fd) in senders.iter().enumerate() {
-                    Sender::new(
-                        fd,
-                        &pool,
-                        setup.segments(case.transport),
-                        k * pool.count / n,
-                    )
-                    .run(Some(fill), &AtomicBool::new(false))?;
+            // Receiver k runs the agent's loop on `agents[k]`, or the drain loop for None.
+            let run = |agents: &[Option<&Pipeline>]| -> anyhow::Result<f64> {
+                for (fd, pool) in senders.iter().zip(&pools) {
+                    Sender::new(fd, pool, setup.segments(case.transport), 0)
+                        .run(Some(fill), &AtomicBool::new(false))?;
                 }
                 let results: Vec<(u64, f64)> = std::thread::scope(|scope| {
                     let handles: Vec<_> = group
                         .iter()
                         .enumerate()
                         .map(|(k, s)| {
+                            let receiver = match agents[k] {
+                                Some(p) => Receiver::Agent(p),
+                                None => Receiver::Drain { source: false },
+                            };
                             scope.spawn(move || {
                                 receive_until(
                                     s,
@@ -1116,25 +1134,31 @@ fn threads_method(args: &Args, setup: &Setup<'_>, dir: &std::path::Path) -> anyh
                 }
                 Ok(total as f64 / slowest)
             };
-            let (mut drain, mut agent) = (Vec::new(), Vec::new());
+            let (mut drain, mut agent, mut apart) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..args.runs {
-                drain.push(run(Receiver::Drain { source: false })?);
-                agent.push(run(Receiver::Agent(&pipeline))?);
+                drain.push(run(&vec![None; n])?);
+                agent.push(run(&vec![Some(&pipeline); n])?);
+                apart.push(run(&own.iter().map(Some).collect::<Vec<_>>())?);
             }
-            let (d, a) = (median(drain) * per, median(agent) * per);
+            let (d, a, o) = (
+                median(drain) * per,
+                median(agent) * per,
+                median(apart) * per,
+            );
             println!(
-                "{:<26} {:>8} {:>16.0} {:>16.0} {:>7.3}",
+                "{:<26} {:>8} {:>16.0} {:>16.0} {:>7.3} {:>18.0}",
                 case.name,
                 n,
                 d,
                 a,
-                a / d
+                a / d,
+                o
             );
             if args.json {
                 println!(
                     "{}",
                     serde_json::json!({"method": "threads", "case": case.name, "threads": n,
-                        "drain_events_per_s": d, "agent_events_per_s": a})
+                        "drain_events_per_s": d, "agent_events_per_s": a, "agent_own_tables_events_per_s": o})
                 );
             }
         }
@@ -1154,7 +1178,7 @@ fn recv_cost_method(args: &Args, setup: &Setup<'_>, dir: &std::path::Path) -> an
         .iter()
         .filter(|c| args.only.as_deref().is_none_or(|o| c.name.contains(o)))
     {
-        let pool = Pool::new(case.payload, args.open_calls)?;
+        let pool = Pool::new(case.payload, args.open_calls, 0)?;
         let socket = EventSocket::bind(&endpoint_for(case.transport, dir)?, &BENCH_SOCKET)?;
         let fill = fill_for(args, case.payload);
         let mut rates = [Vec::new(), Vec::new(), Vec::new()];
