@@ -9,7 +9,7 @@
 #   tools/ingest-bench/measure.sh [RUNS]        # RUNS per comparison, default 5
 #
 # BASELINE=/path/to/an/older/ingest-bench also runs that binary's table and live methods
-# for a before/after comparison.
+# for a before/after comparison; PROFILE=1 adds a perf profile of the agent's live phase.
 set -eu
 runs="${1:-5}"
 cd "$(dirname "$0")/../.."
@@ -30,6 +30,21 @@ run "$target/ingest-bench" --method recv-cost --runs "$runs"
 run "$target/ingest-bench" --method full-queue --runs "$runs" --only udp --journal-fsync-ms 1000
 run "$target/table-memory"
 run "$target/admit-bench" --count 100000 --mode both
+# Where the agent's receiving thread spends the live phase (perf, software clock: works in
+# a VM): the drain phase runs first for 4 s, the agent phase is sampled.
+if [ -n "${PROFILE:-}" ] && command -v perf >/dev/null; then
+    for case in "udp single-event text" "udp batched binary 1400"; do
+        echo
+        echo "\$ perf record -e cpu-clock -t <receiver> during the agent's live phase: $case"
+        "$target/ingest-bench" --method live --only "$case" --runs 1 --seconds 4 >/dev/null &
+        pid=$!
+        sleep 5.2
+        perf record -q -e cpu-clock -t "$pid" -o /tmp/ingest-bench.perf -- sleep 2.5 >/dev/null 2>&1 || true
+        wait "$pid"
+        perf report -i /tmp/ingest-bench.perf --stdio --no-children --sort sym 2>/dev/null \
+            | grep -E '^ +[0-9]' | head -25
+    done
+fi
 if [ -n "${BASELINE:-}" ]; then
     run "$BASELINE" --method table --table-sizes 65536,1000000,10000000
     run "$BASELINE" --method live --runs "$runs" --seconds 2 --only "single-event"

@@ -836,10 +836,11 @@ fn socket_methods(
         );
         if method == "live" {
             println!(
-                "{:<26} sender offered >= {:.0} dgram/s ({} B datagrams{})",
+                "{:<26} sender offered >= {:.0} dgram/s ({} B datagrams of {} events{})",
                 "",
                 median(offered),
                 pool.size,
+                pool.events_per_datagram,
                 if setup.segments(case.transport) > 1 {
                     format!(", GSO {} per send", setup.segments(case.transport))
                 } else {
