@@ -163,7 +163,6 @@ impl<V: Copy + Default> FpMap<V> {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn get(&self, key: &Fingerprint) -> Option<&V> {
         match self.find(*key)? {
             At::Slot(i) => Some(&self.slots[i].value),

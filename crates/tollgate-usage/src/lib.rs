@@ -60,7 +60,10 @@ pub use calls::{Swept, TOMBSTONES_PER_SHARD_MAX};
 pub use fingerprint::{Fingerprint, FingerprintKey, Fingerprinter};
 pub use owners::{OWNERS_MAX, Owner, Owners};
 pub use peaks::{MINUTE_SLOT_COUNT, MinutePeak, PeakCounts, Peaks};
-pub use reconcile::{Corrections, ProxyList, Run, Scope, TOUCHED_PER_SHARD_MAX};
+pub use reconcile::{
+    Correction, Corrections, Pass, ProxyList, Run, STEP_ENTRIES_DEFAULT, Scope,
+    TOUCHED_PER_SHARD_MAX,
+};
 pub use registrations::CONTACTS_PER_AOR_LIMIT;
 pub use sequence::{SEQ_SENDERS_MAX, SEQ_WINDOW_LEN, SeqVerdict, SequenceTracker};
 pub use snapshot::{
