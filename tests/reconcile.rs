@@ -293,3 +293,64 @@ fn an_opensips_source_heals_and_failures_change_nothing() {
     let (status, _) = http(agent.rt.admin, "POST", "/api/v1/reconcile", None, b"");
     assert_eq!(status, 401);
 }
+
+/// Corrections are journaled as records of their own (issue 13): a `kill -9` right after a
+/// reconciliation, with no snapshot taken since, replays them exactly at the restart.
+#[test]
+fn kill_9_right_after_a_correction_replays_it_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = Arc::new(Mutex::new(false));
+    let (mi, _mode) = mi_http(Arc::clone(&stop));
+    let config = admin_config(
+        dir.path(),
+        &format!(
+            "[state]\nsnapshot_interval_s = 86400\n\n[[reconcile]]\nkind = \"opensips\"\nurl = \"http://{mi}/mi\"\ninterval_s = 0\n"
+        ),
+    );
+    let state = dir.path().join("state");
+    let agent = Agent::start(&state, &config);
+    agent.send_events(
+        b"call-start 1-4242@127.0.1.1 tag=4242SIPpTag001\ncall-start phantom@x tag=1\n\
+          reg alice sip:alice@10.0.0.9:5060 600\nreg alice sip:alice@10.0.0.1:5060 600\n",
+    );
+    agent.wait_usage("2 calls, 2 contacts", |u| {
+        u["calls"] == 2 && u["registered_contacts"] == 2
+    });
+    let snapshots = agent.metric("tollgate_snapshots_total");
+    let answer = post_reconcile(&agent);
+    let c = &answer["runs"][0]["corrections"];
+    assert_eq!(
+        (
+            &c["phantom_call"],
+            &c["missing_call"],
+            &c["phantom_contact"],
+            &c["missing_contact"]
+        ),
+        (&1.into(), &1.into(), &1.into(), &1.into()),
+        "{answer:#}"
+    );
+    // No checkpoint was taken for them: only the journal holds them.
+    assert_eq!(agent.metric("tollgate_snapshots_total"), snapshots);
+    agent.kill9();
+    *stop.lock().unwrap() = true;
+    let _ = std::net::TcpStream::connect(mi);
+
+    let agent = Agent::start(&state, &config);
+    let replayed = agent.metric("tollgate_journal_replayed_records");
+    assert!(
+        replayed.unwrap_or(0.0) >= 2.0,
+        "{replayed:?} {:?}",
+        counts(&agent)
+    );
+    assert_eq!(counts(&agent), (2, 2), "the corrections replayed");
+    // Exactly those: the listed calls and contacts are here (their stops and removals end
+    // them), the phantoms are not.
+    agent.send_events(
+        b"call-stop 1-4242@127.0.1.1 tag=4242SIPpTag001\n\
+          call-stop 3-4242@127.0.1.1 tag=4242SIPpTag003\n\
+          reg alice sip:alice@10.0.0.1:5060 0\nreg bob sip:bob@10.0.0.3:5060 0\n",
+    );
+    agent.wait_usage("nothing left", |u| {
+        u["calls"] == 0 && u["registered_contacts"] == 0
+    });
+}

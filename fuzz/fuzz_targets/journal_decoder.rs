@@ -5,6 +5,8 @@
 //! - the records read before the reader stops re-encode (with `RecordBuilder`) to exactly
 //!   the bytes they came from, `good_len` is their total length, and the reader reports an
 //!   error exactly when it stopped before the end of the input;
+//! - corrections records (reconciliation) re-encode the same way, from their owner and
+//!   corrections;
 //! - the first input byte picks a mode: odd values wrap the rest in a valid record header
 //!   and checksum, so the record body parser (receive time, datagram lengths) sees
 //!   arbitrary bodies instead of stopping at the checksum.
@@ -20,9 +22,14 @@ fn check_records(bytes: &[u8]) {
     let mut again = Vec::with_capacity(bytes.len());
     let mut builder = RecordBuilder::default();
     for record in it.by_ref() {
-        builder.begin(record.now);
-        for datagram in record.datagrams() {
-            builder.push(datagram);
+        if let Some(c) = record.corrections() {
+            builder.corrections(record.now, c.owner, &c.corrections);
+        } else {
+            assert!(!record.is_corrections(), "a corrections record that reads back");
+            builder.begin(record.now);
+            for datagram in record.datagrams() {
+                builder.push(datagram);
+            }
         }
         again.extend_from_slice(builder.finish());
     }

@@ -426,6 +426,7 @@ pub async fn run(
         hash_permits: tokio::sync::Semaphore::new(HASHES_AT_ONCE_MAX),
         reconciler: Arc::new(reconcile::Reconciler::new(
             Arc::clone(&tables),
+            journal.clone(),
             &config.reconcile,
         )),
         resets: Arc::clone(&resets),
@@ -511,8 +512,9 @@ pub async fn run(
     let mut reconcile_tasks = vec![tokio::spawn(reconcile::sync_task(Arc::clone(
         &state.reconciler,
     )))];
-    // Corrections are not journaled events: a checkpoint after each run that made some
-    // keeps them across a crash (the journal replays only what came after it).
+    // Corrections are journaled (a record of their own, appended before they are applied);
+    // only when that is not possible (no journal, a failed append) does a checkpoint after
+    // the run keep them across a crash.
     reconcile_tasks.push(tokio::spawn({
         let (state, state_dir) = (Arc::clone(&state), Arc::clone(&state_dir));
         async move {

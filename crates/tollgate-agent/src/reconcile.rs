@@ -33,7 +33,10 @@ use serde::{Deserialize, Serialize};
 use tollgate_events::CallRef;
 use tollgate_ingest::{tables_clock, wall_clock};
 use tollgate_reconcile::{Expires, ListKind, ListSink, ParseError, ProxyKind};
-use tollgate_usage::{Corrections, ProxyList, Run, Scope, SyncResult, Tables};
+use tollgate_usage::journal::RecordBuilder;
+use tollgate_usage::{
+    Corrections, ProxyList, Run, STEP_ENTRIES_DEFAULT, Scope, SyncResult, Tables,
+};
 
 use crate::config::ConfigError;
 use crate::metrics::MetricsWriter;
@@ -188,6 +191,12 @@ pub struct RunReport {
     pub duration_ms: u64,
     /// CPU time of parsing and applying (the fetch's waiting excluded).
     pub cpu_ms: f64,
+    /// Steps the corrections were applied in, and the longest one: the most any event
+    /// waited for this run (each step holds the journal lock and one shard lock).
+    #[serde(default)]
+    pub steps: u64,
+    #[serde(default)]
+    pub step_max_us: u64,
     /// `ok`, or why nothing was changed.
     pub result: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -277,6 +286,7 @@ struct Source {
 /// The configured sources, the HTTP client, and what every run did.
 pub struct Reconciler {
     tables: Arc<Tables>,
+    journal: Option<Arc<tollgate_ingest::Journal>>,
     sources: Vec<Source>,
     client: reqwest::Client,
     /// Applied `sync-*` lists, by sender (bounded by the owner ids).
@@ -359,6 +369,74 @@ impl Read for ChunkReader {
 }
 
 /// CPU time of the calling thread.
+/// Applies a fetched list in bounded steps ([`Tables::reconcile_step`]), each under the
+/// journal lock: its corrections are appended as a record of their own before they are
+/// applied, so the journal holds them in the order the tables saw them and a `kill -9`
+/// right after a correction replays it exactly. The journal lock is released fairly between
+/// steps, so ingest waits at most one step (`step_entries` entries examined; the agent uses
+/// [`STEP_ENTRIES_DEFAULT`]).
+pub fn apply_list(
+    tables: &Tables,
+    journal: Option<&tollgate_ingest::Journal>,
+    run: &Run,
+    list: ProxyList,
+    scope: Scope,
+    contacts: bool,
+    step_entries: usize,
+) -> Applied {
+    let owner = match scope {
+        Scope::All => String::new(),
+        Scope::Owner(owner) => tables.owners().name(owner).unwrap_or_default(),
+    };
+    let mut pass = tables.reconcile_pass(list, scope, contacts);
+    let mut record = RecordBuilder::default();
+    let mut journaled = true;
+    let mut step_max = Duration::ZERO;
+    loop {
+        let step = Instant::now();
+        let done = match journal {
+            Some(journal) => {
+                let mut guard = journal.lock();
+                let now = tables_clock();
+                let done =
+                    tables.reconcile_step(now, run, &mut pass, step_entries, &mut |corrections| {
+                        record.corrections(now, owner.as_bytes(), corrections);
+                        journaled &= guard.append(record.finish());
+                    });
+                guard.unlock_fair();
+                done
+            }
+            None => {
+                journaled = false;
+                tables.reconcile_step(tables_clock(), run, &mut pass, step_entries, &mut |_| {})
+            }
+        };
+        step_max = step_max.max(step.elapsed());
+        if done {
+            break;
+        }
+    }
+    let corrections = pass.corrections();
+    Applied {
+        corrections,
+        journaled: journaled || corrections == Corrections::default(),
+        steps: pass.steps(),
+        step_max,
+    }
+}
+
+/// What [`apply_list`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    pub corrections: Corrections,
+    /// Whether every correction is in the journal (false without one, or after a failed
+    /// append: the caller then asks for a checkpoint).
+    pub journaled: bool,
+    pub steps: u64,
+    /// The longest step: the most an event waited for this list.
+    pub step_max: Duration,
+}
+
 fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -375,7 +453,11 @@ fn thread_cpu() -> Duration {
 impl Reconciler {
     /// The sources of `config`; a source's `sender` is interned first so its owner id is
     /// the same at every start.
-    pub fn new(tables: Arc<Tables>, sources: &[SourceConfig]) -> Self {
+    pub fn new(
+        tables: Arc<Tables>,
+        journal: Option<Arc<tollgate_ingest::Journal>>,
+        sources: &[SourceConfig],
+    ) -> Self {
         let sources = sources
             .iter()
             .map(|config| {
@@ -399,6 +481,7 @@ impl Reconciler {
             .unwrap_or_default();
         Reconciler {
             tables,
+            journal,
             sources,
             client,
             sync: Mutex::new(BTreeMap::new()),
@@ -436,6 +519,8 @@ impl Reconciler {
             at_ms: started_at.unix_ms(),
             duration_ms: 0,
             cpu_ms: 0.0,
+            steps: 0,
+            step_max_us: 0,
             result: "ok".into(),
             error: None,
             listed_calls: 0,
@@ -447,20 +532,33 @@ impl Reconciler {
                 report.listed_calls = fetched.list.call_count();
                 report.listed_contacts = fetched.list.contact_count();
                 let tables = Arc::clone(&self.tables);
+                let journal = self.journal.clone();
                 let scope = source.scope;
                 let applied = tokio::task::spawn_blocking(move || {
                     let cpu = thread_cpu();
-                    let now = tables_clock();
                     let run = guard.run.as_ref().map(|run| {
-                        tables.reconcile(now, run, fetched.list, scope, fetched.contacts)
+                        apply_list(
+                            &tables,
+                            journal.as_deref(),
+                            run,
+                            fetched.list,
+                            scope,
+                            fetched.contacts,
+                            STEP_ENTRIES_DEFAULT,
+                        )
                     });
                     drop(guard);
                     (run, thread_cpu().saturating_sub(cpu))
                 })
                 .await;
                 match applied {
-                    Ok((Some(corrections), cpu)) => {
-                        report.corrections = corrections.into();
+                    Ok((Some(applied), cpu)) => {
+                        if !applied.journaled {
+                            self.unjournaled();
+                        }
+                        report.corrections = applied.corrections.into();
+                        report.steps = applied.steps;
+                        report.step_max_us = applied.step_max.as_micros() as u64;
                         report.cpu_ms = (fetched.cpu + cpu).as_secs_f64() * 1e3;
                         "ok"
                     }
@@ -479,24 +577,15 @@ impl Reconciler {
         };
         report.result = result.to_owned();
         report.duration_ms = clock.elapsed().as_millis() as u64;
-        self.note_corrections(&report);
         self.log(&report, &source.stats.lock());
         source.stats.lock().record(result, &report);
         report
     }
 
-    fn note_corrections(&self, report: &RunReport) {
-        let c = &report.corrections;
-        if c.phantom_call
-            + c.missing_call
-            + c.phantom_contact
-            + c.missing_contact
-            + c.emergency_updates
-            + c.expiry_updates
-            > 0
-        {
-            self.corrected.notify_one();
-        }
+    /// Corrections were applied that the journal does not hold (no journal, or an append
+    /// failed): ask for a checkpoint so they survive a crash all the same.
+    fn unjournaled(&self) {
+        self.corrected.notify_one();
     }
 
     fn log(&self, report: &RunReport, before: &Stats) {
@@ -662,6 +751,7 @@ impl Reconciler {
         let mut reports = Vec::with_capacity(lists.len());
         for list in lists {
             let tables = Arc::clone(&self.tables);
+            let journal = self.journal.clone();
             let clock = Instant::now();
             let begun = list.begun;
             let sender = list.sender.clone();
@@ -672,17 +762,38 @@ impl Reconciler {
                     tables: Arc::clone(&tables),
                     run: Some(list.run),
                 };
-                let corrections = guard
-                    .run
-                    .as_ref()
-                    .map(|run| tables.reconcile(tables_clock(), run, list.list, list.scope, true));
+                let corrections = guard.run.as_ref().map(|run| {
+                    apply_list(
+                        &tables,
+                        journal.as_deref(),
+                        run,
+                        list.list,
+                        list.scope,
+                        true,
+                        STEP_ENTRIES_DEFAULT,
+                    )
+                });
                 drop(guard);
                 (corrections, thread_cpu().saturating_sub(cpu))
             })
             .await;
-            let (result, corrections, cpu) = match applied {
-                Ok((Some(c), cpu)) => ("ok", c, cpu),
-                _ => ("internal", Corrections::default(), Duration::ZERO),
+            let (result, applied, cpu) = match applied {
+                Ok((Some(applied), cpu)) => {
+                    if !applied.journaled {
+                        self.unjournaled();
+                    }
+                    ("ok", applied, cpu)
+                }
+                _ => (
+                    "internal",
+                    Applied {
+                        corrections: Corrections::default(),
+                        journaled: true,
+                        steps: 0,
+                        step_max: Duration::ZERO,
+                    },
+                    Duration::ZERO,
+                ),
             };
             let report = RunReport {
                 source: sender.clone(),
@@ -690,13 +801,14 @@ impl Reconciler {
                 at_ms: begun.unix_ms(),
                 duration_ms: clock.elapsed().as_millis() as u64,
                 cpu_ms: cpu.as_secs_f64() * 1e3,
+                steps: applied.steps,
+                step_max_us: applied.step_max.as_micros() as u64,
                 result: result.into(),
                 error: None,
                 listed_calls: calls,
                 listed_contacts: contacts,
-                corrections: corrections.into(),
+                corrections: applied.corrections.into(),
             };
-            self.note_corrections(&report);
             let mut sync = self.sync.lock();
             let stats = sync.entry(sender).or_default();
             self.log(&report, stats);

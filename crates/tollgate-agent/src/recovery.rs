@@ -248,6 +248,11 @@ fn replay_segment(
     let mut it = records(rest, SEGMENT_HEADER_LEN);
     let mut count = 0;
     for record in it.by_ref() {
+        if let Some(c) = record.corrections() {
+            // A reconciliation step: applied as it was, entries added taking its owner.
+            let owner = replay.tables.owners().intern(c.owner);
+            replay.tables.apply_corrections(owner, &c.corrections);
+        }
         for datagram in record.datagrams() {
             replay.replay(record.now, datagram, stats);
         }

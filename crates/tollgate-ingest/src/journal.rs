@@ -199,6 +199,12 @@ pub struct JournalGuard<'a> {
 }
 
 impl JournalGuard<'_> {
+    /// Releases the journal to the next waiter first (a long series of holders, such as a
+    /// reconciliation's steps, then cannot starve the ingest threads).
+    pub fn unlock_fair(self) {
+        MutexGuard::unlock_fair(self.inner);
+    }
+
     /// Appends one finished record (one `write(2)`); returns whether it is in the journal.
     /// On failure the segment is cut back to its last whole record.
     pub fn append(&mut self, record: &[u8]) -> bool {

@@ -768,11 +768,7 @@ impl Tables {
 
     /// Applies corrections read back from the journal (start-up replay), exactly as
     /// [`Tables::reconcile_step`] applied them; entries added take `owner`.
-    pub fn apply_corrections(
-        &self,
-        owner: Owner,
-        corrections: &[Correction],
-    ) -> Corrections {
+    pub fn apply_corrections(&self, owner: Owner, corrections: &[Correction]) -> Corrections {
         let mut counts = Corrections::default();
         let mask = self.shard_count() as u64 - 1;
         let mut gone = Vec::new();

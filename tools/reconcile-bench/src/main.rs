@@ -1,19 +1,26 @@
 //! Reconciliation at scale: `Tables` holding 100 k calls and 1 M contacts (by default) are
 //! reconciled against a Kamailio 5.6 `dlg.list` and `ul.dump` answer of the same size, with
 //! a drift on both sides (calls and contacts the proxy lists that the tables lack, and the
-//! other way round), while an ingest thread applies events without pause.
+//! other way round), while an ingest thread applies events without pause, each appended to
+//! a real journal (`tollgate_ingest::Journal` in a temp dir) under the journal lock first,
+//! as the agent's receive loop does.
 //!
 //! The answers are generated as Kamailio prints them (every member of the recorded answers
 //! in `crates/tollgate-reconcile/tests/answers/`, compact JSON as `jsonrpcs` sends it) and
 //! streamed chunk by chunk through the real parser (`tollgate_reconcile::parse`) into a
-//! `ProxyList`, then applied with `Tables::reconcile`, as the agent does. `--write-answers
-//! DIR` also writes them to files (to replay them from a fake proxy, or look at them).
+//! `ProxyList`, then applied with the agent's own `reconcile::apply_list`: bounded steps
+//! (`--step-entries`, default the agent's), each under the journal lock, its corrections
+//! journaled before they are applied. `--step-entries 0` makes each step a whole shard's
+//! sweep or mark (what the agent did before steps were bounded); `--no-journal` leaves the
+//! journal out (only shard locks). `--write-answers DIR` also writes the answers to files.
 //!
 //! Printed: bytes and parse time/CPU of each answer, time and CPU of the correction pass,
 //! the corrections (checked against the drift: exit 1 if they differ), and the ingest
-//! thread's per-event latency (p50, p99.9, p99.99, max) while idle, while the answers are
-//! parsed and while the tables are corrected. The difference between the idle and the
-//! correction maxima is the stall reconciliation causes.
+//! thread's per-event lateness (p50, p99.9, p99.99, max) while idle, while the answers are
+//! parsed and while the tables are corrected. The ingest thread keeps a fixed schedule
+//! (`--ingest-rate`), and lateness is measured from when each event was due, so a stall
+//! shows in every event due during it, not just the one that hit it. The difference between
+//! the idle and the correction figures is the stall reconciliation causes.
 
 use std::fmt::Write as _;
 use std::io::Read;
@@ -24,14 +31,17 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tollgate_events::{CallRef, Event};
-use tollgate_reconcile::{Expires, ListKind, ListSink, Limits, ProxyKind};
-use tollgate_usage::{
-    FingerprintKey, ProxyList, Scope, Tables, TablesConfig, Timestamp,
-};
+use tollgate_ingest::Journal;
+use tollgate_reconcile::{Expires, Limits, ListKind, ListSink, ProxyKind};
+use tollgate_usage::journal::RecordBuilder;
+use tollgate_usage::{FingerprintKey, ProxyList, Scope, Tables, TablesConfig};
 
 const NOW_S: u64 = 1_796_570_700;
 
 struct Options {
+    ingest_rate: u64,
+    step_entries: usize,
+    journal: bool,
     dialogs: usize,
     contacts: usize,
     contacts_per_aor: usize,
@@ -41,6 +51,9 @@ struct Options {
 
 fn parse_options() -> Result<Options, String> {
     let mut o = Options {
+        ingest_rate: 100_000,
+        step_entries: tollgate_usage::STEP_ENTRIES_DEFAULT,
+        journal: true,
         dialogs: 100_000,
         contacts: 1_000_000,
         contacts_per_aor: 1,
@@ -57,10 +70,20 @@ fn parse_options() -> Result<Options, String> {
             "--contacts-per-aor" => o.contacts_per_aor = number(value()?)?.clamp(1, 16),
             "--drift-percent" => o.drift_percent = number(value()?)?.min(50),
             "--write-answers" => o.write_answers = Some(value()?.into()),
+            "--step-entries" => {
+                o.step_entries = match number(value()?)? {
+                    0 => usize::MAX,
+                    n => n,
+                }
+            }
+            "--no-journal" => o.journal = false,
+            "--ingest-rate" => o.ingest_rate = number(value()?)?.clamp(1, 10_000_000) as u64,
             "-h" | "--help" => {
                 println!(
                     "reconcile-bench [--dialogs N (100000)] [--contacts N (1000000)] \
-                     [--contacts-per-aor K (1)] [--drift-percent P (1)] [--write-answers DIR]"
+                     [--contacts-per-aor K (1)] [--drift-percent P (1)] [--step-entries N \
+                     (1024; 0: a whole shard per step)] [--no-journal] [--ingest-rate EVENTS_PER_S \
+                     (100000)] [--write-answers DIR]"
                 );
                 std::process::exit(0);
             }
@@ -260,18 +283,38 @@ const PHASE_NAMES: [&str; 4] = ["warm-up", "idle", "parsing the answers", "corre
 /// pause, timing each `Tables::apply`.
 fn ingest(
     tables: Arc<Tables>,
+    journal: Option<Arc<Journal>>,
+    rate: u64,
     phase: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 ) -> (Vec<Histogram<u64>>, u64) {
+    let mut record = RecordBuilder::default();
+    let mut text = String::with_capacity(128);
     let ids: Vec<String> = (0..8192).map(|i| format!("ingest-{i}@bench")).collect();
     let aors: Vec<String> = (0..8192).map(|i| format!("ingest-aor-{i}")).collect();
     let mut hists: Vec<Histogram<u64>> = (0..PHASE_NAMES.len())
         .map(|_| Histogram::new_with_bounds(1, 10_000_000_000, 3).expect("valid bounds"))
         .collect();
-    let now = Timestamp::from_unix_secs(NOW_S);
+    let now = tollgate_ingest::tables_clock();
     let owner = tables.owners().intern(b"ingest");
     let mut n = 0u64;
+    let started = Instant::now();
+    let period_ns = 1e9 / rate as f64;
     while !stop.load(Ordering::Relaxed) {
+        // Event `n` is due at its place in the schedule; lateness is measured from there, so
+        // a stall delays (and shows in) every event due during it.
+        let due = started + Duration::from_nanos((n as f64 * period_ns) as u64);
+        loop {
+            let now = Instant::now();
+            if now >= due {
+                break;
+            }
+            if due - now > Duration::from_millis(1) {
+                std::thread::sleep(due - now - Duration::from_micros(500));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
         let i = (n as usize / 2) % ids.len();
         let call = CallRef {
             call_id: ids[i].as_bytes(),
@@ -294,10 +337,28 @@ fn ingest(
                 expires_s: 0,
             },
         };
+        // The datagram as a proxy would send it (what the journal holds).
+        text.clear();
+        let _ = match n % 4 {
+            0 => writeln!(text, "call-start {}", ids[i]),
+            1 => writeln!(text, "reg {} sip:x@192.0.2.200 600", aors[i]),
+            2 => writeln!(text, "call-stop {}", ids[i]),
+            _ => writeln!(text, "reg {} sip:x@192.0.2.200 0", aors[i]),
+        };
         let p = phase.load(Ordering::Relaxed);
-        let t = Instant::now();
-        tables.apply_from(now, &event, owner);
-        let ns = t.elapsed().as_nanos() as u64;
+        match &journal {
+            Some(journal) => {
+                let mut guard = journal.lock();
+                record.begin(now);
+                record.push(text.as_bytes());
+                guard.append(record.finish());
+                tables.apply_from(now, &event, owner);
+            }
+            None => {
+                tables.apply_from(now, &event, owner);
+            }
+        }
+        let ns = due.elapsed().as_nanos() as u64;
         let _ = hists[p].record(ns.max(1));
         n += 1;
     }
@@ -323,17 +384,24 @@ fn main() -> ExitCode {
     let aor_count = o.contacts.div_ceil(o.contacts_per_aor);
     let call_drift = o.dialogs * o.drift_percent / 100;
     let aor_drift = aor_count * o.drift_percent / 100;
-    if let Some(dir) = &o.write_answers {
-        if let Err(e) = write_answers(dir, &o, aor_count) {
-            eprintln!("reconcile-bench: writing answers to {}: {e}", dir.display());
+    if let Some(dir) = &o.write_answers
+        && let Err(e) = write_answers(dir, &o, aor_count)
+    {
+        eprintln!("reconcile-bench: writing answers to {}: {e}", dir.display());
+        return ExitCode::from(2);
+    }
+    let journal_dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("reconcile-bench: a temp dir for the journal: {e}");
             return ExitCode::from(2);
         }
-    }
+    };
 
     let config = TablesConfig::default();
     let tables = Arc::new(Tables::new(config, FingerprintKey([7; 32])));
     let kam = tables.owners().intern(b"kam1");
-    let now = Timestamp::from_unix_secs(NOW_S);
+    let now = tollgate_ingest::tables_clock();
     // The tables: listed entries `drift ..`, plus `drift` phantoms past the listed range.
     let filled = Instant::now();
     for i in call_drift..o.dialogs + call_drift {
@@ -376,11 +444,34 @@ fn main() -> ExitCode {
         ms(filled.elapsed())
     );
 
+    let journal = if o.journal {
+        match Journal::open(
+            journal_dir.path(),
+            1,
+            tables.fingerprint_key_id(),
+            0,
+            Duration::from_secs(1),
+        ) {
+            Ok(j) => Some(Arc::new(j)),
+            Err(e) => {
+                eprintln!("reconcile-bench: opening the journal: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     let phase = Arc::new(AtomicUsize::new(PHASE_WARMUP));
     let stop = Arc::new(AtomicBool::new(false));
     let ingest_thread = {
-        let (tables, phase, stop) = (Arc::clone(&tables), Arc::clone(&phase), Arc::clone(&stop));
-        std::thread::spawn(move || ingest(tables, phase, stop))
+        let (tables, journal, phase, stop) = (
+            Arc::clone(&tables),
+            journal.clone(),
+            Arc::clone(&phase),
+            Arc::clone(&stop),
+        );
+        let rate = o.ingest_rate;
+        std::thread::spawn(move || ingest(tables, journal, rate, phase, stop))
     };
     std::thread::sleep(Duration::from_millis(300));
     phase.store(PHASE_IDLE, Ordering::Relaxed);
@@ -425,7 +516,16 @@ fn main() -> ExitCode {
     phase.store(PHASE_CORRECT, Ordering::Relaxed);
     let started = Instant::now();
     let cpu = thread_cpu();
-    let corrections = tables.reconcile(now, &run, fill.list, Scope::Owner(kam), true);
+    let applied = tollgate_agent::reconcile::apply_list(
+        &tables,
+        journal.as_deref(),
+        &run,
+        fill.list,
+        Scope::Owner(kam),
+        true,
+        o.step_entries,
+    );
+    let (corrections, journaled) = (applied.corrections, applied.journaled);
     let correct_cpu = thread_cpu().saturating_sub(cpu);
     let correct_wall = started.elapsed();
     tables.finish_run(run);
@@ -451,9 +551,25 @@ fn main() -> ExitCode {
         );
     }
     println!(
-        "corrections: {} ({} CPU); whole run {}",
+        "corrections: {} ({} CPU) in {} steps of {} entries (longest {}), {}; whole run {}",
         ms(correct_wall),
         ms(correct_cpu),
+        applied.steps,
+        if o.step_entries == usize::MAX {
+            "a whole shard".to_string()
+        } else {
+            o.step_entries.to_string()
+        },
+        us(applied.step_max.as_nanos() as u64),
+        match (&journal, journaled) {
+            (None, _) => "no journal".to_string(),
+            (Some(j), true) => format!(
+                "journaled ({} records, {:.1} MB written by both threads)",
+                j.stats.records.load(Ordering::Relaxed),
+                j.stats.bytes.load(Ordering::Relaxed) as f64 / 1e6
+            ),
+            (Some(_), false) => "a journal append failed".to_string(),
+        },
         ms(run_wall)
     );
     println!(
@@ -464,7 +580,11 @@ fn main() -> ExitCode {
         corrections.missing_contacts,
         corrections.shards_skipped
     );
-    println!("ingest: {events} events applied by one thread meanwhile; latency of one apply:");
+    println!(
+        "ingest: {events} events applied by one thread at {} events/s; lateness of one event \
+         (journal append + apply, from when it was due):",
+        o.ingest_rate
+    );
     for (p, name) in PHASE_NAMES.iter().enumerate().skip(PHASE_IDLE) {
         let h = &hists[p];
         println!(
@@ -506,7 +626,10 @@ fn write_answers(dir: &std::path::Path, o: &Options, aor_count: usize) -> std::i
         (ListKind::Contacts, aor_count, "ul.dump.json"),
     ] {
         let mut file = std::io::BufWriter::new(std::fs::File::create(dir.join(name))?);
-        std::io::copy(&mut Answer::new(kind, 0, end, o.contacts_per_aor), &mut file)?;
+        std::io::copy(
+            &mut Answer::new(kind, 0, end, o.contacts_per_aor),
+            &mut file,
+        )?;
     }
     Ok(())
 }
