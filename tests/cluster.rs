@@ -8,109 +8,12 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::mesh::{
+    Fixture, cluster, node_config_at, node_entry, wait_cluster, wait_next_snapshot,
+};
 use common::{Agent, send_udp, write_config};
 use tollgate_license::{LicenseSpec, SigningKey};
 use tollgate_mesh::ClusterCa;
-
-/// A temp dir with a cluster CA in it, and the nodes' configs.
-struct Fixture {
-    dir: tempfile::TempDir,
-    ca: ClusterCa,
-    ca_file: std::path::PathBuf,
-}
-
-impl Fixture {
-    fn new(ca_name: &str) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = ClusterCa::generate(ca_name).unwrap();
-        let ca_file = dir.path().join("ca.pem");
-        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
-        Fixture { dir, ca, ca_file }
-    }
-
-    /// Node `name`'s certificate and a config that meshes it with `seeds` on loopback.
-    fn node(&self, name: &str, seeds: &[String], extra: &str) -> std::path::PathBuf {
-        self.node_at("127.0.0.1:0", name, seeds, extra)
-    }
-
-    fn node_at(
-        &self,
-        listen: &str,
-        name: &str,
-        seeds: &[String],
-        extra: &str,
-    ) -> std::path::PathBuf {
-        node_config_at(
-            listen,
-            self.dir.path(),
-            &self.ca,
-            &self.ca_file,
-            name,
-            seeds,
-            extra,
-        )
-    }
-}
-
-/// Writes node `name`'s certificate files and a config that meshes it with `seeds`, the
-/// mesh listening on `listen`.
-fn node_config_at(
-    listen: &str,
-    dir: &Path,
-    ca: &ClusterCa,
-    ca_file: &Path,
-    name: &str,
-    seeds: &[String],
-    extra: &str,
-) -> std::path::PathBuf {
-    let node_dir = dir.join(name);
-    std::fs::create_dir_all(&node_dir).unwrap();
-    let cert = ca.issue(name).unwrap();
-    std::fs::write(node_dir.join("node.pem"), &cert.cert_pem).unwrap();
-    std::fs::write(node_dir.join("node.key"), &cert.key_pem).unwrap();
-    let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
-    let config = write_config(
-        &node_dir,
-        &format!(
-            "[mesh]\nenabled = true\nlisten = \"{listen}\"\nseeds = [{}]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
-            seeds.join(", "),
-            ca_file.display(),
-            node_dir.join("node.pem").display(),
-            node_dir.join("node.key").display(),
-        ),
-    );
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("node_id = \"test-node\"", &format!("node_id = \"{name}\""));
-    std::fs::write(&config, text).unwrap();
-    config
-}
-
-fn cluster(agent: &Agent) -> serde_json::Value {
-    let (status, body) = agent.get("/api/v1/cluster");
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-fn wait_cluster(
-    agent: &Agent,
-    what: &str,
-    secs: u64,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let c = cluster(agent);
-        if pred(&c) {
-            return c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; last: {c:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn three_agents_sum_exactly_share_the_license_and_drop_a_dead_node() {
@@ -298,30 +201,10 @@ fn local_calls(nodes: &[&Agent]) -> u64 {
         .sum()
 }
 
-fn node_entry(view: &serde_json::Value, id: &str) -> serde_json::Value {
-    view["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["node_id"] == id)
-        .cloned()
-        .unwrap_or(serde_json::Value::Null)
-}
-
 /// Expired, or already removed from the view (a tombstone remains).
 fn gone(view: &serde_json::Value, id: &str) -> bool {
     let entry = node_entry(view, id);
     entry.is_null() || entry["state"] == "expired"
-}
-
-/// Waits until the snapshot written after this point holds what the node has now.
-fn wait_next_snapshot(agent: &Agent) {
-    let before = agent.metric("tollgate_snapshots_total").unwrap_or(0.0);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while agent.metric("tollgate_snapshots_total").unwrap_or(0.0) <= before {
-        assert!(Instant::now() < deadline, "no snapshot written");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -2,100 +2,19 @@
 //! meshed over real QUIC on loopback. An AoR registered through several nodes is one
 //! registered subscriber in `GET /api/v1/cluster` and `tollgate_cluster_registered_subscribers`
 //! on every node; it stays while any node holds a live contact for it; a dead node's AoRs
-//! go at its expiry; a restarted node counts nothing twice.
+//! go at its expiry; a restarted node counts nothing twice; fresh nodes that register before
+//! they agree on the cluster's AoR key count nothing twice; a key rotation reaches every node.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Agent, send_unix, write_config};
-use tollgate_mesh::ClusterCa;
+use common::mesh::{Fixture, cluster, node_entry, wait_cluster, wait_next_snapshot};
+use common::{Agent, http, send_unix};
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    ca: ClusterCa,
-    ca_file: PathBuf,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = ClusterCa::generate("aors").unwrap();
-        let ca_file = dir.path().join("ca.pem");
-        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
-        Fixture { dir, ca, ca_file }
-    }
-
-    fn state(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name).join("state")
-    }
-
-    /// Node `name`'s certificate and config: seeded with `seeds`, snapshots every second.
-    fn node(&self, name: &str, seeds: &[String]) -> PathBuf {
-        let node_dir = self.dir.path().join(name);
-        std::fs::create_dir_all(&node_dir).unwrap();
-        let cert = self.ca.issue(name).unwrap();
-        std::fs::write(node_dir.join("node.pem"), &cert.cert_pem).unwrap();
-        std::fs::write(node_dir.join("node.key"), &cert.key_pem).unwrap();
-        let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
-        let config = write_config(
-            &node_dir,
-            &format!(
-                "[mesh]\nenabled = true\nlisten = \"127.0.0.1:0\"\nseeds = [{}]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[state]\nsnapshot_interval_s = 1\n",
-                seeds.join(", "),
-                self.ca_file.display(),
-                node_dir.join("node.pem").display(),
-                node_dir.join("node.key").display(),
-            ),
-        );
-        let text = std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("node_id = \"test-node\"", &format!("node_id = \"{name}\""));
-        std::fs::write(&config, text).unwrap();
-        config
-    }
-
-    /// Starts nodes `names`, each seeded with the first one's mesh address.
-    fn start(&self, names: &[&str]) -> Vec<Agent> {
-        let mut nodes: Vec<Agent> = Vec::new();
-        for name in names {
-            let seeds: Vec<String> = nodes
-                .first()
-                .map(|first| vec![first.rt.mesh.unwrap().to_string()])
-                .unwrap_or_default();
-            let config = self.node(name, &seeds);
-            nodes.push(Agent::start(&self.state(name), &config));
-        }
-        nodes
-    }
-}
-
-fn cluster(agent: &Agent) -> serde_json::Value {
-    let (status, body) = agent.get("/api/v1/cluster");
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-fn wait_cluster(
-    agent: &Agent,
-    what: &str,
-    secs: u64,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let c = cluster(agent);
-        if pred(&c) {
-            return c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; last: {c:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+/// Quick snapshots, so that a killed node's restart restores what it held.
+const SNAPSHOTS: &str = "\n[state]\nsnapshot_interval_s = 1\n";
 
 fn registered(view: &serde_json::Value) -> u64 {
     view["usage"]["registered_subscribers"].as_u64().unwrap()
@@ -114,59 +33,56 @@ fn reg(aor: &str, contact: &str, expires_s: u32) -> String {
     format!("reg {aor} {contact} {expires_s}\n")
 }
 
-/// Every node of a full mesh of `n`, all under one cluster AoR key. Fresh nodes each start
-/// with a key of their own and adopt the oldest; an AoR registered before that would be
-/// fingerprinted under two keys until its next refresh (documented in docs/cluster.md), which
-/// is not what these tests are about.
-fn wait_mesh(nodes: &[Agent]) {
-    for node in nodes {
-        wait_cluster(node, "a full mesh", 30, |v| {
-            v["nodes_live"] == nodes.len() as u64
-        });
-    }
+/// Polls every node until `pred` holds on all of them, asserting on every read that none
+/// counts more than `most` registered subscribers.
+fn wait_all_never_above(
+    nodes: &[&Agent],
+    what: &str,
+    most: u64,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let keys: Vec<serde_json::Value> = nodes
-            .iter()
-            .map(|node| cluster(node)["aor_key_id"].clone())
-            .collect();
-        if keys.iter().all(|key| *key == keys[0]) {
+        let views: Vec<serde_json::Value> = nodes.iter().map(|node| cluster(node)).collect();
+        for view in &views {
+            assert!(registered(view) <= most, "counted twice ({what}): {view:#}");
+        }
+        if views.iter().all(&pred) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "the nodes never agreed on one AoR key: {keys:?}"
+            "timed out waiting for {what}: {views:#?}"
         );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn wait_next_snapshot(agent: &Agent) {
-    let before = agent.metric("tollgate_snapshots_total").unwrap_or(0.0);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while agent.metric("tollgate_snapshots_total").unwrap_or(0.0) <= before {
-        assert!(Instant::now() < deadline, "no snapshot written");
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 #[test]
 fn the_same_aor_through_two_nodes_counts_once_until_its_last_contact_goes() {
-    let fx = Fixture::new();
-    let nodes = fx.start(&["a", "b", "c"]);
-    wait_mesh(&nodes);
-    send_regs(
-        &nodes[0],
-        &[reg("sip:alice@example.net", "sip:phone@10.0.0.1", 600)],
-    );
-    send_regs(
-        &nodes[1],
-        &[reg("sip:alice@example.net", "sip:soft@10.0.0.2", 600)],
-    );
-    send_regs(
-        &nodes[2],
-        &[reg("sip:bob@example.net", "sip:phone@10.0.0.3", 600)],
-    );
+    let fx = Fixture::new("aors");
+    // Fresh nodes, each with a key of its own until they agree on the cluster's: every AoR
+    // is registered the moment its node is up, before any key exchange, and still never
+    // counts twice (issue 15: the fresh-node key race).
+    let registrations = [
+        reg("sip:alice@example.net", "sip:phone@10.0.0.1", 600),
+        reg("sip:alice@example.net", "sip:soft@10.0.0.2", 600),
+        reg("sip:bob@example.net", "sip:phone@10.0.0.3", 600),
+    ];
+    let mut nodes: Vec<Agent> = Vec::new();
+    for (name, line) in ["a", "b", "c"].into_iter().zip(&registrations) {
+        let seeds: Vec<String> = nodes
+            .first()
+            .map(|first| vec![first.rt.mesh.unwrap().to_string()])
+            .unwrap_or_default();
+        let node = Agent::start(&fx.state(name), &fx.node(name, &seeds, SNAPSHOTS));
+        send_regs(&node, std::slice::from_ref(line));
+        nodes.push(node);
+    }
+    let all: Vec<&Agent> = nodes.iter().collect();
+    wait_all_never_above(&all, "alice once, bob once", 2, |v| {
+        registered(v) == 2 && v["usage"]["registered_contacts"] == 3 && v["nodes_live"] == 3
+    });
     for node in &nodes {
         let view = wait_cluster(node, "alice once, bob once", 20, |v| {
             registered(v) == 2 && v["usage"]["registered_contacts"] == 3
@@ -205,9 +121,8 @@ fn the_same_aor_through_two_nodes_counts_once_until_its_last_contact_goes() {
 
 #[test]
 fn a_killed_nodes_own_aors_drop_at_expiry_and_its_restart_counts_nothing_twice() {
-    let fx = Fixture::new();
-    let mut nodes = fx.start(&["a", "b"]);
-    wait_mesh(&nodes);
+    let fx = Fixture::new("aors");
+    let mut nodes = fx.start(&["a", "b"], SNAPSHOTS);
     send_regs(&nodes[0], &[reg("sip:alice@x", "sip:a1@h", 600)]);
     send_regs(
         &nodes[1],
@@ -216,9 +131,10 @@ fn a_killed_nodes_own_aors_drop_at_expiry_and_its_restart_counts_nothing_twice()
             reg("sip:carol@x", "sip:c1@h", 600),
         ],
     );
-    for node in &nodes {
-        wait_cluster(node, "alice and carol", 20, |v| registered(v) == 2);
-    }
+    let all: Vec<&Agent> = nodes.iter().collect();
+    wait_all_never_above(&all, "alice and carol", 2, |v| {
+        registered(v) == 2 && v["nodes_live"] == 2
+    });
     // kill -9 B (after a snapshot that holds its registrations and AoR index).
     let b = nodes.pop().unwrap();
     wait_next_snapshot(&b);
@@ -229,13 +145,7 @@ fn a_killed_nodes_own_aors_drop_at_expiry_and_its_restart_counts_nothing_twice()
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let view = cluster(a);
-        let b_state_now = view["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["node_id"] == "b")
-            .map(|n| n["counted"].as_bool().unwrap_or(false));
-        if b_state_now != Some(true) {
+        if node_entry(&view, "b")["counted"] != true {
             // The figures follow the node list within one push interval.
             wait_cluster(a, "carol gone with B", 5, |v| registered(v) == 1);
             break;
@@ -273,9 +183,8 @@ fn a_killed_nodes_own_aors_drop_at_expiry_and_its_restart_counts_nothing_twice()
 #[test]
 fn a_hundred_thousand_aors_over_three_nodes_with_30_percent_overlap_count_exactly() {
     const AORS: usize = 100_000;
-    let fx = Fixture::new();
-    let nodes = fx.start(&["a", "b", "c"]);
-    wait_mesh(&nodes);
+    let fx = Fixture::new("aors");
+    let nodes = fx.start(&["a", "b", "c"], SNAPSHOTS);
     let mut per_node: Vec<Vec<String>> = vec![Vec::new(); 3];
     for i in 0..AORS {
         let home = i % 3;
@@ -314,5 +223,75 @@ fn a_hundred_thousand_aors_over_three_nodes_with_30_percent_overlap_count_exactl
             node.metric("tollgate_cluster_registered_subscribers"),
             Some(AORS as f64)
         );
+    }
+}
+
+/// `POST /api/v1/cluster/aor-key/rotate` through real processes: admin only, the next
+/// generation reaches every node (its view and its `aor-key` file), and each AoR moves to
+/// it at its refresh: an AoR registered through two nodes counts once per key while only
+/// one of them has refreshed it (as docs/cluster.md says), once when both have.
+#[test]
+fn a_rotated_aor_key_reaches_every_node_and_aors_move_to_it_at_their_refresh() {
+    let fx = Fixture::new("aors");
+    let hash = tollgate_agent::auth::hash_password("rotate-pw").unwrap();
+    let extra = format!(
+        "{SNAPSHOTS}\n[[admin.users]]\nname = \"ops\"\npassword_hash = \"{hash}\"\nrole = \"admin\"\n"
+    );
+    let nodes = fx.start(&["a", "b", "c"], &extra);
+    let alice = |contact: &str| reg("sip:alice@example.net", contact, 600);
+    send_regs(&nodes[0], &[alice("sip:phone@10.0.0.1")]);
+    send_regs(&nodes[1], &[alice("sip:soft@10.0.0.2")]);
+    send_regs(
+        &nodes[2],
+        &[reg("sip:bob@example.net", "sip:phone@10.0.0.3", 600)],
+    );
+    let all: Vec<&Agent> = nodes.iter().collect();
+    wait_all_never_above(&all, "alice and bob, one key", 2, |v| {
+        registered(v) == 2 && v["nodes_live"] == 3
+    });
+    let before = cluster(&nodes[0]);
+    let generation = before["aor_key_generation"].as_u64().unwrap();
+    let key_file = |node: &Agent| std::fs::read(node.state_dir.join("aor-key")).unwrap();
+    let files_before: Vec<Vec<u8>> = nodes.iter().map(key_file).collect();
+
+    let rotate = |auth| {
+        http(
+            nodes[1].rt.admin,
+            "POST",
+            "/api/v1/cluster/aor-key/rotate",
+            auth,
+            b"",
+        )
+    };
+    assert_eq!(rotate(None).0, 401);
+    assert_eq!(rotate(Some(("ops", "wrong"))).0, 401);
+    let (status, body) = rotate(Some(("ops", "rotate-pw")));
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["aor_key_generation"], generation + 1, "{answer:#}");
+    let id = answer["aor_key_id"].as_str().unwrap().to_owned();
+    assert_ne!(before["aor_key_id"], id.as_str());
+    for (node, file_before) in nodes.iter().zip(&files_before) {
+        wait_cluster(node, "the rotated key", 20, |v| {
+            v["aor_key_id"] == id.as_str() && v["aor_key_generation"] == generation + 1
+        });
+        // Persisted: the file changes right after the view (the same tick).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while key_file(node) == *file_before {
+            assert!(Instant::now() < deadline, "aor-key not rewritten");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Refreshed through A only: A's alice is under the new key, B's under the old one.
+    send_regs(&nodes[0], &[alice("sip:phone@10.0.0.1")]);
+    for node in &nodes {
+        wait_cluster(node, "alice once per key", 20, |v| registered(v) == 3);
+    }
+    // And through B: one key, counted once again.
+    send_regs(&nodes[1], &[alice("sip:soft@10.0.0.2")]);
+    for node in &nodes {
+        wait_cluster(node, "alice once", 20, |v| {
+            registered(v) == 2 && v["registered_subscribers_sum"] == 3
+        });
     }
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod mesh;
 pub mod wan;
 
 use std::io::{Read, Write};

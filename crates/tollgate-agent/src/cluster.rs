@@ -241,6 +241,8 @@ pub fn start(
 ) -> Result<Cluster, ClusterError> {
     let aor_key = load_aor_key(state_dir)?;
     tables.set_aor_key(&aor_key.key);
+    // Until the cluster agrees on a key, keep the AoR texts to re-key them at once.
+    tables.retain_aor_texts();
     if let Ok(bytes) = std::fs::read(state_dir.path().join(AOR_INDEX_FILE)) {
         let entries = decode_aor_index(&bytes);
         let kept = tables.restore_aor_index(&entries);
@@ -314,7 +316,7 @@ pub async fn sync_task(state: Arc<AgentState>) {
         .await;
     loop {
         tick.tick().await;
-        adopt_aor_key(&state, cluster);
+        let rekeyed = adopt_aor_key(&state, cluster);
         let drain = state.tables.drain_aor_changes();
         if drain.resync {
             tracing::warn!("AoR changes overflowed; handing the whole set to the mesh");
@@ -332,6 +334,16 @@ pub async fn sync_task(state: Arc<AgentState>) {
                 })
                 .collect();
             let _ = cluster.mesh.aor(AorInput::Changes(changes)).await;
+        }
+        if let Some(key) = rekeyed {
+            let _ = cluster.mesh.aor(AorInput::Keyed(key)).await;
+        }
+        if state.tables.aor_texts_retained() && cluster.mesh.aor_set_published() {
+            state.tables.release_aor_texts();
+            tracing::info!(
+                aor_key_generation = cluster.aor_key.lock().generation,
+                "cluster AoR key agreed; this node's AoR set is published"
+            );
         }
         let local = state.tables.usage();
         let pushed = node_usage(&local, state.tables.peaks().since_start());
@@ -385,21 +397,33 @@ pub async fn sync_task(state: Arc<AgentState>) {
 }
 
 /// The replica holds another AoR key than the tables use (adopted from a peer, or rotated):
-/// fingerprint under it from now on (each AoR moves at its next refresh, see
-/// `tollgate_usage::aors`) and persist it. Read from the mesh every tick rather than from
-/// its events, which a late subscriber could miss.
-fn adopt_aor_key(state: &AgentState, cluster: &Cluster) {
-    let Some(key) = cluster.mesh.aor_key() else {
-        return;
-    };
+/// fingerprint under it from now on and persist it. Before this node's set is published
+/// (the key just agreed) every AoR whose text was kept moves at once, and the caller tells
+/// the mesh ([`AorInput::Keyed`], returned here) after handing it the changes; afterwards (a
+/// rotation) each AoR moves at its next refresh (see `tollgate_usage::aors`). Read from the
+/// mesh every tick rather than from its events, which a late subscriber could miss.
+fn adopt_aor_key(state: &AgentState, cluster: &Cluster) -> Option<AorKey> {
+    let key = cluster.mesh.aor_key()?;
     if *cluster.aor_key.lock() == key {
-        return;
+        return None;
     }
-    state.tables.set_aor_key(&key.key);
+    let rekeyed = if state.tables.aor_texts_retained() && !cluster.mesh.aor_set_published() {
+        let (moved, dropped) = state.tables.rekey_aors(&key.key);
+        tracing::info!(
+            moved,
+            dropped,
+            "adopted the cluster AoR key before publishing; re-keyed this node's AoRs"
+        );
+        Some(key)
+    } else {
+        state.tables.set_aor_key(&key.key);
+        None
+    };
     *cluster.aor_key.lock() = key;
     if let Err(e) = persist_aor_key(&state.state_dir, &key) {
         tracing::error!(error = %e, "cannot persist the cluster AoR key");
     }
+    rekeyed
 }
 
 /// Acts on mesh events: licenses offered by peers, incarnation changes.

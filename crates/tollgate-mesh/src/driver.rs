@@ -49,8 +49,13 @@ pub enum AorInput {
     Changes(Vec<(u64, bool)>),
     /// The whole set (a restart, or changes were lost): replaces it.
     Load(Vec<u64>),
-    /// The key this node starts with (persisted, or fresh).
+    /// The key this node starts with (persisted, or fresh), and the key its set is
+    /// fingerprinted under: the set is not published until the cluster agrees on a key and
+    /// the set is under it ([`AorInput::Keyed`]).
     Key(AorKey),
+    /// This node's set is now fingerprinted under this key (re-keyed after the replica
+    /// adopted it, the changes sent before).
+    Keyed(AorKey),
     /// A rotation: these fresh bytes become the next generation.
     Rotate { key: [u8; 32], created_at_ms: u64 },
 }
@@ -185,6 +190,7 @@ impl Driver {
                         }
                         AorInput::Load(fingerprints) => self.replica.aor_load(now, &fingerprints),
                         AorInput::Key(key) => self.replica.set_aor_key(now, key),
+                        AorInput::Keyed(key) => self.replica.aor_keyed(now, key),
                         AorInput::Rotate { key, created_at_ms } => {
                             self.replica.rotate_aor_key(now, key, created_at_ms);
                         }
@@ -230,6 +236,7 @@ impl Driver {
             incarnation: self.replica.version().incarnation,
             peers_connected: state.peers.len(),
             aor_key: self.replica.aor_key(),
+            aor_set_published: self.replica.aor_set_published(),
         };
         // The node list at once when a node came, went or changed state (first, so that a
         // reader woken by the aggregate finds it current); for usage, seqs and ages at most

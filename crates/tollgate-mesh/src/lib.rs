@@ -249,6 +249,7 @@ pub(crate) struct Status {
     pub(crate) incarnation: u64,
     pub(crate) peers_connected: usize,
     pub(crate) aor_key: Option<tollgate_replication::AorKey>,
+    pub(crate) aor_set_published: bool,
 }
 
 /// The aggregate and this node's own usage as counted in it, published together: the other
@@ -348,6 +349,7 @@ impl Mesh {
                 incarnation: config.incarnation,
                 peers_connected: 0,
                 aor_key: None,
+                aor_set_published: false,
             }),
             nodes: Mutex::new(NodesSnapshot {
                 taken_at: Instant::now(),
@@ -450,6 +452,13 @@ impl Mesh {
     /// heard): fingerprint AoRs under this one.
     pub fn aor_key(&self) -> Option<tollgate_replication::AorKey> {
         self.inner.shared.status.lock().aor_key
+    }
+
+    /// Whether this node's AoR set is published: the cluster agreed on a key and the set is
+    /// fingerprinted under it. Until then, re-key it at once when [`Mesh::aor_key`] changes
+    /// and say so with [`AorInput::Keyed`].
+    pub fn aor_set_published(&self) -> bool {
+        self.inner.shared.status.lock().aor_set_published
     }
 
     /// The cluster-wide figures, as of the driver's last input (a snapshot; never waits).

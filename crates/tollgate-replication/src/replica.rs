@@ -514,7 +514,7 @@ impl Replica {
             Frame::Pull => self.answer_pull(now, from_peer),
             Frame::LicensePull { serial } => self.answer_license_pull(now, from_peer, serial),
             Frame::License { armored } => self.handle_license(from_peer, armored),
-            Frame::AorKey(key) => self.handle_aor_key(from_peer, key),
+            Frame::AorKey(key) => self.handle_aor_key(now, from_peer, key),
             Frame::AorSummary(summary) => self.handle_aor_summary(now, from_peer, summary),
             Frame::AorDelta(delta) => self.handle_aor_delta(from_peer, delta),
             Frame::AorRanges(ranges) => self.handle_aor_ranges(now, from_peer, ranges),

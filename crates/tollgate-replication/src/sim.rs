@@ -1188,4 +1188,104 @@ mod aor_tests {
         sim.run_for(2_000);
         assert_eq!(keys(&sim), vec![Some(rotated); 3]);
     }
+
+    /// Issue 15: fresh nodes each start with a key of their own and register AoRs at once,
+    /// before any key exchange. Acting as each node's agent (re-keying what it registered
+    /// when its replica adopts another key, then `aor_keyed`), no node ever counts more than
+    /// the distinct AoRs, whatever the order the keys meet in; and soon every node counts
+    /// exactly them.
+    #[test]
+    fn fresh_nodes_registering_before_key_agreement_count_nothing_twice() {
+        use crate::frame::AorKey;
+        use std::collections::BTreeSet;
+        let keyed = |key: &AorKey, name: u64| -> u64 {
+            let mut h = 0xcbf2_9ce4_8422_2325u64;
+            for word in [
+                key.generation,
+                key.created_at_ms,
+                u64::from(key.key[0]),
+                name,
+            ] {
+                h = (h ^ word).wrapping_mul(0x0100_0000_01b3).rotate_left(29);
+            }
+            h
+        };
+        let names: [BTreeSet<u64>; 3] = [(0..20).collect(), (10..30).collect(), (25..40).collect()];
+        let distinct = names.iter().flatten().collect::<BTreeSet<_>>().len() as u64;
+        for seed in 0..6u64 {
+            let mut sim = Sim::new(SimConfig {
+                node_count: 3,
+                seed,
+                latency_ms_min: 2,
+                latency_ms_max: 40,
+                ..SimConfig::default()
+            });
+            let mut under: Vec<AorKey> = (0..3u64)
+                .map(|node| AorKey {
+                    generation: 1,
+                    // The oldest key differs from seed to seed.
+                    created_at_ms: 100 + (node + seed) % 3,
+                    key: [node as u8 + 1; 32],
+                })
+                .collect();
+            let start = |sim: &mut Sim, node: usize, key: AorKey| {
+                sim.with_replica(node, |r, now| {
+                    r.set_aor_key(now, key);
+                    for name in &names[node] {
+                        r.aor_add(now, keyed(&key, *name));
+                    }
+                });
+            };
+            // With an odd seed node 2's IO layer hands it its key late, after the replica
+            // heard (and adopted) a peer's.
+            let late = seed % 2 == 1;
+            for node in 0..if late { 2 } else { 3 } {
+                start(&mut sim, node, under[node]);
+            }
+            for step in 0..600 {
+                if late && step == 40 {
+                    assert!(sim.replica(2).and_then(|r| r.aor_key()).is_some());
+                    under[2] = sim.replica(2).and_then(|r| r.aor_key()).unwrap();
+                    let own = AorKey {
+                        created_at_ms: 1_000,
+                        ..under[2]
+                    };
+                    start(&mut sim, 2, own);
+                    under[2] = own;
+                }
+                sim.run_for(5);
+                for node in 0..3 {
+                    let held = sim.replica(node).and_then(|r| r.aor_key());
+                    if let Some(held) = held.filter(|held| *held != under[node]) {
+                        let old = under[node];
+                        sim.with_replica(node, |r, now| {
+                            for name in &names[node] {
+                                r.aor_remove(now, keyed(&old, *name));
+                                r.aor_add(now, keyed(&held, *name));
+                            }
+                            r.aor_keyed(now, held);
+                        });
+                        under[node] = held;
+                    }
+                    let counted = sim.replica(node).map_or(0, |r| {
+                        r.aggregate(sim.now()).registered_subscribers_distinct
+                    });
+                    assert!(
+                        counted <= distinct,
+                        "seed {seed}: node {node} counts {counted} of {distinct} at {}",
+                        sim.now()
+                    );
+                }
+            }
+            for node in 0..3 {
+                let replica = sim.replica(node).unwrap();
+                assert!(replica.aor_set_published(), "seed {seed}: node {node}");
+                assert_eq!(
+                    replica.aggregate(sim.now()).registered_subscribers_distinct,
+                    distinct,
+                    "seed {seed}: node {node}"
+                );
+            }
+        }
+    }
 }

@@ -27,6 +27,14 @@
 //! **Re-keying:** a new key changes no stored fingerprint at once (the AoR text is gone);
 //! each AoR moves to the new key at its next refresh (a remove of the old fingerprint and
 //! an add of the new), so a rotation completes within one registration interval.
+//!
+//! **Before the key is agreed** (a node that just started, with a key of its own, until its
+//! set is published: see `tollgate_replication::replica::aors`) the feed keeps the text of
+//! each AoR it indexes ([`Tables::retain_aor_texts`], at most [`AOR_TEXTS_BYTES_MAX`]), so
+//! that [`Tables::rekey_aors`] moves every AoR to the agreed key at once; an AoR whose text
+//! it does not hold (restored from a snapshot, or past the bound) leaves the set and joins
+//! again at its next refresh, never counted under two keys. [`Tables::release_aor_texts`]
+//! ends it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -40,6 +48,11 @@ use crate::fingerprint::{BuildIdentityHasher, Fingerprint};
 
 /// Most changes waiting to be drained.
 pub const AOR_CHANGES_MAX: usize = 1 << 20;
+/// Most bytes of AoR text kept until the key is agreed (each AoR's text plus
+/// [`AOR_TEXT_OVERHEAD_BYTES`]); past it new AoRs are indexed without their text.
+pub const AOR_TEXTS_BYTES_MAX: usize = 32 << 20;
+/// What one kept text costs beside its bytes (map entry, box header), for the bound.
+pub const AOR_TEXT_OVERHEAD_BYTES: usize = 48;
 
 /// One change of this node's AoR set, by cluster fingerprint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +92,15 @@ pub(crate) struct AorFeed {
     key: RwLock<Option<Key>>,
     shards: Box<[CachePadded<Mutex<Index>>]>,
     changes: Mutex<(Vec<AorChange>, bool)>,
+    /// Texts kept until the key is agreed; `None` when not kept (the usual case).
+    texts: Mutex<Option<Texts>>,
+    texts_on: AtomicBool,
+}
+
+#[derive(Default)]
+struct Texts {
+    by_aor: HashMap<Fingerprint, Box<[u8]>, BuildIdentityHasher>,
+    bytes: usize,
 }
 
 impl AorFeed {
@@ -90,6 +112,8 @@ impl AorFeed {
                 .map(|_| CachePadded::new(Mutex::new(Index::default())))
                 .collect(),
             changes: Mutex::new((Vec::new(), false)),
+            texts: Mutex::new(None),
+            texts_on: AtomicBool::new(false),
         }
     }
 
@@ -109,6 +133,36 @@ impl AorFeed {
             queue.1 = true;
         }
         queue.0.push(change);
+    }
+
+    fn keep_text(&self, aor: Fingerprint, text: &[u8]) {
+        if !self.texts_on.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut texts = self.texts.lock();
+        let Some(texts) = texts.as_mut() else {
+            return;
+        };
+        if texts.by_aor.contains_key(&aor) {
+            return;
+        }
+        let cost = text.len() + AOR_TEXT_OVERHEAD_BYTES;
+        if texts.bytes + cost > AOR_TEXTS_BYTES_MAX {
+            return;
+        }
+        texts.bytes += cost;
+        texts.by_aor.insert(aor, text.into());
+    }
+
+    fn forget_text(&self, aor: Fingerprint) {
+        if !self.texts_on.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(texts) = self.texts.lock().as_mut()
+            && let Some(text) = texts.by_aor.remove(&aor)
+        {
+            texts.bytes -= text.len() + AOR_TEXT_OVERHEAD_BYTES;
+        }
     }
 }
 
@@ -149,6 +203,65 @@ impl Tables {
         self.aor_feed.enabled.store(true, Ordering::Relaxed);
     }
 
+    /// Keeps the text of each AoR indexed from now on, so that [`Tables::rekey_aors`] can move
+    /// it to another key (until [`Tables::release_aor_texts`]). Call it before ingest starts.
+    pub fn retain_aor_texts(&self) {
+        *self.aor_feed.texts.lock() = Some(Texts::default());
+        self.aor_feed.texts_on.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops keeping AoR texts and frees them (the key is agreed).
+    pub fn release_aor_texts(&self) {
+        self.aor_feed.texts_on.store(false, Ordering::Relaxed);
+        *self.aor_feed.texts.lock() = None;
+    }
+
+    /// Whether AoR texts are kept ([`Tables::retain_aor_texts`]).
+    pub fn aor_texts_retained(&self) -> bool {
+        self.aor_feed.texts_on.load(Ordering::Relaxed)
+    }
+
+    /// Moves this node's whole AoR set to `key` at once (the key agreed before the set was
+    /// published): each AoR whose text is kept gets its fingerprint under `key` (a remove
+    /// and an add queued); one whose text is not leaves the set (a remove) and joins again at
+    /// its next refresh. Returns `(moved, dropped)`.
+    pub fn rekey_aors(&self, key: &[u8; 32]) -> (usize, usize) {
+        self.set_aor_key(key);
+        let (k0, k1, tag) = derive(key);
+        let feed = &self.aor_feed;
+        let (mut moved, mut dropped) = (0, 0);
+        for shard in feed.shards.iter() {
+            let mut index = shard.lock();
+            let texts = feed.texts.lock();
+            let mut changes: Vec<AorChange> = Vec::new();
+            index.retain(|aor, (fingerprint, key_tag)| {
+                if *key_tag == tag {
+                    return true;
+                }
+                changes.push(AorChange::Removed(*fingerprint));
+                match texts.as_ref().and_then(|texts| texts.by_aor.get(aor)) {
+                    Some(text) => {
+                        *fingerprint = sip(k0, k1, text);
+                        *key_tag = tag;
+                        changes.push(AorChange::Added(*fingerprint));
+                        moved += 1;
+                        true
+                    }
+                    None => {
+                        dropped += 1;
+                        false
+                    }
+                }
+            });
+            drop(texts);
+            drop(index);
+            for change in changes {
+                feed.push(change);
+            }
+        }
+        (moved, dropped)
+    }
+
     /// Whether the AoR feed runs (a cluster key is set).
     pub(crate) fn aor_feed_enabled(&self) -> bool {
         self.aor_feed.enabled()
@@ -172,6 +285,7 @@ impl Tables {
                 }
                 let fingerprint = sip(key.k0, key.k1, text);
                 index.insert(aor, (fingerprint, key.tag));
+                feed.keep_text(aor, text);
                 drop(index);
                 if let Some(old) = old.filter(|old| *old != fingerprint) {
                     feed.push(AorChange::Removed(old));
@@ -191,6 +305,7 @@ impl Tables {
             return;
         }
         if let Some((fingerprint, _)) = index.remove(&aor) {
+            feed.forget_text(aor);
             drop(index);
             feed.push(AorChange::Removed(fingerprint));
         }
@@ -324,6 +439,60 @@ mod tests {
         assert_eq!(
             t.aor_fingerprints(),
             vec![cluster_fingerprint(&new, b"alice")]
+        );
+    }
+
+    #[test]
+    fn kept_texts_move_every_aor_to_the_agreed_key_at_once() {
+        let t = tables();
+        let (own, agreed) = ([1u8; 32], [2u8; 32]);
+        t.set_aor_key(&own);
+        t.retain_aor_texts();
+        let at = MonoTime::from_unix_secs;
+        t.apply(at(10), &reg("alice", "c1", 60));
+        t.apply(at(10), &reg("bob", "c1", 60));
+        t.apply(at(11), &reg("bob", "c1", 0));
+        t.drain_aor_changes();
+        assert_eq!(t.rekey_aors(&agreed), (1, 0));
+        assert_eq!(
+            t.drain_aor_changes().changes,
+            vec![
+                AorChange::Removed(cluster_fingerprint(&own, b"alice")),
+                AorChange::Added(cluster_fingerprint(&agreed, b"alice")),
+            ]
+        );
+        assert_eq!(
+            t.aor_fingerprints(),
+            vec![cluster_fingerprint(&agreed, b"alice")]
+        );
+        // Released: a later key moves AoRs at their refresh again.
+        t.release_aor_texts();
+        assert!(!t.aor_texts_retained());
+        t.apply(at(12), &reg("carol", "c1", 60));
+        t.set_aor_key(&[3; 32]);
+        assert!(t.drain_aor_changes().changes.len() == 1);
+    }
+
+    #[test]
+    fn an_aor_without_its_text_leaves_the_set_at_a_rekeying_and_rejoins_at_its_refresh() {
+        let t = tables();
+        let (old, agreed) = ([1u8; 32], [2u8; 32]);
+        t.set_aor_key(&old);
+        let at = MonoTime::from_unix_secs;
+        t.apply(at(10), &reg("alice", "c1", 60));
+        // Texts kept only from now on (as after a restart restored alice's index entry).
+        t.retain_aor_texts();
+        t.drain_aor_changes();
+        assert_eq!(t.rekey_aors(&agreed), (0, 1));
+        assert_eq!(
+            t.drain_aor_changes().changes,
+            vec![AorChange::Removed(cluster_fingerprint(&old, b"alice"))]
+        );
+        assert!(t.aor_fingerprints().is_empty());
+        t.apply(at(20), &reg("alice", "c1", 60));
+        assert_eq!(
+            t.aor_fingerprints(),
+            vec![cluster_fingerprint(&agreed, b"alice")]
         );
     }
 

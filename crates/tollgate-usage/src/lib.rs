@@ -55,7 +55,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tollgate_events::Event;
 
-pub use aors::{AOR_CHANGES_MAX, AorChange, AorDrain, AorIndexEntry, cluster_fingerprint};
+pub use aors::{
+    AOR_CHANGES_MAX, AOR_TEXT_OVERHEAD_BYTES, AOR_TEXTS_BYTES_MAX, AorChange, AorDrain,
+    AorIndexEntry, cluster_fingerprint,
+};
 pub use calls::{Swept, TOMBSTONES_PER_SHARD_MAX};
 pub use fingerprint::{Fingerprint, FingerprintKey, Fingerprinter};
 pub use owners::{OWNERS_MAX, Owner, Owners};

@@ -14,6 +14,17 @@
 //! compares and sends back where they differ. A difference of `d` fingerprints in a set of
 //! `n` costs about `d · (8 + 16 · 30 · log16(n / 64))` bytes, never the whole set unless the
 //! copy is empty.
+//!
+//! **Publication waits for the key.** A node that starts with a key of its own
+//! ([`Replica::set_aor_key`]) fingerprints its AoRs under it before it has heard the cluster's:
+//! published, an AoR registered through it and through a peer would count twice (two keys,
+//! two fingerprints) until its next refresh. So its set is held back: not sent, not answered,
+//! not counted even here, until a peer agreed on a key with it (sent it the key it holds, or
+//! sent one that won) *and* the IO layer says its set is fingerprinted under that key
+//! ([`Replica::aor_keyed`]: it re-keys the AoRs it registered meanwhile, whose text it kept).
+//! Then the whole set goes out at once (a summary; the copies reconcile), and the hold never
+//! returns: a later rotation moves each AoR at its refresh, as documented. A replica never
+//! given a key (the simulation's abstract fingerprints) publishes at once.
 
 use std::collections::BTreeMap;
 
@@ -47,6 +58,21 @@ pub(crate) struct AorState {
     pending: BTreeMap<Fp, bool>,
     last_delta_at: Option<u64>,
     copies: BTreeMap<String, CopyState>,
+    /// Publication held until the key is agreed (see the module documentation); `None` once
+    /// published, or when no key was ever set.
+    hold: Option<Hold>,
+    /// A peer holds the key held here: it sent this key, or this node adopted the peer's
+    /// (or an operator rotated it here). A key of this node's own making is not agreed.
+    key_agreed: bool,
+    /// The set went out at least once: the hold never returns.
+    published: bool,
+}
+
+/// Why this node's own set is not published yet.
+#[derive(Debug, Clone, Copy, Default)]
+struct Hold {
+    /// The key the IO layer fingerprinted this node's set under, as it last said.
+    set_key: Option<AorKey>,
 }
 
 #[derive(Debug, Default)]
@@ -75,6 +101,9 @@ impl AorState {
             pending: BTreeMap::new(),
             last_delta_at: None,
             copies: BTreeMap::new(),
+            hold: None,
+            key_agreed: false,
+            published: false,
         }
     }
 
@@ -90,7 +119,7 @@ impl AorState {
 
     /// When pending changes are due out, if any.
     pub(crate) fn delta_due(&self, push_interval_ms: u64) -> Option<u64> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() || self.hold.is_some() {
             return None;
         }
         Some(
@@ -169,11 +198,56 @@ impl Replica {
         self.send_aor_summary(now, Destination::AllPeers);
     }
 
-    /// The cluster's AoR key this node starts with (persisted by the IO layer, or fresh).
-    /// Kept if it beats the one held ([`Event::AorKeyChanged`]); peers then learn it.
+    /// The cluster's AoR key this node starts with (persisted by the IO layer, or fresh), and
+    /// the key its AoR set is fingerprinted under. Kept if it beats the one held
+    /// ([`Event::AorKeyChanged`]); peers then learn it. Until a peer agrees on a key and the
+    /// set is fingerprinted under it ([`Replica::aor_keyed`]), the set is not published (see
+    /// the module documentation); a node that already published it is not held again.
     pub fn set_aor_key(&mut self, now: u64, key: AorKey) {
-        self.tick(now);
-        self.adopt_aor_key(key);
+        let now = self.tick(now);
+        if !self.aor.published {
+            let hold = self.aor.hold.get_or_insert_with(Hold::default);
+            hold.set_key = Some(key);
+        }
+        if self.adopt_aor_key(key) {
+            // This node's own: no peer holds it yet.
+            self.aor.key_agreed = false;
+        }
+        self.sync_aor_liveness(now);
+        self.maybe_release_aor_set(now);
+    }
+
+    /// This node's AoR set is now fingerprinted under `key` (the IO layer re-keyed it after
+    /// [`Event::AorKeyChanged`], with the changes already handed in).
+    pub fn aor_keyed(&mut self, now: u64, key: AorKey) {
+        let now = self.tick(now);
+        if let Some(hold) = &mut self.aor.hold {
+            hold.set_key = Some(key);
+        }
+        self.maybe_release_aor_set(now);
+    }
+
+    /// Whether this node's AoR set is published (or was never held). Until then the IO layer
+    /// keeps what it needs to re-key it.
+    pub fn aor_set_published(&self) -> bool {
+        self.aor.hold.is_none()
+    }
+
+    /// Ends the hold once the key is agreed and the set is under it: the whole set goes out
+    /// as a summary (the copies reconcile), and this node counts it from now on.
+    fn maybe_release_aor_set(&mut self, now: u64) {
+        let Some(hold) = self.aor.hold else {
+            return;
+        };
+        if !self.aor.key_agreed || hold.set_key.is_none() || hold.set_key != self.aor.key {
+            return;
+        }
+        self.aor.hold = None;
+        self.aor.published = true;
+        self.aor.pending.clear();
+        self.aor.seq += 1;
+        self.sync_aor_liveness(now);
+        self.send_aor_summary(now, Destination::AllPeers);
     }
 
     fn adopt_aor_key(&mut self, key: AorKey) -> bool {
@@ -200,7 +274,11 @@ impl Replica {
             created_at_ms,
             key,
         };
-        self.set_aor_key(now, key);
+        let now = self.tick(now);
+        self.adopt_aor_key(key);
+        // The operator's word: this node's key is the cluster's.
+        self.aor.key_agreed = true;
+        self.maybe_release_aor_set(now);
         key
     }
 
@@ -253,7 +331,7 @@ impl Replica {
     }
 
     fn send_aor_summary(&mut self, now: u64, to: Destination) {
-        if self.left || self.peers.is_empty() {
+        if self.left || self.peers.is_empty() || self.aor.hold.is_some() {
             return;
         }
         // The summary must describe what the copies will hold: send pending changes first.
@@ -278,7 +356,7 @@ impl Replica {
 
     /// Pending changes out, as deltas of at most [`AOR_FRAME_FPS_MAX`] fingerprints each.
     fn send_aor_delta(&mut self, now: u64) {
-        if self.aor.pending.is_empty() {
+        if self.aor.pending.is_empty() || self.aor.hold.is_some() {
             return;
         }
         let pending = std::mem::take(&mut self.aor.pending);
@@ -310,20 +388,24 @@ impl Replica {
         }
     }
 
-    pub(super) fn handle_aor_key(&mut self, peer: &str, key: AorKey) {
+    pub(super) fn handle_aor_key(&mut self, now: u64, peer: &str, key: AorKey) {
         match self.aor.key {
-            Some(held) if held == key => {}
             Some(held) if held.beats(&key) => {
                 self.enqueue(Transmit {
                     to: Destination::Peer(peer.to_owned()),
                     kind: TransmitKind::Stream,
                     frame: Frame::AorKey(held),
                 });
+                return;
             }
+            Some(held) if held == key => {}
             _ => {
                 self.adopt_aor_key(key);
             }
         }
+        // The peer holds the key held here now: agreed.
+        self.aor.key_agreed = true;
+        self.maybe_release_aor_set(now);
     }
 
     pub(super) fn handle_aor_summary(&mut self, now: u64, owner: &str, summary: AorSummary) {
@@ -456,7 +538,7 @@ impl Replica {
     /// A copy's range hashes of this node's set: members or sub-range hashes where they
     /// differ.
     fn answer_aor_ranges(&mut self, peer: &str, theirs: Vec<AorRange>) {
-        if self.left {
+        if self.left || self.aor.hold.is_some() {
             return;
         }
         let own = self.aor.own_slot;
@@ -628,7 +710,9 @@ impl Replica {
     /// (live, suspect, held); a removed node's set is dropped.
     pub(super) fn sync_aor_liveness(&mut self, now: u64) {
         let own = self.aor.own_slot;
-        self.aor.sets.set_counted(own, !self.left);
+        self.aor
+            .sets
+            .set_counted(own, !self.left && self.aor.hold.is_none());
         let mut changes: Vec<(Slot, bool)> = Vec::new();
         let mut gone: Vec<String> = Vec::new();
         for (node_id, slot, was) in self.aor.sets.nodes() {
