@@ -5,15 +5,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::mesh::{
-    Fixture, cluster, node_config_at, node_entry, wait_cluster, wait_next_snapshot,
-};
+use common::mesh::{Fixture, cluster, node_entry, wait_cluster, wait_next_snapshot};
 use common::{Agent, send_udp, write_config};
 use tollgate_license::{LicenseSpec, SigningKey};
-use tollgate_mesh::ClusterCa;
 
 #[test]
 fn three_agents_sum_exactly_share_the_license_and_drop_a_dead_node() {

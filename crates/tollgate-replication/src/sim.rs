@@ -1239,8 +1239,8 @@ mod aor_tests {
             // With an odd seed node 2's IO layer hands it its key late, after the replica
             // heard (and adopted) a peer's.
             let late = seed % 2 == 1;
-            for node in 0..if late { 2 } else { 3 } {
-                start(&mut sim, node, under[node]);
+            for (node, key) in under.iter().enumerate().take(if late { 2 } else { 3 }) {
+                start(&mut sim, node, *key);
             }
             for step in 0..600 {
                 if late && step == 40 {
