@@ -14,7 +14,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tollgate_replication::{
-    Config, DATAGRAM_BYTES_MAX, Frame, NODES_MAX, Replica, TransmitKind, decode, encode,
+    Config, DATAGRAM_BYTES_MAX, Frame, MonoTime, NODES_MAX, Replica, TransmitKind, decode, encode,
 };
 
 const SELF_ID: &str = "fuzz-self";
@@ -35,35 +35,35 @@ fuzz_target!(|data: &[u8]| {
         rng_seed: 1,
         ..Config::default()
     };
-    let mut replica = Replica::new(config, SELF_ID, 3, 1_000).expect("valid config");
+    let mut replica = Replica::new(config, SELF_ID, 3, MonoTime(1_000)).expect("valid config");
     replica
-        .peer_connected(1_000, PEER_ID)
+        .peer_connected(MonoTime(1_000), PEER_ID)
         .expect("valid peer id");
-    check(&mut replica, 1_000);
+    check(&mut replica, MonoTime(1_000));
 
-    let from_peer = replica.handle_frame(1_000, PEER_ID, frame.clone());
+    let from_peer = replica.handle_frame(MonoTime(1_000), PEER_ID, frame.clone());
     match &frame {
         Frame::Record(record) => {
             assert_eq!(from_peer.is_err(), record.node_id != PEER_ID);
             if record.node_id != SELF_ID && record.node_id != PEER_ID {
                 replica
-                    .handle_frame(1_000, &record.node_id, frame.clone())
+                    .handle_frame(MonoTime(1_000), &record.node_id, frame.clone())
                     .expect("a record pushed by its owner is accepted");
             }
         }
         _ => assert_eq!(from_peer, Ok(())),
     }
-    check(&mut replica, 1_000);
-    for now in [4_000, 12_000, 100_000] {
+    check(&mut replica, MonoTime(1_000));
+    for now in [4_000, 12_000, 100_000].map(MonoTime) {
         replica.handle_timeout(now);
         if let Some(due) = replica.poll_timeout() {
-            assert!(due > now, "timer at {due} after handling {now}");
+            assert!(due > now, "timer at {due:?} after handling {now:?}");
         }
         check(&mut replica, now);
     }
 });
 
-fn check(replica: &mut Replica, now: u64) {
+fn check(replica: &mut Replica, now: MonoTime) {
     while let Some(transmit) = replica.poll_transmit(now) {
         let bytes = encode(&transmit.frame);
         assert_eq!(decode(&bytes).as_ref(), Ok(&transmit.frame));

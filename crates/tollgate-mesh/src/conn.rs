@@ -235,7 +235,7 @@ pub(crate) async fn read_frames(
         match decode(&bytes) {
             Ok(frame) => {
                 shared.counters.received(&frame, kind, bytes.len());
-                last_heard_ms.store(shared.now_ms(), Relaxed);
+                last_heard_ms.store(shared.now().ms(), Relaxed);
                 let input = Input::Frame {
                     peer: peer.clone(),
                     frame,

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use tollgate_replication::MonoTime;
 
 /// The first retry after a failure waits about this long (ms)…
 pub const BACKOFF_MIN_MS: u64 = 250;
@@ -32,7 +33,7 @@ impl std::fmt::Display for DialKey {
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
     failures: u32,
-    next_at: u64,
+    next_at: MonoTime,
 }
 
 #[derive(Debug, Default)]
@@ -44,7 +45,7 @@ pub(crate) struct Dialer {
 impl Dialer {
     /// Whether `key` may be dialed at `now`: not in flight, its backoff (if any) over, and
     /// room for one more dial.
-    pub(crate) fn due(&self, key: &DialKey, now: u64) -> bool {
+    pub(crate) fn due(&self, key: &DialKey, now: MonoTime) -> bool {
         self.in_flight.len() < DIALS_IN_FLIGHT_MAX
             && !self.in_flight.contains(key)
             && self.backoff.get(key).is_none_or(|b| now >= b.next_at)
@@ -57,14 +58,14 @@ impl Dialer {
 
     /// The attempt failed (or its connection was refused): wait before the next one.
     /// `unit` is a random number in `[0, 1)` for the jitter. Returns the failures in a row.
-    pub(crate) fn failed(&mut self, key: &DialKey, now: u64, unit: f64) -> u32 {
+    pub(crate) fn failed(&mut self, key: &DialKey, now: MonoTime, unit: f64) -> u32 {
         self.in_flight.remove(key);
         let backoff = self.backoff.entry(key.clone()).or_insert(Backoff {
             failures: 0,
             next_at: now,
         });
         backoff.failures = backoff.failures.saturating_add(1);
-        backoff.next_at = now + delay_ms(backoff.failures, unit);
+        backoff.next_at = now.plus_ms(delay_ms(backoff.failures, unit));
         backoff.failures
     }
 
@@ -87,7 +88,7 @@ impl Dialer {
     }
 
     /// The earliest instant a wanted target's backoff ends, if any is waiting.
-    pub(crate) fn next_due(&self) -> Option<u64> {
+    pub(crate) fn next_due(&self) -> Option<MonoTime> {
         self.backoff
             .iter()
             .filter(|(key, _)| !self.in_flight.contains(*key))
@@ -143,28 +144,32 @@ mod tests {
     fn a_target_is_dialed_once_at_a_time_and_waits_after_a_failure() {
         let mut dialer = Dialer::default();
         let key = seed(1);
-        assert!(dialer.due(&key, 0));
+        assert!(dialer.due(&key, MonoTime(0)));
         dialer.started(key.clone());
-        assert!(!dialer.due(&key, 0), "in flight");
-        dialer.failed(&key, 1_000, 0.0);
-        assert!(!dialer.due(&key, 1_100));
-        assert!(dialer.due(&key, 1_125));
-        assert_eq!(dialer.next_due(), Some(1_125));
+        assert!(!dialer.due(&key, MonoTime(0)), "in flight");
+        dialer.failed(&key, MonoTime(1_000), 0.0);
+        assert!(!dialer.due(&key, MonoTime(1_100)));
+        assert!(dialer.due(&key, MonoTime(1_125)));
+        assert_eq!(dialer.next_due(), Some(MonoTime(1_125)));
         dialer.started(key.clone());
-        dialer.failed(&key, 1_125, 0.0);
-        assert_eq!(dialer.next_due(), Some(1_125 + 250));
+        dialer.failed(&key, MonoTime(1_125), 0.0);
+        assert_eq!(dialer.next_due(), Some(MonoTime(1_125 + 250)));
         dialer.started(key.clone());
         dialer.connected(&key);
         assert!(
-            !dialer.due(&key, 1_125 + 249),
+            !dialer.due(&key, MonoTime(1_125 + 249)),
             "connected is not yet a success"
         );
-        dialer.failed(&key, 2_000, 0.0);
-        assert_eq!(dialer.next_due(), Some(2_000 + 500), "the failures add up");
+        dialer.failed(&key, MonoTime(2_000), 0.0);
+        assert_eq!(
+            dialer.next_due(),
+            Some(MonoTime(2_000 + 500)),
+            "the failures add up"
+        );
         dialer.started(key.clone());
         dialer.connected(&key);
         dialer.succeeded(&key);
-        assert!(dialer.due(&key, 0), "success forgets the backoff");
+        assert!(dialer.due(&key, MonoTime(0)), "success forgets the backoff");
         assert_eq!(dialer.next_due(), None);
     }
 
@@ -174,10 +179,10 @@ mod tests {
         for port in 0..DIALS_IN_FLIGHT_MAX as u16 {
             dialer.started(seed(port));
         }
-        assert!(!dialer.due(&seed(9_999), 0));
+        assert!(!dialer.due(&seed(9_999), MonoTime(0)));
         assert_eq!(dialer.in_flight(), DIALS_IN_FLIGHT_MAX);
-        dialer.failed(&seed(0), 0, 0.5);
-        dialer.failed(&DialKey::Node("gone".into()), 0, 0.5);
+        dialer.failed(&seed(0), MonoTime(0), 0.5);
+        dialer.failed(&DialKey::Node("gone".into()), MonoTime(0), 0.5);
         dialer.retain(|key| matches!(key, DialKey::Seed(_)));
         assert!(dialer.next_due().is_some());
         dialer.retain(|_| false);

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+use tollgate_replication::MonoTime;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -93,9 +94,9 @@ struct State {
     dialer: Dialer,
     /// The node id each seed turned out to be.
     seed_ids: HashMap<SocketAddr, String>,
-    dial_check_at: u64,
+    dial_check_at: MonoTime,
     nodes_dirty: bool,
-    nodes_published_at: Option<u64>,
+    nodes_published_at: Option<MonoTime>,
 }
 
 impl Driver {
@@ -106,7 +107,7 @@ impl Driver {
             tasks: JoinSet::new(),
             dialer: Dialer::default(),
             seed_ids: HashMap::new(),
-            dial_check_at: 0,
+            dial_check_at: MonoTime::ZERO,
             nodes_dirty: true,
             nodes_published_at: None,
         };
@@ -116,7 +117,7 @@ impl Driver {
             self.shared.clone(),
         ));
         loop {
-            let now = self.shared.now_ms();
+            let now = self.shared.now();
             let deadline = [
                 self.replica.poll_timeout(),
                 Some(state.dial_check_at),
@@ -125,9 +126,9 @@ impl Driver {
             .into_iter()
             .flatten()
             .min()
-            .unwrap_or(now + DIAL_CHECK_INTERVAL_MS);
+            .unwrap_or(now.plus_ms(DIAL_CHECK_INTERVAL_MS));
             let sleep = tokio::time::sleep_until(
-                (self.shared.epoch + Duration::from_millis(deadline)).into(),
+                (self.shared.epoch + Duration::from_millis(deadline.ms())).into(),
             );
             tokio::select! {
                 biased;
@@ -139,7 +140,7 @@ impl Driver {
                     return;
                 }
                 () = sleep => {
-                    let now = self.shared.now_ms();
+                    let now = self.shared.now();
                     if self.replica.poll_timeout().is_some_and(|due| due <= now) {
                         self.replica.handle_timeout(now);
                         state.nodes_dirty = true;
@@ -161,7 +162,7 @@ impl Driver {
                 Ok(()) = self.usage.changed() => {
                     state.nodes_dirty = true;
                     let usage = *self.usage.borrow_and_update();
-                    self.replica.set_local_usage(self.shared.now_ms(), usage);
+                    self.replica.set_local_usage(self.shared.now(), usage);
                     state.local_usage = usage;
                 }
                 Ok(()) = self.license.changed() => {
@@ -169,7 +170,7 @@ impl Driver {
                     let license = self.license.borrow_and_update().clone();
                     if let Some(license) = license {
                         let result = self.replica.set_license(
-                            self.shared.now_ms(),
+                            self.shared.now(),
                             license.serial,
                             license.armored.to_vec(),
                         );
@@ -177,7 +178,7 @@ impl Driver {
                     }
                 }
                 Some(input) = self.aor.recv() => {
-                    let now = self.shared.now_ms();
+                    let now = self.shared.now();
                     match input {
                         AorInput::Changes(changes) => {
                             for (fingerprint, registered) in changes {
@@ -204,7 +205,7 @@ impl Driver {
 
     /// Step 5 of the calling order: transmits, events, then what readers see.
     fn flush(&mut self, state: &mut State) {
-        let now = self.shared.now_ms();
+        let now = self.shared.now();
         while let Some(transmit) = self.replica.poll_transmit(now) {
             send(&self.shared.counters, &state.peers, &transmit);
         }
@@ -222,7 +223,7 @@ impl Driver {
 
     /// Publishes the aggregate, the status and the node list (see
     /// [`NODES_PUBLISH_INTERVAL_MS`]).
-    fn publish(&self, state: &mut State, now: u64, changed: bool) {
+    fn publish(&self, state: &mut State, now: MonoTime, changed: bool) {
         let aggregate = self.replica.aggregate(now);
         let aggregate_changed = *self.shared.aggregate.borrow() != aggregate;
         let local = if self.replica.is_left() {
@@ -296,7 +297,7 @@ impl Driver {
     }
 
     fn on_input(&mut self, state: &mut State, input: Input) {
-        let now = self.shared.now_ms();
+        let now = self.shared.now();
         match input {
             Input::Connected {
                 connection,
@@ -361,7 +362,7 @@ impl Driver {
     fn on_connected(
         &mut self,
         state: &mut State,
-        now: u64,
+        now: MonoTime,
         connection: quinn::Connection,
         peer: String,
         dialed: Option<DialKey>,
@@ -422,7 +423,7 @@ impl Driver {
             counters.connections_accepted.fetch_add(1, Relaxed);
         }
         let (writer, frames) = mpsc::channel(STREAM_QUEUE_MAX);
-        let last_heard_ms = Arc::new(AtomicU64::new(now));
+        let last_heard_ms = Arc::new(AtomicU64::new(now.ms()));
         state.tasks.spawn(conn::write_streams(
             connection.clone(),
             frames,
@@ -473,7 +474,7 @@ impl Driver {
     }
 
     /// Dials the seeds and the replica's dial targets that are due.
-    fn dial(&self, state: &mut State, now: u64) {
+    fn dial(&self, state: &mut State, now: MonoTime) {
         let mut wanted: Vec<(DialKey, Target, Option<String>)> = Vec::new();
         for seed in &self.seeds {
             let known = state.seed_ids.get(seed);
@@ -516,17 +517,17 @@ impl Driver {
                 self.inputs_tx.clone(),
             ));
         }
-        let next = now + DIAL_CHECK_INTERVAL_MS;
+        let next = now.plus_ms(DIAL_CHECK_INTERVAL_MS);
         state.dial_check_at = state
             .dialer
             .next_due()
-            .map_or(next, |due| due.clamp(now + 1, next));
+            .map_or(next, |due| due.clamp(now.plus_ms(1), next));
     }
 
     /// Graceful shutdown: the LEFT record on a stream to every peer, a bounded wait for the
     /// streams to be acknowledged, then every connection closed.
     async fn leave(&mut self, state: &mut State) {
-        let now = self.shared.now_ms();
+        let now = self.shared.now();
         self.replica.leave(now);
         let mut flush = JoinSet::new();
         while let Some(transmit) = self.replica.poll_transmit(now) {
@@ -574,13 +575,13 @@ impl Driver {
 }
 
 impl State {
-    fn nodes_due(&self) -> Option<u64> {
+    fn nodes_due(&self) -> Option<MonoTime> {
         if !self.nodes_dirty {
             return None;
         }
         Some(
             self.nodes_published_at
-                .map_or(0, |at| at + NODES_PUBLISH_INTERVAL_MS),
+                .map_or(MonoTime::ZERO, |at| at.plus_ms(NODES_PUBLISH_INTERVAL_MS)),
         )
     }
 }

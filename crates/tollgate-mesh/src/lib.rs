@@ -61,6 +61,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tollgate_replication::MonoTime;
 use tollgate_replication::{
     Aggregate, Config, ConfigError, Event, LICENSE_BYTES_MAX, LicenseError, NodeUsage, NodeView,
     Replica,
@@ -237,8 +238,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    /// The replica's clock: monotonic milliseconds since the mesh started.
+    pub(crate) fn now(&self) -> MonoTime {
+        MonoTime::from_ms(self.epoch.elapsed().as_millis() as u64)
     }
 }
 
@@ -324,7 +326,12 @@ impl Mesh {
         if replication.rng_seed == 0 {
             replication.rng_seed = rand::random();
         }
-        let replica = Replica::new(replication, &config.node_id, config.incarnation, 0)?;
+        let replica = Replica::new(
+            replication,
+            &config.node_id,
+            config.incarnation,
+            MonoTime(0),
+        )?;
         let mut seeds: Vec<SocketAddr> = Vec::new();
         for seed in config.seeds {
             if !is_own_address(seed, local_addr) && !seeds.contains(&seed) {
@@ -332,7 +339,7 @@ impl Mesh {
             }
         }
 
-        let (aggregate, _) = watch::channel(replica.aggregate(0));
+        let (aggregate, _) = watch::channel(replica.aggregate(MonoTime(0)));
         let (events, _) = broadcast::channel(EVENTS_CHANNEL_MAX);
         let shared = Arc::new(Shared {
             node_id: config.node_id.clone(),
@@ -342,7 +349,7 @@ impl Mesh {
             aggregate,
             status: Mutex::new(Status {
                 snapshot: Snapshot {
-                    aggregate: replica.aggregate(0),
+                    aggregate: replica.aggregate(MonoTime(0)),
                     local: NodeUsage::default(),
                 },
                 replica: replica.stats(),
@@ -353,7 +360,7 @@ impl Mesh {
             }),
             nodes: Mutex::new(NodesSnapshot {
                 taken_at: Instant::now(),
-                views: replica.nodes(0),
+                views: replica.nodes(MonoTime(0)),
             }),
             links: Mutex::new(BTreeMap::new()),
             events,
@@ -484,7 +491,7 @@ impl Mesh {
             (snapshot.taken_at, snapshot.views.clone())
         };
         let elapsed = taken_at.elapsed().as_millis() as u64;
-        let now = self.inner.shared.now_ms();
+        let now = self.inner.shared.now();
         let links = self.inner.shared.links.lock();
         views
             .into_iter()
@@ -499,7 +506,7 @@ impl Mesh {
                         dialed: link.dialed,
                         connected_ms: link.since.elapsed().as_millis() as u64,
                         rtt: stats.path.rtt,
-                        last_heard_ms: now.saturating_sub(link.last_heard_ms.load(Relaxed)),
+                        last_heard_ms: now.ms().saturating_sub(link.last_heard_ms.load(Relaxed)),
                         bytes_sent: stats.udp_tx.bytes,
                         bytes_received: stats.udp_rx.bytes,
                     }

@@ -18,6 +18,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use tollgate_replication::MonoTime;
 
 use tollgate_replication::aorset::{AorSets, mix};
 use tollgate_replication::sim::{Sim, SimConfig};
@@ -103,8 +104,11 @@ fn fp(i: u64) -> u64 {
 
 fn all_count(sim: &Sim, expected: u64) -> bool {
     (0..NODES).all(|n| {
-        sim.replica(n)
-            .is_some_and(|r| r.aggregate(sim.now()).registered_subscribers_distinct == expected)
+        sim.replica(n).is_some_and(|r| {
+            r.aggregate(MonoTime(sim.now()))
+                .registered_subscribers_distinct
+                == expected
+        })
     })
 }
 
@@ -116,7 +120,9 @@ fn churn_traffic() {
         // A base of 2 000 AoRs per node, then a quiet baseline minute.
         for node in 0..NODES {
             for i in 0..2_000u64 {
-                s.with_replica(node, |r, now| r.aor_add(now, fp((node as u64) << 32 | i)));
+                s.with_replica(node, |r, now| {
+                    r.aor_add(MonoTime(now), fp((node as u64) << 32 | i))
+                });
             }
         }
         s.run_for(20_000);
@@ -134,8 +140,8 @@ fn churn_traffic() {
                     let base = (node as u64) << 32;
                     // Add one, remove the oldest: the set size stays put (two changes).
                     s.with_replica(node, |r, now| {
-                        r.aor_add(now, fp(base | *next));
-                        r.aor_remove(now, fp(base | (*next - 2_000)));
+                        r.aor_add(MonoTime(now), fp(base | *next));
+                        r.aor_remove(MonoTime(now), fp(base | (*next - 2_000)));
                     });
                     *next += 1;
                     changes += 2;
@@ -165,7 +171,7 @@ fn churn_traffic() {
     let mut worst = 0u64;
     for trial in 0..50u64 {
         let start = s.now();
-        s.with_replica(0, |r, now| r.aor_add(now, fp(1 << 40 | trial)));
+        s.with_replica(0, |r, now| r.aor_add(MonoTime(now), fp(1 << 40 | trial)));
         while !all_count(&s, trial + 1) {
             s.run_for(1);
         }
@@ -185,7 +191,7 @@ fn rejoin() {
         for i in 0..5_000u64 {
             let aor = (node as u64) << 32 | i;
             set.insert(aor);
-            s.with_replica(node, |r, now| r.aor_add(now, fp(aor)));
+            s.with_replica(node, |r, now| r.aor_add(MonoTime(now), fp(aor)));
         }
     }
     s.run_for(20_000);
@@ -197,8 +203,8 @@ fn rejoin() {
             set.insert(aor);
             set.remove(&old);
             s.with_replica(node, |r, now| {
-                r.aor_add(now, fp(aor));
-                r.aor_remove(now, fp(old));
+                r.aor_add(MonoTime(now), fp(aor));
+                r.aor_remove(MonoTime(now), fp(old));
             });
         }
         s.run_for(1_000);

@@ -8,6 +8,7 @@
 //! bytes riding on a frame, or an ACK-only packet when none goes back within 25 ms).
 
 use std::time::Instant;
+use tollgate_replication::MonoTime;
 
 use tollgate_replication::sim::{Sim, SimConfig, Topology};
 use tollgate_replication::{AntiEntropy, Config, Event, NodeUsage};
@@ -215,7 +216,7 @@ fn convergence_256() {
         sim.set_calls(node, calls);
         let times = sim.first_times(start + 30_000, |replica| {
             replica
-                .node(&id, 0)
+                .node(&id, MonoTime(0))
                 .is_some_and(|view| view.usage.calls == calls)
         });
         let mut latest = 0;
@@ -261,13 +262,14 @@ fn partition_heal_256() {
     let total: u64 = (0..256).map(|node| 2 + node as u64 % 7).sum();
     let seen = sim
         .replica(0)
-        .map(|r| r.aggregate(sim.now()).calls)
+        .map(|r| r.aggregate(MonoTime(sim.now())).calls)
         .unwrap_or(0);
     sim.reset_traffic();
     let start = sim.now();
     sim.heal();
     let times = sim.first_times(start + 60_000, |replica| {
-        replica.aggregate(0).calls == total && replica.aggregate(0).nodes_live == 256
+        replica.aggregate(MonoTime(0)).calls == total
+            && replica.aggregate(MonoTime(0)).nodes_live == 256
     });
     let mut delays: Vec<u64> = times
         .iter()
@@ -355,7 +357,9 @@ fn loss_run() {
     }
     let converged = (0..16).all(|node| {
         let expected: u64 = (584..600).sum();
-        sim.replica(node).map(|r| r.aggregate(sim.now()).calls) == Some(expected)
+        sim.replica(node)
+            .map(|r| r.aggregate(MonoTime(sim.now())).calls)
+            == Some(expected)
     });
     println!(
         "- {lost} of {sent} datagrams lost; false expiries: {expired}; false suspicions: {suspect}; exact sum at the end: {converged}\n"
@@ -389,7 +393,7 @@ fn relay_only() {
             let at = sim
                 .run_until_all(start + 60_000, |replica| {
                     replica
-                        .node("node-002", 0)
+                        .node("node-002", MonoTime(0))
                         .is_some_and(|view| view.usage.calls == 50 + change)
                 })
                 .expect("A sees C's change");

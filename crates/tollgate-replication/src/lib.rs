@@ -40,27 +40,27 @@
 //!    (bounded wait), close.
 //!
 //! ```
-//! use tollgate_replication::{Config, Destination, NodeUsage, Replica, decode, encode};
+//! use tollgate_replication::{Config, Destination, MonoTime, NodeUsage, Replica, decode, encode};
 //!
 //! let config = |seed| Config { rng_seed: seed, ..Config::default() };
-//! let mut a = Replica::new(config(1), "node-a", 1, 0)?;
-//! let mut b = Replica::new(config(2), "node-b", 1, 0)?;
-//! a.peer_connected(0, "node-b")?;
-//! b.peer_connected(0, "node-a")?;
-//! a.set_local_usage(5, NodeUsage { calls: 3, ..NodeUsage::default() });
-//! b.set_local_usage(5, NodeUsage { calls: 4, ..NodeUsage::default() });
+//! let mut a = Replica::new(config(1), "node-a", 1, MonoTime(0))?;
+//! let mut b = Replica::new(config(2), "node-b", 1, MonoTime(0))?;
+//! a.peer_connected(MonoTime(0), "node-b")?;
+//! b.peer_connected(MonoTime(0), "node-a")?;
+//! a.set_local_usage(MonoTime(5), NodeUsage { calls: 3, ..NodeUsage::default() });
+//! b.set_local_usage(MonoTime(5), NodeUsage { calls: 4, ..NodeUsage::default() });
 //! // A perfect network: every frame from one reaches the other.
 //! for _ in 0..3 {
-//!     while let Some(transmit) = a.poll_transmit(10) {
+//!     while let Some(transmit) = a.poll_transmit(MonoTime(10)) {
 //!         assert!(matches!(&transmit.to, Destination::AllPeers | Destination::Peer(_)));
-//!         b.handle_frame(10, "node-a", decode(&encode(&transmit.frame))?)?;
+//!         b.handle_frame(MonoTime(10), "node-a", decode(&encode(&transmit.frame))?)?;
 //!     }
-//!     while let Some(transmit) = b.poll_transmit(10) {
-//!         a.handle_frame(10, "node-b", decode(&encode(&transmit.frame))?)?;
+//!     while let Some(transmit) = b.poll_transmit(MonoTime(10)) {
+//!         a.handle_frame(MonoTime(10), "node-b", decode(&encode(&transmit.frame))?)?;
 //!     }
 //! }
-//! assert_eq!(a.aggregate(10).calls, 7);
-//! assert_eq!(b.aggregate(10).calls, 7);
+//! assert_eq!(a.aggregate(MonoTime(10)).calls, 7);
+//! assert_eq!(b.aggregate(MonoTime(10)).calls, 7);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -115,3 +115,5 @@ pub use replica::{
     LICENSE_ASK_TIMEOUT_MS, LicenseError, NodeState, NodeView, PEERS_MAX, PULL_TIMEOUT_MS, Replica,
     Stats, TOMBSTONES_MAX, TRANSMITS_MAX, Transmit, TransmitKind,
 };
+/// The replica's clock: monotonic milliseconds (the mesh's starts at 0), always passed in.
+pub use tollgate_events::MonoTime;

@@ -22,6 +22,7 @@ use crate::config::{Config, ConfigError};
 use crate::frame::{AorKey, Frame, FrameError};
 use crate::record::{Flags, NodeUsage, Record, RecordError, Version, validate_node_id};
 use crate::rng::Rng;
+use tollgate_events::MonoTime;
 
 use anti_entropy::PullState;
 #[cfg(test)]
@@ -368,8 +369,9 @@ impl Replica {
         config: Config,
         node_id: &str,
         incarnation: u64,
-        now: u64,
+        now: MonoTime,
     ) -> Result<Replica, ConfigError> {
+        let now = now.ms();
         config.validate()?;
         validate_node_id(node_id).map_err(ConfigError::NodeId)?;
         let mut rng = Rng::new(config.rng_seed);
@@ -416,7 +418,8 @@ impl Replica {
     /// This node's usage changed (or not: an unchanged value costs nothing). Pushed to every
     /// peer at once, or at the end of the current `push_interval_ms`. Ignored after
     /// [`Replica::leave`].
-    pub fn set_local_usage(&mut self, now: u64, usage: NodeUsage) {
+    pub fn set_local_usage(&mut self, now: MonoTime, usage: NodeUsage) {
+        let now = now.ms();
         let now = self.tick(now);
         if self.left {
             return;
@@ -429,7 +432,8 @@ impl Replica {
     /// The transport has an authenticated connection to `peer` (its certificate's node id).
     /// Sends it this node's record, and a joiner pulls its table. A second call for the same
     /// peer is a reconnection.
-    pub fn peer_connected(&mut self, now: u64, peer: &str) -> Result<(), HandleError> {
+    pub fn peer_connected(&mut self, now: MonoTime, peer: &str) -> Result<(), HandleError> {
+        let now = now.ms();
         let now = self.tick(now);
         self.check_peer_id(peer)?;
         if !self.peers.contains_key(peer) && self.peers.len() >= PEERS_MAX {
@@ -449,7 +453,8 @@ impl Replica {
     }
 
     /// The connection to `peer` is gone. Liveness does not change: it follows records only.
-    pub fn peer_disconnected(&mut self, now: u64, peer: &str) {
+    pub fn peer_disconnected(&mut self, now: MonoTime, peer: &str) {
+        let now = now.ms();
         let now = self.tick(now);
         if let Some(removed) = self.peers.remove(peer) {
             self.heartbeats
@@ -477,10 +482,11 @@ impl Replica {
     /// [`Replica::peer_connected`] registers it as connected.
     pub fn handle_frame(
         &mut self,
-        now: u64,
+        now: MonoTime,
         from_peer: &str,
         frame: Frame,
     ) -> Result<(), HandleError> {
+        let now = now.ms();
         let now = self.tick(now);
         self.stats.frames_handled += 1;
         if let Err(error) = self.check_peer_id(from_peer) {
@@ -529,7 +535,8 @@ impl Replica {
     /// Timers: pushes, heartbeats, anti-entropy, pull and license retries, liveness
     /// transitions, tombstone expiry. Call it when [`Replica::poll_timeout`] is reached
     /// (calling it early or twice is harmless).
-    pub fn handle_timeout(&mut self, now: u64) {
+    pub fn handle_timeout(&mut self, now: MonoTime) {
+        let now = now.ms();
         let now = self.tick(now);
         self.maybe_emit(now);
         self.send_due_heartbeats(now);
@@ -561,7 +568,8 @@ impl Replica {
     /// peer), so this node drops out of every sum at once. Afterwards only frames are
     /// handled; nothing is emitted on timers. Drain [`Replica::poll_transmit`], give the
     /// streams a moment to flush, then close.
-    pub fn leave(&mut self, now: u64) {
+    pub fn leave(&mut self, now: MonoTime) {
+        let now = now.ms();
         let now = self.tick(now);
         if self.left {
             return;
@@ -573,7 +581,8 @@ impl Replica {
     }
 
     /// The next frame to send, if any. Drain it after every input.
-    pub fn poll_transmit(&mut self, now: u64) -> Option<Transmit> {
+    pub fn poll_transmit(&mut self, now: MonoTime) -> Option<Transmit> {
+        let now = now.ms();
         self.tick(now);
         self.out.pop_front()
     }
@@ -585,7 +594,7 @@ impl Replica {
 
     /// When [`Replica::handle_timeout`] must next be called (an instant in `now`'s unit);
     /// `None` when nothing is scheduled.
-    pub fn poll_timeout(&self) -> Option<u64> {
+    pub fn poll_timeout(&self) -> Option<MonoTime> {
         let mut due = self.liveness_due;
         let mut consider = |at: u64| due = Some(due.map_or(at, |due| due.min(at)));
         if let Some(at) = self.emission_due() {
@@ -608,7 +617,7 @@ impl Replica {
         if let Some(ask) = &self.license_ask {
             consider(ask.at.saturating_add(LICENSE_ASK_TIMEOUT_MS));
         }
-        due.map(|due| due.max(self.now))
+        due.map(|due| MonoTime::from_ms(due.max(self.now)))
     }
 
     pub fn stats(&self) -> Stats {

@@ -37,6 +37,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt;
 use std::rc::Rc;
 
+use crate::MonoTime;
 use crate::config::Config;
 use crate::frame::{DATAGRAM_BYTES_MAX, FRAME_BYTES_MAX, Frame, decode, encode};
 use crate::record::NodeUsage;
@@ -514,7 +515,7 @@ impl Sim {
         self.nodes[node].usage = usage;
         let now = self.now;
         if let Some(replica) = self.nodes[node].replica.as_mut() {
-            replica.set_local_usage(now, usage);
+            replica.set_local_usage(MonoTime(now), usage);
             self.flush(node);
         }
     }
@@ -545,7 +546,7 @@ impl Sim {
     pub fn inject(&mut self, from: usize, to: usize, frame: Frame) -> Result<(), HandleError> {
         let from_id = self.nodes[from].node_id.clone();
         self.with_replica(to, |replica, now| {
-            replica.handle_frame(now, &from_id, frame)
+            replica.handle_frame(MonoTime(now), &from_id, frame)
         })
     }
 
@@ -579,7 +580,7 @@ impl Sim {
         let Some(replica) = self.nodes[node].replica.as_mut() else {
             return;
         };
-        replica.leave(now);
+        replica.leave(MonoTime(now));
         self.flush(node);
         self.nodes[node].replica = None;
         self.nodes[node].timer_at = None;
@@ -634,7 +635,9 @@ impl Sim {
                 Op::Loss(loss) => self.set_loss(*loss),
                 Op::ExpectCalls(who, calls) => {
                     for node in self.who(*who) {
-                        let seen = self.replica(node).map(|r| r.aggregate(self.now).calls);
+                        let seen = self
+                            .replica(node)
+                            .map(|r| r.aggregate(MonoTime(self.now)).calls);
                         if seen != Some(*calls) {
                             return Err(fail(
                                 self,
@@ -651,7 +654,7 @@ impl Sim {
                     for viewer in self.who(*at) {
                         let seen = self
                             .replica(viewer)
-                            .and_then(|r| r.node(&of, self.now))
+                            .and_then(|r| r.node(&of, MonoTime(self.now)))
                             .map(|view| view.state);
                         if seen != *state {
                             return Err(fail(
@@ -694,8 +697,13 @@ impl Sim {
                 .wrapping_add(sim_node.incarnation),
             ..self.config.replica.clone()
         };
-        let replica = Replica::new(config, &sim_node.node_id, sim_node.incarnation, self.now)
-            .expect("the simulation's replica config is valid");
+        let replica = Replica::new(
+            config,
+            &sim_node.node_id,
+            sim_node.incarnation,
+            MonoTime(self.now),
+        )
+        .expect("the simulation's replica config is valid");
         sim_node.replica = Some(replica);
         self.flush(node);
     }
@@ -772,7 +780,7 @@ impl Sim {
                 let Some(replica) = self.nodes[node].replica.as_mut() else {
                     return Some([None, None]);
                 };
-                replica.handle_timeout(now);
+                replica.handle_timeout(MonoTime(now));
                 self.flush(node);
                 Some([Some(node), None])
             }
@@ -799,7 +807,9 @@ impl Sim {
                     Ok(frame) => self.nodes[to]
                         .replica
                         .as_mut()
-                        .map_or(Ok(()), |replica| replica.handle_frame(now, &from_id, frame))
+                        .map_or(Ok(()), |replica| {
+                            replica.handle_frame(MonoTime(now), &from_id, frame)
+                        })
                         .map_err(|_| ()),
                     Err(_) => Err(()),
                 };
@@ -821,7 +831,7 @@ impl Sim {
                         if let Some(replica) = self.nodes[x].replica.as_mut() {
                             // A refused peer id would be a bug of the simulation.
                             replica
-                                .peer_connected(now, &peer)
+                                .peer_connected(MonoTime(now), &peer)
                                 .expect("simulated peers have valid, distinct ids");
                             self.flush(x);
                         }
@@ -851,7 +861,7 @@ impl Sim {
         for (x, y) in [(a, b), (b, a)] {
             let peer = self.nodes[y].node_id.clone();
             if let Some(replica) = self.nodes[x].replica.as_mut() {
-                replica.peer_disconnected(now, &peer);
+                replica.peer_disconnected(MonoTime(now), &peer);
                 self.flush(x);
             }
         }
@@ -865,7 +875,7 @@ impl Sim {
             let Some(replica) = self.nodes[node].replica.as_mut() else {
                 return;
             };
-            let Some(transmit) = replica.poll_transmit(now) else {
+            let Some(transmit) = replica.poll_transmit(MonoTime(now)) else {
                 break;
             };
             let bytes: Rc<[u8]> = encode(&transmit.frame).into();
@@ -934,7 +944,7 @@ impl Sim {
         while let Some(event) = replica.poll_event() {
             sim_node.events.push((now, event));
         }
-        let due = replica.poll_timeout();
+        let due = replica.poll_timeout().map(MonoTime::ms);
         if due != sim_node.timer_at {
             sim_node.timer_generation += 1;
             sim_node.timer_at = due;
@@ -1005,11 +1015,11 @@ mod aor_tests {
             match *op {
                 AorOp::Add(node, aor) if sim.is_running(node) => {
                     model[node].insert(aor);
-                    sim.with_replica(node, |r, now| r.aor_add(now, fp(aor)));
+                    sim.with_replica(node, |r, now| r.aor_add(MonoTime(now), fp(aor)));
                 }
                 AorOp::Remove(node, aor) if sim.is_running(node) => {
                     model[node].remove(&aor);
-                    sim.with_replica(node, |r, now| r.aor_remove(now, fp(aor)));
+                    sim.with_replica(node, |r, now| r.aor_remove(MonoTime(now), fp(aor)));
                 }
                 AorOp::Add(..) | AorOp::Remove(..) => {}
                 AorOp::Run(ms) => sim.run_for(ms),
@@ -1020,7 +1030,7 @@ mod aor_tests {
                 AorOp::Restart(node) => {
                     sim.restart(node);
                     let fps: Vec<Fp> = model[node].iter().map(|aor| fp(*aor)).collect();
-                    sim.with_replica(node, |r, now| r.aor_load(now, &fps));
+                    sim.with_replica(node, |r, now| r.aor_load(MonoTime(now), &fps));
                 }
             }
             for node in 0..NODES {
@@ -1039,7 +1049,7 @@ mod aor_tests {
             .collect();
         for (node, own) in model.iter().enumerate() {
             if let Some(replica) = sim.replica(node) {
-                let aggregate = replica.aggregate(sim.now());
+                let aggregate = replica.aggregate(MonoTime(sim.now()));
                 prop_assert_eq!(
                     aggregate.registered_subscribers_distinct,
                     expected.len() as u64,
@@ -1114,19 +1124,22 @@ mod aor_tests {
             (0..3)
                 .map(|n| {
                     sim.replica(n).map_or(0, |r| {
-                        r.aggregate(sim.now()).registered_subscribers_distinct
+                        r.aggregate(MonoTime(sim.now()))
+                            .registered_subscribers_distinct
                     })
                 })
                 .collect()
         };
         for aor in 0..100 {
-            sim.with_replica(aor as usize % 2, |r, now| r.aor_add(now, fp(aor)));
-            sim.with_replica(2, |r, now| r.aor_add(now, fp(aor + 50)));
+            sim.with_replica(aor as usize % 2, |r, now| r.aor_add(MonoTime(now), fp(aor)));
+            sim.with_replica(2, |r, now| r.aor_add(MonoTime(now), fp(aor + 50)));
         }
         sim.run_for(250);
         assert_eq!(distinct(&sim), vec![150, 150, 150]);
         for aor in 0..100 {
-            sim.with_replica(aor as usize % 2, |r, now| r.aor_remove(now, fp(aor)));
+            sim.with_replica(aor as usize % 2, |r, now| {
+                r.aor_remove(MonoTime(now), fp(aor))
+            });
         }
         sim.run_for(250);
         assert_eq!(distinct(&sim), vec![100, 100, 100]);
@@ -1154,7 +1167,7 @@ mod aor_tests {
                 created_at_ms,
                 key: [node as u8; 32],
             };
-            sim.with_replica(node, |r, now| r.set_aor_key(now, key));
+            sim.with_replica(node, |r, now| r.set_aor_key(MonoTime(now), key));
         }
         sim.run_for(2_000);
         let keys = |sim: &Sim| -> Vec<Option<AorKey>> {
@@ -1165,7 +1178,7 @@ mod aor_tests {
         let oldest = keys(&sim)[1];
         assert_eq!(oldest.map(|k| k.created_at_ms), Some(100));
         assert_eq!(keys(&sim), vec![oldest; 3]);
-        let rotated = sim.with_replica(2, |r, now| r.rotate_aor_key(now, [9; 32], 5_000));
+        let rotated = sim.with_replica(2, |r, now| r.rotate_aor_key(MonoTime(now), [9; 32], 5_000));
         assert_eq!(rotated.generation, 2);
         sim.run_for(2_000);
         assert_eq!(keys(&sim), vec![Some(rotated); 3]);
@@ -1184,7 +1197,7 @@ mod aor_tests {
         // A restarted node with the old key learns the new one.
         sim.restart(0);
         let stale = oldest.unwrap();
-        sim.with_replica(0, |r, now| r.set_aor_key(now, stale));
+        sim.with_replica(0, |r, now| r.set_aor_key(MonoTime(now), stale));
         sim.run_for(2_000);
         assert_eq!(keys(&sim), vec![Some(rotated); 3]);
     }
@@ -1230,9 +1243,9 @@ mod aor_tests {
                 .collect();
             let start = |sim: &mut Sim, node: usize, key: AorKey| {
                 sim.with_replica(node, |r, now| {
-                    r.set_aor_key(now, key);
+                    r.set_aor_key(MonoTime(now), key);
                     for name in &names[node] {
-                        r.aor_add(now, keyed(&key, *name));
+                        r.aor_add(MonoTime(now), keyed(&key, *name));
                     }
                 });
             };
@@ -1260,15 +1273,16 @@ mod aor_tests {
                         let old = under[node];
                         sim.with_replica(node, |r, now| {
                             for name in &names[node] {
-                                r.aor_remove(now, keyed(&old, *name));
-                                r.aor_add(now, keyed(&held, *name));
+                                r.aor_remove(MonoTime(now), keyed(&old, *name));
+                                r.aor_add(MonoTime(now), keyed(&held, *name));
                             }
-                            r.aor_keyed(now, held);
+                            r.aor_keyed(MonoTime(now), held);
                         });
                         under[node] = held;
                     }
                     let counted = sim.replica(node).map_or(0, |r| {
-                        r.aggregate(sim.now()).registered_subscribers_distinct
+                        r.aggregate(MonoTime(sim.now()))
+                            .registered_subscribers_distinct
                     });
                     assert!(
                         counted <= distinct,
@@ -1281,7 +1295,9 @@ mod aor_tests {
                 let replica = sim.replica(node).unwrap();
                 assert!(replica.aor_set_published(), "seed {seed}: node {node}");
                 assert_eq!(
-                    replica.aggregate(sim.now()).registered_subscribers_distinct,
+                    replica
+                        .aggregate(MonoTime(sim.now()))
+                        .registered_subscribers_distinct,
                     distinct,
                     "seed {seed}: node {node}"
                 );

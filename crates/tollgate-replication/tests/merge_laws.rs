@@ -4,6 +4,7 @@
 //! ([`RecordSet`]) whatever the order, duplication and grouping of the frames.
 
 use proptest::prelude::*;
+use tollgate_replication::MonoTime;
 use tollgate_replication::{Config, Flags, Frame, NodeUsage, Record, RecordSet, Replica, merge};
 
 const NODES: [&str; 4] = ["n1", "n2", "n3", "n4"];
@@ -100,7 +101,7 @@ proptest! {
         let mut rotated = deliveries.clone();
         rotated.rotate_left(order[0].index(deliveries.len()));
         for (round, deliveries) in [deliveries, rotated].into_iter().enumerate() {
-            let mut replica = Replica::new(Config::default(), "local", 1, 0).unwrap();
+            let mut replica = Replica::new(Config::default(), "local", 1, MonoTime(0)).unwrap();
             let mut rest = &deliveries[..];
             let mut group = groups.iter().cycle();
             let mut peer = 0;
@@ -109,7 +110,7 @@ proptest! {
                 let (now, later) = rest.split_at(take);
                 let relay = ["p1", "p2", "p3"][peer % 3];
                 peer += 1;
-                replica.handle_frame(0, relay, Frame::Table(now.to_vec())).unwrap();
+                replica.handle_frame(MonoTime(0), relay, Frame::Table(now.to_vec())).unwrap();
                 rest = later;
             }
             let table: RecordSet = replica.records().skip(1).cloned().collect();

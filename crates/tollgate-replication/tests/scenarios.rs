@@ -1,5 +1,6 @@
 //! Scenario tests: lists of operations on a simulated cluster (see `sim`).
 
+use tollgate_replication::MonoTime;
 use tollgate_replication::sim::{Op, Sim, SimConfig, Topology, Who};
 use tollgate_replication::{
     AntiEntropy, Config, Event, ExpiredRule, Frame, HandleError, NodeState, NodeUsage, Record,
@@ -185,7 +186,11 @@ fn a_restart_replaces_the_old_record_and_is_never_counted_twice() {
     for _ in 0..300 {
         sim.run_for(10);
         for node in 0..3 {
-            let calls = sim.replica(node).unwrap().aggregate(sim.now()).calls;
+            let calls = sim
+                .replica(node)
+                .unwrap()
+                .aggregate(MonoTime(sim.now()))
+                .calls;
             assert!(calls <= 8, "node {node} counts {calls} at {}", sim.now());
         }
     }
@@ -194,7 +199,7 @@ fn a_restart_replaces_the_old_record_and_is_never_counted_twice() {
         let view = sim
             .replica(node)
             .unwrap()
-            .node("node-002", sim.now())
+            .node("node-002", MonoTime(sim.now()))
             .unwrap();
         assert_eq!(view.incarnation, 2);
         assert_eq!(
@@ -308,7 +313,7 @@ fn a_and_c_connected_only_through_b_converge_by_anti_entropy() {
             "{anti_entropy:?}"
         );
         // A knows where C is, so the transport would try to dial it.
-        let targets = a.dial_targets(sim.now());
+        let targets = a.dial_targets(MonoTime(sim.now()));
         assert_eq!(targets.len(), 1);
         assert_eq!(targets[0].node_id, "node-002");
     }
@@ -373,7 +378,7 @@ fn the_owner_moves_past_a_foreign_version_of_its_own_record_and_raises_the_alarm
         .unwrap();
     // A peer presenting this node's own id is refused, with the alarm.
     let error = sim.with_replica(1, |replica, now| {
-        replica.handle_frame(now, "node-001", Frame::Pull)
+        replica.handle_frame(MonoTime(now), "node-001", Frame::Pull)
     });
     assert_eq!(error, Err(HandleError::OwnIdentity));
     assert_eq!(sim.replica(1).unwrap().stats().duplicate_node_alarms, 2);
@@ -393,19 +398,21 @@ fn a_second_process_with_the_same_node_id_raises_the_alarm_at_the_first() {
         rng_seed: 99,
         ..config.replica.clone()
     };
-    let mut clone = Replica::new(clone_config, "node-000", 2, sim.now()).unwrap();
+    let mut clone = Replica::new(clone_config, "node-000", 2, MonoTime(sim.now())).unwrap();
     clone.set_local_usage(
-        sim.now(),
+        MonoTime(sim.now()),
         NodeUsage {
             calls: 7,
             ..NodeUsage::default()
         },
     );
-    clone.peer_connected(sim.now(), "node-002").unwrap();
+    clone
+        .peer_connected(MonoTime(sim.now()), "node-002")
+        .unwrap();
     let now = sim.now();
-    while let Some(transmit) = clone.poll_transmit(now) {
+    while let Some(transmit) = clone.poll_transmit(MonoTime(now)) {
         sim.with_replica(2, |replica, now| {
-            replica.handle_frame(now, "node-000", transmit.frame)
+            replica.handle_frame(MonoTime(now), "node-000", transmit.frame)
         })
         .unwrap();
     }
@@ -469,10 +476,14 @@ fn the_license_travels_the_mesh_and_the_highest_serial_wins() {
     let mut sim = Sim::new(config);
     sim.run_for(1_000);
     let document = |serial: u64| format!("license serial={serial}").into_bytes();
-    sim.with_replica(0, |replica, now| replica.set_license(now, 4, document(4)))
-        .unwrap();
-    sim.with_replica(2, |replica, now| replica.set_license(now, 2, document(2)))
-        .unwrap();
+    sim.with_replica(0, |replica, now| {
+        replica.set_license(MonoTime(now), 4, document(4))
+    })
+    .unwrap();
+    sim.with_replica(2, |replica, now| {
+        replica.set_license(MonoTime(now), 2, document(2))
+    })
+    .unwrap();
     // The agent's part: verify what is offered, install it if its serial is higher.
     let mut seen = [0usize; 3];
     for _ in 0..300 {
@@ -491,7 +502,7 @@ fn the_license_travels_the_mesh_and_the_highest_serial_wins() {
                 let serial: u64 = text.rsplit('=').next().unwrap().parse().unwrap();
                 if serial > sim.replica(node).unwrap().license_serial() {
                     sim.with_replica(node, |replica, now| {
-                        replica.set_license(now, serial, armored)
+                        replica.set_license(MonoTime(now), serial, armored)
                     })
                     .unwrap();
                 }
@@ -501,7 +512,7 @@ fn the_license_travels_the_mesh_and_the_highest_serial_wins() {
     for node in 0..3 {
         let replica = sim.replica(node).unwrap();
         assert_eq!(replica.license_serial(), 4, "node {node}");
-        assert_eq!(replica.aggregate(sim.now()).license_serial_max, 4);
+        assert_eq!(replica.aggregate(MonoTime(sim.now())).license_serial_max, 4);
     }
     // Node 0 held the highest serial from the start: nobody offered it anything. Node 1
     // may have fetched node 2's serial 2 first (whichever advertisement arrived first), then
@@ -530,7 +541,7 @@ fn provisioned_subscribers_are_the_latest_report_never_a_sum() {
         ],
     );
     for node in 0..3 {
-        let aggregate = sim.replica(node).unwrap().aggregate(sim.now());
+        let aggregate = sim.replica(node).unwrap().aggregate(MonoTime(sim.now()));
         assert_eq!(aggregate.subscribers, 1_200);
         assert_eq!(aggregate.subscribers_reported_at, 7_000);
     }

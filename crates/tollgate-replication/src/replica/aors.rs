@@ -35,6 +35,7 @@ use crate::frame::{
 };
 
 use super::{Destination, Event, Replica, Transmit, TransmitKind, counted, state_at};
+use tollgate_events::MonoTime;
 
 /// A range with at most this many of the owner's fingerprints is answered with its members.
 pub const AOR_LEAF_MAX: u64 = 64;
@@ -167,7 +168,8 @@ impl Replica {
 
     /// An AoR (its fingerprint under the cluster's AoR key) became registered on this node.
     /// Sent to every peer with the next delta (at most every `push_interval_ms`).
-    pub fn aor_add(&mut self, now: u64, fp: Fp) {
+    pub fn aor_add(&mut self, now: MonoTime, fp: Fp) {
+        let now = now.ms();
         let now = self.tick(now);
         let own = self.aor.own_slot;
         if self.aor.sets.insert(own, fp) {
@@ -177,7 +179,8 @@ impl Replica {
     }
 
     /// An AoR is no longer registered on this node.
-    pub fn aor_remove(&mut self, now: u64, fp: Fp) {
+    pub fn aor_remove(&mut self, now: MonoTime, fp: Fp) {
+        let now = now.ms();
         let now = self.tick(now);
         let own = self.aor.own_slot;
         if self.aor.sets.remove(own, fp) {
@@ -189,7 +192,8 @@ impl Replica {
     /// Replaces this node's AoR set at once (a restart that restored its registrations, or a
     /// re-keying): no delta is sent; every copy sees the new summary and reconciles the
     /// difference.
-    pub fn aor_load(&mut self, now: u64, fps: &[Fp]) {
+    pub fn aor_load(&mut self, now: MonoTime, fps: &[Fp]) {
+        let now = now.ms();
         let now = self.tick(now);
         let own = self.aor.own_slot;
         self.aor.sets.replace_range(own, 0, Fp::MAX, fps);
@@ -203,7 +207,8 @@ impl Replica {
     /// ([`Event::AorKeyChanged`]); peers then learn it. Until a peer agrees on a key and the
     /// set is fingerprinted under it ([`Replica::aor_keyed`]), the set is not published (see
     /// the module documentation); a node that already published it is not held again.
-    pub fn set_aor_key(&mut self, now: u64, key: AorKey) {
+    pub fn set_aor_key(&mut self, now: MonoTime, key: AorKey) {
+        let now = now.ms();
         let now = self.tick(now);
         if !self.aor.published {
             let hold = self.aor.hold.get_or_insert_with(Hold::default);
@@ -219,7 +224,8 @@ impl Replica {
 
     /// This node's AoR set is now fingerprinted under `key` (the IO layer re-keyed it after
     /// [`Event::AorKeyChanged`], with the changes already handed in).
-    pub fn aor_keyed(&mut self, now: u64, key: AorKey) {
+    pub fn aor_keyed(&mut self, now: MonoTime, key: AorKey) {
+        let now = now.ms();
         let now = self.tick(now);
         if let Some(hold) = &mut self.aor.hold {
             hold.set_key = Some(key);
@@ -267,7 +273,8 @@ impl Replica {
     /// Rotates the cluster's AoR key: `key` (fresh random bytes) becomes generation + 1 and
     /// replaces the held one on every node. Returns the new key (also in
     /// [`Event::AorKeyChanged`]).
-    pub fn rotate_aor_key(&mut self, now: u64, key: [u8; 32], created_at_ms: u64) -> AorKey {
+    pub fn rotate_aor_key(&mut self, now: MonoTime, key: [u8; 32], created_at_ms: u64) -> AorKey {
+        let now = now.ms();
         let generation = self.aor.key.map_or(1, |held| held.generation + 1);
         let key = AorKey {
             generation,

@@ -4,6 +4,7 @@
 //! agent to verify; it serves its own document to peers that ask, rate-limited.
 
 use super::{ANSWER_INTERVAL_MIN_MS, Destination, Event, Replica, Transmit, TransmitKind};
+use crate::MonoTime;
 use crate::frame::{Frame, LICENSE_BYTES_MAX};
 
 /// Why [`Replica::set_license`] refused.
@@ -25,10 +26,11 @@ impl Replica {
     /// (peers with a lower one will ask for it) and `armored` is served to peers that ask.
     pub fn set_license(
         &mut self,
-        now: u64,
+        now: MonoTime,
         serial: u64,
         armored: Vec<u8>,
     ) -> Result<(), LicenseError> {
+        let now = now.ms();
         let now = self.tick(now);
         if armored.len() > LICENSE_BYTES_MAX {
             return Err(LicenseError::TooLong { len: armored.len() });

@@ -16,14 +16,14 @@ fn config() -> Config {
 
 /// A replica "a" at t = 0, connected to "b", with its connect-time output drained.
 fn replica() -> Replica {
-    let mut replica = Replica::new(config(), "a", 1, 0).unwrap();
-    replica.peer_connected(0, "b").unwrap();
+    let mut replica = Replica::new(config(), "a", 1, MonoTime(0)).unwrap();
+    replica.peer_connected(MonoTime(0), "b").unwrap();
     drain(&mut replica, 0);
     replica
 }
 
 fn drain(replica: &mut Replica, now: u64) -> Vec<Transmit> {
-    std::iter::from_fn(|| replica.poll_transmit(now)).collect()
+    std::iter::from_fn(|| replica.poll_transmit(MonoTime(now))).collect()
 }
 
 fn events(replica: &mut Replica) -> Vec<Event> {
@@ -70,9 +70,9 @@ fn pushed(transmits: &[Transmit]) -> Vec<(u64, u64)> {
 
 #[test]
 fn connecting_sends_the_own_record_and_a_joiner_pulls_once() {
-    let mut replica = Replica::new(config(), "a", 1, 0).unwrap();
-    replica.peer_connected(0, "b").unwrap();
-    replica.peer_connected(0, "c").unwrap();
+    let mut replica = Replica::new(config(), "a", 1, MonoTime(0)).unwrap();
+    replica.peer_connected(MonoTime(0), "b").unwrap();
+    replica.peer_connected(MonoTime(0), "c").unwrap();
     let frames: Vec<_> = drain(&mut replica, 0)
         .into_iter()
         .map(|t| (t.to, t.kind, t.frame.name()))
@@ -93,26 +93,26 @@ fn connecting_sends_the_own_record_and_a_joiner_pulls_once() {
 #[test]
 fn pushes_coalesce_to_one_per_push_interval() {
     let mut replica = replica();
-    replica.set_local_usage(1_000, calls(1));
+    replica.set_local_usage(MonoTime(1_000), calls(1));
     assert_eq!(pushed(&drain(&mut replica, 1_000)), [(1, 1)]);
-    replica.set_local_usage(1_010, calls(2));
-    replica.set_local_usage(1_050, calls(3));
+    replica.set_local_usage(MonoTime(1_010), calls(2));
+    replica.set_local_usage(MonoTime(1_050), calls(3));
     assert!(drain(&mut replica, 1_050).is_empty());
-    assert_eq!(replica.poll_timeout(), Some(1_100));
-    replica.handle_timeout(1_100);
+    assert_eq!(replica.poll_timeout(), Some(MonoTime(1_100)));
+    replica.handle_timeout(MonoTime(1_100));
     assert_eq!(pushed(&drain(&mut replica, 1_100)), [(2, 3)]);
 }
 
 #[test]
 fn an_unchanged_usage_costs_nothing_and_quiet_means_heartbeats() {
     let mut replica = replica();
-    replica.set_local_usage(500, calls(4));
+    replica.set_local_usage(MonoTime(500), calls(4));
     drain(&mut replica, 500);
-    replica.set_local_usage(700, calls(4));
+    replica.set_local_usage(MonoTime(700), calls(4));
     assert!(drain(&mut replica, 700).is_empty());
     // "a" answers b's heartbeats: its own is due 1.75 intervals after the push at the latest.
-    assert_eq!(replica.poll_timeout(), Some(2_250));
-    replica.handle_timeout(2_250);
+    assert_eq!(replica.poll_timeout(), Some(MonoTime(2_250)));
+    replica.handle_timeout(MonoTime(2_250));
     let transmits = drain(&mut replica, 2_250);
     assert_eq!(
         transmits,
@@ -158,7 +158,7 @@ fn each_pair_has_one_leader_and_the_roles_are_balanced() {
 #[test]
 fn each_peer_gets_its_heartbeat_on_its_own_schedule_and_seq_advances_at_each() {
     let mut replica = replica(); // "b" connected at 0: "a" answers it
-    replica.peer_connected(300, "c").unwrap(); // "a" leads: due 1_300
+    replica.peer_connected(MonoTime(300), "c").unwrap(); // "a" leads: due 1_300
     drain(&mut replica, 300);
     let from_c = |seq| {
         Frame::Heartbeat(Heartbeat {
@@ -167,32 +167,38 @@ fn each_peer_gets_its_heartbeat_on_its_own_schedule_and_seq_advances_at_each() {
             changed_seq: 0,
         })
     };
-    assert_eq!(replica.poll_timeout(), Some(1_300));
-    replica.handle_timeout(1_300);
+    assert_eq!(replica.poll_timeout(), Some(MonoTime(1_300)));
+    replica.handle_timeout(MonoTime(1_300));
     // "c" holds seq 0 (sent on connect): seq grows.
     assert_eq!(heartbeats(&drain(&mut replica, 1_300)), [("c".into(), 1)]);
-    replica.handle_frame(1_400, "c", from_c(1)).unwrap();
+    replica
+        .handle_frame(MonoTime(1_400), "c", from_c(1))
+        .unwrap();
     assert!(heartbeats(&drain(&mut replica, 1_400)).is_empty());
     // "b" led and fell silent: 1.75 intervals after its record went out, a's own heartbeat.
     // "b" was never sent seq 1: it gets it as it is. Every peer sees seq advance at every
     // heartbeat, and seq grows about once per round through the peers.
-    assert_eq!(replica.poll_timeout(), Some(1_750));
-    replica.handle_timeout(1_750);
+    assert_eq!(replica.poll_timeout(), Some(MonoTime(1_750)));
+    replica.handle_timeout(MonoTime(1_750));
     assert_eq!(heartbeats(&drain(&mut replica, 1_750)), [("b".into(), 1)]);
-    replica.handle_timeout(2_300);
+    replica.handle_timeout(MonoTime(2_300));
     assert_eq!(heartbeats(&drain(&mut replica, 2_300)), [("c".into(), 2)]);
-    replica.handle_frame(2_350, "c", from_c(2)).unwrap();
+    replica
+        .handle_frame(MonoTime(2_350), "c", from_c(2))
+        .unwrap();
     // A push goes to every peer and puts every heartbeat an interval (1.75 for "b") after.
-    replica.set_local_usage(2_600, calls(1));
+    replica.set_local_usage(MonoTime(2_600), calls(1));
     assert_eq!(pushed(&drain(&mut replica, 2_600)), [(3, 1)]);
-    replica.handle_timeout(3_599);
+    replica.handle_timeout(MonoTime(3_599));
     assert!(heartbeats(&drain(&mut replica, 3_599)).is_empty());
-    replica.handle_timeout(3_600);
+    replica.handle_timeout(MonoTime(3_600));
     assert_eq!(heartbeats(&drain(&mut replica, 3_600)), [("c".into(), 4)]);
-    replica.handle_frame(3_650, "c", from_c(3)).unwrap();
-    replica.handle_timeout(4_349);
+    replica
+        .handle_frame(MonoTime(3_650), "c", from_c(3))
+        .unwrap();
+    replica.handle_timeout(MonoTime(4_349));
     assert!(heartbeats(&drain(&mut replica, 4_349)).is_empty());
-    replica.handle_timeout(4_350);
+    replica.handle_timeout(MonoTime(4_350));
     assert_eq!(heartbeats(&drain(&mut replica, 4_350)), [("b".into(), 4)]);
     assert_eq!(replica.stats().emissions, 4);
 }
@@ -200,61 +206,81 @@ fn each_peer_gets_its_heartbeat_on_its_own_schedule_and_seq_advances_at_each() {
 #[test]
 fn the_answering_node_answers_the_leader_and_the_leader_retries_once_when_unanswered() {
     let mut replica = replica(); // "a" answers "b"
-    replica.peer_connected(0, "c").unwrap(); // "a" leads "c"
+    replica.peer_connected(MonoTime(0), "c").unwrap(); // "a" leads "c"
     drain(&mut replica, 0);
     for peer in ["b", "c"] {
         replica
-            .handle_frame(10, peer, Frame::Record(record(peer, 1, 0, calls(0))))
+            .handle_frame(
+                MonoTime(10),
+                peer,
+                Frame::Record(record(peer, 1, 0, calls(0))),
+            )
             .unwrap();
     }
     assert!(drain(&mut replica, 10).is_empty());
     // Less than a quarter interval since "b" was last sent anything: no answer.
-    replica.handle_frame(249, "b", heartbeat(1, 0)).unwrap();
+    replica
+        .handle_frame(MonoTime(249), "b", heartbeat(1, 0))
+        .unwrap();
     assert!(drain(&mut replica, 249).is_empty());
     // Then every frame of the leader is answered at once (QUIC's ACK of it rides along).
-    replica.handle_frame(250, "b", heartbeat(2, 0)).unwrap();
+    replica
+        .handle_frame(MonoTime(250), "b", heartbeat(2, 0))
+        .unwrap();
     assert_eq!(heartbeats(&drain(&mut replica, 250)), [("b".into(), 1)]);
     // The leader answers nothing: an answer is never answered, whatever the round trip.
-    replica.handle_frame(900, "c", heartbeat(1, 0)).unwrap();
+    replica
+        .handle_frame(MonoTime(900), "c", heartbeat(1, 0))
+        .unwrap();
     assert!(drain(&mut replica, 900).is_empty());
-    replica.handle_timeout(1_000);
+    replica.handle_timeout(MonoTime(1_000));
     assert_eq!(heartbeats(&drain(&mut replica, 1_000)), [("c".into(), 1)]);
     // In step: "b" heartbeats every interval, "a" answers each.
-    replica.handle_frame(1_250, "b", heartbeat(3, 0)).unwrap();
+    replica
+        .handle_frame(MonoTime(1_250), "b", heartbeat(3, 0))
+        .unwrap();
     assert_eq!(heartbeats(&drain(&mut replica, 1_250)), [("b".into(), 2)]);
     // "c" answered: its next heartbeat is one interval after the last.
-    replica.handle_frame(1_400, "c", heartbeat(2, 0)).unwrap();
+    replica
+        .handle_frame(MonoTime(1_400), "c", heartbeat(2, 0))
+        .unwrap();
     assert!(drain(&mut replica, 1_400).is_empty());
-    replica.handle_timeout(1_999);
+    replica.handle_timeout(MonoTime(1_999));
     assert!(heartbeats(&drain(&mut replica, 1_999)).is_empty());
-    replica.handle_timeout(2_000);
+    replica.handle_timeout(MonoTime(2_000));
     assert_eq!(heartbeats(&drain(&mut replica, 2_000)), [("c".into(), 2)]);
     // Nothing back from "c" for half an interval: one retry.
-    replica.handle_timeout(2_499);
+    replica.handle_timeout(MonoTime(2_499));
     assert!(heartbeats(&drain(&mut replica, 2_499)).is_empty());
-    replica.handle_timeout(2_500);
+    replica.handle_timeout(MonoTime(2_500));
     assert_eq!(heartbeats(&drain(&mut replica, 2_500)), [("c".into(), 3)]);
     // b's heartbeat of 2_250 and its retry were lost: a's own heartbeat to "b", 1.75
     // intervals after its last answer.
-    replica.handle_timeout(2_999);
+    replica.handle_timeout(MonoTime(2_999));
     assert!(heartbeats(&drain(&mut replica, 2_999)).is_empty());
-    replica.handle_timeout(3_000);
+    replica.handle_timeout(MonoTime(3_000));
     assert_eq!(heartbeats(&drain(&mut replica, 3_000)), [("b".into(), 3)]);
     // Only one retry: then "c" is due one interval later.
-    replica.handle_timeout(3_499);
+    replica.handle_timeout(MonoTime(3_499));
     assert!(heartbeats(&drain(&mut replica, 3_499)).is_empty());
-    replica.handle_timeout(3_500);
+    replica.handle_timeout(MonoTime(3_500));
     assert_eq!(heartbeats(&drain(&mut replica, 3_500)), [("c".into(), 4)]);
 }
 
 #[test]
 fn a_digest_is_answered_with_content_the_peer_lacks_or_a_node_it_does_not_hear() {
     let mut replica = replica();
-    replica.peer_connected(0, "c").unwrap();
+    replica.peer_connected(MonoTime(0), "c").unwrap();
     replica
-        .handle_frame(10, "b", Frame::Record(record("b", 1, 5, calls(2))))
+        .handle_frame(
+            MonoTime(10),
+            "b",
+            Frame::Record(record("b", 1, 5, calls(2))),
+        )
         .unwrap();
-    replica.handle_frame(20, "b", heartbeat(6, 5)).unwrap();
+    replica
+        .handle_frame(MonoTime(20), "b", heartbeat(6, 5))
+        .unwrap();
     drain(&mut replica, 20);
     let own = replica.version();
     let ask = |replica: &mut Replica, now: u64, b_seq: u64| {
@@ -271,7 +297,7 @@ fn a_digest_is_answered_with_content_the_peer_lacks_or_a_node_it_does_not_hear()
                 },
             },
         ]);
-        replica.handle_frame(now, "c", digest).unwrap();
+        replica.handle_frame(MonoTime(now), "c", digest).unwrap();
         drain(replica, now)
             .into_iter()
             .filter_map(|transmit| match transmit.frame {
@@ -285,7 +311,9 @@ fn a_digest_is_answered_with_content_the_peer_lacks_or_a_node_it_does_not_hear()
     // Content that changed after its version: sent.
     assert_eq!(ask(&mut replica, 2_000, 4), [vec![6]]);
     // Two seqs behind, same content: "c" does not hear "b" directly; relaying keeps it live.
-    replica.handle_frame(2_500, "b", heartbeat(7, 5)).unwrap();
+    replica
+        .handle_frame(MonoTime(2_500), "b", heartbeat(7, 5))
+        .unwrap();
     drain(&mut replica, 2_500);
     assert_eq!(ask(&mut replica, 3_000, 5), [vec![7]]);
 }
@@ -294,17 +322,27 @@ fn a_digest_is_answered_with_content_the_peer_lacks_or_a_node_it_does_not_hear()
 fn a_heartbeat_advances_a_current_record_and_asks_for_a_missing_one() {
     let mut replica = replica();
     replica
-        .handle_frame(10, "b", Frame::Record(record("b", 1, 5, calls(2))))
+        .handle_frame(
+            MonoTime(10),
+            "b",
+            Frame::Record(record("b", 1, 5, calls(2))),
+        )
         .unwrap();
-    replica.handle_frame(20, "b", heartbeat(7, 5)).unwrap();
-    assert_eq!(replica.node("b", 20).unwrap().seq, 7);
+    replica
+        .handle_frame(MonoTime(20), "b", heartbeat(7, 5))
+        .unwrap();
+    assert_eq!(replica.node("b", MonoTime(20)).unwrap().seq, 7);
     assert!(drain(&mut replica, 20).is_empty());
     // Duplicated or reordered: harmless.
-    replica.handle_frame(30, "b", heartbeat(6, 5)).unwrap();
+    replica
+        .handle_frame(MonoTime(30), "b", heartbeat(6, 5))
+        .unwrap();
     assert_eq!(replica.stats().records_stale, 1);
     // Content changed at 8, which this node never got: ask for the record.
-    replica.handle_frame(40, "b", heartbeat(9, 8)).unwrap();
-    assert_eq!(replica.node("b", 40).unwrap().seq, 7);
+    replica
+        .handle_frame(MonoTime(40), "b", heartbeat(9, 8))
+        .unwrap();
+    assert_eq!(replica.node("b", MonoTime(40)).unwrap().seq, 7);
     assert_eq!(
         drain(&mut replica, 40),
         [Transmit {
@@ -314,7 +352,9 @@ fn a_heartbeat_advances_a_current_record_and_asks_for_a_missing_one() {
         }]
     );
     // A heartbeat of an unknown node asks too (at most once per push interval).
-    replica.handle_frame(50, "b", heartbeat(10, 8)).unwrap();
+    replica
+        .handle_frame(MonoTime(50), "b", heartbeat(10, 8))
+        .unwrap();
     assert!(drain(&mut replica, 50).is_empty());
     assert_eq!(replica.stats().heartbeats_unmatched, 2);
 }
@@ -326,19 +366,23 @@ fn expiry_leaves_a_tombstone_that_blocks_stale_relays_but_not_newer_versions() {
         expired_visible_ms: 0,
         ..config()
     };
-    let mut replica = Replica::new(config, "a", 1, 0).unwrap();
+    let mut replica = Replica::new(config, "a", 1, MonoTime(0)).unwrap();
     let c = |seq| record("c", 1, seq, calls(9));
     replica
-        .handle_frame(0, "b", Frame::Table(vec![c(5)]))
+        .handle_frame(MonoTime(0), "b", Frame::Table(vec![c(5)]))
         .unwrap();
     // "b" keeps heartbeating; "c" falls silent.
     for now in (1_000..=10_000).step_by(1_000) {
         replica
-            .handle_frame(now, "b", Frame::Record(record("b", 1, now, calls(1))))
+            .handle_frame(
+                MonoTime(now),
+                "b",
+                Frame::Record(record("b", 1, now, calls(1))),
+            )
             .unwrap();
-        replica.handle_timeout(now);
+        replica.handle_timeout(MonoTime(now));
     }
-    assert_eq!(replica.node("c", 10_000), None);
+    assert_eq!(replica.node("c", MonoTime(10_000)), None);
     let names: Vec<_> = events(&mut replica)
         .into_iter()
         .filter(|event| !matches!(event, Event::NodeUp { node_id, .. } if node_id == "b"))
@@ -364,23 +408,26 @@ fn expiry_leaves_a_tombstone_that_blocks_stale_relays_but_not_newer_versions() {
     );
     // A laggard relays the old record: blocked.
     replica
-        .handle_frame(10_500, "b", Frame::Table(vec![c(5)]))
+        .handle_frame(MonoTime(10_500), "b", Frame::Table(vec![c(5)]))
         .unwrap();
-    assert_eq!(replica.node("c", 10_500), None);
+    assert_eq!(replica.node("c", MonoTime(10_500)), None);
     assert_eq!(replica.stats().records_tombstoned, 1);
     // One seq more may have been emitted before it died (its last heartbeat round reached
     // "b", not this node): blocked too.
     replica
-        .handle_frame(10_600, "b", Frame::Table(vec![c(6)]))
+        .handle_frame(MonoTime(10_600), "b", Frame::Table(vec![c(6)]))
         .unwrap();
-    assert_eq!(replica.node("c", 10_600), None);
+    assert_eq!(replica.node("c", MonoTime(10_600)), None);
     assert_eq!(replica.stats().records_tombstoned, 2);
     // "c" was only cut off and is still emitting: welcome back.
     replica
-        .handle_frame(11_000, "b", Frame::Table(vec![c(7)]))
+        .handle_frame(MonoTime(11_000), "b", Frame::Table(vec![c(7)]))
         .unwrap();
-    assert_eq!(replica.node("c", 11_000).unwrap().state, NodeState::Live);
-    assert_eq!(replica.aggregate(11_000).calls, 1 + 9);
+    assert_eq!(
+        replica.node("c", MonoTime(11_000)).unwrap().state,
+        NodeState::Live
+    );
+    assert_eq!(replica.aggregate(MonoTime(11_000)).calls, 1 + 9);
 }
 
 #[test]
@@ -389,36 +436,42 @@ fn an_expired_node_stays_visible_uncounted_for_expired_visible_ms() {
         expired_visible_ms: 60_000,
         ..config()
     };
-    let mut replica = Replica::new(config, "a", 1, 0).unwrap();
+    let mut replica = Replica::new(config, "a", 1, MonoTime(0)).unwrap();
     let c = |seq| record("c", 1, seq, calls(9));
     replica
-        .handle_frame(0, "b", Frame::Table(vec![c(5)]))
+        .handle_frame(MonoTime(0), "b", Frame::Table(vec![c(5)]))
         .unwrap();
-    replica.handle_timeout(10_000);
-    let view = replica.node("c", 10_000).expect("still visible");
+    replica.handle_timeout(MonoTime(10_000));
+    let view = replica.node("c", MonoTime(10_000)).expect("still visible");
     assert_eq!((view.state, view.counted), (NodeState::Expired, false));
-    let aggregate = replica.aggregate(10_000);
+    let aggregate = replica.aggregate(MonoTime(10_000));
     assert_eq!((aggregate.calls, aggregate.nodes_expired), (0, 1));
     // A laggard relays the last seq or the one after: no evidence of life.
     for (now, seq) in [(10_500, 5), (10_600, 6)] {
         replica
-            .handle_frame(now, "b", Frame::Table(vec![c(seq)]))
+            .handle_frame(MonoTime(now), "b", Frame::Table(vec![c(seq)]))
             .unwrap();
-        assert_eq!(replica.node("c", now).unwrap().state, NodeState::Expired);
+        assert_eq!(
+            replica.node("c", MonoTime(now)).unwrap().state,
+            NodeState::Expired
+        );
     }
     assert_eq!(replica.stats().records_tombstoned, 2);
     // Removed once the visibility time has passed, with a tombstone as before.
-    assert!(replica.poll_timeout().unwrap() <= 70_000);
-    replica.handle_timeout(70_000);
-    assert_eq!(replica.node("c", 70_000), None);
+    assert!(replica.poll_timeout().unwrap() <= MonoTime(70_000));
+    replica.handle_timeout(MonoTime(70_000));
+    assert_eq!(replica.node("c", MonoTime(70_000)), None);
     assert!(events(&mut replica).contains(&Event::NodeRemoved {
         node_id: "c".into()
     }));
     // A node that was only cut off comes back with a newer seq.
     replica
-        .handle_frame(71_000, "b", Frame::Table(vec![c(40)]))
+        .handle_frame(MonoTime(71_000), "b", Frame::Table(vec![c(40)]))
         .unwrap();
-    assert_eq!(replica.node("c", 71_000).unwrap().state, NodeState::Live);
+    assert_eq!(
+        replica.node("c", MonoTime(71_000)).unwrap().state,
+        NodeState::Live
+    );
 }
 
 #[test]
@@ -427,31 +480,35 @@ fn tombstones_expire_after_their_ttl() {
         expired_visible_ms: 0,
         ..config()
     };
-    let mut replica = Replica::new(config, "a", 1, 0).unwrap();
+    let mut replica = Replica::new(config, "a", 1, MonoTime(0)).unwrap();
     let c = record("c", 1, 5, calls(9));
     replica
-        .handle_frame(0, "b", Frame::Table(vec![c.clone()]))
+        .handle_frame(MonoTime(0), "b", Frame::Table(vec![c.clone()]))
         .unwrap();
-    replica.handle_timeout(10_000);
-    assert_eq!(replica.node("c", 10_000), None);
+    replica.handle_timeout(MonoTime(10_000));
+    assert_eq!(replica.node("c", MonoTime(10_000)), None);
     let ttl_end = 10_000 + replica.config().tombstone_ttl_ms;
-    assert!(replica.poll_timeout().unwrap() <= ttl_end);
-    replica.handle_timeout(ttl_end);
+    assert!(replica.poll_timeout().unwrap() <= MonoTime(ttl_end));
+    replica.handle_timeout(MonoTime(ttl_end));
     assert!(replica.tombstones.is_empty());
 }
 
 #[test]
 fn the_aggregate_counts_live_and_suspect_and_drops_expired_at_now() {
     let mut replica = replica();
-    replica.set_local_usage(0, calls(1));
+    replica.set_local_usage(MonoTime(0), calls(1));
     replica
-        .handle_frame(0, "b", Frame::Table(vec![record("c", 1, 1, calls(10))]))
+        .handle_frame(
+            MonoTime(0),
+            "b",
+            Frame::Table(vec![record("c", 1, 1, calls(10))]),
+        )
         .unwrap();
     // No handle_timeout: the aggregate evaluates liveness at the `now` it is given.
-    assert_eq!(replica.aggregate(2_999).calls, 11);
-    assert_eq!(replica.aggregate(3_000).nodes_suspect, 1);
-    assert_eq!(replica.aggregate(9_999).calls, 11);
-    let expired = replica.aggregate(10_000);
+    assert_eq!(replica.aggregate(MonoTime(2_999)).calls, 11);
+    assert_eq!(replica.aggregate(MonoTime(3_000)).nodes_suspect, 1);
+    assert_eq!(replica.aggregate(MonoTime(9_999)).calls, 11);
+    let expired = replica.aggregate(MonoTime(10_000));
     assert_eq!((expired.calls, expired.nodes_expired), (1, 1));
 }
 
@@ -462,26 +519,30 @@ fn hold_for_keeps_an_expired_node_counted_for_the_hold() {
         expired_visible_ms: 0,
         ..config()
     };
-    let mut replica = Replica::new(config, "a", 1, 0).unwrap();
+    let mut replica = Replica::new(config, "a", 1, MonoTime(0)).unwrap();
     replica
-        .handle_frame(0, "b", Frame::Table(vec![record("c", 1, 1, calls(10))]))
+        .handle_frame(
+            MonoTime(0),
+            "b",
+            Frame::Table(vec![record("c", 1, 1, calls(10))]),
+        )
         .unwrap();
-    replica.handle_timeout(12_000);
-    let view = replica.node("c", 12_000).unwrap();
+    replica.handle_timeout(MonoTime(12_000));
+    let view = replica.node("c", MonoTime(12_000)).unwrap();
     assert_eq!((view.state, view.counted), (NodeState::Expired, true));
-    assert_eq!(replica.aggregate(12_000).nodes_held, 1);
-    assert_eq!(replica.aggregate(14_999).calls, 10);
-    replica.handle_timeout(15_000);
-    assert_eq!(replica.node("c", 15_000), None);
-    assert_eq!(replica.aggregate(15_000).calls, 0);
+    assert_eq!(replica.aggregate(MonoTime(12_000)).nodes_held, 1);
+    assert_eq!(replica.aggregate(MonoTime(14_999)).calls, 10);
+    replica.handle_timeout(MonoTime(15_000));
+    assert_eq!(replica.node("c", MonoTime(15_000)), None);
+    assert_eq!(replica.aggregate(MonoTime(15_000)).calls, 0);
 }
 
 #[test]
 fn leave_sends_a_left_record_on_a_stream_and_stops_emitting() {
     let mut replica = replica();
-    replica.set_local_usage(0, calls(5));
+    replica.set_local_usage(MonoTime(0), calls(5));
     drain(&mut replica, 0);
-    replica.leave(200);
+    replica.leave(MonoTime(200));
     let transmits = drain(&mut replica, 200);
     assert_eq!(transmits.len(), 1);
     assert_eq!(transmits[0].kind, TransmitKind::Stream);
@@ -491,19 +552,23 @@ fn leave_sends_a_left_record_on_a_stream_and_stops_emitting() {
     };
     assert!(left.is_left());
     assert_eq!(left.usage, NodeUsage::default());
-    replica.set_local_usage(300, calls(7));
-    replica.handle_timeout(60_000);
+    replica.set_local_usage(MonoTime(300), calls(7));
+    replica.handle_timeout(MonoTime(60_000));
     assert!(drain(&mut replica, 60_000).is_empty());
-    assert_eq!(replica.aggregate(60_000).calls, 0);
+    assert_eq!(replica.aggregate(MonoTime(60_000)).calls, 0);
 }
 
 #[test]
 fn requests_are_answered_at_most_once_per_interval_per_peer() {
     let mut replica = replica();
-    replica.handle_frame(100, "b", Frame::Pull).unwrap();
-    replica.handle_frame(200, "b", Frame::Pull).unwrap();
     replica
-        .handle_frame(300, "b", Frame::Digest(Vec::new()))
+        .handle_frame(MonoTime(100), "b", Frame::Pull)
+        .unwrap();
+    replica
+        .handle_frame(MonoTime(200), "b", Frame::Pull)
+        .unwrap();
+    replica
+        .handle_frame(MonoTime(300), "b", Frame::Digest(Vec::new()))
         .unwrap();
     let tables = drain(&mut replica, 300)
         .iter()
@@ -511,7 +576,9 @@ fn requests_are_answered_at_most_once_per_interval_per_peer() {
         .count();
     assert_eq!(tables, 1, "one table");
     assert_eq!(replica.stats().answers_rate_limited, 2);
-    replica.handle_frame(1_100, "b", Frame::Pull).unwrap();
+    replica
+        .handle_frame(MonoTime(1_100), "b", Frame::Pull)
+        .unwrap();
     let tables: Vec<_> = drain(&mut replica, 1_100)
         .into_iter()
         .filter_map(|t| match t.frame {
@@ -527,7 +594,7 @@ fn a_digest_is_answered_with_what_the_peer_lacks_or_holds_older() {
     let mut replica = replica();
     replica
         .handle_frame(
-            0,
+            MonoTime(0),
             "b",
             Frame::Table(vec![
                 record("c", 1, 4, calls(1)),
@@ -550,7 +617,7 @@ fn a_digest_is_answered_with_what_the_peer_lacks_or_holds_older() {
         },
     ];
     replica
-        .handle_frame(10, "b", Frame::Digest(digest))
+        .handle_frame(MonoTime(10), "b", Frame::Digest(digest))
         .unwrap();
     let answer = drain(&mut replica, 10);
     let [
@@ -571,7 +638,7 @@ fn a_license_nobody_asked_for_is_dropped() {
     let mut replica = replica();
     replica
         .handle_frame(
-            0,
+            MonoTime(0),
             "b",
             Frame::License {
                 armored: b"x".to_vec(),
@@ -588,7 +655,7 @@ fn a_higher_serial_advertised_by_a_peer_is_fetched_once() {
     let mut b = record("b", 1, 1, calls(0));
     b.license_serial = 3;
     replica
-        .handle_frame(0, "b", Frame::Record(b.clone()))
+        .handle_frame(MonoTime(0), "b", Frame::Record(b.clone()))
         .unwrap();
     let asks = drain(&mut replica, 0);
     assert_eq!(
@@ -605,7 +672,7 @@ fn a_higher_serial_advertised_by_a_peer_is_fetched_once() {
     }));
     replica
         .handle_frame(
-            50,
+            MonoTime(50),
             "b",
             Frame::License {
                 armored: b"doc".to_vec(),
@@ -621,8 +688,10 @@ fn a_higher_serial_advertised_by_a_peer_is_fetched_once() {
     );
     // The agent refused it (no set_license): not asked again on this connection.
     b.seq = 2;
-    replica.handle_frame(60, "b", Frame::Record(b)).unwrap();
-    replica.handle_timeout(60_000);
+    replica
+        .handle_frame(MonoTime(60), "b", Frame::Record(b))
+        .unwrap();
+    replica.handle_timeout(MonoTime(60_000));
     assert!(
         drain(&mut replica, 60_000)
             .iter()
@@ -634,13 +703,15 @@ fn a_higher_serial_advertised_by_a_peer_is_fetched_once() {
 fn a_license_pull_is_answered_only_by_a_holder_of_that_serial() {
     let mut replica = replica();
     replica
-        .handle_frame(0, "b", Frame::LicensePull { serial: 1 })
+        .handle_frame(MonoTime(0), "b", Frame::LicensePull { serial: 1 })
         .unwrap();
     assert!(drain(&mut replica, 0).is_empty());
-    replica.set_license(0, 2, b"doc".to_vec()).unwrap();
+    replica
+        .set_license(MonoTime(0), 2, b"doc".to_vec())
+        .unwrap();
     drain(&mut replica, 0);
     replica
-        .handle_frame(10, "b", Frame::LicensePull { serial: 2 })
+        .handle_frame(MonoTime(10), "b", Frame::LicensePull { serial: 2 })
         .unwrap();
     assert_eq!(
         drain(&mut replica, 10)
@@ -652,7 +723,7 @@ fn a_license_pull_is_answered_only_by_a_holder_of_that_serial() {
         }]
     );
     assert_eq!(
-        replica.set_license(10, 3, vec![0; LICENSE_BYTES_MAX + 1]),
+        replica.set_license(MonoTime(10), 3, vec![0; LICENSE_BYTES_MAX + 1]),
         Err(LicenseError::TooLong {
             len: LICENSE_BYTES_MAX + 1
         })
@@ -666,9 +737,11 @@ fn the_table_holds_at_most_nodes_max() {
         let records = (0..512)
             .map(|i| record(&format!("n{chunk}-{i}"), 1, 1, calls(1)))
             .collect();
-        replica.handle_frame(0, "b", Frame::Table(records)).unwrap();
+        replica
+            .handle_frame(MonoTime(0), "b", Frame::Table(records))
+            .unwrap();
     }
-    assert_eq!(replica.nodes(0).len(), NODES_MAX);
+    assert_eq!(replica.nodes(MonoTime(0)).len(), NODES_MAX);
     assert_eq!(
         replica.stats().records_table_full,
         3 * 512 - (NODES_MAX as u64 - 1)
@@ -680,22 +753,26 @@ fn the_table_holds_at_most_nodes_max() {
 fn time_going_backwards_is_read_as_the_latest_now() {
     let mut replica = replica();
     replica
-        .handle_frame(5_000, "b", Frame::Record(record("b", 1, 1, calls(1))))
+        .handle_frame(
+            MonoTime(5_000),
+            "b",
+            Frame::Record(record("b", 1, 1, calls(1))),
+        )
         .unwrap();
-    replica.handle_timeout(1_000);
-    assert_eq!(replica.node("b", 0).unwrap().age_ms, 0);
-    assert!(replica.poll_timeout().unwrap() >= 5_000);
+    replica.handle_timeout(MonoTime(1_000));
+    assert_eq!(replica.node("b", MonoTime(0)).unwrap().age_ms, 0);
+    assert!(replica.poll_timeout().unwrap() >= MonoTime(5_000));
 }
 
 #[test]
 fn bad_peer_ids_and_invalid_frames_are_refused() {
     let mut replica = replica();
     assert!(matches!(
-        replica.handle_frame(0, "", Frame::Pull),
+        replica.handle_frame(MonoTime(0), "", Frame::Pull),
         Err(HandleError::InvalidPeerId(RecordError::NodeIdEmpty))
     ));
     assert!(matches!(
-        replica.peer_connected(0, "a b"),
+        replica.peer_connected(MonoTime(0), "a b"),
         Err(HandleError::InvalidPeerId(RecordError::NodeIdByte))
     ));
     let bad = Frame::Heartbeat(Heartbeat {
@@ -704,7 +781,9 @@ fn bad_peer_ids_and_invalid_frames_are_refused() {
         changed_seq: 2,
     });
     assert_eq!(
-        replica.handle_frame(0, "b", bad).map_err(|e| e.reason()),
+        replica
+            .handle_frame(MonoTime(0), "b", bad)
+            .map_err(|e| e.reason()),
         Err("heartbeat_from_the_future")
     );
     assert_eq!(replica.stats().frames_refused, 2);
@@ -800,29 +879,29 @@ proptest! {
     /// goes back.
     #[test]
     fn any_input_sequence_keeps_the_invariants(inputs in proptest::collection::vec(arb_input(), 1..80)) {
-        let mut replica = Replica::new(config(), "a", 1, 0).unwrap();
+        let mut replica = Replica::new(config(), "a", 1, MonoTime(0)).unwrap();
         let mut now = 0;
         let mut version = replica.version();
         for input in inputs {
             match input {
                 Input::Advance(ms) => {
                     now += ms;
-                    replica.handle_timeout(now);
+                    replica.handle_timeout(MonoTime(now));
                     if let Some(due) = replica.poll_timeout() {
-                        prop_assert!(due > now, "timer at {due} after handling {now}");
+                        prop_assert!(due > MonoTime(now), "timer at {due:?} after handling {now}");
                     }
                 }
-                Input::Usage(n) => replica.set_local_usage(now, calls(n)),
+                Input::Usage(n) => replica.set_local_usage(MonoTime(now), calls(n)),
                 Input::Frame(peer, frame) => {
                     let is_forged = matches!(&frame, Frame::Record(r) if r.node_id != PEERS[peer]);
-                    let result = replica.handle_frame(now, PEERS[peer], frame);
+                    let result = replica.handle_frame(MonoTime(now), PEERS[peer], frame);
                     prop_assert_eq!(result.is_err(), is_forged);
                 }
-                Input::Connect(peer) => replica.peer_connected(now, PEERS[peer]).unwrap(),
-                Input::Disconnect(peer) => replica.peer_disconnected(now, PEERS[peer]),
-                Input::Leave => replica.leave(now),
+                Input::Connect(peer) => replica.peer_connected(MonoTime(now), PEERS[peer]).unwrap(),
+                Input::Disconnect(peer) => replica.peer_disconnected(MonoTime(now), PEERS[peer]),
+                Input::Leave => replica.leave(MonoTime(now)),
             }
-            while let Some(transmit) = replica.poll_transmit(now) {
+            while let Some(transmit) = replica.poll_transmit(MonoTime(now)) {
                 let bytes = crate::encode(&transmit.frame);
                 prop_assert_eq!(crate::decode(&bytes), Ok(transmit.frame.clone()));
                 if transmit.kind == TransmitKind::Datagram {
@@ -832,9 +911,9 @@ proptest! {
             while replica.poll_event().is_some() {}
             prop_assert!(replica.version() >= version);
             version = replica.version();
-            let aggregate = replica.aggregate(now);
+            let aggregate = replica.aggregate(MonoTime(now));
             let counted: u64 = replica
-                .nodes(now)
+                .nodes(MonoTime(now))
                 .iter()
                 .filter(|view| view.counted)
                 .map(|view| view.usage.calls)

@@ -3,11 +3,13 @@
 
 use super::{Aggregate, DialTarget, Entry, NodeState, NodeView, Replica, counted, state_at};
 use crate::record::NodeUsage;
+use tollgate_events::MonoTime;
 
 impl Replica {
     /// The cluster-wide figures at `now` (liveness is evaluated at `now`, whether or not
     /// [`Replica::handle_timeout`] ran).
-    pub fn aggregate(&self, now: u64) -> Aggregate {
+    pub fn aggregate(&self, now: MonoTime) -> Aggregate {
+        let now = now.ms();
         let now = now.max(self.now);
         let mut aggregate = Aggregate {
             registered_subscribers_distinct: self.aor.sets.distinct(),
@@ -41,7 +43,8 @@ impl Replica {
     }
 
     /// Every node in the table, this one first, then by node id.
-    pub fn nodes(&self, now: u64) -> Vec<NodeView> {
+    pub fn nodes(&self, now: MonoTime) -> Vec<NodeView> {
+        let now = now.ms();
         let now = now.max(self.now);
         let mut views = Vec::with_capacity(self.entries.len() + 1);
         views.push(self.local_view());
@@ -54,7 +57,8 @@ impl Replica {
     }
 
     /// One node of the table (or this node), if held.
-    pub fn node(&self, node_id: &str, now: u64) -> Option<NodeView> {
+    pub fn node(&self, node_id: &str, now: MonoTime) -> Option<NodeView> {
+        let now = now.ms();
         if node_id == self.own.node_id {
             return Some(self.local_view());
         }
@@ -66,7 +70,8 @@ impl Replica {
 
     /// Nodes learned from records (live or suspect, with an address) that are not connected:
     /// the transport dials them (with backoff), beside its configured seeds.
-    pub fn dial_targets(&self, now: u64) -> Vec<DialTarget> {
+    pub fn dial_targets(&self, now: MonoTime) -> Vec<DialTarget> {
+        let now = now.ms();
         let now = now.max(self.now);
         self.entries
             .values()
