@@ -213,6 +213,8 @@ fn record() -> Recorded {
             && a.metric("tollgate_license_status_code") == Some(2.0)
     });
     let a_faulty = scrape(&a);
+    // To look at what the rules ran on: NOC_DEBUG_DIR=/some/dir keeps the scrapes there
+    // (and, below, the generated promtool unit test and rules).
     if let Ok(d) = std::env::var("NOC_DEBUG_DIR") {
         std::fs::write(format!("{d}/a_faulty.txt"), &a_faulty.text).unwrap();
         std::fs::write(format!("{d}/a_healthy.txt"), &a_healthy.text).unwrap();
