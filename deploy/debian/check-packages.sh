@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checks the two Debian packages as an operator would meet them: lintian, install, what the
-# install put where (binary, user, directories, conffile, systemd unit), a short agent start
-# under the package's own config as the package's user, remove (state kept), purge (state
-# gone). Run as root on a Debian host, with the .deb files as arguments:
+# install put where (binary, user, directories, conffile, systemd unit), a short start of
+# the agent and of the license server under the packages' own configs as their users,
+# remove (state kept), purge (state gone). Run as root on a Debian host, with the .deb files as arguments:
 #
 #   bash deploy/debian/check-packages.sh target/debian/tollgate_*.deb \
 #       target/debian/tollgate-license-server_*.deb
@@ -24,6 +24,7 @@ lintian --fail-on error,warning "$agent_deb" "$server_deb"
 cleanup() {
   rc=$?
   if [ "$rc" -ne 0 ]; then
+    for pid in ${agent_pid:-} ${ls_pid:-}; do kill "$pid" 2>/dev/null || true; done
     echo "check-packages: purging what this run installed" >&2
     dpkg --purge tollgate tollgate-license-server >/dev/null 2>&1 || true
   fi
@@ -108,6 +109,38 @@ wait "$agent_pid" || { cat /tmp/tollgate-pkg-agent.log; fail "agent exit status 
 grep -q 'agent ready' /tmp/tollgate-pkg-agent.log || fail "no 'agent ready' line"
 if grep -q $'\e\[' /tmp/tollgate-pkg-agent.log; then fail "ANSI escapes in a log written to a file"; fi
 
+say "the license server under its package's config, as its user"
+# A throw-away certificate where the conffile expects one, the first signing key made by
+# the admin CLI as the service's user (so the server can read it), then the unit's
+# ExecStart as that user.
+etc_ls=/etc/tollgate-license-server
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+  -keyout "$etc_ls/privkey.pem" -out "$etc_ls/fullchain.pem" 2>/dev/null
+chgrp tollgate-license-server "$etc_ls/privkey.pem"
+chmod 0640 "$etc_ls/privkey.pem"
+as_ls() { setpriv --reuid=tollgate-license-server --regid=tollgate-license-server --init-groups "$@"; }
+as_ls tollgate-license-server --config "$etc_ls/license-server.toml" admin key rotate
+key=$(ls "$etc_ls"/signing-keys/*.key)
+[ "$(stat -c '%U %a' "$key")" = "tollgate-license-server 600" ] || fail "signing key $key: $(stat -c '%U %a' "$key")"
+exec_start=$(sed -n 's/^ExecStart=//p' /usr/lib/systemd/system/tollgate-license-server.service)
+# setpriv itself in the background (not a shell function, which would fork a subshell that
+# the SIGTERM below would hit instead of the server).
+setpriv --reuid=tollgate-license-server --regid=tollgate-license-server --init-groups \
+  $exec_start >/tmp/tollgate-pkg-ls.out 2>/tmp/tollgate-pkg-ls.log &
+ls_pid=$!
+ok=0
+for _ in $(seq 1 200); do
+  if curl -fsS --cacert "$etc_ls/fullchain.pem" https://localhost:7443/api/v1/keys 2>/dev/null | grep -q .; then ok=1; break; fi
+  kill -0 "$ls_pid" 2>/dev/null || break
+  sleep 0.1
+done
+[ "$ok" = 1 ] || { cat /tmp/tollgate-pkg-ls.out /tmp/tollgate-pkg-ls.log; fail "the packaged license server did not answer /api/v1/keys"; }
+kill -TERM "$ls_pid"
+wait "$ls_pid" || { cat /tmp/tollgate-pkg-ls.log; fail "license server exit status after SIGTERM"; }
+[ "$(stat -c %U /var/lib/tollgate-license-server/license-server.db)" = tollgate-license-server ] \
+  || fail "database not owned by tollgate-license-server"
+
 say "dpkg -r: binaries and units go; state, user and conffiles stay"
 echo "# an operator's change" >> /etc/tollgate/agent.toml
 dpkg -r tollgate tollgate-license-server
@@ -128,6 +161,6 @@ dpkg --purge tollgate tollgate-license-server
 [ ! -e /etc/tollgate/agent.toml ] || fail "purge left the conffile"
 [ ! -e /etc/systemd/system/multi-user.target.wants/tollgate.service ] || fail "purge left the enablement"
 # Signing keys are never deleted by a purge (losing them strands every agent).
-[ -d /etc/tollgate-license-server/signing-keys ] || fail "purge deleted the signing-key directory"
+ls /etc/tollgate-license-server/signing-keys/*.key >/dev/null 2>&1 || fail "purge deleted the signing keys"
 rm -rf /etc/tollgate-license-server
 echo "check-packages: OK"
