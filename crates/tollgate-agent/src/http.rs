@@ -454,6 +454,10 @@ pub struct LicenseReport {
     /// null before the first lease answer). While `CLOCK_SKEW`, licenses are judged by the
     /// server's time.
     pub clock: Option<crate::license::ClockCheck>,
+    /// The rollback watermarks: `serial_seen_max` (highest serial installed here),
+    /// `serial_learned_max` (highest learned from peers and the license server),
+    /// `time_recorded_max_ms` (latest wall time recorded).
+    pub watermarks: serde_json::Value,
 }
 
 pub fn license_report(state: &AgentState) -> LicenseReport {
@@ -482,6 +486,7 @@ pub fn license_report(state: &AgentState) -> LicenseReport {
         refused: state.license.refused(),
         source: state.fetcher.as_ref().and_then(|f| f.source()),
         clock,
+        watermarks: state.license.watermarks(),
     }
 }
 

@@ -310,6 +310,16 @@ impl LicenseManager {
         }
     }
 
+    /// The rollback watermarks as `GET /api/v1/license` shows them (`watermarks`).
+    pub fn watermarks(&self) -> serde_json::Value {
+        let (w, _) = *self.watermarks.lock();
+        serde_json::json!({
+            "serial_seen_max": w.serial_seen_max,
+            "serial_learned_max": w.serial_learned_max,
+            "time_recorded_max_ms": w.time_recorded_max_ms,
+        })
+    }
+
     /// The latest comparison with a trusted clock.
     pub fn clock(&self) -> Option<ClockCheck> {
         self.clock.lock().clone()
