@@ -453,3 +453,59 @@ fn is_transient(e: &std::io::Error) -> bool {
             | std::io::ErrorKind::Interrupted
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::time::Instant;
+
+    use tollgate_usage::{FingerprintKey, SequenceTracker, Tables, TablesConfig};
+
+    use super::*;
+
+    /// With two threads the UDP endpoint is two `SO_REUSEPORT` sockets on one port, listed
+    /// once, and every sender's event is applied (the kernel spreads senders over the
+    /// sockets: `socket::tests::a_udp_group_shares_one_port_and_every_socket_receives`).
+    #[test]
+    fn two_threads_read_one_udp_port_and_apply_every_sender() {
+        let tables = Arc::new(Tables::new(
+            TablesConfig::default(),
+            FingerprintKey([3; 32]),
+        ));
+        let pipeline = Pipeline {
+            tables: Arc::clone(&tables),
+            sequences: Arc::new(SequenceTracker::default()),
+            admission: Arc::new(AdmitAll),
+            observer: None,
+            journal: None,
+        };
+        let config = IngestConfig {
+            threads_per_socket: 2,
+            ..IngestConfig::default()
+        };
+        let ingest = Ingest::start(
+            &[Endpoint::Udp("127.0.0.1:0".parse().unwrap())],
+            &config,
+            pipeline,
+        )
+        .unwrap();
+        let endpoints = ingest.endpoints();
+        assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+        assert_eq!(ingest.sockets.len(), 2);
+        let Endpoint::Udp(addr) = endpoints[0] else {
+            panic!("{endpoints:?}")
+        };
+        const SENDERS: usize = 40;
+        for i in 0..SENDERS {
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            tx.send_to(format!("call-start sender-{i}").as_bytes(), addr)
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tables.usage().calls < SENDERS as u64 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(tables.usage().calls, SENDERS as u64);
+        ingest.shutdown();
+    }
+}
