@@ -22,6 +22,7 @@ run() {
 }
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg), $(git rev-parse --short HEAD)"
 run "$target/ingest-bench" --method live --runs "$runs" --seconds 2
+run "$target/ingest-bench" --method live --runs "$runs" --seconds 2 --only single-event --block
 run "$target/ingest-bench" --method full-queue --runs "$runs"
 run "$target/ingest-bench" --method in-process
 run "$target/ingest-bench" --method table --table-sizes 65536,1000000,10000000
