@@ -870,7 +870,7 @@ fn table_method(args: &Args) -> anyhow::Result<()> {
         "\ntable (Tables::apply, start of call i + stop of call i - open, From-tag, 64 shards):"
     );
     println!(
-        "{:>12} {:>14} {:>18} {:>14} {:>14} {:>12} {:>11} {:>9}",
+        "{:>12} {:>14} {:>18} {:>14} {:>14} {:>12} {:>11} {:>12}",
         "open calls",
         "ns/event",
         "batch+prefetch ns",
@@ -878,7 +878,7 @@ fn table_method(args: &Args) -> anyhow::Result<()> {
         "events timed",
         "snapshot ms",
         "restore ms",
-        "B/call"
+        "snap B/call"
     );
     pin_to_cpu(0);
     for open in args
@@ -1001,7 +1001,7 @@ fn table_method(args: &Args) -> anyhow::Result<()> {
         std::hint::black_box(sink);
         let format_ns = t.elapsed().as_secs_f64() * 1e9 / (2 * pairs) as f64;
         println!(
-            "{:>12} {:>14.1} {:>18.1} {:>14.1} {:>14} {:>12.1} {:>11.1} {:>9.1}",
+            "{:>12} {:>14.1} {:>18.1} {:>14.1} {:>14} {:>12.1} {:>11.1} {:>12.1}",
             open,
             plain * 1e9,
             batched * 1e9,
