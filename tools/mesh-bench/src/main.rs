@@ -9,6 +9,13 @@
 //!    ACKs and all, not IP/UDP headers) in a quiet cluster.
 //! 3. **Churn**: the same while every node's usage changes every 100 ms.
 //!
+//! 4. **Registered AoRs** (`--aor-rates`, issue 15): each node loads a set of AoR
+//!    fingerprints; the time until one node's added AoR is counted in every other node's
+//!    `registered_subscribers_distinct`; and, for each rate, the UDP bytes per node per second
+//!    while every node's set changes that many times a second (adds and removes alternating)
+//!    against a baseline with the same record changes and no AoR deltas: the difference is
+//!    what the AoR deltas cost, per change per peer.
+//!
 //! It also counts suspicions and expiries (none should happen: a sign the machine kept up)
 //! and transport errors. See README.md.
 
@@ -24,7 +31,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use rand::Rng as _;
 use tokio::task::JoinSet;
-use tollgate_mesh::{ClusterCa, Mesh, MeshConfig, UdpTotals};
+use tollgate_mesh::{AorInput, ClusterCa, Mesh, MeshConfig, UdpTotals};
 use tollgate_replication::{Config, Event, NodeUsage};
 
 #[derive(Debug, Parser)]
@@ -66,6 +73,13 @@ struct Args {
     /// A short run for CI: 3 nodes, 10 changes, 2-second phases; fails on any missed change.
     #[arg(long)]
     quick: bool,
+    /// AoR churn rates to measure, changes per second per node (adds and removes
+    /// alternating), e.g. `10,100,1000`; none by default. Also times AoR visibility.
+    #[arg(long, value_delimiter = ',')]
+    aor_rates: Vec<u64>,
+    /// AoRs each node holds before the AoR phases.
+    #[arg(long, default_value_t = 5_000)]
+    aor_set: u64,
     /// Also write the results as JSON to this file (`-` for standard output).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -181,6 +195,23 @@ struct Report {
     errors: u64,
     /// Errors by reason, summed over the nodes.
     error_reasons: std::collections::BTreeMap<&'static str, u64>,
+    /// AoR visibility (µs) and churn, when `--aor-rates` was given.
+    aor: Option<AorReport>,
+}
+
+struct AorReport {
+    everywhere_us: Histogram<u64>,
+    per_node_us: Histogram<u64>,
+    missed: u64,
+    /// Per rate: (changes/s per node, baseline B/s per node, with AoR deltas B/s per node).
+    churn: Vec<(u64, f64, f64)>,
+}
+
+impl AorReport {
+    /// Bytes the AoR deltas cost per change per peer at one rate.
+    fn per_change_per_peer(nodes: usize, rate: u64, baseline: f64, with: f64) -> f64 {
+        (with - baseline) / (rate as f64 * (nodes - 1) as f64)
+    }
 }
 
 #[derive(Default)]
@@ -251,6 +282,18 @@ impl Report {
             "expiries": self.expiries,
             "errors": self.errors,
             "error_reasons": self.error_reasons,
+            "aor": self.aor.as_ref().map(|aor| serde_json::json!({
+                "visible_everywhere": latency(&aor.everywhere_us),
+                "visible_per_node": latency(&aor.per_node_us),
+                "missed": aor.missed,
+                "churn": aor.churn.iter().map(|(rate, baseline, with)| serde_json::json!({
+                    "changes_per_s_per_node": rate,
+                    "baseline_tx_bytes_per_s": baseline,
+                    "with_aor_tx_bytes_per_s": with,
+                    "aor_bytes_per_change_per_peer":
+                        AorReport::per_change_per_peer(self.nodes, *rate, *baseline, *with),
+                })).collect::<Vec<_>>(),
+            })),
         })
     }
 }
@@ -332,6 +375,11 @@ async fn run(nodes: usize, args: &Args, replication: &Config) -> anyhow::Result<
     }
     let churn = traffic(&meshes, Duration::from_secs(args.seconds)).await;
     churners.abort_all();
+    let aor = if args.aor_rates.is_empty() {
+        None
+    } else {
+        Some(aor_phases(&meshes, args).await?)
+    };
     let mut error_reasons = std::collections::BTreeMap::new();
     for mesh in &meshes {
         for (reason, count) in mesh.stats().errors {
@@ -351,6 +399,7 @@ async fn run(nodes: usize, args: &Args, replication: &Config) -> anyhow::Result<
         expiries: expiries.load(Relaxed),
         errors,
         error_reasons,
+        aor,
     };
     let mut leaving = JoinSet::new();
     for mesh in meshes {
@@ -429,6 +478,209 @@ async fn convergence(
     Ok((per_node, everywhere, missed))
 }
 
+/// A fingerprint for AoR `index` of node `node` (spread over the space, like SipHash's).
+fn aor_fp(node: usize, index: u64) -> u64 {
+    let mut x = (node as u64) << 40 | index;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+/// The AoR phases: load `aor_set` AoRs per node, time `changes` single adds until every
+/// other node counts them, then for each rate a baseline (the records change as the sets
+/// would make them) and the same with the AoR deltas.
+async fn aor_phases(meshes: &[Mesh], args: &Args) -> anyhow::Result<AorReport> {
+    let nodes = meshes.len();
+    for (node, mesh) in meshes.iter().enumerate() {
+        let set: Vec<u64> = (0..args.aor_set).map(|i| aor_fp(node, i)).collect();
+        mesh.aor(AorInput::Load(set)).await?;
+    }
+    let loaded = nodes as u64 * args.aor_set;
+    let started = Instant::now();
+    while !meshes
+        .iter()
+        .all(|mesh| mesh.aggregate().registered_subscribers_distinct == loaded)
+    {
+        if started.elapsed() > FORM_TIMEOUT {
+            bail!("the AoR sets never converged to {loaded}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "{nodes} nodes: {loaded} AoRs everywhere after {} ms; timing {} AoR adds",
+        started.elapsed().as_millis(),
+        args.changes
+    );
+    let mut per_node = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut everywhere = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut missed = 0;
+    let mut next = vec![args.aor_set; nodes];
+    for change in 0..args.changes {
+        let changer = change % nodes;
+        let total = loaded + change as u64 + 1;
+        let mut observers = JoinSet::new();
+        for (index, mesh) in meshes.iter().enumerate() {
+            if index == changer {
+                continue;
+            }
+            let mut aggregate = mesh.watch_aggregate();
+            observers.spawn(async move {
+                loop {
+                    if aggregate
+                        .borrow_and_update()
+                        .registered_subscribers_distinct
+                        >= total
+                    {
+                        return Some(Instant::now());
+                    }
+                    if aggregate.changed().await.is_err() {
+                        return None;
+                    }
+                }
+            });
+        }
+        let changed_at = Instant::now();
+        let fp = aor_fp(changer, next[changer]);
+        next[changer] += 1;
+        meshes[changer]
+            .aor(AorInput::Changes(vec![(fp, true)]))
+            .await?;
+        let deadline = tokio::time::Instant::from_std(changed_at + CHANGE_TIMEOUT);
+        let (mut last, mut seen) = (Duration::ZERO, 0);
+        while let Ok(Some(done)) = tokio::time::timeout_at(deadline, observers.join_next()).await {
+            if let Ok(Some(at)) = done {
+                let took = at.duration_since(changed_at);
+                per_node.record(took.as_micros().max(1) as u64)?;
+                last = last.max(took);
+                seen += 1;
+            }
+        }
+        observers.abort_all();
+        if seen == nodes as u64 - 1 {
+            everywhere.record(last.as_micros().max(1) as u64)?;
+        } else {
+            missed += nodes as u64 - 1 - seen;
+        }
+        let jitter = rand::thread_rng().gen_range(0..50);
+        tokio::time::sleep(Duration::from_millis(args.gap_ms + jitter)).await;
+    }
+    // The indices of each node's members (the loaded AoRs and the timed adds).
+    let mut sets: Vec<Vec<u64>> = (0..nodes).map(|node| (0..next[node]).collect()).collect();
+    type Members = Arc<std::sync::Mutex<std::collections::VecDeque<u64>>>;
+    let mut kept: Vec<Option<Members>> = vec![None; nodes];
+    let mut churn = Vec::new();
+    for &rate in &args.aor_rates {
+        let mut row = [0.0; 2];
+        for (phase, with_aors) in [false, true].into_iter().enumerate() {
+            eprintln!(
+                "{nodes} nodes: {rate} AoR changes/s per node, {} for {} s",
+                if with_aors { "with deltas" } else { "baseline" },
+                args.seconds
+            );
+            let mut churners = JoinSet::new();
+            for (node, mesh) in meshes.iter().enumerate() {
+                // The node's set as the mesh holds it: the loaded AoRs and the timed adds,
+                // then what earlier phases with deltas left.
+                let members: std::collections::VecDeque<u64> = sets[node].iter().copied().collect();
+                let first = next[node];
+                next[node] += 1_000_000;
+                let shared = Arc::new(std::sync::Mutex::new(members));
+                if with_aors {
+                    kept[node] = Some(shared.clone());
+                }
+                churners.spawn(aor_churner(
+                    mesh.clone(),
+                    node,
+                    shared,
+                    first,
+                    rate,
+                    with_aors,
+                ));
+            }
+            // Settle into the rate before measuring.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            row[phase] = traffic(meshes, Duration::from_secs(args.seconds))
+                .await
+                .tx_bytes_per_s
+                .mean;
+            churners.abort_all();
+            while churners.join_next().await.is_some() {}
+            for (node, kept) in kept.iter_mut().enumerate() {
+                if let Some(shared) = kept.take()
+                    && let Ok(members) = shared.lock()
+                {
+                    sets[node] = members.iter().copied().collect();
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        eprintln!(
+            "{nodes} nodes: {rate}/s: baseline {:.0} B/s, with AoR deltas {:.0} B/s per node: \
+             {:.1} B per AoR change per peer",
+            row[0],
+            row[1],
+            AorReport::per_change_per_peer(nodes, rate, row[0], row[1])
+        );
+        churn.push((rate, row[0], row[1]));
+    }
+    Ok(AorReport {
+        everywhere_us: everywhere,
+        per_node_us: per_node,
+        missed,
+        churn,
+    })
+}
+
+/// One node's AoR churn: every 100 ms, `rate / 10` changes alternating between adding a
+/// new AoR and removing the oldest member (so the set keeps its size), and the record's
+/// registered count as those changes leave it. Without `with_aors` only the record changes.
+async fn aor_churner(
+    mesh: Mesh,
+    node: usize,
+    members: Arc<std::sync::Mutex<std::collections::VecDeque<u64>>>,
+    first: u64,
+    rate: u64,
+    with_aors: bool,
+) {
+    let period = Duration::from_millis(100);
+    let offset = rand::thread_rng().gen_range(0..period.as_micros() as u64);
+    tokio::time::sleep(Duration::from_micros(offset)).await;
+    let mut ticks = tokio::time::interval(period);
+    let (mut next, mut budget, mut add) = (first, 0u64, true);
+    loop {
+        ticks.tick().await;
+        budget += rate;
+        let mut changes = Vec::new();
+        let count = {
+            let Ok(mut members) = members.lock() else {
+                return;
+            };
+            while budget >= 10 {
+                budget -= 10;
+                if add {
+                    members.push_back(next);
+                    changes.push((aor_fp(node, next), true));
+                    next += 1;
+                } else if let Some(oldest) = members.pop_front() {
+                    changes.push((aor_fp(node, oldest), false));
+                }
+                add = !add;
+            }
+            members.len() as u64
+        };
+        if with_aors && !changes.is_empty() {
+            let _ = mesh.aor(AorInput::Changes(changes)).await;
+        }
+        mesh.set_local_usage(NodeUsage {
+            registered_subscribers: count,
+            registered_contacts: count,
+            ..NodeUsage::default()
+        });
+    }
+}
+
 /// UDP traffic per node over `period`, from quinn's connection statistics.
 async fn traffic(meshes: &[Mesh], period: Duration) -> Traffic {
     let sample = || -> Vec<UdpTotals> { meshes.iter().map(|mesh| mesh.stats().udp).collect() };
@@ -500,6 +752,45 @@ fn print_row(report: &Report) {
 }
 
 fn print_table(reports: &[Report]) {
+    print_records_table(reports);
+    let mut out = std::io::stdout().lock();
+    if reports.iter().all(|r| r.aor.is_none()) {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| nodes | AoR add visible everywhere p50 / p99 / max (ms) | per node p50 / p99 (ms) | \
+         AoR changes/s per node | baseline B/s per node | with AoR deltas | B per AoR change per peer |"
+    );
+    let _ = writeln!(out, "|{}", "---:|".repeat(7));
+    for r in reports {
+        let Some(aor) = &r.aor else { continue };
+        for (rate, baseline, with) in &aor.churn {
+            let _ = writeln!(
+                out,
+                "| {} | {:.1} / {:.1} / {:.1}{} | {:.1} / {:.1} | {} | {:.0} | {:.0} | {:.1} |",
+                r.nodes,
+                ms(&aor.everywhere_us, 0.5),
+                ms(&aor.everywhere_us, 0.99),
+                aor.everywhere_us.max() as f64 / 1_000.0,
+                if aor.missed > 0 {
+                    format!(" ({} missed)", aor.missed)
+                } else {
+                    String::new()
+                },
+                ms(&aor.per_node_us, 0.5),
+                ms(&aor.per_node_us, 0.99),
+                rate,
+                baseline,
+                with,
+                AorReport::per_change_per_peer(r.nodes, *rate, *baseline, *with),
+            );
+        }
+    }
+}
+
+fn print_records_table(reports: &[Report]) {
     let mut out = std::io::stdout().lock();
     let target = |value: Option<f64>, unit: &str| {
         value.map_or_else(|| "-".to_owned(), |v| format!("≤ {v:.0}{unit}"))
