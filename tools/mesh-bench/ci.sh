@@ -3,4 +3,4 @@
 # phases. Fails if a change never became visible or a node expired; the figures of a quick
 # run are not reported.
 set -euo pipefail
-cargo run --release -p mesh-bench -- --quick
+cargo run --release -p mesh-bench -- --quick --aor-rates 100 --aor-set 1000

@@ -177,6 +177,13 @@ fn main() -> anyhow::Result<()> {
                 "{} nodes expired in a quiet run",
                 report.expiries
             );
+            if let Some(aor) = &report.aor {
+                ensure!(
+                    aor.missed == 0,
+                    "{} AoR adds never became visible",
+                    aor.missed
+                );
+            }
         }
     }
     Ok(())
