@@ -26,7 +26,10 @@
 //!
 //! Refusals are `{"error", "message"}`: 401 `missing_token` / `bad_session` /
 //! `bad_credentials`, 403 `forbidden` (a viewer asking for a change), 400 `bad_request`,
-//! 404 `not_found`, 409 `exists`.
+//! 404 `not_found`, 409 `exists`, 429 `throttled` with `Retry-After` (seconds): more than
+//! [`crate::throttle::BAD_TOKEN_LIMIT`] failed logins from one address within a minute
+//! pause that address's logins for a minute, before any password is checked (counted as
+//! `tollgate_license_server_refusals_total{reason="login_throttled"}`).
 //!
 //! Users are `vendor_users` rows (argon2id hashes, role `admin` or `viewer`), created with
 //! `tollgate license-server admin user add <name> --role admin|viewer` (password on standard
@@ -173,7 +176,28 @@ impl Service {
         now_ms: u64,
     ) -> Result<LoginAnswer, Refused> {
         let client = client.to_canonical();
-        let bad = || Refused::new(401, "bad_credentials", "unknown user or wrong password");
+        if let Some(retry_after_s) = self.login_throttle.lock().check(client, now_ms) {
+            self.metrics.refusal("login_throttled");
+            return Err(Refused::new(
+                429,
+                "throttled",
+                format!("too many failed logins from {client}; retry in {retry_after_s} s"),
+            )
+            .retry_after(retry_after_s));
+        }
+        let bad = || {
+            self.metrics.refusal("bad_credentials");
+            if self.login_throttle.lock().bad_token(client, now_ms) {
+                tracing::warn!(
+                    client = %client,
+                    limit = crate::throttle::BAD_TOKEN_LIMIT,
+                    window_s = crate::throttle::BAD_TOKEN_WINDOW_MS / 1000,
+                    pause_s = crate::throttle::THROTTLE_MS / 1000,
+                    "admin logins throttled: too many failed logins from this address"
+                );
+            }
+            Refused::new(401, "bad_credentials", "unknown user or wrong password")
+        };
         if name.len() > USER_NAME_LEN_MAX || password.len() > PASSWORD_LEN_MAX {
             return Err(bad());
         }
@@ -189,6 +213,7 @@ impl Service {
                 return Err(bad());
             }
         };
+        self.login_throttle.lock().forgive(client, now_ms);
         let token = generate_session_token();
         let expires_at_ms = now_ms.saturating_add(SESSION_TTL_MS);
         self.store

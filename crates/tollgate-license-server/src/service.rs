@@ -37,6 +37,8 @@ pub struct Refused {
     pub status: u16,
     pub error: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (seconds) with a 429.
+    pub retry_after_s: Option<u64>,
 }
 
 impl Refused {
@@ -45,7 +47,13 @@ impl Refused {
             status,
             error,
             message: message.into(),
+            retry_after_s: None,
         }
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Refused {
+        self.retry_after_s = Some(seconds);
+        self
     }
 
     pub fn internal() -> Refused {
@@ -92,6 +100,8 @@ pub struct Service {
     pub(crate) admin_paths: crate::admin::AdminPaths,
     pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) throttle: Mutex<crate::throttle::Throttle>,
+    /// Failed admin logins per address (see `admin_api`).
+    pub(crate) login_throttle: Mutex<crate::throttle::Throttle>,
 }
 
 /// An internal failure inside a transaction (500).
@@ -134,6 +144,7 @@ impl Service {
             admin_paths,
             metrics: crate::metrics::Metrics::default(),
             throttle: Mutex::new(crate::throttle::Throttle::default()),
+            login_throttle: Mutex::new(crate::throttle::Throttle::default()),
         }
     }
 

@@ -7,6 +7,11 @@
 //! [`ADDRESS_COUNT_MAX`] addresses are tracked; when full, expired entries are dropped, then
 //! the oldest.
 //!
+//! The admin API's login uses a second instance the same way: more than
+//! [`BAD_TOKEN_LIMIT`] failed logins from one address within the window, and its logins
+//! answer `429` with `Retry-After` for [`THROTTLE_MS`], before any password is checked; a
+//! successful login forgets the address's failures ([`Throttle::forgive`]).
+//!
 //! Refusals are not logged one by one: [`Throttle::take_summary`] hands the server one line
 //! per interval (how many bad tokens, from how many addresses, how many throttled).
 
@@ -87,6 +92,18 @@ impl Throttle {
             return true;
         }
         false
+    }
+
+    /// Forgets `address`'s failures (a successful login), unless it is throttled now.
+    pub fn forgive(&mut self, address: IpAddr, now_ms: u64) {
+        let address = address.to_canonical();
+        if self
+            .entries
+            .get(&address)
+            .is_some_and(|e| e.blocked_until_ms <= now_ms)
+        {
+            self.entries.remove(&address);
+        }
     }
 
     fn evict(&mut self, now_ms: u64) {
@@ -180,6 +197,22 @@ mod tests {
             (12, 2, 1, 1)
         );
         assert_eq!(t.take_summary(), None);
+    }
+
+    #[test]
+    fn forgiving_clears_failures_but_not_a_throttle() {
+        let mut t = Throttle::default();
+        for i in 0..BAD_TOKEN_LIMIT {
+            t.bad_token(addr(1), T + u64::from(i));
+        }
+        t.forgive(addr(1), T + 20);
+        assert!(!t.bad_token(addr(1), T + 21), "counting starts again");
+        for i in 0..BAD_TOKEN_LIMIT {
+            t.bad_token(addr(1), T + 30 + u64::from(i));
+        }
+        assert_eq!(t.check(addr(1), T + 100), Some(60));
+        t.forgive(addr(1), T + 100);
+        assert_eq!(t.check(addr(1), T + 100), Some(60), "still throttled");
     }
 
     #[test]

@@ -267,3 +267,69 @@ async fn admin_api_with_users_sessions_and_roles_on_postgresql() {
     scenario(&h).await;
     h.stop().await;
 }
+
+/// Failed logins are throttled per client address like the agent's admin API: after the
+/// limit, 429 with `Retry-After` (even with the right password, which is not checked);
+/// other addresses are unaffected; released after the pause; counted in /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_admin_logins_are_throttled_per_address_with_retry_after() {
+    use tollgate_license_server::throttle::{BAD_TOKEN_LIMIT, THROTTLE_MS};
+    let mut h = Harness::start();
+    h.act_ok(|ctx, store| admin::add_user(ctx, store, "alice", Role::Admin, "right password"));
+    let api = Api { h: &h, http: h.raw() };
+    for _ in 0..=BAD_TOKEN_LIMIT {
+        let (status, body) = api.login("alice", "wrong password").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    let response = api
+        .http
+        .post(api.url("login"))
+        .json(&json!({ "name": "alice", "password": "right password" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "throttled");
+
+    // Another address logs in.
+    let other = reqwest::Client::builder()
+        .use_rustls_tls()
+        .no_proxy()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(h.ca()).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let other = Api { h: &h, http: other };
+    let (status, body) = other.login("alice", "right password").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Released after the pause (the harness clock).
+    h.advance(THROTTLE_MS);
+    let (status, body) = api.login("alice", "right password").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let metrics = h
+        .raw()
+        .get(format!("{}metrics", h.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "tollgate_license_server_refusals_total{reason=\"login_throttled\"} 1",
+        "tollgate_license_server_refusals_total{reason=\"bad_credentials\"} 11",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    h.stop().await;
+}
