@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize as _;
 use tollgate_license::timestamp::{format_rfc3339, parse_rfc3339};
 use tollgate_license::{Document, LicenseSpec};
-use tollgate_license_server::KeyRing;
 use tollgate_license_server::admin::{self, AdminError, AdminPaths, Contract, Ctx};
 use tollgate_license_server::admin_api::{PASSWORD_LEN_MAX, Role};
 use tollgate_license_server::store::{Store, StoreError};
+use tollgate_license_server::{KeyRing, billing};
 
 use crate::Failure;
 
@@ -71,6 +71,15 @@ pub(crate) enum AdminCommand {
     /// disable.
     #[command(subcommand)]
     User(UserCommand),
+    /// Every node that sent usage reports, its latest report, and whether it fell silent.
+    Nodes {
+        /// Only the silent ones.
+        #[arg(long)]
+        silent: bool,
+        /// Silent after this many minutes without a report.
+        #[arg(long, value_name = "MINUTES", default_value_t = 15)]
+        silent_after_minutes: u64,
+    },
     /// The audit log, newest first: every admin action and every lease.
     Audit {
         /// Only entries about this license.
@@ -226,6 +235,26 @@ pub(crate) enum ReportsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The billing view: per month (UTC), customer and license, the peak of each licensed
+    /// figure across the license's nodes, its limit and the minutes over it, from the
+    /// reports (see docs/license-server.md "Billing").
+    Monthly {
+        /// One month, YYYY-MM (sets --from and --to).
+        #[arg(long, value_name = "YYYY-MM", conflicts_with_all = ["from", "to"])]
+        month: Option<String>,
+        /// The first month (default: 11 months before --to).
+        #[arg(long, value_name = "YYYY-MM")]
+        from: Option<String>,
+        /// The last month (default: this month).
+        #[arg(long, value_name = "YYYY-MM")]
+        to: Option<String>,
+        /// Only this license.
+        #[arg(long, value_name = "KEY")]
+        license: Option<String>,
+        /// RFC 4180 CSV with a header line, for a spreadsheet or an invoicing system.
+        #[arg(long)]
+        csv: bool,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -359,6 +388,23 @@ fn run_with_input(
         AdminCommand::Reports(ReportsCommand::Nodes { license, json }) => {
             ledger_nodes(&store, license.as_deref(), *json, out)
         }
+        AdminCommand::Reports(ReportsCommand::Monthly {
+            month,
+            from,
+            to,
+            license,
+            csv,
+        }) => {
+            let (from, to) = match month {
+                Some(m) => (Some(m.as_str()), Some(m.as_str())),
+                None => (from.as_deref(), to.as_deref()),
+            };
+            monthly(&store, from, to, license.as_deref(), *csv, now_ms, out)
+        }
+        AdminCommand::Nodes {
+            silent,
+            silent_after_minutes,
+        } => nodes(&store, *silent, *silent_after_minutes, now_ms, out),
         AdminCommand::Key(command) => key(&ctx, &mut store, command, out),
         AdminCommand::User(command) => user(&ctx, &mut store, command, input_lines, out),
         AdminCommand::Audit {
@@ -859,6 +905,91 @@ fn audit(
                 a.detail
             )?;
         }
+    }
+    Ok(())
+}
+
+fn monthly(
+    store: &Store,
+    from: Option<&str>,
+    to: Option<&str>,
+    license: Option<&str>,
+    csv: bool,
+    now_ms: u64,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let (first, last) = billing::parse_range(from, to, now_ms).map_err(admin::input)?;
+    let rows = billing::monthly(&store.read(), first, last, license)?;
+    if csv {
+        out.write_all(billing::csv(&rows).as_bytes())?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "month\tcustomer\tlicense\tnodes\treports\tpeak calls\tlimit\tover (min)\tpeak registered\tlimit\tover (min)\tpeak subscribers\tlimit\tover (min)\tpeak emergency"
+    )?;
+    let limit = |l: Option<u64>| l.map_or_else(|| "-".to_owned(), |l| l.to_string());
+    for r in rows {
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            r.month,
+            r.customer,
+            r.license_key,
+            r.nodes,
+            r.reports,
+            r.calls.peak,
+            limit(r.calls.limit),
+            r.calls.over_limit_minutes,
+            r.registered_subscribers.peak,
+            limit(r.registered_subscribers.limit),
+            r.registered_subscribers.over_limit_minutes,
+            r.subscribers.peak,
+            limit(r.subscribers.limit),
+            r.subscribers.over_limit_minutes,
+            r.peak_emergency_calls,
+        )?;
+    }
+    Ok(())
+}
+
+fn nodes(
+    store: &Store,
+    silent_only: bool,
+    silent_after_minutes: u64,
+    now_ms: u64,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let silent_after_ms = silent_after_minutes.saturating_mul(60_000);
+    if silent_after_ms == 0 || silent_after_ms > tollgate_license_server::nodes::SILENT_AFTER_MS_MAX
+    {
+        return Err(admin::input("--silent-after-minutes: 1 to 527040 (a year)"));
+    }
+    let nodes = tollgate_license_server::nodes::nodes(&store.read(), now_ms, silent_after_ms)?;
+    writeln!(
+        out,
+        "customer\tlicense\tnode\tstate\tlast report\tfrom\tversion\tserial\tcalls\tregistered"
+    )?;
+    for n in nodes.iter().filter(|n| n.silent || !silent_only) {
+        let state = if n.silent {
+            format!("silent {} min", n.silent_for_ms / 60_000)
+        } else {
+            "reporting".to_owned()
+        };
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{state}\t{}\t{}\t{}\t{}\t{}\t{}",
+            n.customer,
+            n.license_key,
+            n.node_id,
+            n.last_report_at,
+            n.client_address,
+            n.agent_version,
+            n.license_serial
+                .map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            n.calls,
+            n.registered_subscribers,
+        )?;
     }
     Ok(())
 }

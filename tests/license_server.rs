@@ -340,6 +340,41 @@ fn dev_server_prints_its_certificate_and_serves_leases_and_reports() {
         serde_json::json!({"OVER_LIMIT": 4, "EXPIRED": 1}),
         "{stored}"
     );
+    // The billing view of this month: one node, peak 50 within the limit of 100 (the
+    // figures' arithmetic is tested in the crate's tests/billing.rs).
+    let month = &tollgate_license::timestamp::format_rfc3339(report.timestamp_ms)[..7];
+    let csv = vendor.admin_ok(&["reports", "monthly", "--month", month, "--csv"]);
+    let lines: Vec<&str> = csv.split("\r\n").collect();
+    assert!(
+        lines[0].starts_with("month,customer,license_key,nodes,reports,peak_calls,limit_calls,"),
+        "{csv}"
+    );
+    assert_eq!(
+        lines[1],
+        format!("{month},Acme Telecom,{LICENSE_KEY},1,1,50,100,0,0,,0,18,,0,0"),
+        "{csv}"
+    );
+    let table = vendor.admin_ok(&["reports", "monthly", "--license", LICENSE_KEY]);
+    assert!(
+        table.lines().any(|l| l.starts_with(&format!(
+            "{month}\tAcme Telecom\t{LICENSE_KEY}\t1\t1\t50\t100\t0\t"
+        ))),
+        "{table}"
+    );
+    let out = vendor.admin(&["reports", "monthly", "--month", "2030-13"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let nodes = vendor.admin_ok(&["nodes"]);
+    assert!(
+        nodes.lines().nth(1).is_some_and(
+            |l| l.starts_with(&format!("Acme Telecom\t{LICENSE_KEY}\tsp1\treporting\t"))
+        ),
+        "{nodes}"
+    );
+    assert_eq!(
+        vendor.admin_ok(&["nodes", "--silent"]).lines().count(),
+        1,
+        "the header only"
+    );
     let audit = vendor.admin_ok(&["audit"]);
     for action in [
         "customer.add",

@@ -105,6 +105,8 @@ pub fn router(service: Arc<Service>, clock: Clock) -> Router {
         .route("/api/v1/admin/reports", get(admin_reports))
         .route("/api/v1/admin/ledger", get(admin_ledger))
         .route("/api/v1/admin/audit", get(admin_audit))
+        .route("/api/v1/admin/billing/monthly", get(admin_billing_monthly))
+        .route("/api/v1/admin/nodes", get(admin_nodes))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(BODY_LEN_MAX))
         .with_state(AppState { service, clock })
@@ -610,6 +612,115 @@ async fn admin_audit(
             .map_err(store_refusal)?;
         let list: Vec<_> = entries.iter().map(audit_json).collect();
         Ok(serde_json::json!({ "audit": list }))
+    })
+    .await
+}
+
+/// `?from=YYYY-MM&to=YYYY-MM&license=KEY&format=json|csv` of the billing view.
+#[derive(Debug, Default, serde::Deserialize)]
+struct BillingQuery {
+    from: Option<String>,
+    to: Option<String>,
+    license: Option<String>,
+    format: Option<String>,
+}
+
+async fn admin_billing_monthly(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<BillingQuery>,
+) -> Response {
+    let csv = match query.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("format {other:?}: json or csv"),
+            );
+        }
+    };
+    let token = bearer(&headers);
+    let now = (state.clock)();
+    let service = Arc::clone(&state.service);
+    let result = tokio::task::spawn_blocking(move || {
+        service.admin_user(token.as_deref(), Role::Viewer, now)?;
+        let (first, last) =
+            crate::billing::parse_range(query.from.as_deref(), query.to.as_deref(), now)
+                .map_err(|e| Refused::new(400, "bad_request", e))?;
+        let store = service.store.lock();
+        let rows = crate::billing::monthly(&store.read(), first, last, query.license.as_deref())
+            .map_err(store_refusal)?;
+        Ok::<_, Refused>((first, last, rows))
+    })
+    .await;
+    match result {
+        Ok(Ok((_, _, rows))) if csv => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/csv; charset=utf-8"),
+                ),
+                (
+                    header::CONTENT_DISPOSITION,
+                    HeaderValue::from_static("attachment; filename=\"tollgate-billing.csv\""),
+                ),
+            ],
+            crate::billing::csv(&rows),
+        )
+            .into_response(),
+        Ok(Ok((first, last, rows))) => axum::Json(serde_json::json!({
+            "from": first.to_string(),
+            "to": last.to_string(),
+            "months": rows,
+        }))
+        .into_response(),
+        Ok(Err(refused)) => refusal(&refused),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        ),
+    }
+}
+
+/// `?silent_after_s=N&silent=true` of the node view.
+#[derive(Debug, Default, serde::Deserialize)]
+struct NodesQuery {
+    silent_after_s: Option<u64>,
+    silent: Option<bool>,
+}
+
+async fn admin_nodes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<NodesQuery>,
+) -> Response {
+    admin_call(&state, &headers, Role::Viewer, move |service, _, now| {
+        let silent_after_ms = match query.silent_after_s {
+            None => crate::nodes::SILENT_AFTER_MS_DEFAULT,
+            Some(s) if s > 0 && s.saturating_mul(1000) <= crate::nodes::SILENT_AFTER_MS_MAX => {
+                s * 1000
+            }
+            Some(_) => {
+                return Err(Refused::new(
+                    400,
+                    "bad_request",
+                    "silent_after_s: 1 to 31622400 (a year)",
+                ));
+            }
+        };
+        let store = service.store.lock();
+        let mut nodes =
+            crate::nodes::nodes(&store.read(), now, silent_after_ms).map_err(store_refusal)?;
+        if query.silent == Some(true) {
+            nodes.retain(|n| n.silent);
+        }
+        Ok(serde_json::json!({
+            "silent_after_s": silent_after_ms / 1000,
+            "nodes": nodes,
+        }))
     })
     .await
 }

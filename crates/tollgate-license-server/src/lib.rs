@@ -18,6 +18,8 @@
 //!   what the admin API and the binary's CLI (`tollgate license-server admin …`) both run.
 //! - [`admin_api`]: vendor users, login sessions and roles of `/api/v1/admin/…`.
 //! - [`sql`]: one query layer over SQLite and PostgreSQL.
+//! - [`billing`]: monthly peaks, limits and over-limit minutes per license, from the
+//!   reports; CSV. [`nodes`]: every reporting node and which fell silent.
 //!
 //! [`LicenseServer::start`] opens everything, binds, and serves until
 //! [`LicenseServer::shutdown`]. The operator and vendor guide is `docs/license-server.md`.
@@ -42,11 +44,13 @@ pub mod admin;
 pub mod admin_api;
 pub mod api;
 pub mod backup;
+pub mod billing;
 pub mod config;
 pub mod keyring;
 pub mod lease;
 pub mod ledger;
 pub mod metrics;
+pub mod nodes;
 pub mod service;
 pub mod sql;
 pub mod store;

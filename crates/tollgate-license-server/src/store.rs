@@ -394,6 +394,30 @@ pub struct ReportRecord {
     pub ledger_flags: Vec<crate::ledger::Flag>,
 }
 
+/// A report with its license's customer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerReport {
+    pub customer: String,
+    pub record: ReportRecord,
+}
+
+/// A report from the columns id, license key, token id, received, client address, report
+/// (its ledger flags not read).
+fn report_record(r: &crate::sql::Row) -> Result<ReportRecord, StoreError> {
+    let id = r.int(0)?;
+    let report = serde_json::from_str(&r.text(5)?)
+        .map_err(|e| StoreError::Corrupt(format!("usage report {id}: {e}")))?;
+    Ok(ReportRecord {
+        id,
+        license_key: r.text(1)?,
+        token_id: r.int(2)?,
+        received_at_ms: from_sql_ms(r.int(3)?),
+        client_address: r.text(4)?,
+        report,
+        ledger_flags: Vec::new(),
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
     pub id: i64,
@@ -1161,20 +1185,7 @@ impl Db<'_> {
                 &params![license_key, limit.min(LIST_LIMIT_MAX)],
             )?
             .iter()
-            .map(|r| {
-                let id = r.int(0)?;
-                let report = serde_json::from_str(&r.text(5)?)
-                    .map_err(|e| StoreError::Corrupt(format!("usage report {id}: {e}")))?;
-                Ok(ReportRecord {
-                    id,
-                    license_key: r.text(1)?,
-                    token_id: r.int(2)?,
-                    received_at_ms: from_sql_ms(r.int(3)?),
-                    client_address: r.text(4)?,
-                    report,
-                    ledger_flags: Vec::new(),
-                })
-            })
+            .map(report_record)
             .collect::<Result<Vec<ReportRecord>, StoreError>>()
             .and_then(|mut reports| {
                 let ids: Vec<i64> = reports.iter().map(|r| r.id).collect();
@@ -1184,6 +1195,66 @@ impl Db<'_> {
                 }
                 Ok(reports)
             })
+    }
+
+    /// Reports received in `from_ms..to_ms` (of one license, or all) with their customer,
+    /// by id after `after_id`, at most `limit`: the pages the billing view reads.
+    pub fn reports_received_between(
+        &self,
+        license_key: Option<&str>,
+        from_ms: u64,
+        to_ms: u64,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<CustomerReport>, StoreError> {
+        self.h
+            .query(
+                "SELECT r.id, l.license_key, r.token_id, r.received_at_ms, r.client_address,
+                        r.report, c.name
+                 FROM usage_reports r JOIN licenses l ON l.id = r.license_id
+                      JOIN customers c ON c.id = l.customer_id
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR l.license_key = ?1)
+                   AND r.received_at_ms >= ?2 AND r.received_at_ms < ?3 AND r.id > ?4
+                 ORDER BY r.id LIMIT ?5",
+                &params![
+                    license_key,
+                    to_sql_ms(from_ms),
+                    to_sql_ms(to_ms),
+                    after_id,
+                    limit.min(LIST_LIMIT_MAX)
+                ],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(CustomerReport {
+                    record: report_record(r)?,
+                    customer: r.text(6)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every node that ever reported, by license: its latest report and customer.
+    pub fn latest_report_per_node(&self) -> Result<Vec<CustomerReport>, StoreError> {
+        self.h
+            .query(
+                "SELECT r.id, l.license_key, r.token_id, r.received_at_ms, r.client_address,
+                        r.report, c.name
+                 FROM usage_reports r JOIN licenses l ON l.id = r.license_id
+                      JOIN customers c ON c.id = l.customer_id
+                 WHERE r.id IN (SELECT MAX(id) FROM usage_reports
+                                GROUP BY license_id, node_id)
+                 ORDER BY c.name, l.license_key, r.node_id LIMIT ?1",
+                &params![LIST_LIMIT_MAX],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(CustomerReport {
+                    record: report_record(r)?,
+                    customer: r.text(6)?,
+                })
+            })
+            .collect()
     }
 
     pub fn audit(&self, entry: &Audit<'_>) -> Result<(), StoreError> {

@@ -276,7 +276,10 @@ async fn failed_admin_logins_are_throttled_per_address_with_retry_after() {
     use tollgate_license_server::throttle::{BAD_TOKEN_LIMIT, THROTTLE_MS};
     let mut h = Harness::start();
     h.act_ok(|ctx, store| admin::add_user(ctx, store, "alice", Role::Admin, "right password"));
-    let api = Api { h: &h, http: h.raw() };
+    let api = Api {
+        h: &h,
+        http: h.raw(),
+    };
     for _ in 0..=BAD_TOKEN_LIMIT {
         let (status, body) = api.login("alice", "wrong password").await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
