@@ -180,7 +180,7 @@ fn usage_and_sweep(c: &mut Criterion) {
 fn sequence(c: &mut Criterion) {
     let mut group = c.benchmark_group("sequence");
     group.throughput(Throughput::Elements(1));
-    let tracker = SequenceTracker::new();
+    let tracker = SequenceTracker::with_key(&FingerprintKey([8; 32]));
     let mut n = 0u64;
     group.bench_function("in_order", |b| {
         b.iter(|| {

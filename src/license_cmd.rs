@@ -214,7 +214,7 @@ fn keygen(args: &KeygenArgs) -> Result<(), Failure> {
         .create(&args.out_dir)
         .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
 
-    let key = SigningKey::generate();
+    let key = SigningKey::generate_with(&mut rand::rngs::OsRng);
     let public = key.public_key();
     write_file(
         &key_path,

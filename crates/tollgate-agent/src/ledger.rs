@@ -76,7 +76,7 @@ pub fn node_key(state_dir: &Path) -> Result<(NodeKey, bool), LedgerError> {
             Ok((NodeKey::from_seed(&seed), false))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let key = NodeKey::generate();
+            let key = NodeKey::generate_with(&mut rand::rngs::OsRng);
             // Never replaces a key: a second writer racing here fails instead.
             tollgate_durable::write_new(&path, &key.seed(), 0o600).map_err(StateError::from)?;
             Ok((key, true))

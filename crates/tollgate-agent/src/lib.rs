@@ -243,7 +243,9 @@ pub async fn run(
         &tables,
         &Pipeline {
             tables: Arc::clone(&tables),
-            sequences: Arc::new(SequenceTracker::default()),
+            sequences: Arc::new(SequenceTracker::with_key(
+                &tollgate_usage::FingerprintKey::generate(&mut rand::rngs::OsRng),
+            )),
             admission: Arc::new(tollgate_ingest::AdmitAll),
             observer: None,
             journal: None,
@@ -355,7 +357,9 @@ pub async fn run(
         )),
     };
 
-    let sequences = Arc::new(SequenceTracker::default());
+    let sequences = Arc::new(SequenceTracker::with_key(
+        &tollgate_usage::FingerprintKey::generate(&mut rand::rngs::OsRng),
+    ));
     let pipeline = Pipeline {
         tables: Arc::clone(&tables),
         sequences: Arc::clone(&sequences),

@@ -116,7 +116,7 @@ impl StateDir {
                 Ok(FingerprintKey(key))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let key = FingerprintKey::random();
+                let key = FingerprintKey::generate(&mut rand::rngs::OsRng);
                 write_atomically(&path, &key.0, 0o600)?;
                 Ok(key)
             }

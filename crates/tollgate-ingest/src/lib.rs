@@ -474,7 +474,7 @@ mod tests {
         ));
         let pipeline = Pipeline {
             tables: Arc::clone(&tables),
-            sequences: Arc::new(SequenceTracker::default()),
+            sequences: Arc::new(SequenceTracker::with_key(&FingerprintKey([8; 32]))),
             admission: Arc::new(AdmitAll),
             observer: None,
             journal: None,

@@ -463,9 +463,9 @@ mod tests {
         Pipeline {
             tables: Arc::new(Tables::new(
                 TablesConfig::default(),
-                FingerprintKey::random(),
+                FingerprintKey([7; 32]),
             )),
-            sequences: Arc::new(SequenceTracker::default()),
+            sequences: Arc::new(SequenceTracker::with_key(&FingerprintKey([8; 32]))),
             admission: Arc::new(AdmitAll),
             observer: None,
             journal: None,
@@ -609,7 +609,7 @@ mod tests {
                     max_expires_s: 3600,
                     ..TablesConfig::default()
                 },
-                FingerprintKey::random(),
+                FingerprintKey([7; 32]),
             )),
             ..pipeline()
         };

@@ -113,8 +113,16 @@ impl std::fmt::Debug for NodeKey {
 }
 
 impl NodeKey {
+    /// A new random key from `rng`: entropy is an argument (the agent passes the operating
+    /// system's generator).
+    pub fn generate_with(rng: &mut (impl rand::RngCore + rand::CryptoRng)) -> NodeKey {
+        NodeKey(ed25519_dalek::SigningKey::generate(rng))
+    }
+
+    /// [`NodeKey::generate_with`] the operating system's generator: a convenience kept for
+    /// tests; no library code path calls it.
     pub fn generate() -> NodeKey {
-        NodeKey(ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng))
+        NodeKey::generate_with(&mut rand::rngs::OsRng)
     }
 
     pub fn from_seed(seed: &[u8; 32]) -> NodeKey {

@@ -207,7 +207,7 @@ pub fn create_key(
         .mode(0o700)
         .create(dir)
         .map_err(write_error(dir))?;
-    let key = SigningKey::generate();
+    let key = SigningKey::generate_with(&mut rand::rngs::OsRng);
     let stem = format!("{}-{}", compact_utc(activation_ms), key.key_id());
     let key_path = dir.join(format!("{stem}.key"));
     let pub_path = dir.join(format!("{stem}.pub"));

@@ -127,9 +127,16 @@ pub struct SigningKey {
 }
 
 impl SigningKey {
-    /// A new random key from the operating system's generator.
+    /// A new random key from `rng`: entropy is an argument (the CLI and the license server
+    /// pass the operating system's generator).
+    pub fn generate_with(rng: &mut (impl rand::RngCore + rand::CryptoRng)) -> SigningKey {
+        SigningKey::from_key(ed25519_dalek::SigningKey::generate(rng))
+    }
+
+    /// [`SigningKey::generate_with`] the operating system's generator: a convenience kept
+    /// for tests and examples; no library code path calls it.
     pub fn generate() -> SigningKey {
-        SigningKey::from_key(ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng))
+        SigningKey::generate_with(&mut rand::rngs::OsRng)
     }
 
     /// The key with this 32-byte secret seed (tests and fixed examples).

@@ -124,11 +124,11 @@ struct Row {
 fn run_one(cli: &Cli, format: Format, run: usize) -> Row {
     let tables = Arc::new(Tables::new(
         TablesConfig::default(),
-        FingerprintKey::random(),
+        FingerprintKey([7; 32]),
     ));
     let pipeline = Pipeline {
         tables: Arc::clone(&tables),
-        sequences: Arc::new(SequenceTracker::default()),
+        sequences: Arc::new(SequenceTracker::with_key(&FingerprintKey([8; 32]))),
         admission: Arc::new(AdmitAll),
         observer: None,
         journal: None,

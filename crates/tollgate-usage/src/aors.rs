@@ -380,7 +380,7 @@ mod tests {
     }
 
     fn tables() -> Tables {
-        Tables::new(TablesConfig::default(), FingerprintKey::random())
+        Tables::new(TablesConfig::default(), FingerprintKey([9; 32]))
     }
 
     #[test]

@@ -53,22 +53,23 @@
 
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
-use rand::RngCore;
 use siphasher::sip128::SipHasher13;
 use tollgate_events::CallRef;
 
 /// The secret key of the call and registration fingerprints.
 ///
-/// Generated once ([`FingerprintKey::random`]) and persisted by the agent; a snapshot can
+/// Generated once ([`FingerprintKey::generate`], from entropy the agent passes in) and
+/// persisted by the agent; a snapshot can
 /// only be restored with the key it was taken with ([`FingerprintKey::id`] is checked).
 #[derive(Clone)]
 pub struct FingerprintKey(pub [u8; 32]);
 
 impl FingerprintKey {
-    /// A fresh key from the operating system's random number generator.
-    pub fn random() -> Self {
+    /// A fresh key from `rng` (the agent passes the operating system's generator; this
+    /// crate never reads entropy itself).
+    pub fn generate(rng: &mut (impl rand::RngCore + rand::CryptoRng)) -> Self {
         let mut key = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut key);
+        rng.fill_bytes(&mut key);
         FingerprintKey(key)
     }
 
@@ -401,8 +402,9 @@ mod tests {
 
     #[test]
     fn random_keys_differ_and_debug_hides_the_key() {
-        let a = FingerprintKey::random();
-        let b = FingerprintKey::random();
+        let mut rng = rand::rngs::OsRng;
+        let a = FingerprintKey::generate(&mut rng);
+        let b = FingerprintKey::generate(&mut rng);
         assert_ne!(a.0, b.0);
         assert_ne!(a.id(), b.id());
         let shown = format!("{a:?}");

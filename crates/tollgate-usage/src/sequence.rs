@@ -217,12 +217,6 @@ pub struct SequenceTracker {
     evicted_total: AtomicU64,
 }
 
-impl Default for SequenceTracker {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl std::fmt::Debug for SequenceTracker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SequenceTracker")
@@ -234,11 +228,8 @@ impl std::fmt::Debug for SequenceTracker {
 }
 
 impl SequenceTracker {
-    /// A tracker with a fresh random fingerprint key (sequence state is not persisted).
-    pub fn new() -> Self {
-        Self::with_key(&FingerprintKey::random())
-    }
-
+    /// A tracker whose sender ids are fingerprinted with `key` (the agent passes a fresh
+    /// random one: sequence state is not persisted).
     pub fn with_key(key: &FingerprintKey) -> Self {
         SequenceTracker {
             fingerprinter: Fingerprinter::new(key),

@@ -523,7 +523,7 @@ fn main() -> anyhow::Result<()> {
     let expected_admit = format!("{}\n", gate.decide(calls_now, false).as_reply());
     let pipeline = Pipeline {
         tables: Arc::clone(&tables),
-        sequences: Arc::new(SequenceTracker::default()),
+        sequences: Arc::new(SequenceTracker::with_key(&FingerprintKey([8; 32]))),
         admission: Arc::new(LicenseAdmission {
             gate: Arc::clone(&gate),
             calls: {

@@ -676,7 +676,7 @@ fn new_pipeline(args: &Args, dir: &std::path::Path, name: &str) -> anyhow::Resul
             TablesConfig::default(),
             FingerprintKey([7; 32]),
         )),
-        sequences: Arc::new(SequenceTracker::default()),
+        sequences: Arc::new(SequenceTracker::with_key(&FingerprintKey([8; 32]))),
         admission: Arc::new(AdmitAll),
         observer: None,
         journal: match args.journal_fsync_ms {

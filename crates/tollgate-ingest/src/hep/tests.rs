@@ -19,11 +19,11 @@ impl Harness {
     fn start(auth_key: Option<&[u8]>) -> Self {
         let tables = Arc::new(Tables::new(
             TablesConfig::default(),
-            FingerprintKey::random(),
+            FingerprintKey([7; 32]),
         ));
         let pipeline = Pipeline {
             tables: Arc::clone(&tables),
-            sequences: Arc::new(SequenceTracker::default()),
+            sequences: Arc::new(SequenceTracker::with_key(&FingerprintKey([8; 32]))),
             admission: Arc::new(AdmitAll),
             observer: None,
             journal: None,
@@ -249,11 +249,11 @@ fn bad_packets_are_counted_by_reason_and_dropped() {
 fn bad_configuration_is_refused() {
     let tables = Arc::new(Tables::new(
         TablesConfig::default(),
-        FingerprintKey::random(),
+        FingerprintKey([7; 32]),
     ));
     let pipeline = Pipeline {
         tables,
-        sequences: Arc::new(SequenceTracker::default()),
+        sequences: Arc::new(SequenceTracker::with_key(&FingerprintKey([8; 32]))),
         admission: Arc::new(AdmitAll),
         observer: None,
         journal: None,
