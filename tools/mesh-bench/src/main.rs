@@ -77,6 +77,12 @@ struct Args {
     /// alternating), e.g. `10,100,1000`; none by default. Also times AoR visibility.
     #[arg(long, value_delimiter = ',')]
     aor_rates: Vec<u64>,
+    /// After the AoR phases: one node crashes, stays away until the others expire it, each
+    /// other node meanwhile adds this many AoRs and removes as many; then it restarts (a new
+    /// incarnation, its old set loaded) and the time until every node counts the exact
+    /// union is measured. 0 = skip.
+    #[arg(long, default_value_t = 0)]
+    aor_rejoin_changes: u64,
     /// AoRs each node holds before the AoR phases.
     #[arg(long, default_value_t = 5_000)]
     aor_set: u64,
@@ -212,6 +218,11 @@ struct AorReport {
     missed: u64,
     /// Per rate: (changes/s per node, baseline B/s per node, with AoR deltas B/s per node).
     churn: Vec<(u64, f64, f64)>,
+    /// Every node's set (member indices) at the end of the phases.
+    sets: Vec<Vec<u64>>,
+    /// Rejoin: (ms away, ms from restart to the exact union everywhere, bytes sent by all
+    /// nodes meanwhile).
+    rejoin: Option<(u64, u64, u64)>,
 }
 
 impl AorReport {
@@ -293,6 +304,11 @@ impl Report {
                 "visible_everywhere": latency(&aor.everywhere_us),
                 "visible_per_node": latency(&aor.per_node_us),
                 "missed": aor.missed,
+                "rejoin": aor.rejoin.map(|(away_ms, took_ms, bytes)| serde_json::json!({
+                    "away_ms": away_ms,
+                    "exact_everywhere_after_ms": took_ms,
+                    "bytes_sent": bytes,
+                })),
                 "churn": aor.churn.iter().map(|(rate, baseline, with)| serde_json::json!({
                     "changes_per_s_per_node": rate,
                     "baseline_tx_bytes_per_s": baseline,
@@ -408,6 +424,12 @@ async fn run(nodes: usize, args: &Args, replication: &Config) -> anyhow::Result<
         error_reasons,
         aor,
     };
+    let mut report = report;
+    if args.aor_rejoin_changes > 0
+        && let Some(aor) = &mut report.aor
+    {
+        aor.rejoin = Some(rejoin(&mut meshes, &ca, replication, aor, args).await?);
+    }
     let mut leaving = JoinSet::new();
     for mesh in meshes {
         leaving.spawn(mesh.shutdown());
@@ -483,6 +505,88 @@ async fn convergence(
         tokio::time::sleep(Duration::from_millis(args.gap_ms + jitter)).await;
     }
     Ok((per_node, everywhere, missed))
+}
+
+/// The last node crashes and stays away until every other node expired it, while each of
+/// them adds and removes `aor_rejoin_changes` AoRs; it restarts (incarnation 2, its old set
+/// loaded, as a restart from a snapshot would) and is timed to the exact union everywhere.
+async fn rejoin(
+    meshes: &mut Vec<Mesh>,
+    ca: &ClusterCa,
+    replication: &Config,
+    aor: &mut AorReport,
+    args: &Args,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let nodes = meshes.len();
+    let away = nodes - 1;
+    let gone = meshes.pop().context("no node")?;
+    drop(gone);
+    let left_at = Instant::now();
+    eprintln!("{nodes} nodes: node {away} crashed; the others churn and expire it");
+    for (node, mesh) in meshes.iter().enumerate() {
+        let set = &mut aor.sets[node];
+        let mut changes = Vec::new();
+        let start = 50_000_000u64;
+        for i in 0..args.aor_rejoin_changes {
+            changes.push((aor_fp(node, start + i), true));
+            set.push(start + i);
+        }
+        for index in set.drain(..args.aor_rejoin_changes as usize) {
+            changes.push((aor_fp(node, index), false));
+        }
+        for chunk in changes.chunks(1_000) {
+            mesh.aor(AorInput::Changes(chunk.to_vec())).await?;
+        }
+    }
+    let expired = |meshes: &[Mesh]| {
+        meshes
+            .iter()
+            .all(|mesh| mesh.aggregate().nodes_live + mesh.aggregate().nodes_suspect == nodes - 1)
+    };
+    while !expired(meshes) || left_at.elapsed() < Duration::from_millis(replication.expire_after_ms)
+    {
+        if left_at.elapsed() > FORM_TIMEOUT {
+            bail!("node {away} never expired");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let away_ms = left_at.elapsed().as_millis() as u64;
+    let expected: u64 = aor.sets.iter().map(|set| set.len() as u64).sum();
+    let bytes = |meshes: &[Mesh]| -> u64 { meshes.iter().map(|m| m.stats().udp.tx_bytes).sum() };
+    let before = bytes(meshes);
+    let node_id = format!("node-{away:02}");
+    let cert = ca.issue(&node_id)?;
+    let started = Instant::now();
+    let mesh = Mesh::start(MeshConfig {
+        node_id,
+        listen: "127.0.0.1:0".parse()?,
+        advertise: None,
+        seeds: vec![meshes[0].local_addr()],
+        ca_pem: ca.cert_pem().to_owned(),
+        cert_pem: cert.cert_pem,
+        key_pem: cert.key_pem,
+        incarnation: 2,
+        replication: replication.clone(),
+    })?;
+    let own: Vec<u64> = aor.sets[away].iter().map(|i| aor_fp(away, *i)).collect();
+    mesh.aor(AorInput::Load(own)).await?;
+    meshes.push(mesh);
+    while !meshes.iter().all(|mesh| {
+        let aggregate = mesh.aggregate();
+        aggregate.registered_subscribers_distinct == expected && aggregate.nodes_live == nodes
+    }) {
+        if started.elapsed() > FORM_TIMEOUT {
+            bail!("the rejoin never converged to {expected}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took_ms = started.elapsed().as_millis() as u64;
+    let sent = bytes(meshes).saturating_sub(before);
+    eprintln!(
+        "{nodes} nodes: node {away} back after {away_ms} ms away: exact union ({expected}) \
+         everywhere {took_ms} ms after its restart; {sent} bytes sent meanwhile"
+    );
+    Ok((away_ms, took_ms, sent))
 }
 
 /// A fingerprint for AoR `index` of node `node` (spread over the space, like SipHash's).
@@ -637,6 +741,8 @@ async fn aor_phases(meshes: &[Mesh], args: &Args) -> anyhow::Result<AorReport> {
         per_node_us: per_node,
         missed,
         churn,
+        sets,
+        rejoin: None,
     })
 }
 
