@@ -135,6 +135,7 @@ pub struct RawState {
     pub dir: Option<PathBuf>,
     pub snapshot_interval_s: Option<u64>,
     pub fsync_interval_ms: Option<u64>,
+    pub journal_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -278,6 +279,8 @@ pub struct Config {
     /// How often the journal is synced to disk: what a power loss can lose at most. Zero:
     /// every batch is synced before it is applied.
     pub fsync_interval: Duration,
+    /// The bound on the journal's segments on disk; past it the journal is suspended.
+    pub journal_max_bytes: u64,
     pub events_udp: Option<SocketAddr>,
     pub events_unix: Option<PathBuf>,
     pub unix_mode: u32,
@@ -417,6 +420,11 @@ fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
 pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 1000;
 /// Largest `[state] fsync_interval_ms`.
 pub const FSYNC_INTERVAL_MS_MAX: u64 = 60_000;
+/// Default `[state] journal_max_bytes` (1 GiB).
+pub const JOURNAL_MAX_BYTES_DEFAULT: u64 = 1 << 30;
+/// Range of `[state] journal_max_bytes`: 64 KiB ..= 1 TiB.
+pub const JOURNAL_MAX_BYTES_MIN: u64 = 64 << 10;
+pub const JOURNAL_MAX_BYTES_MAX: u64 = 1 << 40;
 
 impl Config {
     /// Validates `raw`; `state_dir_override` (the `--state-dir` flag) wins over `[state] dir`.
@@ -500,6 +508,14 @@ impl Config {
                 0,
                 FSYNC_INTERVAL_MS_MAX,
             )?),
+            journal_max_bytes: in_range(
+                "state.journal_max_bytes",
+                raw.state
+                    .journal_max_bytes
+                    .unwrap_or(JOURNAL_MAX_BYTES_DEFAULT),
+                JOURNAL_MAX_BYTES_MIN,
+                JOURNAL_MAX_BYTES_MAX,
+            )?,
             state_dir,
             events_udp,
             events_unix,

@@ -3,7 +3,7 @@
 //! | method | path | answer |
 //! | --- | --- | --- |
 //! | GET | `/` | the operator's web page (see `web.rs`) |
-//! | GET | `/healthz` | `ok` (200) while the agent runs; then one `state reset: …` line per state reset not yet acknowledged |
+//! | GET | `/healthz` | `ok` (200) while the agent runs; then `journal suspended: …` while the journal is suspended (full or failing), and one `state reset: …` line per state reset not yet acknowledged |
 //! | GET | `/metrics` | Prometheus text exposition |
 //! | GET | `/api/v1/usage` | this node's usage as JSON ([`UsageReport`]), with `admissions_denied` by code |
 //! | GET | `/api/v1/usage/history` | per-minute peaks of the last 24 h as JSON; `?resolution=hour`: hourly peaks of the last 90 days, with the cluster's (`cluster_peak_*`) in a mesh, persisted in `history.json` |
@@ -190,6 +190,12 @@ pub fn router(state: Arc<AgentState>) -> Router {
 /// `ok`, then the pending state resets (the agent is alive either way: 200).
 async fn healthz(State(state): State<Arc<AgentState>>) -> String {
     let mut out = String::from("ok\n");
+    if let Some((why, segment)) = state.journal.as_ref().and_then(|j| j.suspended()) {
+        out.push_str(&format!(
+            "journal suspended: {} since segment {segment}: events are applied but a crash loses them until a snapshot is written (tollgate_journal_suspended)\n",
+            why.as_str()
+        ));
+    }
     for reset in state.resets.pending() {
         out.push_str(&format!(
             "state reset: {} at {} ms: {} (acknowledge: POST /api/v1/state/resets/acknowledge)\n",

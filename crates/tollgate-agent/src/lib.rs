@@ -258,6 +258,7 @@ pub async fn run(
         tables.fingerprint_key_id(),
         tollgate_ingest::clock_offset_ms(),
         config.fsync_interval,
+        config.journal_max_bytes,
     ) {
         Ok(j) => Some(Arc::new(j)),
         Err(e) => {

@@ -353,6 +353,31 @@ pub fn render(state: &AgentState) -> String {
             s.write_failures.load(Relaxed),
         );
         m.counter(
+            "tollgate_journal_unjournaled_batches_total",
+            "Batches applied while the journal was suspended (full or failing): lost by a crash before the next snapshot.",
+            s.unjournaled.load(Relaxed),
+        );
+        m.counter(
+            "tollgate_journal_suspensions_total",
+            "Times the journal was suspended (over [state] journal_max_bytes, or a failed write).",
+            s.suspensions.load(Relaxed),
+        );
+        m.gauge(
+            "tollgate_journal_suspended",
+            "1 while the journal is suspended: applied batches are not crash-safe until a snapshot is written.",
+            s.suspended.load(Relaxed),
+        );
+        m.gauge(
+            "tollgate_journal_retained_bytes",
+            "Bytes of the journal segments on disk (not yet covered by a snapshot).",
+            s.retained_bytes.load(Relaxed),
+        );
+        m.gauge(
+            "tollgate_journal_max_bytes",
+            "[state] journal_max_bytes: the bound on tollgate_journal_retained_bytes.",
+            j.max_bytes(),
+        );
+        m.counter(
             "tollgate_journal_fsyncs_total",
             "fsyncs of the journal.",
             s.fsyncs.load(Relaxed),

@@ -20,6 +20,7 @@
 
 use std::path::Path;
 
+use tollgate_ingest::journal::gap_file_name;
 use tollgate_ingest::{Journal, LocalStats, Pipeline, tables_clock, wall_clock};
 use tollgate_usage::Tables;
 use tollgate_usage::journal::{
@@ -129,6 +130,36 @@ pub fn recover(
             true
         }
     });
+    // A gap the journal left while suspended (full or failing): a marker the snapshot covers
+    // is stale; one it does not cover means the journal holds the events only up to the gap,
+    // so replay stops there (a prefix of what was applied, never a state with a batch missing
+    // in the middle) and the loss is a reset.
+    let gaps = tollgate_ingest::journal::gap_markers(&journal_dir);
+    for &gap in &gaps {
+        if gap < from {
+            let _ = std::fs::remove_file(journal_dir.join(gap_file_name(gap)));
+        }
+    }
+    if let Some(&gap) = gaps.iter().find(|&&g| g >= from) {
+        segments.retain(|&n| {
+            if n > gap {
+                let _ = std::fs::remove_file(journal_dir.join(segment_file_name(n)));
+                false
+            } else {
+                true
+            }
+        });
+        for &g in gaps.iter().filter(|&&g| g >= from) {
+            let _ = std::fs::remove_file(journal_dir.join(gap_file_name(g)));
+        }
+        resets.record(
+            ResetReason::JournalGap,
+            wall_ms,
+            format!(
+                "the journal was suspended (full or failing) in segment {gap} and no snapshot was written after it: events applied since then are lost; replayed up to the gap"
+            ),
+        );
+    }
     if replay_from.is_some_and(|n| n > 0) && segments.first() != Some(&from) {
         resets.record(
             ResetReason::JournalMissing,
@@ -282,6 +313,14 @@ pub fn checkpoint(
             .write_snapshot(now, wall_clock(), segment, w)
             .map(|(_, len)| len)
     })?;
-    tollgate_ingest::journal::remove_segments_before(&state_dir.path().join(JOURNAL_DIR), segment);
+    match journal {
+        Some(j) => j.remove_before(segment),
+        None => {
+            tollgate_ingest::journal::remove_segments_before(
+                &state_dir.path().join(JOURNAL_DIR),
+                segment,
+            );
+        }
+    }
     Ok(len as usize)
 }

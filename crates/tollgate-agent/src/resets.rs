@@ -33,16 +33,20 @@ pub enum ResetReason {
     StateDirUnreadable,
     /// Another component (the ledger) found state it cannot trust.
     LedgerUnreadable,
+    /// The journal was suspended (full or failing) and no snapshot covered the gap before
+    /// the agent stopped: what was applied after the gap is lost.
+    JournalGap,
 }
 
 impl ResetReason {
-    pub const ALL: [ResetReason; 6] = [
+    pub const ALL: [ResetReason; 7] = [
         ResetReason::SnapshotMissing,
         ResetReason::SnapshotUnreadable,
         ResetReason::JournalMissing,
         ResetReason::JournalUnreadable,
         ResetReason::StateDirUnreadable,
         ResetReason::LedgerUnreadable,
+        ResetReason::JournalGap,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +57,7 @@ impl ResetReason {
             ResetReason::JournalUnreadable => "journal_unreadable",
             ResetReason::StateDirUnreadable => "state_dir_unreadable",
             ResetReason::LedgerUnreadable => "ledger_unreadable",
+            ResetReason::JournalGap => "journal_gap",
         }
     }
 }

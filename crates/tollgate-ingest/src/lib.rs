@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use hep::{
     HepConfig, HepHandle, HepIngest, HepResult, HepSnapshot, TrackerConfig, TrackerCounters,
 };
-pub use journal::{Journal, JournalStats};
+pub use journal::{Journal, JournalStats, Suspension};
 pub use pipeline::{
     Admission, AdmitAll, BatchObserver, Decision, PREFETCH_DEPTH, Pending, Pipeline,
     REPLY_BYTES_MAX,

@@ -686,6 +686,8 @@ fn new_pipeline(args: &Args, dir: &std::path::Path, name: &str) -> anyhow::Resul
                 7,
                 0,
                 Duration::from_millis(ms),
+                // No checkpoints here: unbounded, so every batch is appended.
+                u64::MAX,
             )?)),
             None => None,
         },
