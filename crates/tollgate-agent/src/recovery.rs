@@ -300,6 +300,9 @@ pub fn checkpoint(
     journal: Option<&Journal>,
     segment: u64,
 ) -> Result<usize, StateError> {
+    // One checkpoint at a time: a slower one finishing after a newer one would put back a
+    // snapshot naming a segment the newer one removed.
+    let _one = state_dir.checkpoint_lock();
     let segment = match journal {
         Some(j) => j.rotate().map_err(|source| StateError::Io {
             path: j.dir().to_owned(),
@@ -323,4 +326,100 @@ pub fn checkpoint(
         }
     }
     Ok(len as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tollgate_events::{CallRef, Event};
+    use tollgate_usage::{FingerprintKey, TablesConfig};
+
+    use super::*;
+
+    /// Regression (issue 11): the periodic checkpoint and the shutdown's ran at once, and the
+    /// slower one's snapshot, naming an older segment, replaced the newer one after the
+    /// newer one had removed that segment: the next start reported `journal_missing`.
+    #[test]
+    fn concurrent_checkpoints_always_leave_the_segment_the_snapshot_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = Arc::new(StateDir::open(dir.path()).unwrap());
+        let tables = Arc::new(Tables::new(
+            TablesConfig::default(),
+            FingerprintKey([3; 32]),
+        ));
+        let now = tables_clock();
+        for i in 0..20_000u32 {
+            let id = format!("c{i}");
+            tables.apply(
+                now,
+                &Event::CallStart {
+                    call: CallRef {
+                        call_id: id.as_bytes(),
+                        from_tag: None,
+                    },
+                    emergency: false,
+                },
+            );
+        }
+        let journal = Arc::new(
+            Journal::open(
+                &dir.path().join(JOURNAL_DIR),
+                1,
+                tables.fingerprint_key_id(),
+                0,
+                Duration::from_secs(1),
+                u64::MAX,
+            )
+            .unwrap(),
+        );
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (t, s, j) = (
+                    Arc::clone(&tables),
+                    Arc::clone(&state_dir),
+                    Arc::clone(&journal),
+                );
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        checkpoint(&t, &s, Some(&j), 0).unwrap();
+                        // Between checkpoints, the snapshot's segment is there.
+                        let _between = s.checkpoint_lock();
+                        let bytes = s.read_snapshot().unwrap().unwrap();
+                        let named = tollgate_usage::decode_snapshot(&bytes)
+                            .unwrap()
+                            .journal_segment;
+                        assert!(
+                            s.path()
+                                .join(JOURNAL_DIR)
+                                .join(segment_file_name(named))
+                                .exists(),
+                            "the snapshot names segment {named}, which is gone"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let bytes = state_dir.read_snapshot().unwrap().unwrap();
+        let named = tollgate_usage::decode_snapshot(&bytes)
+            .unwrap()
+            .journal_segment;
+        assert_eq!(
+            named,
+            journal
+                .stats
+                .segment
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+        assert!(
+            dir.path()
+                .join(JOURNAL_DIR)
+                .join(segment_file_name(named))
+                .exists()
+        );
+    }
 }

@@ -60,6 +60,11 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
 pub struct StateDir {
     path: PathBuf,
     _lock: File,
+    /// Held across a whole checkpoint (rotate, snapshot, removal of the old segments): two
+    /// checkpoints at once (the periodic one and the shutdown's, or a reconcile run's)
+    /// could otherwise leave the older snapshot in place after the newer one removed the
+    /// segment it names.
+    checkpoint: parking_lot::Mutex<()>,
 }
 
 impl StateDir {
@@ -91,7 +96,13 @@ impl StateDir {
         Ok(StateDir {
             path: path.to_owned(),
             _lock: lock,
+            checkpoint: parking_lot::Mutex::new(()),
         })
+    }
+
+    /// Serializes checkpoints of this state dir (see the field).
+    pub fn checkpoint_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.checkpoint.lock()
     }
 
     pub fn path(&self) -> &Path {

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Short run for CI: proves the tool works; the figures of a quick run are not reported.
+set -euo pipefail
+cargo run --release -p state-bench -- --quick

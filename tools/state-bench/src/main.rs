@@ -1,0 +1,185 @@
+//! state-bench: the agent's checkpoint and restart at millions of calls (README.md).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use tollgate_agent::recovery;
+use tollgate_agent::resets::StateResets;
+use tollgate_agent::state::StateDir;
+use tollgate_events::{CallRef, Event};
+use tollgate_ingest::{AdmitAll, Journal, Pipeline, tables_clock};
+use tollgate_usage::journal::RecordBuilder;
+use tollgate_usage::{SequenceTracker, Tables, TablesConfig};
+
+#[derive(Debug, Parser)]
+#[command(about = "Checkpoint and restart of the agent's state at millions of calls")]
+struct Args {
+    /// Active calls, comma-separated.
+    #[arg(long, default_value = "1000000,10000000")]
+    calls: String,
+    /// Events in the journal replayed at restart (starts and stops of other calls, in
+    /// batches of 64 per record, as ingest appends them).
+    #[arg(long, default_value_t = 1_000_000)]
+    journal_events: usize,
+    /// Small (CI): proves the tool works; not for reporting.
+    #[arg(long)]
+    quick: bool,
+}
+
+const BATCH: usize = 64;
+
+/// A field of `/proc/self/status`, in KiB.
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn config(calls: usize) -> TablesConfig {
+    TablesConfig {
+        max_active_calls: (calls as u64 * 2).max(1 << 20),
+        ..TablesConfig::default()
+    }
+}
+
+fn call_id(i: usize) -> String {
+    format!("{i:016x}-state-bench@10.0.0.1")
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.calls = "20000".to_owned();
+        args.journal_events = 10_000;
+    }
+    println!(
+        "{:>10} {:>11} {:>12} {:>15} {:>11} {:>15} {:>13}",
+        "calls", "fill s", "checkpoint ms", "snapshot MB", "extra MB", "restore ms", "restart ms"
+    );
+    for calls in args.calls.split(',').map(|s| s.trim().parse::<usize>()) {
+        let calls = calls.context("--calls: numbers")?;
+        run(calls, args.journal_events)?;
+    }
+    Ok(())
+}
+
+fn run(calls: usize, journal_events: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("state");
+    let state_dir = StateDir::open(&path)?;
+    let key = state_dir.fingerprint_key()?;
+    let tables = Tables::new(config(calls), key.clone());
+    let now = tables_clock();
+    let t = Instant::now();
+    for i in 0..calls {
+        let id = call_id(i);
+        let call = CallRef {
+            call_id: id.as_bytes(),
+            from_tag: Some(b"t"),
+        };
+        tables.apply(
+            now,
+            &Event::CallStart {
+                call,
+                emergency: false,
+            },
+        );
+    }
+    let fill_s = t.elapsed().as_secs_f64();
+    anyhow::ensure!(tables.usage().calls == calls as u64, "the fill lost calls");
+
+    // Checkpoint: the streamed snapshot, durably written; extra peak memory while writing.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let rss_before = status_kib("VmRSS:");
+    let t = Instant::now();
+    let bytes = recovery::checkpoint(&tables, &state_dir, None, 1)?;
+    let checkpoint_ms = t.elapsed().as_secs_f64() * 1e3;
+    let extra_mb = status_kib("VmHWM:").saturating_sub(rss_before) as f64 / 1024.0;
+
+    // A journal after it: segment 1, records of 64 events (stops of snapshot calls and
+    // starts of new ones), as ingest appends them.
+    let journal = Journal::open(
+        &path.join(recovery::JOURNAL_DIR),
+        1,
+        tables.fingerprint_key_id(),
+        tollgate_ingest::clock_offset_ms(),
+        Duration::from_secs(1),
+        u64::MAX,
+    )?;
+    let mut record = RecordBuilder::default();
+    let mut datagram = String::new();
+    let mut stopped = 0usize;
+    for batch in 0..journal_events.div_ceil(BATCH) {
+        record.begin(now);
+        for k in 0..BATCH {
+            datagram.clear();
+            let i = batch * BATCH + k;
+            if i % 2 == 0 && stopped < calls {
+                datagram.push_str(&format!("call-stop {} tag=t\n", call_id(stopped)));
+                stopped += 1;
+            } else {
+                datagram.push_str(&format!("call-start {} tag=t\n", call_id(calls + i)));
+            }
+            record.push(datagram.as_bytes());
+        }
+        anyhow::ensure!(
+            journal.lock().append(record.finish()),
+            "journal append failed"
+        );
+    }
+    journal.sync();
+    drop(journal);
+    drop(tables);
+    drop(state_dir);
+
+    // Restore alone: the snapshot file read and restored.
+    let restored = Tables::new(config(calls), key.clone());
+    let t = Instant::now();
+    let file = std::fs::read(path.join("usage.snapshot"))?;
+    restored.restore_bytes(&file)?;
+    let restore_ms = t.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(restored.usage().calls == calls as u64, "restore lost calls");
+    drop((restored, file));
+
+    // Restart: what the agent runs at start (snapshot + journal replay + sweep).
+    let state_dir = StateDir::open(&path)?;
+    let tables = Arc::new(Tables::new(config(calls), key));
+    let resets = StateResets::open(&path);
+    let replay = Pipeline {
+        tables: Arc::clone(&tables),
+        sequences: Arc::new(SequenceTracker::default()),
+        admission: Arc::new(AdmitAll),
+        observer: None,
+        journal: None,
+    };
+    let t = Instant::now();
+    let recovered = recovery::recover(&state_dir, &tables, &replay, &resets);
+    let restart_ms = t.elapsed().as_secs_f64() * 1e3;
+    let expected = calls + (journal_events.div_ceil(BATCH) * BATCH - 2 * stopped.min(calls));
+    anyhow::ensure!(
+        tables.usage().calls == expected as u64,
+        "restart counted {} calls, not {expected}",
+        tables.usage().calls
+    );
+    anyhow::ensure!(resets.pending().is_empty(), "the restart reported a reset");
+    println!(
+        "{:>10} {:>11.1} {:>12.0} {:>15.1} {:>11.1} {:>15.0} {:>13.0}   ({} journal records replayed)",
+        calls,
+        fill_s,
+        checkpoint_ms,
+        bytes as f64 / 1e6,
+        extra_mb,
+        restore_ms,
+        restart_ms,
+        recovered.records
+    );
+    Ok(())
+}
