@@ -122,7 +122,7 @@ fn run(calls: usize, journal_events: usize) -> anyhow::Result<()> {
         for k in 0..BATCH {
             datagram.clear();
             let i = batch * BATCH + k;
-            if i % 2 == 0 && stopped < calls {
+            if i.is_multiple_of(2) && stopped < calls {
                 datagram.push_str(&format!("call-stop {} tag=t\n", call_id(stopped)));
                 stopped += 1;
             } else {
