@@ -451,6 +451,8 @@ fn main() -> ExitCode {
             tables.fingerprint_key_id(),
             0,
             Duration::from_secs(1),
+            // No checkpoints here: unbounded, so every batch is appended.
+            u64::MAX,
         ) {
             Ok(j) => Some(Arc::new(j)),
             Err(e) => {
