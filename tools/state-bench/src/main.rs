@@ -151,11 +151,12 @@ fn run(calls: usize, journal_events: usize) -> anyhow::Result<()> {
 
     // Restart: what the agent runs at start (snapshot + journal replay + sweep).
     let state_dir = StateDir::open(&path)?;
+    let key_for_seq = key.clone();
     let tables = Arc::new(Tables::new(config(calls), key));
     let resets = StateResets::open(&path);
     let replay = Pipeline {
         tables: Arc::clone(&tables),
-        sequences: Arc::new(SequenceTracker::default()),
+        sequences: Arc::new(SequenceTracker::with_key(&key_for_seq)),
         admission: Arc::new(AdmitAll),
         observer: None,
         journal: None,
