@@ -457,51 +457,20 @@ fn system_proxy_applies(url: &Url) -> bool {
             let entry = entry.trim_start_matches('.').trim_start_matches("*.");
             entry == "*"
                 || (!entry.is_empty() && (host == entry || host.ends_with(&format!(".{entry}"))))
-                || entry
-                    .parse::<ipnet_lite::Net>()
-                    .is_ok_and(|net| net.contains(host))
+                || cidr_contains(entry, host)
         })
     });
     !excluded
 }
 
-/// Just enough CIDR matching for `NO_PROXY` entries like `10.0.0.0/8`.
-mod ipnet_lite {
-    use std::net::IpAddr;
-
-    pub struct Net {
-        address: IpAddr,
-        prefix: u8,
-    }
-
-    impl std::str::FromStr for Net {
-        type Err = ();
-
-        fn from_str(text: &str) -> Result<Net, ()> {
-            let (address, prefix) = text.split_once('/').ok_or(())?;
-            Ok(Net {
-                address: address.parse().map_err(|_| ())?,
-                prefix: prefix.parse().map_err(|_| ())?,
-            })
-        }
-    }
-
-    impl Net {
-        pub fn contains(&self, host: &str) -> bool {
-            let Ok(ip) = host.parse::<IpAddr>() else {
-                return false;
-            };
-            let (a, b, bits) = match (self.address, ip) {
-                (IpAddr::V4(a), IpAddr::V4(b)) => {
-                    (u128::from(u32::from(a)), u128::from(u32::from(b)), 32)
-                }
-                (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
-                _ => return false,
-            };
-            let prefix = u32::from(self.prefix).min(bits);
-            let shift = bits - prefix;
-            shift >= bits || (a >> shift) == (b >> shift)
-        }
+/// Whether `host` is an address inside a `NO_PROXY` CIDR entry like `10.0.0.0/8`.
+fn cidr_contains(entry: &str, host: &str) -> bool {
+    match (
+        entry.parse::<ipnet::IpNet>(),
+        host.parse::<std::net::IpAddr>(),
+    ) {
+        (Ok(net), Ok(ip)) => net.contains(&ip),
+        _ => false,
     }
 }
 
@@ -673,13 +642,12 @@ mod tests {
 
     #[test]
     fn no_proxy_cidrs_match() {
-        let net: ipnet_lite::Net = "10.0.0.0/8".parse().unwrap();
-        assert!(net.contains("10.1.2.3"));
-        assert!(!net.contains("11.1.2.3"));
-        assert!(!net.contains("example.com"));
-        let net: ipnet_lite::Net = "::1/128".parse().unwrap();
-        assert!(net.contains("::1"));
-        let net: ipnet_lite::Net = "0.0.0.0/0".parse().unwrap();
-        assert!(net.contains("192.0.2.1"));
+        assert!(cidr_contains("10.0.0.0/8", "10.1.2.3"));
+        assert!(!cidr_contains("10.0.0.0/8", "11.1.2.3"));
+        assert!(!cidr_contains("10.0.0.0/8", "example.com"));
+        assert!(cidr_contains("::1/128", "::1"));
+        assert!(!cidr_contains("::1/128", "127.0.0.1"));
+        assert!(cidr_contains("0.0.0.0/0", "192.0.2.1"));
+        assert!(!cidr_contains("example.com", "192.0.2.1"));
     }
 }

@@ -53,6 +53,7 @@
 
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
+#[cfg(feature = "bench")]
 use siphasher::sip128::SipHasher13;
 use tollgate_events::CallRef;
 
@@ -162,12 +163,15 @@ pub enum Domain {
     Sender = 3,
 }
 
-/// The keyed hash functions compared in `benches/fingerprint.rs`.
+/// The keyed hash functions compared in `benches/fingerprint.rs`. The alternatives to the
+/// hot path's exist only with this crate's `bench` feature (the benches turn it on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
     /// blake3 in keyed mode, first 128 bits of the output.
+    #[cfg(feature = "bench")]
     Blake3,
     /// SipHash-1-3 with 128-bit output.
+    #[cfg(feature = "bench")]
     SipHash13,
     /// xxh3-128 with a 192-byte secret. The hot path.
     Xxh3,
@@ -205,7 +209,9 @@ const ROLE_CONTEXTS: [&str; ROLE_COUNT] = [
 /// One role's key in the form its algorithm wants.
 #[derive(Clone)]
 enum RoleKey {
+    #[cfg(feature = "bench")]
     Blake3([u8; 32]),
+    #[cfg(feature = "bench")]
     SipHash13(SipHasher13),
     Xxh3([u8; XXH3_SECRET_LEN]),
 }
@@ -240,11 +246,13 @@ impl Fingerprinter {
                 .finalize_xof()
                 .fill(&mut material);
             match algorithm {
+                #[cfg(feature = "bench")]
                 Algorithm::Blake3 => {
                     let mut k = [0u8; 32];
                     k.copy_from_slice(&material[..32]);
                     RoleKey::Blake3(k)
                 }
+                #[cfg(feature = "bench")]
                 Algorithm::SipHash13 => {
                     let mut k = [0u8; 16];
                     k.copy_from_slice(&material[32..48]);
@@ -313,10 +321,12 @@ impl Fingerprinter {
             RoleKey::Xxh3(secret) => {
                 Fingerprint::from_u128(xxhash_rust::xxh3::xxh3_128_with_secret(message, secret))
             }
+            #[cfg(feature = "bench")]
             RoleKey::SipHash13(hasher) => {
                 let h = hasher.hash(message);
                 Fingerprint([h.h1, h.h2])
             }
+            #[cfg(feature = "bench")]
             RoleKey::Blake3(key) => {
                 let h = blake3::keyed_hash(key, message);
                 let mut first = [0u8; 16];
@@ -335,7 +345,10 @@ mod tests {
         FingerprintKey([7; 32])
     }
 
+    #[cfg(feature = "bench")]
     const ALL: [Algorithm; 3] = [Algorithm::Blake3, Algorithm::SipHash13, Algorithm::Xxh3];
+    #[cfg(not(feature = "bench"))]
+    const ALL: [Algorithm; 1] = [Algorithm::Xxh3];
 
     fn call(call_id: &'static [u8], from_tag: Option<&'static [u8]>) -> CallRef<'static> {
         CallRef { call_id, from_tag }
