@@ -14,7 +14,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 /// Largest batch handed to one `recvmmsg` call. Larger batches gave nothing more on the
-/// machines we measured (see `shared/notes/ingest-limits.md`).
+/// machines we measured (`docs/performance.md`, ingest).
 pub const RECV_BATCH_MAX: usize = 1024;
 
 /// Receives between two reads of the socket's kernel drop count (`SO_MEMINFO`); it is also
