@@ -18,9 +18,10 @@
 //! **Publication waits for the key.** A node that starts with a key of its own
 //! ([`Replica::set_aor_key`]) fingerprints its AoRs under it before it has heard the cluster's:
 //! published, an AoR registered through it and through a peer would count twice (two keys,
-//! two fingerprints) until its next refresh. So its set is held back: not sent, not answered,
-//! not counted even here, until a peer agreed on a key with it (sent it the key it holds, or
-//! sent one that won) *and* the IO layer says its set is fingerprinted under that key
+//! two fingerprints) until its next refresh. So its set is held back (not sent, not
+//! answered; counted here only while no other set held here has members) until a peer
+//! agreed on a key with it (sent it the key it holds, or sent one that won) *and* the IO
+//! layer says its set is fingerprinted under that key
 //! ([`Replica::aor_keyed`]: it re-keys the AoRs it registered meanwhile, whose text it kept).
 //! Then the whole set goes out at once (a summary; the copies reconcile), and the hold never
 //! returns: a later rotation moves each AoR at its refresh, as documented. A replica never
@@ -715,11 +716,12 @@ impl Replica {
 
     /// Liveness rules applied to the sets: a node's set counts exactly when its record does
     /// (live, suspect, held); a removed node's set is dropped.
+    ///
+    /// While this node's set is held back (the key not agreed yet) it still counts here as
+    /// long as no other counted set holds anything: alone (a first node, or peers not
+    /// reachable at start) nothing can be counted under two keys, and its figure is its own.
     pub(super) fn sync_aor_liveness(&mut self, now: u64) {
         let own = self.aor.own_slot;
-        self.aor
-            .sets
-            .set_counted(own, !self.left && self.aor.hold.is_none());
         let mut changes: Vec<(Slot, bool)> = Vec::new();
         let mut gone: Vec<String> = Vec::new();
         for (node_id, slot, was) in self.aor.sets.nodes() {
@@ -749,6 +751,13 @@ impl Replica {
             self.aor.sets.drop_node(&node_id);
             self.aor.copies.remove(&node_id);
         }
+        let alone = || {
+            self.aor.sets.nodes().all(|(_, slot, counted)| {
+                slot == own || !counted || self.aor.sets.digest(slot).count == 0
+            })
+        };
+        let own_counted = !self.left && (self.aor.hold.is_none() || alone());
+        self.aor.sets.set_counted(own, own_counted);
     }
 }
 

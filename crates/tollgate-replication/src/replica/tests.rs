@@ -922,3 +922,46 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_lone_node_counts_its_own_aors_while_it_waits_for_the_key() {
+    let mut replica = Replica::new(config(), "a", 1, MonoTime(0)).unwrap();
+    let key = crate::AorKey {
+        generation: 1,
+        created_at_ms: 5,
+        key: [1; 32],
+    };
+    replica.set_aor_key(MonoTime(0), key);
+    replica.aor_add(MonoTime(1), 11);
+    replica.aor_add(MonoTime(1), 12);
+    assert!(!replica.aor_set_published());
+    assert_eq!(
+        replica
+            .aggregate(MonoTime(1))
+            .registered_subscribers_distinct,
+        2
+    );
+    // A peer connects: nothing of this node's set goes out before the key is agreed.
+    replica.peer_connected(MonoTime(2), "b").unwrap();
+    let sent = drain(&mut replica, 2);
+    assert!(
+        sent.iter().all(|t| !matches!(
+            t.frame,
+            Frame::AorDelta(_) | Frame::AorSummary(_) | Frame::AorRanges(_)
+        )),
+        "{sent:?}"
+    );
+    // The peer sends the same key: agreed, published, still counted once.
+    replica
+        .handle_frame(MonoTime(3), "b", Frame::AorKey(key))
+        .unwrap();
+    assert!(replica.aor_set_published());
+    let sent = drain(&mut replica, 3);
+    assert!(sent.iter().any(|t| matches!(t.frame, Frame::AorSummary(_))));
+    assert_eq!(
+        replica
+            .aggregate(MonoTime(3))
+            .registered_subscribers_distinct,
+        2
+    );
+}
