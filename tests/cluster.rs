@@ -136,7 +136,16 @@ fn a_node_with_a_certificate_from_another_ca_is_refused() {
         &foreign.node("x", &seed, ""),
     );
     send_udp(x.udp(), b"call-start smuggled\n");
-    std::thread::sleep(Duration::from_secs(4));
+    // Not a sleep: wait until the intruder has tried and been turned away at least once (a
+    // second dial starts only after the first one ended), then look at what A counts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while x.metric("tollgate_mesh_dials_total").unwrap_or(0.0) < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the intruder never dialed twice"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let view = cluster(&a);
     assert_eq!(view["nodes"].as_array().unwrap().len(), 1, "{view:#}");
     assert_eq!(view["usage"]["calls"], 0);

@@ -367,9 +367,14 @@ fn stop_flag_ends_an_unbounded_run_and_progress_is_live() {
         let (stop, progress) = (Arc::clone(&stop), Arc::clone(&progress));
         thread::spawn(move || tollgate_loadgen::run_with_progress(&args, &stop, &progress))
     };
-    thread::sleep(Duration::from_millis(400));
-    let live = progress.snapshot();
-    assert!(live.events_sent > 50, "{live:?}");
+    // Progress is visible while it runs: poll for it instead of sleeping a fixed time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut live = progress.snapshot();
+    while live.events_sent <= 50 {
+        assert!(std::time::Instant::now() < deadline, "{live:?}");
+        thread::sleep(Duration::from_millis(20));
+        live = progress.snapshot();
+    }
     stop.store(true, Relaxed);
     let report = runner.join().unwrap().unwrap();
     done.store(true, Relaxed);
