@@ -354,3 +354,50 @@ fn kill_9_right_after_a_correction_replays_it_from_the_journal() {
         u["calls"] == 0 && u["registered_contacts"] == 0
     });
 }
+
+/// Owners are in the snapshot (format 4): after restarts that leave nothing in the journal,
+/// a source with a `sender` still corrects the entries its sender reported, and only those.
+#[test]
+fn a_senders_entries_stay_its_own_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = Arc::new(Mutex::new(false));
+    let (mi, _mode) = mi_http(Arc::clone(&stop));
+    let config = admin_config(
+        dir.path(),
+        &format!(
+            "[[reconcile]]\nkind = \"opensips\"\nurl = \"http://{mi}/mi\"\ninterval_s = 0\nsender = \"osips1\"\n"
+        ),
+    );
+    let state = dir.path().join("state");
+    let agent = Agent::start(&state, &config);
+    agent.send_events(b"seq osips1 1\ncall-start phantom@x tag=1\ncall-start 1-4242@127.0.1.1 tag=4242SIPpTag001\n");
+    agent.send_events(b"call-start unowned@x tag=1\n");
+    agent.wait_usage("3 calls", |u| u["calls"] == 3);
+    let (status, _) = agent.stop();
+    assert!(status.success());
+    // The first restart replays nothing (the stop's snapshot holds everything) and writes
+    // its own snapshot; the second restores only that one.
+    let (status, _) = Agent::start(&state, &config).stop();
+    assert!(status.success());
+    let agent = Agent::start(&state, &config);
+    assert_eq!(agent.usage()["calls"], 3);
+    assert_eq!(
+        agent
+            .metric("tollgate_journal_replayed_records")
+            .unwrap_or(0.0),
+        0.0
+    );
+    let answer = post_reconcile(&agent);
+    let c = &answer["runs"][0]["corrections"];
+    assert_eq!(
+        (&c["phantom_call"], &c["missing_call"]),
+        (&1.into(), &1.into()),
+        "{answer:#}"
+    );
+    // phantom@x (osips1's) is gone, unowned@x (nobody's) stays, 3-4242 was added.
+    assert_eq!(agent.usage()["calls"], 3);
+    agent.send_events(b"call-stop unowned@x tag=1\n");
+    agent.wait_usage("2 calls", |u| u["calls"] == 2);
+    *stop.lock().unwrap() = true;
+    let _ = std::net::TcpStream::connect(mi);
+}

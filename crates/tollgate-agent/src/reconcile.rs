@@ -391,9 +391,10 @@ pub fn apply_list(
     let mut pass = tables.reconcile_pass(list, scope, contacts);
     let mut record = RecordBuilder::default();
     let mut journaled = true;
-    let mut step_max = Duration::ZERO;
+    let (mut step_max, mut step_max_cpu) = (Duration::ZERO, Duration::ZERO);
     loop {
         let step = Instant::now();
+        let step_cpu = thread_cpu();
         let done = match journal {
             Some(journal) => {
                 let mut guard = journal.lock();
@@ -412,6 +413,7 @@ pub fn apply_list(
             }
         };
         step_max = step_max.max(step.elapsed());
+        step_max_cpu = step_max_cpu.max(thread_cpu().saturating_sub(step_cpu));
         if done {
             break;
         }
@@ -422,6 +424,7 @@ pub fn apply_list(
         journaled: journaled || corrections == Corrections::default(),
         steps: pass.steps(),
         step_max,
+        step_max_cpu,
     }
 }
 
@@ -433,8 +436,11 @@ pub struct Applied {
     /// append: the caller then asks for a checkpoint).
     pub journaled: bool,
     pub steps: u64,
-    /// The longest step: the most an event waited for this list.
+    /// The longest step (wall clock): the most an event waited for this list, preemption
+    /// of the applying thread included.
     pub step_max: Duration,
+    /// The most CPU time one step took (the step's own work, whatever the machine's load).
+    pub step_max_cpu: Duration,
 }
 
 fn thread_cpu() -> Duration {
@@ -791,6 +797,7 @@ impl Reconciler {
                         journaled: true,
                         steps: 0,
                         step_max: Duration::ZERO,
+                        step_max_cpu: Duration::ZERO,
                     },
                     Duration::ZERO,
                 ),

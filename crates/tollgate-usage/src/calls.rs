@@ -92,6 +92,10 @@ impl CallEntry {
         Owner(((self.meta & OWNER_MASK) >> OWNER_SHIFT) as u8)
     }
 
+    pub(crate) fn set_owner(&mut self, owner: Owner) {
+        self.meta = (self.meta & !OWNER_MASK) | (u32::from(owner.0) << OWNER_SHIFT);
+    }
+
     pub(crate) fn set_emergency(&mut self, emergency: bool) {
         if emergency {
             self.meta |= EMERGENCY_FLAG;

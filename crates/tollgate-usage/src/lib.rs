@@ -70,8 +70,9 @@ pub use reconcile::{
 pub use registrations::CONTACTS_PER_AOR_LIMIT;
 pub use sequence::{SEQ_SENDERS_MAX, SEQ_WINDOW_LEN, SeqVerdict, SequenceTracker};
 pub use snapshot::{
-    AorRecord, CallRecord, ContactRecord, Frame, Restored, Snapshot, SnapshotError, SnapshotMeta,
-    SnapshotWriter, TombstoneRecord, decode as decode_snapshot, encode as encode_snapshot,
+    AorRecord, CallOwner, CallRecord, ContactOwner, ContactRecord, Frame, Restored, Snapshot,
+    SnapshotError, SnapshotMeta, SnapshotOwners, SnapshotWriter, TombstoneRecord,
+    decode as decode_snapshot, encode as encode_snapshot,
 };
 pub use sync::{CompleteList, SyncLists, SyncResult};
 
@@ -461,6 +462,7 @@ impl Tables {
         now_s: u32,
         calls: &mut Vec<CallRecord>,
         tombstones: &mut Vec<TombstoneRecord>,
+        owners: &mut Vec<CallOwner>,
     ) {
         let state = self.calls.shards[index].state.lock();
         for (fp, e) in state.map.iter() {
@@ -479,14 +481,35 @@ impl Tables {
                     started_s: e.started_s(now_s),
                     emergency: e.is_emergency(),
                 });
+                if e.owner() != Owner::NONE {
+                    owners.push(CallOwner {
+                        fingerprint: fp.to_bytes(),
+                        owner: e.owner().0,
+                    });
+                }
             }
         }
     }
 
     /// Appends registration shard `index`'s AoRs with live contacts as of `now_s`.
-    fn collect_registrations_shard(&self, index: usize, now_s: u32, aors: &mut Vec<AorRecord>) {
+    fn collect_registrations_shard(
+        &self,
+        index: usize,
+        now_s: u32,
+        aors: &mut Vec<AorRecord>,
+        owners: &mut Vec<ContactOwner>,
+    ) {
         let map = self.registrations.shards[index].map.lock();
         aors.extend(map.iter().filter_map(|(fp, aor)| {
+            owners.extend(
+                aor.bindings()
+                    .filter(|b| b.expires_s > now_s && b.owner() != Owner::NONE)
+                    .map(|b| ContactOwner {
+                        aor: fp.to_bytes(),
+                        contact_hash: b.contact_hash(),
+                        owner: b.owner().0,
+                    }),
+            );
             let contacts: Vec<ContactRecord> = aor
                 .bindings()
                 .filter(|b| b.expires_s > now_s)
@@ -523,12 +546,21 @@ impl Tables {
         let usage = self.usage();
         let mut calls = Vec::with_capacity(usage.calls as usize);
         let mut tombstones = Vec::new();
+        let mut owners = SnapshotOwners {
+            names: self.owners.names(),
+            ..SnapshotOwners::default()
+        };
         for index in 0..self.calls.shards.len() {
-            self.collect_calls_shard(index, now_s, &mut calls, &mut tombstones);
+            self.collect_calls_shard(index, now_s, &mut calls, &mut tombstones, &mut owners.calls);
         }
         let mut registrations = Vec::with_capacity(usage.registered_subscribers as usize);
         for index in 0..self.registrations.shards.len() {
-            self.collect_registrations_shard(index, now_s, &mut registrations);
+            self.collect_registrations_shard(
+                index,
+                now_s,
+                &mut registrations,
+                &mut owners.contacts,
+            );
         }
         let meta = self.snapshot_meta(now);
         let snapshot = Snapshot {
@@ -542,6 +574,7 @@ impl Tables {
             wall_at: meta.wall_at,
             journal_segment: meta.journal_segment,
             tombstones,
+            owners,
         };
         debug_assert!(snapshot.validate().is_ok());
         snapshot
@@ -564,20 +597,25 @@ impl Tables {
         meta.wall_at = wall_at;
         meta.journal_segment = journal_segment;
         let mut w = SnapshotWriter::new(out, &meta)?;
-        let (mut calls, mut tombstones) = (Vec::new(), Vec::new());
+        w.owners(&self.owners.names())?;
+        let (mut calls, mut tombstones, mut call_owners) = (Vec::new(), Vec::new(), Vec::new());
         for index in 0..self.calls.shards.len() {
             calls.clear();
             tombstones.clear();
-            self.collect_calls_shard(index, now_s, &mut calls, &mut tombstones);
+            call_owners.clear();
+            self.collect_calls_shard(index, now_s, &mut calls, &mut tombstones, &mut call_owners);
             w.calls(&calls)?;
+            w.call_owners(&call_owners)?;
             w.tombstones(&tombstones)?;
         }
-        drop((calls, tombstones));
-        let mut aors = Vec::new();
+        drop((calls, tombstones, call_owners));
+        let (mut aors, mut contact_owners) = (Vec::new(), Vec::new());
         for index in 0..self.registrations.shards.len() {
             aors.clear();
-            self.collect_registrations_shard(index, now_s, &mut aors);
+            contact_owners.clear();
+            self.collect_registrations_shard(index, now_s, &mut aors, &mut contact_owners);
             w.registrations(&aors)?;
+            w.contact_owners(&contact_owners)?;
         }
         w.finish()
     }
@@ -596,6 +634,9 @@ impl Tables {
         self.restore_calls(now_s, &snapshot.calls, &mut restored);
         self.restore_tombstones(now_s, &snapshot.tombstones);
         self.restore_registrations(now_s, &snapshot.registrations, &mut restored);
+        let ids = self.intern_owners(&snapshot.owners.names);
+        self.restore_call_owners(&ids, &snapshot.owners.calls);
+        self.restore_contact_owners(&ids, &snapshot.owners.contacts);
         self.restore_meta(
             now,
             snapshot.subscribers,
@@ -640,11 +681,15 @@ impl Tables {
         let now = meta.taken_at;
         let now_s = now.unix_secs_u32();
         let mut restored = Restored::default();
+        let mut ids = Vec::new();
         for frame in frames {
             match frame? {
                 Frame::Calls(v) => self.restore_calls(now_s, &v, &mut restored),
                 Frame::Tombstones(v) => self.restore_tombstones(now_s, &v),
                 Frame::Registrations(v) => self.restore_registrations(now_s, &v, &mut restored),
+                Frame::Owners(names) => ids = self.intern_owners(&names),
+                Frame::CallOwners(v) => self.restore_call_owners(&ids, &v),
+                Frame::ContactOwners(v) => self.restore_contact_owners(&ids, &v),
                 Frame::Meta(_) | Frame::End(_) => {}
             }
         }
@@ -672,6 +717,48 @@ impl Tables {
                 Restore::Inserted => restored.calls += 1,
                 Restore::Present => {}
                 Restore::Full => restored.dropped_full += 1,
+            }
+        }
+    }
+
+    /// This process's owner ids for a snapshot's owner names (index `n - 1` for the
+    /// snapshot's id `n`).
+    fn intern_owners(&self, names: &[String]) -> Vec<Owner> {
+        names
+            .iter()
+            .map(|name| self.owners.intern(name.as_bytes()))
+            .collect()
+    }
+
+    /// Gives restored calls their owners back; ids the names do not cover stay unowned.
+    fn restore_call_owners(&self, ids: &[Owner], owners: &[CallOwner]) {
+        for o in owners {
+            let Some(&owner) = usize::from(o.owner).checked_sub(1).and_then(|i| ids.get(i)) else {
+                continue;
+            };
+            let fp = Fingerprint::from_bytes(o.fingerprint);
+            let mut state = self.calls.shard(fp).state.lock();
+            if let Some(entry) = state.map.get_mut(&fp)
+                && !entry.is_tombstone()
+            {
+                entry.set_owner(owner);
+            }
+        }
+    }
+
+    /// Gives restored contacts their owners back.
+    fn restore_contact_owners(&self, ids: &[Owner], owners: &[ContactOwner]) {
+        for o in owners {
+            let Some(&owner) = usize::from(o.owner).checked_sub(1).and_then(|i| ids.get(i)) else {
+                continue;
+            };
+            let aor = Fingerprint::from_bytes(o.aor);
+            let mut state = self.registrations.shard(aor).map.lock();
+            if let Some(entry) = state.map.get_mut(&aor)
+                && let Some(position) = entry.position(o.contact_hash)
+                && let Some(binding) = entry.get_mut(position)
+            {
+                binding.set_owner(owner);
             }
         }
     }

@@ -76,6 +76,15 @@ impl Owners {
             .map(|n| String::from_utf8_lossy(n).into_owned())
     }
 
+    /// Every interned name, in id order (id `n` is the `n - 1`th).
+    pub fn names(&self) -> Vec<String> {
+        self.names
+            .read()
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect()
+    }
+
     /// How many names are interned.
     pub fn len(&self) -> usize {
         self.names.read().len()

@@ -10,15 +10,18 @@
 //! back (tests, tools, the fuzz target); the agent writes through the durable-write module
 //! (no file IO here).
 //!
-//! Format version 3 (written now):
+//! Format version 4 (written now; version 3 is the same without the owner frames):
 //!
 //! ```text
 //! offset  size  field
 //!      0     6  magic "TGSNAP"
-//!      6     2  format version, u16 LE (SNAPSHOT_FORMAT_VERSION = 3)
+//!      6     2  format version, u16 LE (SNAPSHOT_FORMAT_VERSION = 4)
 //!      8     …  frames, each a postcard-encoded `Frame`:
-//!                 Meta (exactly one, first), then any number of Calls / Tombstones /
-//!                 Registrations frames of at most FRAME_ENTRIES_MAX entries each, then
+//!                 Meta (exactly one, first), Owners (the owner names, once), then any
+//!                 number of Calls / Tombstones / Registrations frames of at most
+//!                 FRAME_ENTRIES_MAX entries each, each Calls or Registrations frame
+//!                 followed by CallOwners / ContactOwners frames naming the owner id of
+//!                 its entries that have one, then
 //!                 End { calls, tombstones, aors, contacts } (the counts must add up)
 //!   len−48     6  end magic "TGSEND"
 //!   len−42     2  zero
@@ -30,6 +33,9 @@
 //! last shard is written. A cut file has no trailer ([`SnapshotError::Unterminated`]).
 //! New frame kinds are added as new `Frame` variants at the end (postcard numbers variants
 //! in order), with a new format version so older readers refuse what they cannot restore.
+//! Version 4 added the owners ([`SnapshotOwners`]: who reported each call and contact, so a
+//! reconciliation source still corrects its own entries after a restart); a version-3 file
+//! restores with no owners.
 //!
 //! Versions 1 and 2 (one postcard body after a header with its length and hash) still
 //! decode. Version 2 added the wall-clock anchor (`wall_at`), the journal segment the
@@ -67,8 +73,8 @@ use crate::{MonoTime, WallTime};
 
 /// First bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 6] = *b"TGSNAP";
-/// The format [`encode`] and [`SnapshotWriter`] write; [`decode`] also reads 1 and 2.
-pub const SNAPSHOT_FORMAT_VERSION: u16 = 3;
+/// The format [`encode`] and [`SnapshotWriter`] write; [`decode`] also reads 1, 2 and 3.
+pub const SNAPSHOT_FORMAT_VERSION: u16 = 4;
 /// Header length of versions 1 and 2: magic, version, body length, body hash.
 pub const SNAPSHOT_HEADER_LEN: usize = 6 + 2 + 8 + 32;
 /// Header length of version 3: magic, version.
@@ -100,6 +106,37 @@ pub struct Snapshot {
     pub journal_segment: u64,
     /// Stops of unknown calls still remembered, so their late starts stay ignored.
     pub tombstones: Vec<TombstoneRecord>,
+    /// Who reported the entries (format 4; empty before). Not part of the version-1/2 body.
+    #[serde(skip)]
+    pub owners: SnapshotOwners,
+}
+
+/// Which sender reported which entry ([`crate::owners`]), so a reconciliation source still
+/// corrects its own entries after a restart. Owner ids are the snapshot's: id `n` is
+/// `names[n - 1]`; restore interns the names again and maps the ids.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SnapshotOwners {
+    /// At most [`crate::OWNERS_MAX`] names of 1 ..= 255 bytes.
+    pub names: Vec<String>,
+    /// Calls with an owner (those without have none).
+    pub calls: Vec<CallOwner>,
+    /// Contacts with an owner.
+    pub contacts: Vec<ContactOwner>,
+}
+
+/// The owner of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallOwner {
+    pub fingerprint: [u8; 16],
+    pub owner: u8,
+}
+
+/// The owner of one contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactOwner {
+    pub aor: [u8; 16],
+    pub contact_hash: u64,
+    pub owner: u8,
 }
 
 /// A stop of an unknown call, remembered until `deadline_s` (see [`crate::calls`]).
@@ -135,6 +172,7 @@ impl From<SnapshotV1> for Snapshot {
             wall_at: WallTime::from_unix_ms(v1.taken_at.unix_ms()),
             journal_segment: 0,
             tombstones: Vec::new(),
+            owners: SnapshotOwners::default(),
         }
     }
 }
@@ -254,6 +292,12 @@ pub enum Frame {
     Tombstones(Vec<TombstoneRecord>),
     Registrations(Vec<AorRecord>),
     End(FrameCounts),
+    /// Format 4: the owner names (once, right after the meta).
+    Owners(Vec<String>),
+    /// Format 4: owners of calls restored by earlier frames.
+    CallOwners(Vec<CallOwner>),
+    /// Format 4: owners of contacts restored by earlier frames.
+    ContactOwners(Vec<ContactOwner>),
 }
 
 /// [`Frame`] as written: the same variants in the same order, borrowing the entries.
@@ -264,6 +308,9 @@ enum FrameOut<'a> {
     Tombstones(&'a [TombstoneRecord]),
     Registrations(&'a [AorRecord]),
     End(FrameCounts),
+    Owners(&'a [String]),
+    CallOwners(&'a [CallOwner]),
+    ContactOwners(&'a [ContactOwner]),
 }
 
 impl SnapshotMeta {
@@ -273,6 +320,23 @@ impl SnapshotMeta {
         }
         Ok(())
     }
+}
+
+fn validate_owner_names(names: &[String]) -> Result<(), SnapshotError> {
+    if names.len() > crate::OWNERS_MAX {
+        return Err(SnapshotError::Invalid(
+            "more owner names than owners can be",
+        ));
+    }
+    if names
+        .iter()
+        .any(|n| n.is_empty() || n.len() > tollgate_events::FIELD_LEN_MAX)
+    {
+        return Err(SnapshotError::Invalid(
+            "an owner name out of 1 to 255 bytes",
+        ));
+    }
+    Ok(())
 }
 
 fn validate_aors(aors: &[AorRecord]) -> Result<(), SnapshotError> {
@@ -376,6 +440,32 @@ impl<W: Write> SnapshotWriter<W> {
         Ok(())
     }
 
+    /// The owner names (call once, before any owners frame).
+    ///
+    /// Panics past [`crate::OWNERS_MAX`] names or with a name out of 1 ..= 255 bytes (a bug:
+    /// the owner table cannot hold them).
+    pub fn owners(&mut self, names: &[String]) -> io::Result<()> {
+        assert!(
+            validate_owner_names(names).is_ok(),
+            "owner names break their limits"
+        );
+        self.frame(&FrameOut::Owners(names))
+    }
+
+    pub fn call_owners(&mut self, owners: &[CallOwner]) -> io::Result<()> {
+        for chunk in owners.chunks(FRAME_ENTRIES_MAX) {
+            self.frame(&FrameOut::CallOwners(chunk))?;
+        }
+        Ok(())
+    }
+
+    pub fn contact_owners(&mut self, owners: &[ContactOwner]) -> io::Result<()> {
+        for chunk in owners.chunks(FRAME_ENTRIES_MAX) {
+            self.frame(&FrameOut::ContactOwners(chunk))?;
+        }
+        Ok(())
+    }
+
     /// Writes the end frame and the trailer; returns the writer and the file's length.
     pub fn finish(mut self) -> io::Result<(W, u64)> {
         self.frame(&FrameOut::End(self.counts))?;
@@ -411,9 +501,12 @@ pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
     };
     let written = (|| {
         let mut w = SnapshotWriter::new(Vec::new(), &meta)?;
+        w.owners(&snapshot.owners.names)?;
         w.calls(&snapshot.calls)?;
+        w.call_owners(&snapshot.owners.calls)?;
         w.tombstones(&snapshot.tombstones)?;
         w.registrations(&snapshot.registrations)?;
+        w.contact_owners(&snapshot.owners.contacts)?;
         w.finish()
     })();
     written.expect("writing to a Vec cannot fail").0
@@ -525,6 +618,14 @@ impl Frames<'_> {
                 c.contacts += v.iter().map(|a| a.contacts.len() as u64).sum::<u64>();
                 v.len()
             }
+            Frame::Owners(names) => {
+                if let Err(e) = validate_owner_names(names) {
+                    return Some(Err(e));
+                }
+                names.len()
+            }
+            Frame::CallOwners(v) => v.len(),
+            Frame::ContactOwners(v) => v.len(),
         };
         if len > FRAME_ENTRIES_MAX {
             return Some(Err(SnapshotError::Invalid("a frame with too many entries")));
@@ -549,7 +650,7 @@ pub fn open(bytes: &[u8]) -> Result<Opened<'_>, SnapshotError> {
     let version = u16::from_le_bytes([bytes[6], bytes[7]]);
     match version {
         1 | 2 => decode_whole(bytes, version).map(Opened::Whole),
-        SNAPSHOT_FORMAT_VERSION => {
+        3 | SNAPSHOT_FORMAT_VERSION => {
             let unterminated = SnapshotError::Unterminated {
                 actual_len: bytes.len() as u64,
             };
@@ -611,6 +712,9 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
                     Frame::Calls(v) => s.calls.extend(v),
                     Frame::Tombstones(v) => s.tombstones.extend(v),
                     Frame::Registrations(v) => s.registrations.extend(v),
+                    Frame::Owners(names) => s.owners.names = names,
+                    Frame::CallOwners(v) => s.owners.calls.extend(v),
+                    Frame::ContactOwners(v) => s.owners.contacts.extend(v),
                     Frame::Meta(_) | Frame::End(_) => {
                         unreachable!("Frames yields entry frames only")
                     }
@@ -700,6 +804,18 @@ mod tests {
                 fingerprint: [3; 16],
                 deadline_s: 1_750_000_030,
             }],
+            owners: SnapshotOwners {
+                names: vec!["kam1".into(), "hep-7".into()],
+                calls: vec![CallOwner {
+                    fingerprint: [1; 16],
+                    owner: 2,
+                }],
+                contacts: vec![ContactOwner {
+                    aor: [2; 16],
+                    contact_hash: 8,
+                    owner: 1,
+                }],
+            },
         }
     }
 
@@ -751,6 +867,44 @@ mod tests {
     }
 
     #[test]
+    fn a_version_3_file_restores_with_no_owners() {
+        let s = sample();
+        let meta = SnapshotMeta {
+            taken_at: s.taken_at,
+            fingerprint_key_id: s.fingerprint_key_id,
+            subscribers: s.subscribers,
+            subscribers_reported_at: s.subscribers_reported_at,
+            peaks: s.peaks.clone(),
+            wall_at: s.wall_at,
+            journal_segment: s.journal_segment,
+        };
+        let mut frames = postcard::to_stdvec(&FrameOut::Meta(&meta)).unwrap();
+        for frame in [
+            FrameOut::Calls(&s.calls),
+            FrameOut::Tombstones(&s.tombstones),
+            FrameOut::Registrations(&s.registrations),
+            FrameOut::End(FrameCounts {
+                calls: 1,
+                tombstones: 1,
+                aors: 1,
+                contacts: 2,
+            }),
+        ] {
+            frames.extend(postcard::to_stdvec(&frame).unwrap());
+        }
+        let mut v3 = frame_frames(&frames);
+        v3[6..8].copy_from_slice(&3u16.to_le_bytes());
+        // The trailer hashes the version too: rebuild it.
+        let body_end = v3.len() - SNAPSHOT_TRAILER_LEN;
+        let hash = blake3::hash(&v3[..body_end]);
+        v3[body_end + 16..].copy_from_slice(hash.as_bytes());
+        let decoded = decode(&v3).unwrap();
+        assert_eq!(decoded.owners, SnapshotOwners::default());
+        assert_eq!(decoded.calls, s.calls);
+        assert_eq!(decode(&encode(&s)).unwrap().owners, s.owners);
+    }
+
+    #[test]
     fn other_versions_are_refused() {
         let mut bytes = encode(&sample());
         bytes[6] = 9;
@@ -770,7 +924,12 @@ mod tests {
             }
         }
         let v2 = frame_body(&postcard::to_stdvec(&sample()).unwrap());
-        assert_eq!(decode(&v2).ok(), Some(sample()));
+        // Version 2 had no owners.
+        let without_owners = Snapshot {
+            owners: SnapshotOwners::default(),
+            ..sample()
+        };
+        assert_eq!(decode(&v2).ok(), Some(without_owners));
         for len in 0..v2.len() {
             match decode(&v2[..len]) {
                 Err(SnapshotError::Truncated { .. }) => {}
@@ -809,10 +968,11 @@ mod tests {
         };
         assert_eq!(meta.journal_segment, s.journal_segment);
         let sizes: Vec<usize> = frames
-            .map(|f| match f.unwrap() {
-                Frame::Calls(v) => v.len(),
-                Frame::Tombstones(v) => v.len() + 1_000_000,
-                Frame::Registrations(v) => v.len() + 2_000_000,
+            .filter_map(|f| match f.unwrap() {
+                Frame::Calls(v) => Some(v.len()),
+                Frame::Tombstones(v) => Some(v.len() + 1_000_000),
+                Frame::Registrations(v) => Some(v.len() + 2_000_000),
+                Frame::Owners(_) | Frame::CallOwners(_) | Frame::ContactOwners(_) => None,
                 Frame::Meta(_) | Frame::End(_) => unreachable!(),
             })
             .collect();

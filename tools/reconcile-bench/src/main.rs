@@ -553,7 +553,8 @@ fn main() -> ExitCode {
         );
     }
     println!(
-        "corrections: {} ({} CPU) in {} steps of {} entries (longest {}), {}; whole run {}",
+        "corrections: {} ({} CPU) in {} steps of {} entries (longest {} wall, {} CPU), {}; \
+         whole run {}",
         ms(correct_wall),
         ms(correct_cpu),
         applied.steps,
@@ -563,6 +564,7 @@ fn main() -> ExitCode {
             o.step_entries.to_string()
         },
         us(applied.step_max.as_nanos() as u64),
+        us(applied.step_max_cpu.as_nanos() as u64),
         match (&journal, journaled) {
             (None, _) => "no journal".to_string(),
             (Some(j), true) => format!(

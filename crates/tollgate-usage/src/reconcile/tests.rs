@@ -581,3 +581,37 @@ proptest! {
         let _ = &touched_aors;
     }
 }
+
+#[test]
+fn restored_entries_keep_their_owner_for_reconciliation() {
+    let live = tables();
+    live.owners().intern(b"someone-else");
+    let kam = live.owners().intern(b"kam1");
+    live.apply_from(at(0), &start("phantom", false), kam);
+    live.apply_from(at(0), &reg("sip:a@x", "sip:a@1", 600), kam);
+    live.apply(at(0), &start("unowned", false));
+    let (bytes, _) = live
+        .write_snapshot(
+            at(1),
+            crate::WallTime::from_unix_secs(T0_S + 1),
+            0,
+            Vec::new(),
+        )
+        .unwrap();
+    // Streamed (the agent's path) and in memory, into tables that interned names in
+    // another order.
+    let snapshot = live.snapshot(at(1));
+    for streamed in [true, false] {
+        let t = tables();
+        let kam = t.owners().intern(b"kam1");
+        if streamed {
+            t.restore_bytes(&bytes).unwrap();
+        } else {
+            t.restore(at(1), &snapshot).unwrap();
+        }
+        assert_eq!(t.usage().calls, 2);
+        let c = run(&t, at(2), Scope::Owner(kam), &[], &[], &[]);
+        assert_eq!((c.phantom_calls, c.phantom_contacts), (1, 1), "{c:?}");
+        assert_eq!(t.usage().calls, 1, "the unowned call is not kam1's");
+    }
+}
