@@ -8,6 +8,7 @@
 //! | POST | `/api/v1/licenses/{license_key}/lease` | a signed lease (bearer token; see [`crate::service`]) |
 //! | POST | `/api/v1/licenses/{license_key}/usage` | store a usage report (bearer token) |
 //! | … | `/api/v1/admin/…` | the admin API for vendor staff (see [`crate::admin_api`]) |
+//! | GET | `/console/` | the vendor console, a page over the admin API (see [`crate::console`]) |
 //!
 //! Every error answer is JSON `{"error": "<word>", "message": "<sentence>"}`. Bodies are
 //! limited to [`BODY_LEN_MAX`] (413 beyond). Database work runs on the blocking pool, never
@@ -107,6 +108,12 @@ pub fn router(service: Arc<Service>, clock: Clock) -> Router {
         .route("/api/v1/admin/audit", get(admin_audit))
         .route("/api/v1/admin/billing/monthly", get(admin_billing_monthly))
         .route("/api/v1/admin/nodes", get(admin_nodes))
+        .route("/console", get(crate::console::redirect))
+        .route("/console/", get(|| crate::console::page(None)))
+        .route(
+            "/console/{file}",
+            get(|file: Path<String>| crate::console::page(Some(file))),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(BODY_LEN_MAX))
         .with_state(AppState { service, clock })

@@ -17,6 +17,7 @@
 //! - [`admin`]: the vendor's administration actions, one function per change, audited:
 //!   what the admin API and the binary's CLI (`tollgate license-server admin …`) both run.
 //! - [`admin_api`]: vendor users, login sessions and roles of `/api/v1/admin/…`.
+//! - [`console`]: the vendor console at `/console/`, embedded, over the admin API.
 //! - [`sql`]: one query layer over SQLite and PostgreSQL.
 //! - [`billing`]: monthly peaks, limits and over-limit minutes per license, from the
 //!   reports; CSV. [`nodes`]: every reporting node and which fell silent.
@@ -46,6 +47,7 @@ pub mod api;
 pub mod backup;
 pub mod billing;
 pub mod config;
+pub mod console;
 pub mod keyring;
 pub mod lease;
 pub mod ledger;
