@@ -224,6 +224,8 @@ pub async fn run(
     let resets = Arc::new(resets::StateResets::open(state_dir.path()));
     let key = state_dir.fingerprint_key()?;
     let (node_key, node_key_created) = ledger::node_key(state_dir.path())?;
+    // Issue 16: the snapshot is keyed with a secret derived from the node key.
+    state_dir.set_mac_key(node_key.derive_secret(state::SNAPSHOT_MAC_CONTEXT));
     let tables = Arc::new(Tables::new(
         TablesConfig {
             max_call_duration_s: config.max_call_duration_s,

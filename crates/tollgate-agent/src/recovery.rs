@@ -66,6 +66,15 @@ pub fn recover(
     let mut replay_from = None;
     match state_dir.read_snapshot() {
         Ok(Some(bytes)) => {
+            if state_dir.snapshot_authentic(&bytes) == Some(false) {
+                resets.record(
+                    ResetReason::SnapshotUnauthenticated,
+                    wall_ms,
+                    "usage.snapshot does not carry this node's MAC (edited, or written by \
+                     another node or an older version); restored, but its figures are not \
+                     known to be what this node wrote",
+                );
+            }
             // As of the time it was taken: the journal replays what came after.
             match tables.restore_bytes(&bytes) {
                 Ok((r, snapshot)) => {

@@ -36,10 +36,13 @@ pub enum ResetReason {
     /// The journal was suspended (full or failing) and no snapshot covered the gap before
     /// the agent stopped: what was applied after the gap is lost.
     JournalGap,
+    /// A snapshot without this node's MAC (`usage.snapshot.mac`): edited, written by
+    /// another node, or by a version before the MAC. Restored all the same.
+    SnapshotUnauthenticated,
 }
 
 impl ResetReason {
-    pub const ALL: [ResetReason; 7] = [
+    pub const ALL: [ResetReason; 8] = [
         ResetReason::SnapshotMissing,
         ResetReason::SnapshotUnreadable,
         ResetReason::JournalMissing,
@@ -47,6 +50,7 @@ impl ResetReason {
         ResetReason::StateDirUnreadable,
         ResetReason::LedgerUnreadable,
         ResetReason::JournalGap,
+        ResetReason::SnapshotUnauthenticated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +62,7 @@ impl ResetReason {
             ResetReason::StateDirUnreadable => "state_dir_unreadable",
             ResetReason::LedgerUnreadable => "ledger_unreadable",
             ResetReason::JournalGap => "journal_gap",
+            ResetReason::SnapshotUnauthenticated => "snapshot_unauthenticated",
         }
     }
 }

@@ -7,6 +7,13 @@
 //!   so fingerprints restored from a snapshot still match the stops that come after a restart;
 //! - `usage.snapshot` — the latest snapshot, replaced atomically (temp file, fsync, rename,
 //!   fsync of the directory); a corrupt one is renamed `usage.snapshot.corrupt-<unix_ms>`;
+//! - `usage.snapshot.mac` — the keyed BLAKE3 MAC (a secret derived from the node key) of
+//!   the snapshot's trailer, which holds the length and hash of everything before it: the
+//!   new snapshot's MAC on the first line, the one it replaces on the second, written
+//!   before the rename, so a crash anywhere leaves the snapshot in place authenticated. A
+//!   snapshot whose MAC is not there was edited (or written by another node, or by a
+//!   version before the MAC): restored, and reported as a state reset
+//!   (`snapshot_unauthenticated`, issue 16);
 //! - `agent.json` — the bound addresses and pid of the running agent;
 //! - `events.sock` — the unix event socket (by default).
 
@@ -21,6 +28,12 @@ use tollgate_usage::FingerprintKey;
 pub const LOCK_FILE: &str = "agent.lock";
 pub const KEY_FILE: &str = "fingerprint.key";
 pub const SNAPSHOT_FILE: &str = "usage.snapshot";
+pub const SNAPSHOT_MAC_FILE: &str = "usage.snapshot.mac";
+/// The snapshot bytes the MAC covers: its last bytes (the version-3 trailer: end magic,
+/// length, BLAKE3 of everything before it).
+pub const SNAPSHOT_MAC_TAIL_LEN: usize = 48;
+/// The context the snapshot MAC key is derived from the node key with.
+pub const SNAPSHOT_MAC_CONTEXT: &str = "tollgate 2026 usage snapshot mac";
 pub const RUNTIME_FILE: &str = "agent.json";
 
 /// Errors of the state directory.
@@ -65,6 +78,33 @@ pub struct StateDir {
     /// could otherwise leave the older snapshot in place after the newer one removed the
     /// segment it names.
     checkpoint: parking_lot::Mutex<()>,
+    /// Keys the snapshot MAC, once the node key is known ([`StateDir::set_mac_key`]).
+    mac_key: std::sync::OnceLock<[u8; 32]>,
+}
+
+/// Passes bytes through and keeps the last [`SNAPSHOT_MAC_TAIL_LEN`].
+struct Tail<'a> {
+    out: &'a mut dyn io::Write,
+    tail: Vec<u8>,
+}
+
+impl io::Write for Tail<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.tail.extend_from_slice(&buf[..n]);
+        let excess = self.tail.len().saturating_sub(SNAPSHOT_MAC_TAIL_LEN);
+        self.tail.drain(..excess);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn snapshot_mac(key: &[u8; 32], bytes: &[u8]) -> String {
+    let tail = &bytes[bytes.len().saturating_sub(SNAPSHOT_MAC_TAIL_LEN)..];
+    blake3::keyed_hash(key, tail).to_hex().to_string()
 }
 
 impl StateDir {
@@ -97,6 +137,7 @@ impl StateDir {
             path: path.to_owned(),
             _lock: lock,
             checkpoint: parking_lot::Mutex::new(()),
+            mac_key: std::sync::OnceLock::new(),
         })
     }
 
@@ -135,8 +176,40 @@ impl StateDir {
         }
     }
 
+    /// Keys snapshot MACs with `key` (derived from the node key) from now on.
+    pub fn set_mac_key(&self, key: [u8; 32]) {
+        let _ = self.mac_key.set(key);
+    }
+
+    /// Records the MAC of the snapshot whose bytes end in `tail`, keeping the previous one
+    /// (still the snapshot on disk until the rename).
+    fn record_mac(&self, tail: &[u8]) -> Result<(), StateError> {
+        let Some(key) = self.mac_key.get() else {
+            return Ok(());
+        };
+        let path = self.path.join(SNAPSHOT_MAC_FILE);
+        let previous = std::fs::read_to_string(&path).unwrap_or_default();
+        let previous = previous.lines().next().unwrap_or("");
+        let text = format!("{}\n{previous}\n", snapshot_mac(key, tail));
+        write_atomically(&path, text.as_bytes(), 0o600)
+    }
+
+    /// Whether `bytes` (the snapshot read at start) carry this node's MAC; `None` without
+    /// a key.
+    pub fn snapshot_authentic(&self, bytes: &[u8]) -> Option<bool> {
+        let key = self.mac_key.get()?;
+        if bytes.len() < SNAPSHOT_MAC_TAIL_LEN {
+            return Some(false);
+        }
+        let mac = snapshot_mac(key, bytes);
+        let recorded =
+            std::fs::read_to_string(self.path.join(SNAPSHOT_MAC_FILE)).unwrap_or_default();
+        Some(recorded.lines().take(2).any(|l| l == mac))
+    }
+
     /// Replaces the snapshot atomically: a crash leaves either the old or the new one.
     pub fn write_snapshot(&self, bytes: &[u8]) -> Result<(), StateError> {
+        self.record_mac(bytes)?;
         write_atomically(&self.path.join(SNAPSHOT_FILE), bytes, 0o600)
     }
 
@@ -148,7 +221,13 @@ impl StateDir {
     ) -> Result<T, StateError> {
         let mut result = None;
         tollgate_durable::write_with(&self.path.join(SNAPSHOT_FILE), 0o600, |w| {
-            result = Some(fill(w)?);
+            let mut tail = Tail {
+                out: w,
+                tail: Vec::with_capacity(2 * SNAPSHOT_MAC_TAIL_LEN),
+            };
+            result = Some(fill(&mut tail)?);
+            // Before the rename: the MAC file always names the snapshot in place.
+            self.record_mac(&tail.tail).map_err(io::Error::other)?;
             Ok(())
         })?;
         Ok(result.expect("fill ran and succeeded"))
@@ -232,5 +311,39 @@ mod tests {
         let moved = s.quarantine_snapshot(42).unwrap();
         assert!(moved.ends_with("usage.snapshot.corrupt-42"));
         assert_eq!(s.read_snapshot().unwrap(), None);
+    }
+
+    #[test]
+    fn a_snapshot_edited_behind_the_agents_back_is_not_authentic() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        let bytes = |n: u8| vec![n; 100];
+        // Without a key nothing is judged.
+        s.write_snapshot(&bytes(1)).unwrap();
+        assert_eq!(s.snapshot_authentic(&bytes(1)), None);
+        s.set_mac_key([7; 32]);
+        s.write_snapshot_with(|w| w.write_all(&bytes(2))).unwrap();
+        let on_disk = s.read_snapshot().unwrap().unwrap();
+        assert_eq!(s.snapshot_authentic(&on_disk), Some(true));
+        // A crash before the rename leaves the previous snapshot: still authentic.
+        s.write_snapshot(&bytes(3)).unwrap();
+        assert_eq!(s.snapshot_authentic(&bytes(2)), Some(true));
+        assert_eq!(s.snapshot_authentic(&bytes(3)), Some(true));
+        // Edited (its trailer recomputed), older than the last two, or without the MAC
+        // file: not authentic.
+        let mut edited = bytes(3);
+        edited[90] ^= 1;
+        assert_eq!(s.snapshot_authentic(&edited), Some(false));
+        s.write_snapshot(&bytes(4)).unwrap();
+        assert_eq!(s.snapshot_authentic(&bytes(2)), Some(false));
+        std::fs::remove_file(dir.path().join(SNAPSHOT_MAC_FILE)).unwrap();
+        assert_eq!(s.snapshot_authentic(&bytes(4)), Some(false));
+        // Another node's key does not make it authentic.
+        s.write_snapshot(&bytes(5)).unwrap();
+        drop(s);
+        let other = StateDir::open(dir.path()).unwrap();
+        other.set_mac_key([8; 32]);
+        assert_eq!(other.snapshot_authentic(&bytes(5)), Some(false));
     }
 }
