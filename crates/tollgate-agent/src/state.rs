@@ -315,7 +315,6 @@ mod tests {
 
     #[test]
     fn a_snapshot_edited_behind_the_agents_back_is_not_authentic() {
-        use std::io::Write as _;
         let dir = tempfile::tempdir().unwrap();
         let s = StateDir::open(dir.path()).unwrap();
         let bytes = |n: u8| vec![n; 100];
