@@ -46,9 +46,13 @@ fn a_clock_nine_months_back_is_clock_skew_and_the_expired_license_is_not_ok() {
     }
     let config = dir.path().join("agent.toml");
     std::fs::write(&config, server.agent_config(&vendor, &token, "skewed-node")).unwrap();
+    // A fresh state dir: no license.state, so no recorded time watermark; only the server's
+    // time can tell the agent its clock is wrong. (Once started, the agent writes
+    // license.state as soon as its first fetch installs a license, which can be before
+    // `Agent::start` returns: checking for it afterwards was a race.)
     let state = dir.path().join("state");
-    let agent = Agent::start(&state, &config);
     assert!(!state.join("license.state").exists());
+    let agent = Agent::start(&state, &config);
 
     let license = wait_for("CLOCK_SKEW in GET /api/v1/license", 60, || {
         let (code, body) = agent.get("/api/v1/license");
