@@ -3,12 +3,13 @@
 //! workflow end to end, the address binding, refusals, exit codes, restart.
 
 mod common;
+#[path = "common/vendor.rs"]
+mod vendor;
 
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::Read as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use tollgate_license::{PublicKey, TrustedKeys};
@@ -138,57 +139,7 @@ struct Server {
 
 impl Server {
     fn start(vendor: &Vendor, dev: bool) -> Server {
-        let mut command = Command::new(BIN);
-        command
-            .args(["license-server", "--config"])
-            .arg(vendor.config());
-        if dev {
-            command.arg("--dev");
-        }
-        let mut child = command
-            .env("TOLLGATE_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tollgate license-server");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut banner = Vec::new();
-        loop {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) => {
-                    let done = line.starts_with("trusted key");
-                    banner.push(line);
-                    if done {
-                        // All key lines follow one another; give the rest a moment.
-                        while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-                            banner.push(line);
-                        }
-                        break;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let mut err = String::new();
-                    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-                    panic!("license server exited early: {err}");
-                }
-            }
-            assert!(Instant::now() < deadline, "no banner in time: {banner:?}");
-        }
-        let port = banner[0]
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {:?}", banner[0]));
+        let (child, port, banner) = vendor::spawn_server(&vendor.config(), dev);
         Server {
             child,
             port,

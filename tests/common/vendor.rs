@@ -4,7 +4,7 @@
 //! test's `LD_PRELOAD` (libfaketime is for agents only).
 
 use std::io::{BufRead as _, BufReader, Read as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -119,53 +119,7 @@ pub struct Server {
 
 impl Server {
     pub fn start(vendor: &Vendor) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["license-server", "--config"])
-            .arg(vendor.config())
-            .arg("--dev")
-            .env("TOLLGATE_LOG", "info")
-            .env_remove("LD_PRELOAD")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tollgate license-server");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut banner = Vec::new();
-        loop {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) => {
-                    let done = line.starts_with("trusted key");
-                    banner.push(line);
-                    if done {
-                        while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-                            banner.push(line);
-                        }
-                        break;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let mut err = String::new();
-                    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-                    panic!("license server exited early: {err}");
-                }
-            }
-            assert!(Instant::now() < deadline, "no banner in time: {banner:?}");
-        }
-        let port = banner[0]
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {:?}", banner[0]));
+        let (child, port, banner) = spawn_server(&vendor.config(), true);
         Server {
             child,
             port,
@@ -173,8 +127,6 @@ impl Server {
         }
     }
 
-    /// The `[license]` and `[general]` lines of an agent config that fetches from this
-    /// server with `token`.
     pub fn agent_config(&self, vendor: &Vendor, token: &str, node_id: &str) -> String {
         let keys: Vec<String> = self
             .banner
@@ -219,6 +171,64 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `tollgate license-server --config <config>` (`--dev`: with a generated
+/// certificate) and reads its start-up banner up to the trusted key lines: the child, the
+/// port it listens on (from the banner's first line) and the banner. Panics with the
+/// server's stderr if it exits first. The server never inherits `LD_PRELOAD`.
+pub fn spawn_server(config: &Path, dev: bool) -> (Child, u16, Vec<String>) {
+    let mut command = Command::new(BIN);
+    command.args(["license-server", "--config"]).arg(config);
+    if dev {
+        command.arg("--dev");
+    }
+    let mut child = command
+        .env("TOLLGATE_LOG", "info")
+        .env_remove("LD_PRELOAD")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tollgate license-server");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut banner = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                let done = line.starts_with("trusted key");
+                banner.push(line);
+                if done {
+                    // All key lines follow one another; give the rest a moment.
+                    while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                        banner.push(line);
+                    }
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let mut err = String::new();
+                let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+                panic!("license server exited early: {err}");
+            }
+        }
+        assert!(Instant::now() < deadline, "no banner in time: {banner:?}");
+    }
+    let port = banner[0]
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {:?}", banner[0]));
+    (child, port, banner)
 }
 
 /// Polls `f` until it returns `Some`, for at most `secs` seconds.
