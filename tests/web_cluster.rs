@@ -12,43 +12,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Agent, send_udp};
 use tollgate_license::{LicenseSpec, SigningKey};
 use tollgate_mesh::ClusterCa;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-/// The browser script's own limit is 150 s; this one catches a hung `node`.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
 const CALLS_LIMIT: u64 = 20;
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-/// Why the browser test cannot run here, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    let node = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !node.is_ok_and(|s| s.success()) {
-        return Some("`node` is not on PATH".into());
-    }
-    if !Path::new(CHROMIUM).exists() {
-        return Some(format!("{CHROMIUM} is missing (apt-get install chromium)"));
-    }
-    if !browser_dir()
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
-        return Some("tests/browser/node_modules is missing (cd tests/browser && npm ci)".into());
-    }
-    None
-}
 
 /// Node `name`: its certificate from the cluster CA and a config meshing it with `seeds`.
 fn node_config(dir: &Path, ca: &ClusterCa, name: &str, seeds: &[String], extra: &str) -> PathBuf {
@@ -77,16 +47,7 @@ fn node_config(dir: &Path, ca: &ClusterCa, name: &str, seeds: &[String], extra: 
 
 #[test]
 fn page_in_chromium_shows_the_cluster_history_chart_of_a_real_mesh() {
-    if let Some(why) = missing_prerequisite() {
-        assert!(
-            std::env::var("TOLLGATE_BROWSER_TESTS").as_deref() != Ok("1"),
-            "TOLLGATE_BROWSER_TESTS=1 but the browser test cannot run: {why}"
-        );
-        common::skipped(
-            "the cluster browser test",
-            &why.to_string(),
-            "install chromium and run `npm ci` in tests/browser; TOLLGATE_BROWSER_TESTS=1 makes it fail instead of skipping",
-        );
+    if !common::browser::ready("the cluster browser test") {
         return;
     }
 
@@ -158,43 +119,15 @@ fn page_in_chromium_shows_the_cluster_history_chart_of_a_real_mesh() {
 
     let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web_cluster");
     std::fs::create_dir_all(&screenshots).unwrap();
-    let mut child = Command::new("node")
-        .arg("cluster.test.mjs")
-        .current_dir(browser_dir())
-        .env("TOLLGATE_URL", format!("http://{}", a.rt.admin))
-        .env("TOLLGATE_NODE_CALLS", "3")
-        .env("TOLLGATE_CLUSTER_CALLS", "8")
-        .env("TOLLGATE_CALLS_LIMIT", CALLS_LIMIT.to_string())
-        .env("TOLLGATE_SCREENSHOT_DIR", &screenshots)
-        .env("TOLLGATE_CHROMIUM", CHROMIUM)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start node");
-    // Drain both pipes while waiting, so a chatty script cannot block on a full pipe.
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    let deadline = Instant::now() + SCRIPT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let (out, err) = (out.join().unwrap(), err.join().unwrap());
-    println!("--- cluster.test.mjs stdout\n{out}\n--- cluster.test.mjs stderr\n{err}");
-    let status = status.unwrap_or_else(|| panic!("cluster.test.mjs ran over {SCRIPT_TIMEOUT:?}"));
-    assert!(
-        status.success(),
-        "cluster.test.mjs failed ({status}):\n{err}\n(screenshots in {})",
-        screenshots.display()
+    common::browser::run_script(
+        "cluster.test.mjs",
+        &[
+            ("TOLLGATE_URL", format!("http://{}", a.rt.admin)),
+            ("TOLLGATE_NODE_CALLS", "3".to_string()),
+            ("TOLLGATE_CLUSTER_CALLS", "8".to_string()),
+            ("TOLLGATE_CALLS_LIMIT", CALLS_LIMIT.to_string()),
+        ],
+        &screenshots,
     );
     for name in ["cluster-desktop.png", "cluster-phone.png"] {
         assert!(

@@ -10,43 +10,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use common::{Agent, send_udp, write_config};
 use tollgate_license::{LicenseSpec, SigningKey};
 
 const KEY: &str = "WEB_PAGE_TEST_0001";
-const CHROMIUM: &str = "/usr/bin/chromium";
-/// The browser script's own limit is 150 s; this one catches a hung `node`.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-/// Why the browser test cannot run here, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    let node = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !node.is_ok_and(|s| s.success()) {
-        return Some("`node` is not on PATH".into());
-    }
-    if !Path::new(CHROMIUM).exists() {
-        return Some(format!("{CHROMIUM} is missing (apt-get install chromium)"));
-    }
-    if !browser_dir()
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
-        return Some("tests/browser/node_modules is missing (cd tests/browser && npm ci)".into());
-    }
-    None
-}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -116,16 +85,7 @@ fn send_load(agent: &Agent) {
 
 #[test]
 fn page_in_chromium_shows_usage_and_license_and_reloads_and_uploads() {
-    if let Some(why) = missing_prerequisite() {
-        assert!(
-            std::env::var("TOLLGATE_BROWSER_TESTS").as_deref() != Ok("1"),
-            "TOLLGATE_BROWSER_TESTS=1 but the browser test cannot run: {why}"
-        );
-        common::skipped(
-            "the browser test",
-            &why.to_string(),
-            "install chromium and run `npm ci` in tests/browser; TOLLGATE_BROWSER_TESTS=1 makes it fail instead of skipping",
-        );
+    if !common::browser::ready("the browser test") {
         return;
     }
 
@@ -175,47 +135,19 @@ fn page_in_chromium_shows_usage_and_license_and_reloads_and_uploads() {
 
     let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web_page");
     std::fs::create_dir_all(&screenshots).unwrap();
-    let mut child = Command::new("node")
-        .arg("page.test.mjs")
-        .current_dir(browser_dir())
-        .env("TOLLGATE_URL", format!("http://{}", agent.rt.admin))
-        .env("TOLLGATE_EVENTS_UDP", agent.udp().to_string())
-        .env("TOLLGATE_ADMIN_USER", "ops")
-        .env("TOLLGATE_ADMIN_PASSWORD", "admin-pw")
-        .env("TOLLGATE_VIEWER_USER", "noc")
-        .env("TOLLGATE_VIEWER_PASSWORD", "viewer-pw")
-        .env("TOLLGATE_UPLOAD_LICENSE", &upload_file)
-        .env("TOLLGATE_SCREENSHOT_DIR", &screenshots)
-        .env("TOLLGATE_CHROMIUM", CHROMIUM)
-        .env("TOLLGATE_AGENT_PID", agent.child.id().to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start node");
-    // Drain both pipes while waiting, so a chatty script cannot block on a full pipe.
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    let deadline = Instant::now() + SCRIPT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let (out, err) = (out.join().unwrap(), err.join().unwrap());
-    println!("--- page.test.mjs stdout\n{out}\n--- page.test.mjs stderr\n{err}");
-    let status = status.unwrap_or_else(|| panic!("page.test.mjs ran over {SCRIPT_TIMEOUT:?}"));
-    assert!(
-        status.success(),
-        "page.test.mjs failed ({status}):\n{err}\n(screenshots in {})",
-        screenshots.display()
+    common::browser::run_script(
+        "page.test.mjs",
+        &[
+            ("TOLLGATE_URL", format!("http://{}", agent.rt.admin)),
+            ("TOLLGATE_EVENTS_UDP", agent.udp().to_string()),
+            ("TOLLGATE_ADMIN_USER", "ops".to_string()),
+            ("TOLLGATE_ADMIN_PASSWORD", "admin-pw".to_string()),
+            ("TOLLGATE_VIEWER_USER", "noc".to_string()),
+            ("TOLLGATE_VIEWER_PASSWORD", "viewer-pw".to_string()),
+            ("TOLLGATE_UPLOAD_LICENSE", upload_file.display().to_string()),
+            ("TOLLGATE_AGENT_PID", agent.child.id().to_string()),
+        ],
+        &screenshots,
     );
 
     // The script killed the agent (kill -9) for the stale-state step; what the page

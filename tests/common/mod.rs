@@ -5,6 +5,7 @@
 
 // Cluster CAs and node certificates need the `cluster-ca` feature (tests that mesh agents
 // require it); a `--no-default-features` build compiles the other tests without it.
+pub mod browser;
 #[cfg(feature = "cluster-ca")]
 pub mod mesh;
 pub mod wan;
