@@ -985,6 +985,8 @@ fn table_method(args: &Args) -> anyhow::Result<()> {
         let restored = Tables::new(
             TablesConfig {
                 max_active_calls: (open as u64 * 2).max(1 << 20),
+                // Not the writer's seed: the agent draws a fresh one at every start.
+                map_seed: tollgate_usage::MAP_SEED_DEFAULT ^ 1,
                 ..TablesConfig::default()
             },
             FingerprintKey([7; 32]),
