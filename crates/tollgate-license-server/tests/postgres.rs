@@ -32,6 +32,14 @@ fn report(node: &str, calls: u64) -> UsageReport {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_expire_and_rotate_with_a_grace_period_on_postgresql() {
+    let pg = PgCluster::start();
+    let url = pg.create_database("tokens");
+    let h = Harness::start_on(Some(Database::Postgres(url)));
+    support::tokens::token_expiry_and_rotation(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_reports_and_restarts_work_on_postgresql() {
     let pg = PgCluster::start();
     let url = pg.create_database("basic");
