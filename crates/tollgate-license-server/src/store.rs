@@ -31,7 +31,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use tollgate_license::Document;
 use tollgate_license_client::{Contract, UsageReport};
 
-use crate::sql::{Dialect, Handle, Row, SqlError, params, postgres_ddl};
+use crate::sql::{Dialect, Handle, Row, SqlError, StatementCache, params, postgres_ddl};
 
 /// Longest a writer waits for another process's transaction (SQLite).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -500,12 +500,15 @@ pub struct Audit<'a> {
     pub detail: serde_json::Value,
 }
 
-/// A PostgreSQL client, dropped on a plain thread: the synchronous client owns a small
-/// runtime, which must not be dropped inside the server's async tasks.
-struct PostgresConn(Option<RefCell<postgres::Client>>);
+/// A PostgreSQL client and its prepared statements, dropped on a plain thread: the
+/// synchronous client owns a small runtime, which must not be dropped inside the server's
+/// async tasks.
+struct PostgresConn(Option<RefCell<postgres::Client>>, StatementCache);
 
 impl Drop for PostgresConn {
     fn drop(&mut self) {
+        // The statements first: each closes itself through the client.
+        self.1.clear();
         if let Some(client) = self.0.take() {
             let _ = std::thread::Builder::new()
                 .name("pg-close".into())
@@ -600,7 +603,10 @@ impl Store {
         }
         let client = config.connect(postgres::NoTls)?;
         let mut store = Store {
-            conn: Conn::Postgres(Box::new(PostgresConn(Some(RefCell::new(client))))),
+            conn: Conn::Postgres(Box::new(PostgresConn(
+                Some(RefCell::new(client)),
+                StatementCache::default(),
+            ))),
         };
         store.migrate(migrations)?;
         Ok(store)
@@ -612,6 +618,7 @@ impl Store {
     }
 
     fn setup(conn: Connection, migrations: &[Migration]) -> Result<Store, StoreError> {
+        conn.set_prepared_statement_cache_capacity(crate::sql::STATEMENT_CACHE_MAX);
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         let mut store = Store {
@@ -686,7 +693,7 @@ impl Store {
             h: match &self.conn {
                 Conn::Sqlite(conn) => Handle::Sqlite(conn),
                 Conn::Postgres(pg) => match &pg.0 {
-                    Some(client) => Handle::PostgresClient(client),
+                    Some(client) => Handle::PostgresClient(client, &pg.1),
                     None => unreachable!("the client is taken only on drop"),
                 },
             },
@@ -736,10 +743,11 @@ impl Store {
                 Ok(value)
             }
             Conn::Postgres(pg) => {
-                let client =
-                    pg.0.as_mut()
-                        .expect("the client is taken only on drop")
-                        .get_mut();
+                let PostgresConn(client, cache) = &mut **pg;
+                let client = client
+                    .as_mut()
+                    .expect("the client is taken only on drop")
+                    .get_mut();
                 let tx = match kind {
                     TxKind::Write => client.transaction(),
                     TxKind::ReadSnapshot => client
@@ -750,10 +758,10 @@ impl Store {
                 }
                 .map_err(StoreError::from)?;
                 let db = Db {
-                    h: Handle::PostgresTransaction(RefCell::new(tx)),
+                    h: Handle::PostgresTransaction(RefCell::new(tx), cache),
                 };
                 let value = f(&db)?;
-                let Handle::PostgresTransaction(tx) = db.h else {
+                let Handle::PostgresTransaction(tx, _) = db.h else {
                     unreachable!("built above")
                 };
                 tx.into_inner().commit().map_err(StoreError::from)?;
