@@ -1333,7 +1333,7 @@ impl Db<'_> {
 
     /// The query of [`Db::latest_report_per_node`]: the inner `GROUP BY` reads the
     /// `usage_reports_by_node` index (license, node, id) alone, never the report rows.
-    pub(crate) const LATEST_REPORT_PER_NODE_SQL: &'static str =
+    pub const LATEST_REPORT_PER_NODE_SQL: &'static str =
         "SELECT r.id, l.license_key, r.token_id, r.received_at_ms, r.client_address,
                 r.report, c.name
          FROM usage_reports r JOIN licenses l ON l.id = r.license_id
