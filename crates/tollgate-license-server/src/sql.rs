@@ -285,11 +285,6 @@ impl StatementCache {
     pub(crate) fn clear(&self) {
         self.0.borrow_mut().clear();
     }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.0.borrow().len()
-    }
 }
 
 /// A connection, or a transaction on one: what the store's queries run on.
@@ -316,7 +311,8 @@ impl Handle<'_> {
         match self {
             Handle::Sqlite(conn) => Ok(conn
                 .prepare_cached(sql)?
-                .execute(rusqlite::params_from_iter(params))? as u64),
+                .execute(rusqlite::params_from_iter(params))?
+                as u64),
             Handle::PostgresClient(client, cache) => {
                 let mut client = client.borrow_mut();
                 let statement = cache.get(sql, |q| client.prepare(q))?;

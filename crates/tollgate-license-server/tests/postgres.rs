@@ -309,7 +309,9 @@ fn the_silent_node_query_plan_uses_the_node_index_on_postgresql() {
                      FROM generate_series(1, 50000) g;",
             )
             .unwrap();
-        client.batch_execute("VACUUM ANALYZE usage_reports").unwrap();
+        client
+            .batch_execute("VACUUM ANALYZE usage_reports")
+            .unwrap();
         let sql = format!(
             "EXPLAIN {}",
             tollgate_license_server::store::Db::LATEST_REPORT_PER_NODE_SQL.replace("?1", "$1")
