@@ -29,7 +29,6 @@ fn arb_record() -> impl Strategy<Value = Record> {
                 calls,
                 ..NodeUsage::default()
             },
-            aor_seq: 0,
         })
 }
 

@@ -46,7 +46,6 @@ fn record(node_id: &str, incarnation: u64, seq: u64, usage: NodeUsage) -> Record
         address: format!("{node_id}:7172"),
         license_serial: 0,
         usage,
-        aor_seq: 0,
     }
 }
 
@@ -824,7 +823,6 @@ fn arb_record() -> impl Strategy<Value = Record> {
             address: String::new(),
             license_serial: serial,
             usage: calls(calls_),
-            aor_seq: 0,
         })
 }
 
