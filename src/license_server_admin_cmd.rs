@@ -19,7 +19,7 @@ use tollgate_license::timestamp::{format_rfc3339, parse_rfc3339};
 use tollgate_license::{Document, LicenseSpec};
 use tollgate_license_server::admin::{self, AdminError, AdminPaths, Contract, Ctx};
 use tollgate_license_server::admin_api::{PASSWORD_LEN_MAX, Role};
-use tollgate_license_server::store::{Store, StoreError};
+use tollgate_license_server::store::{Store, StoreError, TokenState};
 use tollgate_license_server::{KeyRing, billing};
 
 use crate::Failure;
@@ -58,8 +58,8 @@ pub(crate) enum AdminCommand {
         #[arg(value_enum)]
         state: ContractState,
     },
-    /// API tokens: issue (printed once), list, revoke.
-    #[command(subcommand)]
+    /// API tokens: issue (printed once), list, rotate, revoke.
+    #[command(subcommand, visible_alias = "tokens")]
     Token(TokenCommand),
     /// Usage reports sent by agents.
     #[command(subcommand)]
@@ -71,7 +71,9 @@ pub(crate) enum AdminCommand {
     /// disable.
     #[command(subcommand)]
     User(UserCommand),
-    /// Every node that sent usage reports, its latest report, and whether it fell silent.
+    /// The former name of `reports silent-nodes --all` (every node that reported; `--silent`
+    /// only the silent ones), kept for scripts.
+    #[command(hide = true)]
     Nodes {
         /// Only the silent ones.
         #[arg(long)]
@@ -189,11 +191,29 @@ pub(crate) enum TokenCommand {
         /// A note for the vendor (e.g. which node).
         #[arg(long)]
         note: Option<String>,
+        /// When the token stops working (UTC, like 2031-01-01T00:00:00Z); then requests
+        /// with it answer 403 token_expired. Default: never.
+        #[arg(long, value_name = "TIME")]
+        expires: Option<String>,
     },
+    /// Every token: id, license, state (active, expired, revoked), addresses, created,
+    /// expiry, the token a rotation replaced it with, last use, note.
     List {
         /// Only this license's tokens.
         #[arg(long, value_name = "KEY")]
         license: Option<String>,
+    },
+    /// Rotate a token: a new token (printed once) for the same license, addresses and note;
+    /// the old one keeps working for the grace period, then answers 403 token_expired.
+    Rotate {
+        id: i64,
+        /// How long the old token keeps working, in minutes (0 revokes it at once; at most
+        /// 43200, 30 days).
+        #[arg(long, value_name = "MINUTES", default_value_t = 1440)]
+        grace_minutes: u64,
+        /// When the new token stops working (UTC); default the old token's expiry.
+        #[arg(long, value_name = "TIME")]
+        expires: Option<String>,
     },
     /// Revoke a token (by the id `token list` shows): the next request is refused (403).
     Revoke { id: i64 },
@@ -226,8 +246,10 @@ pub(crate) enum ReportsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// The nodes whose ledgers the server holds: bound key, chain, head, flag count.
-    Nodes {
+    /// The nodes whose usage ledgers the server holds: bound key, chain, head, flag count
+    /// (`reports nodes` is the former name).
+    #[command(alias = "nodes")]
+    Ledgers {
         /// Only this license's nodes.
         #[arg(long, value_name = "KEY")]
         license: Option<String>,
@@ -254,6 +276,16 @@ pub(crate) enum ReportsCommand {
         /// RFC 4180 CSV with a header line, for a spreadsheet or an invoicing system.
         #[arg(long)]
         csv: bool,
+    },
+    /// Nodes that stopped reporting: each node's latest report, silent when older than
+    /// --silent-after-minutes (with --all, every node that ever reported, with its state).
+    SilentNodes {
+        /// Every node that ever reported, not only the silent ones.
+        #[arg(long)]
+        all: bool,
+        /// Silent after this many minutes without a report.
+        #[arg(long, value_name = "MINUTES", default_value_t = 15)]
+        silent_after_minutes: u64,
     },
 }
 
@@ -385,9 +417,13 @@ fn run_with_input(
             limit,
             json,
         }) => ledger_flags(&store, license.as_deref(), *limit, *json, out),
-        AdminCommand::Reports(ReportsCommand::Nodes { license, json }) => {
+        AdminCommand::Reports(ReportsCommand::Ledgers { license, json }) => {
             ledger_nodes(&store, license.as_deref(), *json, out)
         }
+        AdminCommand::Reports(ReportsCommand::SilentNodes {
+            all,
+            silent_after_minutes,
+        }) => nodes(&store, !*all, *silent_after_minutes, now_ms, out),
         AdminCommand::Reports(ReportsCommand::Monthly {
             month,
             from,
@@ -500,11 +536,21 @@ fn license(
             writeln!(out, "serial       {}", record.serial)?;
             describe_document(&document, out)?;
             let tokens = db.tokens(Some(license))?;
-            let active = tokens.iter().filter(|t| t.revoked_at_ms.is_none()).count();
+            let count = |state: &str| {
+                tokens
+                    .iter()
+                    .filter(|t| t.state(ctx.now_ms).as_str() == state)
+                    .count()
+            };
+            let active = count("active") + count("expiring");
+            let expired = match count("expired") {
+                0 => String::new(),
+                n => format!(", {n} expired"),
+            };
             writeln!(
                 out,
-                "tokens       {active} active, {} revoked",
-                tokens.len() - active
+                "tokens       {active} active, {} revoked{expired}",
+                count("revoked")
             )?;
             if *history {
                 writeln!(out, "history:")?;
@@ -637,12 +683,17 @@ fn token(
             license,
             allow,
             note,
+            expires,
         } => {
+            let expires_at_ms = parse_time_arg("--expires", expires.as_deref())?;
             let (id, token, allowed) =
-                admin::issue_token(ctx, store, license, allow, note.as_deref())?;
+                admin::issue_token(ctx, store, license, allow, note.as_deref(), expires_at_ms)?;
+            let until = expires_at_ms.map_or_else(String::new, |at| {
+                format!(", expires {}", format_rfc3339(at))
+            });
             writeln!(
                 out,
-                "token {id} for license {license}, allowed from {allowed}"
+                "token {id} for license {license}, allowed from {allowed}{until}"
             )?;
             writeln!(out, "{token}")?;
             writeln!(
@@ -653,17 +704,25 @@ fn token(
         }
         TokenCommand::List { license } => {
             for t in store.read().tokens(license.as_deref())? {
-                let state = match t.revoked_at_ms {
-                    Some(at) => format!("revoked {}", format_rfc3339(at)),
-                    None => "active".into(),
+                let state = match t.state(ctx.now_ms) {
+                    TokenState::Revoked(at) => format!("revoked {}", format_rfc3339(at)),
+                    TokenState::Expired(at) => format!("expired {}", format_rfc3339(at)),
+                    TokenState::Active | TokenState::Expiring(_) => "active".into(),
                 };
+                let expires = match t.expires_at_ms {
+                    Some(at) => format!("expires {}", format_rfc3339(at)),
+                    None => "expires never".into(),
+                };
+                let replaced = t
+                    .replaced_by
+                    .map_or_else(String::new, |next| format!("\treplaced by {next}"));
                 let used = match (t.last_used_at_ms, &t.last_used_from) {
                     (Some(at), Some(from)) => format!("{} from {from}", format_rfc3339(at)),
                     _ => "never".into(),
                 };
                 writeln!(
                     out,
-                    "{}\t{}\t{}\tallowed {}\tcreated {}\tlast used {}\t{}",
+                    "{}\t{}\t{}\tallowed {}\tcreated {}\t{expires}{replaced}\tlast used {}\t{}",
                     t.id,
                     t.license_key,
                     state,
@@ -672,6 +731,40 @@ fn token(
                     used,
                     t.note.as_deref().unwrap_or("")
                 )?;
+            }
+            Ok(())
+        }
+        TokenCommand::Rotate {
+            id,
+            grace_minutes,
+            expires,
+        } => {
+            let expires_at_ms = parse_time_arg("--expires", expires.as_deref())?;
+            let grace_ms = grace_minutes.saturating_mul(60_000);
+            let rotated = admin::rotate_token(ctx, store, *id, grace_ms, expires_at_ms)?;
+            let until = rotated.expires_at_ms.map_or_else(String::new, |at| {
+                format!(", expires {}", format_rfc3339(at))
+            });
+            writeln!(
+                out,
+                "token {} for license {} replaces token {id}, allowed from {}{until}",
+                rotated.id, rotated.old.license_key, rotated.old.allowed
+            )?;
+            writeln!(out, "{}", rotated.token)?;
+            writeln!(
+                out,
+                "(shown once: put it in the agent's configuration; the server keeps only a hash)"
+            )?;
+            match (rotated.old.revoked_at_ms, rotated.old.expires_at_ms) {
+                (Some(_), _) => {
+                    writeln!(out, "token {id} is revoked: requests with it answer 403")?
+                }
+                (None, Some(at)) => writeln!(
+                    out,
+                    "token {id} keeps working until {}, then answers 403 token_expired",
+                    format_rfc3339(at)
+                )?,
+                (None, None) => {}
             }
             Ok(())
         }
@@ -688,6 +781,12 @@ fn token(
             Ok(())
         }
     }
+}
+
+/// An optional RFC 3339 time argument.
+fn parse_time_arg(flag: &str, text: Option<&str>) -> Result<Option<u64>, AdminError> {
+    text.map(|text| parse_rfc3339(text).map_err(|e| admin::input(format!("{flag} {text}: {e}"))))
+        .transpose()
 }
 
 fn reports(
@@ -781,7 +880,7 @@ fn ledger_flags(
     Ok(())
 }
 
-/// `admin reports nodes`: every node whose key or ledger the server holds.
+/// `admin reports ledgers`: every node whose key or ledger the server holds.
 fn ledger_nodes(
     store: &Store,
     license: Option<&str>,

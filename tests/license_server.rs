@@ -1085,3 +1085,146 @@ fn backup_while_running_and_restore_through_the_cli() {
     assert_eq!(code, 2, "a non-empty store is refused: {stderr}");
     assert!(stderr.contains("empty"), "{stderr}");
 }
+
+/// `admin token issue --expires`, `admin tokens rotate` (the plural is an alias), the list
+/// with states, and the renamed node views (`reports silent-nodes`, `reports ledgers`)
+/// beside their former names, on a real server reached by the real client.
+#[test]
+fn admin_cli_expires_and_rotates_tokens_and_names_the_node_views() {
+    let vendor = Vendor::new("");
+    let server = Server::start(&vendor, true);
+    let first = vendor.provision("127.0.0.1");
+    let rt = runtime();
+    rt.block_on(server.client(&vendor, &first).fetch_lease())
+        .expect("lease with the first token");
+
+    // Issued with an expiry: printed, listed, refused at issue when in the past.
+    let expires = tollgate_license::timestamp::format_rfc3339(
+        now_ms() / 1000 * 1000 + 30 * tollgate_license::timestamp::DAY_MS,
+    );
+    let out = vendor.admin_ok(&[
+        "tokens",
+        "issue",
+        "--license",
+        LICENSE_KEY,
+        "--allow",
+        "127.0.0.1",
+        "--expires",
+        &expires,
+    ]);
+    assert!(
+        out.starts_with(&format!(
+            "token 2 for license {LICENSE_KEY}, allowed from 127.0.0.1/32, expires {expires}\n"
+        )),
+        "{out}"
+    );
+    let past = vendor.admin(&[
+        "token",
+        "issue",
+        "--license",
+        LICENSE_KEY,
+        "--allow",
+        "127.0.0.1",
+        "--expires",
+        "2020-01-01T00:00:00Z",
+    ]);
+    assert_eq!(past.code, 2, "{}", past.stderr);
+    assert!(past.stderr.contains("not in the future"), "{}", past.stderr);
+
+    // Rotation with a grace of 0: the old token is refused at once, the new one works.
+    let out = vendor.admin_ok(&["tokens", "rotate", "1", "--grace-minutes", "0"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("token 3 for license {LICENSE_KEY} replaces token 1, allowed from 127.0.0.1/32")
+    );
+    let third = lines[1];
+    assert!(third.starts_with("tg_") && third != first, "{out}");
+    assert_eq!(lines[3], "token 1 is revoked: requests with it answer 403");
+    assert_eq!(
+        status_of(rt.block_on(server.client(&vendor, &first).fetch_lease())),
+        (403, "token_revoked".into())
+    );
+    rt.block_on(server.client(&vendor, third).fetch_lease())
+        .expect("the rotated token works");
+
+    // Rotation with the default grace: a day more for the old token.
+    let out = vendor.admin_ok(&["token", "rotate", "3"]);
+    let fourth = out
+        .lines()
+        .find(|l| l.starts_with("tg_"))
+        .expect("the new token")
+        .to_owned();
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("token 3 keeps working until ")
+                && l.ends_with(", then answers 403 token_expired")),
+        "{out}"
+    );
+    rt.block_on(server.client(&vendor, third).fetch_lease())
+        .expect("within its grace period");
+    let again = vendor.admin(&["token", "rotate", "3"]);
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(again.stderr.contains("rotated already"), "{}", again.stderr);
+
+    let list = vendor.admin_ok(&["token", "list"]);
+    let rows: Vec<Vec<&str>> = list.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 4, "{list}");
+    assert!(
+        rows[0][2].starts_with("revoked ") && rows[0][5] == "expires never",
+        "{list}"
+    );
+    assert_eq!(rows[0][6], "replaced by 3", "{list}");
+    assert_eq!(rows[1][5], format!("expires {expires}"), "{list}");
+    assert!(
+        rows[2][2] == "active" && rows[2][5].starts_with("expires "),
+        "{list}"
+    );
+    assert_eq!(rows[2][6], "replaced by 4", "{list}");
+    assert!(
+        rows[3][2] == "active" && rows[3][5] == "expires never",
+        "{list}"
+    );
+    let audit = vendor.admin_ok(&["audit", "--json"]);
+    assert_eq!(
+        audit.matches("\"action\":\"token.rotate\"").count(),
+        2,
+        "{audit}"
+    );
+
+    // The node views: the one that reported, under the new names and the old.
+    let report = UsageReport {
+        node_id: "sp1".into(),
+        agent_version: "0.1.0".into(),
+        timestamp_ms: now_ms(),
+        since_ms: None,
+        license_serial: Some(1),
+        node: UsageFigures::default(),
+        cluster: None,
+        admissions_denied: Default::default(),
+        ledger: Vec::new(),
+    };
+    rt.block_on(server.client(&vendor, &fourth).send_usage(&report))
+        .expect("report");
+    let silent = vendor.admin_ok(&["reports", "silent-nodes"]);
+    assert_eq!(
+        silent.lines().count(),
+        1,
+        "only the header: sp1 reports\n{silent}"
+    );
+    let all = vendor.admin_ok(&["reports", "silent-nodes", "--all"]);
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with(&format!("Acme Telecom\t{LICENSE_KEY}\tsp1\treporting\t"))),
+        "{all}"
+    );
+    assert_eq!(vendor.admin_ok(&["nodes"]), all, "the former name");
+    let ledgers = vendor.admin_ok(&["reports", "ledgers"]);
+    assert!(ledgers.starts_with("license\tnode\tkey\t"), "{ledgers}");
+    assert_eq!(
+        vendor.admin_ok(&["reports", "nodes"]),
+        ledgers,
+        "the former name"
+    );
+    server.stop();
+}

@@ -7,7 +7,8 @@
 //!   the bytes they came from, `good_len` is their total length, and the reader reports an
 //!   error exactly when it stopped before the end of the input;
 //! - corrections records (reconciliation) re-encode the same way, from their owner and
-//!   corrections;
+//!   corrections, and events records (the receive loop's) from their entries, which never
+//!   hold a call event by its fields (those go by fingerprint);
 //! - the first input byte picks a mode: odd values wrap the rest in a valid record header
 //!   and checksum, so the record body parser (receive time, datagram lengths) sees
 //!   arbitrary bodies instead of stopping at the checksum.
@@ -15,8 +16,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use tollgate_usage::journal::{
-    JOURNAL_FORMAT_VERSION, RECORD_HEADER_LEN, RecordBuilder, SEGMENT_HEADER_LEN, SegmentHeader,
-    frame_record_body, records,
+    Entry, JOURNAL_FORMAT_VERSION, RECORD_HEADER_LEN, RecordBuilder, RecordKind,
+    SEGMENT_HEADER_LEN, SegmentHeader, frame_record_body, records,
 };
 
 fn check_records(bytes: &[u8]) {
@@ -26,6 +27,15 @@ fn check_records(bytes: &[u8]) {
     for record in it.by_ref() {
         if let Some(c) = record.corrections() {
             builder.corrections(record.now, c.owner, &c.corrections);
+        } else if record.kind == RecordKind::Events {
+            builder.begin_events(record.now);
+            let mut calls = 0;
+            for entry in record.entries() {
+                assert!(builder.push_entry(&entry), "an entry read back re-encodes");
+                calls += usize::from(matches!(entry, Entry::Call { .. }));
+            }
+            assert_eq!(builder.calls().len(), calls);
+            assert_eq!(builder.entries().count(), record.entries().count());
         } else {
             assert!(
                 !record.is_corrections(),

@@ -8,13 +8,19 @@
 //!   from its owner — refuses exactly the direct push of another node's record, and keeps
 //!   its invariants: every frame it emits encodes and decodes back equal, datagrams fit
 //!   `DATAGRAM_BYTES_MAX`, the aggregate's calls are the sum over the nodes it counts, the
-//!   table stays within `NODES_MAX`, and its timer moves forward.
+//!   table stays within `NODES_MAX`, and its timer moves forward;
+//! - the registered-AoR union keeps its invariants (`AorSets::check`: every holder's digest
+//!   equals its members', the distinct count equals the fingerprints a counted node holds)
+//!   and never counts more than the fingerprints held; a `RecordAors` push (frame version
+//!   2) from its owner that follows the copy's version (synced first by a summary of an
+//!   empty set) leaves the copy holding its adds and none of its removes.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tollgate_replication::{
-    Config, DATAGRAM_BYTES_MAX, Frame, MonoTime, NODES_MAX, Replica, TransmitKind, decode, encode,
+    AorSummary, Config, DATAGRAM_BYTES_MAX, Frame, MonoTime, NODES_MAX, Replica, TransmitKind,
+    decode, encode,
 };
 
 const SELF_ID: &str = "fuzz-self";
@@ -41,9 +47,43 @@ fuzz_target!(|data: &[u8]| {
         .expect("valid peer id");
     check(&mut replica, MonoTime(1_000));
 
+    // A push of the peer's AoR changes that follows an empty set the copy is synced at.
+    let follows = match &frame {
+        Frame::RecordAors(push) if push.record.node_id == PEER_ID && push.record.aor_seq > 0 => {
+            let summary = AorSummary {
+                incarnation: push.record.incarnation,
+                seq: push.record.aor_seq - 1,
+                count: 0,
+                hash: 0,
+            };
+            replica
+                .handle_frame(MonoTime(1_000), PEER_ID, Frame::AorSummary(summary))
+                .expect("a summary is accepted");
+            assert!(replica.aor_copy_synced(PEER_ID));
+            Some(push.clone())
+        }
+        _ => None,
+    };
     let from_peer = replica.handle_frame(MonoTime(1_000), PEER_ID, frame.clone());
-    match &frame {
-        Frame::Record(record) => {
+    if let Some(push) = follows {
+        let sets = replica.aor_sets();
+        let slot = sets.slot(PEER_ID).expect("the peer's copy has a slot");
+        for add in &push.adds {
+            if !push.removes.contains(add) {
+                assert!(sets.contains(slot, u64::from_le_bytes(*add)));
+            }
+        }
+        for remove in &push.removes {
+            assert!(!sets.contains(slot, u64::from_le_bytes(*remove)));
+        }
+    }
+    let pushed = match &frame {
+        Frame::Record(record) => Some(record),
+        Frame::RecordAors(push) => Some(&push.record),
+        _ => None,
+    };
+    match pushed {
+        Some(record) => {
             assert_eq!(from_peer.is_err(), record.node_id != PEER_ID);
             if record.node_id != SELF_ID && record.node_id != PEER_ID {
                 replica
@@ -51,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
                     .expect("a record pushed by its owner is accepted");
             }
         }
-        _ => assert_eq!(from_peer, Ok(())),
+        None => assert_eq!(from_peer, Ok(())),
     }
     check(&mut replica, MonoTime(1_000));
     for now in [4_000, 12_000, 100_000].map(MonoTime) {
@@ -79,4 +119,7 @@ fn check(replica: &mut Replica, now: MonoTime) {
         .filter(|view| view.counted)
         .fold(0u64, |sum, view| sum.saturating_add(view.usage.calls));
     assert_eq!(replica.aggregate(now).calls, counted);
+    let sets = replica.aor_sets();
+    assert_eq!(sets.check(), Ok(()));
+    assert!(replica.aggregate(now).registered_subscribers_distinct <= sets.len() as u64);
 }

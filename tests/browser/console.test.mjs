@@ -6,11 +6,13 @@
 //   TOLLGATE_CONSOLE_URL       https://127.0.0.1:PORT/console/
 //   TOLLGATE_ADMIN_USER / TOLLGATE_ADMIN_PASSWORD, TOLLGATE_VIEWER_USER / TOLLGATE_VIEWER_PASSWORD
 //   TOLLGATE_CUSTOMER, TOLLGATE_LICENSE_KEY
+//   TOLLGATE_TOKENS_OUT        where to write the token the page issued and its rotation
 //   TOLLGATE_CHROMIUM          the browser (default /usr/bin/chromium)
 //
 // Exits 0 when every check passed, 1 with the failing step otherwise.
 
 import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
 const TIMEOUT_MS = 120_000;
@@ -26,6 +28,7 @@ const admin = { user: env('TOLLGATE_ADMIN_USER'), password: env('TOLLGATE_ADMIN_
 const viewer = { user: env('TOLLGATE_VIEWER_USER'), password: env('TOLLGATE_VIEWER_PASSWORD') };
 const customer = env('TOLLGATE_CUSTOMER');
 const licenseKey = env('TOLLGATE_LICENSE_KEY');
+const tokensOut = env('TOLLGATE_TOKENS_OUT');
 
 let step = 'start';
 const timer = setTimeout(() => {
@@ -86,11 +89,29 @@ try {
   await page.fill('#token-license', licenseKey);
   await page.fill('#token-allow', '192.0.2.7 10.0.0.0/8');
   await page.fill('#token-note', 'from the console');
+  await page.fill('#token-expires', '2031-01-01');
   await page.click('#token-issue button[type=submit]');
   await page.locator('#token-value').filter({ hasText: /^tg_/ }).waitFor();
-  await page.locator('#tokens td', { hasText: 'from the console' }).waitFor();
+  const issuedRow = page.locator('#tokens tr', { hasText: 'from the console' });
+  await issuedRow.locator('.expires').filter({ hasText: '2031-01-01T00:00:00Z' }).waitFor();
+  const first = await page.locator('#token-value').textContent();
   const tableText = await page.locator('#tokens').textContent();
-  assert.ok(!tableText.includes(await page.locator('#token-value').textContent()), 'the token is not listed');
+  assert.ok(!tableText.includes(first), 'the token is not listed');
+
+  step = 'rotate the token: a new one shown once, the old one works for the grace period';
+  await page.fill('#rotate-grace-hours', '2');
+  await issuedRow.locator('button', { hasText: 'Rotate' }).click();
+  await page.locator('#token-replaces').filter({ hasText: /keeps working until/ }).waitFor();
+  const second = await page.locator('#token-value').textContent();
+  assert.match(second, /^tg_/);
+  assert.notEqual(second, first, 'a new secret');
+  const oldRow = page.locator('#tokens tr', { hasText: 'from the console' }).filter({ hasText: 'replaced by' });
+  await oldRow.locator('.state').filter({ hasText: /^active, replaced by \d+$/ }).waitFor();
+  const newRow = page.locator('#tokens tr', { hasText: 'from the console' }).filter({ hasNotText: 'replaced by' });
+  await newRow.locator('.expires').filter({ hasText: '2031-01-01T00:00:00Z' }).waitFor();
+  assert.ok(!(await page.locator('#tokens').textContent()).includes(second), 'the new token is not listed');
+  // The Rust side leases with both, to check that what the page showed works.
+  writeFileSync(tokensOut, `${first}\n${second}\n`, { mode: 0o600 });
 
   step = 'usage: monthly peaks and the chart';
   await page.click('nav button[data-tab=usage]');

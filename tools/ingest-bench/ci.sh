@@ -2,3 +2,4 @@
 # Short run for CI: proves the tool works; the figures of a quick run are not reported.
 set -euo pipefail
 cargo run --release -p ingest-bench -- --quick
+cargo run --release -p ingest-bench -- --quick --method journal

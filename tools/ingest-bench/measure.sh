@@ -28,7 +28,7 @@ run "$target/ingest-bench" --method in-process
 run "$target/ingest-bench" --method table --table-sizes 65536,1000000,10000000
 run "$target/ingest-bench" --method threads --runs "$runs" --threads 1,2
 run "$target/ingest-bench" --method recv-cost --runs "$runs"
-run "$target/ingest-bench" --method full-queue --runs "$runs" --only udp --journal-fsync-ms 1000
+run "$target/ingest-bench" --method journal --runs "$((runs * 2 + 1))"
 run "$target/table-memory"
 run "$target/admit-bench" --count 100000 --mode both
 # Where the agent's receiving thread spends the live phase (perf, software clock: works in

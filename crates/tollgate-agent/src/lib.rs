@@ -234,6 +234,8 @@ pub async fn run(
             max_aors: config.max_aors,
             max_contacts_per_aor: config.max_contacts_per_aor,
             max_expires_s: config.max_expires_s,
+            // A fresh seed at every start: never the one the snapshot's writer had.
+            map_seed: rand::RngCore::next_u64(&mut rand::rngs::OsRng),
             ..TablesConfig::default()
         },
         key,

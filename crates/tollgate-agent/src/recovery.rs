@@ -24,7 +24,7 @@ use tollgate_ingest::journal::gap_file_name;
 use tollgate_ingest::{Journal, LocalStats, Pipeline, tables_clock, wall_clock};
 use tollgate_usage::Tables;
 use tollgate_usage::journal::{
-    SEGMENT_HEADER_LEN, SegmentHeader, parse_segment_file_name, records, segment_file_name,
+    Entry, SEGMENT_HEADER_LEN, SegmentHeader, parse_segment_file_name, records, segment_file_name,
 };
 
 use crate::resets::{ResetReason, StateResets};
@@ -287,12 +287,29 @@ fn replay_segment(
     }
     let mut it = records(rest, SEGMENT_HEADER_LEN);
     let mut count = 0;
+    let mut calls = Vec::new();
     for record in it.by_ref() {
         if let Some(c) = record.corrections() {
             // A reconciliation step: applied as it was, entries added taking its owner.
             let owner = replay.tables.owners().intern(c.owner);
             replay.tables.apply_corrections(owner, &c.corrections);
         }
+        // Decoded events (the receive loop's records): applied by the code that applied
+        // them live, nothing answered.
+        calls.clear();
+        calls.extend(record.entries().filter_map(|e| match e {
+            Entry::Call { call, .. } => Some(call),
+            _ => None,
+        }));
+        replay.apply_entries(
+            record.now,
+            record.entries(),
+            &calls,
+            stats,
+            None,
+            |_, _, _| {},
+        );
+        // Datagrams as received (the HEP collector's, and older segments').
         for datagram in record.datagrams() {
             replay.replay(record.now, datagram, stats);
         }

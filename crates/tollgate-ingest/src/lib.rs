@@ -19,6 +19,7 @@
 
 pub mod hep;
 pub mod journal;
+mod journalled;
 mod pipeline;
 mod recv;
 mod socket;
@@ -370,32 +371,47 @@ pub fn receive_loop(
             stats.publish(&mut local);
             continue;
         };
-        // Journalled: check every datagram's sequence, append the ones that passed as one
-        // record, and apply them while still holding the journal (its order is the tables').
-        record.begin(now);
+        // Journalled: check every datagram's sequence and write the events of those that
+        // passed to one events record; append it, then apply the record itself while still
+        // holding the journal (its order is the tables'). See `journalled`.
+        record.begin_events(now);
         accepted.clear();
         for received in batch.iter() {
             if received.truncated {
                 pipeline.reject_oversize(received.data.len(), &mut local);
-            } else if pipeline.check_sequence(now, received.data, &mut local) {
-                record.push(received.data);
+            } else if pipeline.check_sequence(now, received.data, &mut local)
+                && pipeline.encode_datagram(now, received.data, &mut record, &mut local)
+            {
                 accepted.push(received.slot);
+                if record.body_len() >= tollgate_usage::journal::EVENTS_RECORD_FLUSH_BYTES {
+                    append_and_apply(
+                        journal,
+                        pipeline,
+                        now,
+                        &mut record,
+                        &accepted,
+                        &mut reply,
+                        batch,
+                        fd,
+                        &mut local,
+                    );
+                    record.begin_events(now);
+                    accepted.clear();
+                }
             }
         }
         if !accepted.is_empty() {
-            let mut held = journal.lock();
-            held.append(record.finish());
-            for received in batch.iter() {
-                if accepted.binary_search(&received.slot).is_err() {
-                    continue;
-                }
-                reply.clear();
-                pipeline.apply_pipelined(now, received.data, &mut local, &mut reply, &mut pending);
-                send_reply(batch, fd, received.slot, &reply, &mut local);
-            }
-            // Applied before the journal is let go: its order is the tables' order.
-            pipeline.finish(now, &mut pending, &mut local);
-            drop(held);
+            append_and_apply(
+                journal,
+                pipeline,
+                now,
+                &mut record,
+                &accepted,
+                &mut reply,
+                batch,
+                fd,
+                &mut local,
+            );
         }
         pipeline.after_batch(now);
         if let Some(d) = batch.kernel_drops() {
@@ -404,6 +420,36 @@ pub fn receive_loop(
         stats.publish(&mut local);
     }
     stats.publish(&mut local);
+}
+
+/// Appends an events record and applies it under the journal; `accepted` maps the record's
+/// datagrams to their receive slots, for the answers.
+#[allow(clippy::too_many_arguments)]
+fn append_and_apply(
+    journal: &Journal,
+    pipeline: &Pipeline,
+    now: MonoTime,
+    record: &mut tollgate_usage::journal::RecordBuilder,
+    accepted: &[usize],
+    reply: &mut Vec<u8>,
+    batch: &RecvBatch,
+    fd: i32,
+    local: &mut LocalStats,
+) {
+    let mut held = journal.lock();
+    held.append(record.finish());
+    pipeline.apply_entries(
+        now,
+        record.entries(),
+        record.calls(),
+        local,
+        Some(reply),
+        |d, answers, local| {
+            send_reply(batch, fd, accepted[d], answers, local);
+        },
+    );
+    // Applied before the journal is let go: its order is the tables' order.
+    drop(held);
 }
 
 fn send_reply(batch: &RecvBatch, fd: i32, slot: usize, reply: &[u8], local: &mut LocalStats) {

@@ -379,7 +379,7 @@ impl Pipeline {
             return;
         }
         let outcome = self.tables.apply_from(now, event, owner);
-        count_outcome(event, outcome, stats);
+        count_outcome(event.verb(), outcome, stats);
     }
 
     /// A call event [`Tables::prefetch`] was called for.
@@ -393,13 +393,13 @@ impl Pipeline {
         stats: &mut LocalStats,
     ) {
         let outcome = self.tables.apply_prefetched(now, event, owner, prefetched);
-        count_outcome(event, outcome, stats);
+        count_outcome(event.verb(), outcome, stats);
     }
 }
 
 /// Counts what one applied event did.
 #[inline]
-fn count_outcome(event: &Event<'_>, outcome: Outcome, stats: &mut LocalStats) {
+pub(crate) fn count_outcome(verb: Verb, outcome: Outcome, stats: &mut LocalStats) {
     {
         let outcome = match outcome {
             Outcome::BadNumber => {
@@ -407,12 +407,12 @@ fn count_outcome(event: &Event<'_>, outcome: Outcome, stats: &mut LocalStats) {
                 return;
             }
             Outcome::CallsTableFull => {
-                stats.events[event.verb() as usize] += 1;
+                stats.events[verb as usize] += 1;
                 stats.refused[EventRefusal::CallsTableFull as usize] += 1;
                 return;
             }
             Outcome::RegistrationsTableFull => {
-                stats.events[event.verb() as usize] += 1;
+                stats.events[verb as usize] += 1;
                 stats.refused[EventRefusal::RegistrationsTableFull as usize] += 1;
                 return;
             }
@@ -429,11 +429,11 @@ fn count_outcome(event: &Event<'_>, outcome: Outcome, stats: &mut LocalStats) {
             Outcome::ContactUnknown => EventOutcome::ContactUnknown,
             Outcome::SubscribersSet => EventOutcome::SubscribersSet,
             Outcome::NotAChange => {
-                stats.events[event.verb() as usize] += 1;
+                stats.events[verb as usize] += 1;
                 return;
             }
         };
-        stats.events[event.verb() as usize] += 1;
+        stats.events[verb as usize] += 1;
         stats.outcomes[outcome as usize] += 1;
     }
 }

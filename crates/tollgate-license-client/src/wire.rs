@@ -135,8 +135,8 @@ pub struct LeaseResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// A stable, low-cardinality reason: `missing_token`, `bad_token`, `token_revoked`,
-    /// `source_address_not_allowed`, `unknown_license`, `contract_lapsed`, `bad_request`,
-    /// `internal`.
+    /// `token_expired`, `source_address_not_allowed`, `unknown_license`, `suspended`,
+    /// `contract_lapsed`, `bad_request`, `throttled`, `internal`.
     pub error: String,
     /// One sentence for a human.
     pub message: String,

@@ -64,9 +64,15 @@ fn main() {
         tollgate_license_client::Contract::Active,
     )
     .expect("license");
-    let (_, token, _) =
-        admin::issue_token(&ctx, &mut store, "BENCH_1", &["127.0.0.1".into()], None)
-            .expect("token");
+    let (_, token, _) = admin::issue_token(
+        &ctx,
+        &mut store,
+        "BENCH_1",
+        &["127.0.0.1".into()],
+        None,
+        None,
+    )
+    .expect("token");
     drop(store);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

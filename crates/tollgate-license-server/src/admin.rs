@@ -25,6 +25,13 @@ use crate::store::{Allowed, Audit, Database, Store, StoreError, TOKEN_ADDRESS_CO
 
 /// Longest token note, in bytes.
 pub const NOTE_LEN_MAX: usize = 256;
+/// How long a rotated token keeps working beside its replacement, unless the rotation says
+/// otherwise: a day, time to put the new token in every agent's configuration.
+pub const TOKEN_ROTATION_GRACE_MS_DEFAULT: u64 = DAY_MS;
+/// The longest grace period a rotation may give the old token: 30 days.
+pub const TOKEN_ROTATION_GRACE_MS_MAX: u64 = 30 * DAY_MS;
+/// The furthest a token's expiry may be set: 10 years.
+pub const TOKEN_EXPIRY_MS_MAX: u64 = 3660 * DAY_MS;
 
 /// Why an admin command failed.
 #[derive(Debug, thiserror::Error)]
@@ -329,14 +336,31 @@ pub fn set_contract(
     })
 }
 
-/// Issues an API token for a license bound to `allow` (audited `token.issue`): its id, the
-/// token (shown once; only its hash is stored) and the addresses.
+/// Checks a token expiry against `now_ms`: in the future, at most
+/// [`TOKEN_EXPIRY_MS_MAX`] ahead.
+fn check_expiry(now_ms: u64, expires_at_ms: Option<u64>) -> Result<(), AdminError> {
+    match expires_at_ms {
+        Some(at) if at <= now_ms => Err(input(format!(
+            "expiry {} is not in the future",
+            format_rfc3339(at)
+        ))),
+        Some(at) if at - now_ms > TOKEN_EXPIRY_MS_MAX => Err(input(
+            "a token expires at most 10 years (3660 days) from now",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Issues an API token for a license bound to `allow`, expiring at `expires_at_ms` (or
+/// never) (audited `token.issue`): its id, the token (shown once; only its hash is stored)
+/// and the addresses.
 pub fn issue_token(
     ctx: &Ctx<'_>,
     store: &mut Store,
     license: &str,
     allow: &[String],
     note: Option<&str>,
+    expires_at_ms: Option<u64>,
 ) -> Result<(i64, String, Allowed), AdminError> {
     if allow.is_empty() {
         return Err(input(
@@ -361,10 +385,18 @@ pub fn issue_token(
     {
         return Err(input("--note: at most 256 bytes, no control characters"));
     }
+    check_expiry(ctx.now_ms, expires_at_ms)?;
     let token = generate_token();
     let id = store.write(|db| {
         let record = db.license_required(license)?;
-        let id = db.insert_token(&record, &token_hash(&token), &allowed, note, ctx.now_ms)?;
+        let id = db.insert_token(
+            &record,
+            &token_hash(&token),
+            &allowed,
+            note,
+            ctx.now_ms,
+            expires_at_ms,
+        )?;
         db.audit(&ctx.audit(
             "token.issue",
             Some(license),
@@ -372,11 +404,93 @@ pub fn issue_token(
                 "token_id": id,
                 "allowed": allowed.to_string(),
                 "note": note,
+                "expires_at": expires_at_ms.map(format_rfc3339),
             }),
         ))?;
         Ok::<_, AdminError>(id)
     })?;
     Ok((id, token, allowed))
+}
+
+/// What [`rotate_token`] did.
+#[derive(Debug, Clone)]
+pub struct Rotated {
+    /// The new token's id.
+    pub id: i64,
+    /// The new token, shown once.
+    pub token: String,
+    /// The old token after the rotation: `expires_at_ms` at the end of its grace period, or
+    /// revoked (a grace of 0).
+    pub old: crate::store::TokenRecord,
+    /// The new token's expiry.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Rotates token `id` (audited `token.rotate`): a new secret for the same license,
+/// addresses and note, and the old token keeps working for `grace_ms` (then answers 403
+/// `token_expired`), or is revoked at once with a grace of 0. The new token expires at
+/// `expires_at_ms`, or when the old one was set to expire (before the rotation).
+pub fn rotate_token(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    id: i64,
+    grace_ms: u64,
+    expires_at_ms: Option<u64>,
+) -> Result<Rotated, AdminError> {
+    if grace_ms > TOKEN_ROTATION_GRACE_MS_MAX {
+        return Err(input("a rotation's grace period is at most 30 days"));
+    }
+    check_expiry(ctx.now_ms, expires_at_ms)?;
+    let token = generate_token();
+    store.write(|db| {
+        let old = db.token(id)?;
+        if let Some(at) = old.revoked_at_ms {
+            return Err(input(format!(
+                "token {id} was revoked at {}: issue a new one instead",
+                format_rfc3339(at)
+            )));
+        }
+        if let Some(next) = old.replaced_by {
+            return Err(input(format!(
+                "token {id} was rotated already (its replacement is token {next}): rotate that one"
+            )));
+        }
+        if old.expired_at(ctx.now_ms) {
+            return Err(input(format!(
+                "token {id} has expired: issue a new one instead"
+            )));
+        }
+        let expires_at_ms = expires_at_ms.or(old.expires_at_ms);
+        let license = db.license_required(&old.license_key)?;
+        let new_id = db.insert_token(
+            &license,
+            &token_hash(&token),
+            &old.allowed,
+            old.note.as_deref(),
+            ctx.now_ms,
+            expires_at_ms,
+        )?;
+        let old_until = (grace_ms > 0).then(|| ctx.now_ms.saturating_add(grace_ms));
+        let old = db.retire_token(id, new_id, ctx.now_ms, old_until)?;
+        db.audit(&ctx.audit(
+            "token.rotate",
+            Some(&old.license_key),
+            serde_json::json!({
+                "token_id": id,
+                "new_token_id": new_id,
+                "grace_s": grace_ms / 1000,
+                "old_expires_at": old.expires_at_ms.map(format_rfc3339),
+                "old_revoked_at": old.revoked_at_ms.map(format_rfc3339),
+                "expires_at": expires_at_ms.map(format_rfc3339),
+            }),
+        ))?;
+        Ok(Rotated {
+            id: new_id,
+            token: token.clone(),
+            old,
+            expires_at_ms,
+        })
+    })
 }
 
 /// Revokes a token (audited `token.revoke`).

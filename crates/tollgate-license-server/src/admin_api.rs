@@ -16,7 +16,8 @@
 //! | PUT | `/api/v1/admin/licenses/{key}` | admin | `{"spec": "<TOML>"}` signs a new document |
 //! | POST | `/api/v1/admin/licenses/{key}/contract` | admin | `{"contract": "active"\|"lapsed"}` |
 //! | GET | `/api/v1/admin/tokens` | viewer | every token (`?license=KEY`) |
-//! | POST | `/api/v1/admin/tokens` | admin | `{"license", "allow": [..], "note"?}` → the token, shown once |
+//! | POST | `/api/v1/admin/tokens` | admin | `{"license", "allow": [..], "note"?, "expires_at"?}` → the token, shown once |
+//! | POST | `/api/v1/admin/tokens/{id}/rotate` | admin | `{"grace_s"?, "expires_at"?}` → a new token (shown once) for the same license and addresses; the old one works for `grace_s` more (default a day; 0 revokes it) |
 //! | POST | `/api/v1/admin/tokens/{id}/revoke` | admin | revokes |
 //! | GET | `/api/v1/admin/keys` | viewer | signing keys, which signs now, which are scheduled |
 //! | POST | `/api/v1/admin/keys/rotate` | admin | `{"activate_at"?: RFC 3339}` creates the next key |
@@ -347,6 +348,29 @@ pub struct TokenBody {
     pub allow: Vec<String>,
     #[serde(default)]
     pub note: Option<String>,
+    /// RFC 3339; absent or null: the token never expires.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+/// `POST /api/v1/admin/tokens/{id}/rotate` body (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateTokenBody {
+    /// How long the old token keeps working; default a day, 0 revokes it at once.
+    #[serde(default)]
+    pub grace_s: Option<u64>,
+    /// The new token's expiry (RFC 3339); default the old token's.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+/// An optional RFC 3339 expiry of a request (`what` names the field in the error).
+pub fn parse_expiry(what: &str, text: Option<&str>) -> Result<Option<u64>, AdminError> {
+    text.map(|text| {
+        parse_rfc3339(text).map_err(|e| AdminError::Input(format!("{what} {text:?}: {e}")))
+    })
+    .transpose()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -409,13 +433,18 @@ pub fn license_json(record: &crate::store::LicenseRecord) -> serde_json::Value {
     })
 }
 
-pub fn token_json(t: &crate::store::TokenRecord) -> serde_json::Value {
+/// The JSON of one token (never its secret) with its state at `now_ms`: `active`,
+/// `expiring` (it has an expiry ahead), `expired`, `revoked`.
+pub fn token_json(t: &crate::store::TokenRecord, now_ms: u64) -> serde_json::Value {
     serde_json::json!({
         "id": t.id,
         "license_key": t.license_key,
+        "state": t.state(now_ms).as_str(),
         "allowed": t.allowed.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "note": t.note,
         "created_at": format_rfc3339(t.created_at_ms),
+        "expires_at": t.expires_at_ms.map(format_rfc3339),
+        "replaced_by": t.replaced_by,
         "revoked_at": t.revoked_at_ms.map(format_rfc3339),
         "last_used_at": t.last_used_at_ms.map(format_rfc3339),
         "last_used_from": t.last_used_from,

@@ -32,8 +32,9 @@ use tollgate_license::timestamp::format_rfc3339;
 
 use crate::admin;
 use crate::admin_api::{
-    ContractBody, CustomerBody, LicenseBody, LoginBody, Role, RotateBody, TokenBody, admin_refusal,
-    audit_json, license_json, parse_activation, parse_contract, report_json, token_json,
+    ContractBody, CustomerBody, LicenseBody, LoginBody, Role, RotateBody, RotateTokenBody,
+    TokenBody, admin_refusal, audit_json, license_json, parse_activation, parse_contract,
+    parse_expiry, report_json, token_json,
 };
 use crate::service::{Refused, Service};
 use crate::store::VendorUser;
@@ -101,6 +102,7 @@ pub fn router(service: Arc<Service>, clock: Clock) -> Router {
             get(admin_tokens).post(admin_token_issue),
         )
         .route("/api/v1/admin/tokens/{id}/revoke", post(admin_token_revoke))
+        .route("/api/v1/admin/tokens/{id}/rotate", post(admin_token_rotate))
         .route("/api/v1/admin/keys", get(admin_keys))
         .route("/api/v1/admin/keys/rotate", post(admin_key_rotate))
         .route("/api/v1/admin/reports", get(admin_reports))
@@ -399,7 +401,7 @@ async fn admin_license(
     headers: HeaderMap,
     Path(license_key): Path<String>,
 ) -> Response {
-    admin_call(&state, &headers, Role::Viewer, move |service, _, _| {
+    admin_call(&state, &headers, Role::Viewer, move |service, _, now| {
         let store = service.store.lock();
         let db = store.read();
         let record = db.license_required(&license_key).map_err(store_refusal)?;
@@ -407,7 +409,7 @@ async fn admin_license(
         let history = db.documents(&license_key).map_err(store_refusal)?;
         let mut json = license_json(&record);
         json["document"] = serde_json::Value::String(record.document.clone());
-        json["tokens"] = tokens.iter().map(token_json).collect();
+        json["tokens"] = tokens.iter().map(|t| token_json(t, now)).collect();
         json["history"] = history
             .iter()
             .map(|d| {
@@ -493,14 +495,14 @@ async fn admin_tokens(
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    admin_call(&state, &headers, Role::Viewer, move |service, _, _| {
+    admin_call(&state, &headers, Role::Viewer, move |service, _, now| {
         let tokens = service
             .store
             .lock()
             .read()
             .tokens(query.license.as_deref())
             .map_err(store_refusal)?;
-        let list: Vec<_> = tokens.iter().map(token_json).collect();
+        let list: Vec<_> = tokens.iter().map(|t| token_json(t, now)).collect();
         Ok(serde_json::json!({ "tokens": list }))
     })
     .await
@@ -514,13 +516,54 @@ async fn admin_token_issue(
     admin_call(&state, &headers, Role::Admin, move |service, user, now| {
         let body: TokenBody = json_body(&body)?;
         let (id, token, allowed) = service.admin_action(user, now, |ctx, store| {
-            admin::issue_token(ctx, store, &body.license, &body.allow, body.note.as_deref())
+            let expires = parse_expiry("expires_at", body.expires_at.as_deref())?;
+            admin::issue_token(
+                ctx,
+                store,
+                &body.license,
+                &body.allow,
+                body.note.as_deref(),
+                expires,
+            )
         })?;
         Ok(serde_json::json!({
             "id": id,
             "license_key": body.license,
             "token": token,
             "allowed": allowed.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "expires_at": body.expires_at,
+        }))
+    })
+    .await
+}
+
+async fn admin_token_rotate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> Response {
+    admin_call(&state, &headers, Role::Admin, move |service, user, now| {
+        let body: RotateTokenBody = if body.is_empty() {
+            RotateTokenBody::default()
+        } else {
+            json_body(&body)?
+        };
+        let rotated = service.admin_action(user, now, |ctx, store| {
+            let expires = parse_expiry("expires_at", body.expires_at.as_deref())?;
+            let grace_ms = body
+                .grace_s
+                .map_or(admin::TOKEN_ROTATION_GRACE_MS_DEFAULT, |s| {
+                    s.saturating_mul(1000)
+                });
+            admin::rotate_token(ctx, store, id, grace_ms, expires)
+        })?;
+        Ok(serde_json::json!({
+            "id": rotated.id,
+            "license_key": rotated.old.license_key,
+            "token": rotated.token,
+            "expires_at": rotated.expires_at_ms.map(format_rfc3339),
+            "replaces": token_json(&rotated.old, now),
         }))
     })
     .await
@@ -534,7 +577,7 @@ async fn admin_token_revoke(
     admin_call(&state, &headers, Role::Admin, move |service, user, now| {
         let record =
             service.admin_action(user, now, |ctx, store| admin::revoke_token(ctx, store, id))?;
-        Ok(token_json(&record))
+        Ok(token_json(&record, now))
     })
     .await
 }

@@ -4,7 +4,7 @@
 //! | --- | --- | --- |
 //! | `tollgate_license_server_leases_total` | `result` = `signed`, `reused`, `refused` | lease requests answered |
 //! | `tollgate_license_server_reports_total` | `result` = `stored`, `refused` | usage reports |
-//! | `tollgate_license_server_refusals_total` | `reason` = the refusal's error word (`bad_token`, `token_revoked`, `suspended`, `throttled`, …; `bad_credentials`, `login_throttled` for admin logins) | every refused client request and failed admin login |
+//! | `tollgate_license_server_refusals_total` | `reason` = the refusal's error word (`bad_token`, `token_revoked`, `token_expired`, `suspended`, `throttled`, …; `bad_credentials`, `login_throttled` for admin logins) | every refused client request and failed admin login |
 //! | `tollgate_license_server_db_seconds` | `operation` = `lease`, `report` | histogram of the database transaction of each request |
 //! | `tollgate_license_server_throttled_addresses` | — | addresses tracked by the bad-token throttle |
 

@@ -9,6 +9,7 @@
 //! | `Authorization: Bearer <token>` present | 401 | `missing_token` |
 //! | the token is known | 401 | `bad_token` |
 //! | the token is not revoked | 403 | `token_revoked` |
+//! | the token has not expired (as issued, or at the end of a rotation's grace period) | 403 | `token_expired` |
 //! | the client address is one the token is bound to | 403 | `source_address_not_allowed` |
 //! | the license key is the token's license | 404 | `unknown_license` |
 //! | the body is well formed | 400 | `bad_request` |
@@ -17,7 +18,8 @@
 //!
 //! A token for another license gets the same 404 as an unknown key, so a token does not
 //! reveal which other license keys exist. Every lease answer and every refusal of a known
-//! token is written to the audit log in the same transaction as the lease itself.
+//! token (`lease.refused`, `usage.refused`) is written to the audit log in the same
+//! transaction as the lease or report itself.
 
 use std::net::IpAddr;
 
@@ -212,10 +214,10 @@ impl Service {
         let mut store = self.store.lock();
         let started = std::time::Instant::now();
         let result = store.write(|db| -> Result<Result<LeaseResponse, (Option<i64>, Refused)>, Internal> {
-            let token = match authenticate(db, license_key, token, client)? {
+            let token = match authenticate(db, license_key, token, client, now_ms)? {
                 Auth::Granted(granted) => granted.0,
                 Auth::Refused(token_id, refused) => {
-                    audit_refusal(db, token_id, license_key, client, &refused, now_ms)?;
+                    audit_refusal(db, LEASE_REFUSED, token_id, license_key, client, &refused, now_ms)?;
                     return Ok(Err((token_id, refused)));
                 }
             };
@@ -223,7 +225,7 @@ impl Service {
                 Ok(request) => request,
                 Err(e) => {
                     let refused = Refused::new(400, "bad_request", e.to_string());
-                    audit_refusal(db, Some(token.id), license_key, client, &refused, now_ms)?;
+                    audit_refusal(db, LEASE_REFUSED, Some(token.id), license_key, client, &refused, now_ms)?;
                     return Ok(Err((Some(token.id), refused)));
                 }
             };
@@ -244,7 +246,7 @@ impl Service {
                         format_rfc3339(since)
                     ),
                 );
-                audit_refusal(db, Some(token.id), license_key, client, &refused, now_ms)?;
+                audit_refusal(db, LEASE_REFUSED, Some(token.id), license_key, client, &refused, now_ms)?;
                 return Ok(Err((Some(token.id), refused)));
             }
             let current = tollgate_license::parse(license.document.as_bytes())
@@ -270,7 +272,7 @@ impl Service {
                             current.valid_until_ms.map_or_else(String::new, format_rfc3339)
                         ),
                     );
-                    audit_refusal(db, Some(token.id), license_key, client, &refused, now_ms)?;
+                    audit_refusal(db, LEASE_REFUSED, Some(token.id), license_key, client, &refused, now_ms)?;
                     return Ok(Err((Some(token.id), refused)));
                 }
                 LeaseDecision::Reuse => (license.document.clone(), current, false),
@@ -370,14 +372,34 @@ impl Service {
         let started = std::time::Instant::now();
         let result = store.write(
             |db| -> Result<Result<i64, (Option<i64>, Refused)>, Internal> {
-                let token = match authenticate(db, license_key, token, client)? {
+                let token = match authenticate(db, license_key, token, client, now_ms)? {
                     Auth::Granted(granted) => granted.0,
-                    Auth::Refused(token_id, refused) => return Ok(Err((token_id, refused))),
+                    Auth::Refused(token_id, refused) => {
+                        audit_refusal(
+                            db,
+                            USAGE_REFUSED,
+                            token_id,
+                            license_key,
+                            client,
+                            &refused,
+                            now_ms,
+                        )?;
+                        return Ok(Err((token_id, refused)));
+                    }
                 };
                 let report = match parse_usage_report(body) {
                     Ok(report) => report,
                     Err(e) => {
                         let refused = Refused::new(400, "bad_request", e.to_string());
+                        audit_refusal(
+                            db,
+                            USAGE_REFUSED,
+                            Some(token.id),
+                            license_key,
+                            client,
+                            &refused,
+                            now_ms,
+                        )?;
                         return Ok(Err((Some(token.id), refused)));
                     }
                 };
@@ -457,8 +479,14 @@ fn log_refusal(
     );
 }
 
+/// The audit action of a refused lease request.
+const LEASE_REFUSED: &str = "lease.refused";
+/// The audit action of a refused usage report.
+const USAGE_REFUSED: &str = "usage.refused";
+
 fn audit_refusal(
     db: &Db<'_>,
+    action: &str,
     token_id: Option<i64>,
     license_key: &str,
     client: IpAddr,
@@ -472,7 +500,7 @@ fn audit_refusal(
     db.audit(&Audit {
         at_ms: now_ms,
         actor: &format!("token:{token_id}"),
-        action: "lease.refused",
+        action,
         license_key: Some(license_key),
         client_address: Some(&client.to_string()),
         detail: serde_json::json!({ "status": refused.status, "error": refused.error }),
@@ -484,6 +512,7 @@ fn authenticate(
     license_key: &str,
     token: Option<&str>,
     client: IpAddr,
+    now_ms: u64,
 ) -> Result<Auth, StoreError> {
     let Some(token) = token else {
         return Ok(Auth::Refused(
@@ -509,6 +538,22 @@ fn authenticate(
                 403,
                 "token_revoked",
                 format!("this API token was revoked at {}", format_rfc3339(revoked)),
+            ),
+        ));
+    }
+    if let Some(expired) = record.expires_at_ms.filter(|&at| at <= now_ms) {
+        let replaced = record.replaced_by.map_or_else(String::new, |next| {
+            format!(" (it was rotated: token {next} replaces it)")
+        });
+        return Ok(Auth::Refused(
+            id,
+            Refused::new(
+                403,
+                "token_expired",
+                format!(
+                    "this API token expired at {}{replaced}; ask the vendor for a new one",
+                    format_rfc3339(expired)
+                ),
             ),
         ));
     }

@@ -9,10 +9,15 @@
 //! - Values are [`Value`]s (integer, text, bytes, null) in both directions; rows are read
 //!   whole (every listing is bounded by `LIST_LIMIT_MAX`).
 //!
+//! - Statements are prepared once per connection: SQLite's through `rusqlite`'s statement
+//!   cache (`prepare_cached`), PostgreSQL's in a [`StatementCache`] keyed by the statement's
+//!   text (a lease is a dozen statements; preparing each costs a round trip of its own).
+//!
 //! **Boundary.** Only this module names `rusqlite` or `postgres` types; the store's queries
 //! see [`Db`](crate::store::Db) and [`Value`].
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
@@ -244,11 +249,49 @@ fn postgres_row(row: &postgres::Row) -> Result<Row, SqlError> {
     Ok(Row(values))
 }
 
+/// Most statements a connection keeps prepared (the store has fewer than a hundred distinct
+/// ones; backup and restore add one per table). Past it the cache starts over.
+pub const STATEMENT_CACHE_MAX: usize = 256;
+
+/// The statements prepared on one PostgreSQL connection, by their SQLite-dialect text.
+/// Emptied after any batch (DDL may change what a statement returns); an entry whose use
+/// failed is dropped, so a statement the server invalidated is prepared again next time.
+#[derive(Default)]
+pub(crate) struct StatementCache(RefCell<HashMap<String, postgres::Statement>>);
+
+impl StatementCache {
+    /// The prepared statement for `sql`, preparing it with `prepare` when new.
+    fn get(
+        &self,
+        sql: &str,
+        prepare: impl FnOnce(&str) -> Result<postgres::Statement, postgres::Error>,
+    ) -> Result<postgres::Statement, SqlError> {
+        if let Some(statement) = self.0.borrow().get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = prepare(&postgres_query(sql))?;
+        let mut map = self.0.borrow_mut();
+        if map.len() >= STATEMENT_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn forget(&self, sql: &str) {
+        self.0.borrow_mut().remove(sql);
+    }
+
+    pub(crate) fn clear(&self) {
+        self.0.borrow_mut().clear();
+    }
+}
+
 /// A connection, or a transaction on one: what the store's queries run on.
 pub(crate) enum Handle<'a> {
     Sqlite(&'a rusqlite::Connection),
-    PostgresClient(&'a RefCell<postgres::Client>),
-    PostgresTransaction(RefCell<postgres::Transaction<'a>>),
+    PostgresClient(&'a RefCell<postgres::Client>, &'a StatementCache),
+    PostgresTransaction(RefCell<postgres::Transaction<'a>>, &'a StatementCache),
 }
 
 fn pg_params(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
@@ -266,15 +309,23 @@ impl Handle<'_> {
     /// Runs a statement; the number of rows changed.
     pub fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, SqlError> {
         match self {
-            Handle::Sqlite(conn) => {
-                Ok(conn.execute(sql, rusqlite::params_from_iter(params))? as u64)
+            Handle::Sqlite(conn) => Ok(conn
+                .prepare_cached(sql)?
+                .execute(rusqlite::params_from_iter(params))?
+                as u64),
+            Handle::PostgresClient(client, cache) => {
+                let mut client = client.borrow_mut();
+                let statement = cache.get(sql, |q| client.prepare(q))?;
+                client
+                    .execute(&statement, &pg_params(params))
+                    .map_err(|e| forget(cache, sql, e))
             }
-            Handle::PostgresClient(client) => Ok(client
-                .borrow_mut()
-                .execute(&postgres_query(sql), &pg_params(params))?),
-            Handle::PostgresTransaction(tx) => Ok(tx
-                .borrow_mut()
-                .execute(&postgres_query(sql), &pg_params(params))?),
+            Handle::PostgresTransaction(tx, cache) => {
+                let mut tx = tx.borrow_mut();
+                let statement = cache.get(sql, |q| tx.prepare(q))?;
+                tx.execute(&statement, &pg_params(params))
+                    .map_err(|e| forget(cache, sql, e))
+            }
         }
     }
 
@@ -286,7 +337,7 @@ impl Handle<'_> {
     ) -> Result<(Vec<String>, Vec<Row>), SqlError> {
         match self {
             Handle::Sqlite(conn) => {
-                let mut stmt = conn.prepare(sql)?;
+                let mut stmt = conn.prepare_cached(sql)?;
                 let names: Vec<String> = stmt.column_names().map(str::to_owned).collect();
                 let count = names.len();
                 let rows = stmt
@@ -294,16 +345,20 @@ impl Handle<'_> {
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok((names, rows))
             }
-            Handle::PostgresClient(client) => {
+            Handle::PostgresClient(client, cache) => {
                 let mut client = client.borrow_mut();
-                let stmt = client.prepare(&postgres_query(sql))?;
-                let rows = client.query(&stmt, &pg_params(params))?;
+                let stmt = cache.get(sql, |q| client.prepare(q))?;
+                let rows = client
+                    .query(&stmt, &pg_params(params))
+                    .map_err(|e| forget(cache, sql, e))?;
                 postgres_rows(&stmt, &rows)
             }
-            Handle::PostgresTransaction(tx) => {
+            Handle::PostgresTransaction(tx, cache) => {
                 let mut tx = tx.borrow_mut();
-                let stmt = tx.prepare(&postgres_query(sql))?;
-                let rows = tx.query(&stmt, &pg_params(params))?;
+                let stmt = cache.get(sql, |q| tx.prepare(q))?;
+                let rows = tx
+                    .query(&stmt, &pg_params(params))
+                    .map_err(|e| forget(cache, sql, e))?;
                 postgres_rows(&stmt, &rows)
             }
         }
@@ -318,14 +373,31 @@ impl Handle<'_> {
         Ok(self.query(sql, params)?.into_iter().next())
     }
 
-    /// Several statements without parameters (migrations).
+    /// Several statements without parameters (migrations); forgets every prepared
+    /// statement.
     pub fn batch(&self, sql: &str) -> Result<(), SqlError> {
         match self {
-            Handle::Sqlite(conn) => Ok(conn.execute_batch(sql)?),
-            Handle::PostgresClient(client) => Ok(client.borrow_mut().batch_execute(sql)?),
-            Handle::PostgresTransaction(tx) => Ok(tx.borrow_mut().batch_execute(sql)?),
+            Handle::Sqlite(conn) => {
+                conn.flush_prepared_statement_cache();
+                Ok(conn.execute_batch(sql)?)
+            }
+            Handle::PostgresClient(client, cache) => {
+                cache.clear();
+                Ok(client.borrow_mut().batch_execute(sql)?)
+            }
+            Handle::PostgresTransaction(tx, cache) => {
+                cache.clear();
+                Ok(tx.borrow_mut().batch_execute(sql)?)
+            }
         }
     }
+}
+
+/// A failed use of a cached statement: the statement is prepared anew next time (the server
+/// may have invalidated it, e.g. after another server's migration).
+fn forget(cache: &StatementCache, sql: &str, e: postgres::Error) -> SqlError {
+    cache.forget(sql);
+    SqlError::Postgres(e)
 }
 
 fn postgres_rows(

@@ -31,7 +31,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use tollgate_license::Document;
 use tollgate_license_client::{Contract, UsageReport};
 
-use crate::sql::{Dialect, Handle, Row, SqlError, params, postgres_ddl};
+use crate::sql::{Dialect, Handle, Row, SqlError, StatementCache, params, postgres_ddl};
 
 /// Longest a writer waits for another process's transaction (SQLite).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -152,6 +152,18 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 4,
         description: "usage ledger: node keys, verified entries, flags (crate::ledger)",
         sql: crate::ledger::MIGRATION_SQL,
+    },
+    Migration {
+        version: 5,
+        description: "token expiry and rotation; usage reports indexed by node",
+        // `replaced_by` names the token a rotation created (no foreign key: a backup
+        // restores tokens in id order, and the replacement comes later). The index serves
+        // the silent-node view (the latest report of each license and node).
+        sql: "
+        ALTER TABLE tokens ADD COLUMN expires_at_ms INTEGER;
+        ALTER TABLE tokens ADD COLUMN replaced_by INTEGER;
+        CREATE INDEX usage_reports_by_node ON usage_reports (license_id, node_id, id);
+        ",
     },
 ];
 
@@ -380,6 +392,50 @@ pub struct TokenRecord {
     pub revoked_at_ms: Option<u64>,
     pub last_used_at_ms: Option<u64>,
     pub last_used_from: Option<String>,
+    /// Refused (403 `token_expired`) from this time on; `None`: never expires.
+    pub expires_at_ms: Option<u64>,
+    /// The token a rotation replaced this one with.
+    pub replaced_by: Option<i64>,
+}
+
+/// What a token is at a time, for listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    Active,
+    /// Active, but it expires (after a rotation's grace period, or as created).
+    Expiring(u64),
+    Expired(u64),
+    Revoked(u64),
+}
+
+impl TokenState {
+    /// `active`, `expiring`, `expired`, `revoked`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenState::Active => "active",
+            TokenState::Expiring(_) => "expiring",
+            TokenState::Expired(_) => "expired",
+            TokenState::Revoked(_) => "revoked",
+        }
+    }
+}
+
+impl TokenRecord {
+    /// Whether the token has expired at `now_ms` (expiry is inclusive: a token that expires
+    /// at T is refused at T).
+    pub fn expired_at(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+
+    /// Revoked wins over expired, expired over expiring.
+    pub fn state(&self, now_ms: u64) -> TokenState {
+        match (self.revoked_at_ms, self.expires_at_ms) {
+            (Some(at), _) => TokenState::Revoked(at),
+            (None, Some(at)) if at <= now_ms => TokenState::Expired(at),
+            (None, Some(at)) => TokenState::Expiring(at),
+            (None, None) => TokenState::Active,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -444,12 +500,15 @@ pub struct Audit<'a> {
     pub detail: serde_json::Value,
 }
 
-/// A PostgreSQL client, dropped on a plain thread: the synchronous client owns a small
-/// runtime, which must not be dropped inside the server's async tasks.
-struct PostgresConn(Option<RefCell<postgres::Client>>);
+/// A PostgreSQL client and its prepared statements, dropped on a plain thread: the
+/// synchronous client owns a small runtime, which must not be dropped inside the server's
+/// async tasks.
+struct PostgresConn(Option<RefCell<postgres::Client>>, StatementCache);
 
 impl Drop for PostgresConn {
     fn drop(&mut self) {
+        // The statements first: each closes itself through the client.
+        self.1.clear();
         if let Some(client) = self.0.take() {
             let _ = std::thread::Builder::new()
                 .name("pg-close".into())
@@ -544,7 +603,10 @@ impl Store {
         }
         let client = config.connect(postgres::NoTls)?;
         let mut store = Store {
-            conn: Conn::Postgres(Box::new(PostgresConn(Some(RefCell::new(client))))),
+            conn: Conn::Postgres(Box::new(PostgresConn(
+                Some(RefCell::new(client)),
+                StatementCache::default(),
+            ))),
         };
         store.migrate(migrations)?;
         Ok(store)
@@ -556,6 +618,7 @@ impl Store {
     }
 
     fn setup(conn: Connection, migrations: &[Migration]) -> Result<Store, StoreError> {
+        conn.set_prepared_statement_cache_capacity(crate::sql::STATEMENT_CACHE_MAX);
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         let mut store = Store {
@@ -630,7 +693,7 @@ impl Store {
             h: match &self.conn {
                 Conn::Sqlite(conn) => Handle::Sqlite(conn),
                 Conn::Postgres(pg) => match &pg.0 {
-                    Some(client) => Handle::PostgresClient(client),
+                    Some(client) => Handle::PostgresClient(client, &pg.1),
                     None => unreachable!("the client is taken only on drop"),
                 },
             },
@@ -680,10 +743,11 @@ impl Store {
                 Ok(value)
             }
             Conn::Postgres(pg) => {
-                let client =
-                    pg.0.as_mut()
-                        .expect("the client is taken only on drop")
-                        .get_mut();
+                let PostgresConn(client, cache) = &mut **pg;
+                let client = client
+                    .as_mut()
+                    .expect("the client is taken only on drop")
+                    .get_mut();
                 let tx = match kind {
                     TxKind::Write => client.transaction(),
                     TxKind::ReadSnapshot => client
@@ -694,10 +758,10 @@ impl Store {
                 }
                 .map_err(StoreError::from)?;
                 let db = Db {
-                    h: Handle::PostgresTransaction(RefCell::new(tx)),
+                    h: Handle::PostgresTransaction(RefCell::new(tx), cache),
                 };
                 let value = f(&db)?;
-                let Handle::PostgresTransaction(tx) = db.h else {
+                let Handle::PostgresTransaction(tx, _) = db.h else {
                     unreachable!("built above")
                 };
                 tx.into_inner().commit().map_err(StoreError::from)?;
@@ -1053,23 +1117,54 @@ impl Db<'_> {
         allowed: &Allowed,
         note: Option<&str>,
         at_ms: u64,
+        expires_at_ms: Option<u64>,
     ) -> Result<i64, StoreError> {
         let row = self.h.query_opt(
-            "INSERT INTO tokens (license_id, token_hash, allowed, note, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+            "INSERT INTO tokens (license_id, token_hash, allowed, note, created_at_ms,
+                                 expires_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
             &params![
                 license.id,
                 &token_hash[..],
                 allowed.to_column(),
                 note,
-                to_sql_ms(at_ms)
+                to_sql_ms(at_ms),
+                expires_at_ms.map(to_sql_ms)
             ],
         )?;
         returned_id(row)
     }
 
+    /// Marks `id` replaced by `replaced_by` (a rotation): it expires at `expires_at_ms`
+    /// (kept if it expires sooner already), or is revoked at `at_ms` with `None`.
+    pub fn retire_token(
+        &self,
+        id: i64,
+        replaced_by: i64,
+        at_ms: u64,
+        expires_at_ms: Option<u64>,
+    ) -> Result<TokenRecord, StoreError> {
+        match expires_at_ms {
+            Some(expires) => self.h.execute(
+                "UPDATE tokens SET replaced_by = ?2,
+                        expires_at_ms = CASE WHEN expires_at_ms IS NULL OR expires_at_ms > ?3
+                                             THEN ?3 ELSE expires_at_ms END
+                 WHERE id = ?1",
+                &params![id, replaced_by, to_sql_ms(expires)],
+            )?,
+            None => self.h.execute(
+                "UPDATE tokens SET replaced_by = ?2,
+                        revoked_at_ms = coalesce(revoked_at_ms, ?3)
+                 WHERE id = ?1",
+                &params![id, replaced_by, to_sql_ms(at_ms)],
+            )?,
+        };
+        self.token(id)
+    }
+
     const TOKEN_COLUMNS: &'static str = "t.id, t.license_id, l.license_key, t.allowed, t.note, \
-         t.created_at_ms, t.revoked_at_ms, t.last_used_at_ms, t.last_used_from";
+         t.created_at_ms, t.revoked_at_ms, t.last_used_at_ms, t.last_used_from, \
+         t.expires_at_ms, t.replaced_by";
 
     fn token_row(r: &Row) -> Result<TokenRecord, StoreError> {
         Ok(TokenRecord {
@@ -1082,6 +1177,8 @@ impl Db<'_> {
             revoked_at_ms: r.opt_int(6)?.map(from_sql_ms),
             last_used_at_ms: r.opt_int(7)?.map(from_sql_ms),
             last_used_from: r.opt_text(8)?,
+            expires_at_ms: r.opt_int(9)?.map(from_sql_ms),
+            replaced_by: r.opt_int(10)?,
         })
     }
 
@@ -1234,19 +1331,21 @@ impl Db<'_> {
             .collect()
     }
 
+    /// The query of [`Db::latest_report_per_node`]: the inner `GROUP BY` reads the
+    /// `usage_reports_by_node` index (license, node, id) alone, never the report rows.
+    pub const LATEST_REPORT_PER_NODE_SQL: &'static str =
+        "SELECT r.id, l.license_key, r.token_id, r.received_at_ms, r.client_address,
+                r.report, c.name
+         FROM usage_reports r JOIN licenses l ON l.id = r.license_id
+              JOIN customers c ON c.id = l.customer_id
+         WHERE r.id IN (SELECT MAX(id) FROM usage_reports
+                        GROUP BY license_id, node_id)
+         ORDER BY c.name, l.license_key, r.node_id LIMIT ?1";
+
     /// Every node that ever reported, by license: its latest report and customer.
     pub fn latest_report_per_node(&self) -> Result<Vec<CustomerReport>, StoreError> {
         self.h
-            .query(
-                "SELECT r.id, l.license_key, r.token_id, r.received_at_ms, r.client_address,
-                        r.report, c.name
-                 FROM usage_reports r JOIN licenses l ON l.id = r.license_id
-                      JOIN customers c ON c.id = l.customer_id
-                 WHERE r.id IN (SELECT MAX(id) FROM usage_reports
-                                GROUP BY license_id, node_id)
-                 ORDER BY c.name, l.license_key, r.node_id LIMIT ?1",
-                &params![LIST_LIMIT_MAX],
-            )?
+            .query(Self::LATEST_REPORT_PER_NODE_SQL, &params![LIST_LIMIT_MAX])?
             .iter()
             .map(|r| {
                 Ok(CustomerReport {
@@ -1596,7 +1695,7 @@ mod tests {
             Allowed::parse_one("127.0.0.1").unwrap(),
         ]);
         let id = db
-            .insert_token(&license, &[7; 32], &allowed, Some("sp1"), T)
+            .insert_token(&license, &[7; 32], &allowed, Some("sp1"), T, None)
             .unwrap();
         let token = db.token_by_hash(&[7; 32]).unwrap().unwrap();
         assert_eq!((token.id, token.license_key.as_str()), (id, "K-1"));
@@ -1614,6 +1713,30 @@ mod tests {
         assert!(db.revoke_token(99, T).unwrap_err().is_user_error());
         assert_eq!(db.tokens(Some("K-1")).unwrap().len(), 1);
         assert_eq!(db.tokens(Some("K-2")).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn the_latest_report_per_node_reads_the_node_index_not_the_table() {
+        let (store, _) = with_license();
+        let plan = store
+            .read()
+            .h
+            .query(
+                &format!("EXPLAIN QUERY PLAN {}", Db::LATEST_REPORT_PER_NODE_SQL),
+                &params![LIST_LIMIT_MAX],
+            )
+            .unwrap();
+        let details: Vec<String> = plan.iter().map(|r| r.text(3).unwrap()).collect();
+        assert!(
+            details.iter().any(
+                |d| d.contains("SCAN usage_reports USING COVERING INDEX usage_reports_by_node")
+            ),
+            "{details:#?}"
+        );
+        assert!(
+            !details.iter().any(|d| d == "SCAN usage_reports"),
+            "no full scan of the reports: {details:#?}"
+        );
     }
 
     #[test]
@@ -1651,7 +1774,7 @@ mod tests {
         let (store, license) = with_license();
         let db = store.read();
         let id = db
-            .insert_token(&license, &[1; 32], &Allowed(vec![]), None, T)
+            .insert_token(&license, &[1; 32], &Allowed(vec![]), None, T, None)
             .unwrap();
         let token = db.token(id).unwrap();
         for calls in [1, 2, 3] {

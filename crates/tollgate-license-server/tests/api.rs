@@ -173,6 +173,12 @@ async fn a_revoked_token_is_403() {
     assert!(h.audited("token.revoke") && h.audited("lease.refused"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_expire_and_rotate_with_a_grace_period_on_sqlite() {
+    let h = Harness::start();
+    support::tokens::token_expiry_and_rotation(&h).await;
+}
+
 #[tokio::test]
 async fn a_lapsed_subscription_is_not_rolled_forward_and_ends_at_valid_until() {
     let h = Harness::start();
@@ -567,14 +573,16 @@ async fn admin_refuses_bad_input_with_user_errors() {
     }
     h.create_license("perpetual", None);
     let error = h
-        .act(|ctx, store| admin::issue_token(ctx, store, LICENSE_KEY, &["10.0.0.1/8".into()], None))
+        .act(|ctx, store| {
+            admin::issue_token(ctx, store, LICENSE_KEY, &["10.0.0.1/8".into()], None, None)
+        })
         .unwrap_err();
     assert!(
         error.is_user_error() && error.to_string().contains("did you mean 10.0.0.0/8"),
         "{error}"
     );
     let error = h
-        .act(|ctx, store| admin::issue_token(ctx, store, LICENSE_KEY, &[], None))
+        .act(|ctx, store| admin::issue_token(ctx, store, LICENSE_KEY, &[], None, None))
         .unwrap_err();
     assert!(error.is_user_error(), "{error}");
     let error = h

@@ -81,6 +81,8 @@ async fn console_in_chromium_administers_customers_licenses_tokens_and_shows_usa
     h.advance(30 * MINUTE);
 
     let url = format!("{}console/", h.url());
+    let tokens_out = h.dir.path().join("console-tokens");
+    let tokens_path = tokens_out.clone();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg("console.test.mjs")
@@ -93,6 +95,7 @@ async fn console_in_chromium_administers_customers_licenses_tokens_and_shows_usa
             .env("TOLLGATE_CUSTOMER", CUSTOMER)
             .env("TOLLGATE_LICENSE_KEY", LICENSE_KEY)
             .env("TOLLGATE_CHROMIUM", CHROMIUM)
+            .env("TOLLGATE_TOKENS_OUT", &tokens_path)
             .output()
             .expect("start node")
     })
@@ -111,6 +114,7 @@ async fn console_in_chromium_administers_customers_licenses_tokens_and_shows_usa
         "customer.resume",
         "license.update",
         "token.issue",
+        "token.rotate",
     ] {
         assert!(
             audit
@@ -119,5 +123,31 @@ async fn console_in_chromium_administers_customers_licenses_tokens_and_shows_usa
             "{action} by user:alice"
         );
     }
+    // The tokens the page showed: the issued one (bound to 192.0.2.7 and 10.0.0.0/8, so
+    // refused from here for its address, which proves it is known and not expired yet) and
+    // its rotation; both are refused `token_expired` once the rotation's 2 hours are over for
+    // the old one, never for the new one before 2031.
+    let text = std::fs::read_to_string(&tokens_out).expect("the page wrote its tokens");
+    let shown: Vec<&str> = text.lines().collect();
+    assert_eq!(shown.len(), 2, "{text}");
+    let reason = |token: &str| {
+        let token = token.to_owned();
+        let client = h.client(&token);
+        async move {
+            match client.fetch_lease().await {
+                Ok(_) => "ok".to_owned(),
+                Err(e) => format!("{e:?}"),
+            }
+        }
+    };
+    for token in &shown {
+        let answer = reason(token).await;
+        assert!(answer.contains("source_address_not_allowed"), "{answer}");
+    }
+    h.advance(2 * 60 * MINUTE + 1);
+    let old = reason(shown[0]).await;
+    assert!(old.contains("token_expired"), "{old}");
+    let new = reason(shown[1]).await;
+    assert!(new.contains("source_address_not_allowed"), "{new}");
     h.stop().await;
 }

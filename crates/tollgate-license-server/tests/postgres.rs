@@ -32,6 +32,14 @@ fn report(node: &str, calls: u64) -> UsageReport {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_expire_and_rotate_with_a_grace_period_on_postgresql() {
+    let pg = PgCluster::start();
+    let url = pg.create_database("tokens");
+    let h = Harness::start_on(Some(Database::Postgres(url)));
+    support::tokens::token_expiry_and_rotation(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_reports_and_restarts_work_on_postgresql() {
     let pg = PgCluster::start();
     let url = pg.create_database("basic");
@@ -275,4 +283,51 @@ async fn backup_of_postgresql_restores_into_sqlite_and_back() {
     assert_eq!(from_sqlite, into_pg);
     assert_eq!(into_pg.rows["documents"], documents + 1);
     assert_eq!(into_pg.rows["usage_reports"], 1);
+}
+
+/// The silent-node view's query reads the `usage_reports_by_node` index alone for its
+/// `GROUP BY` (an index-only scan), never the report rows, once the table has rows and
+/// statistics (50 000 reports of 20 nodes).
+#[test]
+fn the_silent_node_query_plan_uses_the_node_index_on_postgresql() {
+    let pg = PgCluster::start();
+    let url = pg.create_database("plan");
+    let plan = std::thread::spawn(move || {
+        drop(Store::open_database(&Database::Postgres(url.clone())).unwrap());
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client
+            .batch_execute(
+                "INSERT INTO customers (name, created_at_ms) VALUES ('Acme', 0);
+                 INSERT INTO licenses (license_key, customer_id, contract, spec, document, serial,
+                                       created_at_ms, updated_at_ms)
+                     VALUES ('K', 1, 'active', '', '', 1, 0, 0);
+                 INSERT INTO tokens (license_id, token_hash, allowed, created_at_ms)
+                     VALUES (1, '\\x00', '', 0);
+                 INSERT INTO usage_reports (license_id, token_id, received_at_ms, client_address,
+                                            node_id, report)
+                     SELECT 1, 1, g, '127.0.0.1', 'sp' || (g % 20), repeat('x', 1000)
+                     FROM generate_series(1, 50000) g;",
+            )
+            .unwrap();
+        client
+            .batch_execute("VACUUM ANALYZE usage_reports")
+            .unwrap();
+        let sql = format!(
+            "EXPLAIN {}",
+            tollgate_license_server::store::Db::LATEST_REPORT_PER_NODE_SQL.replace("?1", "$1")
+        );
+        client
+            .query(&sql, &[&10_000_i64])
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+    .join()
+    .unwrap();
+    assert!(
+        plan.contains("Index Only Scan using usage_reports_by_node on usage_reports"),
+        "{plan}"
+    );
 }

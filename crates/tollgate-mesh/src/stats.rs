@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use tollgate_replication::{Frame, TransmitKind};
 
 /// Frame names in wire order ([`Frame::name`]); the keys of the per-frame counters.
-pub const FRAME_NAMES: [&str; 12] = [
+pub const FRAME_NAMES: [&str; 14] = [
     "record",
     "heartbeat",
     "pull_record",
@@ -21,6 +21,8 @@ pub const FRAME_NAMES: [&str; 12] = [
     "aor_summary",
     "aor_delta",
     "aor_ranges",
+    "record_aors",
+    "aor_pull",
 ];
 
 pub(crate) fn frame_index(frame: &Frame) -> usize {
@@ -37,6 +39,8 @@ pub(crate) fn frame_index(frame: &Frame) -> usize {
         Frame::AorSummary(_) => 9,
         Frame::AorDelta(_) => 10,
         Frame::AorRanges(_) => 11,
+        Frame::RecordAors(_) => 12,
+        Frame::AorPull { .. } => 13,
     };
     debug_assert_eq!(FRAME_NAMES[index], frame.name());
     index

@@ -8,6 +8,7 @@
 //! | frame | sent as | to | when |
 //! | --- | --- | --- | --- |
 //! | [`Frame::Record`] | datagram (stream at leave and on connect) | every peer | own record changed (coalesced, at most every `push_interval_ms`) |
+//! | [`Frame::RecordAors`] | datagram (stream when it does not fit one) | every peer | own record changed and its AoR set with it: the push carries the set's changes |
 //! | [`Frame::Heartbeat`] | datagram | one peer | per peer: every `heartbeat_interval_ms` from the pair's leader, answered at once by the other |
 //! | [`Frame::PullRecord`] | datagram | one peer | its heartbeat named content this node lacks |
 //! | [`Frame::Digest`] | stream | `anti_entropy_fanout` random peers | every `anti_entropy_interval_ms` (digest mode) |
@@ -16,9 +17,15 @@
 //! | [`Frame::LicensePull`] | stream | one peer | that peer advertises a higher license serial |
 //! | [`Frame::License`] | stream | one peer | answer to `LicensePull` |
 //! | [`Frame::AorKey`] | stream | one peer, or every peer | on connect; when this node adopts or rotates the cluster's AoR key |
-//! | [`Frame::AorDelta`] | stream | every peer | own AoR set changed (coalesced, at most every `push_interval_ms`) |
+//! | [`Frame::AorDelta`] | stream | one peer, or every peer | answer to `AorPull` from the owner's log of recent changes; more changes in one push than one frame holds |
 //! | [`Frame::AorSummary`] | stream | one peer, or every peer | on connect; every `anti_entropy_interval_ms` |
 //! | [`Frame::AorRanges`] | stream | one peer | a copy's summary differs: range hashes, answered with sub-range hashes or members |
+//! | [`Frame::AorPull`] | stream | one peer | a copy learned (from a record, a summary or a later change) that it misses changes of that peer's set |
+//!
+//! **Version 2** (this one) added `Record::aor_seq`, [`Frame::RecordAors`] and
+//! [`Frame::AorPull`]; version 1 sent every AoR change as an `AorDelta` on a stream of its
+//! own. A node refuses frames of any other version (`unknown_version`): nodes of different
+//! frame versions do not mesh (see `docs/replication.md`, "Frame versions").
 
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +33,7 @@ use crate::NODES_MAX;
 use crate::record::{Record, RecordError, Version, validate_node_id};
 
 /// The version byte every frame starts with.
-pub const FRAME_VERSION: u8 = 1;
+pub const FRAME_VERSION: u8 = 2;
 
 /// Largest encoded frame accepted or produced, in bytes (a full table of [`NODES_MAX`]
 /// records of the largest size fits, with room).
@@ -39,7 +46,7 @@ pub const DATAGRAM_BYTES_MAX: usize = 1100;
 
 /// Upper bound of an encoded [`Frame::Record`]: version byte, variant, node id (length +
 /// bytes), incarnation, seq, flags, address (length + bytes), license serial, eight usage
-/// counters — each u64 a varint of at most 10 bytes (a test checks the bound).
+/// counters, AoR seq — each u64 a varint of at most 10 bytes (a test checks the bound).
 pub const RECORD_FRAME_BYTES_MAX: usize = 1
     + 1
     + (1 + crate::record::NODE_ID_LEN_MAX)
@@ -48,7 +55,8 @@ pub const RECORD_FRAME_BYTES_MAX: usize = 1
     + 1
     + (2 + crate::record::ADDRESS_LEN_MAX)
     + 10
-    + 8 * 10;
+    + 8 * 10
+    + 10;
 
 const _: () = assert!(RECORD_FRAME_BYTES_MAX <= DATAGRAM_BYTES_MAX);
 
@@ -132,6 +140,18 @@ pub struct AorDelta {
     pub removes: Vec<WireFp>,
 }
 
+/// A record push that carries the AoR changes it names: the owner's set at
+/// `(record.incarnation, record.aor_seq - 1)` plus these is its set at
+/// `(record.incarnation, record.aor_seq)`. The changes ride in the datagram that carries the
+/// record anyway, so an AoR change costs its 8 bytes (and two list lengths per push), not a
+/// QUIC packet and its acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordAors {
+    pub record: Record,
+    pub adds: Vec<WireFp>,
+    pub removes: Vec<WireFp>,
+}
+
 /// One range of an [`Frame::AorRanges`] exchange.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AorRange {
@@ -197,6 +217,13 @@ pub enum Frame {
     AorDelta(AorDelta),
     /// Range reconciliation of one node's AoR set (see [`AorRanges`]).
     AorRanges(AorRanges),
+    /// The sender's own record and the AoR changes it names (version 2). **Security rule:**
+    /// as for [`Frame::Record`], accepted only from the node it describes.
+    RecordAors(RecordAors),
+    /// "I hold your AoR set at `(incarnation, seq)`: send me the changes after it" (version
+    /// 2). Answered with the logged [`Frame::AorDelta`]s, or with a summary when the log does
+    /// not reach back that far (the copy then reconciles by ranges).
+    AorPull { incarnation: u64, seq: u64 },
 }
 
 /// "My record is now at `(incarnation, seq)`, with the content it had at `changed_seq`."
@@ -294,6 +321,8 @@ impl Frame {
             Frame::AorSummary(_) => "aor_summary",
             Frame::AorDelta(_) => "aor_delta",
             Frame::AorRanges(_) => "aor_ranges",
+            Frame::RecordAors(_) => "record_aors",
+            Frame::AorPull { .. } => "aor_pull",
         }
     }
 
@@ -332,7 +361,14 @@ impl Frame {
                     return Err(FrameError::LicenseTooLong { len: armored.len() });
                 }
             }
-            Frame::AorKey(_) | Frame::AorSummary(_) => {}
+            Frame::AorKey(_) | Frame::AorSummary(_) | Frame::AorPull { .. } => {}
+            Frame::RecordAors(push) => {
+                push.record.validate()?;
+                let count = push.adds.len() + push.removes.len();
+                if count > AOR_FRAME_FPS_MAX {
+                    return Err(FrameError::TooManyAors { count });
+                }
+            }
             Frame::AorDelta(delta) => {
                 let count = delta.adds.len() + delta.removes.len();
                 if count > AOR_FRAME_FPS_MAX {
@@ -419,6 +455,7 @@ mod tests {
                 peak_calls: u64::MAX,
                 peak_registered_subscribers: u64::MAX,
             },
+            aor_seq: u64::MAX,
         }
     }
 
@@ -465,6 +502,15 @@ mod tests {
             adds: vec![u64::MAX.to_le_bytes(), [1; 8]],
             removes: vec![[2; 8]],
         }));
+        check_round_trip(Frame::RecordAors(RecordAors {
+            record: largest_record(),
+            adds: vec![[3; 8]],
+            removes: vec![u64::MAX.to_le_bytes()],
+        }));
+        check_round_trip(Frame::AorPull {
+            incarnation: 4,
+            seq: u64::MAX,
+        });
         check_round_trip(Frame::AorRanges(AorRanges {
             owner: "n1".into(),
             summary: None,
@@ -497,6 +543,27 @@ mod tests {
         };
         assert_eq!(delta(101) - delta(1), 800);
         assert!(delta(1) <= 8 + 10, "{}", delta(1));
+    }
+
+    #[test]
+    fn aor_changes_in_a_push_cost_eight_bytes_each_and_two_lengths() {
+        let record = Record {
+            node_id: "node-01".into(),
+            address: "10.0.0.1:7172".into(),
+            aor_seq: 300,
+            ..largest_record()
+        };
+        let plain = encode(&Frame::Record(record.clone())).len();
+        let push = |adds: usize, removes: usize| {
+            encode(&Frame::RecordAors(RecordAors {
+                record: record.clone(),
+                adds: vec![[0xff; 8]; adds],
+                removes: vec![[0xff; 8]; removes],
+            }))
+            .len()
+        };
+        assert_eq!(push(1, 0), plain + 8 + 2);
+        assert_eq!(push(60, 40), plain + 800 + 2);
     }
 
     #[test]
@@ -572,7 +639,9 @@ mod tests {
     fn refusals_name_their_reason() {
         let cases: &[(&[u8], FrameError)] = &[
             (b"", FrameError::Empty),
-            (&[2, 5], FrameError::UnknownVersion(2)),
+            (&[3, 5], FrameError::UnknownVersion(3)),
+            // Version 1 (no `aor_seq` in records): refused, not misread.
+            (&[1, 2], FrameError::UnknownVersion(1)),
             (&[FRAME_VERSION], FrameError::Malformed),
             (&[FRAME_VERSION, 99], FrameError::Malformed),
             (&[FRAME_VERSION, 2, 0], FrameError::TrailingBytes),

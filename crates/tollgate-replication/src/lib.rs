@@ -75,7 +75,8 @@
 //! - A version names one record: the owner never emits two records under one
 //!   `(incarnation, seq)`. Everything else (merge laws, heartbeats that carry no content)
 //!   rests on it.
-//! - A `Record` frame is accepted only from the node it describes (the authenticated peer);
+//! - A `Record` or `RecordAors` frame is accepted only from the node it describes (the
+//!   authenticated peer);
 //!   other nodes' records travel only in `Table` frames.
 //! - Every table and queue has a named bound ([`NODES_MAX`], [`TOMBSTONES_MAX`],
 //!   [`EVENTS_MAX`], [`TRANSMITS_MAX`], [`FRAME_BYTES_MAX`], …).
@@ -103,17 +104,17 @@ pub use frame::{
     AOR_FRAME_FPS_MAX, AOR_KEY_LEN, AOR_RANGE_ITEMS_MAX, AorDelta, AorKey, AorRange, AorRanges,
     AorSummary, DATAGRAM_BYTES_MAX, DIGEST_ENTRIES_MAX, DigestEntry, FRAME_BYTES_MAX,
     FRAME_VERSION, Frame, FrameError, Heartbeat, LICENSE_BYTES_MAX, RECORD_FRAME_BYTES_MAX,
-    TABLE_RECORDS_MAX, decode, encode,
+    RecordAors, TABLE_RECORDS_MAX, decode, encode,
 };
 pub use record::{
     ADDRESS_LEN_MAX, Flags, NODE_ID_LEN_MAX, NodeUsage, Record, RecordError, RecordSet, Version,
     merge, merge_order, validate_node_id,
 };
 pub use replica::{
-    ANSWER_INTERVAL_MIN_MS, AOR_BUFFER_MAX, AOR_LEAF_MAX, AOR_RANGE_FANOUT,
-    AOR_RECONCILE_TIMEOUT_MS, Aggregate, Destination, DialTarget, EVENTS_MAX, Event, HandleError,
-    LICENSE_ASK_TIMEOUT_MS, LicenseError, NodeState, NodeView, PEERS_MAX, PULL_TIMEOUT_MS, Replica,
-    Stats, TOMBSTONES_MAX, TRANSMITS_MAX, Transmit, TransmitKind,
+    ANSWER_INTERVAL_MIN_MS, AOR_BUFFER_MAX, AOR_LEAF_MAX, AOR_LOG_DELTAS_MAX, AOR_LOG_FPS_MAX,
+    AOR_RANGE_FANOUT, AOR_RECONCILE_TIMEOUT_MS, Aggregate, Destination, DialTarget, EVENTS_MAX,
+    Event, HandleError, LICENSE_ASK_TIMEOUT_MS, LicenseError, NodeState, NodeView, PEERS_MAX,
+    PULL_TIMEOUT_MS, Replica, Stats, TOMBSTONES_MAX, TRANSMITS_MAX, Transmit, TransmitKind,
 };
 /// The replica's clock: monotonic milliseconds (the mesh's starts at 0), always passed in.
 pub use tollgate_events::MonoTime;

@@ -129,6 +129,12 @@ pub struct Record {
     /// Serial of the license the node holds and has verified; 0 = none.
     pub license_serial: u64,
     pub usage: NodeUsage,
+    /// Seq of the node's registered-AoR set as of this record (frame version 2): the set
+    /// changes travel with the record push that names them ([`crate::Frame::RecordAors`]),
+    /// and a copy that sees a record name a later seq than it holds asks the owner for the
+    /// missing changes ([`crate::Frame::AorPull`]). The set's version is
+    /// `(incarnation, aor_seq)`; 0 = no change since the start of the incarnation.
+    pub aor_seq: u64,
 }
 
 impl Record {
@@ -295,6 +301,7 @@ mod tests {
                 calls,
                 ..NodeUsage::default()
             },
+            aor_seq: 0,
         }
     }
 

@@ -39,7 +39,10 @@ mod liveness;
 mod merge;
 mod view;
 
-pub use aors::{AOR_BUFFER_MAX, AOR_LEAF_MAX, AOR_RANGE_FANOUT, AOR_RECONCILE_TIMEOUT_MS};
+pub use aors::{
+    AOR_BUFFER_MAX, AOR_LEAF_MAX, AOR_LOG_DELTAS_MAX, AOR_LOG_FPS_MAX, AOR_RANGE_FANOUT,
+    AOR_RECONCILE_TIMEOUT_MS,
+};
 
 /// Most tombstones held; when full, the oldest is forgotten first.
 pub const TOMBSTONES_MAX: usize = NODES_MAX;
@@ -271,7 +274,8 @@ pub struct Stats {
     pub emissions: u64,
     pub events_dropped: u64,
     pub transmits_dropped: u64,
-    /// AoR deltas sent (each to every peer), applied to a copy, or already held.
+    /// AoR deltas sent (each to every peer: in a record push, or on a stream when one push
+    /// holds more than a frame), applied to a copy, or already held.
     pub aor_deltas_sent: u64,
     pub aor_deltas_applied: u64,
     pub aor_deltas_stale: u64,
@@ -285,6 +289,10 @@ pub struct Stats {
     pub aor_fps_repaired: u64,
     /// AoR frames about a third node, or beyond the slot table: dropped.
     pub aor_frames_ignored: u64,
+    /// `AorPull`s sent by this node's copies (a change was lost or overtaken), and answered
+    /// by this node as an owner.
+    pub aor_pulls_sent: u64,
+    pub aor_pulls_answered: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -316,6 +324,7 @@ struct Peer {
     last_record_answer_at: Option<u64>,
     last_record_request_at: Option<u64>,
     last_license_answer_at: Option<u64>,
+    last_aor_pull_answer_at: Option<u64>,
     /// Highest license serial asked of this peer on this connection.
     license_asked: u64,
     license_awaiting: bool,
@@ -384,6 +393,7 @@ impl Replica {
             address: config.address.clone(),
             license_serial: 0,
             usage: NodeUsage::default(),
+            aor_seq: 0,
         };
         Ok(Replica {
             config,
@@ -522,7 +532,21 @@ impl Replica {
             Frame::License { armored } => self.handle_license(from_peer, armored),
             Frame::AorKey(key) => self.handle_aor_key(now, from_peer, key),
             Frame::AorSummary(summary) => self.handle_aor_summary(now, from_peer, summary),
-            Frame::AorDelta(delta) => self.handle_aor_delta(from_peer, delta),
+            Frame::AorDelta(delta) => self.handle_aor_delta(now, from_peer, delta),
+            Frame::RecordAors(push) => {
+                if push.record.node_id != from_peer {
+                    self.stats.frames_refused += 1;
+                    self.stats.forged_records += 1;
+                    return Err(HandleError::ForgedRecord {
+                        peer: from_peer.to_owned(),
+                        claimed: push.record.node_id,
+                    });
+                }
+                self.handle_record_aors(now, from_peer, push);
+            }
+            Frame::AorPull { incarnation, seq } => {
+                self.answer_aor_pull(now, from_peer, incarnation, seq);
+            }
             Frame::AorRanges(ranges) => self.handle_aor_ranges(now, from_peer, ranges),
         }
         self.maybe_ask_license(now);
@@ -560,7 +584,6 @@ impl Replica {
         if self.liveness_due.is_some_and(|due| due <= now) {
             self.sweep(now);
         }
-        self.maybe_send_aor_delta(now);
         self.sync_aor_liveness(now);
     }
 
@@ -598,11 +621,6 @@ impl Replica {
         let mut due = self.liveness_due;
         let mut consider = |at: u64| due = Some(due.map_or(at, |due| due.min(at)));
         if let Some(at) = self.emission_due() {
-            consider(at);
-        }
-        if !self.left
-            && let Some(at) = self.aor.delta_due(self.config.push_interval_ms)
-        {
             consider(at);
         }
         if !self.left {

@@ -1150,6 +1150,85 @@ mod aor_tests {
         }
     }
 
+    /// Frame version 2: AoR changes ride in record pushes, which are datagrams. One lost
+    /// with its push is pulled from the owner's log (the next record, change or summary
+    /// names a later seq), never reconciled by ranges; and a change is counted everywhere
+    /// as soon as the record change that carries it is.
+    #[test]
+    fn changes_lost_with_their_push_are_pulled_from_the_owners_log() {
+        let mut sim = Sim::new(SimConfig {
+            node_count: 3,
+            seed: 17,
+            latency_ms_min: 5,
+            latency_ms_max: 40,
+            ..SimConfig::default()
+        });
+        sim.run_for(6_000);
+        sim.set_loss(0.25);
+        let mut expected = 0u64;
+        for aor in 0..300u64 {
+            let node = aor as usize % 3;
+            sim.with_replica(node, |r, now| r.aor_add(MonoTime(now), fp(aor)));
+            // The node's record changes with its set, as the agent's does.
+            sim.set_calls(node, aor);
+            expected += 1;
+            sim.run_for(37);
+        }
+        sim.set_loss(0.0);
+        sim.run_for(3_000);
+        let mut pulls = 0;
+        for node in 0..3 {
+            let replica = sim.replica(node).unwrap();
+            assert_eq!(
+                replica
+                    .aggregate(MonoTime(sim.now()))
+                    .registered_subscribers_distinct,
+                expected,
+                "node {node}"
+            );
+            let stats = replica.stats();
+            assert_eq!(stats.aor_reconciliations, 0, "node {node}: {stats:?}");
+            pulls += stats.aor_pulls_sent;
+        }
+        assert!(pulls > 0, "a quarter of the pushes were lost, none pulled");
+        // No loss: no pull, and every change rides a push (no AoR frame of its own).
+        let before: Vec<crate::Stats> = (0..3).map(|n| sim.replica(n).unwrap().stats()).collect();
+        let mut visible = Vec::new();
+        for aor in 300..330u64 {
+            let node = aor as usize % 3;
+            let started = sim.now();
+            sim.with_replica(node, |r, now| r.aor_add(MonoTime(now), fp(aor)));
+            expected += 1;
+            let mut took = None;
+            for _ in 0..200 {
+                sim.run_for(1);
+                let everywhere = (0..3).all(|n| {
+                    sim.replica(n)
+                        .unwrap()
+                        .aggregate(MonoTime(sim.now()))
+                        .registered_subscribers_distinct
+                        == expected
+                });
+                if everywhere {
+                    took = Some(sim.now() - started);
+                    break;
+                }
+            }
+            visible.push(took.expect("visible everywhere within 200 ms"));
+            sim.run_for(150);
+        }
+        // A push is coalesced for at most push_interval_ms, then one link's latency.
+        assert!(visible.iter().all(|ms| *ms <= 100 + 40), "{visible:?}");
+        for (node, before) in before.iter().enumerate() {
+            let stats = sim.replica(node).unwrap().stats();
+            assert_eq!(stats.aor_pulls_sent, before.aor_pulls_sent, "node {node}");
+            assert_eq!(
+                stats.aor_deltas_stale, before.aor_deltas_stale,
+                "node {node}"
+            );
+        }
+    }
+
     #[test]
     fn the_oldest_key_wins_everywhere_and_a_rotation_replaces_it() {
         use crate::frame::AorKey;

@@ -29,6 +29,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
                 calls,
                 ..NodeUsage::default()
             },
+            aor_seq: 0,
         })
 }
 

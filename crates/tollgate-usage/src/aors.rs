@@ -9,7 +9,11 @@
 //! - **Added**: an AoR got a contact while not in the set (its first contact, or a refresh
 //!   after a re-keying): its 64-bit fingerprint ([`AorFeed`] computes it from the AoR, the
 //!   only moment the text is at hand) goes into the set.
-//! - **Removed**: an AoR lost its last contact (`expires 0`, or the sweep).
+//! - **Removed**: an AoR lost its last contact (`expires 0`, or the sweep, or a
+//!   reconciliation that found the proxy without it).
+//! - **Added by a reconciliation** (issue 13): the proxy listed an AoR this node did not
+//!   have; its cluster fingerprint was computed from the listed text when the list was built
+//!   ([`Tables::new_list`] takes the key), so it counts cluster-wide right after the pass.
 //!
 //! The index (table fingerprint → cluster fingerprint and key generation) is sharded like
 //! the table. **Invariant:** after the last event for an AoR, the index holds it exactly
@@ -83,6 +87,22 @@ struct Key {
     tag: u64,
     k0: u64,
     k1: u64,
+}
+
+/// The AoR feed's key as of some moment, to fingerprint AoRs away from the tables (a
+/// reconciliation's list, built while the proxy's dump is read).
+#[derive(Clone, Copy)]
+pub(crate) struct FeedKey(Key);
+
+impl FeedKey {
+    /// The cluster fingerprint of `aor` under this key.
+    pub(crate) fn fingerprint(&self, aor: &[u8]) -> u64 {
+        sip(self.0.k0, self.0.k1, aor)
+    }
+
+    pub(crate) fn tag(&self) -> u64 {
+        self.0.tag
+    }
 }
 
 type Index = HashMap<Fingerprint, (u64, u64), BuildIdentityHasher>;
@@ -265,6 +285,46 @@ impl Tables {
     /// Whether the AoR feed runs (a cluster key is set).
     pub(crate) fn aor_feed_enabled(&self) -> bool {
         self.aor_feed.enabled()
+    }
+
+    /// The feed's key now, when it runs.
+    pub(crate) fn aor_feed_key(&self) -> Option<FeedKey> {
+        if !self.aor_feed.enabled() {
+            return None;
+        }
+        self.aor_feed.key.read().map(FeedKey)
+    }
+
+    /// A reconciliation gave `aor` a contact; `fingerprint` is its cluster fingerprint under
+    /// the key tagged `tag`, computed from the text the proxy listed. Like a `reg`: added to
+    /// the set if not in it under the current key; nothing when the key changed since (the
+    /// AoR then joins at its next refresh). Its text is not kept: before the key is agreed,
+    /// a re-keying drops it until its next refresh, as one restored from a snapshot.
+    pub(crate) fn aor_registered_as(&self, aor: Fingerprint, fingerprint: u64, tag: u64) {
+        let feed = &self.aor_feed;
+        let Some(key) = *feed.key.read() else {
+            return;
+        };
+        if key.tag != tag {
+            return;
+        }
+        let mut index = feed.shard(aor).lock();
+        let old = match index.get(&aor) {
+            Some((_, held)) if *held == key.tag => return,
+            held => held.map(|(fingerprint, _)| *fingerprint),
+        };
+        // Re-read the table under the index lock (see the module invariant).
+        if !self.registrations.is_registered(aor) {
+            return;
+        }
+        index.insert(aor, (fingerprint, key.tag));
+        drop(index);
+        if let Some(old) = old.filter(|old| *old != fingerprint) {
+            feed.push(AorChange::Removed(old));
+        }
+        if old != Some(fingerprint) {
+            feed.push(AorChange::Added(fingerprint));
+        }
     }
 
     /// A `reg` left `aor` registered (`text` is the AoR as sent).

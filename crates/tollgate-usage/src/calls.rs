@@ -159,9 +159,8 @@ pub(crate) struct CallShard {
 }
 
 impl CallShard {
-    fn new() -> Self {
-        let map = CallMap::default();
-        let seed = map.seed();
+    fn new(seed: u64) -> Self {
+        let map = CallMap::with_seed(seed);
         CallShard {
             seed,
             state: Mutex::new(CallState {
@@ -272,6 +271,15 @@ impl Cap {
     }
 }
 
+/// Each shard's map gets a seed of its own, derived from the tables' one (splitmix64's
+/// finalizer over seed + shard index).
+fn shard_seed(map_seed: u64, shard: usize) -> u64 {
+    let mut z = map_seed.wrapping_add((shard as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 pub(crate) struct CallTable {
     pub(crate) shards: Box<[CachePadded<CallShard>]>,
     shard_mask: u64,
@@ -286,12 +294,13 @@ impl CallTable {
         max_call_duration_s: u32,
         tombstone_ttl_s: u32,
         max_active_calls: u64,
+        map_seed: u64,
     ) -> Self {
         debug_assert!(shard_count.is_power_of_two());
         debug_assert!(max_call_duration_s > 0);
         CallTable {
             shards: (0..shard_count)
-                .map(|_| CachePadded::new(CallShard::new()))
+                .map(|i| CachePadded::new(CallShard::new(shard_seed(map_seed, i))))
                 .collect(),
             shard_mask: shard_count as u64 - 1,
             max_call_duration_s,

@@ -10,7 +10,7 @@
 //! in `docs/performance.md` (`ingest-bench --method table`).
 //!
 //! **Home slot.** The top bits of `(first word ^ seed) * K`, with a seed of the map's own
-//! (random): doubling or halving keeps the slots' order (slot i goes to 2i or 2i+1), so a
+//! (random, from the IO edge: [`crate::TablesConfig::map_seed`]): doubling or halving keeps the slots' order (slot i goes to 2i or 2i+1), so a
 //! resize reinserts in one sweep; and a map filled from another map's iteration order
 //! (a snapshot restored, written in slot order) sees its keys in random order. With the
 //! key's low bits as home and no seed, that restore piles keys into a few runs while the
@@ -53,28 +53,8 @@ pub(crate) struct FpMap<V: Copy + Default> {
     zero: Option<V>,
 }
 
-impl<V: Copy + Default> Default for FpMap<V> {
-    fn default() -> Self {
-        FpMap {
-            slots: Box::new([]),
-            mask: 0,
-            shift: 63,
-            seed: random_seed(),
-            len: 0,
-            zero: None,
-        }
-    }
-}
-
 /// Odd 64-bit constant (2^64 / golden ratio) for the multiplicative home.
 const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// A seed of its own for each map: from the standard library's per-process random keys,
-/// which `RandomState::new` advances on every call.
-fn random_seed() -> u64 {
-    use std::hash::BuildHasher;
-    std::collections::hash_map::RandomState::new().hash_one(0x7011_6a7e_u64)
-}
 
 /// The home slot of `key` in an array of `64 - shift` bits with this seed (also used by
 /// callers that prefetch from published hints).
@@ -99,17 +79,18 @@ impl<V: Copy + Default> FpMap<V> {
         home_slot(key, self.seed, self.shift) & self.mask
     }
 
-    /// An empty map with this seed (tests: homes that can be predicted).
-    #[cfg(test)]
+    /// An empty map whose homes are mixed with `seed`. A map filled from another map's
+    /// iteration order (a snapshot restored) must have a different seed, or its keys pile
+    /// into long runs while it grows (see the module doc): the caller passes entropy in.
     pub(crate) fn with_seed(seed: u64) -> Self {
         FpMap {
+            slots: Box::new([]),
+            mask: 0,
+            shift: 63,
             seed,
-            ..FpMap::default()
+            len: 0,
+            zero: None,
         }
-    }
-
-    pub(crate) fn seed(&self) -> u64 {
-        self.seed
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -394,7 +375,7 @@ mod tests {
 
     #[test]
     fn insert_get_remove_and_the_zero_key() {
-        let mut m: FpMap<u64> = FpMap::default();
+        let mut m: FpMap<u64> = FpMap::with_seed(0);
         assert!(m.is_empty() && m.capacity() == 0);
         assert_eq!(m.insert(fp(1, 1), 10), None);
         assert_eq!(m.insert(fp(0, 0), 20), None);
@@ -520,11 +501,11 @@ mod tests {
         }
     }
 
-    /// A map filled in another map's slot order (a snapshot restored) does not pile keys
-    /// into long runs: every probe stays short.
+    /// A map filled in another map's slot order (a snapshot restored) with a seed of its
+    /// own does not pile keys into long runs: every probe stays short.
     #[test]
     fn filling_from_another_maps_order_keeps_probes_short() {
-        let mut a: FpMap<u64> = FpMap::default();
+        let mut a: FpMap<u64> = FpMap::with_seed(0x0123_4567_89ab_cdef);
         let mut x = 1u64;
         for i in 0..200_000u64 {
             x = x
@@ -532,7 +513,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             a.insert(fp(x, i), i);
         }
-        let mut b: FpMap<u64> = FpMap::default();
+        let mut b: FpMap<u64> = FpMap::with_seed(0xfedc_ba98_7654_3210);
         for (k, v) in a.iter() {
             b.insert(*k, *v);
         }

@@ -18,7 +18,9 @@
 //!      0     4  body length, u32 LE
 //!      4     8  xxh3-64 of the body, seeded with the body length
 //!     12     …  body: receive time (tables clock, ms, u64 LE; bit 63 set: a corrections
-//!               record), then for a batch each datagram as length (u32 LE) + bytes, or
+//!               record; bit 62 set: an events record), then
+//!               for an events record, its entries (below);
+//!               for a batch of datagrams, each datagram as length (u32 LE) + bytes;
 //!               for corrections: owner name length (u8), owner name, then each correction
 //!               as a tag (u8) and its fields (fingerprints 16 bytes, hashes u64 LE,
 //!               times u32 LE unix seconds, flags u8 0/1):
@@ -28,15 +30,36 @@
 //!                 4 remove contact   aor, contact hash
 //!                 5 add contact      aor, contact hash, expires
 //!                 6 set expiry       aor, contact hash, expires
+//!
+//! events record entries, each a tag (u8) and its fields (byte strings as length u16 LE +
+//! bytes, integers LE, fingerprints 16 bytes):
+//!   0x01 datagram                  (the entries up to the next datagram entry came in one
+//!   0x02 datagram from   sender     datagram; `from`: it had a `seq` header of `sender`)
+//!   0x10 call-start      call fingerprint          (17 bytes: the common case)
+//!   0x11 call-start emergency   call fingerprint
+//!   0x12 call-stop       call fingerprint
+//!   0x13 call-refresh    call fingerprint
+//!   0x20 reg             aor, contact, expires u32
+//!   0x21 subscribers     count u64
+//!   0x22 admit           call-id  (0x23: emergency); answered live, skipped by replay
+//!   0x30 sync-begin      sender, epoch u64
+//!   0x31 sync-call       flags u8 (bit 0 emergency, bit 1 has tag), call-id[, tag]
+//!   0x32 sync-reg        aor, contact, expires u32
+//!   0x33 sync-end        sender, epoch u64, calls u64, contacts u64
 //! ```
 //!
-//! Version 2 added corrections records (reconciliation, [`crate::reconcile`]); a version-1
-//! segment has only batches and still reads.
+//! Version 2 added corrections records (reconciliation, [`crate::reconcile`]); version 3
+//! added events records. Older segments still read.
 //!
-//! A record is one receive batch: the datagrams that passed the sequence check, exactly as
-//! received (text, binary or OpenSIPS JSON), or events a HEP tracker derived, as text
-//! lines. Replay decodes and applies them at the recorded time, skipping `seq` headers (the
-//! check was made when they arrived) and `admit` queries. A corrections record is what one
+//! **Events records** are what the receive loop journals: one per receive batch (or per
+//! [`EVENTS_RECORD_FLUSH_BYTES`] of it), the batch's events *decoded*, call events by the
+//! fingerprint the call table keys them by (17 bytes instead of the 40 to 80 of a text or
+//! binary event), everything else by its fields. The receive loop builds the record, appends
+//! it, then applies the record itself ([`Record::entries`]), the same way replay does:
+//! live apply and replay run one code path, at the recorded receive time. A record of
+//! *datagrams* holds them exactly as received: the HEP collector journals the events its
+//! tracker derived that way, as text lines, and replay decodes them, skipping `seq` headers
+//! (the check was made when they arrived) and `admit` queries. A corrections record is what one
 //! reconciliation step changed ([`crate::Correction`]), appended before it was applied under
 //! the same lock as the batches; replay applies it with [`crate::Tables::apply_corrections`],
 //! entries added taking the named owner.
@@ -51,16 +74,24 @@
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use crate::MonoTime;
+use tollgate_events::{CallRef, Event, SyncLine};
+
 use crate::fingerprint::Fingerprint;
 use crate::reconcile::Correction;
+use crate::{CallOp, MonoTime};
 
 /// First bytes of every segment.
 pub const JOURNAL_MAGIC: [u8; 6] = *b"TGJRNL";
 /// The format this module writes and reads.
-pub const JOURNAL_FORMAT_VERSION: u16 = 2;
+pub const JOURNAL_FORMAT_VERSION: u16 = 3;
 /// Set in a record's time field: the record holds corrections, not datagrams.
 const CORRECTIONS_FLAG: u64 = 1 << 63;
+/// Set in a record's time field: the record holds decoded events (entries), not datagrams.
+const EVENTS_FLAG: u64 = 1 << 62;
+/// An events record under construction is appended (and applied) once its body passes this
+/// many bytes, so a record stays far below [`RECORD_BODY_MAX`] whatever the batch holds (an
+/// entry takes at most 3 times the bytes of the event it came from).
+pub const EVENTS_RECORD_FLUSH_BYTES: usize = 1 << 20;
 /// Segment header length.
 pub const SEGMENT_HEADER_LEN: usize = 40;
 /// Record header length (body length + checksum).
@@ -119,7 +150,7 @@ impl SegmentHeader {
             return Err(RecordError::HeaderTruncated);
         };
         let version = u16::from_le_bytes([header[6], header[7]]);
-        if version != JOURNAL_FORMAT_VERSION && version != 1 {
+        if !(1..=JOURNAL_FORMAT_VERSION).contains(&version) {
             return Err(RecordError::UnsupportedVersion(version));
         }
         if xxh3_64(&header[..32]).to_le_bytes() != header[32..40] {
@@ -147,6 +178,8 @@ impl SegmentHeader {
 pub struct RecordBuilder {
     buf: Vec<u8>,
     datagrams: usize,
+    /// The call fingerprints of an events record, in order ([`RecordBuilder::calls`]).
+    calls: Vec<Fingerprint>,
 }
 
 impl RecordBuilder {
@@ -164,7 +197,165 @@ impl RecordBuilder {
         self.datagrams += 1;
     }
 
-    /// Datagrams pushed since [`begin`](Self::begin).
+    /// Starts an events record (module doc) received at `now`: then
+    /// [`push_datagram`](Self::push_datagram), [`push_call`](Self::push_call) and
+    /// [`push_event`](Self::push_event), and [`finish`](Self::finish).
+    pub fn begin_events(&mut self, now: MonoTime) {
+        debug_assert!(now.unix_ms() & (CORRECTIONS_FLAG | EVENTS_FLAG) == 0);
+        self.buf.clear();
+        self.datagrams = 0;
+        self.calls.clear();
+        self.buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+        self.buf
+            .extend_from_slice(&(now.unix_ms() | EVENTS_FLAG).to_le_bytes());
+    }
+
+    /// The entries that follow came in one datagram, with a `seq` header of `sender`.
+    #[inline]
+    pub fn push_datagram(&mut self, sender: Option<&[u8]>) {
+        match sender {
+            None => self.buf.push(ENTRY_DATAGRAM),
+            Some(sender) => {
+                self.buf.push(ENTRY_DATAGRAM_FROM);
+                put_bytes(&mut self.buf, sender);
+            }
+        }
+        self.datagrams += 1;
+    }
+
+    /// A call event, by the fingerprint the call table keys it by.
+    #[inline]
+    pub fn push_call(&mut self, op: CallOp, call: Fingerprint) {
+        let tag = match op {
+            CallOp::Start { emergency: false } => ENTRY_CALL_START,
+            CallOp::Start { emergency: true } => ENTRY_CALL_START_EMERGENCY,
+            CallOp::Stop => ENTRY_CALL_STOP,
+            CallOp::Refresh => ENTRY_CALL_REFRESH,
+        };
+        let mut entry = [0u8; 17];
+        entry[0] = tag;
+        entry[1..].copy_from_slice(&call.to_bytes());
+        self.buf.extend_from_slice(&entry);
+        self.calls.push(call);
+    }
+
+    /// The fingerprints of the call entries pushed since
+    /// [`begin_events`](Self::begin_events), in order: what the apply loop prefetches ahead
+    /// of the entry it applies, without parsing the record twice.
+    pub fn calls(&self) -> &[Fingerprint] {
+        &self.calls
+    }
+
+    /// Any event but a call event (those go by fingerprint, [`push_call`](Self::push_call)),
+    /// by its fields. Returns `false`, writing nothing, for a call event or a field longer
+    /// than 65 535 bytes (neither comes from a decoder).
+    pub fn push_event(&mut self, event: &Event<'_>) -> bool {
+        let fits = |fields: &[&[u8]]| fields.iter().all(|f| f.len() <= usize::from(u16::MAX));
+        let out = &mut self.buf;
+        match *event {
+            Event::CallStart { .. } | Event::CallStop { .. } | Event::CallRefresh { .. } => {
+                return false;
+            }
+            Event::Register {
+                aor,
+                contact,
+                expires_s,
+            }
+            | Event::Sync(SyncLine::Reg {
+                aor,
+                contact,
+                expires_s,
+            }) => {
+                if !fits(&[aor, contact]) {
+                    return false;
+                }
+                out.push(if matches!(event, Event::Register { .. }) {
+                    ENTRY_REG
+                } else {
+                    ENTRY_SYNC_REG
+                });
+                put_bytes(out, aor);
+                put_bytes(out, contact);
+                out.extend_from_slice(&expires_s.to_le_bytes());
+            }
+            Event::Subscribers { count } => {
+                out.push(ENTRY_SUBSCRIBERS);
+                out.extend_from_slice(&count.to_le_bytes());
+            }
+            Event::Admit { call_id, emergency } => {
+                if !fits(&[call_id]) {
+                    return false;
+                }
+                out.push(if emergency {
+                    ENTRY_ADMIT_EMERGENCY
+                } else {
+                    ENTRY_ADMIT
+                });
+                put_bytes(out, call_id);
+            }
+            Event::Sync(SyncLine::Begin { sender, epoch }) => {
+                if !fits(&[sender]) {
+                    return false;
+                }
+                out.push(ENTRY_SYNC_BEGIN);
+                put_bytes(out, sender);
+                out.extend_from_slice(&epoch.to_le_bytes());
+            }
+            Event::Sync(SyncLine::Call { call, emergency }) => {
+                let tag = call.from_tag.unwrap_or_default();
+                if !fits(&[call.call_id, tag]) {
+                    return false;
+                }
+                out.push(ENTRY_SYNC_CALL);
+                out.push(u8::from(emergency) | (u8::from(call.from_tag.is_some()) << 1));
+                put_bytes(out, call.call_id);
+                if let Some(tag) = call.from_tag {
+                    put_bytes(out, tag);
+                }
+            }
+            Event::Sync(SyncLine::End {
+                sender,
+                epoch,
+                calls,
+                contacts,
+            }) => {
+                if !fits(&[sender]) {
+                    return false;
+                }
+                out.push(ENTRY_SYNC_END);
+                put_bytes(out, sender);
+                out.extend_from_slice(&epoch.to_le_bytes());
+                out.extend_from_slice(&calls.to_le_bytes());
+                out.extend_from_slice(&contacts.to_le_bytes());
+            }
+        }
+        true
+    }
+
+    /// Any entry ([`Entry`]): what [`Entries`] reads back re-encodes to the same bytes.
+    pub fn push_entry(&mut self, entry: &Entry<'_>) -> bool {
+        match *entry {
+            Entry::Datagram { sender } => self.push_datagram(sender),
+            Entry::Call { op, call } => self.push_call(op, call),
+            Entry::Event(event) => return self.push_event(&event),
+        }
+        true
+    }
+
+    /// Bytes of the record's body so far.
+    pub fn body_len(&self) -> usize {
+        self.buf.len().saturating_sub(RECORD_HEADER_LEN)
+    }
+
+    /// The entries of the events record being built (the receive loop applies them after
+    /// appending the record; they are not checked again: this builder wrote them).
+    pub fn entries(&self) -> Entries<'_> {
+        Entries {
+            rest: self.buf.get(RECORD_HEADER_LEN + 8..).unwrap_or_default(),
+        }
+    }
+
+    /// Datagrams pushed since [`begin`](Self::begin) or [`begin_events`](Self::begin_events).
     pub fn len(&self) -> usize {
         self.datagrams
     }
@@ -211,6 +402,147 @@ pub fn frame_record_body(body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&xxh3_64_with_seed(body, body.len() as u64).to_le_bytes());
     out.extend_from_slice(body);
     out
+}
+
+const ENTRY_DATAGRAM: u8 = 0x01;
+const ENTRY_DATAGRAM_FROM: u8 = 0x02;
+const ENTRY_CALL_START: u8 = 0x10;
+const ENTRY_CALL_START_EMERGENCY: u8 = 0x11;
+const ENTRY_CALL_STOP: u8 = 0x12;
+const ENTRY_CALL_REFRESH: u8 = 0x13;
+const ENTRY_REG: u8 = 0x20;
+const ENTRY_SUBSCRIBERS: u8 = 0x21;
+const ENTRY_ADMIT: u8 = 0x22;
+const ENTRY_ADMIT_EMERGENCY: u8 = 0x23;
+const ENTRY_SYNC_BEGIN: u8 = 0x30;
+const ENTRY_SYNC_CALL: u8 = 0x31;
+const ENTRY_SYNC_REG: u8 = 0x32;
+const ENTRY_SYNC_END: u8 = 0x33;
+
+/// The call operation of tags `ENTRY_CALL_START + 0..=3`.
+const CALL_OPS: [CallOp; 4] = [
+    CallOp::Start { emergency: false },
+    CallOp::Start { emergency: true },
+    CallOp::Stop,
+    CallOp::Refresh,
+];
+
+fn put_bytes(out: &mut Vec<u8>, field: &[u8]) {
+    debug_assert!(field.len() <= usize::from(u16::MAX));
+    out.extend_from_slice(&(field.len() as u16).to_le_bytes());
+    out.extend_from_slice(field);
+}
+
+/// One entry of an events record (module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry<'a> {
+    /// The entries up to the next `Datagram` came in one datagram, from the `seq` sender
+    /// named (the owner of what it reports; `None`: no sequence header).
+    Datagram { sender: Option<&'a [u8]> },
+    /// A call event, by the call's fingerprint.
+    Call { op: CallOp, call: Fingerprint },
+    /// Any other event, by its fields: never a call event.
+    Event(Event<'a>),
+}
+
+/// The entries of an events record, in order ([`Record::entries`],
+/// [`RecordBuilder::entries`]). Stops at the end or at the first entry that does not parse
+/// (a record that reads back whole has none: [`records`] checks).
+#[derive(Debug, Clone)]
+pub struct Entries<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Entry<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Entry<'a>> {
+        let (&tag, rest) = self.rest.split_first()?;
+        // The common case first: a call entry, a tag and a fingerprint.
+        if tag & !3 == ENTRY_CALL_START
+            && let Some((call, rest)) = rest.split_first_chunk::<16>()
+        {
+            self.rest = rest;
+            return Some(Entry::Call {
+                op: CALL_OPS[usize::from(tag & 3)],
+                call: Fingerprint::from_bytes(*call),
+            });
+        }
+        let mut cursor = Cursor(self.rest);
+        let entry = decode_entry(&mut cursor);
+        self.rest = if entry.is_some() { cursor.0 } else { &[] };
+        entry
+    }
+}
+
+#[inline]
+fn decode_entry<'a>(c: &mut Cursor<'a>) -> Option<Entry<'a>> {
+    let [tag] = c.take::<1>()?;
+    let call = |c: &mut Cursor<'a>, op| Some(Entry::Call { op, call: c.fp()? });
+    Some(match tag {
+        ENTRY_CALL_START => return call(c, CallOp::Start { emergency: false }),
+        ENTRY_CALL_STOP => return call(c, CallOp::Stop),
+        ENTRY_CALL_START_EMERGENCY => return call(c, CallOp::Start { emergency: true }),
+        ENTRY_CALL_REFRESH => return call(c, CallOp::Refresh),
+        ENTRY_DATAGRAM => Entry::Datagram { sender: None },
+        ENTRY_DATAGRAM_FROM => Entry::Datagram {
+            sender: Some(c.bytes()?),
+        },
+        ENTRY_REG => Entry::Event(Event::Register {
+            aor: c.bytes()?,
+            contact: c.bytes()?,
+            expires_s: c.u32()?,
+        }),
+        ENTRY_SUBSCRIBERS => Entry::Event(Event::Subscribers { count: c.u64()? }),
+        ENTRY_ADMIT | ENTRY_ADMIT_EMERGENCY => Entry::Event(Event::Admit {
+            call_id: c.bytes()?,
+            emergency: tag == ENTRY_ADMIT_EMERGENCY,
+        }),
+        ENTRY_SYNC_BEGIN => Entry::Event(Event::Sync(SyncLine::Begin {
+            sender: c.bytes()?,
+            epoch: c.u64()?,
+        })),
+        ENTRY_SYNC_CALL => {
+            let [flags] = c.take::<1>()?;
+            if flags > 3 {
+                return None;
+            }
+            let call_id = c.bytes()?;
+            let from_tag = if flags & 2 != 0 {
+                Some(c.bytes()?)
+            } else {
+                None
+            };
+            Entry::Event(Event::Sync(SyncLine::Call {
+                call: CallRef { call_id, from_tag },
+                emergency: flags & 1 != 0,
+            }))
+        }
+        ENTRY_SYNC_REG => Entry::Event(Event::Sync(SyncLine::Reg {
+            aor: c.bytes()?,
+            contact: c.bytes()?,
+            expires_s: c.u32()?,
+        })),
+        ENTRY_SYNC_END => Entry::Event(Event::Sync(SyncLine::End {
+            sender: c.bytes()?,
+            epoch: c.u64()?,
+            calls: c.u64()?,
+            contacts: c.u64()?,
+        })),
+        _ => return None,
+    })
+}
+
+/// Whether an events payload parses whole.
+fn entries_whole(body: &[u8]) -> bool {
+    let mut cursor = Cursor(body);
+    while !cursor.0.is_empty() {
+        if decode_entry(&mut cursor).is_none() {
+            return false;
+        }
+    }
+    true
 }
 
 const TAG_REMOVE_CALL: u8 = 1;
@@ -289,6 +621,12 @@ impl<'a> Cursor<'a> {
     fn u64(&mut self) -> Option<u64> {
         self.take::<8>().map(u64::from_le_bytes)
     }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = usize::from(u16::from_le_bytes(self.take::<2>()?));
+        let (field, rest) = self.0.split_at_checked(len)?;
+        self.0 = rest;
+        Some(field)
+    }
     fn flag(&mut self) -> Option<bool> {
         match self.take::<1>()? {
             [0] => Some(false),
@@ -349,11 +687,22 @@ fn parse_corrections(body: &[u8]) -> Option<CorrectionsRecord<'_>> {
     Some(CorrectionsRecord { owner, corrections })
 }
 
+/// What a record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// Datagrams as received ([`Record::datagrams`]).
+    Datagrams,
+    /// A reconciliation step ([`Record::corrections`]).
+    Corrections,
+    /// Decoded events ([`Record::entries`]).
+    Events,
+}
+
 /// One record read back.
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
     pub now: MonoTime,
-    corrections: bool,
+    pub kind: RecordKind,
     body: &'a [u8],
 }
 
@@ -361,20 +710,35 @@ impl<'a> Record<'a> {
     /// Whether this is a corrections record ([`Record::corrections`]) rather than a batch
     /// of datagrams.
     pub fn is_corrections(&self) -> bool {
-        self.corrections
+        self.kind == RecordKind::Corrections
     }
 
     /// The corrections of a corrections record (`None` for a batch).
     pub fn corrections(&self) -> Option<CorrectionsRecord<'a>> {
-        if !self.corrections {
+        if !self.is_corrections() {
             return None;
         }
         parse_corrections(self.body)
     }
 
-    /// The record's datagrams, in order (none for a corrections record).
+    /// The entries of an events record (none for another kind).
+    pub fn entries(&self) -> Entries<'a> {
+        Entries {
+            rest: if self.kind == RecordKind::Events {
+                self.body
+            } else {
+                &[]
+            },
+        }
+    }
+
+    /// The record's datagrams, in order (none for another kind).
     pub fn datagrams(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let mut rest = if self.corrections { &[][..] } else { self.body };
+        let mut rest = if self.kind == RecordKind::Datagrams {
+            self.body
+        } else {
+            &[][..]
+        };
         std::iter::from_fn(move || {
             let (len, tail) = rest.split_at_checked(4)?;
             let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
@@ -444,21 +808,33 @@ impl<'a> Iterator for Records<'a> {
         let mut now = [0u8; 8];
         now.copy_from_slice(&body[..8]);
         let now = u64::from_le_bytes(now);
+        let kind = match (now & CORRECTIONS_FLAG != 0, now & EVENTS_FLAG != 0) {
+            (false, false) => Some(RecordKind::Datagrams),
+            (true, false) => Some(RecordKind::Corrections),
+            (false, true) => Some(RecordKind::Events),
+            (true, true) => None,
+        };
+        let Some(kind) = kind else {
+            self.error = Some(RecordError::Malformed { offset: at });
+            return None;
+        };
         let record = Record {
-            now: MonoTime::from_unix_ms(now & !CORRECTIONS_FLAG),
-            corrections: now & CORRECTIONS_FLAG != 0,
+            now: MonoTime::from_unix_ms(now & !(CORRECTIONS_FLAG | EVENTS_FLAG)),
+            kind,
             body: &body[8..],
         };
-        let whole = if record.corrections {
-            // A corrections payload must parse exactly.
-            parse_corrections(record.body).is_some()
-        } else {
-            // The datagram lengths must cover the body exactly.
-            let mut covered = 0usize;
-            for d in record.datagrams() {
-                covered += 4 + d.len();
+        let whole = match kind {
+            // A corrections or events payload must parse exactly.
+            RecordKind::Corrections => parse_corrections(record.body).is_some(),
+            RecordKind::Events => entries_whole(record.body),
+            RecordKind::Datagrams => {
+                // The datagram lengths must cover the body exactly.
+                let mut covered = 0usize;
+                for d in record.datagrams() {
+                    covered += 4 + d.len();
+                }
+                covered == record.body.len()
             }
-            covered == record.body.len()
         };
         if !whole {
             self.error = Some(RecordError::Malformed { offset: at });
@@ -623,6 +999,129 @@ mod tests {
             got[3].datagrams().collect::<Vec<_>>(),
             vec![&b"call-stop a\n"[..]]
         );
+    }
+
+    #[test]
+    fn events_records_round_trip_every_entry() {
+        let call = CallRef {
+            call_id: b"c1@h",
+            from_tag: Some(b"t"),
+        };
+        let entries = [
+            Entry::Datagram { sender: None },
+            Entry::Call {
+                op: CallOp::Start { emergency: false },
+                call: Fingerprint([1, 2]),
+            },
+            Entry::Call {
+                op: CallOp::Start { emergency: true },
+                call: Fingerprint([3, 4]),
+            },
+            Entry::Call {
+                op: CallOp::Stop,
+                call: Fingerprint([5, 6]),
+            },
+            Entry::Call {
+                op: CallOp::Refresh,
+                call: Fingerprint([7, u64::MAX]),
+            },
+            Entry::Datagram {
+                sender: Some(b"kam1"),
+            },
+            Entry::Event(Event::Register {
+                aor: b"sip:a@x",
+                contact: b"sip:a@h",
+                expires_s: 60,
+            }),
+            Entry::Event(Event::Subscribers { count: 1 << 40 }),
+            Entry::Event(Event::Admit {
+                call_id: b"c2",
+                emergency: true,
+            }),
+            Entry::Event(Event::Admit {
+                call_id: b"",
+                emergency: false,
+            }),
+            Entry::Event(Event::Sync(SyncLine::Begin {
+                sender: b"kam1",
+                epoch: 9,
+            })),
+            Entry::Event(Event::Sync(SyncLine::Call {
+                call,
+                emergency: true,
+            })),
+            Entry::Event(Event::Sync(SyncLine::Call {
+                call: CallRef {
+                    call_id: b"c3",
+                    from_tag: None,
+                },
+                emergency: false,
+            })),
+            Entry::Event(Event::Sync(SyncLine::Reg {
+                aor: b"a",
+                contact: b"c",
+                expires_s: 1,
+            })),
+            Entry::Event(Event::Sync(SyncLine::End {
+                sender: b"kam1",
+                epoch: 9,
+                calls: 2,
+                contacts: 1,
+            })),
+        ];
+        let mut b = RecordBuilder::default();
+        b.begin_events(MonoTime::from_unix_ms(1_700_000_000_123));
+        for e in &entries {
+            assert!(b.push_entry(e), "{e:?}");
+        }
+        assert!(!b.push_event(&Event::CallStop { call }));
+        assert_eq!(b.entries().collect::<Vec<_>>(), entries);
+        assert_eq!(b.len(), 2);
+        // 17 bytes for a call event.
+        let mut one = RecordBuilder::default();
+        one.begin_events(MonoTime::from_unix_ms(1));
+        one.push_datagram(None);
+        one.push_call(CallOp::Stop, Fingerprint([1, 2]));
+        assert_eq!(one.body_len(), 8 + 1 + 17);
+        let mut bytes = segment(&[(1, &[b"call-start a\n"])]);
+        bytes.extend_from_slice(b.finish());
+        let (_, rest) = SegmentHeader::decode(&bytes).unwrap();
+        let mut it = records(rest, SEGMENT_HEADER_LEN);
+        let got: Vec<Record<'_>> = it.by_ref().collect();
+        assert_eq!(it.error, None);
+        assert_eq!(
+            got.iter().map(|r| r.kind).collect::<Vec<_>>(),
+            [RecordKind::Datagrams, RecordKind::Events]
+        );
+        assert_eq!(got[1].now.unix_ms(), 1_700_000_000_123);
+        assert_eq!(got[1].entries().collect::<Vec<_>>(), entries);
+        assert_eq!(got[1].datagrams().count(), 0);
+        assert_eq!(got[0].entries().count(), 0);
+        assert!(got[1].corrections().is_none());
+    }
+
+    #[test]
+    fn a_bad_events_payload_is_malformed() {
+        for payload in [
+            &[0x10, 1, 2][..],       // a fingerprint cut short
+            &[0x7f][..],             // unknown tag
+            &[0x02, 5, 0, b'a'][..], // a sender longer than the payload
+            &[0x31, 4, 0, 0][..],    // sync-call flags beyond bits 0 and 1
+            &[0x21, 1, 2, 3][..],    // a count cut short
+        ] {
+            let mut body = (2u64 | EVENTS_FLAG).to_le_bytes().to_vec();
+            body.extend_from_slice(payload);
+            let bytes = frame_record_body(&body);
+            let mut it = records(&bytes, 0);
+            assert_eq!(it.by_ref().count(), 0, "{payload:?}");
+            assert!(matches!(it.error, Some(RecordError::Malformed { .. })));
+        }
+        // Both kind flags at once.
+        let body = (2u64 | EVENTS_FLAG | CORRECTIONS_FLAG).to_le_bytes();
+        let bytes = frame_record_body(&body);
+        let mut it = records(&bytes, 0);
+        assert_eq!(it.by_ref().count(), 0);
+        assert!(matches!(it.error, Some(RecordError::Malformed { .. })));
     }
 
     #[test]

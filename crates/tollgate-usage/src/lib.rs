@@ -53,7 +53,7 @@ pub mod sync;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use tollgate_events::Event;
+use tollgate_events::{CallRef, Event};
 
 pub use aors::{
     AOR_CHANGES_MAX, AOR_TEXT_OVERHEAD_BYTES, AOR_TEXTS_BYTES_MAX, AorChange, AorDrain,
@@ -120,6 +120,13 @@ pub struct TablesConfig {
     pub max_contacts_per_aor: u32,
     /// Largest `expires` a `reg` may carry; above it the event is [`Outcome::BadNumber`].
     pub max_expires_s: u32,
+    /// Mixed into the home slot of every call in the call table's maps (each shard derives
+    /// its own). Entropy, passed in like the fingerprint key: the agent draws it from the
+    /// OS at every start. Tables that restore a snapshot must not share the writer's seed,
+    /// or the restore piles keys into long runs (`fpmap`'s module doc: 15.6 s instead of
+    /// ~1 s at 10 M calls); the default (a constant) suits tables that never restore
+    /// another's snapshot. Layout only: no count or decision depends on it.
+    pub map_seed: u64,
 }
 
 impl Default for TablesConfig {
@@ -132,9 +139,14 @@ impl Default for TablesConfig {
             max_aors: MAX_AORS_DEFAULT,
             max_contacts_per_aor: MAX_CONTACTS_PER_AOR_DEFAULT,
             max_expires_s: MAX_EXPIRES_S_DEFAULT,
+            map_seed: MAP_SEED_DEFAULT,
         }
     }
 }
+
+/// [`TablesConfig::map_seed`]'s default: any constant will do for tables that never
+/// restore a snapshot written by tables with the same seed.
+pub const MAP_SEED_DEFAULT: u64 = 0x7011_6a7e_5eed_0001;
 
 /// The counts, read without a lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -206,6 +218,26 @@ impl Prefetched {
     pub const NONE: Prefetched = Prefetched(None);
 }
 
+/// A call event by its fingerprint, as an events record of the journal holds it
+/// ([`journal::Entry::Call`]) and [`Tables::apply_call`] applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOp {
+    Start { emergency: bool },
+    Stop,
+    Refresh,
+}
+
+impl CallOp {
+    /// The verb of the event this came from, for per-verb counters.
+    pub fn verb(self) -> tollgate_events::Verb {
+        match self {
+            CallOp::Start { .. } => tollgate_events::Verb::CallStart,
+            CallOp::Stop => tollgate_events::Verb::CallStop,
+            CallOp::Refresh => tollgate_events::Verb::CallRefresh,
+        }
+    }
+}
+
 /// The usage tables of one node. `&self` everywhere: share it between threads.
 pub struct Tables {
     fingerprinter: Fingerprinter,
@@ -244,6 +276,7 @@ impl Tables {
                 config.max_call_duration_s.max(1),
                 config.tombstone_ttl_s,
                 config.max_active_calls,
+                config.map_seed,
             ),
             registrations: RegTable::new(
                 shard_count,
@@ -313,6 +346,38 @@ impl Tables {
                 self.calls.refresh(fp, now_s)
             }
             _ => self.apply_from(now, event, owner),
+        }
+    }
+
+    /// The fingerprint a call is keyed by in the call table (what an events record of the
+    /// journal holds instead of the Call-ID).
+    #[inline]
+    pub fn call_fingerprint(&self, call: CallRef<'_>) -> Fingerprint {
+        self.fingerprinter.call(call)
+    }
+
+    /// Asks the CPU to fetch the call table slot `call` lives in ([`Tables::prefetch`] for a
+    /// fingerprint already computed).
+    #[inline]
+    pub fn prefetch_call(&self, call: Fingerprint) {
+        self.calls.prefetch(call);
+    }
+
+    /// Applies a call event by its fingerprint ([`Tables::call_fingerprint`]): the same
+    /// outcome as [`Tables::apply_from`] with the event it came from.
+    #[inline]
+    pub fn apply_call(
+        &self,
+        now: MonoTime,
+        op: CallOp,
+        call: Fingerprint,
+        owner: Owner,
+    ) -> Outcome {
+        let now_s = now.unix_secs_u32();
+        match op {
+            CallOp::Start { emergency } => self.calls.start(call, emergency, owner, now_s),
+            CallOp::Stop => self.calls.stop(call, now_s),
+            CallOp::Refresh => self.calls.refresh(call, now_s),
         }
     }
 

@@ -262,11 +262,15 @@ struct ListedContact {
     aor: Fingerprint,
     contact_hash: u64,
     expires_s: u32,
+    /// The AoR's cluster fingerprint, under the key of [`ProxyList::aor_key`] (0 without
+    /// one): the text is at hand only here, and an AoR the reconciliation adds must reach
+    /// the cluster's AoR set at once, not at its next refresh.
+    cluster_fp: u64,
 }
 
 /// A proxy's list of its calls and contacts, fingerprinted with the tables' key and split by
-/// shard as it is built (so nothing but fingerprints is kept: ~24 bytes per call, 32 per
-/// contact). Built with [`Tables::new_list`].
+/// shard as it is built (so nothing but fingerprints is kept: ~24 bytes per call, 40 per
+/// contact, its AoR's cluster fingerprint included). Built with [`Tables::new_list`].
 #[derive(Clone)]
 pub struct ProxyList {
     fingerprinter: Fingerprinter,
@@ -275,6 +279,8 @@ pub struct ProxyList {
     contacts: Vec<Vec<ListedContact>>,
     call_count: u64,
     contact_count: u64,
+    /// The AoR feed's key when the list was made (a cluster node), to fingerprint AoRs.
+    aor_key: Option<crate::aors::FeedKey>,
 }
 
 impl std::fmt::Debug for ProxyList {
@@ -303,12 +309,15 @@ impl ProxyList {
     /// A contact the proxy has, expiring at `expires_at` (unix seconds; `u32::MAX` for a
     /// permanent one).
     pub fn push_contact(&mut self, aor: &[u8], contact: &[u8], expires_at_s: u32) {
+        let aor_text = aor;
         let aor = self.fingerprinter.aor(aor);
         let contact_hash = self.fingerprinter.contact(contact) & CONTACT_HASH_MASK;
+        let cluster_fp = self.aor_key.map_or(0, |key| key.fingerprint(aor_text));
         self.contacts[(aor.0[1] & self.shard_mask) as usize].push(ListedContact {
             aor,
             contact_hash,
             expires_s: expires_at_s,
+            cluster_fp,
         });
         self.contact_count += 1;
     }
@@ -362,6 +371,8 @@ pub struct Pass {
     cursor: usize,
     ops: Vec<Correction>,
     gone: Vec<Fingerprint>,
+    /// AoRs given a contact by this step, with their cluster fingerprints.
+    born: Vec<(Fingerprint, u64)>,
     corrections: Corrections,
     steps: u64,
 }
@@ -432,6 +443,7 @@ impl Tables {
             contacts: vec![Vec::new(); shard_count],
             call_count: 0,
             contact_count: 0,
+            aor_key: self.aor_feed_key(),
         }
     }
 
@@ -502,6 +514,7 @@ impl Tables {
             cursor: 0,
             ops: Vec::new(),
             gone: Vec::new(),
+            born: Vec::new(),
             corrections: Corrections::default(),
             steps: 0,
         }
@@ -719,11 +732,14 @@ impl Tables {
                         .find(|b| b.contact_hash() == l.contact_hash)
                 });
                 match existing {
-                    None => ops.push(Correction::AddContact {
-                        aor: l.aor,
-                        contact_hash: l.contact_hash,
-                        expires_s: l.expires_s,
-                    }),
+                    None => {
+                        ops.push(Correction::AddContact {
+                            aor: l.aor,
+                            contact_hash: l.contact_hash,
+                            expires_s: l.expires_s,
+                        });
+                        pass.born.push((l.aor, l.cluster_fp));
+                    }
                     Some(b) if scope.covers(b.owner()) && b.expires_s != l.expires_s => {
                         ops.push(Correction::SetExpiry {
                             aor: l.aor,
@@ -757,8 +773,15 @@ impl Tables {
             for aor in gone.drain(..) {
                 self.aor_maybe_gone(aor);
             }
+            // AoRs the proxy has and this node did not: into the cluster's AoR set now.
+            if let Some(key) = pass.list.aor_key {
+                for (aor, fingerprint) in pass.born.drain(..) {
+                    self.aor_registered_as(aor, fingerprint, key.tag());
+                }
+            }
         }
         gone.clear();
+        pass.born.clear();
         pass.gone = gone;
         pass.ops = ops;
         if done {

@@ -50,8 +50,8 @@ const TABLE_BATCH: usize = 16;
 #[derive(Debug, Parser)]
 #[command(about = "Agent ingest loop vs bare recvmmsg drain loop, side by side")]
 struct Args {
-    /// live, full-queue, both (those two), in-process, table, threads, recv-cost, or all
-    /// (live, full-queue, in-process).
+    /// live, full-queue, both (those two), in-process, table, threads, recv-cost, journal
+    /// (journal on vs off, side by side), or all (live, full-queue, in-process).
     #[arg(long, default_value = "both")]
     method: String,
     /// Datagrams per full-queue fill (single-event cases; batched cases use fewer, by size).
@@ -671,6 +671,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn new_pipeline(args: &Args, dir: &std::path::Path, name: &str) -> anyhow::Result<Pipeline> {
+    new_pipeline_with(args.journal_fsync_ms, dir, name)
+}
+
+/// A pipeline with a journal synced every `journal_fsync_ms` (`None`: no journal).
+fn new_pipeline_with(
+    journal_fsync_ms: Option<u64>,
+    dir: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<Pipeline> {
     Ok(Pipeline {
         tables: Arc::new(Tables::new(
             TablesConfig::default(),
@@ -679,7 +688,7 @@ fn new_pipeline(args: &Args, dir: &std::path::Path, name: &str) -> anyhow::Resul
         sequences: Arc::new(SequenceTracker::with_key(&FingerprintKey([8; 32]))),
         admission: Arc::new(AdmitAll),
         observer: None,
-        journal: match args.journal_fsync_ms {
+        journal: match journal_fsync_ms {
             Some(ms) => Some(Arc::new(tollgate_ingest::Journal::open(
                 &dir.join(format!("journal-{}", name.replace(' ', "_"))),
                 1,
@@ -865,6 +874,102 @@ fn socket_methods(
     Ok(())
 }
 
+/// The journal's cost side by side: per case, one agent loop without a journal and one
+/// journalling every batch (synced every `--journal-fsync-ms`, default 1000, by a thread
+/// like the agent's), full queue, alternating in one run (the order flips every run); the
+/// ratio is the median of each run's on/off.
+fn journal_method(args: &Args, setup: &Setup<'_>, dir: &std::path::Path) -> anyhow::Result<()> {
+    let fsync_ms = args.journal_fsync_ms.unwrap_or(1000);
+    println!(
+        "\njournal on vs off (full queue, journal synced every {fsync_ms} ms, {} calls open in the stream):",
+        args.open_calls
+    );
+    println!(
+        "{:<26} {:>14} {:>14} {:>7} {:>16} {:>16} {:>11}",
+        "case",
+        "off dgram/s",
+        "on dgram/s",
+        "on/off",
+        "off events/s",
+        "on events/s",
+        "journal B/ev"
+    );
+    for case in CASES
+        .iter()
+        .filter(|c| args.only.as_deref().is_none_or(|o| c.name.contains(o)))
+    {
+        let pool = Arc::new(Pool::new(case.payload, args.open_calls, 0)?);
+        let socket = EventSocket::bind(&endpoint_for(case.transport, dir)?, &BENCH_SOCKET)?;
+        let off = new_pipeline_with(None, dir, case.name)?;
+        let on = new_pipeline_with(Some(fsync_ms), dir, case.name)?;
+        let now = tollgate_ingest::tables_clock();
+        pool.preload(&off.tables, now);
+        pool.preload(&on.tables, now);
+        let journal = on.journal.clone().context("journal")?;
+        let _syncer = (fsync_ms > 0).then(|| {
+            let j = Arc::clone(&journal);
+            std::thread::spawn(move || {
+                // Ends with the process.
+                loop {
+                    std::thread::sleep(Duration::from_millis(fsync_ms));
+                    j.sync();
+                }
+            })
+        });
+        let fill = fill_for(args, case.payload);
+        let (mut rates_off, mut rates_on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let phase = |p: &Pipeline| {
+            full_queue_phase(
+                &socket,
+                case.transport,
+                Receiver::Agent(p),
+                &pool,
+                fill,
+                setup,
+            )
+        };
+        for run in 0..args.runs {
+            let (a, b) = if run % 2 == 0 {
+                let a = phase(&off)?;
+                (a, phase(&on)?)
+            } else {
+                let b = phase(&on)?;
+                (phase(&off)?, b)
+            };
+            rates_off.push(a);
+            rates_on.push(b);
+            ratios.push(if a > 0.0 { b / a } else { 0.0 });
+        }
+        let per = pool.events_per_datagram as f64;
+        let journalled_events = (args.runs as u64 * fill) as f64 * per;
+        let bytes_per_event =
+            journal.stats.bytes.load(Ordering::Relaxed) as f64 / journalled_events.max(1.0);
+        let (a, b, r) = (median(rates_off), median(rates_on), median(ratios));
+        println!(
+            "{:<26} {:>14.0} {:>14.0} {:>7.3} {:>16.0} {:>16.0} {:>11.1}",
+            case.name,
+            a,
+            b,
+            r,
+            a * per,
+            b * per,
+            bytes_per_event
+        );
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "method": "journal", "case": case.name, "off_datagrams_per_s": a,
+                    "on_datagrams_per_s": b, "ratio_on_off": r, "datagram_bytes": pool.size,
+                    "events_per_datagram": pool.events_per_datagram,
+                    "journal_bytes_per_event": bytes_per_event, "fsync_ms": fsync_ms,
+                })
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `Tables::apply` alone: `open` calls held open while call i starts and call i - open
 /// stops, ns per event (Call-ID formatting included; it is measured alone too).
 fn table_method(args: &Args) -> anyhow::Result<()> {
@@ -985,6 +1090,8 @@ fn table_method(args: &Args) -> anyhow::Result<()> {
         let restored = Tables::new(
             TablesConfig {
                 max_active_calls: (open as u64 * 2).max(1 << 20),
+                // Not the writer's seed: the agent draws a fresh one at every start.
+                map_seed: tollgate_usage::MAP_SEED_DEFAULT ^ 1,
                 ..TablesConfig::default()
             },
             FingerprintKey([7; 32]),
@@ -1301,9 +1408,10 @@ fn main() -> anyhow::Result<()> {
     let methods: Vec<&str> = match args.method.as_str() {
         "both" => vec!["live", "full-queue"],
         "all" => vec!["live", "full-queue", "in-process"],
-        m @ ("full-queue" | "live" | "in-process" | "table" | "threads" | "recv-cost") => vec![m],
+        m @ ("full-queue" | "live" | "in-process" | "table" | "threads" | "recv-cost"
+        | "journal") => vec![m],
         other => anyhow::bail!(
-            "--method {other}: expected live, full-queue, in-process, table, threads, recv-cost, both or all"
+            "--method {other}: expected live, full-queue, in-process, table, threads, recv-cost, journal, both or all"
         ),
     };
     for method in methods {
@@ -1311,6 +1419,7 @@ fn main() -> anyhow::Result<()> {
             "table" => table_method(&args)?,
             "threads" => threads_method(&args, &setup, dir.path())?,
             "recv-cost" => recv_cost_method(&args, &setup, dir.path())?,
+            "journal" => journal_method(&args, &setup, dir.path())?,
             m => socket_methods(m, &args, &setup, dir.path())?,
         }
     }

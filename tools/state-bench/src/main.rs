@@ -43,9 +43,12 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn config(calls: usize) -> TablesConfig {
+/// `map_seed` differs between the tables that write a snapshot and those that restore it,
+/// as in the agent (a fresh seed at every start).
+fn config(calls: usize, map_seed: u64) -> TablesConfig {
     TablesConfig {
         max_active_calls: (calls as u64 * 2).max(1 << 20),
+        map_seed,
         ..TablesConfig::default()
     }
 }
@@ -76,7 +79,7 @@ fn run(calls: usize, journal_events: usize) -> anyhow::Result<()> {
     let path = dir.path().join("state");
     let state_dir = StateDir::open(&path)?;
     let key = state_dir.fingerprint_key()?;
-    let tables = Tables::new(config(calls), key.clone());
+    let tables = Tables::new(config(calls, 1), key.clone());
     let now = tables_clock();
     let t = Instant::now();
     for i in 0..calls {
@@ -141,7 +144,7 @@ fn run(calls: usize, journal_events: usize) -> anyhow::Result<()> {
     drop(state_dir);
 
     // Restore alone: the snapshot file read and restored.
-    let restored = Tables::new(config(calls), key.clone());
+    let restored = Tables::new(config(calls, 2), key.clone());
     let t = Instant::now();
     let file = std::fs::read(path.join("usage.snapshot"))?;
     restored.restore_bytes(&file)?;
@@ -152,7 +155,7 @@ fn run(calls: usize, journal_events: usize) -> anyhow::Result<()> {
     // Restart: what the agent runs at start (snapshot + journal replay + sweep).
     let state_dir = StateDir::open(&path)?;
     let key_for_seq = key.clone();
-    let tables = Arc::new(Tables::new(config(calls), key));
+    let tables = Arc::new(Tables::new(config(calls, 3), key));
     let resets = StateResets::open(&path);
     let replay = Pipeline {
         tables: Arc::clone(&tables),

@@ -95,11 +95,26 @@ async function showTokens() {
     cell(tr, t.id, 'num');
     cell(tr, t.license_key);
     cell(tr, t.allowed.join(' '));
-    cell(tr, t.revoked_at ? `revoked ${t.revoked_at}` : 'active', 'state');
+    const state = { revoked: `revoked ${t.revoked_at}`, expired: 'expired' }[t.state] || 'active';
+    cell(tr, t.replaced_by ? `${state}, replaced by ${t.replaced_by}` : state, 'state');
+    cell(tr, t.expires_at || 'never', 'expires');
     cell(tr, t.last_used_at ? `${t.last_used_at} from ${t.last_used_from}` : 'never');
     cell(tr, t.note);
     const td = cell(tr, '');
-    if (!t.revoked_at) {
+    if (t.state === 'active' || t.state === 'expiring') {
+      if (!t.replaced_by) {
+        button(td, 'Rotate', async () => {
+          const hours = Number($('#rotate-grace-hours').value || 0);
+          const rotated = await api(`tokens/${t.id}/rotate`, { method: 'POST', body: { grace_s: Math.round(hours * 3600) } });
+          $('#token-value').textContent = rotated.token;
+          const old = rotated.replaces;
+          $('#token-replaces').textContent = old.revoked_at
+            ? `It replaces token ${old.id}, revoked now.`
+            : `It replaces token ${old.id}, which keeps working until ${old.expires_at}.`;
+          $('#token-new').hidden = false;
+          await showTokens();
+        });
+      }
       button(td, 'Revoke', async () => {
         await api(`tokens/${t.id}/revoke`, { method: 'POST', body: {} });
         await showTokens();
@@ -278,8 +293,11 @@ document.addEventListener('DOMContentLoaded', () => {
   onSubmit('#token-issue', async () => {
     const allow = $('#token-allow').value.split(/[\s,]+/).filter(Boolean);
     const note = $('#token-note').value || undefined;
-    const issued = await api('tokens', { method: 'POST', body: { license: $('#token-license').value, allow, note } });
+    const day = $('#token-expires').value;
+    const expires_at = day ? `${day}T00:00:00Z` : undefined;
+    const issued = await api('tokens', { method: 'POST', body: { license: $('#token-license').value, allow, note, expires_at } });
     $('#token-value').textContent = issued.token;
+    $('#token-replaces').textContent = issued.expires_at ? `It expires ${issued.expires_at}.` : '';
     $('#token-new').hidden = false;
     await showTokens();
   });

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod tokens;
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt as _;
@@ -207,8 +208,8 @@ impl Harness {
     /// Issues a token for the license, allowed from `allow`; returns (id, token).
     pub fn issue_token(&self, allow: &[&str]) -> (i64, String) {
         let allow: Vec<String> = allow.iter().map(|a| (*a).to_owned()).collect();
-        let (id, token, _) =
-            self.act_ok(|ctx, store| admin::issue_token(ctx, store, LICENSE_KEY, &allow, None));
+        let (id, token, _) = self
+            .act_ok(|ctx, store| admin::issue_token(ctx, store, LICENSE_KEY, &allow, None, None));
         (id, token)
     }
 

@@ -3,17 +3,31 @@
 //! (deltas in, in order; summaries compared; ranges reconciled), the cluster's AoR key, and
 //! the liveness of each set (the same as its node's record).
 //!
-//! **Protocol.** The owner sends each batch of changes once, reliably (a stream), as an
-//! [`AorDelta`] numbered `seq`; a copy applies deltas in seq order (a bounded buffer holds
-//! ones that overtook an earlier one). Every `anti_entropy_interval_ms`, and on connect, the
-//! owner sends its [`AorSummary`] (`seq`, count, hash). A copy at that seq with that hash is
-//! in sync; one that differs (lost deltas across a reconnection, a node back from expiry, a
-//! restart) sends the owner the range hashes of its copy over 16 ranges ([`AorRanges`]); the
-//! owner answers each differing range with its members when small (≤ [`AOR_LEAF_MAX`]) or
-//! when the copy holds none there, else with the hashes of 16 sub-ranges, which the copy
-//! compares and sends back where they differ. A difference of `d` fingerprints in a set of
-//! `n` costs about `d · (8 + 16 · 30 · log16(n / 64))` bytes, never the whole set unless the
-//! copy is empty.
+//! **Protocol** (frame version 2). The owner's changes since its last push ride in its next
+//! record push ([`Frame::RecordAors`], coalesced like any record change, at most every
+//! `push_interval_ms`): the set's seq grows with each such push and every record names it
+//! (`Record::aor_seq`), so an AoR change costs its 8 bytes in a datagram that goes out
+//! anyway, not a packet of its own and its acknowledgement. A push that does not fit a
+//! datagram goes on a stream whole; more changes than one frame holds go first as
+//! [`AorDelta`]s, each with its own seq. A copy applies changes in seq order (a bounded
+//! buffer holds ones that overtook an earlier one). Datagrams get lost: a copy that learns of
+//! a later seq than it holds — a record naming it (pushed, pulled after a heartbeat named
+//! content it lacked, or relayed in a table), a change that overtook, a summary — asks the
+//! owner for what it misses ([`Frame::AorPull`], at most once per
+//! [`AOR_RECONCILE_TIMEOUT_MS`]); the owner answers from its log of recent changes (at most
+//! [`AOR_LOG_DELTAS_MAX`] pushes, [`AOR_LOG_FPS_MAX`] fingerprints) with [`AorDelta`]s, or,
+//! when the log does not reach back, with its summary. So a lost change is repaired exactly
+//! when a lost record change is, plus one round trip.
+//!
+//! Every `anti_entropy_interval_ms`, and on connect, the owner sends its [`AorSummary`]
+//! (`seq`, count, hash). A copy at that seq with that hash is in sync; one behind at the same
+//! incarnation pulls; one that differs otherwise (a node back from expiry, a restart, a log
+//! that did not reach) sends the owner the range hashes of its copy over 16 ranges
+//! ([`AorRanges`]); the owner answers each differing range with its members when small
+//! (≤ [`AOR_LEAF_MAX`]) or when the copy holds none there, else with the hashes of 16
+//! sub-ranges, which the copy compares and sends back where they differ. A difference of `d`
+//! fingerprints in a set of `n` costs about `d · (8 + 16 · 30 · log16(n / 64))` bytes, never
+//! the whole set unless the copy is empty.
 //!
 //! **Publication waits for the key.** A node that starts with a key of its own
 //! ([`Replica::set_aor_key`]) fingerprints its AoRs under it before it has heard the cluster's:
@@ -27,12 +41,12 @@
 //! returns: a later rotation moves each AoR at its refresh, as documented. A replica never
 //! given a key (the simulation's abstract fingerprints) publishes at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::aorset::{AorSets, Fp, RangeDigest, Slot};
 use crate::frame::{
     AOR_FRAME_FPS_MAX, AOR_RANGE_ITEMS_MAX, AorDelta, AorKey, AorRange, AorRanges, AorSummary,
-    Frame, WireFp,
+    DATAGRAM_BYTES_MAX, Frame, RecordAors, WireFp, encode,
 };
 
 use super::{Destination, Event, Replica, Transmit, TransmitKind, counted, state_at};
@@ -44,8 +58,12 @@ pub const AOR_LEAF_MAX: u64 = 64;
 pub const AOR_RANGE_FANOUT: u64 = 16;
 /// Deltas a copy holds while waiting for an earlier one; past this it reconciles.
 pub const AOR_BUFFER_MAX: usize = 256;
-/// A reconciliation with no answer for this long may be started again.
+/// A reconciliation (or an `AorPull`) with no answer for this long may be started again.
 pub const AOR_RECONCILE_TIMEOUT_MS: u64 = 2_000;
+/// Pushes of AoR changes the owner keeps to answer `AorPull`.
+pub const AOR_LOG_DELTAS_MAX: usize = 256;
+/// Fingerprints the owner keeps in that log, in all (64 KiB); the oldest pushes go first.
+pub const AOR_LOG_FPS_MAX: usize = 8_192;
 
 /// This node's own AoR set and every copy.
 #[derive(Debug)]
@@ -54,11 +72,15 @@ pub(crate) struct AorState {
     own_slot: Slot,
     pub(crate) key: Option<AorKey>,
     incarnation: u64,
-    /// Seq of the last delta sent (the set as the copies know it, plus `pending`).
-    seq: u64,
+    /// Seq of the set as last pushed (the set as the copies know it, plus `pending`); the
+    /// set's version is `(incarnation, seq)`, the incarnation its record's.
+    pub(crate) seq: u64,
     /// Changes not sent yet: fingerprint → present after the change.
     pending: BTreeMap<Fp, bool>,
-    last_delta_at: Option<u64>,
+    /// The latest pushes of changes, contiguous and ending at `seq` (when not empty), to
+    /// answer `AorPull`; anything that moves `seq` without a delta empties it.
+    log: VecDeque<AorDelta>,
+    log_fps: usize,
     copies: BTreeMap<String, CopyState>,
     /// Publication held until the key is agreed (see the module documentation); `None` once
     /// published, or when no key was ever set.
@@ -85,6 +107,8 @@ struct CopyState {
     buffer: BTreeMap<(u64, u64), AorDelta>,
     /// A reconciliation started then (not answered yet).
     asked_at: Option<u64>,
+    /// An `AorPull` sent then (not answered yet).
+    pulled_at: Option<u64>,
 }
 
 impl AorState {
@@ -101,7 +125,8 @@ impl AorState {
             incarnation,
             seq: 0,
             pending: BTreeMap::new(),
-            last_delta_at: None,
+            log: VecDeque::new(),
+            log_fps: 0,
             copies: BTreeMap::new(),
             hold: None,
             key_agreed: false,
@@ -119,15 +144,33 @@ impl AorState {
         }
     }
 
-    /// When pending changes are due out, if any.
-    pub(crate) fn delta_due(&self, push_interval_ms: u64) -> Option<u64> {
-        if self.pending.is_empty() || self.hold.is_some() {
-            return None;
+    /// Changes are waiting for the next push (and may go: the set is published).
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty() && self.hold.is_none()
+    }
+
+    /// The set's seq moved without a delta (a load, the release of a held set, a new
+    /// incarnation): the log no longer leads to it.
+    fn clear_log(&mut self) {
+        self.log.clear();
+        self.log_fps = 0;
+    }
+
+    fn log_delta(&mut self, delta: &AorDelta) {
+        debug_assert!(
+            self.log.back().is_none_or(
+                |last| (last.incarnation, last.seq + 1) == (delta.incarnation, delta.seq)
+            ),
+            "the log is contiguous"
+        );
+        self.log_fps += delta.adds.len() + delta.removes.len();
+        self.log.push_back(delta.clone());
+        while self.log_fps > AOR_LOG_FPS_MAX || self.log.len() > AOR_LOG_DELTAS_MAX {
+            let Some(old) = self.log.pop_front() else {
+                break;
+            };
+            self.log_fps -= old.adds.len() + old.removes.len();
         }
-        Some(
-            self.last_delta_at
-                .map_or(0, |at| at.saturating_add(push_interval_ms)),
-        )
     }
 
     fn note_change(&mut self, fp: Fp, present: bool) {
@@ -168,7 +211,7 @@ impl Replica {
     // ----------------------------------------------------------------------------------
 
     /// An AoR (its fingerprint under the cluster's AoR key) became registered on this node.
-    /// Sent to every peer with the next delta (at most every `push_interval_ms`).
+    /// Sent to every peer with the next record push (at most every `push_interval_ms`).
     pub fn aor_add(&mut self, now: MonoTime, fp: Fp) {
         let now = now.ms();
         let now = self.tick(now);
@@ -176,7 +219,7 @@ impl Replica {
         if self.aor.sets.insert(own, fp) {
             self.aor.note_change(fp, true);
         }
-        self.maybe_send_aor_delta(now);
+        self.maybe_emit(now);
     }
 
     /// An AoR is no longer registered on this node.
@@ -187,7 +230,7 @@ impl Replica {
         if self.aor.sets.remove(own, fp) {
             self.aor.note_change(fp, false);
         }
-        self.maybe_send_aor_delta(now);
+        self.maybe_emit(now);
     }
 
     /// Replaces this node's AoR set at once (a restart that restored its registrations, or a
@@ -200,7 +243,9 @@ impl Replica {
         self.aor.sets.replace_range(own, 0, Fp::MAX, fps);
         self.aor.pending.clear();
         self.aor.seq += 1;
+        self.aor.clear_log();
         self.send_aor_summary(now, Destination::AllPeers);
+        self.maybe_emit(now);
     }
 
     /// The cluster's AoR key this node starts with (persisted by the IO layer, or fresh), and
@@ -253,6 +298,7 @@ impl Replica {
         self.aor.published = true;
         self.aor.pending.clear();
         self.aor.seq += 1;
+        self.aor.clear_log();
         self.sync_aor_liveness(now);
         self.send_aor_summary(now, Destination::AllPeers);
     }
@@ -342,8 +388,15 @@ impl Replica {
         if self.left || self.peers.is_empty() || self.aor.hold.is_some() {
             return;
         }
-        // The summary must describe what the copies will hold: send pending changes first.
-        self.send_aor_delta(now);
+        // The summary must describe what the copies will hold: push pending changes first.
+        if self.aor.has_pending() {
+            self.emit(now, TransmitKind::Datagram);
+        }
+        self.enqueue_aor_summary(to);
+    }
+
+    /// This node's summary as of the last push (pending changes are not in it).
+    fn enqueue_aor_summary(&mut self, to: Destination) {
         let summary = self.aor.summary();
         self.enqueue(Transmit {
             to,
@@ -352,23 +405,24 @@ impl Replica {
         });
     }
 
-    pub(super) fn maybe_send_aor_delta(&mut self, now: u64) {
-        if self
-            .aor
-            .delta_due(self.config.push_interval_ms)
-            .is_some_and(|due| due <= now)
-        {
-            self.send_aor_delta(now);
+    /// For the record push being emitted: the set's version follows the record's
+    /// incarnation (a new one, rare at run time, empties the log and sends a summary, so the
+    /// copies settle on it), then the pending changes are taken, the set's seq grows once
+    /// per frame's worth, and they are logged. Returns them in seq order: the last rides in
+    /// the push, any earlier ones go on streams before it.
+    pub(super) fn take_aor_changes(&mut self) -> Vec<AorDelta> {
+        if self.aor.incarnation != self.own.incarnation {
+            self.aor.incarnation = self.own.incarnation;
+            self.aor.clear_log();
+            if !self.left && self.aor.hold.is_none() && !self.peers.is_empty() {
+                self.enqueue_aor_summary(Destination::AllPeers);
+            }
         }
-    }
-
-    /// Pending changes out, as deltas of at most [`AOR_FRAME_FPS_MAX`] fingerprints each.
-    fn send_aor_delta(&mut self, now: u64) {
-        if self.aor.pending.is_empty() || self.aor.hold.is_some() {
-            return;
+        if self.left || !self.aor.has_pending() {
+            return Vec::new();
         }
         let pending = std::mem::take(&mut self.aor.pending);
-        self.aor.last_delta_at = Some(now);
+        let mut deltas = Vec::new();
         let mut changes = pending.into_iter().peekable();
         while changes.peek().is_some() {
             let mut delta = AorDelta {
@@ -385,15 +439,153 @@ impl Replica {
                 }
             }
             self.aor.seq += 1;
+            self.aor.log_delta(&delta);
             self.stats.aor_deltas_sent += 1;
-            if !self.peers.is_empty() {
-                self.enqueue(Transmit {
-                    to: Destination::AllPeers,
-                    kind: TransmitKind::Stream,
-                    frame: Frame::AorDelta(delta),
-                });
-            }
+            deltas.push(delta);
         }
+        deltas
+    }
+
+    /// The frame of a push carrying `changes` (the last of [`Replica::take_aor_changes`]),
+    /// the earlier ones queued on streams first; and how it travels: a datagram when it
+    /// fits one, else a stream.
+    pub(super) fn aor_push(
+        &mut self,
+        mut changes: Vec<AorDelta>,
+        kind: TransmitKind,
+    ) -> Option<(Frame, TransmitKind)> {
+        let last = changes.pop()?;
+        for delta in changes {
+            self.enqueue(Transmit {
+                to: Destination::AllPeers,
+                kind: TransmitKind::Stream,
+                frame: Frame::AorDelta(delta),
+            });
+        }
+        debug_assert_eq!(
+            (last.incarnation, last.seq),
+            (self.own.incarnation, self.own.aor_seq)
+        );
+        let frame = Frame::RecordAors(RecordAors {
+            record: self.own.clone(),
+            adds: last.adds,
+            removes: last.removes,
+        });
+        let kind = if kind == TransmitKind::Datagram && encode(&frame).len() > DATAGRAM_BYTES_MAX {
+            TransmitKind::Stream
+        } else {
+            kind
+        };
+        Some((frame, kind))
+    }
+
+    /// A copy asks for the changes after `(incarnation, seq)`: the logged ones, or, when the
+    /// log does not reach back, the first step of a range reconciliation (this node's hashes
+    /// over 16 ranges, with its summary: the copy asks again where it differs). At most one
+    /// answer per `push_interval_ms` per peer.
+    pub(super) fn answer_aor_pull(&mut self, now: u64, peer: &str, incarnation: u64, seq: u64) {
+        if self.left || self.aor.hold.is_some() {
+            return;
+        }
+        let interval = self.config.push_interval_ms;
+        if !self.allow(peer, now, interval, |state| {
+            &mut state.last_aor_pull_answer_at
+        }) {
+            return;
+        }
+        self.stats.aor_pulls_answered += 1;
+        let served = incarnation == self.aor.incarnation
+            && seq < self.aor.seq
+            && self
+                .aor
+                .log
+                .front()
+                .is_some_and(|first| first.seq <= seq + 1);
+        if !served {
+            let own = self.aor.own_slot;
+            let ranges = self.range_hashes(own, 0, Fp::MAX);
+            self.enqueue(Transmit {
+                to: Destination::Peer(peer.to_owned()),
+                kind: TransmitKind::Stream,
+                frame: Frame::AorRanges(AorRanges {
+                    owner: self.own.node_id.clone(),
+                    summary: Some(self.aor.summary()),
+                    ranges,
+                }),
+            });
+            return;
+        }
+        let deltas: Vec<AorDelta> = self
+            .aor
+            .log
+            .iter()
+            .filter(|delta| delta.seq > seq)
+            .cloned()
+            .collect();
+        for delta in deltas {
+            self.enqueue(Transmit {
+                to: Destination::Peer(peer.to_owned()),
+                kind: TransmitKind::Stream,
+                frame: Frame::AorDelta(delta),
+            });
+        }
+    }
+
+    /// `owner`'s set is at `named` or later (a record, a change that overtook, a summary
+    /// said so): a copy that is synced but behind asks the owner for the missing changes,
+    /// unless it asked less than [`AOR_RECONCILE_TIMEOUT_MS`] ago with no progress since.
+    /// `true` when a pull is on its way.
+    pub(super) fn aor_check_behind(&mut self, now: u64, owner: &str, named: (u64, u64)) -> bool {
+        if self.left || !self.peers.contains_key(owner) {
+            return false;
+        }
+        let Some(copy) = self.aor.copies.get_mut(owner) else {
+            return false;
+        };
+        let Some(held) = copy.version else {
+            return false;
+        };
+        if named <= held {
+            return false;
+        }
+        if copy
+            .pulled_at
+            .is_some_and(|at| now < at.saturating_add(AOR_RECONCILE_TIMEOUT_MS))
+        {
+            return true;
+        }
+        copy.pulled_at = Some(now);
+        self.stats.aor_pulls_sent += 1;
+        self.enqueue(Transmit {
+            to: Destination::Peer(owner.to_owned()),
+            kind: TransmitKind::Stream,
+            frame: Frame::AorPull {
+                incarnation: held.0,
+                seq: held.1,
+            },
+        });
+        true
+    }
+
+    /// A record push with the AoR changes it names: the changes first (so the record's
+    /// `aor_seq` finds them applied), then the record.
+    pub(super) fn handle_record_aors(&mut self, now: u64, owner: &str, push: RecordAors) {
+        let RecordAors {
+            record,
+            adds,
+            removes,
+        } = push;
+        self.handle_aor_delta(
+            now,
+            owner,
+            AorDelta {
+                incarnation: record.incarnation,
+                seq: record.aor_seq,
+                adds,
+                removes,
+            },
+        );
+        self.merge_record(now, record, owner);
     }
 
     pub(super) fn handle_aor_key(&mut self, now: u64, peer: &str, key: AorKey) {
@@ -429,6 +621,7 @@ impl Replica {
         if matches(digest, &summary) {
             copy.version = Some(version);
             copy.asked_at = None;
+            copy.pulled_at = None;
             self.drain_aor_buffer(owner, slot);
             return;
         }
@@ -444,6 +637,21 @@ impl Replica {
         }) {
             return;
         }
+        // A pull is on its way: its answer (the changes, or the owner's range hashes) settles
+        // the copy.
+        if copy
+            .pulled_at
+            .is_some_and(|at| now < at.saturating_add(AOR_RECONCILE_TIMEOUT_MS))
+        {
+            return;
+        }
+        // Behind at the same incarnation: the owner's log likely has the changes.
+        if copy.version.is_some_and(|(incarnation, seq)| {
+            incarnation == summary.incarnation && seq < summary.seq
+        }) && self.aor_check_behind(now, owner, version)
+        {
+            return;
+        }
         self.start_aor_reconcile(now, owner, slot);
     }
 
@@ -457,18 +665,7 @@ impl Replica {
         }
         copy.asked_at = Some(now);
         self.stats.aor_reconciliations += 1;
-        let ranges = split(0, Fp::MAX)
-            .into_iter()
-            .map(|(lo, hi)| {
-                let digest = self.aor.sets.range_digest(slot, lo, hi);
-                AorRange::Hash {
-                    lo,
-                    hi,
-                    count: digest.count,
-                    hash: digest.hash,
-                }
-            })
-            .collect();
+        let ranges = self.range_hashes(slot, 0, Fp::MAX);
         self.enqueue(Transmit {
             to: Destination::Peer(owner.to_owned()),
             kind: TransmitKind::Stream,
@@ -480,7 +677,7 @@ impl Replica {
         });
     }
 
-    pub(super) fn handle_aor_delta(&mut self, owner: &str, delta: AorDelta) {
+    pub(super) fn handle_aor_delta(&mut self, now: u64, owner: &str, delta: AorDelta) {
         let Some(slot) = self.aor_slot(owner) else {
             return;
         };
@@ -498,6 +695,15 @@ impl Replica {
         }
         copy.buffer.insert(version, delta);
         self.drain_aor_buffer(owner, slot);
+        // One that overtook a lost one: ask for the missing ones.
+        if let Some(first) = self
+            .aor
+            .copies
+            .get(owner)
+            .and_then(|copy| copy.buffer.keys().next().copied())
+        {
+            self.aor_check_behind(now, owner, first);
+        }
     }
 
     /// Applies buffered deltas that follow the copy's version, in order; drops older ones.
@@ -520,6 +726,10 @@ impl Replica {
             } else {
                 break;
             }
+        }
+        if copy.version != Some(version) {
+            // Progress: a later gap may be pulled at once.
+            copy.pulled_at = None;
         }
         copy.version = Some(version);
         for delta in ready {
@@ -690,6 +900,7 @@ impl Replica {
         if matches(digest, &summary) && copy.version.is_none_or(|held| held <= version) {
             copy.version = Some(version);
             copy.asked_at = None;
+            copy.pulled_at = None;
             self.drain_aor_buffer(owner, slot);
         } else if !again.is_empty() {
             copy.asked_at = Some(now);
@@ -703,6 +914,22 @@ impl Replica {
                 }),
             });
         }
+    }
+
+    /// `slot`'s hashes over the [`AOR_RANGE_FANOUT`] ranges of `[lo, hi]`.
+    fn range_hashes(&self, slot: Slot, lo: Fp, hi: Fp) -> Vec<AorRange> {
+        split(lo, hi)
+            .into_iter()
+            .map(|(lo, hi)| {
+                let digest = self.aor.sets.range_digest(slot, lo, hi);
+                AorRange::Hash {
+                    lo,
+                    hi,
+                    count: digest.count,
+                    hash: digest.hash,
+                }
+            })
+            .collect()
     }
 
     /// The slot of a peer's set, created on first use; `None` when the table is full.

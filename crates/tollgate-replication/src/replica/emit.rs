@@ -17,6 +17,8 @@ impl Replica {
             || self.own.usage != self.usage
             || self.own.license_serial != self.license_serial
             || self.own.flags != self.flags()
+            || self.own.aor_seq != self.aor.seq
+            || (!self.left && self.aor.has_pending())
     }
 
     /// When the next emission to every peer is due: a push of changed content, or, with no
@@ -45,7 +47,8 @@ impl Replica {
     }
 
     /// One emission to every peer: seq grows; the whole record goes out if its content
-    /// changed, else a heartbeat. Every peer's heartbeat is then one interval away.
+    /// changed (with the AoR changes it names, if any), else a heartbeat. Every peer's
+    /// heartbeat is then one interval away.
     pub(super) fn emit(&mut self, now: u64, kind: TransmitKind) {
         let next = self.own.version().next();
         let rolled = next.incarnation != self.own.incarnation;
@@ -57,7 +60,10 @@ impl Replica {
         let changed = rolled || self.is_dirty();
         self.own.incarnation = next.incarnation;
         self.own.seq = next.seq;
+        let mut aor_changes = Vec::new();
         if changed {
+            aor_changes = self.take_aor_changes();
+            self.own.aor_seq = self.aor.seq;
             self.own.flags = self.flags();
             self.own.usage = self.usage;
             self.own.license_serial = self.license_serial;
@@ -71,14 +77,19 @@ impl Replica {
         if self.peers.is_empty() {
             return;
         }
-        let frame = if changed {
-            Frame::Record(self.own.clone())
+        let (frame, kind) = if let Some(push) = self.aor_push(aor_changes, kind) {
+            push
+        } else if changed {
+            (Frame::Record(self.own.clone()), kind)
         } else {
-            Frame::Heartbeat(Heartbeat {
-                incarnation: next.incarnation,
-                seq: next.seq,
-                changed_seq: self.own_changed_seq,
-            })
+            (
+                Frame::Heartbeat(Heartbeat {
+                    incarnation: next.incarnation,
+                    seq: next.seq,
+                    changed_seq: self.own_changed_seq,
+                }),
+                kind,
+            )
         };
         self.enqueue(Transmit {
             to: Destination::AllPeers,

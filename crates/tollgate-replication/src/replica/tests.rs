@@ -46,6 +46,7 @@ fn record(node_id: &str, incarnation: u64, seq: u64, usage: NodeUsage) -> Record
         address: format!("{node_id}:7172"),
         license_serial: 0,
         usage,
+        aor_seq: 0,
     }
 }
 
@@ -823,6 +824,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
             address: String::new(),
             license_serial: serial,
             usage: calls(calls_),
+            aor_seq: 0,
         })
 }
 

@@ -615,3 +615,79 @@ fn restored_entries_keep_their_owner_for_reconciliation() {
         assert_eq!(t.usage().calls, 1, "the unowned call is not kam1's");
     }
 }
+
+/// Issue 15: an AoR the reconciliation gives its first contact on this node counts in the
+/// cluster's AoR set right after the pass (its cluster fingerprint comes from the text the
+/// proxy listed), not from its next REGISTER; one it removes leaves the set.
+#[test]
+fn aors_the_reconciliation_adds_or_removes_reach_the_cluster_aor_set() {
+    use crate::{AorChange, cluster_fingerprint};
+    let t = tables();
+    let key = [5u8; 32];
+    t.set_aor_key(&key);
+    t.apply(at(0), &reg("kept", "c1", 600));
+    t.apply(at(0), &reg("phantom", "c2", 600));
+    t.drain_aor_changes();
+    let c = run(
+        &t,
+        at(10),
+        Scope::All,
+        &[],
+        &[
+            ("kept", "c1", 590),
+            ("missing", "c9", 600),
+            ("missing", "c8", 600),
+        ],
+        &[],
+    );
+    assert_eq!((c.missing_contacts, c.phantom_contacts), (2, 1));
+    let missing = cluster_fingerprint(&key, b"missing");
+    let phantom = cluster_fingerprint(&key, b"phantom");
+    let mut changes = t.drain_aor_changes().changes;
+    changes.sort_by_key(|change| match change {
+        AorChange::Added(fp) | AorChange::Removed(fp) => *fp,
+    });
+    let mut expected = vec![AorChange::Added(missing), AorChange::Removed(phantom)];
+    expected.sort_by_key(|change| match change {
+        AorChange::Added(fp) | AorChange::Removed(fp) => *fp,
+    });
+    assert_eq!(changes, expected);
+    let mut set = t.aor_fingerprints();
+    set.sort_unstable();
+    let mut want = vec![cluster_fingerprint(&key, b"kept"), missing];
+    want.sort_unstable();
+    assert_eq!(set, want);
+    // Its REGISTER later is a refresh: no change. Its last contact gone: removed.
+    t.apply(at(11), &reg("missing", "c9", 600));
+    assert!(t.drain_aor_changes().changes.is_empty());
+    t.apply(at(12), &reg("missing", "c9", 0));
+    t.apply(at(12), &reg("missing", "c8", 0));
+    assert_eq!(
+        t.drain_aor_changes().changes,
+        vec![AorChange::Removed(missing)]
+    );
+}
+
+/// A list built under one AoR key and applied after the key changed adds nothing to the
+/// set (its fingerprints are under the old key): the AoR joins at its next REGISTER.
+#[test]
+fn a_reconciliation_across_a_key_change_adds_nothing_under_the_old_key() {
+    use crate::{AorChange, cluster_fingerprint};
+    let t = tables();
+    t.set_aor_key(&[5u8; 32]);
+    let run_ = t.begin_run();
+    let mut list = t.new_list();
+    list.push_contact(b"missing", b"c9", at(10).unix_secs_u32() + 600);
+    t.set_aor_key(&[6u8; 32]);
+    let c = t.reconcile(at(10), &run_, list, Scope::All, true);
+    t.finish_run(run_);
+    assert_eq!(c.missing_contacts, 1);
+    assert!(t.drain_aor_changes().changes.is_empty());
+    t.apply(at(11), &reg("missing", "c9", 600));
+    assert_eq!(
+        t.drain_aor_changes().changes,
+        vec![AorChange::Added(cluster_fingerprint(
+            &[6u8; 32], b"missing"
+        ))]
+    );
+}
