@@ -124,6 +124,55 @@ fn admit_query_gets_a_reply_over_udp_and_unix() {
     assert_eq!(agent.usage()["calls"], 0, "a query changes nothing");
 }
 
+/// `[ingest] admit_udp` answers queries on a socket of its own; with `udp_replies = false`
+/// the UDP event socket reads no source addresses: a query sent there is applied as nothing,
+/// gets no reply and is counted, while events keep being applied.
+#[test]
+fn admit_socket_answers_while_the_event_socket_reads_no_source_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[general]\nnode_id = \"test-node\"\n\n[ingest]\nudp = \"127.0.0.1:0\"\n\
+         admit_udp = \"127.0.0.1:0\"\nudp_replies = false\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let agent = Agent::start(&dir.path().join("state"), &config);
+    let admit = agent
+        .rt
+        .admit_udp
+        .expect("agent.json names the admit socket");
+    assert_ne!(admit, agent.udp());
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.send_to(b"admit call-1\nadmit call-2 emergency\n", admit)
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = s.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"ok\nok\n");
+
+    // The event socket: the query is counted as unanswerable, the events are applied.
+    s.send_to(b"admit call-3\ncall-start c1\n", agent.udp())
+        .unwrap();
+    agent.wait_usage("1 call", |u| u["calls"] == 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let series = "tollgate_admit_reply_failures_total{reason=\"no_return_address\"}";
+    while agent.metric(series) != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} = {:?}",
+            agent.metric(series)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(s.recv(&mut buf).is_err(), "no reply from the event socket");
+    // Events sent to the admit socket are applied too.
+    s.send_to(b"call-start c2\n", admit).unwrap();
+    agent.wait_usage("2 calls", |u| u["calls"] == 2);
+}
+
 #[test]
 fn sigterm_writes_a_snapshot_and_restart_restores_the_counts() {
     let dir = tempfile::tempdir().unwrap();

@@ -28,6 +28,8 @@ pub struct Runtime {
     pub events_udp: Option<SocketAddr>,
     pub events_unix: Option<PathBuf>,
     #[serde(default)]
+    pub admit_udp: Option<SocketAddr>,
+    #[serde(default)]
     pub mesh: Option<SocketAddr>,
     #[serde(default)]
     pub hep: Option<SocketAddr>,
@@ -90,6 +92,7 @@ impl Agent {
                 admin: "127.0.0.1:1".parse().unwrap(),
                 events_udp: None,
                 events_unix: None,
+                admit_udp: None,
                 mesh: None,
                 hep: None,
             },

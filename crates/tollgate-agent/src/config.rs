@@ -150,6 +150,8 @@ pub struct RawIngest {
     pub receive_buffer_bytes: Option<usize>,
     pub sweep_interval_ms: Option<u64>,
     pub busy_poll: Option<bool>,
+    pub udp_replies: Option<bool>,
+    pub admit_udp: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -290,6 +292,11 @@ pub struct Config {
     pub receive_buffer_bytes: usize,
     pub sweep_interval: Duration,
     pub busy_poll: bool,
+    /// `[ingest] udp_replies`: the UDP event sockets read source addresses and answer
+    /// `admit`.
+    pub udp_replies: bool,
+    /// `[ingest] admit_udp`: a UDP socket of its own for `admit` queries.
+    pub admit_udp: Option<SocketAddr>,
     pub max_call_duration_s: u32,
     pub shard_count: usize,
     /// `[calls] max_active_calls`.
@@ -546,6 +553,12 @@ impl Config {
                 3_600_000,
             )?),
             busy_poll: raw.ingest.busy_poll.unwrap_or(false),
+            udp_replies: raw.ingest.udp_replies.unwrap_or(true),
+            admit_udp: match raw.ingest.admit_udp.as_deref() {
+                None => None,
+                Some(v) if is_off(v) => None,
+                Some(v) => Some(addr("ingest.admit_udp", v)?),
+            },
             max_call_duration_s: in_range(
                 "calls.max_call_duration_s",
                 raw.calls.max_call_duration_s.unwrap_or(4 * 3600),
@@ -1060,6 +1073,8 @@ mod tests {
             "listen",
             "interval_s",
             "busy_poll",
+            "udp_replies",
+            "admit_udp",
             "users",
             "name",
             "password_hash",

@@ -195,6 +195,9 @@ pub struct RuntimeInfo {
     pub admin_tls_cert: Option<PathBuf>,
     pub events_udp: Option<SocketAddr>,
     pub events_unix: Option<PathBuf>,
+    /// The dedicated admit socket (`[ingest] admit_udp`), when configured.
+    #[serde(default)]
+    pub admit_udp: Option<SocketAddr>,
     /// The mesh's QUIC address, when the mesh is enabled.
     #[serde(default)]
     pub mesh: Option<SocketAddr>,
@@ -377,6 +380,8 @@ pub async fn run(
     endpoints.extend(config.events_unix.clone().map(Endpoint::Unix));
     let ingest_config = IngestConfig {
         threads_per_socket: config.ingest_threads,
+        udp_replies: config.udp_replies,
+        admit_udp: config.admit_udp,
         recv_batch: config.recv_batch,
         max_datagram_bytes: config.max_datagram_bytes,
         recv_mode: if config.busy_poll {
@@ -485,6 +490,10 @@ pub async fn run(
             Endpoint::Unix(p) => Some(p.clone()),
             Endpoint::Udp(_) => None,
         }),
+        admit_udp: match ingest.admit_endpoint() {
+            Some(Endpoint::Udp(a)) => Some(*a),
+            _ => None,
+        },
         mesh: state.cluster.as_ref().map(|c| c.mesh.local_addr()),
         hep: hep.as_ref().map(|h| h.local_addr()),
     };

@@ -24,7 +24,7 @@ use tollgate_ingest::journal::gap_file_name;
 use tollgate_ingest::{Journal, LocalStats, Pipeline, tables_clock, wall_clock};
 use tollgate_usage::Tables;
 use tollgate_usage::journal::{
-    Entry, SEGMENT_HEADER_LEN, SegmentHeader, parse_segment_file_name, records, segment_file_name,
+    SEGMENT_HEADER_LEN, SegmentHeader, parse_segment_file_name, records, segment_file_name,
 };
 
 use crate::resets::{ResetReason, StateResets};
@@ -287,7 +287,7 @@ fn replay_segment(
     }
     let mut it = records(rest, SEGMENT_HEADER_LEN);
     let mut count = 0;
-    let mut calls = Vec::new();
+    let mut pending = tollgate_ingest::Pending::default();
     for record in it.by_ref() {
         if let Some(c) = record.corrections() {
             // A reconciliation step: applied as it was, entries added taking its owner.
@@ -296,15 +296,10 @@ fn replay_segment(
         }
         // Decoded events (the receive loop's records): applied by the code that applied
         // them live, nothing answered.
-        calls.clear();
-        calls.extend(record.entries().filter_map(|e| match e {
-            Entry::Call { call, .. } => Some(call),
-            _ => None,
-        }));
         replay.apply_entries(
             record.now,
             record.entries(),
-            &calls,
+            &mut pending,
             stats,
             None,
             |_, _, _| {},

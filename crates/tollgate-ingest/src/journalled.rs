@@ -16,9 +16,9 @@
 
 use tollgate_events::{Event, Verb};
 use tollgate_usage::journal::{Entries, Entry, RecordBuilder};
-use tollgate_usage::{CallOp, MonoTime, Owner};
+use tollgate_usage::{CallEvent, CallOp, MonoTime, Owner};
 
-use crate::pipeline::{PREFETCH_DEPTH, Pipeline, count_outcome};
+use crate::pipeline::{Pending, Pipeline};
 use crate::stats::{LocalStats, OPENSIPS_APPLIED, OPENSIPS_IGNORED};
 
 impl Pipeline {
@@ -61,7 +61,10 @@ impl Pipeline {
                     continue;
                 }
             };
-            record.push_call(op, self.tables.call_fingerprint(call));
+            // Its slot fetched while the next events are decoded and hashed, for pass 2.
+            let fingerprint = self.tables.call_fingerprint(call);
+            self.tables.prefetch_call(fingerprint);
+            record.push_call(op, fingerprint);
         }
         opened
     }
@@ -109,17 +112,17 @@ impl Pipeline {
     }
 
     /// Pass 2 (module doc), and replay: applies the entries of an events record received at
-    /// `now`, in order, the call table slots of the next [`PREFETCH_DEPTH`] call events
-    /// prefetched ahead of the one applied (`calls`: the record's call fingerprints in
-    /// order, [`RecordBuilder::calls`]; empty: no prefetch). With `answers` (a buffer),
-    /// `admit` queries are answered:
-    /// each datagram's answers are handed to `reply` with the datagram's index in the
-    /// record (0, 1, …) once its last entry is applied; without (replay), they are skipped.
+    /// `now`, in effect in order: call entries are queued in `pending` (their slots
+    /// prefetched) and applied as runs with one lock per shard ([`Pipeline::finish`]), each
+    /// run before the next entry that is not a call and at the end. With `answers` (a
+    /// buffer), `admit` queries are answered: each datagram's answers are handed to `reply`
+    /// with the datagram's index in the record (0, 1, …) once its last entry is applied;
+    /// without (replay), they are skipped.
     pub fn apply_entries(
         &self,
         now: MonoTime,
         entries: Entries<'_>,
-        calls: &[tollgate_usage::Fingerprint],
+        pending: &mut Pending,
         stats: &mut LocalStats,
         answers: Option<&mut Vec<u8>>,
         mut reply: impl FnMut(usize, &[u8], &mut LocalStats),
@@ -127,11 +130,6 @@ impl Pipeline {
         let mut unused = Vec::new();
         let answer = answers.is_some();
         let reply_buf = answers.unwrap_or(&mut unused);
-        for &call in calls.iter().take(PREFETCH_DEPTH) {
-            self.tables.prefetch_call(call);
-        }
-        // Call entries reached by the apply loop.
-        let mut reached = 0usize;
         let mut owner = Owner::NONE;
         let mut sender: Option<&[u8]> = None;
         let mut datagram: Option<usize> = None;
@@ -139,12 +137,17 @@ impl Pipeline {
         for entry in entries {
             match entry {
                 Entry::Call { op, call } => {
-                    if let Some(&next) = calls.get(reached + PREFETCH_DEPTH) {
-                        self.tables.prefetch_call(next);
-                    }
-                    reached += 1;
-                    let outcome = self.tables.apply_call(now, op, call, owner);
-                    count_outcome(op.verb(), outcome, stats);
+                    self.tables.prefetch_call(call);
+                    self.queue(
+                        now,
+                        CallEvent {
+                            fingerprint: call,
+                            op,
+                            owner,
+                        },
+                        stats,
+                        pending,
+                    );
                 }
                 Entry::Datagram { sender: from } => {
                     if let Some(d) = datagram
@@ -158,17 +161,23 @@ impl Pipeline {
                     owner = from.map_or(Owner::NONE, |s| self.tables.owners().intern(s));
                 }
                 Entry::Event(Event::Sync(line)) => {
+                    self.finish(now, pending, stats);
                     stats.events[Verb::Sync as usize] += 1;
                     self.tables.sync_line(now, sender, &line);
                 }
                 Entry::Event(event @ Event::Admit { .. }) => {
                     if answer {
+                        self.finish(now, pending, stats);
                         self.apply_from(now, &event, owner, stats, reply_buf);
                     }
                 }
-                Entry::Event(event) => self.apply_from(now, &event, owner, stats, reply_buf),
+                Entry::Event(event) => {
+                    self.finish(now, pending, stats);
+                    self.apply_from(now, &event, owner, stats, reply_buf);
+                }
             }
         }
+        self.finish(now, pending, stats);
         if let Some(d) = datagram
             && !reply_buf.is_empty()
         {
@@ -253,11 +262,10 @@ mod tests {
         assert_eq!(with_entries, [0, 1, 2, 3, 4, 6]);
         let mut replies = vec![Vec::new(); datagrams.len()];
         let mut buf = Vec::new();
-        let calls = record.calls();
         journalled.apply_entries(
             now,
             record.entries(),
-            calls,
+            &mut Pending::default(),
             &mut stats,
             Some(&mut buf),
             |d, r, _| {
@@ -275,7 +283,7 @@ mod tests {
         replayed.apply_entries(
             now,
             record.entries(),
-            &[],
+            &mut Pending::default(),
             &mut replay_stats,
             None,
             |_, _, _| panic!("replay answers nothing"),

@@ -3,9 +3,10 @@
 //!
 //! Data path: kernel → [`RecvBatch::recv`] (up to `recv_batch` datagrams per syscall) →
 //! [`Pipeline::process_pipelined`] (sequence check, decode, `admit` answers; call events
-//! fingerprinted and their table slots prefetched a few events ahead of
-//! `Tables::apply_prefetched`, see [`Pending`]) → counters published once per batch. The only clock read is one wall-clock sample per
-//! batch; nothing here allocates per datagram.
+//! fingerprinted and their table slots prefetched as they are decoded, then applied as one
+//! run per batch with one lock per shard, see [`Pending`]) → counters published once per
+//! batch. The only clock read is one wall-clock sample per batch; nothing here allocates
+//! per datagram.
 //!
 //! Besides the text and binary formats, the event sockets accept OpenSIPS `event_datagram`
 //! notifications unchanged ([`Pipeline::process`] tells them apart by their first byte), and
@@ -35,8 +36,8 @@ pub use hep::{
 };
 pub use journal::{Journal, JournalStats, Suspension};
 pub use pipeline::{
-    Admission, AdmitAll, BatchObserver, Decision, PREFETCH_DEPTH, Pending, Pipeline,
-    REPLY_BYTES_MAX,
+    Admission, AdmitAll, BatchObserver, Decision, Pending, Pipeline, REPLY_BYTES_MAX,
+    RUN_EVENTS_MAX,
 };
 pub use recv::{RECV_BATCH_MAX, Received, RecvBatch, RecvMode};
 pub use socket::{Endpoint, EventSocket, RECV_TIMEOUT, SocketOptions};
@@ -65,6 +66,15 @@ pub enum IngestError {
 pub struct IngestConfig {
     /// Threads reading each socket (they share the socket; the kernel spreads datagrams).
     pub threads_per_socket: usize,
+    /// Whether the UDP event sockets ask the kernel for each datagram's source address, so
+    /// that they can answer `admit` (the default). Without it, `admit` queries they receive
+    /// go unanswered and are counted (`replies_unaddressable`): queries then go to
+    /// [`IngestConfig::admit_udp`], and every event datagram costs the kernel less
+    /// (`docs/performance.md`).
+    pub udp_replies: bool,
+    /// A UDP socket of its own for `admit` queries: read by one thread, always with source
+    /// addresses. It takes any datagram the event sockets take.
+    pub admit_udp: Option<std::net::SocketAddr>,
     /// Datagrams per `recvmmsg` call.
     pub recv_batch: usize,
     /// Largest datagram accepted whole; a larger one is counted as `oversize` and dropped.
@@ -78,6 +88,8 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             threads_per_socket: 1,
+            udp_replies: true,
+            admit_udp: None,
             recv_batch: 64,
             max_datagram_bytes: 65_535,
             recv_mode: RecvMode::Block,
@@ -139,10 +151,24 @@ pub fn clock_offset_ms() -> i64 {
     CLOCK.offset_to(wall_clock())
 }
 
+/// Sockets read the same way: one endpoint's socket(s).
+struct Group {
+    /// One socket shared by `threads` threads, or a `SO_REUSEPORT` group read by one thread
+    /// each.
+    sockets: Vec<EventSocket>,
+    threads: usize,
+    /// Asks for source addresses, to answer `admit`.
+    replies: bool,
+    /// The dedicated admit socket ([`IngestConfig::admit_udp`]).
+    admit: bool,
+}
+
 /// Running ingest: one or more threads per socket until [`Ingest::shutdown`].
 #[derive(Debug)]
 pub struct Ingest {
     sockets: Vec<Arc<EventSocket>>,
+    /// The dedicated admit socket, when configured.
+    admit: Option<Endpoint>,
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     stats: IngestStats,
@@ -161,10 +187,26 @@ impl Ingest {
         pipeline: Pipeline,
     ) -> Result<Self, IngestError> {
         let threads = config.threads_per_socket.max(1);
-        let groups = endpoints
+        let mut groups = endpoints
             .iter()
-            .map(|e| EventSocket::bind_group(e, &config.socket, threads))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|e| {
+                let sockets = EventSocket::bind_group(e, &config.socket, threads)?;
+                Ok(Group {
+                    threads: if sockets.len() > 1 { 1 } else { threads },
+                    sockets,
+                    replies: matches!(e, Endpoint::Unix(_)) || config.udp_replies,
+                    admit: false,
+                })
+            })
+            .collect::<Result<Vec<_>, IngestError>>()?;
+        if let Some(addr) = config.admit_udp {
+            groups.push(Group {
+                sockets: vec![EventSocket::bind(&Endpoint::Udp(addr), &config.socket)?],
+                threads: 1,
+                replies: true,
+                admit: true,
+            });
+        }
         Self::start_groups(groups, config, pipeline)
     }
 
@@ -175,17 +217,23 @@ impl Ingest {
         config: &IngestConfig,
         pipeline: Pipeline,
     ) -> Result<Self, IngestError> {
-        Self::start_groups(
-            sockets.into_iter().map(|s| vec![s]).collect(),
-            config,
-            pipeline,
-        )
+        let threads = config.threads_per_socket.max(1);
+        let groups = sockets
+            .into_iter()
+            .map(|s| Group {
+                replies: matches!(s.endpoint(), Endpoint::Unix(_)) || config.udp_replies,
+                sockets: vec![s],
+                threads,
+                admit: false,
+            })
+            .collect();
+        Self::start_groups(groups, config, pipeline)
     }
 
     /// Each group is one endpoint: one socket shared by `threads_per_socket` threads, or
     /// one socket per thread (a `SO_REUSEPORT` group).
     fn start_groups(
-        groups: Vec<Vec<EventSocket>>,
+        groups: Vec<Group>,
         config: &IngestConfig,
         pipeline: Pipeline,
     ) -> Result<Self, IngestError> {
@@ -193,18 +241,17 @@ impl Ingest {
         let stats = IngestStats::default();
         let mut ingest = Ingest {
             sockets: Vec::new(),
+            admit: None,
             threads: Vec::new(),
             stop,
             stats,
         };
+        let mut last = None;
         for group in groups {
-            let threads_each = if group.len() > 1 {
-                1
-            } else {
-                config.threads_per_socket.max(1)
-            };
-            let sockets_in_group = group.len();
-            for socket in group {
+            let threads_each = group.threads.max(1);
+            let sockets_in_group = group.sockets.len();
+            let replies = group.replies;
+            for socket in group.sockets {
                 let socket = Arc::new(socket);
                 if socket.receive_buffer_bytes < config.socket.receive_buffer_bytes {
                     tracing::warn!(
@@ -222,7 +269,11 @@ impl Ingest {
                         Arc::clone(&ingest.stop),
                     );
                     let (thread_stats, drops) = (ingest.stats.register(), Arc::clone(&drops));
-                    let mut batch = RecvBatch::new(config.recv_batch, config.max_datagram_bytes);
+                    let mut batch = if replies {
+                        RecvBatch::new(config.recv_batch, config.max_datagram_bytes)
+                    } else {
+                        RecvBatch::without_source(config.recv_batch, config.max_datagram_bytes)
+                    };
                     let mode = config.recv_mode;
                     let spawned = std::thread::Builder::new()
                         .name(format!("ingest-{}", ingest.threads.len()))
@@ -243,13 +294,21 @@ impl Ingest {
                         }
                     }
                 }
-                ingest.sockets.push(socket);
+                if group.admit {
+                    ingest.admit = Some(socket.endpoint().clone());
+                }
+                last = Some(socket.endpoint().clone());
+                if !group.admit {
+                    ingest.sockets.push(socket);
+                }
             }
-            if let Some(socket) = ingest.sockets.last() {
+            if let Some(endpoint) = last.take() {
                 tracing::info!(
-                    endpoint = %socket.endpoint(),
+                    %endpoint,
                     threads = threads_each * sockets_in_group,
                     sockets = sockets_in_group,
+                    admit_replies = replies,
+                    admit_only = group.admit,
                     "ingest listening"
                 );
             }
@@ -257,8 +316,9 @@ impl Ingest {
         Ok(ingest)
     }
 
-    /// The bound endpoints, in the order given (with real ports when 0 was asked for); an
-    /// endpoint read by a `SO_REUSEPORT` group is listed once.
+    /// The bound event endpoints, in the order given (with real ports when 0 was asked
+    /// for); an endpoint read by a `SO_REUSEPORT` group is listed once. The admit socket is
+    /// [`Ingest::admit_endpoint`].
     pub fn endpoints(&self) -> Vec<Endpoint> {
         let mut out: Vec<Endpoint> = Vec::with_capacity(self.sockets.len());
         for s in &self.sockets {
@@ -267,6 +327,12 @@ impl Ingest {
             }
         }
         out
+    }
+
+    /// The dedicated admit socket's address ([`IngestConfig::admit_udp`], with its real
+    /// port when 0 was asked for).
+    pub fn admit_endpoint(&self) -> Option<&Endpoint> {
+        self.admit.as_ref()
     }
 
     pub fn stats(&self) -> &IngestStats {
@@ -323,6 +389,8 @@ pub fn receive_loop(
     let mut error_logged = false;
     let mut record = tollgate_usage::journal::RecordBuilder::default();
     let mut accepted: Vec<usize> = Vec::with_capacity(batch.capacity());
+    // Call events of a whole batch are applied as one run (see `Pending`).
+    let mut pending = Pending::default();
     while !stop.load(Ordering::Relaxed) {
         let n = match batch.recv_mode(fd, mode) {
             Ok(n) => n,
@@ -345,8 +413,6 @@ pub fn receive_loop(
         };
         let now = tables_clock();
         local.record_batch(n);
-        // Call events of the whole batch go through one prefetch queue (see `Pending`).
-        let mut pending = Pending::default();
         let Some(journal) = &pipeline.journal else {
             for received in batch.iter() {
                 if received.truncated {
@@ -391,6 +457,7 @@ pub fn receive_loop(
                         &mut record,
                         &accepted,
                         &mut reply,
+                        &mut pending,
                         batch,
                         fd,
                         &mut local,
@@ -408,6 +475,7 @@ pub fn receive_loop(
                 &mut record,
                 &accepted,
                 &mut reply,
+                &mut pending,
                 batch,
                 fd,
                 &mut local,
@@ -432,6 +500,7 @@ fn append_and_apply(
     record: &mut tollgate_usage::journal::RecordBuilder,
     accepted: &[usize],
     reply: &mut Vec<u8>,
+    pending: &mut Pending,
     batch: &RecvBatch,
     fd: i32,
     local: &mut LocalStats,
@@ -441,7 +510,7 @@ fn append_and_apply(
     pipeline.apply_entries(
         now,
         record.entries(),
-        record.calls(),
+        pending,
         local,
         Some(reply),
         |d, answers, local| {
@@ -552,6 +621,60 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(tables.usage().calls, SENDERS as u64);
+        ingest.shutdown();
+    }
+
+    /// `admit_udp` answers queries; with `udp_replies` off the event socket reads no source
+    /// address, so a query there is counted as unanswerable while its events still apply.
+    #[test]
+    fn admit_socket_answers_and_an_event_socket_without_replies_counts_queries() {
+        let tables = Arc::new(Tables::new(
+            TablesConfig::default(),
+            FingerprintKey([3; 32]),
+        ));
+        let pipeline = Pipeline {
+            tables: Arc::clone(&tables),
+            sequences: Arc::new(SequenceTracker::with_key(&FingerprintKey([8; 32]))),
+            admission: Arc::new(AdmitAll),
+            observer: None,
+            journal: None,
+        };
+        let config = IngestConfig {
+            udp_replies: false,
+            admit_udp: Some("127.0.0.1:0".parse().unwrap()),
+            ..IngestConfig::default()
+        };
+        let ingest = Ingest::start(
+            &[Endpoint::Udp("127.0.0.1:0".parse().unwrap())],
+            &config,
+            pipeline,
+        )
+        .unwrap();
+        let [Endpoint::Udp(events)] = ingest.endpoints()[..] else {
+            panic!("{:?}", ingest.endpoints())
+        };
+        let Some(&Endpoint::Udp(admit)) = ingest.admit_endpoint() else {
+            panic!("no admit socket")
+        };
+        assert_ne!(events, admit);
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        tx.send_to(b"admit a\n", admit).unwrap();
+        let mut buf = [0u8; 64];
+        let n = tx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"ok\n");
+        tx.send_to(b"admit b\ncall-start c\n", events).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (tables.usage().calls < 1
+            || ingest.stats().snapshot().totals.replies_unaddressable < 1)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(tables.usage().calls, 1);
+        let stats = ingest.stats().snapshot();
+        assert_eq!(stats.totals.replies_unaddressable, 1);
+        assert_eq!(stats.totals.replies, 1);
         ingest.shutdown();
     }
 }

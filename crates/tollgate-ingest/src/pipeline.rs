@@ -10,7 +10,9 @@
 use std::sync::Arc;
 
 use tollgate_events::{Event, Malformed, Verb};
-use tollgate_usage::{MonoTime, Outcome, Owner, Prefetched, SeqVerdict, SequenceTracker, Tables};
+use tollgate_usage::{
+    CallEvent, GroupScratch, MonoTime, Outcome, Owner, SeqVerdict, SequenceTracker, Tables,
+};
 
 use crate::stats::{
     DatagramDrop, EventOutcome, EventRefusal, LocalStats, OPENSIPS_APPLIED, OPENSIPS_IGNORED,
@@ -20,58 +22,37 @@ use crate::stats::{
 /// same datagram are dropped (and counted: `reply_answers_dropped`).
 pub const REPLY_BYTES_MAX: usize = 8192;
 
-/// Call events decoded and prefetched ahead of the one being applied (see [`Pending`]).
-pub const PREFETCH_DEPTH: usize = 16;
+/// Most call events [`Pending`] holds before it applies them (a bound on its memory:
+/// 24 bytes per event). A receive batch of binary datagrams may carry more; it is then
+/// applied in runs of this many.
+pub const RUN_EVENTS_MAX: usize = 1024;
 
-/// Call events decoded, their fingerprints computed and their table slots prefetched
-/// ([`Tables::prefetch`]), waiting to be applied: a queue of at most [`PREFETCH_DEPTH`]
-/// that runs across the datagrams of one receive batch, so the cache misses of the next
-/// events overlap the work on the current one (software pipelining, as DPDK's bulk hash
-/// lookups do). Events leave in the order they came; any other event (a registration, an
-/// `admit`, a `sync-*` line) first applies everything queued, so the order of all events
-/// is the order of the datagrams. Drained by [`Pipeline::finish`] before the batch ends.
-pub struct Pending<'a> {
-    queue: [(Event<'a>, Owner, Prefetched); PREFETCH_DEPTH],
-    head: usize,
-    len: usize,
+/// Call events decoded and fingerprinted, their table slots prefetched
+/// ([`Tables::call_op`]), waiting to be applied together: a run that goes across the
+/// datagrams of one receive batch, applied with one lock per shard instead of one per event
+/// ([`Tables::apply_calls`]) and with the cache misses of its events overlapping (software
+/// pipelining, as DPDK's bulk hash lookups do). Any other event (a registration, an
+/// `admit`, a `sync-*` line) first applies the run queued before it, so every event sees the
+/// tables as the datagrams' order leaves them. Drained by [`Pipeline::finish`] before the
+/// batch ends; keep one per receive loop (its buffers are reused, nothing is allocated once
+/// they have grown).
+#[derive(Default)]
+pub struct Pending {
+    ops: Vec<CallEvent>,
+    scratch: GroupScratch,
 }
 
-impl Default for Pending<'_> {
-    fn default() -> Self {
-        const IDLE: Event<'static> = Event::Subscribers { count: 0 };
-        Pending {
-            queue: [(IDLE, Owner::NONE, Prefetched::NONE); PREFETCH_DEPTH],
-            head: 0,
-            len: 0,
-        }
-    }
-}
-
-impl<'a> Pending<'a> {
+impl Pending {
     pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn pop(&mut self) -> Option<(Event<'a>, Owner, Prefetched)> {
-        if self.len == 0 {
-            return None;
-        }
-        let item = self.queue[self.head];
-        self.head = (self.head + 1) % PREFETCH_DEPTH;
-        self.len -= 1;
-        Some(item)
-    }
-
-    fn push(&mut self, item: (Event<'a>, Owner, Prefetched)) {
-        debug_assert!(self.len < PREFETCH_DEPTH);
-        self.queue[(self.head + self.len) % PREFETCH_DEPTH] = item;
-        self.len += 1;
+        self.ops.is_empty()
     }
 }
 
-impl std::fmt::Debug for Pending<'_> {
+impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("len", &self.len).finish()
+        f.debug_struct("Pending")
+            .field("len", &self.ops.len())
+            .finish()
     }
 }
 
@@ -139,47 +120,64 @@ impl Pipeline {
         self.finish(now, &mut pending, stats);
     }
 
-    /// [`process`](Self::process) that leaves up to [`PREFETCH_DEPTH`] call events in
-    /// `pending`, prefetched and not applied yet, for the next datagrams of the batch to
-    /// overlap; the caller ends the batch with [`finish`](Self::finish).
-    pub fn process_pipelined<'a>(
+    /// [`process`](Self::process) that leaves the datagram's trailing call events in
+    /// `pending`, prefetched and not applied yet, to be applied with those of the next
+    /// datagrams of the batch; the caller ends the batch with [`finish`](Self::finish).
+    pub fn process_pipelined(
         &self,
         now: MonoTime,
-        datagram: &'a [u8],
+        datagram: &[u8],
         stats: &mut LocalStats,
         reply: &mut Vec<u8>,
-        pending: &mut Pending<'a>,
+        pending: &mut Pending,
     ) {
         if self.check_sequence(now, datagram, stats) {
             self.apply_pipelined(now, datagram, stats, reply, pending);
         }
     }
 
-    /// Applies every call event still queued in `pending`.
-    pub fn finish(&self, now: MonoTime, pending: &mut Pending<'_>, stats: &mut LocalStats) {
-        while let Some((event, owner, prefetched)) = pending.pop() {
-            self.apply_call(now, &event, owner, prefetched, stats);
+    /// Applies every call event queued in `pending`.
+    pub fn finish(&self, now: MonoTime, pending: &mut Pending, stats: &mut LocalStats) {
+        if pending.ops.is_empty() {
+            return;
+        }
+        let Pending { ops, scratch } = pending;
+        self.tables.apply_calls(now, ops, scratch, |i, outcome| {
+            count_outcome(ops[i].op.verb(), outcome, stats);
+        });
+        ops.clear();
+    }
+
+    /// Queues a call event (fingerprinted, its slot prefetched), applying the run first when
+    /// it is full.
+    #[inline]
+    fn queue_call(
+        &self,
+        now: MonoTime,
+        event: &Event<'_>,
+        owner: Owner,
+        stats: &mut LocalStats,
+        pending: &mut Pending,
+    ) {
+        if let Some(call) = self.tables.call_event(event, owner) {
+            self.queue(now, call, stats, pending);
         }
     }
 
-    /// Queues a call event (prefetching its slot), applying the oldest queued one first when
-    /// the queue is full.
+    /// Queues a call event whose slot was prefetched, applying the run first when it is
+    /// full.
     #[inline]
-    fn queue_call<'a>(
+    pub(crate) fn queue(
         &self,
         now: MonoTime,
-        event: Event<'a>,
-        owner: Owner,
+        call: CallEvent,
         stats: &mut LocalStats,
-        pending: &mut Pending<'a>,
+        pending: &mut Pending,
     ) {
-        if pending.len == PREFETCH_DEPTH
-            && let Some((old, old_owner, prefetched)) = pending.pop()
-        {
-            self.apply_call(now, &old, old_owner, prefetched, stats);
+        if pending.ops.len() >= RUN_EVENTS_MAX {
+            self.finish(now, pending, stats);
         }
-        let prefetched = self.tables.prefetch(&event);
-        pending.push((event, owner, prefetched));
+        pending.ops.push(call);
     }
 
     /// The first half of [`process`](Self::process): counts the datagram and checks its
@@ -225,13 +223,13 @@ impl Pipeline {
 
     /// [`apply_datagram`](Self::apply_datagram) through `pending` (see
     /// [`process_pipelined`](Self::process_pipelined)).
-    pub fn apply_pipelined<'a>(
+    pub fn apply_pipelined(
         &self,
         now: MonoTime,
-        datagram: &'a [u8],
+        datagram: &[u8],
         stats: &mut LocalStats,
         reply: &mut Vec<u8>,
-        pending: &mut Pending<'a>,
+        pending: &mut Pending,
     ) {
         if tollgate_opensips::looks_like_json(datagram) {
             self.finish(now, pending, stats);
@@ -250,7 +248,7 @@ impl Pipeline {
                     event @ (Event::CallStart { .. }
                     | Event::CallStop { .. }
                     | Event::CallRefresh { .. }),
-                ) => self.queue_call(now, event, owner, stats, pending),
+                ) => self.queue_call(now, &event, owner, stats, pending),
                 Ok(Event::Sync(line)) => {
                     self.finish(now, pending, stats);
                     stats.events[Verb::Sync as usize] += 1;
@@ -379,20 +377,6 @@ impl Pipeline {
             return;
         }
         let outcome = self.tables.apply_from(now, event, owner);
-        count_outcome(event.verb(), outcome, stats);
-    }
-
-    /// A call event [`Tables::prefetch`] was called for.
-    #[inline]
-    fn apply_call(
-        &self,
-        now: MonoTime,
-        event: &Event<'_>,
-        owner: Owner,
-        prefetched: Prefetched,
-        stats: &mut LocalStats,
-    ) {
-        let outcome = self.tables.apply_prefetched(now, event, owner, prefetched);
         count_outcome(event.verb(), outcome, stats);
     }
 }

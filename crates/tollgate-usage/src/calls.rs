@@ -48,14 +48,38 @@ use crossbeam_utils::CachePadded;
 use hashbrown::HashMap;
 use parking_lot::Mutex;
 
-use crate::Outcome;
 use crate::fingerprint::Fingerprint;
 use crate::fpmap::{Entry, FpMap};
 use crate::owners::Owner;
 use crate::reconcile::Touched;
+use crate::{CallOp, Outcome};
 
 /// Most tombstones one shard holds (see the module doc). 64 shards × 1024 × 24 bytes ≈ 3 MiB.
 pub const TOMBSTONES_PER_SHARD_MAX: u32 = 1024;
+
+/// In [`CallTable::apply_grouped`], how many events of a shard's group ahead of the one
+/// being applied have their slot prefetched.
+pub const GROUP_PREFETCH_AHEAD: usize = 16;
+
+/// A call event reduced to what the table needs: its fingerprint (computed once, see
+/// [`crate::Tables::call_event`]), what it does and who reported it. 24 bytes, no borrow of
+/// the datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallEvent {
+    pub fingerprint: Fingerprint,
+    pub op: CallOp,
+    pub owner: Owner,
+}
+
+/// Reusable buffers of [`crate::Tables::apply_calls`] (the grouping by shard), so that a
+/// receive loop allocates them once.
+#[derive(Debug, Default)]
+pub struct GroupScratch {
+    /// Indices of the run's events, grouped by shard.
+    order: Vec<u32>,
+    /// Per shard, where its group ends in `order` (a prefix sum; one extra entry).
+    ends: Vec<u32>,
+}
 
 /// Times in entries are u32 unix seconds (until 2106). `started` is informational (snapshots
 /// carry it): stored as unix seconds modulo 2^22 (48.5 days) and read back as the latest
@@ -256,6 +280,13 @@ impl Cap {
         total() < self.max
     }
 
+    /// Whether `starts` new entries all fit, whatever their order; `total` sums every
+    /// shard (called unless nothing starts).
+    #[inline]
+    pub(crate) fn has_room_for(&self, starts: u64, total: impl FnOnce() -> u64) -> bool {
+        starts == 0 || total().saturating_add(starts) <= self.max
+    }
+
     /// Notes that a shard's count went from `old` to `new` (under that shard's lock).
     #[inline]
     pub(crate) fn moved(&self, old: u64, new: u64) {
@@ -344,7 +375,12 @@ impl CallTable {
     /// shard (first word) stay uniform.
     #[inline]
     pub(crate) fn shard(&self, fp: Fingerprint) -> &CallShard {
-        &self.shards[(fp.0[1] & self.shard_mask) as usize]
+        &self.shards[self.shard_index(fp)]
+    }
+
+    #[inline]
+    fn shard_index(&self, fp: Fingerprint) -> usize {
+        (fp.0[1] & self.shard_mask) as usize
     }
 
     /// Asks the CPU to bring `fp`'s home slot into the cache, without the lock: issued for
@@ -377,6 +413,136 @@ impl CallTable {
     ) -> Outcome {
         let shard = self.shard(fp);
         let mut state = shard.state.lock();
+        self.start_locked(shard, &mut state, fp, emergency, owner, now_s)
+    }
+
+    pub(crate) fn stop(&self, fp: Fingerprint, now_s: u32) -> Outcome {
+        let shard = self.shard(fp);
+        let mut state = shard.state.lock();
+        self.stop_locked(shard, &mut state, fp, now_s)
+    }
+
+    pub(crate) fn refresh(&self, fp: Fingerprint, now_s: u32) -> Outcome {
+        let shard = self.shard(fp);
+        let mut state = shard.state.lock();
+        self.refresh_locked(shard, &mut state, fp, now_s)
+    }
+
+    /// Applies one call event to `shard`, whose lock the caller holds (`state`).
+    #[inline]
+    fn apply_locked(
+        &self,
+        shard: &CallShard,
+        state: &mut CallState,
+        event: &CallEvent,
+        now_s: u32,
+    ) -> Outcome {
+        let fp = event.fingerprint;
+        match event.op {
+            CallOp::Start { emergency } => {
+                self.start_locked(shard, state, fp, emergency, event.owner, now_s)
+            }
+            CallOp::Stop => self.stop_locked(shard, state, fp, now_s),
+            CallOp::Refresh => self.refresh_locked(shard, state, fp, now_s),
+        }
+    }
+
+    /// Applies one call event, taking its shard's lock for it alone.
+    #[inline]
+    pub(crate) fn apply_one(&self, event: &CallEvent, now_s: u32) -> Outcome {
+        let shard = self.shard(event.fingerprint);
+        let mut state = shard.state.lock();
+        self.apply_locked(shard, &mut state, event, now_s)
+    }
+
+    /// Applies a run of call events with one lock per shard instead of one per event: the
+    /// events are grouped by shard (a stable counting sort, so each shard, and therefore
+    /// each call, sees its events in their order), each shard's lock is taken once, and the
+    /// slot of the event [`GROUP_PREFETCH_AHEAD`] places ahead in that order is prefetched
+    /// while the current one is applied. `each(i, outcome)` is
+    /// called for `ops[i]`, shard by shard.
+    ///
+    /// Events of different shards are applied out of their order. That changes no outcome
+    /// (they touch different calls) except at the `max_active_calls` edge, where the order
+    /// of starts decides which one is refused; so a run is applied in its own order, one
+    /// lock per event, unless the table has room for every start in it (checked once per
+    /// run: the shard counters summed).
+    pub(crate) fn apply_grouped(
+        &self,
+        ops: &[CallEvent],
+        now_s: u32,
+        scratch: &mut GroupScratch,
+        mut each: impl FnMut(usize, Outcome),
+    ) {
+        let starts = ops
+            .iter()
+            .filter(|e| matches!(e.op, CallOp::Start { .. }))
+            .count() as u64;
+        let total = || {
+            self.shards
+                .iter()
+                .map(|s| s.calls.load(Ordering::Relaxed))
+                .sum()
+        };
+        if !self.cap.has_room_for(starts, total) || ops.len() > u32::MAX as usize {
+            for (i, op) in ops.iter().enumerate() {
+                each(i, self.apply_one(op, now_s));
+            }
+            return;
+        }
+        let shard_count = self.shards.len();
+        let GroupScratch { order, ends } = scratch;
+        ends.clear();
+        ends.resize(shard_count + 1, 0);
+        for op in ops {
+            ends[self.shard_index(op.fingerprint) + 1] += 1;
+        }
+        for s in 1..=shard_count {
+            ends[s] += ends[s - 1];
+        }
+        // `ends[s]` is now where shard s's events begin; filling advances it to where they
+        // end (and where shard s + 1's begin).
+        order.clear();
+        order.resize(ops.len(), 0);
+        for (i, op) in ops.iter().enumerate() {
+            let s = self.shard_index(op.fingerprint);
+            order[ends[s] as usize] = i as u32;
+            ends[s] += 1;
+        }
+        // Prefetched `GROUP_PREFETCH_AHEAD` events ahead in the grouped order, through the
+        // shards' published hints (the next groups' shards are not locked yet).
+        for &i in order.iter().take(GROUP_PREFETCH_AHEAD) {
+            self.prefetch(ops[i as usize].fingerprint);
+        }
+        let mut begin = 0usize;
+        for (shard, &end) in self.shards.iter().zip(&ends[..shard_count]) {
+            let end = end as usize;
+            if end == begin {
+                continue;
+            }
+            let mut state = shard.state.lock();
+            for k in begin..end {
+                if let Some(&ahead) = order.get(k + GROUP_PREFETCH_AHEAD) {
+                    self.prefetch(ops[ahead as usize].fingerprint);
+                }
+                let i = order[k] as usize;
+                each(i, self.apply_locked(shard, &mut state, &ops[i], now_s));
+            }
+            drop(state);
+            begin = end;
+        }
+    }
+
+    #[inline]
+    fn start_locked(
+        &self,
+        shard: &CallShard,
+        state: &mut CallState,
+        fp: Fingerprint,
+        emergency: bool,
+        owner: Owner,
+        now_s: u32,
+    ) -> Outcome {
         state.touched.note(fp);
         let new = CallEntry::call(
             now_s.saturating_add(self.max_call_duration_s),
@@ -424,10 +590,14 @@ impl CallTable {
         }
     }
 
-    pub(crate) fn stop(&self, fp: Fingerprint, now_s: u32) -> Outcome {
-        let shard = self.shard(fp);
-        let mut guard = shard.state.lock();
-        let state = &mut *guard;
+    #[inline]
+    fn stop_locked(
+        &self,
+        shard: &CallShard,
+        state: &mut CallState,
+        fp: Fingerprint,
+        now_s: u32,
+    ) -> Outcome {
         state.touched.note(fp);
         let tombstone_allowed =
             self.tombstone_ttl_s > 0 && state.tombstones < TOMBSTONES_PER_SHARD_MAX;
@@ -467,9 +637,14 @@ impl CallTable {
         }
     }
 
-    pub(crate) fn refresh(&self, fp: Fingerprint, now_s: u32) -> Outcome {
-        let shard = self.shard(fp);
-        let mut state = shard.state.lock();
+    #[inline]
+    fn refresh_locked(
+        &self,
+        shard: &CallShard,
+        state: &mut CallState,
+        fp: Fingerprint,
+        now_s: u32,
+    ) -> Outcome {
         state.touched.note(fp);
         let Some(entry) = state.map.get_mut(&fp) else {
             return Outcome::CallUnknown;

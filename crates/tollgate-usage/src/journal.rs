@@ -178,8 +178,6 @@ impl SegmentHeader {
 pub struct RecordBuilder {
     buf: Vec<u8>,
     datagrams: usize,
-    /// The call fingerprints of an events record, in order ([`RecordBuilder::calls`]).
-    calls: Vec<Fingerprint>,
 }
 
 impl RecordBuilder {
@@ -204,7 +202,6 @@ impl RecordBuilder {
         debug_assert!(now.unix_ms() & (CORRECTIONS_FLAG | EVENTS_FLAG) == 0);
         self.buf.clear();
         self.datagrams = 0;
-        self.calls.clear();
         self.buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
         self.buf
             .extend_from_slice(&(now.unix_ms() | EVENTS_FLAG).to_le_bytes());
@@ -236,14 +233,6 @@ impl RecordBuilder {
         entry[0] = tag;
         entry[1..].copy_from_slice(&call.to_bytes());
         self.buf.extend_from_slice(&entry);
-        self.calls.push(call);
-    }
-
-    /// The fingerprints of the call entries pushed since
-    /// [`begin_events`](Self::begin_events), in order: what the apply loop prefetches ahead
-    /// of the entry it applies, without parsing the record twice.
-    pub fn calls(&self) -> &[Fingerprint] {
-        &self.calls
     }
 
     /// Any event but a call event (those go by fingerprint, [`push_call`](Self::push_call)),

@@ -59,7 +59,7 @@ pub use aors::{
     AOR_CHANGES_MAX, AOR_TEXT_OVERHEAD_BYTES, AOR_TEXTS_BYTES_MAX, AorChange, AorDrain,
     AorIndexEntry, cluster_fingerprint,
 };
-pub use calls::{Swept, TOMBSTONES_PER_SHARD_MAX};
+pub use calls::{CallEvent, GROUP_PREFETCH_AHEAD, GroupScratch, Swept, TOMBSTONES_PER_SHARD_MAX};
 pub use fingerprint::{Fingerprint, FingerprintKey, Fingerprinter};
 pub use owners::{OWNERS_MAX, Owner, Owners};
 pub use peaks::{MINUTE_SLOT_COUNT, MinutePeak, PeakCounts, Peaks};
@@ -205,6 +205,11 @@ impl Outcome {
     }
 }
 
+/// Runs of call events shorter than this are applied one lock per event by
+/// [`Tables::apply_calls`]; longer ones one lock per shard (measured in
+/// `docs/performance.md`).
+pub const GROUP_MIN: usize = 128;
+
 /// `subscribers_reported_at` value meaning "never".
 const REPORTED_NEVER: u64 = u64::MAX;
 
@@ -316,6 +321,50 @@ impl Tables {
         };
         self.calls.prefetch(fp);
         Prefetched(Some(fp))
+    }
+
+    /// A call event as a [`CallEvent`] reported by `owner`, to be applied with
+    /// [`Tables::apply_calls`]; `None` for any other event. Its fingerprint is computed and
+    /// its slot prefetched as [`Tables::prefetch`] does: the fetch overlaps the decoding and
+    /// hashing of the events after it, and a run of a receive batch (a few hundred KB of
+    /// slots at most) stays in the core's L2 until it is applied.
+    #[inline]
+    pub fn call_event(&self, event: &Event<'_>, owner: Owner) -> Option<CallEvent> {
+        let (call, op) = match *event {
+            Event::CallStart { call, emergency } => (call, CallOp::Start { emergency }),
+            Event::CallStop { call } => (call, CallOp::Stop),
+            Event::CallRefresh { call } => (call, CallOp::Refresh),
+            _ => return None,
+        };
+        let fingerprint = self.fingerprinter.call(call);
+        self.calls.prefetch(fingerprint);
+        Some(CallEvent {
+            fingerprint,
+            op,
+            owner,
+        })
+    }
+
+    /// Applies a run of call events, in effect in their order: each shard's lock is taken
+    /// once for all of the run's events in that shard, not once per event (see
+    /// `CallTable::apply_grouped`: the order changes between shards only, which changes no
+    /// outcome). `each(i, outcome)` is called once for every `events[i]`, not in index
+    /// order. Runs shorter than [`GROUP_MIN`] are applied one by one.
+    pub fn apply_calls(
+        &self,
+        now: MonoTime,
+        events: &[CallEvent],
+        scratch: &mut GroupScratch,
+        mut each: impl FnMut(usize, Outcome),
+    ) {
+        let now_s = now.unix_secs_u32();
+        if events.len() < GROUP_MIN {
+            for (i, event) in events.iter().enumerate() {
+                each(i, self.calls.apply_one(event, now_s));
+            }
+            return;
+        }
+        self.calls.apply_grouped(events, now_s, scratch, each);
     }
 
     /// [`Tables::apply_from`] for an event [`Tables::prefetch`] was called for (with what it

@@ -1149,3 +1149,74 @@ proptest! {
         prop_assert_eq!(registered(&t), model.counts());
     }
 }
+
+// ---- runs of call events applied grouped by shard ----
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x7011_6a7f),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// `apply_calls` (one lock per shard for a long run) gives every event the outcome it
+    /// gets applied alone, in order, and leaves the same counts: runs short and long, on a
+    /// few keys (so a call's start, stop and refresh share a run), with a cap the runs reach
+    /// (where grouping must fall back to the run's own order).
+    #[test]
+    fn a_run_applied_by_shard_acts_like_its_events_one_by_one(
+        runs in proptest::collection::vec(
+            proptest::collection::vec((0u8..3, 0u16..120, any::<bool>()), 1..400),
+            1..6,
+        ),
+        cap in prop_oneof![Just(1_000_000u64), 10u64..80],
+    ) {
+        let config = TablesConfig {
+            shard_count: 8,
+            tombstone_ttl_s: 30,
+            max_active_calls: cap,
+            ..TablesConfig::default()
+        };
+        let grouped = Tables::new(config.clone(), FingerprintKey([6; 32]));
+        let one_by_one = Tables::new(config, FingerprintKey([6; 32]));
+        let mut scratch = GroupScratch::default();
+        for (r, run) in runs.iter().enumerate() {
+            let now = at(r as u64);
+            let ids: Vec<String> = run.iter().map(|(_, key, _)| format!("call-{key}")).collect();
+            let events: Vec<Event<'_>> = run
+                .iter()
+                .zip(&ids)
+                .map(|((verb, _, emergency), id)| match verb {
+                    0 => Event::CallStart { call: call(id), emergency: *emergency },
+                    1 => Event::CallStop { call: call(id) },
+                    _ => Event::CallRefresh { call: call(id) },
+                })
+                .collect();
+            let ops: Vec<CallEvent> = events
+                .iter()
+                .map(|e| grouped.call_event(e, Owner::NONE).unwrap())
+                .collect();
+            let mut outcomes = vec![None; ops.len()];
+            grouped.apply_calls(now, &ops, &mut scratch, |i, outcome| {
+                assert!(outcomes[i].replace(outcome).is_none(), "event {i} applied twice");
+            });
+            for (i, event) in events.iter().enumerate() {
+                let expected = one_by_one.apply(now, event);
+                prop_assert_eq!(outcomes[i], Some(expected), "run {} event {}: {:?}", r, i, event);
+            }
+            prop_assert_eq!(grouped.usage(), one_by_one.usage());
+        }
+    }
+}
+
+#[test]
+fn only_call_events_have_a_call_event() {
+    let t = tables();
+    let none = t.call_event(&Event::Subscribers { count: 1 }, Owner::NONE);
+    assert!(none.is_none());
+    let e = t.call_event(&start("a"), Owner(3)).unwrap();
+    assert_eq!(e.op, CallOp::Start { emergency: false });
+    assert_eq!(e.owner, Owner(3));
+    assert_eq!(e.fingerprint, t.call_fingerprint(call("a")));
+}
