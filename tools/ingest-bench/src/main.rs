@@ -97,6 +97,11 @@ struct Args {
     /// Print the results as JSON lines too.
     #[arg(long)]
     json: bool,
+    /// Whether the agent loop asks for each UDP datagram's source address, as the agent
+    /// does with `[ingest] udp_replies` (default true); `false` measures an agent whose
+    /// queries go to `[ingest] admit_udp`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    udp_replies: bool,
     /// Journal every batch as the agent does (`[state]`, crash-exact state): a journal
     /// directory in the temp dir, synced every this many ms (the agent's default is 1000;
     /// 0 syncs every batch). Compare a run with and one without.
@@ -478,9 +483,15 @@ enum Receiver<'a> {
     Agent(&'a Pipeline),
 }
 
-fn recv_batch_for(receiver: Receiver<'_>, recv_batch: usize) -> RecvBatch {
+/// Whether the agent loop asks for source addresses on UDP (`--udp-replies`, the agent's
+/// `[ingest] udp_replies`); on the unix socket it always does.
+static AGENT_UDP_SOURCE: AtomicBool = AtomicBool::new(true);
+
+fn recv_batch_for(receiver: Receiver<'_>, recv_batch: usize, udp: bool) -> RecvBatch {
+    let agent_source = !udp || AGENT_UDP_SOURCE.load(Ordering::Relaxed);
     match receiver {
         Receiver::Drain { source: false } => RecvBatch::without_source(recv_batch, 16 << 10),
+        Receiver::Agent(_) if !agent_source => RecvBatch::without_source(recv_batch, 16 << 10),
         // The agent's loop asks for source addresses: `admit` is answered to the sender.
         Receiver::Drain { source: true } | Receiver::Agent(_) => {
             RecvBatch::new(recv_batch, 16 << 10)
@@ -528,7 +539,8 @@ fn receive_until(
             }
         })
     };
-    let mut batch = recv_batch_for(receiver, recv_batch);
+    let udp = matches!(socket.endpoint(), Endpoint::Udp(_));
+    let mut batch = recv_batch_for(receiver, recv_batch, udp);
     match receiver {
         Receiver::Drain { .. } => {
             drain_loop(socket, &mut batch, &stop, mode, &received);
@@ -734,14 +746,21 @@ fn socket_methods(
 ) -> anyhow::Result<()> {
     println!("\n{method} ({} calls open in the stream):", args.open_calls);
     if method != "in-process" {
-        let describe = |r| recv_batch_for(r, args.recv_batch).describe(setup.mode);
+        let describe = |r, udp| recv_batch_for(r, args.recv_batch, udp).describe(setup.mode);
         println!(
             "  drain loop asks: {}",
-            describe(Receiver::Drain { source: false })
+            describe(Receiver::Drain { source: false }, true)
         );
         println!(
-            "  agent loop asks: {}",
-            describe(Receiver::Drain { source: true })
+            "  agent loop asks: {} over udp (--udp-replies {}), {} over unix",
+            describe(
+                Receiver::Drain {
+                    source: AGENT_UDP_SOURCE.load(Ordering::Relaxed)
+                },
+                true
+            ),
+            AGENT_UDP_SOURCE.load(Ordering::Relaxed),
+            describe(Receiver::Drain { source: true }, false)
         );
     }
     println!(
@@ -1390,6 +1409,7 @@ fn private_netns() -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
+    AGENT_UDP_SOURCE.store(args.udp_replies, Ordering::Relaxed);
     if args.quick {
         args.seconds = 0.3;
         args.runs = 1;
