@@ -142,6 +142,10 @@ impl Driver {
                 () = sleep => {
                     let now = self.shared.now();
                     if self.replica.poll_timeout().is_some_and(|due| due <= now) {
+                        // Counts set since (after AoR changes) go in the push now due.
+                        if self.usage.has_changed().unwrap_or(false) {
+                            self.apply_usage(&mut state);
+                        }
                         self.replica.handle_timeout(now);
                         state.nodes_dirty = true;
                     }
@@ -161,9 +165,11 @@ impl Driver {
                 }
                 Ok(()) = self.usage.changed() => {
                     state.nodes_dirty = true;
-                    let usage = *self.usage.borrow_and_update();
-                    self.replica.set_local_usage(self.shared.now(), usage);
-                    state.local_usage = usage;
+                    // AoR changes handed in before these counts go in the same push.
+                    while let Ok(input) = self.aor.try_recv() {
+                        self.on_aor(input);
+                    }
+                    self.apply_usage(&mut state);
                 }
                 Ok(()) = self.license.changed() => {
                     state.nodes_dirty = true;
@@ -178,28 +184,47 @@ impl Driver {
                     }
                 }
                 Some(input) = self.aor.recv() => {
-                    let now = self.shared.now();
-                    match input {
-                        AorInput::Changes(changes) => {
-                            for (fingerprint, registered) in changes {
-                                if registered {
-                                    self.replica.aor_add(now, fingerprint);
-                                } else {
-                                    self.replica.aor_remove(now, fingerprint);
-                                }
-                            }
-                        }
-                        AorInput::Load(fingerprints) => self.replica.aor_load(now, &fingerprints),
-                        AorInput::Key(key) => self.replica.set_aor_key(now, key),
-                        AorInput::Keyed(key) => self.replica.aor_keyed(now, key),
-                        AorInput::Rotate { key, created_at_ms } => {
-                            self.replica.rotate_aor_key(now, key, created_at_ms);
-                        }
+                    self.on_aor(input);
+                    // The counts these changes made go in the same push (the agent sets
+                    // them right after).
+                    if self.usage.has_changed().unwrap_or(false) {
+                        state.nodes_dirty = true;
+                        self.apply_usage(&mut state);
                     }
                 }
                 Some(_) = state.tasks.join_next(), if !state.tasks.is_empty() => {}
             }
             self.flush(&mut state);
+        }
+    }
+
+    /// The node's counts as last set on the handle, to the replica (it pushes them).
+    fn apply_usage(&mut self, state: &mut State) {
+        let usage = *self.usage.borrow_and_update();
+        self.replica.set_local_usage(self.shared.now(), usage);
+        state.local_usage = usage;
+    }
+
+    /// One AoR input to the replica. Changes do not emit by themselves: they leave with the
+    /// next push (the counts that follow them, or the replica's timer).
+    fn on_aor(&mut self, input: AorInput) {
+        let now = self.shared.now();
+        match input {
+            AorInput::Changes(changes) => {
+                for (fingerprint, registered) in changes {
+                    if registered {
+                        self.replica.aor_add(now, fingerprint);
+                    } else {
+                        self.replica.aor_remove(now, fingerprint);
+                    }
+                }
+            }
+            AorInput::Load(fingerprints) => self.replica.aor_load(now, &fingerprints),
+            AorInput::Key(key) => self.replica.set_aor_key(now, key),
+            AorInput::Keyed(key) => self.replica.aor_keyed(now, key),
+            AorInput::Rotate { key, created_at_ms } => {
+                self.replica.rotate_aor_key(now, key, created_at_ms);
+            }
         }
     }
 

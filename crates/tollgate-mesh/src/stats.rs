@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use tollgate_replication::{Frame, TransmitKind};
 
 /// Frame names in wire order ([`Frame::name`]); the keys of the per-frame counters.
-pub const FRAME_NAMES: [&str; 14] = [
+pub const FRAME_NAMES: [&str; 15] = [
     "record",
     "heartbeat",
     "pull_record",
@@ -23,6 +23,7 @@ pub const FRAME_NAMES: [&str; 14] = [
     "aor_ranges",
     "record_aors",
     "aor_pull",
+    "aor_heartbeat",
 ];
 
 pub(crate) fn frame_index(frame: &Frame) -> usize {
@@ -41,6 +42,7 @@ pub(crate) fn frame_index(frame: &Frame) -> usize {
         Frame::AorRanges(_) => 11,
         Frame::RecordAors(_) => 12,
         Frame::AorPull { .. } => 13,
+        Frame::AorHeartbeat(_) => 14,
     };
     debug_assert_eq!(FRAME_NAMES[index], frame.name());
     index

@@ -101,8 +101,8 @@ pub const NODES_MAX: usize = 1024;
 pub use aorset::{AorSets, Fp};
 pub use config::{ANTI_ENTROPY_FANOUT_MAX, AntiEntropy, Config, ConfigError, ExpiredRule};
 pub use frame::{
-    AOR_FRAME_FPS_MAX, AOR_KEY_LEN, AOR_RANGE_ITEMS_MAX, AorDelta, AorKey, AorRange, AorRanges,
-    AorSummary, DATAGRAM_BYTES_MAX, DIGEST_ENTRIES_MAX, DigestEntry, FRAME_BYTES_MAX,
+    AOR_FRAME_FPS_MAX, AOR_KEY_LEN, AOR_RANGE_ITEMS_MAX, AorDelta, AorHeartbeat, AorKey, AorRange,
+    AorRanges, AorSummary, DATAGRAM_BYTES_MAX, DIGEST_ENTRIES_MAX, DigestEntry, FRAME_BYTES_MAX,
     FRAME_VERSION, Frame, FrameError, Heartbeat, LICENSE_BYTES_MAX, RECORD_FRAME_BYTES_MAX,
     RecordAors, TABLE_RECORDS_MAX, decode, encode,
 };

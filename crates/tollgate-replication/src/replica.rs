@@ -341,6 +341,9 @@ pub struct Replica {
     own: Record,
     /// The seq at which `own`'s content last changed.
     own_changed_seq: u64,
+    /// The seq at which `own`'s content other than `aor_seq` last changed (an
+    /// `AorHeartbeat` names it).
+    own_base_changed_seq: u64,
     /// Current content, emitted at the next push.
     usage: NodeUsage,
     license_serial: u64,
@@ -400,6 +403,7 @@ impl Replica {
             now,
             own,
             own_changed_seq: 0,
+            own_base_changed_seq: 0,
             usage: NodeUsage::default(),
             license_serial: 0,
             license_armored: Vec::new(),
@@ -544,6 +548,7 @@ impl Replica {
                 }
                 self.handle_record_aors(now, from_peer, push);
             }
+            Frame::AorHeartbeat(heartbeat) => self.handle_aor_heartbeat(now, from_peer, heartbeat),
             Frame::AorPull { incarnation, seq } => {
                 self.answer_aor_pull(now, from_peer, incarnation, seq);
             }

@@ -5,7 +5,7 @@
 //!
 //! **Protocol** (frame version 2). The owner's changes since its last push ride in its next
 //! record push ([`Frame::RecordAors`], coalesced like any record change, at most every
-//! `push_interval_ms`): the set's seq grows with each such push and every record names it
+//! `push_interval_ms`; [`Frame::AorHeartbeat`] when nothing else of the record changed): the set's seq grows with each such push and every record names it
 //! (`Record::aor_seq`), so an AoR change costs its 8 bytes in a datagram that goes out
 //! anyway, not a packet of its own and its acknowledgement. A push that does not fit a
 //! datagram goes on a stream whole; more changes than one frame holds go first as
@@ -45,8 +45,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::aorset::{AorSets, Fp, RangeDigest, Slot};
 use crate::frame::{
-    AOR_FRAME_FPS_MAX, AOR_RANGE_ITEMS_MAX, AorDelta, AorKey, AorRange, AorRanges, AorSummary,
-    DATAGRAM_BYTES_MAX, Frame, RecordAors, WireFp, encode,
+    AOR_FRAME_FPS_MAX, AOR_RANGE_ITEMS_MAX, AorDelta, AorHeartbeat, AorKey, AorRange, AorRanges,
+    AorSummary, DATAGRAM_BYTES_MAX, Frame, RecordAors, WireFp, encode,
 };
 
 use super::{Destination, Event, Replica, Transmit, TransmitKind, counted, state_at};
@@ -211,26 +211,27 @@ impl Replica {
     // ----------------------------------------------------------------------------------
 
     /// An AoR (its fingerprint under the cluster's AoR key) became registered on this node.
-    /// Sent to every peer with the next record push (at most every `push_interval_ms`).
+    /// Sent to every peer with the next record push (at most every `push_interval_ms`). It
+    /// does not emit by itself: the push leaves at the next input that emits (hand the
+    /// node's new counts in right after, [`Replica::set_local_usage`], and they go in one
+    /// frame) or at [`Replica::poll_timeout`], due at once when the push interval allows.
     pub fn aor_add(&mut self, now: MonoTime, fp: Fp) {
         let now = now.ms();
-        let now = self.tick(now);
+        self.tick(now);
         let own = self.aor.own_slot;
         if self.aor.sets.insert(own, fp) {
             self.aor.note_change(fp, true);
         }
-        self.maybe_emit(now);
     }
 
-    /// An AoR is no longer registered on this node.
+    /// An AoR is no longer registered on this node (sent as [`Replica::aor_add`] says).
     pub fn aor_remove(&mut self, now: MonoTime, fp: Fp) {
         let now = now.ms();
-        let now = self.tick(now);
+        self.tick(now);
         let own = self.aor.own_slot;
         if self.aor.sets.remove(own, fp) {
             self.aor.note_change(fp, false);
         }
-        self.maybe_emit(now);
     }
 
     /// Replaces this node's AoR set at once (a restart that restored its registrations, or a
@@ -279,10 +280,13 @@ impl Replica {
         self.maybe_release_aor_set(now);
     }
 
-    /// Whether this node's AoR set is published (or was never held). Until then the IO layer
-    /// keeps what it needs to re-key it.
+    /// Whether this node's AoR set is published (or never will be held: no key at all, the
+    /// simulation's case). Until then the IO layer keeps what it needs to re-key it. A
+    /// replica that adopted a peer's key before the IO layer's own key reached it is not
+    /// published yet: the IO layer must re-key and say so ([`Replica::aor_keyed`]), or the
+    /// hold that its key then starts would never end.
     pub fn aor_set_published(&self) -> bool {
-        self.aor.hold.is_none()
+        self.aor.published || (self.aor.hold.is_none() && self.aor.key.is_none())
     }
 
     /// Ends the hold once the key is agreed and the set is under it: the whole set goes out
@@ -447,12 +451,14 @@ impl Replica {
     }
 
     /// The frame of a push carrying `changes` (the last of [`Replica::take_aor_changes`]),
-    /// the earlier ones queued on streams first; and how it travels: a datagram when it
-    /// fits one, else a stream.
+    /// the earlier ones queued on streams first: the record with them, or, when nothing
+    /// else of the record changed (`base_changed` false), a heartbeat with them; and how it
+    /// travels: a datagram when it fits one, else a stream.
     pub(super) fn aor_push(
         &mut self,
         mut changes: Vec<AorDelta>,
         kind: TransmitKind,
+        base_changed: bool,
     ) -> Option<(Frame, TransmitKind)> {
         let last = changes.pop()?;
         for delta in changes {
@@ -466,11 +472,22 @@ impl Replica {
             (last.incarnation, last.seq),
             (self.own.incarnation, self.own.aor_seq)
         );
-        let frame = Frame::RecordAors(RecordAors {
-            record: self.own.clone(),
-            adds: last.adds,
-            removes: last.removes,
-        });
+        let frame = if base_changed {
+            Frame::RecordAors(RecordAors {
+                record: self.own.clone(),
+                adds: last.adds,
+                removes: last.removes,
+            })
+        } else {
+            Frame::AorHeartbeat(AorHeartbeat {
+                incarnation: self.own.incarnation,
+                seq: self.own.seq,
+                changed_seq: self.own_base_changed_seq,
+                aor_seq: self.own.aor_seq,
+                adds: last.adds,
+                removes: last.removes,
+            })
+        };
         let kind = if kind == TransmitKind::Datagram && encode(&frame).len() > DATAGRAM_BYTES_MAX {
             TransmitKind::Stream
         } else {

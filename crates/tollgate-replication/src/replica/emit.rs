@@ -58,12 +58,21 @@ impl Replica {
             });
         }
         let changed = rolled || self.is_dirty();
+        // Content other than the AoR seq changed: an AoR-only change can go as a heartbeat.
+        let base_changed = rolled
+            || self.force_record
+            || self.own.usage != self.usage
+            || self.own.license_serial != self.license_serial
+            || self.own.flags != self.flags();
         self.own.incarnation = next.incarnation;
         self.own.seq = next.seq;
         let mut aor_changes = Vec::new();
         if changed {
             aor_changes = self.take_aor_changes();
             self.own.aor_seq = self.aor.seq;
+            if base_changed {
+                self.own_base_changed_seq = next.seq;
+            }
             self.own.flags = self.flags();
             self.own.usage = self.usage;
             self.own.license_serial = self.license_serial;
@@ -77,7 +86,7 @@ impl Replica {
         if self.peers.is_empty() {
             return;
         }
-        let (frame, kind) = if let Some(push) = self.aor_push(aor_changes, kind) {
+        let (frame, kind) = if let Some(push) = self.aor_push(aor_changes, kind, base_changed) {
             push
         } else if changed {
             (Frame::Record(self.own.clone()), kind)

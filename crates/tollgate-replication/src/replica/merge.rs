@@ -8,7 +8,7 @@ use std::cmp::Ordering;
 use super::liveness::Tombstone;
 use super::{Destination, Entry, Event, NodeState, Replica, Transmit, TransmitKind, state_at};
 use crate::NODES_MAX;
-use crate::frame::{Frame, Heartbeat};
+use crate::frame::{AorDelta, AorHeartbeat, Frame, Heartbeat};
 use crate::record::{NodeUsage, Record, merge_order};
 
 impl Replica {
@@ -28,11 +28,55 @@ impl Replica {
     }
 
     pub(super) fn handle_heartbeat(&mut self, now: u64, peer: &str, heartbeat: Heartbeat) {
+        self.apply_heartbeat(now, peer, heartbeat, None);
+    }
+
+    /// A heartbeat that carries AoR changes: the changes go to the copy first, then the
+    /// record moves like a heartbeat's, taking the new `aor_seq` (its other content is the
+    /// one held when `changed_seq` is not past it).
+    pub(super) fn handle_aor_heartbeat(&mut self, now: u64, peer: &str, heartbeat: AorHeartbeat) {
+        let AorHeartbeat {
+            incarnation,
+            seq,
+            changed_seq,
+            aor_seq,
+            adds,
+            removes,
+        } = heartbeat;
+        self.handle_aor_delta(
+            now,
+            peer,
+            AorDelta {
+                incarnation,
+                seq: aor_seq,
+                adds,
+                removes,
+            },
+        );
+        let heartbeat = Heartbeat {
+            incarnation,
+            seq,
+            changed_seq,
+        };
+        if self.apply_heartbeat(now, peer, heartbeat, Some(aor_seq)) {
+            self.aor_check_behind(now, peer, (incarnation, aor_seq));
+        }
+    }
+
+    /// Moves `peer`'s record to the heartbeat's seq when its content is current (with
+    /// `aor_seq`, if given, as its new AoR seq); else pulls the record. `true` when applied.
+    fn apply_heartbeat(
+        &mut self,
+        now: u64,
+        peer: &str,
+        heartbeat: Heartbeat,
+        aor_seq: Option<u64>,
+    ) -> bool {
         let version = heartbeat.version();
         let applied = match self.entries.get_mut(peer) {
             Some(entry) if version <= entry.record.version() => {
                 self.stats.records_stale += 1;
-                return;
+                return false;
             }
             Some(entry)
                 if heartbeat.incarnation == entry.record.incarnation
@@ -40,6 +84,10 @@ impl Replica {
             {
                 entry.record.seq = heartbeat.seq;
                 entry.content_since = heartbeat.changed_seq;
+                if let Some(aor_seq) = aor_seq {
+                    entry.record.aor_seq = aor_seq;
+                    entry.content_since = heartbeat.seq;
+                }
                 entry.advanced_at = now;
                 let back = matches!(entry.reported, NodeState::Suspect | NodeState::Expired);
                 if !entry.record.is_left() {
@@ -59,6 +107,7 @@ impl Replica {
                     self.push_event(event);
                 }
                 self.note_advance(now);
+                true
             }
             None => {
                 if self
@@ -67,7 +116,7 @@ impl Replica {
                     .is_some_and(|tombstone| tombstone.blocks(version))
                 {
                     self.stats.records_tombstoned += 1;
-                    return;
+                    return false;
                 }
                 self.stats.heartbeats_unmatched += 1;
                 let interval = self.config.push_interval_ms;
@@ -78,6 +127,7 @@ impl Replica {
                         frame: Frame::PullRecord,
                     });
                 }
+                false
             }
         }
     }

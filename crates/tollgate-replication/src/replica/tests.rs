@@ -967,3 +967,123 @@ fn a_lone_node_counts_its_own_aors_while_it_waits_for_the_key() {
         2
     );
 }
+
+/// Frame version 2: AoR changes ride in the next push. With the node's counts changed too,
+/// the push is the record with the changes; with only the AoR set changed, a heartbeat with
+/// them. A receiver that missed the earlier push cannot apply the heartbeat: it pulls the
+/// record, and the record's `aor_seq` makes its copy pull the missing changes.
+#[test]
+fn aor_changes_ride_in_the_push_as_a_record_or_as_a_heartbeat() {
+    let connect = |replica: &mut Replica, peer: &str| {
+        replica.peer_connected(MonoTime(0), peer).unwrap();
+    };
+    let mut a = Replica::new(config(), "a", 1, MonoTime(0)).unwrap();
+    let mut b = Replica::new(config(), "b", 1, MonoTime(0)).unwrap();
+    connect(&mut a, "b");
+    connect(&mut b, "a");
+    let deliver = |from: &mut Replica, to: &mut Replica, now: u64| {
+        for transmit in drain(from, now) {
+            to.handle_frame(MonoTime(now), from.node_id(), transmit.frame)
+                .unwrap();
+        }
+    };
+    for _ in 0..3 {
+        deliver(&mut a, &mut b, 0);
+        deliver(&mut b, &mut a, 0);
+    }
+    assert!(b.aor_copy_synced("a"));
+    // Counts and set change together: one datagram, the record with the change.
+    a.aor_add(MonoTime(1_000), 11);
+    a.set_local_usage(MonoTime(1_000), calls(1));
+    let sent = drain(&mut a, 1_000);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].kind, TransmitKind::Datagram);
+    let Frame::RecordAors(push) = &sent[0].frame else {
+        panic!("{sent:?}")
+    };
+    assert_eq!(
+        (push.record.aor_seq, push.adds.clone()),
+        (1, vec![11u64.to_le_bytes()])
+    );
+    // Only the set changes (an add and a remove): a heartbeat with the changes. This one is
+    // lost on its way to b.
+    a.aor_add(MonoTime(2_000), 12);
+    a.aor_remove(MonoTime(2_000), 11);
+    assert!(
+        drain(&mut a, 2_000).is_empty(),
+        "changes wait for the next emission"
+    );
+    assert_eq!(a.poll_timeout(), Some(MonoTime(2_000)));
+    a.handle_timeout(MonoTime(2_000));
+    let sent = drain(&mut a, 2_000);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let Frame::AorHeartbeat(lost) = &sent[0].frame else {
+        panic!("{sent:?}")
+    };
+    assert_eq!((lost.aor_seq, lost.changed_seq), (2, 1));
+    // The next one reaches b: the change waits in the buffer, b pulls the record (its
+    // content is not current) and the missing changes.
+    a.aor_add(MonoTime(3_000), 13);
+    a.handle_timeout(MonoTime(3_000));
+    let sent = drain(&mut a, 3_000);
+    for transmit in sent {
+        b.handle_frame(MonoTime(3_000), "a", transmit.frame)
+            .unwrap();
+    }
+    let asked = drain(&mut b, 3_000);
+    let names: Vec<&str> = asked.iter().map(|t| t.frame.name()).collect();
+    assert!(names.contains(&"pull_record"), "{names:?}");
+    assert!(names.contains(&"aor_pull"), "{names:?}");
+    for transmit in asked {
+        a.handle_frame(MonoTime(3_001), "b", transmit.frame)
+            .unwrap();
+    }
+    deliver(&mut a, &mut b, 3_002);
+    let copy: Vec<u64> = {
+        let sets = b.aor_sets();
+        let slot = sets.slot("a").unwrap();
+        sets.all_members(slot)
+    };
+    let mut want = vec![12, 13];
+    want.sort_unstable();
+    assert_eq!(copy, want);
+    assert!(b.aor_copy_synced("a"));
+    assert_eq!(b.records().find(|r| r.node_id == "a").unwrap().aor_seq, 3);
+}
+
+/// The peer's key can reach the replica before the IO layer's own key does (the driver
+/// handles peers' frames first). The set is then not published: the IO layer re-keys and
+/// says so, and the hold its own key starts ends. (It read "published" before, so the agent
+/// never re-keyed, and the hold never ended: the node's AoRs were never counted anywhere
+/// else; `tests/cluster_aors.rs` caught it under load.)
+#[test]
+fn a_peers_key_before_the_own_key_still_ends_in_a_published_set() {
+    let key = |created_at_ms, byte| crate::AorKey {
+        generation: 1,
+        created_at_ms,
+        key: [byte; 32],
+    };
+    let (cluster_key, own_key) = (key(5, 1), key(9, 2));
+    let mut replica = Replica::new(config(), "c", 1, MonoTime(0)).unwrap();
+    replica.peer_connected(MonoTime(0), "a").unwrap();
+    replica
+        .handle_frame(MonoTime(1), "a", Frame::AorKey(cluster_key))
+        .unwrap();
+    assert_eq!(replica.aor_key(), Some(cluster_key));
+    assert!(!replica.aor_set_published(), "nothing re-keyed yet");
+    // The IO layer's own key arrives late, its set under it; then it re-keys to the
+    // cluster's and says so.
+    replica.set_aor_key(MonoTime(2), own_key);
+    replica.aor_add(MonoTime(2), 11);
+    assert_eq!(replica.aor_key(), Some(cluster_key));
+    assert!(!replica.aor_set_published());
+    replica.aor_remove(MonoTime(3), 11);
+    replica.aor_add(MonoTime(3), 21);
+    replica.aor_keyed(MonoTime(3), cluster_key);
+    assert!(replica.aor_set_published());
+    let sent = drain(&mut replica, 3);
+    assert!(
+        sent.iter().any(|t| matches!(t.frame, Frame::AorSummary(_))),
+        "{sent:?}"
+    );
+}
