@@ -190,13 +190,13 @@ fn sigterm_writes_a_snapshot_and_restart_restores_the_counts() {
     agent.wait_usage("events applied", |u| {
         u["calls"] == 2 && u["registered_subscribers"] == 1
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // The operator's grep line, from the report task (every second here).
+    agent.wait_log(
+        "Usage report: 2 calls, 77 subscribers, 1 registered subscribers",
+        20,
+    );
     let (status, log) = agent.stop();
     assert!(status.success(), "{status}: {log}");
-    assert!(
-        log.contains("Usage report: 2 calls, 77 subscribers, 1 registered subscribers"),
-        "the operator's grep line: {log}"
-    );
 
     let agent = Agent::start(&state, &config);
     let u = agent.usage();
@@ -224,12 +224,7 @@ fn kill_9_after_a_snapshot_restores_that_snapshot() {
     );
     agent.wait_usage("3 calls", |u| u["calls"] == 3);
     // Wait for a periodic snapshot taken after the events.
-    let before = agent.metric("tollgate_snapshots_total").unwrap_or(0.0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while agent.metric("tollgate_snapshots_total").unwrap_or(0.0) < before + 1.0 {
-        assert!(std::time::Instant::now() < deadline, "no snapshot written");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_next_snapshot(&agent);
     agent.kill9();
     let agent = Agent::start(&state, &config);
     assert_eq!(agent.usage()["calls"], 3);

@@ -808,7 +808,7 @@ fn agents_heal_from_kamailio_lists() {
         let a = agent_counts(&agent);
         (a.calls == 10).then_some(()).ok_or(format!("{a:?}"))
     });
-    std::thread::sleep(Duration::from_millis(1500)); // a snapshot with the 10 calls
+    common::wait_next_snapshot(&agent); // a snapshot with the 10 calls
     agent.kill9();
     assert_eq!(short.wait(Duration::from_secs(40)), 0);
     wait_for(

@@ -142,8 +142,9 @@ enum Mode {
 }
 
 /// An HTTP/1.1 server that answers JSON-RPC POSTs the way OpenSIPS `mi_http` does, from the
-/// documented answers. Returns its address and the mode switch.
-fn mi_http(stop: Arc<Mutex<bool>>) -> (SocketAddr, Arc<Mutex<Mode>>) {
+/// documented answers. Returns its address, the mode switch and its accepting thread, which
+/// returns (closing the port) at the first connection after `stop` is set.
+fn mi_http(stop: Arc<Mutex<bool>>) -> (SocketAddr, Arc<Mutex<Mode>>, std::thread::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let mode = Arc::new(Mutex::new(Mode::Documented));
@@ -153,7 +154,7 @@ fn mi_http(stop: Arc<Mutex<bool>>) -> (SocketAddr, Arc<Mutex<Mode>>) {
     let ul = std::fs::read_to_string(answers.join("opensips-3-ul_dump.json")).unwrap();
     let error = std::fs::read_to_string(answers.join("opensips-3-error.json")).unwrap();
     let m = Arc::clone(&mode);
-    std::thread::spawn(move || {
+    let acceptor = std::thread::spawn(move || {
         for stream in listener.incoming() {
             if *stop.lock().unwrap() {
                 return;
@@ -200,14 +201,14 @@ fn mi_http(stop: Arc<Mutex<bool>>) -> (SocketAddr, Arc<Mutex<Mode>>) {
             });
         }
     });
-    (addr, mode)
+    (addr, mode, acceptor)
 }
 
 #[test]
 fn an_opensips_source_heals_and_failures_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let stop = Arc::new(Mutex::new(false));
-    let (mi, mode) = mi_http(Arc::clone(&stop));
+    let (mi, mode, acceptor) = mi_http(Arc::clone(&stop));
     let config = admin_config(
         dir.path(),
         &format!(
@@ -282,7 +283,7 @@ fn an_opensips_source_heals_and_failures_change_nothing() {
     // Unreachable: the endpoint is gone.
     *stop.lock().unwrap() = true;
     let _ = std::net::TcpStream::connect(mi);
-    std::thread::sleep(Duration::from_millis(100));
+    acceptor.join().unwrap();
     agent.send_events(b"call-start after@x tag=1\n");
     agent.wait_usage("1 call", |u| u["calls"] == 1);
     let answer = post_reconcile(&agent);
@@ -300,7 +301,7 @@ fn an_opensips_source_heals_and_failures_change_nothing() {
 fn kill_9_right_after_a_correction_replays_it_from_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     let stop = Arc::new(Mutex::new(false));
-    let (mi, _mode) = mi_http(Arc::clone(&stop));
+    let (mi, _mode, _acceptor) = mi_http(Arc::clone(&stop));
     let config = admin_config(
         dir.path(),
         &format!(
@@ -361,7 +362,7 @@ fn kill_9_right_after_a_correction_replays_it_from_the_journal() {
 fn a_senders_entries_stay_its_own_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let stop = Arc::new(Mutex::new(false));
-    let (mi, _mode) = mi_http(Arc::clone(&stop));
+    let (mi, _mode, _acceptor) = mi_http(Arc::clone(&stop));
     let config = admin_config(
         dir.path(),
         &format!(

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Agent, Runtime, write_config};
+use common::{Agent, LogCapture, Runtime, write_config};
 
 /// Sends `datagram` until its `admit` reply arrives.
 fn send_acked(socket: &UdpSocket, to: SocketAddr, datagram: &[u8]) {
@@ -99,6 +99,7 @@ fn start(mut command: Command, visible: &Path, state_dir: &Path, config: &Path) 
         .stderr(Stdio::piped())
         .spawn()
         .expect("start tollgate agent");
+    let mut log = LogCapture::start(&mut child);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(bytes) = std::fs::read(visible.join("agent.json"))
@@ -111,14 +112,11 @@ fn start(mut command: Command, visible: &Path, state_dir: &Path, config: &Path) 
                 config: config.to_owned(),
                 rt,
                 netns: None,
+                log,
             };
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            panic!("agent exited early with {status}: {err}");
+            panic!("agent exited early with {status}: {}", log.finish());
         }
         assert!(Instant::now() < deadline, "agent did not start in time");
         std::thread::sleep(Duration::from_millis(20));

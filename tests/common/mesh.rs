@@ -134,12 +134,5 @@ pub fn node_entry(view: &serde_json::Value, id: &str) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
-/// Waits until the snapshot written after this point holds what the node has now.
-pub fn wait_next_snapshot(agent: &Agent) {
-    let before = agent.metric("tollgate_snapshots_total").unwrap_or(0.0);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while agent.metric("tollgate_snapshots_total").unwrap_or(0.0) <= before {
-        assert!(Instant::now() < deadline, "no snapshot written");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+#[allow(unused_imports)]
+pub use super::wait_next_snapshot;

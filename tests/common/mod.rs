@@ -10,11 +10,12 @@ pub mod browser;
 pub mod mesh;
 pub mod wan;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
@@ -43,6 +44,58 @@ pub struct Agent {
     pub rt: Runtime,
     /// The network namespace it runs in (`None`: this process's).
     pub netns: Option<String>,
+    /// Its log (stderr), read as it is written.
+    pub log: LogCapture,
+}
+
+/// A child's stderr, read line by line on a thread of its own as the child writes it (so a
+/// test can wait for a line while the process runs, and a chatty process never blocks on a
+/// full pipe).
+pub struct LogCapture {
+    text: Arc<Mutex<String>>,
+    /// The reader, which ends at the end of the pipe.
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogCapture {
+    /// Takes `child`'s piped stderr and starts reading it.
+    pub fn start(child: &mut Child) -> LogCapture {
+        let text = Arc::new(Mutex::new(String::new()));
+        let reader = child.stderr.take().map(|stderr| {
+            let text = Arc::clone(&text);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stderr);
+                let mut line = Vec::new();
+                while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                    text.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&line));
+                    line.clear();
+                }
+            })
+        });
+        LogCapture { text, reader }
+    }
+
+    /// What was written so far.
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// Everything, once the process has exited: waits (a bounded time) for the reader to
+    /// reach the end of the pipe.
+    pub fn finish(&mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !reader.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if reader.is_finished() {
+                let _ = reader.join();
+            }
+        }
+        self.text()
+    }
 }
 
 /// A config with ephemeral ports and quick snapshots; `extra` is appended verbatim.
@@ -72,7 +125,7 @@ impl Agent {
             }
             None => Command::new(BIN),
         };
-        let child = command
+        let mut child = command
             .args(["agent", "--config"])
             .arg(config)
             .arg("--state-dir")
@@ -82,6 +135,7 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start tollgate agent");
+        let log = LogCapture::start(&mut child);
         let mut agent = Agent {
             child,
             state_dir: state_dir.to_owned(),
@@ -97,6 +151,7 @@ impl Agent {
                 hep: None,
             },
             netns: netns.map(str::to_owned),
+            log,
         };
         let runtime_file = state_dir.join("agent.json");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -109,11 +164,7 @@ impl Agent {
                 return agent;
             }
             if let Ok(Some(status)) = agent.child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = agent.child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                panic!("agent exited early with {status}: {err}");
+                panic!("agent exited early with {status}: {}", agent.log.finish());
             }
             assert!(
                 Instant::now() < deadline,
@@ -206,15 +257,28 @@ impl Agent {
         let _ = self.child.wait();
     }
 
+    /// Polls the agent's log until a line contains `needle` (or panics after `secs` with
+    /// the log so far).
+    pub fn wait_log(&self, needle: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let text = self.log.text();
+            if text.contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the log line {needle:?}; log so far:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn wait_exit(&mut self) -> (ExitStatus, String) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                return (status, err);
+                return (status, self.log.finish());
             }
             assert!(Instant::now() < deadline, "agent did not exit");
             std::thread::sleep(Duration::from_millis(20));
@@ -298,6 +362,18 @@ pub fn http(
         None => String::new(),
     };
     (status, body)
+}
+
+/// Waits until a snapshot that began after this call has been written, so it holds what
+/// the agent had applied before it: the count of snapshots written must pass the count now
+/// by two (one may have been under way, taken before, when the count was read).
+pub fn wait_next_snapshot(agent: &Agent) {
+    let before = agent.metric("tollgate_snapshots_total").unwrap_or(0.0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.metric("tollgate_snapshots_total").unwrap_or(0.0) < before + 2.0 {
+        assert!(Instant::now() < deadline, "no snapshot written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Says loudly that a whole-system test did not run: what is missing and how to run it.

@@ -354,8 +354,29 @@ fn a_restart_with_the_next_incarnation_replaces_the_old_record_and_is_never_coun
             node.mesh.stats().peers_connected == 2
         });
     }
-    // Let any stale relay of the old record arrive, then check it never counted twice.
-    std::thread::sleep(Duration::from_millis(1_500));
+    // Give any stale relay of the old record its chance to arrive, then check it never
+    // counted twice. What could bring it to n0 now is n1's anti-entropy (the old process is
+    // gone): wait until n0 has handled two more rounds of digests from each peer (fanout 2
+    // of 2 peers: each peer digests n0 every round) and heard n1's record advance twice, all
+    // sent after every node held incarnation 2.
+    let digests = |node: &Node| {
+        node.mesh
+            .stats()
+            .frames_received
+            .get("digest")
+            .map_or(0, |count| count.frames)
+    };
+    let n1_seq = |node: &Node| {
+        node.mesh
+            .nodes()
+            .into_iter()
+            .find(|info| info.view.node_id == "n1")
+            .map_or(0, |info| info.view.seq)
+    };
+    let (digests_before, seq_before) = (digests(&nodes[0]), n1_seq(&nodes[0]));
+    wait_until("two anti-entropy rounds at n0 after the restart", || {
+        digests(&nodes[0]) >= digests_before + 4 && n1_seq(&nodes[0]) >= seq_before + 2
+    });
     assert_eq!(nodes[0].mesh.aggregate().calls, 208);
     let Node { runtime, mesh, .. } = nodes.remove(0);
     drop(mesh);
