@@ -1,13 +1,13 @@
-//! Prometheus text exposition (format 0.0.4), written by hand: a few dozen series do not
-//! need a registry. Names follow `tollgate_<name>_<unit>[_total]`; dropped things carry a
+//! The agent's `/metrics`: every family it exports, walked into the one writer of
+//! Prometheus text ([`MetricsWriter`], from `tollgate-prometheus`, which the license server
+//! uses too). Names follow `tollgate_<name>_<unit>[_total]`; dropped things carry a
 //! low-cardinality `reason` label.
 //!
-//! **Boundary:** this is the only place the agent's Prometheus text is written. The crates
+//! **Boundary:** this is the only place the agent decides what its metrics are. The crates
 //! expose plain counters (`tollgate_ingest::StatsSnapshot`, `HepSnapshot`, the replica's
 //! `Stats`, …) with their label names beside them; the agent's own modules (reconcile,
 //! state resets) hand their numbers to a [`MetricsWriter`] too.
 
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
 use tollgate_events::{Malformed, Verb};
@@ -18,98 +18,7 @@ use tollgate_ingest::{HepResult, HepSnapshot};
 
 use crate::AgentState;
 
-/// Builds one exposition document.
-#[derive(Debug, Default)]
-pub struct MetricsWriter {
-    out: String,
-}
-
-impl MetricsWriter {
-    /// `# HELP` and `# TYPE` of a family whose samples follow ([`MetricsWriter::sample`]).
-    pub fn header(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-
-    /// One sample with any number of labels (values escaped), after its family's header.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        self.out.push_str(name);
-        for (i, (label, v)) in labels.iter().enumerate() {
-            let open = if i == 0 { "{" } else { "," };
-            let _ = write!(self.out, "{open}{label}=\"{}\"", escape_label(v));
-        }
-        if !labels.is_empty() {
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-    }
-
-    pub fn gauge(&mut self, name: &str, help: &str, value: impl std::fmt::Display) {
-        self.header(name, "gauge", help);
-        let _ = writeln!(self.out, "{name} {value}");
-    }
-
-    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.header(name, "counter", help);
-        let _ = writeln!(self.out, "{name} {value}");
-    }
-
-    /// One counter family with a single label.
-    pub fn labeled_counter<'a>(
-        &mut self,
-        name: &str,
-        help: &str,
-        label: &str,
-        values: impl IntoIterator<Item = (&'a str, u64)>,
-    ) {
-        self.header(name, "counter", help);
-        for (l, v) in values {
-            let _ = writeln!(self.out, "{name}{{{label}=\"{}\"}} {v}", escape_label(l));
-        }
-    }
-
-    /// One gauge family with a single label.
-    pub fn labeled_gauge<'a, V: std::fmt::Display>(
-        &mut self,
-        name: &str,
-        help: &str,
-        label: &str,
-        values: impl IntoIterator<Item = (&'a str, V)>,
-    ) {
-        self.header(name, "gauge", help);
-        for (l, v) in values {
-            let _ = writeln!(self.out, "{name}{{{label}=\"{}\"}} {v}", escape_label(l));
-        }
-    }
-
-    /// A histogram from per-bucket (non-cumulative) counts; the last count is `+Inf`.
-    pub fn histogram(&mut self, name: &str, help: &str, bounds: &[u64], counts: &[u64], sum: u64) {
-        self.header(name, "histogram", help);
-        let mut cumulative = 0;
-        for (bound, count) in bounds.iter().zip(counts) {
-            cumulative += count;
-            let _ = writeln!(self.out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += counts.get(bounds.len()).copied().unwrap_or(0);
-        let _ = writeln!(self.out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(self.out, "{name}_sum {sum}\n{name}_count {cumulative}");
-    }
-
-    pub fn finish(self) -> String {
-        self.out
-    }
-}
-
-/// A label value as the exposition format wants it: `\\`, `"` and newlines escaped.
-fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
-    if !value.contains(['\\', '"', '\n']) {
-        return value.into();
-    }
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-        .into()
-}
+pub use tollgate_prometheus::MetricsWriter;
 
 /// Renders every metric of the agent.
 pub fn render(state: &AgentState) -> String {
@@ -119,11 +28,14 @@ pub fn render(state: &AgentState) -> String {
     let ingest = state.ingest_stats.snapshot();
     let t = &ingest.totals;
 
-    let _ = writeln!(
-        m.out,
-        "# HELP tollgate_build_info Build information.\n# TYPE tollgate_build_info gauge\ntollgate_build_info{{version=\"{}\",node_id=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION"),
-        state.node_id
+    m.header("tollgate_build_info", "gauge", "Build information.");
+    m.sample(
+        "tollgate_build_info",
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("node_id", &state.node_id),
+        ],
+        1,
     );
     m.gauge(
         "tollgate_uptime_seconds",
@@ -462,11 +374,10 @@ fn render_license(m: &mut MetricsWriter, state: &AgentState) {
         "1 for the license status in force (stable codes), 0 for the others.",
     );
     for code in tollgate_license::StatusCode::ALL {
-        let _ = writeln!(
-            m.out,
-            "tollgate_license_status{{code=\"{}\"}} {}",
-            code.as_str(),
-            u8::from(code == e.status)
+        m.sample(
+            "tollgate_license_status",
+            &[("code", code.as_str())],
+            u8::from(code == e.status),
         );
     }
     m.gauge(
@@ -492,11 +403,7 @@ fn render_license(m: &mut MetricsWriter, state: &AgentState) {
         "Usage counted against each license limit.",
     );
     for (name, _, l) in e.limits.iter() {
-        let _ = writeln!(
-            m.out,
-            "tollgate_license_usage{{limit=\"{name}\"}} {}",
-            l.usage
-        );
+        m.sample("tollgate_license_usage", &[("limit", name)], l.usage);
     }
     m.header(
         "tollgate_license_limit",
@@ -505,7 +412,7 @@ fn render_license(m: &mut MetricsWriter, state: &AgentState) {
     );
     for (name, _, l) in e.limits.iter() {
         if let Some(limit) = l.limit {
-            let _ = writeln!(m.out, "tollgate_license_limit{{limit=\"{name}\"}} {limit}");
+            m.sample("tollgate_license_limit", &[("limit", name)], limit);
         }
     }
     m.header(
@@ -515,7 +422,7 @@ fn render_license(m: &mut MetricsWriter, state: &AgentState) {
     );
     for (name, _, l) in e.limits.iter() {
         if let Some(h) = l.headroom {
-            let _ = writeln!(m.out, "tollgate_license_headroom{{limit=\"{name}\"}} {h}");
+            m.sample("tollgate_license_headroom", &[("limit", name)], h);
         }
     }
     if let Some(ms) = e.ms_to_expiry {
@@ -891,36 +798,5 @@ mod tests {
         assert!(text.contains("tollgate_hep_tracker_entries{table=\"dialogs\"} 1\n"));
         assert!(text.contains("tollgate_hep_events_total{verb=\"call-start\"} 1\n"));
         assert!(!text.contains("malformed_total\""), "{text}");
-    }
-
-    #[test]
-    fn samples_carry_every_label_escaped() {
-        let mut m = MetricsWriter::default();
-        m.header("f", "counter", "help");
-        m.sample("f", &[("source", "a\"b"), ("kind", "x")], 3);
-        m.sample("f", &[], 4);
-        let out = m.finish();
-        assert!(out.contains("f{source=\"a\\\"b\",kind=\"x\"} 3\n"), "{out}");
-        assert!(out.contains("\nf 4\n"), "{out}");
-    }
-
-    #[test]
-    fn histogram_buckets_are_cumulative() {
-        let mut m = MetricsWriter::default();
-        m.histogram("h", "help", &[1, 2], &[3, 4, 5], 99);
-        let out = m.finish();
-        assert!(out.contains("h_bucket{le=\"1\"} 3\n"));
-        assert!(out.contains("h_bucket{le=\"2\"} 7\n"));
-        assert!(out.contains("h_bucket{le=\"+Inf\"} 12\n"));
-        assert!(out.contains("h_count 12\n"));
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        let mut m = MetricsWriter::default();
-        m.labeled_gauge("g", "help", "peer", [("a\"b\\c\nd", 1), ("plain", 2)]);
-        let out = m.finish();
-        assert!(out.contains("g{peer=\"a\\\"b\\\\c\\nd\"} 1\n"), "{out}");
-        assert!(out.contains("g{peer=\"plain\"} 2\n"));
     }
 }

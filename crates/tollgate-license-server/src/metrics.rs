@@ -1,4 +1,5 @@
-//! The server's counters and `/metrics` (Prometheus text format 0.0.4).
+//! The server's counters and `/metrics` (Prometheus text format 0.0.4, written through
+//! `tollgate-prometheus`'s [`MetricsWriter`], the one writer the agent uses too).
 //!
 //! | metric | labels | meaning |
 //! | --- | --- | --- |
@@ -9,10 +10,10 @@
 //! | `tollgate_license_server_throttled_addresses` | — | addresses tracked by the bad-token throttle |
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tollgate_prometheus::MetricsWriter;
 
 /// Upper bounds of the database latency buckets, seconds.
 pub const DB_BUCKETS_S: &[f64] = &[
@@ -21,23 +22,20 @@ pub const DB_BUCKETS_S: &[f64] = &[
 
 #[derive(Debug, Default, Clone)]
 struct Histogram {
-    buckets: Vec<u64>,
+    /// Per bucket (not cumulative): one per bound of [`DB_BUCKETS_S`], then one for above
+    /// the last bound.
+    counts: Vec<u64>,
     sum_s: f64,
-    count: u64,
 }
 
 impl Histogram {
     fn observe(&mut self, seconds: f64) {
-        if self.buckets.is_empty() {
-            self.buckets = vec![0; DB_BUCKETS_S.len()];
+        if self.counts.is_empty() {
+            self.counts = vec![0; DB_BUCKETS_S.len() + 1];
         }
-        for (bound, count) in DB_BUCKETS_S.iter().zip(self.buckets.iter_mut()) {
-            if seconds <= *bound {
-                *count += 1;
-            }
-        }
+        let bucket = DB_BUCKETS_S.partition_point(|bound| *bound < seconds);
+        self.counts[bucket] += 1;
         self.sum_s += seconds;
-        self.count += 1;
     }
 }
 
@@ -80,68 +78,49 @@ impl Metrics {
     /// The Prometheus text.
     pub fn render(&self, throttled_addresses: usize) -> String {
         let c = self.counters.lock();
-        let mut out = String::new();
-        let counter = |out: &mut String,
-                       name: &str,
-                       help: &str,
-                       label: &str,
-                       map: &BTreeMap<&'static str, u64>| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            for (value, count) in map {
-                let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {count}");
-            }
+        let mut m = MetricsWriter::default();
+        let pairs = |map: &BTreeMap<&'static str, u64>| -> Vec<(&'static str, u64)> {
+            map.iter().map(|(k, v)| (*k, *v)).collect()
         };
-        counter(
-            &mut out,
+        m.labeled_counter(
             "tollgate_license_server_leases_total",
             "Lease requests answered, by result.",
             "result",
-            &c.leases,
+            pairs(&c.leases),
         );
-        counter(
-            &mut out,
+        m.labeled_counter(
             "tollgate_license_server_reports_total",
             "Usage reports, by result.",
             "result",
-            &c.reports,
+            pairs(&c.reports),
         );
-        counter(
-            &mut out,
+        m.labeled_counter(
             "tollgate_license_server_refusals_total",
             "Refused client requests, by reason.",
             "reason",
-            &c.refusals,
+            pairs(&c.refusals),
         );
         let name = "tollgate_license_server_db_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Database transaction time of each client request."
+        m.header(
+            name,
+            "histogram",
+            "Database transaction time of each client request.",
         );
-        let _ = writeln!(out, "# TYPE {name} histogram");
         for (operation, h) in &c.db {
-            for (bound, count) in DB_BUCKETS_S.iter().zip(&h.buckets) {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{operation=\"{operation}\",le=\"{bound}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{operation=\"{operation}\",le=\"+Inf\"}} {}",
-                h.count
+            m.histogram_series(
+                name,
+                &[("operation", operation)],
+                DB_BUCKETS_S,
+                &h.counts,
+                h.sum_s,
             );
-            let _ = writeln!(out, "{name}_sum{{operation=\"{operation}\"}} {}", h.sum_s);
-            let _ = writeln!(out, "{name}_count{{operation=\"{operation}\"}} {}", h.count);
         }
-        let name = "tollgate_license_server_throttled_addresses";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Addresses tracked by the bad-token throttle."
+        m.gauge(
+            "tollgate_license_server_throttled_addresses",
+            "Addresses tracked by the bad-token throttle.",
+            throttled_addresses,
         );
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        let _ = writeln!(out, "{name} {throttled_addresses}");
-        out
+        m.finish()
     }
 }
 
@@ -166,5 +145,89 @@ mod tests {
         assert!(text.contains("db_seconds_bucket{operation=\"lease\",le=\"+Inf\"} 2\n"));
         assert!(text.contains("db_seconds_count{operation=\"lease\"} 2\n"));
         assert!(text.contains("tollgate_license_server_throttled_addresses 3\n"));
+    }
+
+    /// The exact text the server's hand-written renderer produced before it went through
+    /// the shared writer (captured from it): names, labels, order, numbers unchanged.
+    #[test]
+    fn renders_the_same_text_as_before_the_shared_writer() {
+        let m = Metrics::default();
+        for result in ["signed", "signed", "reused", "refused"] {
+            m.lease(result);
+        }
+        m.report("stored");
+        m.refusal("bad_token");
+        m.refusal("throttled");
+        m.db("lease", Duration::from_micros(700));
+        m.db("lease", Duration::from_millis(30));
+        m.db("report", Duration::from_secs(7));
+        m.db("report", Duration::from_micros(250));
+        let want = "\
+             # HELP tollgate_license_server_leases_total Lease requests answered, by result.\n\
+             # TYPE tollgate_license_server_leases_total counter\n\
+             tollgate_license_server_leases_total{result=\"refused\"} 1\n\
+             tollgate_license_server_leases_total{result=\"reused\"} 1\n\
+             tollgate_license_server_leases_total{result=\"signed\"} 2\n\
+             # HELP tollgate_license_server_reports_total Usage reports, by result.\n\
+             # TYPE tollgate_license_server_reports_total counter\n\
+             tollgate_license_server_reports_total{result=\"stored\"} 1\n\
+             # HELP tollgate_license_server_refusals_total Refused client requests, by reason.\n\
+             # TYPE tollgate_license_server_refusals_total counter\n\
+             tollgate_license_server_refusals_total{reason=\"bad_token\"} 1\n\
+             tollgate_license_server_refusals_total{reason=\"throttled\"} 1\n\
+             # HELP tollgate_license_server_db_seconds Database transaction time of each client request.\n\
+             # TYPE tollgate_license_server_db_seconds histogram\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"lease\",le=\"0.0005\"} 0\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"lease\",le=\"0.001\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"lease\",le=\"0.0025\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"lease\",le=\"0.005\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"lease\",le=\"0.01\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"lease\",le=\"0.025\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"lease\",le=\"0.05\"} 2\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"lease\",le=\"0.1\"} 2\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"lease\",le=\"0.25\"} 2\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"lease\",le=\"0.5\"} 2\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"lease\",le=\"1\"} 2\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"lease\",le=\"2.5\"} 2\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"lease\",le=\"5\"} 2\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"lease\",le=\"+Inf\"} 2\n\
+             tollgate_license_server_db_seconds_sum{operation=\"lease\"} 0.030699999999999998\n\
+             tollgate_license_server_db_seconds_count{operation=\"lease\"} 2\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"report\",le=\"0.0005\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"report\",le=\"0.001\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"report\",le=\"0.0025\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"report\",le=\"0.005\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"report\",le=\"0.01\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"report\",le=\"0.025\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"report\",le=\"0.05\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"report\",le=\"0.1\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"report\",le=\"0.25\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"report\",le=\"0.5\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"report\",le=\"1\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"report\",le=\"2.5\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"report\",le=\"5\"} 1\n\
+             tollgate_license_server_db_seconds_bucket{operation=\"report\",le=\"+Inf\"} 2\n\
+             tollgate_license_server_db_seconds_sum{operation=\"report\"} 7.00025\n\
+             tollgate_license_server_db_seconds_count{operation=\"report\"} 2\n\
+             # HELP tollgate_license_server_throttled_addresses Addresses tracked by the bad-token throttle.\n\
+             # TYPE tollgate_license_server_throttled_addresses gauge\n\
+             tollgate_license_server_throttled_addresses 3\n\
+";
+        assert_eq!(m.render(3), want);
+        // Before any request: every family's header, no samples but the gauge.
+        let empty = "\
+             # HELP tollgate_license_server_leases_total Lease requests answered, by result.\n\
+             # TYPE tollgate_license_server_leases_total counter\n\
+             # HELP tollgate_license_server_reports_total Usage reports, by result.\n\
+             # TYPE tollgate_license_server_reports_total counter\n\
+             # HELP tollgate_license_server_refusals_total Refused client requests, by reason.\n\
+             # TYPE tollgate_license_server_refusals_total counter\n\
+             # HELP tollgate_license_server_db_seconds Database transaction time of each client request.\n\
+             # TYPE tollgate_license_server_db_seconds histogram\n\
+             # HELP tollgate_license_server_throttled_addresses Addresses tracked by the bad-token throttle.\n\
+             # TYPE tollgate_license_server_throttled_addresses gauge\n\
+             tollgate_license_server_throttled_addresses 0\n\
+";
+        assert_eq!(Metrics::default().render(0), empty);
     }
 }
