@@ -338,7 +338,12 @@ pub async fn sync_task(state: Arc<AgentState>) {
         if let Some(key) = rekeyed {
             let _ = cluster.mesh.aor(AorInput::Keyed(key)).await;
         }
-        if state.tables.aor_texts_retained() && cluster.mesh.aor_set_published() {
+        // Published under the key the tables use: not a status read before the mesh had
+        // even taken this node's key (it then reads "published", having no key to hold).
+        if state.tables.aor_texts_retained()
+            && cluster.mesh.aor_set_published()
+            && cluster.mesh.aor_key() == Some(*cluster.aor_key.lock())
+        {
             state.tables.release_aor_texts();
             tracing::info!(
                 aor_key_generation = cluster.aor_key.lock().generation,
@@ -407,7 +412,9 @@ fn adopt_aor_key(state: &AgentState, cluster: &Cluster) -> Option<AorKey> {
     if *cluster.aor_key.lock() == key {
         return None;
     }
-    let rekeyed = if state.tables.aor_texts_retained() && !cluster.mesh.aor_set_published() {
+    // Before publication the mesh waits for `Keyed` whether or not the texts are still
+    // kept (an AoR without its text leaves the set and joins at its next refresh).
+    let rekeyed = if !cluster.mesh.aor_set_published() {
         let (moved, dropped) = state.tables.rekey_aors(&key.key);
         tracing::info!(
             moved,
