@@ -400,8 +400,9 @@ impl CallTable {
         let home = crate::fpmap::home_slot(fp, shard.seed, shift);
         let at = slots.wrapping_add(home.wrapping_mul(slot_bytes));
         prefetch_line(at);
-        // A slot that straddles two cache lines.
-        prefetch_line(at.wrapping_add(slot_bytes - 1));
+        // The next line: a slot that straddles two lines, and the slots after it, which a
+        // stop's backward-shift deletion reads (and a probe past the home slot).
+        prefetch_line(at.wrapping_add(64));
     }
 
     pub(crate) fn start(
