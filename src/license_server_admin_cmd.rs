@@ -6,7 +6,8 @@
 //! This module parses the arguments and prints; every change is an action of
 //! `tollgate_license_server::admin` (the admin HTTP API calls the same ones), listed
 //! content is read from the store. Every command that changes something is written to the
-//! audit log with the actor `admin:<$USER>`. Tokens are printed once, at issue.
+//! audit log with the actor `admin:<name>` (see [`actor`]). Tokens are printed once, at
+//! issue.
 //!
 //! Exit codes: 0 done, 1 the database or a file failed, 2 bad input (unknown license,
 //! customer or token, a bad spec or address, missing `--db`).
@@ -317,13 +318,56 @@ pub(crate) enum KeyCommand {
     List,
 }
 
-/// The actor recorded in the audit log.
+/// The actor recorded in the audit log: `admin:<name>`, where the name is the person behind
+/// `sudo` (`SUDO_USER`: the docs run admin commands as the service's user through `sudo -u`),
+/// else the account the process runs as, from the password database by its uid (not
+/// `$USER`, which systemd units, cron jobs and containers often leave unset), else
+/// `uid:<n>` (a uid without an account, as in a container).
 fn actor() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    let user: String = user.chars().filter(|c| !c.is_control()).take(64).collect();
-    format!("admin:{user}")
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    actor_of(
+        std::env::var("SUDO_USER").ok().as_deref(),
+        account_name(uid).as_deref(),
+        uid,
+    )
+}
+
+fn actor_of(sudo_user: Option<&str>, account: Option<&str>, uid: u32) -> String {
+    let clean = |name: &str| -> Option<String> {
+        let name: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
+        (!name.trim().is_empty()).then_some(name)
+    };
+    let name = sudo_user
+        .and_then(clean)
+        .or_else(|| account.and_then(clean))
+        .unwrap_or_else(|| format!("uid:{uid}"));
+    format!("admin:{name}")
+}
+
+/// The account name of `uid` in the password database (NSS), if it has one.
+fn account_name(uid: u32) -> Option<String> {
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: an all-zero passwd (null pointers, zero ids) is a valid value to overwrite.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; the buffer's length is passed with it.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() || entry.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name points to a NUL-terminated string inside `buffer`, which
+    // outlives this borrow.
+    let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// Runs `tollgate license-server admin …` with the files of `--config` (or `--dev`) and the
@@ -1091,4 +1135,26 @@ fn nodes(
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audit_actor_is_the_sudo_user_else_the_uids_account_else_the_uid() {
+        assert_eq!(
+            actor_of(Some("alice"), Some("tollgate"), 998),
+            "admin:alice"
+        );
+        assert_eq!(actor_of(None, Some("tollgate"), 998), "admin:tollgate");
+        assert_eq!(actor_of(Some(""), Some("root"), 0), "admin:root");
+        assert_eq!(actor_of(None, None, 1000), "admin:uid:1000");
+        assert_eq!(actor_of(Some("a\nb"), None, 1), "admin:ab");
+    }
+
+    #[test]
+    fn the_account_of_uid_0_is_found_without_the_environment() {
+        assert_eq!(account_name(0).as_deref(), Some("root"));
+    }
 }

@@ -1226,5 +1226,41 @@ fn admin_cli_expires_and_rotates_tokens_and_names_the_node_views() {
         ledgers,
         "the former name"
     );
-    server.stop();
+
+    // The audit actor without $USER (a systemd unit, cron, a container): the uid's account.
+    let out = Command::new(BIN)
+        .args(["license-server", "--config"])
+        .arg(vendor.config())
+        .args(["admin", "customer", "add", "Beta"])
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .env_remove("SUDO_USER")
+        .env_remove("TOLLGATE_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let audit = vendor.admin_ok(&["audit", "--limit", "1"]);
+    let actor = audit.split('\t').nth(2).unwrap_or_default();
+    assert!(
+        actor != "admin:unknown" && actor.starts_with("admin:") && actor.len() > 6,
+        "{audit}"
+    );
+    if uid == 0 {
+        assert_eq!(actor, "admin:root", "{audit}");
+    }
+
+    // Logs to a pipe are plain text: no ANSI escapes, fields grep-able.
+    let (code, stderr) = server.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "escape bytes in the log:\n{stderr}"
+    );
+    assert!(stderr.contains("lease signed license_key="), "{stderr}");
 }

@@ -2,7 +2,7 @@
 //! or update a license, issue or revoke a token, rotate a key, add a user, …), each checking
 //! its input, writing the database in one transaction and the audit log with the actor of
 //! its [`Ctx`]. The CLI (`tollgate license-server admin …`, whose parsing and printing live
-//! in the binary's `src/license_server_admin_cmd.rs`, actor `admin:<$USER>`) and the admin
+//! in the binary's `src/license_server_admin_cmd.rs`, actor `admin:<name>`: the `sudo` user or the uid's account) and the admin
 //! HTTP API ([`crate::api`], actor `user:<name>`) both call these: one code path per action.
 //! Listing needs no action: it reads the store ([`Store::read`]).
 //!
@@ -120,7 +120,7 @@ impl AdminPaths {
     }
 }
 
-/// Who acts, when, on which files: the CLI (`admin:<$USER>`) or the admin API
+/// Who acts, when, on which files: the CLI (`admin:<name>`) or the admin API
 /// (`user:<name>`) call the same action functions with it.
 pub struct Ctx<'a> {
     pub paths: &'a AdminPaths,
