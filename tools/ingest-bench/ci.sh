@@ -3,3 +3,5 @@
 set -euo pipefail
 cargo run --release -p ingest-bench -- --quick
 cargo run --release -p ingest-bench -- --quick --method journal
+cargo run --release -p ingest-bench -- --quick --method table
+cargo run --release -p ingest-bench -- --quick --method full-queue --only udp --udp-replies false
