@@ -458,16 +458,14 @@ impl Worker {
             let capture_id = packet.capture_id.unwrap_or(0);
             let parsed =
                 tracker.handle_payload(now, capture_id, packet.payload, &mut scratch.events);
-            let owner = if scratch.events.is_empty() {
-                Owner::NONE
+            let mut name = [0u8; HEP_OWNER_LEN_MAX];
+            let (owner, name) = if scratch.events.is_empty() {
+                (Owner::NONE, &[][..])
             } else {
-                let mut name = [0u8; HEP_OWNER_LEN_MAX];
-                self.pipeline
-                    .tables
-                    .owners()
-                    .intern(hep_owner_name(capture_id, &mut name))
+                let name = hep_owner_name(capture_id, &mut name);
+                (self.pipeline.tables.owners().intern(name), name)
             };
-            self.apply_events(now, owner, scratch);
+            self.apply_events(now, owner, name, scratch);
             return match parsed {
                 Ok(()) => HepResult::Sip as usize,
                 Err(_) => HepResult::SipMalformed as usize,
@@ -498,7 +496,9 @@ impl Worker {
         HepResult::OtherProtocol as usize
     }
 
-    fn apply_events(&self, now: MonoTime, owner: Owner, scratch: &mut Scratch) {
+    /// Applies the tracker's events from `owner`, whose interned name is `owner_name` (the
+    /// caller has it at hand: looking it up would allocate a `String` per message).
+    fn apply_events(&self, now: MonoTime, owner: Owner, owner_name: &[u8], scratch: &mut Scratch) {
         if scratch.events.is_empty() {
             return;
         }
@@ -506,10 +506,8 @@ impl Worker {
         // line names the capture agent that owns them.
         let held = self.pipeline.journal.as_ref().map(|journal| {
             scratch.lines.clear();
-            if owner != Owner::NONE
-                && let Some(name) = self.pipeline.tables.owners().name(owner)
-            {
-                let _ = tollgate_events::text::write_seq(name.as_bytes(), 0, &mut scratch.lines);
+            if owner != Owner::NONE {
+                let _ = tollgate_events::text::write_seq(owner_name, 0, &mut scratch.lines);
             }
             for event in &scratch.events {
                 // SIP fields never hold the spaces or newlines text cannot carry; an event
@@ -554,7 +552,7 @@ impl Worker {
 
     fn expire(&self, now: MonoTime, tracker: &mut MirrorTracker, scratch: &mut Scratch) {
         tracker.expire(now, &mut scratch.events);
-        self.apply_events(now, Owner::NONE, scratch);
+        self.apply_events(now, Owner::NONE, &[], scratch);
     }
 
     fn publish(&self, scratch: &mut Scratch) {
