@@ -9,19 +9,30 @@
 //! - corrections records (reconciliation) re-encode the same way, from their owner and
 //!   corrections, and events records (the receive loop's) from their entries, which never
 //!   hold a call event by its fields (those go by fingerprint);
+//! - keyed segments (version 4) are read with a fixed key along the MAC chain, and the
+//!   records read re-encode, sealed along the same chain, to their bytes;
 //! - the first input byte picks a mode: odd values wrap the rest in a valid record header
-//!   and checksum, so the record body parser (receive time, datagram lengths) sees
-//!   arbitrary bodies instead of stopping at the checksum.
+//!   and checksum (bit 1 set: a valid MAC under the fixed key instead), so the record body
+//!   parser (receive time, datagram lengths, entries) sees arbitrary bodies instead of
+//!   stopping at the check.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tollgate_usage::journal::{
-    Entry, JOURNAL_FORMAT_VERSION, RECORD_HEADER_LEN, RecordBuilder, RecordKind,
-    SEGMENT_HEADER_LEN, SegmentHeader, frame_record_body, records,
+    Entry, JOURNAL_FORMAT_VERSION, KEYED_FORMAT_VERSION, MacChain, RECORD_HEADER_LEN,
+    RecordBuilder, RecordKind, SEGMENT_HEADER_LEN, SegmentHeader, frame_record_body, records,
+    records_keyed,
 };
 
-fn check_records(bytes: &[u8]) {
-    let mut it = records(bytes, SEGMENT_HEADER_LEN);
+/// The MAC key of keyed inputs.
+const KEY: [u8; 32] = [0x5a; 32];
+
+fn check_records(bytes: &[u8], chain: Option<MacChain>) {
+    let mut it = match &chain {
+        None => records(bytes, SEGMENT_HEADER_LEN),
+        Some(c) => records_keyed(bytes, SEGMENT_HEADER_LEN, c.clone()),
+    };
+    let mut seal = chain;
     let mut again = Vec::with_capacity(bytes.len());
     let mut builder = RecordBuilder::default();
     for record in it.by_ref() {
@@ -46,7 +57,16 @@ fn check_records(bytes: &[u8]) {
                 builder.push(datagram);
             }
         }
-        again.extend_from_slice(builder.finish());
+        let record = builder.finish();
+        match &mut seal {
+            None => again.extend_from_slice(record),
+            Some(chain) => {
+                let (header, next) = chain.seal(record);
+                again.extend_from_slice(&header);
+                again.extend_from_slice(&record[RECORD_HEADER_LEN..]);
+                *chain = next;
+            }
+        }
     }
     let good = it.good_len();
     assert!(good <= bytes.len());
@@ -70,7 +90,22 @@ fuzz_target!(|data: &[u8]| {
         // A valid record header around an arbitrary body.
         let record = frame_record_body(rest);
         assert_eq!(record.len(), RECORD_HEADER_LEN + rest.len());
-        check_records(&record);
+        if mode & 2 == 0 {
+            check_records(&record, None);
+        } else {
+            // Sealed with the fixed key, first in a segment.
+            let head = SegmentHeader {
+                segment: 1,
+                fingerprint_key_id: 7,
+                clock_offset_ms: 0,
+            }
+            .encode();
+            let chain = MacChain::new(&KEY, &head);
+            let (header, _) = chain.seal(&record);
+            let mut sealed = header.to_vec();
+            sealed.extend_from_slice(&record[RECORD_HEADER_LEN..]);
+            check_records(&sealed, Some(chain));
+        }
         return;
     }
     match SegmentHeader::decode(rest) {
@@ -86,8 +121,14 @@ fuzz_target!(|data: &[u8]| {
                     SegmentHeader::decode(&encoded).expect("re-encoded header decodes");
                 assert_eq!(again, header);
             }
-            check_records(records_bytes);
+            let keyed = SegmentHeader::version(rest).is_some_and(|v| v >= KEYED_FORMAT_VERSION);
+            let chain = keyed.then(|| {
+                let mut head = [0u8; SEGMENT_HEADER_LEN];
+                head.copy_from_slice(&rest[..SEGMENT_HEADER_LEN]);
+                MacChain::new(&KEY, &head)
+            });
+            check_records(records_bytes, chain);
         }
-        Err(_) => check_records(rest),
+        Err(_) => check_records(rest, None),
     }
 });

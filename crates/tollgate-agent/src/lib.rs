@@ -229,6 +229,9 @@ pub async fn run(
     let (node_key, node_key_created) = ledger::node_key(state_dir.path())?;
     // Issue 16: the snapshot is keyed with a secret derived from the node key.
     state_dir.set_mac_key(node_key.derive_secret(state::SNAPSHOT_MAC_CONTEXT));
+    // And so are the journal's records.
+    let journal_key = node_key.derive_secret(state::JOURNAL_MAC_CONTEXT);
+    state_dir.set_journal_key(journal_key);
     let tables = Arc::new(Tables::new(
         TablesConfig {
             max_call_duration_s: config.max_call_duration_s,
@@ -266,6 +269,7 @@ pub async fn run(
         tollgate_ingest::clock_offset_ms(),
         config.fsync_interval,
         config.journal_max_bytes,
+        journal_key,
     ) {
         Ok(j) => Some(Arc::new(j)),
         Err(e) => {

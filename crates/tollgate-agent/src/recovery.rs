@@ -24,7 +24,8 @@ use tollgate_ingest::journal::gap_file_name;
 use tollgate_ingest::{Journal, LocalStats, Pipeline, tables_clock, wall_clock};
 use tollgate_usage::Tables;
 use tollgate_usage::journal::{
-    SEGMENT_HEADER_LEN, SegmentHeader, parse_segment_file_name, records, segment_file_name,
+    KEYED_FORMAT_VERSION, MacChain, RecordError, SEGMENT_HEADER_LEN, SegmentHeader,
+    parse_segment_file_name, records, records_keyed, records_unchecked, segment_file_name,
 };
 
 use crate::resets::{ResetReason, StateResets};
@@ -197,12 +198,32 @@ pub fn recover(
     for &n in &segments {
         let path = journal_dir.join(segment_file_name(n));
         let is_last = Some(n) == last;
-        match replay_segment(&path, tables.fingerprint_key_id(), replay, &mut stats) {
+        let mac_key = state_dir.journal_key();
+        match replay_segment(
+            &path,
+            tables.fingerprint_key_id(),
+            mac_key.as_ref(),
+            replay,
+            &mut stats,
+        ) {
             Ok((count, torn)) => {
                 recovery.segments += 1;
                 recovery.records += count;
                 if let Some(torn) = torn {
-                    if is_last {
+                    if let RecordError::Unauthenticated { last, .. } = torn
+                        && !(is_last && last)
+                    {
+                        // A whole record (its length is right) whose MAC fails, before the
+                        // tail: not a cut write but an edit or damage.
+                        resets.record(
+                            ResetReason::JournalUnauthenticated,
+                            wall_ms,
+                            format!(
+                                "{}: {torn}; the rest of that segment is lost",
+                                path.display()
+                            ),
+                        );
+                    } else if is_last && is_tail(&torn) {
                         recovery.torn_tail = true;
                         tracing::warn!(segment = n, error = %torn, "journal: a torn last record was dropped (a crash or power loss cut it; it was never applied)");
                     } else {
@@ -258,6 +279,17 @@ enum SegmentError {
     KeyMismatch,
 }
 
+/// Whether a read error is what a cut write leaves: the last record runs past the end, or
+/// fails its check while ending exactly at the end (a power loss can leave whole-length
+/// garbage). A failure with records after it is damage.
+fn is_tail(error: &RecordError) -> bool {
+    match *error {
+        RecordError::Truncated { .. } | RecordError::Checksum { .. } => true,
+        RecordError::Unauthenticated { last, .. } => last,
+        _ => false,
+    }
+}
+
 impl SegmentError {
     fn is_torn_header(&self) -> bool {
         matches!(
@@ -272,6 +304,7 @@ impl SegmentError {
 fn replay_segment(
     path: &Path,
     key_id: u64,
+    mac_key: Option<&[u8; 32]>,
     replay: &Pipeline,
     stats: &mut LocalStats,
 ) -> Result<(u64, Option<tollgate_usage::journal::RecordError>), SegmentError> {
@@ -285,7 +318,16 @@ fn replay_segment(
     if header.fingerprint_key_id != key_id {
         return Err(SegmentError::KeyMismatch);
     }
-    let mut it = records(rest, SEGMENT_HEADER_LEN);
+    let keyed = SegmentHeader::version(&bytes).is_some_and(|v| v >= KEYED_FORMAT_VERSION);
+    let mut it = match (keyed, mac_key) {
+        (false, _) => records(rest, SEGMENT_HEADER_LEN),
+        (true, Some(key)) => {
+            let mut head = [0u8; SEGMENT_HEADER_LEN];
+            head.copy_from_slice(&bytes[..SEGMENT_HEADER_LEN]);
+            records_keyed(rest, SEGMENT_HEADER_LEN, MacChain::new(key, &head))
+        }
+        (true, None) => records_unchecked(rest, SEGMENT_HEADER_LEN),
+    };
     let mut count = 0;
     let mut pending = tollgate_ingest::Pending::default();
     for record in it.by_ref() {
@@ -392,6 +434,7 @@ mod tests {
                 0,
                 Duration::from_secs(1),
                 u64::MAX,
+                [9; 32],
             )
             .unwrap(),
         );

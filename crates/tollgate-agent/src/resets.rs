@@ -39,10 +39,14 @@ pub enum ResetReason {
     /// A snapshot without this node's MAC (`usage.snapshot.mac`): edited, written by
     /// another node, or by a version before the MAC. Restored all the same.
     SnapshotUnauthenticated,
+    /// A journal record that fails its MAC (version-4 segments) before the segment's tail:
+    /// edited, damaged, or written under another node key. Replay of that segment stops
+    /// there.
+    JournalUnauthenticated,
 }
 
 impl ResetReason {
-    pub const ALL: [ResetReason; 8] = [
+    pub const ALL: [ResetReason; 9] = [
         ResetReason::SnapshotMissing,
         ResetReason::SnapshotUnreadable,
         ResetReason::JournalMissing,
@@ -51,6 +55,7 @@ impl ResetReason {
         ResetReason::LedgerUnreadable,
         ResetReason::JournalGap,
         ResetReason::SnapshotUnauthenticated,
+        ResetReason::JournalUnauthenticated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +68,7 @@ impl ResetReason {
             ResetReason::LedgerUnreadable => "ledger_unreadable",
             ResetReason::JournalGap => "journal_gap",
             ResetReason::SnapshotUnauthenticated => "snapshot_unauthenticated",
+            ResetReason::JournalUnauthenticated => "journal_unauthenticated",
         }
     }
 }

@@ -34,6 +34,8 @@ pub const SNAPSHOT_MAC_FILE: &str = "usage.snapshot.mac";
 pub const SNAPSHOT_MAC_TAIL_LEN: usize = 48;
 /// The context the snapshot MAC key is derived from the node key with.
 pub const SNAPSHOT_MAC_CONTEXT: &str = "tollgate 2026 usage snapshot mac";
+/// The context the journal's record MAC key is derived from the node key with.
+pub const JOURNAL_MAC_CONTEXT: &str = "tollgate 2026 usage journal mac";
 pub const RUNTIME_FILE: &str = "agent.json";
 
 /// Errors of the state directory.
@@ -80,6 +82,8 @@ pub struct StateDir {
     checkpoint: parking_lot::Mutex<()>,
     /// Keys the snapshot MAC, once the node key is known ([`StateDir::set_mac_key`]).
     mac_key: std::sync::OnceLock<[u8; 32]>,
+    /// Keys the journal's record MACs ([`StateDir::set_journal_key`]).
+    journal_key: std::sync::OnceLock<[u8; 32]>,
 }
 
 /// Passes bytes through and keeps the last [`SNAPSHOT_MAC_TAIL_LEN`].
@@ -138,6 +142,7 @@ impl StateDir {
             _lock: lock,
             checkpoint: parking_lot::Mutex::new(()),
             mac_key: std::sync::OnceLock::new(),
+            journal_key: std::sync::OnceLock::new(),
         })
     }
 
@@ -179,6 +184,16 @@ impl StateDir {
     /// Keys snapshot MACs with `key` (derived from the node key) from now on.
     pub fn set_mac_key(&self, key: [u8; 32]) {
         let _ = self.mac_key.set(key);
+    }
+
+    /// Keys the journal's record MACs with `key` (derived from the node key) from now on.
+    pub fn set_journal_key(&self, key: [u8; 32]) {
+        let _ = self.journal_key.set(key);
+    }
+
+    /// The key of the journal's record MACs, once set.
+    pub fn journal_key(&self) -> Option<[u8; 32]> {
+        self.journal_key.get().copied()
     }
 
     /// Records the MAC of the snapshot whose bytes end in `tail`, keeping the previous one

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
-use tollgate_usage::journal::{SegmentHeader, segment_file_name};
+use tollgate_usage::journal::{MacChain, RECORD_HEADER_LEN, SegmentHeader, segment_file_name};
 
 /// Counters of the journal, for `/metrics`.
 #[derive(Debug, Default)]
@@ -106,6 +106,8 @@ pub struct JournalInner {
     /// Set while appends are refused: why, and the segment the gap is in.
     suspended: Option<(Suspension, u64)>,
     sync_each: bool,
+    /// The current segment's MAC chain: every record is sealed with it as it is appended.
+    chain: MacChain,
 }
 
 impl JournalInner {
@@ -121,6 +123,7 @@ pub struct Journal {
     fingerprint_key_id: u64,
     clock_offset_ms: i64,
     max_bytes: u64,
+    mac_key: [u8; 32],
     inner: Mutex<JournalInner>,
     pub stats: JournalStats,
     dirty: AtomicBool,
@@ -144,7 +147,8 @@ impl Journal {
     /// Opens `dir` (created 0700) and starts segment `segment` (replacing a file of that
     /// number: the caller has replayed everything before). With `fsync_interval` zero every
     /// append is synced before it is applied. The segments on disk never pass `max_bytes`
-    /// (module doc); older segments already there count against it until removed.
+    /// (module doc); older segments already there count against it until removed. Records
+    /// are sealed with a MAC keyed by `mac_key` (`tollgate_usage::journal`, version 4).
     pub fn open(
         dir: &Path,
         segment: u64,
@@ -152,6 +156,7 @@ impl Journal {
         clock_offset_ms: i64,
         fsync_interval: Duration,
         max_bytes: u64,
+        mac_key: [u8; 32],
     ) -> io::Result<Journal> {
         use std::os::unix::fs::DirBuilderExt as _;
         std::fs::DirBuilder::new()
@@ -164,6 +169,7 @@ impl Journal {
             clock_offset_ms,
         };
         let file = open_segment(dir, &header)?;
+        let chain = MacChain::new(&mac_key, &header.encode());
         let closed_bytes = segment_sizes(dir)
             .into_iter()
             .filter(|&(n, _)| n != segment)
@@ -176,6 +182,7 @@ impl Journal {
             fingerprint_key_id,
             clock_offset_ms,
             max_bytes,
+            mac_key,
             inner: Mutex::new(JournalInner {
                 file: Some(Arc::new(file)),
                 segment,
@@ -183,6 +190,7 @@ impl Journal {
                 closed_bytes,
                 suspended: None,
                 sync_each: fsync_interval.is_zero(),
+                chain,
             }),
             stats,
             dirty: AtomicBool::new(false),
@@ -236,6 +244,7 @@ impl Journal {
             clock_offset_ms: self.clock_offset_ms,
         };
         let file = open_segment(&self.dir, &header)?;
+        inner.chain = MacChain::new(&self.mac_key, &header.encode());
         // The old segment is synced by the next snapshot's durable write making it moot,
         // but sync it anyway so a power loss before that snapshot loses nothing more.
         let old = inner.file.replace(Arc::new(file));
@@ -292,6 +301,27 @@ impl Journal {
                 Err(_) => self.stats.fsync_failures.fetch_add(1, Ordering::Relaxed),
             };
         }
+    }
+}
+
+/// Writes `head` then `tail` with one `writev(2)` when the kernel takes both at once (it does
+/// for a regular file unless the disk fills midway), finishing a short write by hand.
+fn write_all_two(file: &File, head: &[u8], tail: &[u8]) -> io::Result<()> {
+    let mut f = file;
+    let n = loop {
+        match f.write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(tail)]) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => break other?,
+        }
+    };
+    if n == 0 && head.len() + tail.len() > 0 {
+        return Err(io::Error::from(io::ErrorKind::WriteZero));
+    }
+    if n < head.len() {
+        f.write_all(&head[n..])?;
+        f.write_all(tail)
+    } else {
+        f.write_all(&tail[n - head.len()..])
     }
 }
 
@@ -381,7 +411,10 @@ impl JournalGuard<'_> {
             journal.suspend(inner, Suspension::WriteFailed, None);
             return false;
         };
-        let written = (&**file).write_all(record).and_then(|()| {
+        // Sealed with the chain's MAC in place of the checksum; the chain moves on only once
+        // the record is written.
+        let (header, chain) = inner.chain.seal(record);
+        let written = write_all_two(file, &header, &record[RECORD_HEADER_LEN..]).and_then(|()| {
             if inner.sync_each {
                 file.sync_data()
             } else {
@@ -390,6 +423,7 @@ impl JournalGuard<'_> {
         });
         match written {
             Ok(()) => {
+                inner.chain = chain;
                 inner.len += record.len() as u64;
                 stats.records.fetch_add(1, Ordering::Relaxed);
                 stats
@@ -457,12 +491,15 @@ impl Journal {
 mod tests {
     use super::*;
     use tollgate_events::MonoTime;
-    use tollgate_usage::journal::{RecordBuilder, records};
+    use tollgate_usage::journal::{RecordBuilder, SEGMENT_HEADER_LEN, records_keyed};
+
+    const KEY: [u8; 32] = [5; 32];
 
     #[test]
     fn appends_rotate_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(dir.path(), 1, 9, 0, Duration::from_secs(1), 1 << 20).unwrap();
+        let journal =
+            Journal::open(dir.path(), 1, 9, 0, Duration::from_secs(1), 1 << 20, KEY).unwrap();
         let mut b = RecordBuilder::default();
         b.begin(MonoTime::from_unix_ms(5));
         b.push(b"call-start a\n");
@@ -476,7 +513,8 @@ mod tests {
             let bytes = std::fs::read(dir.path().join(segment_file_name(n))).unwrap();
             let (header, rest) = SegmentHeader::decode(&bytes).unwrap();
             assert_eq!((header.segment, header.fingerprint_key_id), (n, 9));
-            let mut it = records(rest, 0);
+            let head: [u8; SEGMENT_HEADER_LEN] = bytes[..SEGMENT_HEADER_LEN].try_into().unwrap();
+            let mut it = records_keyed(rest, 0, MacChain::new(&KEY, &head));
             let got: Vec<Vec<u8>> = it
                 .by_ref()
                 .flat_map(|r| r.datagrams().map(<[u8]>::to_vec).collect::<Vec<_>>())
@@ -507,6 +545,7 @@ mod tests {
             0,
             Duration::from_secs(1),
             header + 3 * record_len,
+            KEY,
         )
         .unwrap();
         let appended: Vec<bool> = (0..5).map(|_| journal.lock().append(b.finish())).collect();

@@ -69,8 +69,18 @@
 //! ([`RecordError`]); the reader drops the rest. In the last segment that is the expected
 //! torn tail; anywhere else it is damage (a state reset, see the agent).
 //!
-//! A keyed MAC (the ledger) can be added as a new format version; readers refuse versions
-//! they do not know.
+//! **Keyed (version 4).** From version 4 the record header's 8 bytes after the length are
+//! not an xxh3 checksum but a MAC: the first 8 bytes of BLAKE3 keyed with a secret derived
+//! from the node key (issue 16), over the previous record's MAC, the length and the body.
+//! The first record's "previous MAC" is the keyed BLAKE3 of the segment header, so every
+//! record is bound to its segment (number, fingerprint key, clock) and to its place in the
+//! chain: an edited, inserted, removed or reordered record fails its MAC, and so does every
+//! later one ([`MacChain`]). The writer seals each record as it appends it; the reader
+//! checks with the same key ([`records_keyed`]). A record that fails its MAC and ends exactly
+//! at the end of the last segment is a torn tail (a power loss can leave a whole-length
+//! record of garbage); anywhere else it is an edit or damage: a state reset
+//! (`journal_unauthenticated`). Without the key a reader can parse but not authenticate
+//! ([`records_unchecked`]). Readers refuse versions they do not know.
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -83,7 +93,11 @@ use crate::{CallOp, MonoTime};
 /// First bytes of every segment.
 pub const JOURNAL_MAGIC: [u8; 6] = *b"TGJRNL";
 /// The format this module writes and reads.
-pub const JOURNAL_FORMAT_VERSION: u16 = 3;
+pub const JOURNAL_FORMAT_VERSION: u16 = 4;
+/// The first version whose records carry a MAC instead of a checksum.
+pub const KEYED_FORMAT_VERSION: u16 = 4;
+/// Length of a record's MAC (version 4) or checksum (earlier versions).
+pub const RECORD_MAC_LEN: usize = 8;
 /// Set in a record's time field: the record holds corrections, not datagrams.
 const CORRECTIONS_FLAG: u64 = 1 << 63;
 /// Set in a record's time field: the record holds decoded events (entries), not datagrams.
@@ -94,7 +108,7 @@ const EVENTS_FLAG: u64 = 1 << 62;
 pub const EVENTS_RECORD_FLUSH_BYTES: usize = 1 << 20;
 /// Segment header length.
 pub const SEGMENT_HEADER_LEN: usize = 40;
-/// Record header length (body length + checksum).
+/// Record header length (body length + MAC, or checksum before version 4).
 pub const RECORD_HEADER_LEN: usize = 12;
 /// Largest record body accepted when reading (a batch of 1024 × 64 KiB datagrams fits).
 pub const RECORD_BODY_MAX: usize = 1024 * 65_540 + 8;
@@ -125,6 +139,63 @@ pub enum RecordError {
     Checksum { offset: usize },
     #[error("record at byte {offset} is malformed")]
     Malformed { offset: usize },
+    /// A keyed record whose MAC does not match (edited, damaged, or written with another
+    /// node key); `last`: it ends exactly where the bytes end (a torn tail looks the same).
+    #[error("record at byte {offset} fails its MAC (edited or damaged)")]
+    Unauthenticated { offset: usize, last: bool },
+}
+
+/// The MAC chain of one segment (module doc): the key and the MAC of the record before.
+#[derive(Clone)]
+pub struct MacChain {
+    key: [u8; 32],
+    prev: [u8; RECORD_MAC_LEN],
+}
+
+impl std::fmt::Debug for MacChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MacChain").finish_non_exhaustive()
+    }
+}
+
+impl MacChain {
+    /// The chain of the segment whose encoded header is `header`.
+    pub fn new(key: &[u8; 32], header: &[u8; SEGMENT_HEADER_LEN]) -> Self {
+        let mut prev = [0u8; RECORD_MAC_LEN];
+        prev.copy_from_slice(&blake3::keyed_hash(key, header).as_bytes()[..RECORD_MAC_LEN]);
+        MacChain { key: *key, prev }
+    }
+
+    fn mac(&self, len: [u8; 4], body: &[u8]) -> [u8; RECORD_MAC_LEN] {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        h.update(&self.prev);
+        h.update(&len);
+        h.update(body);
+        let mut out = [0u8; RECORD_MAC_LEN];
+        out.copy_from_slice(&h.finalize().as_bytes()[..RECORD_MAC_LEN]);
+        out
+    }
+
+    /// The header of `record` (as [`RecordBuilder::finish`] made it) with its MAC in place
+    /// of the checksum, and the chain after it: the writer keeps the chain only once the
+    /// record is written.
+    pub fn seal(&self, record: &[u8]) -> ([u8; RECORD_HEADER_LEN], MacChain) {
+        debug_assert!(record.len() >= RECORD_HEADER_LEN);
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        header.copy_from_slice(&record[..RECORD_HEADER_LEN]);
+        let mac = self.mac(
+            [header[0], header[1], header[2], header[3]],
+            &record[RECORD_HEADER_LEN..],
+        );
+        header[4..].copy_from_slice(&mac);
+        (
+            header,
+            MacChain {
+                key: self.key,
+                prev: mac,
+            },
+        )
+    }
 }
 
 impl SegmentHeader {
@@ -138,6 +209,11 @@ impl SegmentHeader {
         let sum = xxh3_64(&out[..32]);
         out[32..40].copy_from_slice(&sum.to_le_bytes());
         out
+    }
+
+    /// The format version of a segment whose header [`decode`](Self::decode)s.
+    pub fn version(bytes: &[u8]) -> Option<u16> {
+        Some(u16::from_le_bytes([*bytes.get(6)?, *bytes.get(7)?]))
     }
 
     /// Reads a segment's header; returns it and the records that follow.
@@ -738,24 +814,54 @@ impl<'a> Record<'a> {
     }
 }
 
+/// How [`Records`] checks each record's 8 bytes after the length.
+#[derive(Debug, Clone)]
+enum Check {
+    /// An xxh3 checksum (versions 1 to 3).
+    Checksum,
+    /// A MAC, checked along the chain (version 4).
+    Mac(MacChain),
+    /// A MAC, not checked (no key).
+    Unchecked,
+}
+
 /// The records of a segment (after its header), stopping at the first bad one.
 #[derive(Debug)]
 pub struct Records<'a> {
     bytes: &'a [u8],
     offset: usize,
     base: usize,
+    check: Check,
     /// Set once a bad record stopped the iteration.
     pub error: Option<RecordError>,
 }
 
-/// Iterates the records in `bytes` (a segment without its header). `base` is the byte
-/// offset of `bytes` in the file, for error messages.
+/// Iterates the records in `bytes` (a segment of version 1 to 3 without its header,
+/// checksummed). `base` is the byte offset of `bytes` in the file, for error messages.
 pub fn records(bytes: &[u8], base: usize) -> Records<'_> {
     Records {
         bytes,
         offset: 0,
         base,
+        check: Check::Checksum,
         error: None,
+    }
+}
+
+/// Iterates the records of a keyed segment (version 4), checking each MAC along `chain`
+/// ([`MacChain::new`] with the segment's header).
+pub fn records_keyed(bytes: &[u8], base: usize, chain: MacChain) -> Records<'_> {
+    Records {
+        check: Check::Mac(chain),
+        ..records(bytes, base)
+    }
+}
+
+/// Iterates the records of a keyed segment without the key: parsed, not authenticated.
+pub fn records_unchecked(bytes: &[u8], base: usize) -> Records<'_> {
+    Records {
+        check: Check::Unchecked,
+        ..records(bytes, base)
     }
 }
 
@@ -790,9 +896,30 @@ impl<'a> Iterator for Records<'a> {
         };
         let mut sum = [0u8; 8];
         sum.copy_from_slice(&header[4..12]);
-        if xxh3_64_with_seed(body, body_len as u64) != u64::from_le_bytes(sum) {
-            self.error = Some(RecordError::Checksum { offset: at });
-            return None;
+        let mut next_chain = None;
+        match &self.check {
+            Check::Checksum => {
+                if xxh3_64_with_seed(body, body_len as u64) != u64::from_le_bytes(sum) {
+                    self.error = Some(RecordError::Checksum { offset: at });
+                    return None;
+                }
+            }
+            Check::Mac(chain) => {
+                let len = [header[0], header[1], header[2], header[3]];
+                let mac = chain.mac(len, body);
+                if mac != sum {
+                    self.error = Some(RecordError::Unauthenticated {
+                        offset: at,
+                        last: RECORD_HEADER_LEN + body_len == rest.len(),
+                    });
+                    return None;
+                }
+                next_chain = Some(MacChain {
+                    key: chain.key,
+                    prev: mac,
+                });
+            }
+            Check::Unchecked => {}
         }
         let mut now = [0u8; 8];
         now.copy_from_slice(&body[..8]);
@@ -830,6 +957,9 @@ impl<'a> Iterator for Records<'a> {
             return None;
         }
         self.offset += RECORD_HEADER_LEN + body_len;
+        if let Some(chain) = next_chain {
+            self.check = Check::Mac(chain);
+        }
         Some(record)
     }
 }
@@ -1087,6 +1217,98 @@ mod tests {
         assert_eq!(got[1].datagrams().count(), 0);
         assert_eq!(got[0].entries().count(), 0);
         assert!(got[1].corrections().is_none());
+    }
+
+    /// A keyed segment as the writer makes it: header, then records sealed along the chain.
+    fn keyed_segment(key: &[u8; 32], bodies: &[&[u8]]) -> (Vec<u8>, [u8; SEGMENT_HEADER_LEN]) {
+        let head = SegmentHeader {
+            segment: 3,
+            fingerprint_key_id: 42,
+            clock_offset_ms: 0,
+        }
+        .encode();
+        let mut out = head.to_vec();
+        let mut chain = MacChain::new(key, &head);
+        let mut b = RecordBuilder::default();
+        for (i, text) in bodies.iter().enumerate() {
+            b.begin(MonoTime::from_unix_ms(i as u64 + 1));
+            b.push(text);
+            let record = b.finish();
+            let (header, next) = chain.seal(record);
+            out.extend_from_slice(&header);
+            out.extend_from_slice(&record[RECORD_HEADER_LEN..]);
+            chain = next;
+        }
+        (out, head)
+    }
+
+    fn read_keyed(key: &[u8; 32], bytes: &[u8]) -> (usize, Option<RecordError>) {
+        let head: [u8; SEGMENT_HEADER_LEN] = bytes[..SEGMENT_HEADER_LEN].try_into().unwrap();
+        let mut it = records_keyed(
+            &bytes[SEGMENT_HEADER_LEN..],
+            SEGMENT_HEADER_LEN,
+            MacChain::new(key, &head),
+        );
+        let n = it.by_ref().count();
+        (n, it.error)
+    }
+
+    #[test]
+    fn keyed_records_read_back_and_an_edit_a_swap_or_another_key_fails_the_mac() {
+        let key = [4u8; 32];
+        let bodies: [&[u8]; 3] = [b"call-start a\n", b"call-stop a\n", b"call-start b\n"];
+        let (bytes, _) = keyed_segment(&key, &bodies);
+        assert_eq!(read_keyed(&key, &bytes), (3, None));
+        let first = SEGMENT_HEADER_LEN;
+        let second = first + RECORD_HEADER_LEN + 8 + 4 + bodies[0].len();
+        // One byte of the first record's text edited, its xxh3 recomputed would not help:
+        // the MAC fails there, and it is not the tail.
+        let mut edited = bytes.clone();
+        edited[second - 3] ^= 0x01;
+        assert_eq!(
+            read_keyed(&key, &edited),
+            (
+                0,
+                Some(RecordError::Unauthenticated {
+                    offset: first,
+                    last: false
+                })
+            )
+        );
+        // The first two records swapped: both are whole, the chain breaks.
+        let len1 = second - first;
+        let mut swapped = bytes[..first].to_vec();
+        swapped.extend_from_slice(&bytes[second..second + (second - first) - 1]);
+        let third = second + len1 - 1;
+        swapped.extend_from_slice(&bytes[first..second]);
+        swapped.extend_from_slice(&bytes[third..]);
+        assert_eq!(swapped.len(), bytes.len());
+        assert!(matches!(
+            read_keyed(&key, &swapped),
+            (0, Some(RecordError::Unauthenticated { .. }))
+        ));
+        // The segment header edited (another segment number): the chain's start moves.
+        let mut renumbered = bytes.clone();
+        renumbered[8] ^= 1;
+        let sum = xxh3_64(&renumbered[..32]);
+        renumbered[32..40].copy_from_slice(&sum.to_le_bytes());
+        assert!(matches!(read_keyed(&key, &renumbered), (0, Some(_))));
+        // Another node's key.
+        assert!(matches!(
+            read_keyed(&[5u8; 32], &bytes),
+            (0, Some(RecordError::Unauthenticated { last: false, .. }))
+        ));
+        // The last record's bytes garbled (whole length): a torn tail, `last`.
+        let mut torn = bytes.clone();
+        let end = torn.len() - 2;
+        torn[end] ^= 0xff;
+        assert!(matches!(
+            read_keyed(&key, &torn),
+            (2, Some(RecordError::Unauthenticated { last: true, .. }))
+        ));
+        // Read without the key: parsed, not checked.
+        let mut it = records_unchecked(&edited[first..], first);
+        assert_eq!(it.by_ref().count(), 3);
     }
 
     #[test]

@@ -453,6 +453,7 @@ fn main() -> ExitCode {
             Duration::from_secs(1),
             // No checkpoints here: unbounded, so every batch is appended.
             u64::MAX,
+            [9; 32],
         ) {
             Ok(j) => Some(Arc::new(j)),
             Err(e) => {

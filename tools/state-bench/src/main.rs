@@ -31,6 +31,9 @@ struct Args {
 const BATCH: usize = 64;
 
 /// A field of `/proc/self/status`, in KiB.
+/// The journal's MAC key here (the agent derives its own from the node key).
+const JOURNAL_KEY: [u8; 32] = [9; 32];
+
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -78,6 +81,7 @@ fn run(calls: usize, journal_events: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("state");
     let state_dir = StateDir::open(&path)?;
+    state_dir.set_journal_key(JOURNAL_KEY);
     let key = state_dir.fingerprint_key()?;
     let tables = Tables::new(config(calls, 1), key.clone());
     let now = tables_clock();
@@ -116,6 +120,7 @@ fn run(calls: usize, journal_events: usize) -> anyhow::Result<()> {
         tollgate_ingest::clock_offset_ms(),
         Duration::from_secs(1),
         u64::MAX,
+        JOURNAL_KEY,
     )?;
     let mut record = RecordBuilder::default();
     let mut datagram = String::new();
@@ -154,6 +159,8 @@ fn run(calls: usize, journal_events: usize) -> anyhow::Result<()> {
 
     // Restart: what the agent runs at start (snapshot + journal replay + sweep).
     let state_dir = StateDir::open(&path)?;
+    // Replay checks each record's MAC, as the agent's does.
+    state_dir.set_journal_key(JOURNAL_KEY);
     let key_for_seq = key.clone();
     let tables = Arc::new(Tables::new(config(calls, 3), key));
     let resets = StateResets::open(&path);
