@@ -116,6 +116,24 @@ impl Agent {
     /// Starts the agent inside network namespace `netns` (`ip netns exec`, which execs, so
     /// the child is the agent itself); its addresses are then that namespace's.
     pub fn start_in(netns: Option<&str>, state_dir: &Path, config: &Path) -> Agent {
+        Agent::start_with(netns, state_dir, config, &[])
+    }
+
+    /// Starts the agent with `env` set for it alone (libfaketime's `LD_PRELOAD`, …).
+    pub fn start_with_env(
+        state_dir: &Path,
+        config: &Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Agent {
+        Agent::start_with(None, state_dir, config, env)
+    }
+
+    fn start_with(
+        netns: Option<&str>,
+        state_dir: &Path,
+        config: &Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Agent {
         let _ = std::fs::remove_file(state_dir.join("agent.json"));
         let mut command = match netns {
             Some(ns) => {
@@ -131,6 +149,7 @@ impl Agent {
             .arg("--state-dir")
             .arg(state_dir)
             .env("TOLLGATE_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -381,8 +381,12 @@ pub async fn sync_task(state: Arc<AgentState>) {
         v.subscribers.store(agg.subscribers, Relaxed);
         v.subscribers_reported_at
             .store(agg.subscribers_reported_at, Relaxed);
-        // Issue 16: the highest serial any node holds is a rollback watermark here too.
+        // Issue 16: the highest serial any node holds is a rollback watermark here too, and
+        // the peers' clocks are a trusted time.
         state.license.learn_serial(agg.license_serial_max, "mesh");
+        state
+            .license
+            .observe_peers_time(cluster.mesh.peers_time(), crate::wall_clock().unix_ms());
 
         if let Some(current) = state.license.current() {
             let serial = current.document().serial;
@@ -515,6 +519,9 @@ pub struct NodeReport {
     pub counted: bool,
     pub age_ms: u64,
     pub last_seen_ms: u64,
+    /// The node's wall clock as estimated from its record's stamp (Unix ms; null when
+    /// unknown); this node's own clock for this node (issue 16's `CLOCK_SKEW`).
+    pub wall_time_ms: Option<u64>,
     pub incarnation: u64,
     pub seq: u64,
     pub license_serial: u64,
@@ -552,6 +559,7 @@ pub fn report(state: &AgentState, cluster: &Cluster) -> ClusterReport {
                     tollgate_replication::NodeState::Left => "left",
                 },
                 last_seen_ms: now.saturating_sub(v.age_ms),
+                wall_time_ms: v.wall_time.map(|w| w.unix_ms()),
                 rtt_ms: n.link.as_ref().map(|l| l.rtt.as_secs_f64() * 1000.0),
                 bytes_sent: n.link.as_ref().map(|l| l.bytes_sent),
                 bytes_received: n.link.as_ref().map(|l| l.bytes_received),

@@ -456,10 +456,12 @@ pub struct LicenseReport {
     /// The URL of the license server that answered last (null: none has, or none is
     /// configured).
     pub source: Option<String>,
-    /// This node's clock against the license server's (`status` `OK` or `CLOCK_SKEW`;
-    /// null before the first lease answer). While `CLOCK_SKEW`, licenses are judged by the
-    /// server's time.
+    /// This node's clock against the trusted clock licenses are judged by (`status` `OK` or
+    /// `CLOCK_SKEW`, `source` `license server` or `peers`; null before the first lease
+    /// answer or peer's clock). While `CLOCK_SKEW`, licenses are judged by that time.
     pub clock: Option<crate::license::ClockCheck>,
+    /// Each source's latest comparison (license server, peers).
+    pub clocks: Vec<crate::license::ClockCheck>,
     /// The rollback watermarks: `serial_seen_max` (highest serial installed here),
     /// `serial_learned_max` (highest learned from peers and the license server),
     /// `time_recorded_max_ms` (latest wall time recorded).
@@ -479,11 +481,11 @@ pub fn license_report(state: &AgentState) -> LicenseReport {
             let mut text = e.explain();
             if let Some(c) = clock.as_ref().filter(|c| c.skewed()) {
                 text.push_str(&format!(
-                    "\nCLOCK_SKEW: this node's clock is {} s {} the {}'s; licenses are judged by the {}'s time.",
+                    "\nCLOCK_SKEW: this node's clock is {} s {} {}; licenses are judged by {} time.",
                     c.skew_ms.unsigned_abs() / 1000,
                     if c.skew_ms > 0 { "behind" } else { "ahead of" },
-                    c.source,
-                    c.source
+                    c.source_possessive(),
+                    c.source_possessive()
                 ));
             }
             text
@@ -492,6 +494,7 @@ pub fn license_report(state: &AgentState) -> LicenseReport {
         refused: state.license.refused(),
         source: state.fetcher.as_ref().and_then(|f| f.source()),
         clock,
+        clocks: state.license.clocks(),
         watermarks: state.license.watermarks(),
     }
 }

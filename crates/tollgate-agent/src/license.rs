@@ -149,8 +149,10 @@ struct Watermarks {
     serial_learned_max: Option<u64>,
 }
 
-/// `CLOCK_SKEW`: what the agent's clock was found to be against a trusted clock (the
-/// license server's, from its lease answers). Shown in `GET /api/v1/license` as `clock`.
+/// `CLOCK_SKEW`: what the agent's clock was found to be against a trusted clock: the
+/// license server's (from its lease answers) or the mesh peers' (the median rule of
+/// `tollgate_replication::clock`). Shown in `GET /api/v1/license` as `clock` (the one
+/// licenses are judged by) and `clocks` (each source's latest).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ClockCheck {
     /// `OK`, or `CLOCK_SKEW` when `|skew_ms|` exceeds `tolerance_ms`.
@@ -158,7 +160,7 @@ pub struct ClockCheck {
     /// Trusted time minus this node's time, ms (positive: this node's clock is behind).
     pub skew_ms: i64,
     pub tolerance_ms: u64,
-    /// Where the trusted time came from (`license server`).
+    /// Where the trusted time came from (`license server`, `peers`).
     pub source: String,
     /// When it was compared, Unix ms by this node's clock.
     pub checked_at_ms: u64,
@@ -168,7 +170,25 @@ impl ClockCheck {
     pub fn skewed(&self) -> bool {
         self.status == "CLOCK_SKEW"
     }
+
+    /// `the license server's`, `the peers'`: for log lines and the explanation.
+    pub fn source_possessive(&self) -> String {
+        possessive(&self.source)
+    }
 }
+
+fn possessive(source: &str) -> String {
+    if source.ends_with('s') {
+        format!("the {source}'")
+    } else {
+        format!("the {source}'s")
+    }
+}
+
+/// The trusted clock sources, in the order their `CLOCK_SKEW` wins.
+const CLOCK_SOURCES: usize = 2;
+const CLOCK_SERVER: usize = 0;
+const CLOCK_PEERS: usize = 1;
 
 /// Settings of the license manager (from `[license]` and `[general]`).
 #[derive(Debug, Clone, Default)]
@@ -205,8 +225,9 @@ pub struct LicenseManager {
     log: Mutex<LogMemory>,
     /// A license server is configured and its first fetch has not finished yet.
     awaiting_server: AtomicBool,
-    /// The latest comparison with a trusted clock (none before the first lease answer).
-    clock: Mutex<Option<ClockCheck>>,
+    /// The latest comparison with each trusted clock ([`CLOCK_SERVER`], [`CLOCK_PEERS`]);
+    /// none before the first lease answer, or while no peer's clock is known.
+    clocks: Mutex<[Option<ClockCheck>; CLOCK_SOURCES]>,
 }
 
 impl LicenseManager {
@@ -224,7 +245,7 @@ impl LicenseManager {
             refused: Mutex::new(None),
             log: Mutex::new(LogMemory::default()),
             awaiting_server: AtomicBool::new(false),
-            clock: Mutex::new(None),
+            clocks: Mutex::new([None, None]),
         };
         let stored = manager.state_dir.path().join(CURRENT_FILE);
         match std::fs::read(&stored) {
@@ -302,9 +323,10 @@ impl LicenseManager {
     }
 
     /// The time licenses are judged by: this node's clock, or, while it disagrees with a
-    /// trusted clock by more than the tolerance (`CLOCK_SKEW`), the trusted clock's.
+    /// trusted clock by more than the tolerance (`CLOCK_SKEW`), the trusted clock's: the
+    /// license server's when it says so, else the peers'.
     pub fn trusted_now(&self, local_ms: u64) -> u64 {
-        match self.clock.lock().as_ref() {
+        match self.clock() {
             Some(c) if c.skewed() => local_ms.saturating_add_signed(c.skew_ms),
             _ => local_ms,
         }
@@ -320,9 +342,21 @@ impl LicenseManager {
         })
     }
 
-    /// The latest comparison with a trusted clock.
+    /// The comparison licenses are judged by: the first `CLOCK_SKEW` of the license
+    /// server's and the peers' (in that order), else the first one made.
     pub fn clock(&self) -> Option<ClockCheck> {
-        self.clock.lock().clone()
+        let clocks = self.clocks.lock();
+        clocks
+            .iter()
+            .flatten()
+            .find(|c| c.skewed())
+            .or_else(|| clocks.iter().flatten().next())
+            .cloned()
+    }
+
+    /// The latest comparison with each source (license server, peers), as made.
+    pub fn clocks(&self) -> Vec<ClockCheck> {
+        self.clocks.lock().iter().flatten().cloned().collect()
     }
 
     fn tolerance_ms(&self) -> u64 {
@@ -345,6 +379,42 @@ impl LicenseManager {
             },
         );
         let tolerance_ms = self.tolerance_ms();
+        self.observe(CLOCK_SERVER, source, skew_ms, tolerance_ms, local_ms);
+    }
+
+    /// The mesh peers' clocks against this node's (`None`: no peer whose clock is known),
+    /// by the rule of `tollgate_replication::clock`: beyond the tolerance plus the records'
+    /// lag ([`tollgate_replication::PEER_CLOCK_SLACK_MS`]) this is `CLOCK_SKEW`, and,
+    /// unless the license server's check says `CLOCK_SKEW` itself, licenses are judged by
+    /// the peers' time. Called every push interval by the cluster task.
+    pub fn observe_peers_time(
+        &self,
+        peers: Option<tollgate_replication::PeersTime>,
+        local_ms: u64,
+    ) {
+        let tolerance_ms = self.tolerance_ms();
+        match peers {
+            Some(time) => self.observe(
+                CLOCK_PEERS,
+                "peers",
+                time.offset_ms,
+                tolerance_ms.saturating_add(tollgate_replication::PEER_CLOCK_SLACK_MS),
+                local_ms,
+            ),
+            None => {
+                if self.clocks.lock()[CLOCK_PEERS]
+                    .take()
+                    .is_some_and(|c| c.skewed())
+                {
+                    tracing::warn!(
+                        "CLOCK_SKEW against the peers no longer known: no live peer's clock to compare with"
+                    );
+                }
+            }
+        }
+    }
+
+    fn observe(&self, slot: usize, source: &str, skew_ms: i64, tolerance_ms: u64, local_ms: u64) {
         let skewed = skew_ms.unsigned_abs() > tolerance_ms;
         let check = ClockCheck {
             status: if skewed { "CLOCK_SKEW" } else { "OK" },
@@ -353,24 +423,25 @@ impl LicenseManager {
             source: source.to_owned(),
             checked_at_ms: local_ms,
         };
-        let was = self.clock.lock().replace(check).is_some_and(|c| c.skewed());
+        let was = self.clocks.lock()[slot]
+            .replace(check)
+            .is_some_and(|c| c.skewed());
+        let whose = possessive(source);
         match (was, skewed) {
             (false, true) => tracing::error!(
                 code = "CLOCK_SKEW",
                 skew_ms,
                 tolerance_ms,
                 source,
-                trusted_time = %tollgate_license::timestamp::format_rfc3339(trusted_ms),
-                "CLOCK_SKEW: this node's clock is {}s {} the {source}'s (tolerance {}s); licenses are judged by the {source}'s time",
+                trusted_time = %tollgate_license::timestamp::format_rfc3339(local_ms.saturating_add_signed(skew_ms)),
+                "CLOCK_SKEW: this node's clock is {}s {} {whose} (tolerance {}s); licenses are judged by {whose} time",
                 skew_ms.unsigned_abs() / 1000,
                 if skew_ms > 0 { "behind" } else { "ahead of" },
                 tolerance_ms / 1000
             ),
-            (true, false) => tracing::info!(
-                skew_ms,
-                source,
-                "clock back within tolerance of the {source}'s"
-            ),
+            (true, false) => {
+                tracing::info!(skew_ms, source, "clock back within tolerance of {whose}")
+            }
             _ => {}
         }
     }
@@ -867,5 +938,56 @@ mod tests {
         m2.observe_trusted_time(local + 299_000, local, "license server");
         assert_eq!(m2.clock().unwrap().status, "OK");
         assert_eq!(m2.trusted_now(local), local);
+    }
+
+    #[test]
+    fn a_clock_far_behind_the_peers_is_clock_skew_and_the_server_s_skew_wins_over_theirs() {
+        let key = SigningKey::generate();
+        let dir = tempfile::tempdir().unwrap();
+        let local = NOW - 270 * DAY_MS;
+        std::fs::write(
+            dir.path().join(CURRENT_FILE),
+            text(&key, 3, NOW - 30 * DAY_MS),
+        )
+        .unwrap();
+        let m = manager_at(&key, dir.path(), local);
+        let usage = tollgate_license::Usage::default();
+        assert_eq!(m.tick(local, &usage).status, StatusCode::Ok);
+        let peers = |offset_ms: i64| {
+            Some(tollgate_replication::PeersTime {
+                offset_ms,
+                clocks: 2,
+            })
+        };
+        // The peers' time 270 days later: CLOCK_SKEW, judged by it.
+        m.observe_peers_time(peers(270 * DAY_MS as i64), local);
+        let clock = m.clock().unwrap();
+        assert_eq!(
+            (clock.status, clock.source.as_str()),
+            ("CLOCK_SKEW", "peers")
+        );
+        assert_eq!(clock.source_possessive(), "the peers'");
+        assert_eq!(m.tick(local, &usage).status, StatusCode::Expired);
+        // A license server that says this node is OK does not hide the peers' finding...
+        m.observe_trusted_time(local, local, "license server");
+        assert_eq!(m.clock().unwrap().source, "peers");
+        assert_eq!(m.clocks().len(), 2);
+        // ...and one that says CLOCK_SKEW itself wins over the peers'.
+        m.observe_trusted_time(NOW + DAY_MS, local, "license server");
+        assert_eq!(m.clock().unwrap().source, "license server");
+        assert_eq!(m.trusted_now(local), NOW + DAY_MS);
+        // The peers' slack: within the tolerance plus the records' lag nothing changes.
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager_at(&key, dir.path(), NOW);
+        let slack = tollgate_replication::PEER_CLOCK_SLACK_MS as i64;
+        m.observe_peers_time(peers(300_000 + slack), NOW);
+        assert_eq!(m.clock().unwrap().status, "OK");
+        assert_eq!(m.trusted_now(NOW), NOW);
+        m.observe_peers_time(peers(300_001 + slack), NOW);
+        assert_eq!(m.clock().unwrap().status, "CLOCK_SKEW");
+        // No live peer's clock any more: nothing to judge by but this node's clock.
+        m.observe_peers_time(None, NOW);
+        assert_eq!(m.clock(), None);
+        assert_eq!(m.trusted_now(NOW), NOW);
     }
 }

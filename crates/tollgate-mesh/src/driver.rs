@@ -99,6 +99,14 @@ struct State {
     nodes_published_at: Option<MonoTime>,
 }
 
+/// The system's wall clock, Unix ms (0 if it reads before 1970).
+fn wall_clock() -> tollgate_replication::WallTime {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    tollgate_replication::WallTime::from_unix_ms(ms)
+}
+
 impl Driver {
     pub(crate) async fn run(mut self) {
         let mut state = State {
@@ -231,6 +239,8 @@ impl Driver {
     /// Step 5 of the calling order: transmits, events, then what readers see.
     fn flush(&mut self, state: &mut State) {
         let now = self.shared.now();
+        // The record's wall-clock stamp (issue 16): the system clock, raw.
+        self.replica.set_wall_clock(now, wall_clock());
         while let Some(transmit) = self.replica.poll_transmit(now) {
             send(&self.shared.counters, &state.peers, &transmit);
         }
@@ -271,6 +281,7 @@ impl Driver {
             *self.shared.nodes.lock() = NodesSnapshot {
                 taken_at: Instant::now(),
                 views: self.replica.nodes(now),
+                peers_time: self.replica.peers_time(now),
             };
             state.nodes_dirty = false;
             state.nodes_published_at = Some(now);

@@ -266,6 +266,7 @@ pub struct Snapshot {
 pub(crate) struct NodesSnapshot {
     pub(crate) taken_at: Instant,
     pub(crate) views: Vec<NodeView>,
+    pub(crate) peers_time: Option<tollgate_replication::PeersTime>,
 }
 
 pub(crate) struct Link {
@@ -361,6 +362,7 @@ impl Mesh {
             nodes: Mutex::new(NodesSnapshot {
                 taken_at: Instant::now(),
                 views: replica.nodes(MonoTime(0)),
+                peers_time: None,
             }),
             links: Mutex::new(BTreeMap::new()),
             events,
@@ -499,6 +501,7 @@ impl Mesh {
                 if !view.local {
                     view.age_ms += elapsed;
                 }
+                view.wall_time = view.wall_time.map(|wall| wall.plus_ms(elapsed));
                 let link = links.get(&view.node_id).map(|link| {
                     let stats = link.connection.stats();
                     LinkInfo {
@@ -514,6 +517,13 @@ impl Mesh {
                 NodeInfo { view, link }
             })
             .collect()
+    }
+
+    /// This node's wall clock against its live peers' (issue 16's `CLOCK_SKEW`; the rule is
+    /// [`tollgate_replication::clock`]'s), as of the node list's last publication; `None`
+    /// without a peer whose clock is known.
+    pub fn peers_time(&self) -> Option<tollgate_replication::PeersTime> {
+        self.inner.shared.nodes.lock().peers_time
     }
 
     /// The replica's events (node up, suspect, expired, left, restarted, the duplicate-node

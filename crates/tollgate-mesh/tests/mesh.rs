@@ -551,6 +551,7 @@ fn a_bad_frame_closes_that_connection_only_and_is_counted() {
         license_serial: 0,
         usage: usage(1_000_000),
         aor_seq: 0,
+        wall_time: Default::default(),
     });
     let reason = send_and_wait_close("evil-2", encode(&forged));
     assert_eq!(reason, b"forged_record");

@@ -33,8 +33,11 @@ use serde::{Deserialize, Serialize};
 use crate::NODES_MAX;
 use crate::record::{Record, RecordError, Version, validate_node_id};
 
-/// The version byte every frame starts with.
-pub const FRAME_VERSION: u8 = 2;
+/// The version byte every frame starts with. 2: records carry `aor_seq` and the set changes
+/// ride in record pushes; 3: records carry the owner's wall time (issue 16). Nodes of
+/// different versions refuse each other's frames (`unknown_version`), so a cluster is
+/// upgraded all at once.
+pub const FRAME_VERSION: u8 = 3;
 
 /// Largest encoded frame accepted or produced, in bytes (a full table of [`NODES_MAX`]
 /// records of the largest size fits, with room).
@@ -47,7 +50,8 @@ pub const DATAGRAM_BYTES_MAX: usize = 1100;
 
 /// Upper bound of an encoded [`Frame::Record`]: version byte, variant, node id (length +
 /// bytes), incarnation, seq, flags, address (length + bytes), license serial, eight usage
-/// counters, AoR seq — each u64 a varint of at most 10 bytes (a test checks the bound).
+/// counters, AoR seq, wall time — each u64 a varint of at most 10 bytes (a test checks the
+/// bound).
 pub const RECORD_FRAME_BYTES_MAX: usize = 1
     + 1
     + (1 + crate::record::NODE_ID_LEN_MAX)
@@ -57,6 +61,7 @@ pub const RECORD_FRAME_BYTES_MAX: usize = 1
     + (2 + crate::record::ADDRESS_LEN_MAX)
     + 10
     + 8 * 10
+    + 10
     + 10;
 
 const _: () = assert!(RECORD_FRAME_BYTES_MAX <= DATAGRAM_BYTES_MAX);
@@ -494,6 +499,7 @@ mod tests {
                 peak_registered_subscribers: u64::MAX,
             },
             aor_seq: u64::MAX,
+            wall_time: tollgate_events::WallTime::from_unix_ms(u64::MAX),
         }
     }
 
@@ -685,9 +691,10 @@ mod tests {
     fn refusals_name_their_reason() {
         let cases: &[(&[u8], FrameError)] = &[
             (b"", FrameError::Empty),
-            (&[3, 5], FrameError::UnknownVersion(3)),
-            // Version 1 (no `aor_seq` in records): refused, not misread.
+            (&[4, 5], FrameError::UnknownVersion(4)),
+            // Versions 1 (no `aor_seq` in records) and 2 (no `wall_time`): refused, not misread.
             (&[1, 2], FrameError::UnknownVersion(1)),
+            (&[2, 2], FrameError::UnknownVersion(2)),
             (&[FRAME_VERSION], FrameError::Malformed),
             (&[FRAME_VERSION, 99], FrameError::Malformed),
             (&[FRAME_VERSION, 2, 0], FrameError::TrailingBytes),

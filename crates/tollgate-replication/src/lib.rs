@@ -87,6 +87,7 @@
 //! verifies what [`Event::LicenseOffered`] hands it).
 
 pub mod aorset;
+pub mod clock;
 pub mod config;
 pub mod frame;
 pub mod record;
@@ -99,6 +100,7 @@ pub mod sim;
 pub const NODES_MAX: usize = 1024;
 
 pub use aorset::{AorSets, Fp};
+pub use clock::{PEER_CLOCK_SLACK_MS, PeersTime, WALL_STAMP_INTERVAL_MS, cluster_time};
 pub use config::{ANTI_ENTROPY_FANOUT_MAX, AntiEntropy, Config, ConfigError, ExpiredRule};
 pub use frame::{
     AOR_FRAME_FPS_MAX, AOR_KEY_LEN, AOR_RANGE_ITEMS_MAX, AorDelta, AorHeartbeat, AorKey, AorRange,
@@ -116,5 +118,6 @@ pub use replica::{
     Event, HandleError, LICENSE_ASK_TIMEOUT_MS, LicenseError, NodeState, NodeView, PEERS_MAX,
     PULL_TIMEOUT_MS, Replica, Stats, TOMBSTONES_MAX, TRANSMITS_MAX, Transmit, TransmitKind,
 };
-/// The replica's clock: monotonic milliseconds (the mesh's starts at 0), always passed in.
-pub use tollgate_events::MonoTime;
+/// The replica's clock: monotonic milliseconds (the mesh's starts at 0), always passed in;
+/// and the wall clock the IO layer reads for the records' stamps.
+pub use tollgate_events::{MonoTime, WallTime};

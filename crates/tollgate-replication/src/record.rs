@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use tollgate_events::WallTime;
 
 /// Longest node id, in bytes. The node id is also the DNS SAN of the node's certificate.
 pub const NODE_ID_LEN_MAX: usize = 64;
@@ -135,6 +136,11 @@ pub struct Record {
     /// missing changes ([`crate::Frame::AorPull`]). The set's version is
     /// `(incarnation, aor_seq)`; 0 = no change since the start of the incarnation.
     pub aor_seq: u64,
+    /// The owner's wall clock when it stamped this record (raw, as its system clock read
+    /// it; [`WallTime::ZERO`] = not known). Restamped at least every
+    /// [`crate::WALL_STAMP_INTERVAL_MS`], so peers can tell a clock that disagrees with
+    /// theirs (`CLOCK_SKEW`, issue 16; see [`crate::clock`]).
+    pub wall_time: WallTime,
 }
 
 impl Record {
@@ -302,6 +308,7 @@ mod tests {
                 ..NodeUsage::default()
             },
             aor_seq: 0,
+            wall_time: WallTime::ZERO,
         }
     }
 

@@ -22,7 +22,7 @@ use crate::config::{Config, ConfigError};
 use crate::frame::{AorKey, Frame, FrameError};
 use crate::record::{Flags, NodeUsage, Record, RecordError, Version, validate_node_id};
 use crate::rng::Rng;
-use tollgate_events::MonoTime;
+use tollgate_events::{MonoTime, WallTime};
 
 use anti_entropy::PullState;
 #[cfg(test)]
@@ -114,6 +114,10 @@ pub struct NodeView {
     pub counted: bool,
     /// Since its record last advanced here, ms (0 for this node).
     pub age_ms: u64,
+    /// Its wall clock as estimated now: its record's stamp plus the time since the stamp
+    /// arrived here (a lower bound; see [`crate::clock`]); this node's own clock for this
+    /// node; `None` when unknown (the IO layer gives no wall clock, or an old record).
+    pub wall_time: Option<WallTime>,
     pub incarnation: u64,
     pub seq: u64,
     pub license_serial: u64,
@@ -306,6 +310,8 @@ struct Entry {
     /// incarnation): the `changed_seq` of the owner's last heartbeat, else the seq of the
     /// record as it came (a safe upper bound).
     content_since: u64,
+    /// Local instant the record's current `wall_time` stamp arrived.
+    wall_at: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -348,6 +354,10 @@ pub struct Replica {
     usage: NodeUsage,
     license_serial: u64,
     license_armored: Vec<u8>,
+    /// The IO layer's wall clock: `(now, wall)` of its last reading ([`Replica::set_wall_clock`]).
+    wall: Option<(u64, WallTime)>,
+    /// When `own.wall_time` was stamped.
+    own_stamped_at: u64,
     left: bool,
     /// The next emission must carry the whole record (content moved past a foreign version).
     force_record: bool,
@@ -397,6 +407,7 @@ impl Replica {
             license_serial: 0,
             usage: NodeUsage::default(),
             aor_seq: 0,
+            wall_time: WallTime::ZERO,
         };
         Ok(Replica {
             config,
@@ -407,6 +418,8 @@ impl Replica {
             usage: NodeUsage::default(),
             license_serial: 0,
             license_armored: Vec::new(),
+            wall: None,
+            own_stamped_at: now,
             left: false,
             force_record: false,
             last_emit_at: now,
@@ -441,6 +454,43 @@ impl Replica {
         self.usage = usage;
         self.note_subscribers(&usage);
         self.maybe_emit(now);
+    }
+
+    /// The wall clock reads `wall` at `now` (the IO layer's system clock, raw). This node's
+    /// record carries it, restamped at least every [`crate::WALL_STAMP_INTERVAL_MS`] (between
+    /// readings it runs on `now`), so that peers can compare their clocks with it. Cheap:
+    /// call it as often as convenient (the mesh does at every input).
+    pub fn set_wall_clock(&mut self, now: MonoTime, wall: WallTime) {
+        let now = self.tick(now.ms());
+        self.wall = Some((now, wall));
+        if !self.left {
+            self.maybe_emit(now);
+        }
+    }
+
+    /// This node's wall clock at `now`, run on from the IO layer's last reading.
+    pub(crate) fn wall_at(&self, now: u64) -> Option<WallTime> {
+        self.wall
+            .map(|(at, wall)| wall.plus_ms(now.saturating_sub(at)))
+    }
+
+    /// This node's clock against its live (and suspect) peers' (see [`crate::clock`]);
+    /// `None` without a wall clock or without such a peer whose clock is known.
+    pub fn peers_time(&self, now: MonoTime) -> Option<crate::clock::PeersTime> {
+        let now = now.ms().max(self.now);
+        let local = self.wall_at(now)?;
+        let peers: Vec<WallTime> = self
+            .entries
+            .values()
+            .filter(|entry| {
+                matches!(
+                    state_at(entry, now, &self.config),
+                    NodeState::Live | NodeState::Suspect
+                )
+            })
+            .filter_map(|entry| entry_wall_time(entry, now))
+            .collect();
+        crate::clock::cluster_time(local, &peers)
     }
 
     /// The transport has an authenticated connection to `peer` (its certificate's node id).
@@ -734,6 +784,16 @@ impl Replica {
         *slot = Some(now);
         true
     }
+}
+
+/// A node's wall clock estimated at `now`: its stamp plus the time since the stamp arrived.
+fn entry_wall_time(entry: &Entry, now: u64) -> Option<WallTime> {
+    (entry.record.wall_time != WallTime::ZERO).then(|| {
+        entry
+            .record
+            .wall_time
+            .plus_ms(now.saturating_sub(entry.wall_at))
+    })
 }
 
 fn push_event(events: &mut VecDeque<Event>, stats: &mut Stats, event: Event) {

@@ -30,6 +30,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
                 ..NodeUsage::default()
             },
             aor_seq: 0,
+            wall_time: tollgate_replication::WallTime::from_unix_ms(calls * 1000),
         })
 }
 

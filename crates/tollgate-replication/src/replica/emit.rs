@@ -5,6 +5,7 @@
 use super::{Destination, Event, Peer, Replica, Transmit, TransmitKind};
 use crate::frame::{Frame, Heartbeat};
 use crate::record::Flags;
+use tollgate_events::WallTime;
 
 impl Replica {
     pub(super) fn flags(&self) -> Flags {
@@ -19,6 +20,20 @@ impl Replica {
             || self.own.flags != self.flags()
             || self.own.aor_seq != self.aor.seq
             || (!self.left && self.aor.has_pending())
+            || self.restamp_due().is_some_and(|at| at <= self.now)
+    }
+
+    /// When this node's record must carry a fresh wall-clock stamp: at once when it has
+    /// none yet, else [`crate::WALL_STAMP_INTERVAL_MS`] after the last; `None` without a wall
+    /// clock.
+    pub(super) fn restamp_due(&self) -> Option<u64> {
+        self.wall?;
+        Some(if self.own.wall_time == WallTime::ZERO {
+            0
+        } else {
+            self.own_stamped_at
+                .saturating_add(crate::clock::WALL_STAMP_INTERVAL_MS)
+        })
     }
 
     /// When the next emission to every peer is due: a push of changed content, or, with no
@@ -34,10 +49,11 @@ impl Replica {
                     .map_or(0, |at| at.saturating_add(self.config.push_interval_ms)),
             );
         }
-        self.peers.is_empty().then(|| {
+        let idle = self.peers.is_empty().then(|| {
             self.last_emit_at
                 .saturating_add(self.config.heartbeat_interval_ms)
-        })
+        });
+        [idle, self.restamp_due()].into_iter().flatten().min()
     }
 
     pub(super) fn maybe_emit(&mut self, now: u64) {
@@ -76,6 +92,10 @@ impl Replica {
             self.own.flags = self.flags();
             self.own.usage = self.usage;
             self.own.license_serial = self.license_serial;
+            if let Some(wall) = self.wall_at(now) {
+                self.own.wall_time = wall;
+                self.own_stamped_at = now;
+            }
             self.own_changed_seq = next.seq;
             self.force_record = false;
             self.last_push_at = Some(now);

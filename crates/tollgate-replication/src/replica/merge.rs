@@ -196,6 +196,9 @@ impl Replica {
                     NodeState::Live
                 };
                 entry.content_since = record.seq;
+                if record.wall_time != entry.record.wall_time {
+                    entry.wall_at = now;
+                }
                 entry.record = record;
                 entry.advanced_at = now;
             }
@@ -220,6 +223,7 @@ impl Replica {
                         content_since: record.seq,
                         record,
                         advanced_at: now,
+                        wall_at: now,
                         reported,
                     },
                 );

@@ -3,6 +3,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::ExpiredRule;
 use crate::frame::{DigestEntry, Heartbeat, LICENSE_BYTES_MAX};
+use tollgate_events::WallTime;
 
 /// The timings these tests reason in: a 1 s heartbeat (the default is 1.5 s).
 fn config() -> Config {
@@ -47,6 +48,7 @@ fn record(node_id: &str, incarnation: u64, seq: u64, usage: NodeUsage) -> Record
         license_serial: 0,
         usage,
         aor_seq: 0,
+        wall_time: WallTime::ZERO,
     }
 }
 
@@ -795,6 +797,8 @@ fn bad_peer_ids_and_invalid_frames_are_refused() {
 // ---------------------------------------------------------------------------------------
 
 #[derive(Debug, Clone)]
+// A test input, built and consumed at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Input {
     Advance(u64),
     Usage(u64),
@@ -825,6 +829,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
             license_serial: serial,
             usage: calls(calls_),
             aor_seq: 0,
+            wall_time: WallTime::from_unix_ms(calls_),
         })
 }
 
@@ -1086,4 +1091,90 @@ fn a_peers_key_before_the_own_key_still_ends_in_a_published_set() {
         sent.iter().any(|t| matches!(t.frame, Frame::AorSummary(_))),
         "{sent:?}"
     );
+}
+
+/// Every frame of `from` handed to `to` (as the peer it is), at `now`.
+fn deliver(from: &mut Replica, to: &mut Replica, now: u64) {
+    let sender = from.node_id().to_owned();
+    for transmit in drain(from, now) {
+        let frame = crate::decode(&crate::encode(&transmit.frame)).unwrap();
+        to.handle_frame(MonoTime(now), &sender, frame).unwrap();
+    }
+}
+
+fn wall_stamps(transmits: &[Transmit]) -> Vec<u64> {
+    transmits
+        .iter()
+        .filter_map(|transmit| match &transmit.frame {
+            Frame::Record(record) => Some(record.wall_time.unix_ms()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_record_carries_the_wall_clock_and_is_restamped_every_stamp_interval() {
+    const WALL: u64 = 1_900_000_000_000;
+    let mut replica = replica();
+    // Without a wall clock nothing is stamped or scheduled for it.
+    assert_eq!(replica.restamp_due(), None);
+    replica.set_wall_clock(MonoTime(1_000), WallTime::from_unix_ms(WALL));
+    assert_eq!(wall_stamps(&drain(&mut replica, 1_000)), [WALL]);
+    // Quiet: the next stamp is due one interval later, on the monotonic clock (no new
+    // reading in between), whatever the heartbeats do.
+    let due = 1_000 + crate::WALL_STAMP_INTERVAL_MS;
+    let mut now = 1_000;
+    let mut stamps = Vec::new();
+    while stamps.is_empty() {
+        now = replica.poll_timeout().unwrap().ms();
+        assert!(now <= due, "{now}");
+        replica.handle_timeout(MonoTime(now));
+        stamps = wall_stamps(&drain(&mut replica, now));
+    }
+    assert_eq!((now, stamps), (due, vec![WALL + due - 1_000]));
+    // A clock stepped back shows in the next stamp.
+    replica.set_wall_clock(MonoTime(due + 1), WallTime::from_unix_ms(WALL - 86_400_000));
+    let next = due + crate::WALL_STAMP_INTERVAL_MS;
+    replica.handle_timeout(MonoTime(next));
+    assert_eq!(
+        wall_stamps(&drain(&mut replica, next)),
+        [WALL - 86_400_000 + next - due - 1]
+    );
+}
+
+#[test]
+fn peers_clocks_are_estimated_from_their_stamps_and_a_clock_set_back_is_skewed() {
+    const WALL: u64 = 1_900_000_000_000;
+    const BACK_MS: u64 = 270 * 86_400_000;
+    let mut a = Replica::new(config(), "a", 1, MonoTime(0)).unwrap();
+    let mut b = Replica::new(config(), "b", 1, MonoTime(0)).unwrap();
+    a.peer_connected(MonoTime(0), "b").unwrap();
+    b.peer_connected(MonoTime(0), "a").unwrap();
+    a.set_wall_clock(MonoTime(0), WallTime::from_unix_ms(WALL));
+    b.set_wall_clock(MonoTime(0), WallTime::from_unix_ms(WALL - BACK_MS));
+    for now in [0, 10, 20] {
+        deliver(&mut a, &mut b, now);
+        deliver(&mut b, &mut a, now);
+    }
+    // 5 s later with no new stamp: the estimates ran on with the monotonic clock.
+    let now = 5_000;
+    let view = a.node("b", MonoTime(now)).unwrap();
+    assert_eq!(
+        view.wall_time,
+        Some(WallTime::from_unix_ms(WALL - BACK_MS + now))
+    );
+    assert_eq!(
+        a.node("a", MonoTime(now)).unwrap().wall_time,
+        Some(WallTime::from_unix_ms(WALL + now))
+    );
+    let tolerance_ms = 300_000;
+    let at_b = b.peers_time(MonoTime(now)).unwrap();
+    assert!(at_b.skewed(tolerance_ms), "{at_b:?}");
+    assert!(at_b.offset_ms > (BACK_MS - 1_000) as i64, "{at_b:?}");
+    let at_a = a.peers_time(MonoTime(now)).unwrap();
+    assert_eq!(at_a.offset_ms, 0, "the honest node keeps its own time");
+    assert!(!at_a.skewed(tolerance_ms));
+    // A node that is no longer live does not vote.
+    let later = 60_000;
+    assert_eq!(a.peers_time(MonoTime(later)), None);
 }

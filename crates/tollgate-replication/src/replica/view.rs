@@ -47,7 +47,7 @@ impl Replica {
         let now = now.ms();
         let now = now.max(self.now);
         let mut views = Vec::with_capacity(self.entries.len() + 1);
-        views.push(self.local_view());
+        views.push(self.local_view(now));
         views.extend(
             self.entries
                 .values()
@@ -58,11 +58,10 @@ impl Replica {
 
     /// One node of the table (or this node), if held.
     pub fn node(&self, node_id: &str, now: MonoTime) -> Option<NodeView> {
-        let now = now.ms();
+        let now = now.ms().max(self.now);
         if node_id == self.own.node_id {
-            return Some(self.local_view());
+            return Some(self.local_view(now));
         }
-        let now = now.max(self.now);
         self.entries
             .get(node_id)
             .map(|entry| self.entry_view(entry, now))
@@ -89,7 +88,7 @@ impl Replica {
             .collect()
     }
 
-    pub(super) fn local_view(&self) -> NodeView {
+    pub(super) fn local_view(&self, now: u64) -> NodeView {
         NodeView {
             node_id: self.own.node_id.clone(),
             address: self.own.address.clone(),
@@ -101,6 +100,7 @@ impl Replica {
             local: true,
             counted: !self.left,
             age_ms: 0,
+            wall_time: self.wall_at(now),
             incarnation: self.own.incarnation,
             seq: self.own.seq,
             license_serial: self.license_serial,
@@ -117,6 +117,7 @@ impl Replica {
             local: false,
             counted: counted(entry, state, now, &self.config),
             age_ms: now.saturating_sub(entry.advanced_at),
+            wall_time: super::entry_wall_time(entry, now),
             incarnation: entry.record.incarnation,
             seq: entry.record.seq,
             license_serial: entry.record.license_serial,
