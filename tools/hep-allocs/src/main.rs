@@ -112,6 +112,7 @@ fn run(calls: usize, journal: bool) -> anyhow::Result<(u64, u64)> {
             tollgate_ingest::clock_offset_ms(),
             Duration::from_secs(1),
             u64::MAX,
+            [9; 32],
         )?))
     } else {
         None
