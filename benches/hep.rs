@@ -133,7 +133,7 @@ struct Driver {
 impl Driver {
     fn new() -> Self {
         Driver {
-            tracker: MirrorTracker::new(TrackerConfig::default()).expect("default config"),
+            tracker: MirrorTracker::new(TrackerConfig::default(), [1, 2]).expect("default config"),
             next: 0,
             now_ms: 1_700_000_000_000,
             out: Vec::with_capacity(8),

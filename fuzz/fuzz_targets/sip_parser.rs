@@ -80,7 +80,7 @@ fuzz_target!(|data: &[u8]| {
         aor_count_max: 4,
         ..TrackerConfig::default()
     };
-    let mut tracker = MirrorTracker::new(config).expect("valid config");
+    let mut tracker = MirrorTracker::new(config, [1, 2]).expect("valid config");
     let mut out = Vec::new();
     let mut now_ms = 1_700_000_000_000u64;
     for (i, input) in data.split(|&b| b == 0).take(16).enumerate() {

@@ -245,7 +245,14 @@ impl HepIngest {
         config: &HepConfig,
         pipeline: Pipeline,
     ) -> Result<Self, IngestError> {
-        let tracker = MirrorTracker::new(config.tracker.clone()).map_err(IngestError::Hep)?;
+        // The tracker's maps are keyed by Call-IDs from the network: a secret hash key, drawn
+        // from the OS once per start (the sans-IO tracker reads no entropy itself).
+        let hash_key = [
+            rand::RngCore::next_u64(&mut rand::rngs::OsRng),
+            rand::RngCore::next_u64(&mut rand::rngs::OsRng),
+        ];
+        let tracker =
+            MirrorTracker::new(config.tracker.clone(), hash_key).map_err(IngestError::Hep)?;
         let Endpoint::Udp(local_addr) = *socket.endpoint() else {
             return Err(IngestError::Bind {
                 endpoint: socket.endpoint().to_string(),

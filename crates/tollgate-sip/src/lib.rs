@@ -21,7 +21,8 @@
 //! let ok = b"SIP/2.0 200 OK\r\n\
 //!     Call-ID: a84b4c76e66710@pc33\r\nFrom: <sip:alice@example.com>;tag=1928301774\r\n\
 //!     To: <sip:bob@example.com>;tag=a6c85cf\r\nCSeq: 314159 INVITE\r\n\r\n";
-//! let mut tracker = MirrorTracker::new(TrackerConfig::default())?;
+//! // The hash key is a secret the caller draws from the OS; an example may use a constant.
+//! let mut tracker = MirrorTracker::new(TrackerConfig::default(), [1, 2])?;
 //! let mut events = Vec::new();
 //! let now = MonoTime::from_unix_secs(1_700_000_000);
 //! for payload in [&invite[..], ok, ok] {

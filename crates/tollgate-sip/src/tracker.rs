@@ -69,7 +69,7 @@
 //! [`TrackerConfig::pending_ttl_ms`], ended dialogs (kept so that late copies of the 200 or
 //! the BYE change nothing) after [`TrackerConfig::ended_ttl_ms`].
 
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, Hash, Hasher};
 
 use hashbrown::{Equivalent, HashMap};
 use tollgate_events::MonoTime;
@@ -370,35 +370,67 @@ struct AorState {
     last_register: Option<(u64, u32)>,
 }
 
+/// SipHash-1-3 (what std's `RandomState` builds) with a key passed in instead of the
+/// process's random keys: the core reads no entropy of its own.
+#[derive(Clone)]
+struct KeyedState {
+    k0: u64,
+    k1: u64,
+}
+
+impl std::fmt::Debug for KeyedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is a secret: never in a log.
+        f.write_str("KeyedState { .. }")
+    }
+}
+
+impl BuildHasher for KeyedState {
+    type Hasher = siphasher::sip::SipHasher13;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        siphasher::sip::SipHasher13::new_with_keys(self.k0, self.k1)
+    }
+}
+
 /// Tracks dialogs and registrations from mirrored SIP (see the module doc for the rules).
 #[derive(Debug)]
 pub struct MirrorTracker {
     config: TrackerConfig,
-    hasher: RandomState,
-    pending: HashMap<DialogKey, Pending, RandomState>,
-    dialogs: HashMap<DialogKey, Dialog, RandomState>,
+    hasher: KeyedState,
+    pending: HashMap<DialogKey, Pending, KeyedState>,
+    dialogs: HashMap<DialogKey, Dialog, KeyedState>,
     /// Ended dialogs and when they ended (unix ms).
-    ended: HashMap<DialogKey, u64, RandomState>,
+    ended: HashMap<DialogKey, u64, KeyedState>,
     /// INVITEs that failed: the CSeq of the failed INVITE and when (unix ms). A copy of that
     /// INVITE mirrored after its final response (the proxy's outgoing leg can be captured
     /// late) is then not a new attempt; a new INVITE with a higher CSeq (after a 3xx, say)
     /// is.
-    failed: HashMap<DialogKey, (u32, u64), RandomState>,
-    aors: HashMap<(u32, Box<[u8]>), AorState, RandomState>,
+    failed: HashMap<DialogKey, (u32, u64), KeyedState>,
+    aors: HashMap<(u32, Box<[u8]>), AorState, KeyedState>,
     counters: TrackerCounters,
 }
 
 impl MirrorTracker {
-    pub fn new(config: TrackerConfig) -> Result<Self, ConfigError> {
+    /// A tracker whose maps hash with SipHash-1-3 keyed by `hash_key`. The keys of those
+    /// maps (Call-IDs, tags, AoRs) come from the network, so the key must be secret and
+    /// drawn from the OS by the caller (the HEP collector draws one at every start): with
+    /// a key an attacker knows, crafted Call-IDs collide and every lookup walks them all.
+    /// Tests and benches pass a constant. Layout only: no event depends on the key.
+    pub fn new(config: TrackerConfig, hash_key: [u64; 2]) -> Result<Self, ConfigError> {
         config.validate()?;
+        let hasher = KeyedState {
+            k0: hash_key[0],
+            k1: hash_key[1],
+        };
         Ok(MirrorTracker {
             config,
-            hasher: RandomState::new(),
-            pending: HashMap::default(),
-            dialogs: HashMap::default(),
-            ended: HashMap::default(),
-            failed: HashMap::default(),
-            aors: HashMap::default(),
+            hasher: hasher.clone(),
+            pending: HashMap::with_hasher(hasher.clone()),
+            dialogs: HashMap::with_hasher(hasher.clone()),
+            ended: HashMap::with_hasher(hasher.clone()),
+            failed: HashMap::with_hasher(hasher.clone()),
+            aors: HashMap::with_hasher(hasher),
             counters: TrackerCounters::default(),
         })
     }
@@ -897,7 +929,7 @@ impl MirrorTracker {
 
 /// Inserts into a map of at most `max` keys: a new key into a full map is refused (false).
 fn insert_bounded<V>(
-    map: &mut HashMap<DialogKey, V, RandomState>,
+    map: &mut HashMap<DialogKey, V, KeyedState>,
     key: DialogKey,
     value: V,
     max: usize,

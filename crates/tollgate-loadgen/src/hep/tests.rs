@@ -35,7 +35,7 @@ fn check(seed: u64, seconds: u64, loss: f64) {
     let mut model = Model::new(config(seed));
     let mut writer = HepWriter::new(Names::new("hep-test", seed), 1, Some(b"k".to_vec()), 50, 4);
     let mut ledger = Ledger::new(50);
-    let mut tracker = MirrorTracker::new(TrackerConfig::default()).unwrap();
+    let mut tracker = MirrorTracker::new(TrackerConfig::default(), [seed, !seed]).unwrap();
     let tables = Tables::new(TablesConfig::default(), FingerprintKey([7; 32]));
     let mut rng = StdRng::seed_from_u64(seed ^ 0xdead);
     let mut events = Vec::new();

@@ -7,6 +7,9 @@ use super::*;
 
 const T0_MS: u64 = 1_700_000_000_000;
 
+/// A constant hash key: tests need no secret (the collector draws one from the OS).
+const TEST_HASH_KEY: [u64; 2] = [0x7011_6a7e, 0x5eed];
+
 /// One call between SIPp's UAC (caller) and UAS (callee), through Kamailio at 127.0.0.1.
 #[derive(Clone, Copy)]
 struct Call {
@@ -166,7 +169,16 @@ fn expire(at_ms: u64) -> Step {
 
 /// Runs the steps through a fresh tracker; returns it and the events, rendered.
 fn run_with(config: TrackerConfig, steps: &[Step]) -> (MirrorTracker, Vec<String>) {
-    let mut tracker = MirrorTracker::new(config).unwrap();
+    run_keyed(config, TEST_HASH_KEY, steps)
+}
+
+/// [`run_with`] with this hash key.
+fn run_keyed(
+    config: TrackerConfig,
+    hash_key: [u64; 2],
+    steps: &[Step],
+) -> (MirrorTracker, Vec<String>) {
+    let mut tracker = MirrorTracker::new(config, hash_key).unwrap();
     let mut out = Vec::new();
     for step in steps {
         match step {
@@ -885,7 +897,7 @@ fn config_limits_are_checked() {
         ..TrackerConfig::default()
     };
     assert!(matches!(
-        MirrorTracker::new(too_many),
+        MirrorTracker::new(too_many, TEST_HASH_KEY),
         Err(ConfigError::LimitTooHigh {
             name: "dialog_count_max",
             ..
@@ -895,20 +907,46 @@ fn config_limits_are_checked() {
         emergency_numbers: vec![b"1".to_vec(); EMERGENCY_NUMBER_COUNT_MAX + 1],
         ..TrackerConfig::default()
     };
-    assert!(MirrorTracker::new(numbers).is_err());
+    assert!(MirrorTracker::new(numbers, TEST_HASH_KEY).is_err());
     let empty = TrackerConfig {
         emergency_numbers: vec![Vec::new()],
         ..TrackerConfig::default()
     };
     assert_eq!(
-        MirrorTracker::new(empty).unwrap_err(),
+        MirrorTracker::new(empty, TEST_HASH_KEY).unwrap_err(),
         ConfigError::BadEmergencyNumber
     );
 }
 
+/// The maps hash with the caller's key and nothing else (no entropy read inside): the
+/// same key hashes alike in two trackers, another key differently; the key is not in the
+/// tracker's Debug output, and no event depends on it.
+#[test]
+fn the_hash_key_is_the_callers_and_changes_no_event() {
+    let other_key = [0xfeed_f00d, 0xdead_beef_cafe];
+    let steps = concat(&[CALL.setup(), CALL.hangup(60_000)]);
+    let (a, events_a) = run_keyed(TrackerConfig::default(), TEST_HASH_KEY, &steps);
+    let (b, events_b) = run_keyed(TrackerConfig::default(), TEST_HASH_KEY, &steps);
+    let (c, events_c) = run_keyed(TrackerConfig::default(), other_key, &steps);
+    let id = CALL.call_id.as_bytes();
+    assert_eq!(a.hasher.hash_one(id), b.hasher.hash_one(id));
+    assert_ne!(a.hasher.hash_one(id), c.hasher.hash_one(id));
+    let mut sip = siphasher::sip::SipHasher13::new_with_keys(TEST_HASH_KEY[0], TEST_HASH_KEY[1]);
+    id.hash(&mut sip);
+    assert_eq!(a.hasher.hash_one(id), sip.finish());
+    assert!(!events_a.is_empty());
+    assert_eq!(events_a, events_b);
+    assert_eq!(events_a, events_c);
+    let debug = format!("{c:?}");
+    assert!(debug.contains("KeyedState { .. }"));
+    for word in other_key {
+        assert!(!debug.contains(&word.to_string()) && !debug.contains(&format!("{word:x}")));
+    }
+}
+
 #[test]
 fn malformed_payloads_are_counted_by_reason() {
-    let mut tracker = MirrorTracker::new(TrackerConfig::default()).unwrap();
+    let mut tracker = MirrorTracker::new(TrackerConfig::default(), TEST_HASH_KEY).unwrap();
     let mut out = Vec::new();
     let now = MonoTime::from_unix_ms(T0_MS);
     assert_eq!(
@@ -934,7 +972,7 @@ fn a_call_mirrored_as_hep_packets_counts_once() {
     let proxy = "127.0.0.1:5060".parse().unwrap();
     let uac = "127.0.1.1:5061".parse().unwrap();
     let mut builder = tollgate_hep::HepBuilder::new();
-    let mut tracker = MirrorTracker::new(TrackerConfig::default()).unwrap();
+    let mut tracker = MirrorTracker::new(TrackerConfig::default(), TEST_HASH_KEY).unwrap();
     let mut out = Vec::new();
     for step in concat(&[CALL.setup(), CALL.hangup(60_000)]) {
         let Step::Msg {
