@@ -220,7 +220,8 @@ pub fn verify(bytes: &[u8], public_key: Option<&PublicKey>, from_genesis: bool) 
         offsets.push(at);
         at += e.encode().len();
     }
-    let mut held: std::collections::HashMap<u64, Hash> = std::collections::HashMap::new();
+    // Ordered, not hashed: no random hasher keys read in the core (issue 12 item 6).
+    let mut held: std::collections::BTreeMap<u64, Hash> = std::collections::BTreeMap::new();
     let mut head: Option<Head> = None;
     let finding = |kind, index: usize, seq: Option<u64>, detail: String| Finding {
         kind,

@@ -22,7 +22,7 @@
 //! holder; a slot's `count` and `root` equal its members' count and hash; `distinct` equals
 //! the number of entries with a counted holder.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::NODES_MAX;
 
@@ -77,8 +77,9 @@ struct SlotState {
 #[derive(Debug, Default)]
 pub struct AorSets {
     map: BTreeMap<Fp, Holders>,
-    /// Holders past the inline ones, for the few fingerprints held by many nodes.
-    spill: HashMap<Fp, Vec<Slot>>,
+    /// Holders past the inline ones, for the few fingerprints held by many nodes (ordered,
+    /// like `map`: the core reads no hasher keys).
+    spill: BTreeMap<Fp, Vec<Slot>>,
     /// Index `slot - 1`; `None` is a free slot.
     slots: Vec<Option<SlotState>>,
     by_node: BTreeMap<String, Slot>,
