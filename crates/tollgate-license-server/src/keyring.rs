@@ -230,6 +230,8 @@ pub struct KeyCache {
     dir: PathBuf,
     ring: std::sync::Arc<KeyRing>,
     modified: Option<SystemTime>,
+    reloads: u64,
+    refusals: u64,
 }
 
 impl KeyCache {
@@ -241,7 +243,20 @@ impl KeyCache {
             dir: dir.to_owned(),
             ring: std::sync::Arc::new(ring),
             modified,
+            reloads: 0,
+            refusals: 0,
         })
+    }
+
+    /// How many times a changed directory was re-read and its keys taken.
+    pub fn reloads(&self) -> u64 {
+        self.reloads
+    }
+
+    /// How many times a changed directory was re-read and its keys refused (the previous
+    /// ones kept).
+    pub fn refusals(&self) -> u64 {
+        self.refusals
     }
 
     /// The current keys: re-read if the directory changed; if the new contents are refused,
@@ -259,8 +274,10 @@ impl KeyCache {
                         .collect();
                     tracing::info!(key_dir = %self.dir.display(), key_ids = ?ids, "signing keys reloaded");
                     self.ring = std::sync::Arc::new(ring);
+                    self.reloads += 1;
                 }
                 Err(e) => {
+                    self.refusals += 1;
                     tracing::error!(key_dir = %self.dir.display(), error = %e, "signing keys refused; keeping the previous ones");
                 }
             }
@@ -379,17 +396,29 @@ mod tests {
             cache.ring().signing_key(T0).unwrap().key.key_id(),
             first.key_id()
         );
-        // Make sure the directory's modification time moves.
+        assert_eq!((cache.reloads(), cache.refusals()), (0, 0));
+        // Make sure the directory's modification time moves (it has the kernel's tick).
         std::thread::sleep(std::time::Duration::from_millis(20));
         let (second, _, _) = create_key(dir.path(), T0 + 1000).unwrap();
         assert_eq!(
             cache.ring().signing_key(T0 + 1000).unwrap().key.key_id(),
             second.key_id()
         );
+        assert_eq!((cache.reloads(), cache.refusals()), (1, 0));
         std::thread::sleep(std::time::Duration::from_millis(20));
         let bad = dir.path().join("zz-bad.key");
         fs::write(&bad, "junk").unwrap();
         fs::set_permissions(&bad, fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(cache.ring().entries().len(), 2, "previous keys kept");
+        // The re-read happened and was refused: only then does "kept" mean anything.
+        let ring = cache.ring();
+        assert_eq!((cache.reloads(), cache.refusals()), (1, 1));
+        assert_eq!(ring.entries().len(), 2, "previous keys kept");
+        assert_eq!(
+            ring.signing_key(T0 + 1000).unwrap().key.key_id(),
+            second.key_id()
+        );
+        // Refused once per change, not on every look.
+        cache.ring();
+        assert_eq!((cache.reloads(), cache.refusals()), (1, 1));
     }
 }
