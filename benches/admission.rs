@@ -21,13 +21,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use tollgate_events::WallTime;
+use tollgate_license::timestamp::DAY;
 use tollgate_license::{
     AdmissionGate, Context, DenialCounters, Document, Kind, Limits, Mode, Policy, SigningKey,
     TrustedKeys, Usage, evaluate,
 };
 
-const NOW_MS: u64 = 1_800_000_000_000;
-const DAY_MS: u64 = 86_400_000;
+const NOW: WallTime = WallTime::from_unix_ms(1_800_000_000_000);
 
 fn document(key: &SigningKey) -> Document {
     Document {
@@ -35,10 +36,10 @@ fn document(key: &SigningKey) -> Document {
         customer: "Example Telecom GmbH".to_owned(),
         kind: Kind::Subscription,
         serial: 42,
-        issued_at_ms: NOW_MS - DAY_MS,
-        valid_from_ms: NOW_MS - DAY_MS,
-        valid_until_ms: Some(NOW_MS + 30 * DAY_MS),
-        signature_valid_until_ms: Some(NOW_MS + 14 * DAY_MS),
+        issued_at: NOW - DAY,
+        valid_from: NOW - DAY,
+        valid_until: Some(NOW + 30 * DAY),
+        signature_valid_until: Some(NOW + 14 * DAY),
         limits: Limits {
             calls: Some(10_000),
             subscribers: Some(1_000_000),
@@ -64,10 +65,10 @@ fn admission(c: &mut Criterion) {
     let trusted = TrustedKeys::single(key.public_key());
     let license = tollgate_license::verify(text.as_bytes(), &trusted).expect("verifies");
     let context = Context {
-        now_ms: NOW_MS,
+        now: NOW,
         host_id: Some("node-b"),
         serial_seen_max: Some(41),
-        time_recorded_max_ms: Some(NOW_MS - 1000),
+        time_recorded_max: Some(NOW.minus_ms(1000)),
         unlicensed_mode: Mode::Warn,
     };
     let usage = Usage {

@@ -146,11 +146,13 @@ fn parse_bound(flag: &str, text: &str) -> Result<u64, Failure> {
     if let Ok(ms) = text.parse::<u64>() {
         return Ok(ms);
     }
-    tollgate_license::timestamp::parse_rfc3339(text).map_err(|e| {
-        Failure::Config(anyhow::anyhow!(
-            "{flag} {text:?}: {e} (RFC 3339, e.g. 2026-01-31T00:00:00Z, or Unix ms)"
-        ))
-    })
+    tollgate_license::timestamp::parse_rfc3339(text)
+        .map(tollgate_events::WallTime::unix_ms)
+        .map_err(|e| {
+            Failure::Config(anyhow::anyhow!(
+                "{flag} {text:?}: {e} (RFC 3339, e.g. 2026-01-31T00:00:00Z, or Unix ms)"
+            ))
+        })
 }
 
 fn run_export(args: ExportArgs) -> Result<(), Failure> {
@@ -206,7 +208,9 @@ pub fn export_line(e: &SignedEntry) -> serde_json::Value {
         "incarnation": x.incarnation,
         "interval_start_ms": x.interval_start_ms,
         "interval_end_ms": x.interval_end_ms,
-        "interval_end": tollgate_license::timestamp::format_rfc3339(x.interval_end_ms),
+        "interval_end": tollgate_license::timestamp::format_rfc3339(
+            tollgate_events::WallTime::from_unix_ms(x.interval_end_ms),
+        ),
         "counts": x.counts,
         "peaks": x.peaks,
         "license_serial": x.license_serial,

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow};
+use tollgate_events::WallTime;
 use tollgate_license::keys::{KEY_FILE_LEN_MAX, TRUSTED_KEYS_TEXT_LEN_MAX};
 use tollgate_license::timestamp::{format_rfc3339, parse_rfc3339};
 use tollgate_license::{
@@ -143,7 +144,7 @@ struct WhereAndWhen {
     host_id: Option<String>,
     /// Check as of this time instead of now (UTC, like 2030-01-01T00:00:00Z).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
-    at: Option<u64>,
+    at: Option<WallTime>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -290,7 +291,7 @@ fn sign(args: &SignArgs) -> Result<(), Failure> {
     let spec = LicenseSpec::parse(&spec_text).map_err(spec_error)?;
     let document = spec
         // Whole seconds: a document's times read better without milliseconds.
-        .to_document(key.key_id(), now_ms() / 1000 * 1000)
+        .to_document(key.key_id(), WallTime::from_unix_secs(now().unix_secs()))
         .map_err(spec_error)?;
     let text = tollgate_license::sign(&document, &key).map_err(spec_error)?;
     match &args.out {
@@ -406,14 +407,14 @@ struct Report {
     days_to_lease_end: Option<i64>,
 }
 
-/// Verifies `text` (authentic?) and checks it (in force at `now_ms` on `host_id`?), in the
+/// Verifies `text` (authentic?) and checks it (in force at `now` on `host_id`?), in the
 /// order of the verdicts' exit codes. All the rules are the crate's.
 fn check_license(
     text: &[u8],
     trusted: &TrustedKeys,
     host_id: Option<&str>,
     serial_seen_max: Option<u64>,
-    now_ms: u64,
+    now: WallTime,
 ) -> Report {
     let license = match tollgate_license::verify(text, trusted) {
         Ok(license) => license,
@@ -446,10 +447,10 @@ fn check_license(
     // after it (not yet valid, expiry) still run.
     let host_checked = host_id.is_some() || document.host_ids.is_empty();
     let context = Context {
-        now_ms,
+        now,
         host_id: host_id.or(document.host_ids.first().map(String::as_str)),
         serial_seen_max,
-        time_recorded_max_ms: None,
+        time_recorded_max: None,
         unlicensed_mode: Mode::Warn,
     };
     let authentic = "; the signature is authentic";
@@ -474,7 +475,7 @@ fn check_license(
             Refusal::HostNotListed { .. } => {
                 format!("; it lists {}", document.host_ids.join(", "))
             }
-            Refusal::NotYetValid { .. } => format!(", and it is {}", format_rfc3339(now_ms)),
+            Refusal::NotYetValid { .. } => format!(", and it is {}", format_rfc3339(now)),
             _ => String::new(),
         };
         return report(
@@ -485,7 +486,7 @@ fn check_license(
     }
     let days = |days: Option<i64>| days.map(days_text).unwrap_or_default();
     let kind = document.kind.as_str();
-    let at = |ms: Option<u64>| ms.map(format_rfc3339).unwrap_or_default();
+    let at = |at: Option<WallTime>| at.map(format_rfc3339).unwrap_or_default();
     match evaluation.license_status {
         StatusCode::Expired => report(
             Verdict::Expired,
@@ -493,7 +494,7 @@ fn check_license(
             format!(
                 "the {kind} license {} expired on {} ({}){authentic}",
                 document.license_key,
-                at(document.valid_until_ms),
+                at(document.valid_until),
                 days(evaluation.days_to_expiry)
             ),
         ),
@@ -504,13 +505,13 @@ fn check_license(
                 "the signature lease of license {} ended on {} ({}): renew it from the \
                  license server{authentic}",
                 document.license_key,
-                at(document.signature_valid_until_ms),
+                at(document.signature_valid_until),
                 days(evaluation.days_to_lease_end)
             ),
         ),
         status => {
             debug_assert_eq!(status, StatusCode::Ok);
-            let until = match document.valid_until_ms {
+            let until = match document.valid_until {
                 Some(until) => format!(
                     "valid until {} ({})",
                     format_rfc3339(until),
@@ -518,7 +519,7 @@ fn check_license(
                 ),
                 None => "valid forever".to_owned(),
             };
-            let lease = match document.signature_valid_until_ms {
+            let lease = match document.signature_valid_until {
                 Some(until) => format!(
                     ", signature valid until {} ({})",
                     format_rfc3339(until),
@@ -564,17 +565,17 @@ fn days_text(days: i64) -> String {
 fn verify(args: &VerifyArgs) -> Result<(), Failure> {
     let trusted = read_trusted(&args.trusted).map_err(Failure::Config)?;
     let text = read_license(&args.file)?;
-    let now_ms = args.check.at.unwrap_or_else(now_ms);
+    let now = args.check.at.unwrap_or_else(now);
     let report = check_license(
         &text,
         &trusted,
         args.check.host_id.as_deref(),
         args.min_serial,
-        now_ms,
+        now,
     );
     let mut stdout = io::stdout().lock();
     let printed = if args.json {
-        let mut json = report_json(&report, &args.check, now_ms);
+        let mut json = report_json(&report, &args.check, now);
         json["file"] = args.file.display().to_string().into();
         writeln!(stdout, "{json}")
     } else {
@@ -595,7 +596,7 @@ fn show(args: &ShowArgs) -> Result<(), Failure> {
     let parsed = tollgate_license::parse(&text)
         .map_err(|e| Failure::Config(anyhow!("{}: {e}", args.file.display())))?;
     let document = &parsed.document;
-    let now_ms = args.check.at.unwrap_or_else(now_ms);
+    let now = args.check.at.unwrap_or_else(now);
     let report = if args.trusted.is_empty() {
         None
     } else {
@@ -605,14 +606,14 @@ fn show(args: &ShowArgs) -> Result<(), Failure> {
             &trusted,
             args.check.host_id.as_deref(),
             None,
-            now_ms,
+            now,
         ))
     };
     let log_line = tollgate_license::log_line(document);
     if args.json {
         let mut json = match &report {
-            Some(report) => report_json(report, &args.check, now_ms),
-            None => serde_json::json!({ "checked_at": format_rfc3339(now_ms) }),
+            Some(report) => report_json(report, &args.check, now),
+            None => serde_json::json!({ "checked_at": format_rfc3339(now) }),
         };
         json["signature_checked"] = report.is_some().into();
         json["license"] = document_json(document);
@@ -655,7 +656,7 @@ fn show(args: &ShowArgs) -> Result<(), Failure> {
             };
             row(
                 "Status",
-                &format!("{} at {}: {status}", report.status, format_rfc3339(now_ms)),
+                &format!("{} at {}: {status}", report.status, format_rfc3339(now)),
             );
         }
         Some(report) => row(
@@ -682,7 +683,7 @@ fn show(args: &ShowArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn report_json(report: &Report, check: &WhereAndWhen, now_ms: u64) -> serde_json::Value {
+fn report_json(report: &Report, check: &WhereAndWhen, now: WallTime) -> serde_json::Value {
     serde_json::json!({
         "valid": report.verdict == Verdict::Valid,
         "verdict": report.verdict.as_str(),
@@ -690,7 +691,7 @@ fn report_json(report: &Report, check: &WhereAndWhen, now_ms: u64) -> serde_json
         "status": report.status.as_str(),
         "reason": report.reason,
         "authentic": report.verdict.is_authentic(),
-        "checked_at": format_rfc3339(now_ms),
+        "checked_at": format_rfc3339(now),
         "host_id": check.host_id,
         "host_checked": report.host_checked,
         "license": report.document.as_ref().map(document_json),
@@ -703,10 +704,10 @@ fn document_json(document: &Document) -> serde_json::Value {
         "customer": document.customer,
         "kind": document.kind.as_str(),
         "serial": document.serial,
-        "issued_at": format_rfc3339(document.issued_at_ms),
-        "valid_from": format_rfc3339(document.valid_from_ms),
-        "valid_until": document.valid_until_ms.map(format_rfc3339),
-        "signature_valid_until": document.signature_valid_until_ms.map(format_rfc3339),
+        "issued_at": format_rfc3339(document.issued_at),
+        "valid_from": format_rfc3339(document.valid_from),
+        "valid_until": document.valid_until.map(format_rfc3339),
+        "signature_valid_until": document.signature_valid_until.map(format_rfc3339),
         "limits": document.limits,
         "features": document.features,
         "host_ids": document.host_ids,
@@ -767,14 +768,17 @@ fn read_text(path: &Path, len_max: usize) -> anyhow::Result<String> {
     String::from_utf8(bytes).map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))
 }
 
-fn parse_time(text: &str) -> Result<u64, String> {
+fn parse_time(text: &str) -> Result<WallTime, String> {
     parse_rfc3339(text).map_err(str::to_owned)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// The wall clock, read once per command.
+fn now() -> WallTime {
+    WallTime::from_unix_ms(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    )
 }
 
 #[cfg(test)]
@@ -809,14 +813,18 @@ mod tests {
     #[test]
     fn days_read_as_whole_days() {
         use tollgate_license::timestamp::{DAY_MS, days_until};
-        let now = 100 * DAY_MS;
-        let check = |at: u64, expected: &str| assert_eq!(days_text(days_until(now, at)), expected);
-        check(now + 2 * DAY_MS, "in 2 days");
-        check(now + DAY_MS + 1, "in 1 day");
-        check(now + 1, "in less than a day");
-        check(now - 1, "less than a day ago");
-        check(now - DAY_MS - 1, "1 day ago");
-        check(now - 3 * DAY_MS - 1, "3 days ago");
+        let now = WallTime::from_unix_ms(100 * DAY_MS);
+        let check = |at: u64, expected: &str| {
+            let at = WallTime::from_unix_ms(at);
+            assert_eq!(days_text(days_until(now, at)), expected);
+        };
+        let now_ms = now.unix_ms();
+        check(now_ms + 2 * DAY_MS, "in 2 days");
+        check(now_ms + DAY_MS + 1, "in 1 day");
+        check(now_ms + 1, "in less than a day");
+        check(now_ms - 1, "less than a day ago");
+        check(now_ms - DAY_MS - 1, "1 day ago");
+        check(now_ms - 3 * DAY_MS - 1, "3 days ago");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::io::{self, BufRead as _, Read as _, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize as _;
+use tollgate_events::WallTime;
 use tollgate_license::timestamp::{format_rfc3339, parse_rfc3339};
 use tollgate_license::{Document, LicenseSpec};
 use tollgate_license_server::admin::{self, AdminError, AdminPaths, Contract, Ctx};
@@ -421,14 +422,14 @@ fn run_with_input(
             for c in store.read().customers()? {
                 let state = c.suspended_at_ms.map_or_else(
                     || "active".to_owned(),
-                    |at| format!("suspended {}", format_rfc3339(at)),
+                    |at| format!("suspended {}", rfc3339_ms(at)),
                 );
                 writeln!(
                     out,
                     "{}\t{}\t{}\t{state}",
                     c.id,
                     c.name,
-                    format_rfc3339(c.created_at_ms)
+                    rfc3339_ms(c.created_at_ms)
                 )?;
             }
             Ok(())
@@ -561,10 +562,10 @@ fn license(
                     l.serial,
                     l.contract.as_str(),
                     document
-                        .valid_until_ms
+                        .valid_until
                         .map_or_else(|| "forever".into(), format_rfc3339),
                     document
-                        .signature_valid_until_ms
+                        .signature_valid_until
                         .map_or_else(|| "-".into(), format_rfc3339),
                 )?;
             }
@@ -604,11 +605,11 @@ fn license(
                         "  serial {}\t{}\tissued {}\tlease until {}\tvalid until {}\tkey {}",
                         d.serial,
                         d.cause,
-                        format_rfc3339(d.issued_at_ms),
+                        rfc3339_ms(d.issued_at_ms),
                         d.signature_valid_until_ms
-                            .map_or_else(|| "-".into(), format_rfc3339),
+                            .map_or_else(|| "-".into(), rfc3339_ms),
                         d.valid_until_ms
-                            .map_or_else(|| "forever".into(), format_rfc3339),
+                            .map_or_else(|| "forever".into(), rfc3339_ms),
                         d.key_id
                     )?;
                 }
@@ -644,7 +645,7 @@ fn user(
         UserCommand::List => {
             for u in store.read().users()? {
                 let state = match u.disabled_at_ms {
-                    Some(at) => format!("disabled {}", format_rfc3339(at)),
+                    Some(at) => format!("disabled {}", rfc3339_ms(at)),
                     None => "active".into(),
                 };
                 writeln!(
@@ -653,7 +654,7 @@ fn user(
                     u.name,
                     u.role,
                     state,
-                    format_rfc3339(u.created_at_ms)
+                    rfc3339_ms(u.created_at_ms)
                 )?;
             }
         }
@@ -676,16 +677,16 @@ fn describe_document(document: &Document, out: &mut dyn Write) -> Result<(), Adm
     writeln!(
         out,
         "valid        {} until {}",
-        format_rfc3339(document.valid_from_ms),
+        format_rfc3339(document.valid_from),
         document
-            .valid_until_ms
+            .valid_until
             .map_or_else(|| "forever".into(), format_rfc3339)
     )?;
     writeln!(
         out,
         "lease until  {}",
         document
-            .signature_valid_until_ms
+            .signature_valid_until
             .map_or_else(|| "-".into(), format_rfc3339)
     )?;
     writeln!(out, "key id       {}", document.key_id)?;
@@ -732,9 +733,8 @@ fn token(
             let expires_at_ms = parse_time_arg("--expires", expires.as_deref())?;
             let (id, token, allowed) =
                 admin::issue_token(ctx, store, license, allow, note.as_deref(), expires_at_ms)?;
-            let until = expires_at_ms.map_or_else(String::new, |at| {
-                format!(", expires {}", format_rfc3339(at))
-            });
+            let until = expires_at_ms
+                .map_or_else(String::new, |at| format!(", expires {}", rfc3339_ms(at)));
             writeln!(
                 out,
                 "token {id} for license {license}, allowed from {allowed}{until}"
@@ -749,19 +749,19 @@ fn token(
         TokenCommand::List { license } => {
             for t in store.read().tokens(license.as_deref())? {
                 let state = match t.state(ctx.now_ms) {
-                    TokenState::Revoked(at) => format!("revoked {}", format_rfc3339(at)),
-                    TokenState::Expired(at) => format!("expired {}", format_rfc3339(at)),
+                    TokenState::Revoked(at) => format!("revoked {}", rfc3339_ms(at)),
+                    TokenState::Expired(at) => format!("expired {}", rfc3339_ms(at)),
                     TokenState::Active | TokenState::Expiring(_) => "active".into(),
                 };
                 let expires = match t.expires_at_ms {
-                    Some(at) => format!("expires {}", format_rfc3339(at)),
+                    Some(at) => format!("expires {}", rfc3339_ms(at)),
                     None => "expires never".into(),
                 };
                 let replaced = t
                     .replaced_by
                     .map_or_else(String::new, |next| format!("\treplaced by {next}"));
                 let used = match (t.last_used_at_ms, &t.last_used_from) {
-                    (Some(at), Some(from)) => format!("{} from {from}", format_rfc3339(at)),
+                    (Some(at), Some(from)) => format!("{} from {from}", rfc3339_ms(at)),
                     _ => "never".into(),
                 };
                 writeln!(
@@ -771,7 +771,7 @@ fn token(
                     t.license_key,
                     state,
                     t.allowed,
-                    format_rfc3339(t.created_at_ms),
+                    rfc3339_ms(t.created_at_ms),
                     used,
                     t.note.as_deref().unwrap_or("")
                 )?;
@@ -786,9 +786,9 @@ fn token(
             let expires_at_ms = parse_time_arg("--expires", expires.as_deref())?;
             let grace_ms = grace_minutes.saturating_mul(60_000);
             let rotated = admin::rotate_token(ctx, store, *id, grace_ms, expires_at_ms)?;
-            let until = rotated.expires_at_ms.map_or_else(String::new, |at| {
-                format!(", expires {}", format_rfc3339(at))
-            });
+            let until = rotated
+                .expires_at_ms
+                .map_or_else(String::new, |at| format!(", expires {}", rfc3339_ms(at)));
             writeln!(
                 out,
                 "token {} for license {} replaces token {id}, allowed from {}{until}",
@@ -806,7 +806,7 @@ fn token(
                 (None, Some(at)) => writeln!(
                     out,
                     "token {id} keeps working until {}, then answers 403 token_expired",
-                    format_rfc3339(at)
+                    rfc3339_ms(at)
                 )?,
                 (None, None) => {}
             }
@@ -818,9 +818,7 @@ fn token(
                 out,
                 "token {id} of license {} revoked at {}",
                 record.license_key,
-                record
-                    .revoked_at_ms
-                    .map_or_else(String::new, format_rfc3339)
+                record.revoked_at_ms.map_or_else(String::new, rfc3339_ms)
             )?;
             Ok(())
         }
@@ -829,8 +827,12 @@ fn token(
 
 /// An optional RFC 3339 time argument.
 fn parse_time_arg(flag: &str, text: Option<&str>) -> Result<Option<u64>, AdminError> {
-    text.map(|text| parse_rfc3339(text).map_err(|e| admin::input(format!("{flag} {text}: {e}"))))
-        .transpose()
+    text.map(|text| {
+        parse_rfc3339(text)
+            .map(WallTime::unix_ms)
+            .map_err(|e| admin::input(format!("{flag} {text}: {e}")))
+    })
+    .transpose()
 }
 
 fn reports(
@@ -861,7 +863,7 @@ fn reports(
             out,
             "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             r.id,
-            format_rfc3339(r.received_at_ms),
+            rfc3339_ms(r.received_at_ms),
             r.license_key,
             r.report.node_id,
             n.calls,
@@ -967,19 +969,19 @@ fn key(
 ) -> Result<(), AdminError> {
     match command {
         KeyCommand::Rotate { activate_at } => {
-            let activation_ms = match activate_at {
+            let activation = match activate_at {
                 Some(text) => parse_rfc3339(text)
                     .map_err(|e| admin::input(format!("--activate-at {text}: {e}")))?,
-                None => ctx.now_ms,
+                None => WallTime::from_unix_ms(ctx.now_ms),
             };
-            let (key, key_path, pub_path) = admin::rotate_key(ctx, store, activation_ms)?;
+            let (key, key_path, pub_path) = admin::rotate_key(ctx, store, activation)?;
             writeln!(out, "key id       {}", key.key_id())?;
             writeln!(out, "private key  {}  (mode 0600)", key_path.display())?;
             writeln!(out, "public key   {}", pub_path.display())?;
             writeln!(
                 out,
                 "activates    {}",
-                format_rfc3339(activation_ms - activation_ms % 1000)
+                format_rfc3339(WallTime::from_unix_secs(activation.unix_secs()))
             )?;
             writeln!(out, "{}", key.public_key().to_file_string().trim_end())?;
             writeln!(
@@ -991,12 +993,14 @@ fn key(
         }
         KeyCommand::List => {
             let ring = KeyRing::load(&ctx.paths.key_dir)?;
-            let signing = ring.signing_key(ctx.now_ms).map(|e| e.key.key_id());
+            let signing = ring
+                .signing_key(WallTime::from_unix_ms(ctx.now_ms))
+                .map(|e| e.key.key_id());
             for entry in ring.entries() {
                 let id = entry.key.key_id();
                 let state = if Some(id) == signing {
                     "signing"
-                } else if entry.activation_ms > ctx.now_ms {
+                } else if entry.activation > WallTime::from_unix_ms(ctx.now_ms) {
                     "scheduled"
                 } else {
                     "previous"
@@ -1004,7 +1008,7 @@ fn key(
                 writeln!(
                     out,
                     "{id}\t{state}\tactivates {}\t{}",
-                    format_rfc3339(entry.activation_ms),
+                    format_rfc3339(entry.activation),
                     entry.file_name
                 )?;
             }
@@ -1027,7 +1031,7 @@ fn audit(
                     .unwrap_or(serde_json::Value::String(a.detail.clone()));
             let value = serde_json::json!({
                 "id": a.id,
-                "at": format_rfc3339(a.at_ms),
+                "at": rfc3339_ms(a.at_ms),
                 "actor": a.actor,
                 "action": a.action,
                 "license_key": a.license_key,
@@ -1040,7 +1044,7 @@ fn audit(
                 out,
                 "{}\t{}\t{}\t{}\t{}\t{}\t{}",
                 a.id,
-                format_rfc3339(a.at_ms),
+                rfc3339_ms(a.at_ms),
                 a.actor,
                 a.action,
                 a.license_key.as_deref().unwrap_or("-"),
@@ -1135,6 +1139,11 @@ fn nodes(
         )?;
     }
     Ok(())
+}
+
+/// A store record's time (its SQL column holds Unix ms) as RFC 3339.
+fn rfc3339_ms(ms: u64) -> String {
+    format_rfc3339(WallTime::from_unix_ms(ms))
 }
 
 #[cfg(test)]

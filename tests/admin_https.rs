@@ -44,7 +44,10 @@ fn https_config(dir: &Path, cert: &Path, key: &Path) -> std::path::PathBuf {
     );
     let doc = LicenseSpec::parse(&spec)
         .unwrap()
-        .to_document(vendor.key_id(), now_ms)
+        .to_document(
+            vendor.key_id(),
+            tollgate_events::WallTime::from_unix_ms(now_ms),
+        )
         .unwrap();
     let license = dir.join("license.txt");
     std::fs::write(&license, tollgate_license::sign(&doc, &vendor).unwrap()).unwrap();

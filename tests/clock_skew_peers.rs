@@ -131,17 +131,18 @@ fn a_clock_nine_months_behind_its_peer_is_clock_skew_and_the_expired_license_is_
 
     // A term license that ended 30 days ago by real time (valid by node 2's clock).
     let vendor = SigningKey::generate();
-    let now = now_ms();
+    let now = tollgate_events::WallTime::from_unix_ms(now_ms());
+    let day = tollgate_license::timestamp::DAY;
     let spec = format!(
         "license_key = \"PEERS_1\"\ncustomer = \"Skew Telecom\"\nkind = \"term\"\nserial = 3\n\
          issued_at = \"{}\"\nvalid_from = \"{}\"\nvalid_until = \"{}\"\n[limits]\ncalls = 10\n",
-        format_rfc3339(now - 400 * DAY_MS),
-        format_rfc3339(now - 400 * DAY_MS),
-        format_rfc3339(now - 30 * DAY_MS)
+        format_rfc3339(now - 400 * day),
+        format_rfc3339(now - 400 * day),
+        format_rfc3339(now - 30 * day)
     );
     let doc = LicenseSpec::parse(&spec)
         .unwrap()
-        .to_document(vendor.key_id(), now - 400 * DAY_MS)
+        .to_document(vendor.key_id(), now - 400 * day)
         .unwrap();
     let license_file = d.join("license.txt");
     std::fs::write(

@@ -56,7 +56,10 @@ fn three_agents_sum_exactly_share_the_license_and_drop_a_dead_node() {
         .as_millis() as u64;
     let doc = LicenseSpec::parse(spec)
         .unwrap()
-        .to_document(vendor.key_id(), now)
+        .to_document(
+            vendor.key_id(),
+            tollgate_events::WallTime::from_unix_ms(now),
+        )
         .unwrap();
     let text = tollgate_license::sign(&doc, &vendor).unwrap();
     let (status, body) = common::http(

@@ -84,8 +84,8 @@ fn an_honest_node_raises_nothing_a_lost_state_dir_is_reset_and_a_foreign_key_is_
     let report = UsageReport {
         node_id: NODE.into(),
         agent_version: "forged".into(),
-        timestamp_ms: now_ms(),
-        since_ms: None,
+        timestamp: tollgate_events::WallTime::from_unix_ms(now_ms()),
+        since: None,
         license_serial: None,
         node: UsageFigures::default(),
         cluster: None,

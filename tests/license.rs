@@ -58,7 +58,10 @@ fn license(v: &Vendor, serial: u64, calls: u64, mode: &str, kind_lines: &str) ->
     );
     let doc = LicenseSpec::parse(&spec)
         .unwrap()
-        .to_document(v.key.key_id(), now_ms())
+        .to_document(
+            v.key.key_id(),
+            tollgate_events::WallTime::from_unix_ms(now_ms()),
+        )
         .unwrap();
     tollgate_license::sign(&doc, &v.key).unwrap()
 }

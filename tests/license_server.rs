@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tollgate_events::WallTime;
 
 use tollgate_license::{PublicKey, TrustedKeys};
 use tollgate_license_client::{ClientConfig, FetchError, LicenseClient, UsageFigures, UsageReport};
@@ -106,9 +107,9 @@ impl Vendor {
     /// Like `provision`, `extra` appended to the license spec (e.g. a `[policy]` table).
     fn provision_with(&self, allow: &str, extra: &str) -> String {
         self.admin_ok(&["customer", "add", "Acme Telecom"]);
-        let valid_until = tollgate_license::timestamp::format_rfc3339(
+        let valid_until = tollgate_license::timestamp::format_rfc3339(WallTime::from_unix_ms(
             now_ms() / 1000 * 1000 + 5 * tollgate_license::timestamp::DAY_MS,
-        );
+        ));
         let spec = format!(
             "license_key = \"{LICENSE_KEY}\"\ncustomer = \"Acme Telecom\"\n\
              kind = \"subscription\"\nserial = 1\nvalid_from = \"2020-01-01T00:00:00Z\"\n\
@@ -261,14 +262,27 @@ fn dev_server_prints_its_certificate_and_serves_leases_and_reports() {
     let verified = tollgate_license::verify(lease.license.as_bytes(), &server.trusted()).unwrap();
     assert_eq!(verified.document().serial, lease.serial);
     let day = tollgate_license::timestamp::DAY_MS;
-    assert!(lease.signature_valid_until_ms.abs_diff(now_ms() + 14 * day) < 60_000);
-    assert!(lease.valid_until_ms.unwrap().abs_diff(now_ms() + 30 * day) < 60_000);
+    assert!(
+        lease
+            .signature_valid_until
+            .unix_ms()
+            .abs_diff(now_ms() + 14 * day)
+            < 60_000
+    );
+    assert!(
+        lease
+            .valid_until
+            .unwrap()
+            .unix_ms()
+            .abs_diff(now_ms() + 30 * day)
+            < 60_000
+    );
 
     let report = UsageReport {
         node_id: "sp1".into(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
-        timestamp_ms: now_ms(),
-        since_ms: None,
+        timestamp: WallTime::from_unix_ms(now_ms()),
+        since: None,
         license_serial: Some(lease.serial),
         node: UsageFigures {
             calls: 42,
@@ -293,7 +307,7 @@ fn dev_server_prints_its_certificate_and_serves_leases_and_reports() {
     );
     // The billing view of this month: one node, peak 50 within the limit of 100 (the
     // figures' arithmetic is tested in the crate's tests/billing.rs).
-    let month = &tollgate_license::timestamp::format_rfc3339(report.timestamp_ms)[..7];
+    let month = &tollgate_license::timestamp::format_rfc3339(report.timestamp)[..7];
     let csv = vendor.admin_ok(&["reports", "monthly", "--month", month, "--csv"]);
     let lines: Vec<&str> = csv.split("\r\n").collect();
     assert!(
@@ -430,7 +444,13 @@ fn restart_with_the_certificate_as_configured_files_keeps_state() {
         "a new lease length is answered with a new document at once"
     );
     let day = tollgate_license::timestamp::DAY_MS;
-    assert!(second.signature_valid_until_ms.abs_diff(now_ms() + 7 * day) < 60_000);
+    assert!(
+        second
+            .signature_valid_until
+            .unix_ms()
+            .abs_diff(now_ms() + 7 * day)
+            < 60_000
+    );
     assert_eq!(server.stop().0, 0);
 }
 
@@ -1099,9 +1119,9 @@ fn admin_cli_expires_and_rotates_tokens_and_names_the_node_views() {
         .expect("lease with the first token");
 
     // Issued with an expiry: printed, listed, refused at issue when in the past.
-    let expires = tollgate_license::timestamp::format_rfc3339(
+    let expires = tollgate_license::timestamp::format_rfc3339(WallTime::from_unix_ms(
         now_ms() / 1000 * 1000 + 30 * tollgate_license::timestamp::DAY_MS,
-    );
+    ));
     let out = vendor.admin_ok(&[
         "tokens",
         "issue",
@@ -1196,8 +1216,8 @@ fn admin_cli_expires_and_rotates_tokens_and_names_the_node_views() {
     let report = UsageReport {
         node_id: "sp1".into(),
         agent_version: "0.1.0".into(),
-        timestamp_ms: now_ms(),
-        since_ms: None,
+        timestamp: WallTime::from_unix_ms(now_ms()),
+        since: None,
         license_serial: Some(1),
         node: UsageFigures::default(),
         cluster: None,

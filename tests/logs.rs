@@ -24,7 +24,10 @@ fn tampered_license_config(dir: &Path, extra: &str) -> std::path::PathBuf {
                 kind = \"perpetual\"\nlease_days = 14\n\n[limits]\ncalls = 10\n";
     let doc = LicenseSpec::parse(spec)
         .unwrap()
-        .to_document(key.key_id(), now_ms)
+        .to_document(
+            key.key_id(),
+            tollgate_events::WallTime::from_unix_ms(now_ms),
+        )
         .unwrap();
     let armored = tollgate_license::sign(&doc, &key).unwrap();
     let tampered = armored.replacen("Log Test", "Log Tesx", 1);

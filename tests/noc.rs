@@ -87,7 +87,10 @@ fn wait_until(what: &str, secs: u64, mut pred: impl FnMut() -> bool) {
 fn sign(vendor: &SigningKey, spec: &str) -> String {
     let doc = LicenseSpec::parse(spec)
         .unwrap()
-        .to_document(vendor.key_id(), now_ms())
+        .to_document(
+            vendor.key_id(),
+            tollgate_events::WallTime::from_unix_ms(now_ms()),
+        )
         .unwrap();
     tollgate_license::sign(&doc, vendor).unwrap()
 }

@@ -59,7 +59,10 @@ fn license(vendor: &SigningKey, serial: u64, hosts: &str) -> String {
         .as_millis() as u64;
     let doc = LicenseSpec::parse(&spec)
         .unwrap()
-        .to_document(vendor.key_id(), now)
+        .to_document(
+            vendor.key_id(),
+            tollgate_events::WallTime::from_unix_ms(now),
+        )
         .unwrap();
     tollgate_license::sign(&doc, vendor).unwrap()
 }

@@ -66,7 +66,10 @@ fn page_in_chromium_shows_the_cluster_history_chart_of_a_real_mesh() {
     );
     let doc = LicenseSpec::parse(&spec)
         .unwrap()
-        .to_document(vendor.key_id(), now_ms)
+        .to_document(
+            vendor.key_id(),
+            tollgate_events::WallTime::from_unix_ms(now_ms),
+        )
         .unwrap();
     let license_file = dir.path().join("license.txt");
     std::fs::write(

@@ -51,7 +51,10 @@ fn license(
     );
     let document = LicenseSpec::parse(&spec)
         .unwrap()
-        .to_document(key.key_id(), now_ms())
+        .to_document(
+            key.key_id(),
+            tollgate_events::WallTime::from_unix_ms(now_ms()),
+        )
         .unwrap();
     tollgate_license::sign(&document, key).unwrap()
 }

@@ -34,7 +34,7 @@ fn real_response() -> &'static [u8] {
         )
         .expect("the fixed spec parses");
         let document = spec
-            .to_document(key.key_id(), 1_800_000_000_000)
+            .to_document(key.key_id(), tollgate_events::WallTime::from_unix_ms(1_800_000_000_000))
             .expect("the fixed spec is valid");
         let text = tollgate_license::sign(&document, &key).expect("signs");
         LeaseResponse::for_document(text, &document, Contract::Active, true)

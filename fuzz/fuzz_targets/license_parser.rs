@@ -42,7 +42,7 @@ fn signed_text() -> &'static str {
         )
         .expect("the fixed spec parses");
         let document = spec
-            .to_document(signing_key().key_id(), 1_800_000_000_000)
+            .to_document(signing_key().key_id(), tollgate_events::WallTime::from_unix_ms(1_800_000_000_000))
             .expect("the fixed spec is valid");
         tollgate_license::sign(&document, signing_key()).expect("signs")
     })
@@ -101,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
             document.validate().expect("a parsed document is valid");
         }
         if let Ok(spec) = LicenseSpec::parse(text) {
-            if let Ok(document) = spec.to_document(signing_key().key_id(), 1_800_000_000_000) {
+            if let Ok(document) = spec.to_document(signing_key().key_id(), tollgate_events::WallTime::from_unix_ms(1_800_000_000_000)) {
                 let signed = tollgate_license::sign(&document, signing_key()).expect("signs");
                 let license = verify(signed.as_bytes(), trusted()).expect("what we sign verifies");
                 assert_eq!(license.document(), &document);

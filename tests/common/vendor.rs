@@ -68,7 +68,9 @@ impl Vendor {
             "license_key = \"{LICENSE_KEY}\"\ncustomer = \"Acme Telecom\"\n\
              kind = \"{kind}\"\nserial = 1\nvalid_from = \"2020-01-01T00:00:00Z\"\n\
              valid_until = \"{}\"\n[limits]\ncalls = 100\n",
-            tollgate_license::timestamp::format_rfc3339(valid_until_ms / 1000 * 1000)
+            tollgate_license::timestamp::format_rfc3339(tollgate_events::WallTime::from_unix_secs(
+                valid_until_ms / 1000
+            ))
         );
         std::fs::write(self.path("spec.toml"), spec).unwrap();
         self.admin_ok(&[

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tollgate_events::WallTime;
 use tollgate_ingest::{Admission, Decision};
 use tollgate_license::{
     AdmissionGate, AdmissionPlan, Context, DenialCounters, Document, Evaluation, Mode, StatusCode,
@@ -58,9 +59,9 @@ pub enum InstallError {
     NotNewer { serial: u64, current_serial: u64 },
     #[error(
         "serial {serial} already expired on {}; the license in force is kept",
-        tollgate_license::timestamp::format_rfc3339(*valid_until_ms)
+        tollgate_license::timestamp::format_rfc3339(*valid_until)
     )]
-    Expired { serial: u64, valid_until_ms: u64 },
+    Expired { serial: u64, valid_until: WallTime },
     #[error("license key {found} does not match the configured license key {configured}")]
     WrongKey { found: String, configured: String },
     #[error("no license source: set [license] file, or upload one")]
@@ -305,10 +306,10 @@ impl LicenseManager {
     fn context(&self, now_ms: u64) -> Context<'_> {
         let (w, _) = *self.watermarks.lock();
         Context {
-            now_ms,
+            now: WallTime::from_unix_ms(now_ms),
             host_id: self.settings.host_id.as_deref(),
             serial_seen_max: w.serial_seen_max,
-            time_recorded_max_ms: w.time_recorded_max_ms,
+            time_recorded_max: w.time_recorded_max_ms.map(WallTime::from_unix_ms),
             unlicensed_mode: self.settings.unlicensed_mode,
         }
     }
@@ -433,7 +434,9 @@ impl LicenseManager {
                 skew_ms,
                 tolerance_ms,
                 source,
-                trusted_time = %tollgate_license::timestamp::format_rfc3339(local_ms.saturating_add_signed(skew_ms)),
+                trusted_time = %tollgate_license::timestamp::format_rfc3339(WallTime::from_unix_ms(
+                    local_ms.saturating_add_signed(skew_ms)
+                )),
                 "CLOCK_SKEW: this node's clock is {}s {} {whose} (tolerance {}s); licenses are judged by {whose} time",
                 skew_ms.unsigned_abs() / 1000,
                 if skew_ms > 0 { "behind" } else { "ahead of" },
@@ -534,12 +537,12 @@ impl LicenseManager {
         // An authentic license that already expired never replaces anything (what was in
         // force at the last run is loaded from the state dir as it is, expired or not).
         if source != "state dir"
-            && let Some(valid_until_ms) = doc.valid_until_ms
-            && now_ms >= valid_until_ms
+            && let Some(valid_until) = doc.valid_until
+            && WallTime::from_unix_ms(now_ms) >= valid_until
         {
             return Err(InstallError::Expired {
                 serial: doc.serial,
-                valid_until_ms,
+                valid_until,
             });
         }
         if let Some(cur) = current.as_ref()
@@ -844,13 +847,13 @@ mod tests {
         let spec = format!(
             "license_key = \"K1\"\ncustomer = \"C\"\nkind = \"term\"\nserial = {serial}\n\
              issued_at = \"{}\"\nvalid_from = \"{}\"\nvalid_until = \"{}\"\n[limits]\ncalls = 10\n",
-            format_rfc3339(NOW - 300 * DAY_MS),
-            format_rfc3339(NOW - 300 * DAY_MS),
-            format_rfc3339(valid_until_ms)
+            format_rfc3339(WallTime::from_unix_ms(NOW - 300 * DAY_MS)),
+            format_rfc3339(WallTime::from_unix_ms(NOW - 300 * DAY_MS)),
+            format_rfc3339(WallTime::from_unix_ms(valid_until_ms))
         );
         let doc = LicenseSpec::parse(&spec)
             .unwrap()
-            .to_document(key.key_id(), NOW)
+            .to_document(key.key_id(), WallTime::from_unix_ms(NOW))
             .unwrap();
         tollgate_license::sign(&doc, key).unwrap().into_bytes()
     }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tollgate_events::WallTime;
 use tollgate_license_client::{
     FetchError, FetchReason, FetchSchedule, LicenseClient, Now, UsageFigures, UsageReport,
 };
@@ -76,7 +77,7 @@ pub struct LicenseFetcher {
     running: tokio::sync::Mutex<()>,
     stats: Mutex<FetchStats>,
     /// Start of the period the next usage report's peaks cover.
-    report_since_ms: Mutex<Option<u64>>,
+    report_since: Mutex<Option<WallTime>>,
     /// Denied admissions by code at the last delivered report (the next one sends the
     /// difference).
     report_denied: Mutex<[u64; tollgate_license::StatusCode::ALL.len()]>,
@@ -95,7 +96,7 @@ impl LicenseFetcher {
             schedule: Mutex::new(schedule),
             running: tokio::sync::Mutex::new(()),
             stats: Mutex::new(FetchStats::default()),
-            report_since_ms: Mutex::new(None),
+            report_since: Mutex::new(None),
             report_denied: Mutex::new([0; tollgate_license::StatusCode::ALL.len()]),
             wake: tokio::sync::Notify::new(),
         }
@@ -169,7 +170,7 @@ impl LicenseFetcher {
                 let now = crate::wall_clock().unix_ms();
                 // Issue 16: the server's clock and highest serial are watermarks, taken
                 // before the document is judged.
-                if let Some(server_ms) = lease.server_time_ms {
+                if let Some(server_ms) = lease.server_time.map(WallTime::unix_ms) {
                     state
                         .license
                         .observe_trusted_time(server_ms, now, "license server");
@@ -250,7 +251,7 @@ impl LicenseFetcher {
     /// Sends a usage report with the peaks since the previous one.
     pub async fn send_report(&self, state: &AgentState) {
         let now = crate::wall_clock();
-        let since = *self.report_since_ms.lock();
+        let since = *self.report_since.lock();
         let usage = state.tables.usage();
         // The maxima of this report's own interval (since the previous report was taken),
         // never below the current counts; given back if the report is not delivered.
@@ -303,8 +304,8 @@ impl LicenseFetcher {
             admissions_denied,
             node_id: state.node_id.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            timestamp_ms: now.unix_ms(),
-            since_ms: since,
+            timestamp: now,
+            since,
             license_serial: state.license.current().map(|c| c.document().serial),
             node,
             cluster: state.cluster_usage().map(|a| UsageFigures {
@@ -323,7 +324,7 @@ impl LicenseFetcher {
             .await;
         match sent {
             Ok(()) => {
-                *self.report_since_ms.lock() = Some(now.unix_ms());
+                *self.report_since.lock() = Some(now);
                 *self.report_denied.lock() = denied;
                 if let Some(last) = ledger_entries.last() {
                     state.ledger.delivered(last.seq);
@@ -348,7 +349,7 @@ impl LicenseFetcher {
             let lease_end = state
                 .license
                 .current()
-                .and_then(|c| c.document().signature_valid_until_ms);
+                .and_then(|c| c.document().signature_valid_until.map(WallTime::unix_ms));
             let next = self.schedule.lock().next_fetch(
                 Now {
                     unix_ms: now,

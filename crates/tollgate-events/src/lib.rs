@@ -41,7 +41,7 @@ pub mod binary;
 pub mod text;
 pub mod time;
 
-pub use time::{MonoTime, WallTime};
+pub use time::{MonoTime, WallTime, duration_ms};
 
 #[cfg(test)]
 mod test_util;

@@ -628,8 +628,8 @@ mod tests {
         let report = crate::UsageReport {
             node_id: "n".into(),
             agent_version: String::new(),
-            timestamp_ms: 0,
-            since_ms: None,
+            timestamp: tollgate_events::WallTime::ZERO,
+            since: None,
             license_serial: None,
             node: crate::UsageFigures::default(),
             cluster: None,

@@ -23,7 +23,7 @@
 //! let client = LicenseClient::new(config)?;
 //! let lease = client.fetch_lease().await?;
 //! // Verify and install `lease.license` with the agent's trusted keys.
-//! println!("serial {} until {}", lease.serial, lease.signature_valid_until_ms);
+//! println!("serial {} until {:?}", lease.serial, lease.signature_valid_until);
 //! # Ok(()) }
 //! ```
 //!

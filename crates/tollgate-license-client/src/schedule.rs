@@ -319,7 +319,7 @@ mod tests {
     const HOUR_MS: u64 = 3600 * 1000;
 
     fn at(text: &str) -> u64 {
-        parse_rfc3339(text).unwrap()
+        parse_rfc3339(text).unwrap().unix_ms()
     }
 
     fn no_jitter() -> ScheduleConfig {
@@ -347,7 +347,10 @@ mod tests {
         };
         let next = schedule.next_fetch(now, lease_end.map(at));
         assert_eq!(
-            (format_rfc3339(next.at_ms).as_str(), next.reason),
+            (
+                format_rfc3339(tollgate_events::WallTime::from_unix_ms(next.at_ms)).as_str(),
+                next.reason
+            ),
             (expected, reason),
             "success {success}, offset {offset_s} s, lease end {lease_end:?}"
         );

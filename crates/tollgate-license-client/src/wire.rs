@@ -10,7 +10,8 @@
 //! agent's own usage JSON.
 
 use serde::{Deserialize, Serialize};
-use tollgate_license::timestamp::{TIMESTAMP_MS_MAX, format_rfc3339, parse_rfc3339};
+use tollgate_events::WallTime;
+use tollgate_license::timestamp::{TIMESTAMP_MAX, format_rfc3339, parse_rfc3339};
 use tollgate_license::{Document, KeyId, Kind, LICENSE_TEXT_LEN_MAX, LIMIT_MAX};
 
 /// Longest lease response accepted: the longest license plus room for the envelope.
@@ -107,23 +108,27 @@ pub struct LeaseResponse {
     pub serial: u64,
     #[serde(with = "key_id_text")]
     pub key_id: KeyId,
-    #[serde(rename = "issued_at", with = "rfc3339")]
-    pub issued_at_ms: u64,
+    #[serde(with = "rfc3339")]
+    pub issued_at: WallTime,
     /// The lease end: the license is `LEASE_EXPIRED` from then on unless renewed.
-    #[serde(rename = "signature_valid_until", with = "rfc3339")]
-    pub signature_valid_until_ms: u64,
+    #[serde(with = "rfc3339")]
+    pub signature_valid_until: WallTime,
     /// Absent for a perpetual license.
-    #[serde(rename = "valid_until", with = "rfc3339_option", default)]
-    pub valid_until_ms: Option<u64>,
+    #[serde(with = "rfc3339_option", default)]
+    pub valid_until: Option<WallTime>,
     pub contract: Contract,
     /// False when the server answered with the document it signed moments ago (a repeated
     /// request within its reuse window), true when it signed a new serial for this request.
     pub renewed: bool,
-    /// The server's clock when it answered, Unix ms: the agent's trusted time (it reports
-    /// `CLOCK_SKEW` when its own clock disagrees by more than its tolerance). Absent from
-    /// older servers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_time_ms: Option<u64>,
+    /// The server's clock when it answered (`server_time_ms`, Unix ms): the agent's trusted
+    /// time (it reports `CLOCK_SKEW` when its own clock disagrees by more than its
+    /// tolerance). Absent from older servers.
+    #[serde(
+        rename = "server_time_ms",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub server_time: Option<WallTime>,
     /// The highest serial the server ever issued for this license key: the agent's
     /// rollback watermark (it refuses `ROLLBACK` any document below it). Absent from older
     /// servers.
@@ -189,11 +194,12 @@ pub struct UsageReport {
     pub node_id: String,
     /// The agent's version (at most 64 bytes, no control characters).
     pub agent_version: String,
-    /// When the figures were read, Unix ms.
-    pub timestamp_ms: u64,
-    /// Start of the period the peaks cover (the previous report), Unix ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub since_ms: Option<u64>,
+    /// When the figures were read (`timestamp_ms`, Unix ms).
+    #[serde(rename = "timestamp_ms")]
+    pub timestamp: WallTime,
+    /// Start of the period the peaks cover, the previous report (`since_ms`, Unix ms).
+    #[serde(rename = "since_ms", default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<WallTime>,
     /// The serial of the license in force on the node, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub license_serial: Option<u64>,
@@ -235,13 +241,13 @@ impl UsageReport {
             0,
             AGENT_VERSION_LEN_MAX,
         )?;
-        if self.timestamp_ms > TIMESTAMP_MS_MAX {
+        if self.timestamp > TIMESTAMP_MAX {
             return Err(ResponseError::Field {
                 field: "timestamp_ms",
                 problem: "after the year 9999",
             });
         }
-        if self.since_ms.is_some_and(|s| s > self.timestamp_ms) {
+        if self.since.is_some_and(|s| s > self.timestamp) {
             return Err(ResponseError::Field {
                 field: "since_ms",
                 problem: "later than timestamp_ms",
@@ -349,12 +355,12 @@ impl LeaseResponse {
             kind: document.kind,
             serial: document.serial,
             key_id: document.key_id,
-            issued_at_ms: document.issued_at_ms,
-            signature_valid_until_ms: document.signature_valid_until_ms?,
-            valid_until_ms: document.valid_until_ms,
+            issued_at: document.issued_at,
+            signature_valid_until: document.signature_valid_until?,
+            valid_until: document.valid_until,
             contract,
             renewed,
-            server_time_ms: None,
+            server_time: None,
             serial_issued_max: None,
         })
     }
@@ -366,15 +372,12 @@ impl LeaseResponse {
             ("kind", self.kind == document.kind),
             ("serial", self.serial == document.serial),
             ("key_id", self.key_id == document.key_id),
-            ("issued_at", self.issued_at_ms == document.issued_at_ms),
+            ("issued_at", self.issued_at == document.issued_at),
             (
                 "signature_valid_until",
-                Some(self.signature_valid_until_ms) == document.signature_valid_until_ms,
+                Some(self.signature_valid_until) == document.signature_valid_until,
             ),
-            (
-                "valid_until",
-                self.valid_until_ms == document.valid_until_ms,
-            ),
+            ("valid_until", self.valid_until == document.valid_until),
         ];
         match checks.iter().find(|(_, ok)| !ok) {
             Some((field, _)) => Err(ResponseError::Mismatch(field)),
@@ -422,29 +425,31 @@ pub fn parse_error_body(bytes: &[u8]) -> Option<ErrorBody> {
 }
 
 mod rfc3339 {
-    use super::{format_rfc3339, parse_rfc3339};
+    use super::{WallTime, format_rfc3339, parse_rfc3339};
 
-    pub fn serialize<S: serde::Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_rfc3339(*ms))
+    pub fn serialize<S: serde::Serializer>(at: &WallTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_rfc3339(*at))
     }
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<WallTime, D::Error> {
         let text: std::borrow::Cow<'de, str> = serde::Deserialize::deserialize(d)?;
         parse_rfc3339(&text).map_err(serde::de::Error::custom)
     }
 }
 
 mod rfc3339_option {
-    use super::{format_rfc3339, parse_rfc3339};
+    use super::{WallTime, format_rfc3339, parse_rfc3339};
 
-    pub fn serialize<S: serde::Serializer>(ms: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
-        match ms {
-            Some(ms) => s.serialize_str(&format_rfc3339(*ms)),
+    pub fn serialize<S: serde::Serializer>(at: &Option<WallTime>, s: S) -> Result<S::Ok, S::Error> {
+        match at {
+            Some(at) => s.serialize_str(&format_rfc3339(*at)),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<WallTime>, D::Error> {
         let text: Option<std::borrow::Cow<'de, str>> = serde::Deserialize::deserialize(d)?;
         text.map(|t| parse_rfc3339(&t).map_err(serde::de::Error::custom))
             .transpose()
@@ -470,7 +475,8 @@ mod tests {
     use super::*;
     use tollgate_license::{LicenseSpec, SigningKey};
 
-    const NOW_MS: u64 = 1_900_000_000_000;
+    const NOW: WallTime = WallTime::from_unix_ms(1_900_000_000_000);
+    const MS: std::time::Duration = std::time::Duration::from_millis(1);
 
     fn signed(kind: &str) -> (String, Document) {
         let key = SigningKey::from_seed(&[3; 32]);
@@ -484,7 +490,7 @@ mod tests {
              {valid_until}lease_days = 14\n"
         ))
         .unwrap();
-        let document = spec.to_document(key.key_id(), NOW_MS).unwrap();
+        let document = spec.to_document(key.key_id(), NOW).unwrap();
         (tollgate_license::sign(&document, &key).unwrap(), document)
     }
 
@@ -502,7 +508,7 @@ mod tests {
             let parsed = parse_lease_response(&json).unwrap();
             assert_eq!(serde_json::to_vec(&parsed).unwrap(), json);
             assert_eq!(parsed.serial, 7);
-            assert_eq!(parsed.signature_valid_until_ms, NOW_MS + 14 * 86_400_000);
+            assert_eq!(parsed.signature_valid_until, NOW.plus_ms(14 * 86_400_000));
         }
     }
 
@@ -510,7 +516,7 @@ mod tests {
     fn lease_response_times_are_rfc3339_text() {
         let value: serde_json::Value = serde_json::from_slice(&response_json("term")).unwrap();
         assert_eq!(value["valid_until"], "2031-01-01T00:00:00Z");
-        assert_eq!(value["issued_at"], format_rfc3339(NOW_MS));
+        assert_eq!(value["issued_at"], format_rfc3339(NOW));
         assert_eq!(value["contract"], "active");
         let value: serde_json::Value = serde_json::from_slice(&response_json("perpetual")).unwrap();
         assert!(value["valid_until"].is_null());
@@ -576,8 +582,8 @@ mod tests {
         UsageReport {
             node_id: "sp1".into(),
             agent_version: "0.1.0".into(),
-            timestamp_ms: NOW_MS,
-            since_ms: Some(NOW_MS - 300_000),
+            timestamp: NOW,
+            since: Some(NOW.minus_ms(300_000)),
             license_serial: Some(7),
             node: UsageFigures {
                 calls: 10,
@@ -605,8 +611,11 @@ mod tests {
         check(|r| r.node_id = "x".repeat(129), "node_id");
         check(|r| r.node_id = "a\nb".into(), "node_id");
         check(|r| r.agent_version = "v".repeat(65), "agent_version");
-        check(|r| r.since_ms = Some(NOW_MS + 1), "since_ms");
-        check(|r| r.timestamp_ms = u64::MAX, "timestamp_ms");
+        check(|r| r.since = Some(NOW + MS), "since_ms");
+        check(
+            |r| r.timestamp = WallTime::from_unix_ms(u64::MAX),
+            "timestamp_ms",
+        );
         check(|r| r.node.calls = LIMIT_MAX + 1, "node");
         check(
             |r| {

@@ -15,13 +15,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use tollgate_events::WallTime;
 use tollgate_license_client::{ClientConfig, LicenseClient};
 use tollgate_license_server::admin::{self, AdminPaths, Ctx};
 use tollgate_license_server::config::{Config, TlsSource};
 use tollgate_license_server::lease::LeaseRules;
 use tollgate_license_server::{Database, LicenseServer, Store, keyring, system_clock};
 
-const DAY_MS: u64 = 86_400_000;
+const DAY: Duration = Duration::from_secs(86_400);
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -42,11 +43,11 @@ fn main() {
     };
     let key_dir = dir.path().join("keys");
     let now = system_clock()();
-    keyring::create_key(&key_dir, now - DAY_MS).expect("key");
+    keyring::create_key(&key_dir, WallTime::from_unix_ms(now) - DAY).expect("key");
     let paths = AdminPaths {
         database: database.clone(),
         key_dir: key_dir.clone(),
-        lease_ms: 14 * DAY_MS,
+        lease: 14 * DAY,
     };
     let ctx = Ctx {
         paths: &paths,
@@ -90,9 +91,9 @@ fn main() {
                     dir: dir.path().join("tls"),
                 },
                 rules: LeaseRules {
-                    lease_ms: 14 * DAY_MS,
-                    subscription_period_ms: 30 * DAY_MS,
-                    reuse_window_ms: 0,
+                    lease: 14 * DAY,
+                    subscription_period: 30 * DAY,
+                    reuse_window: Duration::ZERO,
                 },
                 dev: true,
             };

@@ -13,7 +13,10 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use tollgate_license::timestamp::{DAY_MS, format_rfc3339};
+use std::time::Duration;
+
+use tollgate_events::WallTime;
+use tollgate_license::timestamp::{DAY, DAY_MS, format_rfc3339};
 use tollgate_license::{Document, LicenseSpec};
 /// A license's contract, as the actions take it.
 pub use tollgate_license_client::Contract;
@@ -71,7 +74,8 @@ pub fn input(message: impl Into<String>) -> AdminError {
 pub struct AdminPaths {
     pub database: Database,
     pub key_dir: PathBuf,
-    pub lease_ms: u64,
+    /// The lease a created license gets when its spec names none.
+    pub lease: Duration,
 }
 
 impl AdminPaths {
@@ -83,13 +87,13 @@ impl AdminPaths {
         config_path: Option<&Path>,
         dev: bool,
     ) -> Result<AdminPaths, AdminError> {
-        let (database, key_dir, lease_ms) = match (config_path, dev) {
+        let (database, key_dir, lease) = match (config_path, dev) {
             (Some(path), _) => {
                 let config = config::Config::load(Some(path), true)?;
                 (
                     Some(config.database),
                     Some(config.key_dir),
-                    config.rules.lease_ms,
+                    config.rules.lease,
                 )
             }
             (None, true) => {
@@ -97,10 +101,14 @@ impl AdminPaths {
                 (
                     Some(config.database),
                     Some(config.key_dir),
-                    config.rules.lease_ms,
+                    config.rules.lease,
                 )
             }
-            (None, false) => (None, None, config::LEASE_DAYS_DEFAULT * DAY_MS),
+            (None, false) => (
+                None,
+                None,
+                DAY.saturating_mul(u32::try_from(config::LEASE_DAYS_DEFAULT).unwrap_or(u32::MAX)),
+            ),
         };
         let database = db
             .map(|path| Database::Sqlite(path.to_owned()))
@@ -115,7 +123,7 @@ impl AdminPaths {
         Ok(AdminPaths {
             database,
             key_dir,
-            lease_ms,
+            lease,
         })
     }
 }
@@ -195,10 +203,10 @@ pub fn add_customer(
     Ok(customer)
 }
 
-/// The signing key at `now_ms` from the key directory.
+/// The signing key at `ctx.now_ms` from the key directory.
 fn signing_key(ctx: &Ctx<'_>) -> Result<tollgate_license::SigningKey, AdminError> {
     let ring = KeyRing::load(&ctx.paths.key_dir)?;
-    ring.signing_key(ctx.now_ms)
+    ring.signing_key(WallTime::from_unix_ms(ctx.now_ms))
         .map(|e| e.key.clone())
         .ok_or_else(|| input("no signing key is active yet (all activate in the future)"))
 }
@@ -219,11 +227,11 @@ fn document_from_spec(
     let spec = LicenseSpec::parse(spec_text).map_err(|e| input(format!("spec: {e}")))?;
     let key = signing_key(ctx)?;
     let mut document = spec
-        .to_document(key.key_id(), ctx.now_ms)
+        .to_document(key.key_id(), WallTime::from_unix_ms(ctx.now_ms))
         .map_err(|e| input(format!("spec: {e}")))?;
     document
-        .signature_valid_until_ms
-        .get_or_insert(document.issued_at_ms.saturating_add(ctx.paths.lease_ms));
+        .signature_valid_until
+        .get_or_insert(document.issued_at + ctx.paths.lease);
     Ok((document, key))
 }
 
@@ -342,7 +350,7 @@ fn check_expiry(now_ms: u64, expires_at_ms: Option<u64>) -> Result<(), AdminErro
     match expires_at_ms {
         Some(at) if at <= now_ms => Err(input(format!(
             "expiry {} is not in the future",
-            format_rfc3339(at)
+            format_rfc3339(WallTime::from_unix_ms(at))
         ))),
         Some(at) if at - now_ms > TOKEN_EXPIRY_MS_MAX => Err(input(
             "a token expires at most 10 years (3660 days) from now",
@@ -404,7 +412,7 @@ pub fn issue_token(
                 "token_id": id,
                 "allowed": allowed.to_string(),
                 "note": note,
-                "expires_at": expires_at_ms.map(format_rfc3339),
+                "expires_at": expires_at_ms.map(crate::rfc3339_ms),
             }),
         ))?;
         Ok::<_, AdminError>(id)
@@ -447,7 +455,7 @@ pub fn rotate_token(
         if let Some(at) = old.revoked_at_ms {
             return Err(input(format!(
                 "token {id} was revoked at {}: issue a new one instead",
-                format_rfc3339(at)
+                format_rfc3339(WallTime::from_unix_ms(at))
             )));
         }
         if let Some(next) = old.replaced_by {
@@ -479,9 +487,9 @@ pub fn rotate_token(
                 "token_id": id,
                 "new_token_id": new_id,
                 "grace_s": grace_ms / 1000,
-                "old_expires_at": old.expires_at_ms.map(format_rfc3339),
-                "old_revoked_at": old.revoked_at_ms.map(format_rfc3339),
-                "expires_at": expires_at_ms.map(format_rfc3339),
+                "old_expires_at": old.expires_at_ms.map(crate::rfc3339_ms),
+                "old_revoked_at": old.revoked_at_ms.map(crate::rfc3339_ms),
+                "expires_at": expires_at_ms.map(crate::rfc3339_ms),
             }),
         ))?;
         Ok(Rotated {
@@ -515,26 +523,26 @@ pub fn revoke_token(
 pub fn rotate_key(
     ctx: &Ctx<'_>,
     store: &mut Store,
-    activation_ms: u64,
+    activation: WallTime,
 ) -> Result<(tollgate_license::SigningKey, PathBuf, PathBuf), AdminError> {
     if let Ok(ring) = KeyRing::load(&ctx.paths.key_dir)
         && ring
             .entries()
             .iter()
-            .any(|e| e.activation_ms / 1000 == activation_ms / 1000)
+            .any(|e| e.activation.unix_secs() == activation.unix_secs())
     {
         return Err(input(
             "a key with this activation second exists already; pick another time",
         ));
     }
-    let (key, key_path, pub_path) = keyring::create_key(&ctx.paths.key_dir, activation_ms)?;
+    let (key, key_path, pub_path) = keyring::create_key(&ctx.paths.key_dir, activation)?;
     store.write(|db| {
         db.audit(&ctx.audit(
             "key.rotate",
             None,
             serde_json::json!({
                 "key_id": key.key_id().to_string(),
-                "activation": format_rfc3339(activation_ms - activation_ms % 1000),
+                "activation": format_rfc3339(WallTime::from_unix_secs(activation.unix_secs())),
                 "file": key_path.display().to_string(),
             }),
         ))?;

@@ -41,6 +41,7 @@ use std::net::IpAddr;
 
 use argon2::{Argon2, PasswordHash, PasswordHasher as _, PasswordVerifier as _};
 use serde::Deserialize;
+use tollgate_events::WallTime;
 use tollgate_license::timestamp::{format_rfc3339, parse_rfc3339};
 use tollgate_license_client::Contract;
 
@@ -236,7 +237,7 @@ impl Service {
             token,
             name: user.name,
             role: user.role,
-            expires_at: format_rfc3339(expires_at_ms),
+            expires_at: format_rfc3339(WallTime::from_unix_ms(expires_at_ms)),
         })
     }
 
@@ -368,7 +369,9 @@ pub struct RotateTokenBody {
 /// An optional RFC 3339 expiry of a request (`what` names the field in the error).
 pub fn parse_expiry(what: &str, text: Option<&str>) -> Result<Option<u64>, AdminError> {
     text.map(|text| {
-        parse_rfc3339(text).map_err(|e| AdminError::Input(format!("{what} {text:?}: {e}")))
+        parse_rfc3339(text)
+            .map(WallTime::unix_ms)
+            .map_err(|e| AdminError::Input(format!("{what} {text:?}: {e}")))
     })
     .transpose()
 }
@@ -390,12 +393,12 @@ pub fn parse_contract(text: Option<&str>) -> Result<Contract, AdminError> {
     }
 }
 
-pub fn parse_activation(text: Option<&str>, now_ms: u64) -> Result<u64, AdminError> {
+pub fn parse_activation(text: Option<&str>, now: WallTime) -> Result<WallTime, AdminError> {
     match text {
         Some(text) => {
             parse_rfc3339(text).map_err(|e| AdminError::Input(format!("activate_at {text}: {e}")))
         }
-        None => Ok(now_ms),
+        None => Ok(now),
     }
 }
 
@@ -405,8 +408,8 @@ pub fn license_json(record: &crate::store::LicenseRecord) -> serde_json::Value {
     let (kind, valid_until, lease_until, limits, features) = match &document {
         Ok(d) => (
             Some(d.kind.as_str()),
-            d.valid_until_ms.map(format_rfc3339),
-            d.signature_valid_until_ms.map(format_rfc3339),
+            d.valid_until.map(format_rfc3339),
+            d.signature_valid_until.map(format_rfc3339),
             serde_json::to_value(d.limits).unwrap_or_default(),
             serde_json::to_value(&d.features).unwrap_or_default(),
         ),
@@ -428,8 +431,8 @@ pub fn license_json(record: &crate::store::LicenseRecord) -> serde_json::Value {
         "signature_valid_until": lease_until,
         "limits": limits,
         "features": features,
-        "created_at": format_rfc3339(record.created_at_ms),
-        "updated_at": format_rfc3339(record.updated_at_ms),
+        "created_at": format_rfc3339(WallTime::from_unix_ms(record.created_at_ms)),
+        "updated_at": format_rfc3339(WallTime::from_unix_ms(record.updated_at_ms)),
     })
 }
 
@@ -442,11 +445,11 @@ pub fn token_json(t: &crate::store::TokenRecord, now_ms: u64) -> serde_json::Val
         "state": t.state(now_ms).as_str(),
         "allowed": t.allowed.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "note": t.note,
-        "created_at": format_rfc3339(t.created_at_ms),
-        "expires_at": t.expires_at_ms.map(format_rfc3339),
+        "created_at": crate::rfc3339_ms(t.created_at_ms),
+        "expires_at": t.expires_at_ms.map(crate::rfc3339_ms),
         "replaced_by": t.replaced_by,
-        "revoked_at": t.revoked_at_ms.map(format_rfc3339),
-        "last_used_at": t.last_used_at_ms.map(format_rfc3339),
+        "revoked_at": t.revoked_at_ms.map(crate::rfc3339_ms),
+        "last_used_at": t.last_used_at_ms.map(crate::rfc3339_ms),
         "last_used_from": t.last_used_from,
     })
 }
@@ -456,7 +459,7 @@ pub fn audit_json(a: &crate::store::AuditRecord) -> serde_json::Value {
         serde_json::from_str(&a.detail).unwrap_or(serde_json::Value::String(a.detail.clone()));
     serde_json::json!({
         "id": a.id,
-        "at": format_rfc3339(a.at_ms),
+        "at": format_rfc3339(WallTime::from_unix_ms(a.at_ms)),
         "actor": a.actor,
         "action": a.action,
         "license_key": a.license_key,
@@ -468,7 +471,7 @@ pub fn audit_json(a: &crate::store::AuditRecord) -> serde_json::Value {
 pub fn report_json(r: &crate::store::ReportRecord) -> serde_json::Value {
     serde_json::json!({
         "id": r.id,
-        "received_at": format_rfc3339(r.received_at_ms),
+        "received_at": format_rfc3339(WallTime::from_unix_ms(r.received_at_ms)),
         "license_key": r.license_key,
         "token_id": r.token_id,
         "client_address": r.client_address,

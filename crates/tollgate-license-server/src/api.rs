@@ -25,6 +25,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use tollgate_events::WallTime;
 use tollgate_license_client::ErrorBody;
 use tollgate_license_client::wire::USAGE_REPORT_LEN_MAX;
 
@@ -152,7 +153,7 @@ fn throttled(state: &AppState, peer: SocketAddr) -> Option<Response> {
 async fn keys(State(state): State<AppState>) -> Response {
     let now = (state.clock)();
     blocking(&state, move |service| {
-        Ok(serde_json::json!({ "keys": service.public_keys(now) }))
+        Ok(serde_json::json!({ "keys": service.public_keys(WallTime::from_unix_ms(now)) }))
     })
     .await
 }
@@ -322,8 +323,8 @@ async fn admin_customers(State(state): State<AppState>, headers: HeaderMap) -> R
                 serde_json::json!({
                     "id": c.id,
                     "name": c.name,
-                    "created_at": format_rfc3339(c.created_at_ms),
-                    "suspended_at": c.suspended_at_ms.map(format_rfc3339),
+                    "created_at": format_rfc3339(WallTime::from_unix_ms(c.created_at_ms)),
+                    "suspended_at": c.suspended_at_ms.map(|ms| format_rfc3339(WallTime::from_unix_ms(ms))),
                 })
             })
             .collect();
@@ -417,9 +418,9 @@ async fn admin_license(
                     "serial": d.serial,
                     "cause": d.cause,
                     "key_id": d.key_id,
-                    "issued_at": format_rfc3339(d.issued_at_ms),
-                    "signature_valid_until": d.signature_valid_until_ms.map(format_rfc3339),
-                    "valid_until": d.valid_until_ms.map(format_rfc3339),
+                    "issued_at": format_rfc3339(WallTime::from_unix_ms(d.issued_at_ms)),
+                    "signature_valid_until": d.signature_valid_until_ms.map(|ms| format_rfc3339(WallTime::from_unix_ms(ms))),
+                    "valid_until": d.valid_until_ms.map(|ms| format_rfc3339(WallTime::from_unix_ms(ms))),
                 })
             })
             .collect();
@@ -562,7 +563,7 @@ async fn admin_token_rotate(
             "id": rotated.id,
             "license_key": rotated.old.license_key,
             "token": rotated.token,
-            "expires_at": rotated.expires_at_ms.map(format_rfc3339),
+            "expires_at": rotated.expires_at_ms.map(crate::rfc3339_ms),
             "replaces": token_json(&rotated.old, now),
         }))
     })
@@ -584,7 +585,7 @@ async fn admin_token_revoke(
 
 async fn admin_keys(State(state): State<AppState>, headers: HeaderMap) -> Response {
     admin_call(&state, &headers, Role::Viewer, |service, _, now| {
-        Ok(serde_json::json!({ "keys": service.public_keys(now) }))
+        Ok(serde_json::json!({ "keys": service.public_keys(WallTime::from_unix_ms(now)) }))
     })
     .await
 }
@@ -601,7 +602,8 @@ async fn admin_key_rotate(
             json_body(&body)?
         };
         let (key, _, _) = service.admin_action(user, now, |ctx, store| {
-            let activation = parse_activation(body.activate_at.as_deref(), now)?;
+            let activation =
+                parse_activation(body.activate_at.as_deref(), WallTime::from_unix_ms(now))?;
             admin::rotate_key(ctx, store, activation)
         })?;
         Ok(serde_json::json!({

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tollgate_events::WallTime;
 use tollgate_license::timestamp::format_rfc3339;
 
 use crate::keyring::KEY_COUNT_MAX;
@@ -193,7 +194,7 @@ pub fn backup(
     let file = BackupFile {
         format: BACKUP_FORMAT.into(),
         version: BACKUP_VERSION,
-        created_at: format_rfc3339(now_ms),
+        created_at: format_rfc3339(WallTime::from_unix_ms(now_ms)),
         source: match store.dialect() {
             Dialect::Sqlite => "sqlite".into(),
             Dialect::Postgres => "postgres".into(),

@@ -30,6 +30,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
+use tollgate_events::WallTime;
 use tollgate_license::Limits;
 use tollgate_license_client::UsageFigures;
 
@@ -501,8 +502,8 @@ pub fn monthly(
                 customer: &row.customer,
                 license_key: &r.license_key,
                 node_id: &r.report.node_id,
-                since_ms: r.report.since_ms,
-                timestamp_ms: r.report.timestamp_ms,
+                since_ms: r.report.since.map(WallTime::unix_ms),
+                timestamp_ms: r.report.timestamp.unix_ms(),
                 figures: r.report.cluster.unwrap_or(r.report.node),
                 limits: limit,
             });
@@ -533,7 +534,9 @@ mod tests {
     use super::*;
 
     fn ms(text: &str) -> u64 {
-        tollgate_license::timestamp::parse_rfc3339(text).unwrap()
+        tollgate_license::timestamp::parse_rfc3339(text)
+            .unwrap()
+            .unix_ms()
     }
 
     #[test]

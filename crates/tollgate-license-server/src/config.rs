@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tollgate_license::timestamp::DAY_MS;
+use std::time::Duration;
+
+use tollgate_license::timestamp::DAY;
 
 use crate::lease::LeaseRules;
 use crate::store::Database;
@@ -258,9 +260,10 @@ impl Config {
             key_dir,
             tls,
             rules: LeaseRules {
-                lease_ms: lease_days * DAY_MS,
-                subscription_period_ms: period_days * DAY_MS,
-                reuse_window_ms: reuse_minutes * 60_000,
+                lease: DAY.saturating_mul(u32::try_from(lease_days).unwrap_or(u32::MAX)),
+                subscription_period: DAY
+                    .saturating_mul(u32::try_from(period_days).unwrap_or(u32::MAX)),
+                reuse_window: Duration::from_secs(reuse_minutes.saturating_mul(60)),
             },
             dev,
         })
@@ -330,9 +333,9 @@ mod tests {
                 key: "/etc/tollgate/key.pem".into()
             }
         );
-        assert_eq!(c.rules.lease_ms, 14 * DAY_MS);
-        assert_eq!(c.rules.subscription_period_ms, 30 * DAY_MS);
-        assert_eq!(c.rules.reuse_window_ms, 10 * 60_000);
+        assert_eq!(c.rules.lease, 14 * DAY);
+        assert_eq!(c.rules.subscription_period, 30 * DAY);
+        assert_eq!(c.rules.reuse_window, Duration::from_secs(10 * 60));
         assert!(!c.dev);
     }
 
@@ -347,9 +350,9 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:9443".parse().unwrap());
         assert_eq!(c.database, Database::Sqlite("db/ls.db".into()));
         assert_eq!(c.key_dir, Path::new("keys"));
-        assert_eq!(c.rules.lease_ms, 7 * DAY_MS);
-        assert_eq!(c.rules.subscription_period_ms, 31 * DAY_MS);
-        assert_eq!(c.rules.reuse_window_ms, 0);
+        assert_eq!(c.rules.lease, 7 * DAY);
+        assert_eq!(c.rules.subscription_period, 31 * DAY);
+        assert_eq!(c.rules.reuse_window, Duration::ZERO);
     }
 
     #[test]

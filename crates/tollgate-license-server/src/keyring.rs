@@ -19,6 +19,7 @@ use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use tollgate_events::WallTime;
 use tollgate_license::keys::KEY_FILE_LEN_MAX;
 use tollgate_license::timestamp::parse_rfc3339;
 use tollgate_license::{KeyError, PublicKey, SigningKey};
@@ -60,8 +61,8 @@ pub enum KeyRingError {
 #[derive(Debug, Clone)]
 pub struct KeyEntry {
     pub file_name: String,
-    /// When it becomes the signing key, Unix ms (0 for names without a time).
-    pub activation_ms: u64,
+    /// When it becomes the signing key (the epoch for names without a time).
+    pub activation: WallTime,
     pub key: SigningKey,
 }
 
@@ -101,7 +102,7 @@ impl KeyRing {
             let path = item.path();
             let key = read_key(&path)?;
             entries.push(KeyEntry {
-                activation_ms: activation_of(&file_name),
+                activation: activation_of(&file_name),
                 file_name,
                 key,
             });
@@ -111,17 +112,13 @@ impl KeyRing {
                 path: dir.to_owned(),
             });
         }
-        entries
-            .sort_by(|a, b| (a.activation_ms, &a.file_name).cmp(&(b.activation_ms, &b.file_name)));
+        entries.sort_by(|a, b| (a.activation, &a.file_name).cmp(&(b.activation, &b.file_name)));
         Ok(KeyRing { entries })
     }
 
-    /// The key that signs at `now_ms`: the activated one with the latest activation.
-    pub fn signing_key(&self, now_ms: u64) -> Option<&KeyEntry> {
-        self.entries
-            .iter()
-            .rev()
-            .find(|e| e.activation_ms <= now_ms)
+    /// The key that signs at `now`: the activated one with the latest activation.
+    pub fn signing_key(&self, now: WallTime) -> Option<&KeyEntry> {
+        self.entries.iter().rev().find(|e| e.activation <= now)
     }
 
     /// Every key, oldest activation first.
@@ -164,14 +161,14 @@ fn read_key(path: &Path) -> Result<SigningKey, KeyRingError> {
     })
 }
 
-/// `20270115T000000Z-….key` → that instant; anything else → 0.
-fn activation_of(file_name: &str) -> u64 {
+/// `20270115T000000Z-….key` → that instant; anything else → the epoch.
+fn activation_of(file_name: &str) -> WallTime {
     let Some(stamp) = file_name.get(..16) else {
-        return 0;
+        return WallTime::ZERO;
     };
     let b = stamp.as_bytes();
     if b[8] != b'T' || b[15] != b'Z' || file_name.as_bytes().get(16) != Some(&b'-') {
-        return 0;
+        return WallTime::ZERO;
     }
     let text = format!(
         "{}-{}-{}T{}:{}:{}Z",
@@ -182,21 +179,22 @@ fn activation_of(file_name: &str) -> u64 {
         &stamp[11..13],
         &stamp[13..15]
     );
-    parse_rfc3339(&text).unwrap_or(0)
+    parse_rfc3339(&text).unwrap_or(WallTime::ZERO)
 }
 
-/// `YYYYMMDDTHHMMSSZ` of `ms` (UTC, seconds precision).
-pub fn compact_utc(ms: u64) -> String {
-    let text = tollgate_license::timestamp::format_rfc3339(ms - ms % 1000);
+/// `YYYYMMDDTHHMMSSZ` of `at` (UTC, seconds precision).
+pub fn compact_utc(at: WallTime) -> String {
+    let text =
+        tollgate_license::timestamp::format_rfc3339(WallTime::from_unix_secs(at.unix_secs()));
     text.chars().filter(|c| !matches!(c, '-' | ':')).collect()
 }
 
 /// Creates a new key pair in `dir` (created 0700 if missing) that becomes the signing key
-/// at `activation_ms`: `<activation>-<key id>.key` (mode 0600, never overwritten) and
+/// at `activation`: `<activation>-<key id>.key` (mode 0600, never overwritten) and
 /// `.pub`. Returns the key and both paths.
 pub fn create_key(
     dir: &Path,
-    activation_ms: u64,
+    activation: WallTime,
 ) -> Result<(SigningKey, PathBuf, PathBuf), KeyRingError> {
     let write_error = |path: &Path| {
         let path = path.to_owned();
@@ -208,7 +206,7 @@ pub fn create_key(
         .create(dir)
         .map_err(write_error(dir))?;
     let key = SigningKey::generate_with(&mut rand::rngs::OsRng);
-    let stem = format!("{}-{}", compact_utc(activation_ms), key.key_id());
+    let stem = format!("{}-{}", compact_utc(activation), key.key_id());
     let key_path = dir.join(format!("{stem}.key"));
     let pub_path = dir.join(format!("{stem}.pub"));
     // Never over an existing file, mode exact, synced with its directory entry.
@@ -291,7 +289,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
 
-    const T0: u64 = 1_900_000_000_000;
+    const T0: WallTime = WallTime::from_unix_ms(1_900_000_000_000);
 
     fn key_dir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -312,7 +310,7 @@ mod tests {
             "20301301T000000Z-x.key",
             "é",
         ] {
-            assert_eq!(activation_of(name), 0, "{name}");
+            assert_eq!(activation_of(name), WallTime::ZERO, "{name}");
         }
         assert_eq!(
             compact_utc(parse_rfc3339("2030-01-02T03:04:05.678Z").unwrap()),
@@ -324,17 +322,26 @@ mod tests {
     fn signs_with_the_latest_activated_key() {
         let dir = key_dir();
         let (old, _, _) = create_key(dir.path(), T0).unwrap();
-        let (new, _, _) = create_key(dir.path(), T0 + 1000 * 3600).unwrap();
+        let (new, _, _) = create_key(dir.path(), T0.plus_ms(1000 * 3600)).unwrap();
         let ring = KeyRing::load(dir.path()).unwrap();
         assert_eq!(ring.entries().len(), 2);
-        assert_eq!(ring.signing_key(T0 - 1).map(|e| e.key.key_id()), None);
+        assert_eq!(
+            ring.signing_key(T0.minus_ms(1)).map(|e| e.key.key_id()),
+            None
+        );
         assert_eq!(ring.signing_key(T0).unwrap().key.key_id(), old.key_id());
         assert_eq!(
-            ring.signing_key(T0 + 3_599_999).unwrap().key.key_id(),
+            ring.signing_key(T0.plus_ms(3_599_999))
+                .unwrap()
+                .key
+                .key_id(),
             old.key_id()
         );
         assert_eq!(
-            ring.signing_key(T0 + 3_600_000).unwrap().key.key_id(),
+            ring.signing_key(T0.plus_ms(3_600_000))
+                .unwrap()
+                .key
+                .key_id(),
             new.key_id()
         );
     }
@@ -347,7 +354,10 @@ mod tests {
         fs::write(&path, key.to_file_string()).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         let ring = KeyRing::load(dir.path()).unwrap();
-        assert_eq!(ring.signing_key(0).unwrap().key.key_id(), key.key_id());
+        assert_eq!(
+            ring.signing_key(WallTime::ZERO).unwrap().key.key_id(),
+            key.key_id()
+        );
     }
 
     #[test]
@@ -399,9 +409,14 @@ mod tests {
         assert_eq!((cache.reloads(), cache.refusals()), (0, 0));
         // Make sure the directory's modification time moves (it has the kernel's tick).
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let (second, _, _) = create_key(dir.path(), T0 + 1000).unwrap();
+        let (second, _, _) = create_key(dir.path(), T0.plus_ms(1000)).unwrap();
         assert_eq!(
-            cache.ring().signing_key(T0 + 1000).unwrap().key.key_id(),
+            cache
+                .ring()
+                .signing_key(T0.plus_ms(1000))
+                .unwrap()
+                .key
+                .key_id(),
             second.key_id()
         );
         assert_eq!((cache.reloads(), cache.refusals()), (1, 0));

@@ -16,19 +16,22 @@
 //!    do not inflate the serial, while a change of contract, key or lease length is
 //!    answered with a new serial at once.
 
+use std::time::Duration;
+
+use tollgate_events::WallTime;
 use tollgate_license::{Document, DocumentError, KeyId, Kind};
 use tollgate_license_client::Contract;
 
 /// The server's lease settings (from the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseRules {
-    /// `signature_valid_until = now + lease_ms` (default 14 days).
-    pub lease_ms: u64,
-    /// An active subscription's `valid_until` is at least `now + subscription_period_ms`
+    /// `signature_valid_until = now + lease` (default 14 days).
+    pub lease: Duration,
+    /// An active subscription's `valid_until` is at least `now + subscription_period`
     /// (default 30 days).
-    pub subscription_period_ms: u64,
-    /// The reuse window (default 10 minutes; 0 signs every request anew).
-    pub reuse_window_ms: u64,
+    pub subscription_period: Duration,
+    /// The reuse window (default 10 minutes; zero signs every request anew).
+    pub reuse_window: Duration,
 }
 
 /// What a lease request gets.
@@ -48,30 +51,27 @@ pub fn decide(
     contract: Contract,
     rules: &LeaseRules,
     signing_key: KeyId,
-    now_ms: u64,
+    now: WallTime,
 ) -> Result<LeaseDecision, DocumentError> {
     let over = match current.kind {
         Kind::Perpetual => false,
-        Kind::Term | Kind::Subscription => current.valid_until_ms.is_none_or(|u| now_ms >= u),
+        Kind::Term | Kind::Subscription => current.valid_until.is_none_or(|u| now >= u),
     };
     if contract == Contract::Lapsed && over {
         return Ok(LeaseDecision::Lapsed);
     }
-    let period = (contract == Contract::Active).then_some(rules.subscription_period_ms);
-    let next = current.renewed(now_ms, rules.lease_ms, period)?;
-    let within = |a: Option<u64>, b: Option<u64>| match (a, b) {
-        (Some(a), Some(b)) => a.abs_diff(b) < rules.reuse_window_ms,
+    let period = (contract == Contract::Active).then_some(rules.subscription_period);
+    let next = current.renewed(now, rules.lease, period)?;
+    let within = |a: Option<WallTime>, b: Option<WallTime>| match (a, b) {
+        (Some(a), Some(b)) => a.max(b).saturating_duration_since(a.min(b)) < rules.reuse_window,
         (None, None) => true,
         _ => false,
     };
     let reuse = current.key_id == signing_key
-        && current.issued_at_ms <= now_ms
-        && now_ms - current.issued_at_ms < rules.reuse_window_ms
-        && within(
-            current.signature_valid_until_ms,
-            next.signature_valid_until_ms,
-        )
-        && within(current.valid_until_ms, next.valid_until_ms);
+        && current.issued_at <= now
+        && now.saturating_duration_since(current.issued_at) < rules.reuse_window
+        && within(current.signature_valid_until, next.signature_valid_until)
+        && within(current.valid_until, next.valid_until);
     Ok(if reuse {
         LeaseDecision::Reuse
     } else {
@@ -82,15 +82,16 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_license::timestamp::DAY_MS;
+    use tollgate_license::timestamp::DAY;
     use tollgate_license::{LicenseSpec, SigningKey};
 
-    const NOW: u64 = 1_900_000_000_000;
-    const MINUTE: u64 = 60_000;
+    const NOW: WallTime = WallTime::from_unix_ms(1_900_000_000_000);
+    const MS: Duration = Duration::from_millis(1);
+    const MINUTE: Duration = Duration::from_secs(60);
     const RULES: LeaseRules = LeaseRules {
-        lease_ms: 14 * DAY_MS,
-        subscription_period_ms: 30 * DAY_MS,
-        reuse_window_ms: 10 * MINUTE,
+        lease: DAY.saturating_mul(14),
+        subscription_period: DAY.saturating_mul(30),
+        reuse_window: MINUTE.saturating_mul(10),
     };
 
     fn key() -> KeyId {
@@ -98,8 +99,8 @@ mod tests {
     }
 
     /// A document of `kind` issued at `issued`, valid until `valid_until` (ms), with a
-    /// lease of `RULES.lease_ms`.
-    fn document(kind: Kind, issued: u64, valid_until: Option<u64>) -> Document {
+    /// lease of `RULES.lease`.
+    fn document(kind: Kind, issued: WallTime, valid_until: Option<WallTime>) -> Document {
         let spec = LicenseSpec::parse(
             "license_key = \"K\"\ncustomer = \"C\"\nkind = \"perpetual\"\nserial = 5\n\
              valid_from = \"2020-01-01T00:00:00Z\"\n",
@@ -107,8 +108,8 @@ mod tests {
         .unwrap();
         let mut d = spec.to_document(key(), issued).unwrap();
         d.kind = kind;
-        d.valid_until_ms = valid_until;
-        d.signature_valid_until_ms = Some(issued + RULES.lease_ms);
+        d.valid_until = valid_until;
+        d.signature_valid_until = Some(issued + RULES.lease);
         d.validate().unwrap();
         d
     }
@@ -122,50 +123,49 @@ mod tests {
 
     #[test]
     fn active_subscription_rolls_forward() {
-        let current = document(Kind::Subscription, NOW - DAY_MS, Some(NOW + 5 * DAY_MS));
+        let current = document(Kind::Subscription, NOW - DAY, Some(NOW + 5 * DAY));
         let next = signed(decide(&current, Contract::Active, &RULES, key(), NOW).unwrap());
         assert_eq!(next.serial, 6);
-        assert_eq!(next.issued_at_ms, NOW);
-        assert_eq!(next.signature_valid_until_ms, Some(NOW + 14 * DAY_MS));
-        assert_eq!(next.valid_until_ms, Some(NOW + 30 * DAY_MS));
+        assert_eq!(next.issued_at, NOW);
+        assert_eq!(next.signature_valid_until, Some(NOW + 14 * DAY));
+        assert_eq!(next.valid_until, Some(NOW + 30 * DAY));
     }
 
     #[test]
     fn active_subscription_never_shrinks() {
-        let far = NOW + 300 * DAY_MS;
-        let current = document(Kind::Subscription, NOW - DAY_MS, Some(far));
+        let far = NOW + 300 * DAY;
+        let current = document(Kind::Subscription, NOW - DAY, Some(far));
         let next = signed(decide(&current, Contract::Active, &RULES, key(), NOW).unwrap());
-        assert_eq!(next.valid_until_ms, Some(far));
+        assert_eq!(next.valid_until, Some(far));
     }
 
     #[test]
     fn lapsed_subscription_keeps_its_valid_until_then_ends() {
-        let until = NOW + 5 * DAY_MS;
-        let current = document(Kind::Subscription, NOW - DAY_MS, Some(until));
+        let until = NOW + 5 * DAY;
+        let current = document(Kind::Subscription, NOW - DAY, Some(until));
         let next = signed(decide(&current, Contract::Lapsed, &RULES, key(), NOW).unwrap());
-        assert_eq!(next.valid_until_ms, Some(until), "not rolled forward");
-        assert_eq!(next.signature_valid_until_ms, Some(NOW + 14 * DAY_MS));
+        assert_eq!(next.valid_until, Some(until), "not rolled forward");
+        assert_eq!(next.signature_valid_until, Some(NOW + 14 * DAY));
         assert_eq!(next.serial, 6);
         // At valid_until and after: nothing left to sign.
-        for at in [until, until + 1, until + 100 * DAY_MS] {
+        for at in [until, until + MS, until + 100 * DAY] {
             assert_eq!(
                 decide(&current, Contract::Lapsed, &RULES, key(), at).unwrap(),
                 LeaseDecision::Lapsed
             );
         }
         // Brought back to current: renewed and rolled forward again.
-        let next =
-            signed(decide(&current, Contract::Active, &RULES, key(), until + DAY_MS).unwrap());
-        assert_eq!(next.valid_until_ms, Some(until + DAY_MS + 30 * DAY_MS));
+        let next = signed(decide(&current, Contract::Active, &RULES, key(), until + DAY).unwrap());
+        assert_eq!(next.valid_until, Some(until + DAY + 30 * DAY));
     }
 
     #[test]
     fn term_keeps_its_validity_whatever_the_contract() {
-        let until = NOW + 20 * DAY_MS;
-        let current = document(Kind::Term, NOW - DAY_MS, Some(until));
+        let until = NOW + 20 * DAY;
+        let current = document(Kind::Term, NOW - DAY, Some(until));
         for contract in [Contract::Active, Contract::Lapsed] {
             let next = signed(decide(&current, contract, &RULES, key(), NOW).unwrap());
-            assert_eq!(next.valid_until_ms, Some(until));
+            assert_eq!(next.valid_until, Some(until));
         }
         assert_eq!(
             decide(&current, Contract::Lapsed, &RULES, key(), until).unwrap(),
@@ -174,18 +174,18 @@ mod tests {
         // An active contract still gets its (expired) term license re-signed: the agent
         // shows EXPIRED with the vendor's latest document.
         assert!(matches!(
-            decide(&current, Contract::Active, &RULES, key(), until + DAY_MS).unwrap(),
+            decide(&current, Contract::Active, &RULES, key(), until + DAY).unwrap(),
             LeaseDecision::Sign(_)
         ));
     }
 
     #[test]
     fn perpetual_is_renewed_even_when_lapsed() {
-        let current = document(Kind::Perpetual, NOW - DAY_MS, None);
+        let current = document(Kind::Perpetual, NOW - DAY, None);
         for contract in [Contract::Active, Contract::Lapsed] {
             let next = signed(decide(&current, contract, &RULES, key(), NOW).unwrap());
-            assert_eq!(next.valid_until_ms, None);
-            assert_eq!(next.signature_valid_until_ms, Some(NOW + 14 * DAY_MS));
+            assert_eq!(next.valid_until, None);
+            assert_eq!(next.signature_valid_until, Some(NOW + 14 * DAY));
         }
     }
 
@@ -193,8 +193,8 @@ mod tests {
     /// matters: a new serial.
     #[test]
     fn reuse_only_when_nothing_would_change() {
-        let current = document(Kind::Subscription, NOW, Some(NOW + 30 * DAY_MS));
-        let at = |minutes: u64| NOW + minutes * MINUTE;
+        let current = document(Kind::Subscription, NOW, Some(NOW + 30 * DAY));
+        let at = |minutes: u32| NOW + minutes * MINUTE;
         assert_eq!(
             decide(&current, Contract::Active, &RULES, key(), at(0)).unwrap(),
             LeaseDecision::Reuse
@@ -216,7 +216,7 @@ mod tests {
         ));
         // A longer lease configured since.
         let longer = LeaseRules {
-            lease_ms: 20 * DAY_MS,
+            lease: 20 * DAY,
             ..RULES
         };
         assert!(matches!(
@@ -225,7 +225,7 @@ mod tests {
         ));
         // No reuse window at all.
         let never = LeaseRules {
-            reuse_window_ms: 0,
+            reuse_window: Duration::ZERO,
             ..RULES
         };
         assert!(matches!(
@@ -243,9 +243,9 @@ mod tests {
     fn reactivated_contract_is_not_answered_from_the_reuse_window() {
         // Signed a minute ago while lapsed (not rolled forward); the vendor marks the
         // contract active: the next lease rolls forward at once.
-        let lapsed = document(Kind::Subscription, NOW, Some(NOW + 3 * DAY_MS));
+        let lapsed = document(Kind::Subscription, NOW, Some(NOW + 3 * DAY));
         let next = signed(decide(&lapsed, Contract::Active, &RULES, key(), NOW + MINUTE).unwrap());
-        assert_eq!(next.valid_until_ms, Some(NOW + MINUTE + 30 * DAY_MS));
+        assert_eq!(next.valid_until, Some(NOW + MINUTE + 30 * DAY));
         // While still lapsed, it is reused.
         assert_eq!(
             decide(&lapsed, Contract::Lapsed, &RULES, key(), NOW + MINUTE).unwrap(),
@@ -255,7 +255,7 @@ mod tests {
 
     #[test]
     fn serial_exhaustion_is_an_error_not_a_panic() {
-        let mut current = document(Kind::Perpetual, NOW - DAY_MS, None);
+        let mut current = document(Kind::Perpetual, NOW - DAY, None);
         current.serial = tollgate_license::SERIAL_MAX;
         assert!(decide(&current, Contract::Active, &RULES, key(), NOW).is_err());
     }

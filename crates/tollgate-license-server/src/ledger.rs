@@ -25,6 +25,7 @@ use std::net::IpAddr;
 
 use base64::Engine as _;
 use serde::Serialize;
+use tollgate_events::WallTime;
 use tollgate_ledger::{
     FindingKind, Hash, Head, PublicKey, SignedEntry, Verdict, classify, public_key_text,
 };
@@ -661,7 +662,7 @@ impl Db<'_> {
                     license_key: r.text(1)?,
                     node_id: r.text(2)?,
                     at_ms,
-                    at: format_rfc3339(at_ms),
+                    at: format_rfc3339(WallTime::from_unix_ms(at_ms)),
                     kind: r.text(4)?,
                     seq: r.opt_int(5)?.map(from_sql),
                     report_id: r.opt_int(6)?,
@@ -693,7 +694,7 @@ impl Db<'_> {
                     head_seq: r.opt_int(4)?.map(from_sql),
                     entries: from_sql(r.int(5)?),
                     flags: from_sql(r.int(6)?),
-                    last_seen: format_rfc3339(from_sql(r.int(7)?)),
+                    last_seen: format_rfc3339(WallTime::from_unix_ms(from_sql(r.int(7)?))),
                 })
             })
             .collect()

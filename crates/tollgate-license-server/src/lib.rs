@@ -65,6 +65,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tollgate_events::WallTime;
+
 pub use api::{Clock, system_clock};
 pub use config::{Config, ConfigError, TlsSource};
 pub use keyring::{KeyCache, KeyRing, KeyRingError};
@@ -191,7 +193,7 @@ impl LicenseServer {
 
     /// [`LicenseServer::start`] with an injected clock (tests).
     pub fn start_with_clock(config: &Config, clock: Clock) -> Result<LicenseServer, ServerError> {
-        let now_ms = clock();
+        let now = WallTime::from_unix_ms(clock());
         // The PostgreSQL client runs its own small runtime: open it off the async context.
         let store = std::thread::scope(|s| {
             s.spawn(|| Store::open_database(&config.database))
@@ -200,7 +202,7 @@ impl LicenseServer {
         })?;
         let mut created_key = None;
         if config.dev && !has_key_files(&config.key_dir) {
-            let (key, path, _) = keyring::create_key(&config.key_dir, now_ms)?;
+            let (key, path, _) = keyring::create_key(&config.key_dir, now)?;
             tracing::info!(key_id = %key.key_id(), path = %path.display(), "development signing key created");
             created_key = Some(path);
         }
@@ -208,14 +210,14 @@ impl LicenseServer {
         let admin_paths = admin::AdminPaths {
             database: config.database.clone(),
             key_dir: config.key_dir.clone(),
-            lease_ms: config.rules.lease_ms,
+            lease: config.rules.lease,
         };
         let service = Arc::new(Service::new(store, keys, config.rules, admin_paths));
         let signing_key_id = service
-            .signing_key_id(now_ms)
+            .signing_key_id(now)
             .ok_or_else(|| ServerError::NoActiveKey(config.key_dir.clone()))?;
         let public_keys = service
-            .public_keys(now_ms)
+            .public_keys(now)
             .into_iter()
             .map(|k| k.public_key)
             .collect();
@@ -268,7 +270,7 @@ impl LicenseServer {
             key_dir = %started.key_dir.display(),
             signing_key_id = %started.signing_key_id,
             certificate_sha256 = %started.fingerprint_sha256,
-            lease_days = config.rules.lease_ms / tollgate_license::timestamp::DAY_MS,
+            lease_days = config.rules.lease.as_secs() / 86_400,
             "license server listening"
         );
         Ok(LicenseServer {
@@ -322,4 +324,9 @@ fn has_key_files(dir: &std::path::Path) -> bool {
             .flatten()
             .any(|e| e.file_name().to_string_lossy().ends_with(".key"))
     })
+}
+
+/// A store record's time as RFC 3339: records keep Unix ms, as their SQL columns do.
+pub(crate) fn rfc3339_ms(ms: u64) -> String {
+    tollgate_license::timestamp::format_rfc3339(WallTime::from_unix_ms(ms))
 }

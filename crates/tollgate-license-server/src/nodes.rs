@@ -7,6 +7,7 @@
 //! The threshold defaults to [`SILENT_AFTER_MS_DEFAULT`] (agents report every 120 s by
 //! default, so a silent node has missed at least 7 reports); callers may set another.
 
+use tollgate_events::WallTime;
 use tollgate_license::timestamp::format_rfc3339;
 
 use crate::store::{Db, StoreError};
@@ -49,7 +50,7 @@ pub fn nodes(db: &Db<'_>, now_ms: u64, silent_after_ms: u64) -> Result<Vec<NodeR
                 customer: row.customer,
                 license_key: r.license_key,
                 node_id: r.report.node_id,
-                last_report_at: format_rfc3339(r.received_at_ms),
+                last_report_at: format_rfc3339(WallTime::from_unix_ms(r.received_at_ms)),
                 silent_for_ms,
                 silent: silent_for_ms > silent_after_ms,
                 client_address: r.client_address,

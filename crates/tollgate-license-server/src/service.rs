@@ -24,6 +24,7 @@
 use std::net::IpAddr;
 
 use parking_lot::Mutex;
+use tollgate_events::WallTime;
 use tollgate_license::timestamp::format_rfc3339;
 use tollgate_license::{KeyId, PublicKey};
 use tollgate_license_client::LeaseResponse;
@@ -186,14 +187,14 @@ impl Service {
     }
 
     /// The signing keys (see `GET /api/v1/keys`).
-    pub fn public_keys(&self, now_ms: u64) -> Vec<KeyInfo> {
+    pub fn public_keys(&self, now: WallTime) -> Vec<KeyInfo> {
         let ring = self.keys.lock().ring();
-        let signing = ring.signing_key(now_ms).map(|e| e.key.key_id());
+        let signing = ring.signing_key(now).map(|e| e.key.key_id());
         ring.public_keys()
             .map(|(public, entry): (PublicKey, _)| KeyInfo {
                 key_id: public.key_id().to_string(),
                 public_key: public.to_file_string().trim_end().to_owned(),
-                activation: format_rfc3339(entry.activation_ms),
+                activation: format_rfc3339(entry.activation),
                 signing: Some(public.key_id()) == signing,
             })
             .collect()
@@ -208,6 +209,7 @@ impl Service {
         body: &[u8],
         now_ms: u64,
     ) -> Result<LeaseResponse, Refused> {
+        let now = WallTime::from_unix_ms(now_ms);
         let client = client.to_canonical();
         let ring = self.keys.lock().ring();
         let rules = self.rules;
@@ -243,7 +245,7 @@ impl Service {
                     format!(
                         "the customer of {license_key} is suspended since {}: no lease is signed \
                          until the vendor resumes it",
-                        format_rfc3339(since)
+                        format_rfc3339(WallTime::from_unix_ms(since))
                     ),
                 );
                 audit_refusal(db, LEASE_REFUSED, Some(token.id), license_key, client, &refused, now_ms)?;
@@ -255,12 +257,12 @@ impl Service {
                     problem: e.to_string(),
                 })?
                 .document;
-            let key = ring.signing_key(now_ms).ok_or(Internal::NoActiveKey)?;
+            let key = ring.signing_key(now).ok_or(Internal::NoActiveKey)?;
             let sign_error = |problem: String| Internal::Sign {
                 license_key: license.license_key.clone(),
                 problem,
             };
-            let decision = decide(&current, license.contract, &rules, key.key.key_id(), now_ms)
+            let decision = decide(&current, license.contract, &rules, key.key.key_id(), now)
                 .map_err(|e| sign_error(e.to_string()))?;
             let (text, document, renewed) = match decision {
                 LeaseDecision::Lapsed => {
@@ -269,7 +271,7 @@ impl Service {
                         "contract_lapsed",
                         format!(
                             "the contract for {license_key} has lapsed and the license ended {}",
-                            current.valid_until_ms.map_or_else(String::new, format_rfc3339)
+                            current.valid_until.map_or_else(String::new, format_rfc3339)
                         ),
                     );
                     audit_refusal(db, LEASE_REFUSED, Some(token.id), license_key, client, &refused, now_ms)?;
@@ -289,7 +291,7 @@ impl Service {
                 LeaseResponse::for_document(text, &document, license.contract, renewed)
                     .ok_or_else(|| sign_error("the document has no lease".into()))?;
             // Issue 16: the agent's watermarks (trusted time, highest serial issued).
-            response.server_time_ms = Some(now_ms);
+            response.server_time = Some(now);
             response.serial_issued_max = Some(response.serial.max(license.serial));
             db.touch_token(token.id, now_ms, client)?;
             // Issue 16: the node's identity key is bound at its first lease; another key
@@ -316,8 +318,8 @@ impl Service {
                 detail: serde_json::json!({
                     "serial": response.serial,
                     "key_id": response.key_id.to_string(),
-                    "signature_valid_until": format_rfc3339(response.signature_valid_until_ms),
-                    "valid_until": response.valid_until_ms.map(format_rfc3339),
+                    "signature_valid_until": format_rfc3339(response.signature_valid_until),
+                    "valid_until": response.valid_until.map(format_rfc3339),
                     "contract": license.contract.as_str(),
                     "node_id": request.node_id,
                     "agent_version": request.agent_version,
@@ -329,7 +331,7 @@ impl Service {
                 renewed,
                 contract = license.contract.as_str(),
                 key_id = %response.key_id,
-                signature_valid_until = %format_rfc3339(response.signature_valid_until_ms),
+                signature_valid_until = %format_rfc3339(response.signature_valid_until),
                 token_id = token.id,
                 client = %client,
                 node_id = request.node_id.as_deref().unwrap_or("-"),
@@ -444,10 +446,10 @@ impl Service {
         }
     }
 
-    /// The key id new leases are signed with at `now_ms`.
-    pub fn signing_key_id(&self, now_ms: u64) -> Option<KeyId> {
+    /// The key id new leases are signed with at `now`.
+    pub fn signing_key_id(&self, now: WallTime) -> Option<KeyId> {
         let ring = self.keys.lock().ring();
-        ring.signing_key(now_ms).map(|e| e.key.key_id())
+        ring.signing_key(now).map(|e| e.key.key_id())
     }
 }
 
@@ -537,7 +539,10 @@ fn authenticate(
             Refused::new(
                 403,
                 "token_revoked",
-                format!("this API token was revoked at {}", format_rfc3339(revoked)),
+                format!(
+                    "this API token was revoked at {}",
+                    format_rfc3339(WallTime::from_unix_ms(revoked))
+                ),
             ),
         ));
     }
@@ -552,7 +557,7 @@ fn authenticate(
                 "token_expired",
                 format!(
                     "this API token expired at {}{replaced}; ask the vendor for a new one",
-                    format_rfc3339(expired)
+                    format_rfc3339(WallTime::from_unix_ms(expired))
                 ),
             ),
         ));

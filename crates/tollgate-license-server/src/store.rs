@@ -961,9 +961,11 @@ impl Db<'_> {
                 license_id,
                 to_sql_ms(document.serial),
                 document.key_id.to_string(),
-                to_sql_ms(document.issued_at_ms),
-                document.signature_valid_until_ms.map(to_sql_ms),
-                document.valid_until_ms.map(to_sql_ms),
+                to_sql_ms(document.issued_at.unix_ms()),
+                document
+                    .signature_valid_until
+                    .map(|at| to_sql_ms(at.unix_ms())),
+                document.valid_until.map(|at| to_sql_ms(at.unix_ms())),
                 cause,
                 text,
             ],
@@ -1565,6 +1567,7 @@ fn returned_id(row: Option<Row>) -> Result<i64, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_events::WallTime;
     use tollgate_license::{LicenseSpec, SigningKey};
     use tollgate_license_client::UsageFigures;
 
@@ -1577,7 +1580,9 @@ mod tests {
              lease_days = 14\n"
         ))
         .unwrap();
-        let document = spec.to_document(key.key_id(), T + serial).unwrap();
+        let document = spec
+            .to_document(key.key_id(), WallTime::from_unix_ms(T + serial))
+            .unwrap();
         (tollgate_license::sign(&document, &key).unwrap(), document)
     }
 
@@ -1781,8 +1786,8 @@ mod tests {
             let report = UsageReport {
                 node_id: format!("n{calls}"),
                 agent_version: "0.1.0".into(),
-                timestamp_ms: T + calls,
-                since_ms: None,
+                timestamp: WallTime::from_unix_ms(T + calls),
+                since: None,
                 license_serial: Some(1),
                 node: UsageFigures {
                     calls,

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use support::{CUSTOMER, ConnectProxy, Harness, LICENSE_KEY, MINUTE, T0};
+use tollgate_events::WallTime;
 use tollgate_license::timestamp::DAY_MS;
 use tollgate_license::{Kind, TrustedKeys, VerifyError};
 use tollgate_license_client::{
@@ -48,10 +49,10 @@ async fn fetch_with_a_valid_token_gets_a_freshly_signed_lease() {
     assert!(lease.renewed);
     assert_eq!(lease.contract, Contract::Active);
     assert_eq!(lease.kind, Kind::Subscription);
-    assert_eq!(lease.issued_at_ms, h.now());
-    assert_eq!(lease.signature_valid_until_ms, h.now() + 14 * DAY_MS);
+    assert_eq!(lease.issued_at.unix_ms(), h.now());
+    assert_eq!(lease.signature_valid_until.unix_ms(), h.now() + 14 * DAY_MS);
     assert_eq!(
-        lease.valid_until_ms,
+        lease.valid_until.map(WallTime::unix_ms),
         Some(h.now() + 30 * DAY_MS),
         "rolled forward"
     );
@@ -194,12 +195,12 @@ async fn a_lapsed_subscription_is_not_rolled_forward_and_ends_at_valid_until() {
     let lease = client.fetch_lease().await.unwrap();
     assert_eq!(lease.contract, Contract::Lapsed);
     assert_eq!(
-        lease.valid_until_ms,
+        lease.valid_until.map(WallTime::unix_ms),
         Some(valid_until),
         "not rolled forward"
     );
     assert_eq!(
-        lease.signature_valid_until_ms,
+        lease.signature_valid_until.unix_ms(),
         h.now() + 14 * DAY_MS,
         "lease renewed"
     );
@@ -215,7 +216,10 @@ async fn a_lapsed_subscription_is_not_rolled_forward_and_ends_at_valid_until() {
     h.act_ok(|ctx, store| admin::set_contract(ctx, store, LICENSE_KEY, Contract::Active));
     let lease = client.fetch_lease().await.unwrap();
     assert_eq!(lease.contract, Contract::Active);
-    assert_eq!(lease.valid_until_ms, Some(h.now() + 30 * DAY_MS));
+    assert_eq!(
+        lease.valid_until.map(WallTime::unix_ms),
+        Some(h.now() + 30 * DAY_MS)
+    );
 }
 
 #[tokio::test]
@@ -228,13 +232,16 @@ async fn key_rotation_signs_new_leases_with_the_new_key_and_old_documents_still_
     assert_eq!(old.key_id, h.first_key.key_id());
 
     // A scheduled rotation: nothing changes until the activation time.
-    let activation = T0 + 60 * MINUTE;
+    let activation = WallTime::from_unix_ms(T0 + 60 * MINUTE);
     let (new_key, _, _) = h.act_ok(|ctx, store| admin::rotate_key(ctx, store, activation));
     let new_id = new_key.key_id().to_string();
     let ring = KeyRing::load(&h.config.key_dir).unwrap();
     assert_eq!(ring.entries().len(), 2);
     assert_eq!(
-        ring.signing_key(h.now()).unwrap().key.key_id(),
+        ring.signing_key(WallTime::from_unix_ms(h.now()))
+            .unwrap()
+            .key
+            .key_id(),
         h.first_key.key_id(),
         "scheduled, not signing yet"
     );
@@ -261,7 +268,11 @@ async fn key_rotation_signs_new_leases_with_the_new_key_and_old_documents_still_
     ));
     let ring = KeyRing::load(&h.config.key_dir).unwrap();
     assert_eq!(
-        ring.signing_key(h.now()).unwrap().key.key_id().to_string(),
+        ring.signing_key(WallTime::from_unix_ms(h.now()))
+            .unwrap()
+            .key
+            .key_id()
+            .to_string(),
         new_id
     );
     assert!(h.audited("key.rotate"));
@@ -390,8 +401,8 @@ async fn usage_reports_are_stored_and_listed() {
         let report = UsageReport {
             node_id: node.into(),
             agent_version: "0.1.0".into(),
-            timestamp_ms: h.now(),
-            since_ms: Some(h.now() - 5 * MINUTE),
+            timestamp: WallTime::from_unix_ms(h.now()),
+            since: Some(WallTime::from_unix_ms(h.now() - 5 * MINUTE)),
             license_serial: Some(1),
             node: UsageFigures {
                 calls,
@@ -732,8 +743,8 @@ async fn a_suspended_customer_gets_403_suspended_until_resumed() {
     let report = UsageReport {
         node_id: "sp1".into(),
         agent_version: "0.1.0".into(),
-        timestamp_ms: h.now(),
-        since_ms: None,
+        timestamp: WallTime::from_unix_ms(h.now()),
+        since: None,
         license_serial: Some(before.serial),
         node: UsageFigures::default(),
         cluster: None,

@@ -17,7 +17,7 @@ use tollgate_license_server::admin_api::Role;
 use tollgate_license_server::{Database, admin};
 
 fn at(text: &str) -> u64 {
-    parse_rfc3339(text).unwrap()
+    parse_rfc3339(text).unwrap().unix_ms()
 }
 
 struct Sent {
@@ -46,8 +46,8 @@ fn report(s: &Sent) -> UsageReport {
     UsageReport {
         node_id: s.node.into(),
         agent_version: "0.1.0".into(),
-        timestamp_ms: at(s.to),
-        since_ms: s.since.map(at),
+        timestamp: parse_rfc3339(s.to).unwrap(),
+        since: s.since.map(|t| parse_rfc3339(t).unwrap()),
         license_serial: Some(s.serial),
         node: if s.cluster {
             UsageFigures {

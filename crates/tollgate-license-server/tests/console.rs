@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use support::{CUSTOMER, Harness, LICENSE_KEY, MINUTE};
+use tollgate_events::WallTime;
 use tollgate_license_client::{UsageFigures, UsageReport};
 use tollgate_license_server::admin;
 use tollgate_license_server::admin_api::Role;
@@ -65,8 +66,8 @@ async fn console_in_chromium_administers_customers_licenses_tokens_and_shows_usa
     let report = UsageReport {
         node_id: "sp1".into(),
         agent_version: "0.1.0".into(),
-        timestamp_ms: h.now(),
-        since_ms: Some(h.now() - 2 * MINUTE),
+        timestamp: WallTime::from_unix_ms(h.now()),
+        since: Some(WallTime::from_unix_ms(h.now() - 2 * MINUTE)),
         license_serial: Some(1),
         node: UsageFigures {
             calls: 90,

@@ -9,6 +9,7 @@ mod support;
 use base64::Engine as _;
 use support::pg::PgCluster;
 use support::{Harness, LICENSE_KEY, T0};
+use tollgate_events::WallTime;
 use tollgate_ledger::{Chain, Entry, NodeKey, SignedEntry, public_key_text};
 use tollgate_license::timestamp::DAY_MS;
 use tollgate_license_client::{LicenseClient, UsageReport};
@@ -31,8 +32,8 @@ fn report(entries: &[SignedEntry]) -> UsageReport {
     UsageReport {
         node_id: "sp1".into(),
         agent_version: "0.1.0".into(),
-        timestamp_ms: T0,
-        since_ms: None,
+        timestamp: WallTime::from_unix_ms(T0),
+        since: None,
         license_serial: Some(2),
         node: Default::default(),
         cluster: None,

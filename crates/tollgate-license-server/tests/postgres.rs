@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 
 use support::pg::PgCluster;
 use support::{Harness, LICENSE_KEY, MINUTE, T0};
+use tollgate_events::WallTime;
 use tollgate_license::timestamp::DAY_MS;
 use tollgate_license_client::{LicenseClient, UsageFigures, UsageReport};
 use tollgate_license_server::{Database, LicenseServer, Store};
@@ -18,8 +19,8 @@ fn report(node: &str, calls: u64) -> UsageReport {
     UsageReport {
         node_id: node.into(),
         agent_version: "0.1.0".into(),
-        timestamp_ms: T0,
-        since_ms: None,
+        timestamp: WallTime::from_unix_ms(T0),
+        since: None,
         license_serial: Some(1),
         node: UsageFigures {
             calls,
@@ -50,7 +51,10 @@ async fn leases_reports_and_restarts_work_on_postgresql() {
 
     let first = h.client(&token).fetch_lease().await.unwrap();
     assert_eq!(first.serial, 2, "created as serial 1, renewed once");
-    assert_eq!(first.valid_until_ms, Some(h.now() + 30 * DAY_MS));
+    assert_eq!(
+        first.valid_until.map(WallTime::unix_ms),
+        Some(h.now() + 30 * DAY_MS)
+    );
     h.client(&token)
         .send_usage(&report("sp1", 7))
         .await
@@ -106,7 +110,7 @@ async fn leases_reports_and_restarts_work_on_postgresql() {
 /// over both at once: every answered serial is distinct and the history has no gap.
 async fn two_servers_never_issue_a_serial_twice(database: Database) {
     let mut h = Harness::start_on(Some(database));
-    h.config.rules.reuse_window_ms = 0;
+    h.config.rules.reuse_window = std::time::Duration::ZERO;
     h.stop().await;
     h.restart();
     h.create_license("perpetual", None);

@@ -8,6 +8,8 @@
 
 use std::fmt::Write as _;
 
+use tollgate_events::WallTime;
+
 use crate::document::Document;
 use crate::eval::{Evaluation, Usage};
 use crate::timestamp::{format_ngcp, format_rfc3339};
@@ -17,7 +19,7 @@ use crate::timestamp::{format_ngcp, format_rfc3339};
 pub fn log_line(document: &Document) -> String {
     let count =
         |limit: Option<u64>| limit.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
-    let date = |at: Option<u64>| at.map_or_else(|| "forever".to_owned(), format_ngcp);
+    let date = |at: Option<WallTime>| at.map_or_else(|| "forever".to_owned(), format_ngcp);
     format!(
         "Valid license: [{}]: {} calls, {} subscribers, {} registered subscribers, \
          valid until {} (signature valid until {})",
@@ -25,8 +27,8 @@ pub fn log_line(document: &Document) -> String {
         count(document.limits.calls),
         count(document.limits.subscribers),
         count(document.limits.registered_subscribers),
-        date(document.valid_until_ms),
-        date(document.signature_valid_until_ms),
+        date(document.valid_until),
+        date(document.signature_valid_until),
     )
 }
 
@@ -46,20 +48,21 @@ pub fn summary(document: &Document, evaluation: Option<&Evaluation>) -> String {
         let _ = writeln!(out, "{label:<14}{value}");
     };
     let limit = |n: Option<u64>| n.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
-    let date = |at: Option<u64>, none: &str| at.map_or_else(|| none.to_owned(), format_rfc3339);
+    let date =
+        |at: Option<WallTime>, none: &str| at.map_or_else(|| none.to_owned(), format_rfc3339);
     row("License", &document.license_key);
     row("Customer", &document.customer);
     row("Kind", document.kind.as_str());
     row("Serial", &document.serial.to_string());
-    row("Issued", &format_rfc3339(document.issued_at_ms));
-    row("Valid from", &format_rfc3339(document.valid_from_ms));
+    row("Issued", &format_rfc3339(document.issued_at));
+    row("Valid from", &format_rfc3339(document.valid_from));
     row(
         "Valid until",
-        &date(document.valid_until_ms, "forever (perpetual)"),
+        &date(document.valid_until, "forever (perpetual)"),
     );
     row(
         "Lease until",
-        &date(document.signature_valid_until_ms, "forever (no lease)"),
+        &date(document.signature_valid_until, "forever (no lease)"),
     );
     row("Calls", &limit(document.limits.calls));
     row("Subscribers", &limit(document.limits.subscribers));

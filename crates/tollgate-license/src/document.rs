@@ -6,9 +6,12 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::time::Duration;
+
+use tollgate_events::WallTime;
 
 use crate::keys::KeyId;
-use crate::timestamp::{TIMESTAMP_MS_MAX, format_rfc3339, parse_rfc3339};
+use crate::timestamp::{TIMESTAMP_MAX, format_rfc3339, parse_rfc3339};
 
 /// Longest body (the signed TOML text), in bytes.
 pub const BODY_LEN_MAX: usize = 64 * 1024;
@@ -151,16 +154,21 @@ pub struct Document {
     /// Grows with every new document for the same license; a verifier refuses a serial
     /// lower than the highest it has seen (rollback). 0..=[`SERIAL_MAX`].
     pub serial: u64,
-    /// When this document was signed (informational), Unix ms.
-    pub issued_at_ms: u64,
-    /// Not valid before this, Unix ms.
-    pub valid_from_ms: u64,
-    /// Not valid from this instant on, Unix ms: absent for perpetual, required otherwise,
-    /// later than `valid_from_ms`.
-    pub valid_until_ms: Option<u64>,
+    /// When this document was signed (informational). JSON views name it `issued_at_ms`
+    /// (Unix ms), the document itself `issued_at` (RFC 3339).
+    #[serde(rename = "issued_at_ms")]
+    pub issued_at: WallTime,
+    /// Not valid before this.
+    #[serde(rename = "valid_from_ms")]
+    pub valid_from: WallTime,
+    /// Not valid from this instant on: absent for perpetual, required otherwise, later than
+    /// `valid_from`.
+    #[serde(rename = "valid_until_ms")]
+    pub valid_until: Option<WallTime>,
     /// The signature lease: from this instant on the document is `LEASE_EXPIRED` until
     /// renewed. Absent: no lease (an offline license that is never renewed).
-    pub signature_valid_until_ms: Option<u64>,
+    #[serde(rename = "signature_valid_until_ms")]
+    pub signature_valid_until: Option<WallTime>,
     pub limits: Limits,
     /// Licensed feature names, unique, at most [`FEATURE_COUNT_MAX`].
     pub features: Vec<String>,
@@ -192,16 +200,16 @@ impl Document {
             return Err(field_error("serial", "larger than 2^63 - 1"));
         }
         for (field, at) in [
-            ("issued_at", Some(self.issued_at_ms)),
-            ("valid_from", Some(self.valid_from_ms)),
-            ("valid_until", self.valid_until_ms),
-            ("signature_valid_until", self.signature_valid_until_ms),
+            ("issued_at", Some(self.issued_at)),
+            ("valid_from", Some(self.valid_from)),
+            ("valid_until", self.valid_until),
+            ("signature_valid_until", self.signature_valid_until),
         ] {
-            if at.is_some_and(|at| at > TIMESTAMP_MS_MAX) {
+            if at.is_some_and(|at| at > TIMESTAMP_MAX) {
                 return Err(field_error(field, "later than 9999-12-31T23:59:59.999Z"));
             }
         }
-        match (self.kind, self.valid_until_ms) {
+        match (self.kind, self.valid_until) {
             (Kind::Perpetual, Some(_)) => {
                 return Err(field_error("valid_until", "a perpetual license has no end"));
             }
@@ -211,7 +219,7 @@ impl Document {
                     "required for term and subscription",
                 ));
             }
-            (_, Some(until)) if until <= self.valid_from_ms => {
+            (_, Some(until)) if until <= self.valid_from => {
                 return Err(field_error("valid_until", "must be later than valid_from"));
             }
             _ => {}
@@ -301,23 +309,24 @@ impl Document {
         let rank = |d: &Document| {
             (
                 d.serial,
-                d.signature_valid_until_ms.unwrap_or(u64::MAX),
-                d.issued_at_ms,
+                d.signature_valid_until
+                    .unwrap_or(WallTime::from_unix_ms(u64::MAX)),
+                d.issued_at,
             )
         };
         rank(self) > rank(other)
     }
 
-    /// The document the license server signs at a renewal, at `now_ms`: serial + 1, issued
-    /// now, the lease ending at `now_ms + lease_ms`, and for a subscription (when
-    /// `subscription_period_ms` is given, i.e. the contract is active) `valid_until` rolled
-    /// forward to at least `now_ms + subscription_period_ms`. Other kinds keep their
+    /// The document the license server signs at a renewal, at `now`: serial + 1, issued
+    /// now, the lease ending at `now + lease`, and for a subscription (when
+    /// `subscription_period` is given, i.e. the contract is active) `valid_until` rolled
+    /// forward to at least `now + subscription_period`. Other kinds keep their
     /// validity. Sign the result with [`crate::sign`] (the key may be a newer one).
     pub fn renewed(
         &self,
-        now_ms: u64,
-        lease_ms: u64,
-        subscription_period_ms: Option<u64>,
+        now: WallTime,
+        lease: Duration,
+        subscription_period: Option<Duration>,
     ) -> Result<Document, DocumentError> {
         let mut next = self.clone();
         next.serial = self
@@ -325,11 +334,11 @@ impl Document {
             .checked_add(1)
             .filter(|&serial| serial <= SERIAL_MAX)
             .ok_or_else(|| field_error("serial", "cannot grow any further"))?;
-        next.issued_at_ms = now_ms;
-        next.signature_valid_until_ms = Some(now_ms.saturating_add(lease_ms));
-        if let (Kind::Subscription, Some(period)) = (self.kind, subscription_period_ms) {
-            let rolled = now_ms.saturating_add(period);
-            next.valid_until_ms = Some(self.valid_until_ms.map_or(rolled, |u| u.max(rolled)));
+        next.issued_at = now;
+        next.signature_valid_until = Some(now + lease);
+        if let (Kind::Subscription, Some(period)) = (self.kind, subscription_period) {
+            let rolled = now + period;
+            next.valid_until = Some(self.valid_until.map_or(rolled, |u| u.max(rolled)));
         }
         next.validate()?;
         Ok(next)
@@ -347,13 +356,13 @@ impl Document {
         line(&mut body, "customer", &toml_string(&self.customer));
         line(&mut body, "kind", &toml_string(self.kind.as_str()));
         line(&mut body, "serial", &self.serial.to_string());
-        let time = |ms: u64| toml_string(&format_rfc3339(ms));
-        line(&mut body, "issued_at", &time(self.issued_at_ms));
-        line(&mut body, "valid_from", &time(self.valid_from_ms));
-        if let Some(until) = self.valid_until_ms {
+        let time = |at: WallTime| toml_string(&format_rfc3339(at));
+        line(&mut body, "issued_at", &time(self.issued_at));
+        line(&mut body, "valid_from", &time(self.valid_from));
+        if let Some(until) = self.valid_until {
             line(&mut body, "valid_until", &time(until));
         }
-        if let Some(until) = self.signature_valid_until_ms {
+        if let Some(until) = self.signature_valid_until {
             line(&mut body, "signature_valid_until", &time(until));
         }
         line(&mut body, "key_id", &toml_string(&self.key_id.to_string()));
@@ -416,7 +425,7 @@ impl Document {
             .issued_at
             .as_deref()
             .ok_or_else(|| field_error("issued_at", "required"))?;
-        let issued_at_ms = timestamp("issued_at", issued_at)?;
+        let issued_at = timestamp("issued_at", issued_at)?;
         let valid_from = raw
             .valid_from
             .as_deref()
@@ -432,10 +441,10 @@ impl Document {
             customer: raw.customer,
             kind: raw.kind,
             serial: raw.serial,
-            issued_at_ms,
-            valid_from_ms: timestamp("valid_from", valid_from)?,
-            valid_until_ms: optional_timestamp("valid_until", raw.valid_until.as_deref())?,
-            signature_valid_until_ms: optional_timestamp(
+            issued_at,
+            valid_from: timestamp("valid_from", valid_from)?,
+            valid_until: optional_timestamp("valid_until", raw.valid_until.as_deref())?,
+            signature_valid_until: optional_timestamp(
                 "signature_valid_until",
                 raw.signature_valid_until.as_deref(),
             )?,
@@ -494,15 +503,13 @@ impl LicenseSpec {
         Ok(LicenseSpec { raw })
     }
 
-    /// The document this spec describes, to be signed by the key `key_id` at `now_ms`.
-    pub fn to_document(&self, key_id: KeyId, now_ms: u64) -> Result<Document, DocumentError> {
+    /// The document this spec describes, to be signed by the key `key_id` at `now`.
+    pub fn to_document(&self, key_id: KeyId, now: WallTime) -> Result<Document, DocumentError> {
         let raw = &self.raw;
-        let issued_at_ms =
-            optional_timestamp("issued_at", raw.issued_at.as_deref())?.unwrap_or(now_ms);
-        let valid_from_ms =
-            optional_timestamp("valid_from", raw.valid_from.as_deref())?.unwrap_or(issued_at_ms);
-        let signature_valid_until_ms = match (raw.signature_valid_until.as_deref(), raw.lease_days)
-        {
+        let issued_at = optional_timestamp("issued_at", raw.issued_at.as_deref())?.unwrap_or(now);
+        let valid_from =
+            optional_timestamp("valid_from", raw.valid_from.as_deref())?.unwrap_or(issued_at);
+        let signature_valid_until = match (raw.signature_valid_until.as_deref(), raw.lease_days) {
             (Some(_), Some(_)) => {
                 return Err(field_error(
                     "lease_days",
@@ -513,9 +520,10 @@ impl LicenseSpec {
             (None, Some(days)) if days == 0 || days > 100 * 366 => {
                 return Err(field_error("lease_days", "1 to 36600 days"));
             }
-            (None, Some(days)) => {
-                Some(issued_at_ms.saturating_add(days * crate::timestamp::DAY_MS))
-            }
+            (None, Some(days)) => Some(
+                issued_at
+                    + crate::timestamp::DAY.saturating_mul(u32::try_from(days).unwrap_or(u32::MAX)),
+            ),
             (None, None) => None,
         };
         let document = Document {
@@ -523,10 +531,10 @@ impl LicenseSpec {
             customer: raw.customer.clone(),
             kind: raw.kind,
             serial: raw.serial,
-            issued_at_ms,
-            valid_from_ms,
-            valid_until_ms: optional_timestamp("valid_until", raw.valid_until.as_deref())?,
-            signature_valid_until_ms,
+            issued_at,
+            valid_from,
+            valid_until: optional_timestamp("valid_until", raw.valid_until.as_deref())?,
+            signature_valid_until,
             limits: raw.limits.into(),
             features: raw.features.clone(),
             host_ids: raw.host_ids.clone(),
@@ -614,14 +622,14 @@ impl From<RawPolicy> for Policy {
     }
 }
 
-fn timestamp(field: &'static str, text: &str) -> Result<u64, DocumentError> {
+fn timestamp(field: &'static str, text: &str) -> Result<WallTime, DocumentError> {
     parse_rfc3339(text).map_err(|problem| field_error(field, problem))
 }
 
 fn optional_timestamp(
     field: &'static str,
     text: Option<&str>,
-) -> Result<Option<u64>, DocumentError> {
+) -> Result<Option<WallTime>, DocumentError> {
     text.map(|text| timestamp(field, text)).transpose()
 }
 
@@ -682,10 +690,10 @@ pub(crate) mod tests {
             customer: "Example Telecom \"EU\" \\ Ltd".to_owned(),
             kind: Kind::Term,
             serial: 7,
-            issued_at_ms: 1_700_000_000_000,
-            valid_from_ms: 1_700_000_000_000,
-            valid_until_ms: Some(1_893_456_000_000),
-            signature_valid_until_ms: Some(1_701_209_600_000),
+            issued_at: WallTime::from_unix_ms(1_700_000_000_000),
+            valid_from: WallTime::from_unix_ms(1_700_000_000_000),
+            valid_until: Some(WallTime::from_unix_ms(1_893_456_000_000)),
+            signature_valid_until: Some(WallTime::from_unix_ms(1_701_209_600_000)),
             limits: Limits {
                 calls: Some(10_000),
                 subscribers: Some(1_000_000),
@@ -709,8 +717,8 @@ pub(crate) mod tests {
 
         let mut perpetual = document;
         perpetual.kind = Kind::Perpetual;
-        perpetual.valid_until_ms = None;
-        perpetual.signature_valid_until_ms = None;
+        perpetual.valid_until = None;
+        perpetual.signature_valid_until = None;
         perpetual.features.clear();
         perpetual.host_ids.clear();
         perpetual.customer = "Ünïcødé\u{7f}".replace('\u{7f}', "");
@@ -755,11 +763,11 @@ pub(crate) mod tests {
             "customer",
         );
         check_invalid(|d| d.serial = SERIAL_MAX + 1, "serial");
-        check_invalid(|d| d.valid_until_ms = None, "valid_until");
-        check_invalid(|d| d.valid_until_ms = Some(d.valid_from_ms), "valid_until");
+        check_invalid(|d| d.valid_until = None, "valid_until");
+        check_invalid(|d| d.valid_until = Some(d.valid_from), "valid_until");
         check_invalid(|d| d.kind = Kind::Perpetual, "valid_until");
         let mut late = sample();
-        late.signature_valid_until_ms = Some(TIMESTAMP_MS_MAX + 1);
+        late.signature_valid_until = Some(TIMESTAMP_MAX.plus_ms(1));
         assert!(matches!(
             late.validate(),
             Err(DocumentError::Field {
@@ -833,29 +841,29 @@ pub(crate) mod tests {
 
     #[test]
     fn renewal_extends_the_lease_and_rolls_subscriptions() {
-        let now = 1_800_000_000_000;
-        let lease = 14 * crate::timestamp::DAY_MS;
-        let period = 30 * crate::timestamp::DAY_MS;
+        let now = WallTime::from_unix_ms(1_800_000_000_000);
+        let lease = 14 * crate::timestamp::DAY;
+        let period = 30 * crate::timestamp::DAY;
         let term = sample();
         let renewed = term.renewed(now, lease, Some(period)).expect("valid");
         assert_eq!(renewed.serial, term.serial + 1);
-        assert_eq!(renewed.issued_at_ms, now);
-        assert_eq!(renewed.signature_valid_until_ms, Some(now + lease));
+        assert_eq!(renewed.issued_at, now);
+        assert_eq!(renewed.signature_valid_until, Some(now + lease));
         assert_eq!(
-            renewed.valid_until_ms, term.valid_until_ms,
+            renewed.valid_until, term.valid_until,
             "a term does not roll"
         );
         assert!(renewed.supersedes(&term) && !term.supersedes(&renewed));
 
         let mut subscription = sample();
         subscription.kind = Kind::Subscription;
-        subscription.valid_until_ms = Some(now + crate::timestamp::DAY_MS);
+        subscription.valid_until = Some(now + crate::timestamp::DAY);
         let rolled = subscription
             .renewed(now, lease, Some(period))
             .expect("valid");
-        assert_eq!(rolled.valid_until_ms, Some(now + period));
+        assert_eq!(rolled.valid_until, Some(now + period));
         let lapsed = subscription.renewed(now, lease, None).expect("valid");
-        assert_eq!(lapsed.valid_until_ms, subscription.valid_until_ms);
+        assert_eq!(lapsed.valid_until, subscription.valid_until);
 
         let mut last = sample();
         last.serial = SERIAL_MAX;
@@ -881,13 +889,13 @@ pub(crate) mod tests {
         )
         .expect("parses");
         let key_id: KeyId = "0123456789abcdef".parse().expect("valid");
-        let now = 1_800_000_000_000;
+        let now = WallTime::from_unix_ms(1_800_000_000_000);
         let document = spec.to_document(key_id, now).expect("valid");
-        assert_eq!(document.issued_at_ms, now);
-        assert_eq!(document.valid_from_ms, now);
+        assert_eq!(document.issued_at, now);
+        assert_eq!(document.valid_from, now);
         assert_eq!(
-            document.signature_valid_until_ms,
-            Some(now + 14 * crate::timestamp::DAY_MS)
+            document.signature_valid_until,
+            Some(now + 14 * crate::timestamp::DAY)
         );
         assert_eq!(document.limits.calls, Some(10));
         assert_eq!(document.key_id, key_id);

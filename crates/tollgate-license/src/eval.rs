@@ -15,6 +15,8 @@
 //! is). Emergency calls count against the calls limit (they occupy capacity); they are
 //! only exempt from denial.
 
+use tollgate_events::WallTime;
+
 use crate::admission::{AdmissionPlan, calls_admit_max};
 use crate::document::{Document, Kind, Mode, Policy};
 use crate::signing::{Context, Refusal, VerifiedLicense, VerifyError};
@@ -134,15 +136,19 @@ pub struct Evaluation {
     pub kind: Option<Kind>,
     pub usage: Usage,
     pub limits: LimitStatuses,
-    pub now_ms: u64,
-    /// `valid_until`, Unix ms (`None`: never expires, or no license).
-    pub expires_at_ms: Option<u64>,
+    /// The time evaluated at (`now_ms` in JSON, Unix ms).
+    #[serde(rename = "now_ms")]
+    pub now: WallTime,
+    /// `valid_until` (`None`: never expires, or no license); `expires_at_ms` in JSON.
+    #[serde(rename = "expires_at_ms")]
+    pub expires_at: Option<WallTime>,
     /// Milliseconds until `valid_until` (negative once past).
     pub ms_to_expiry: Option<i64>,
     /// Whole days until `valid_until`, rounded down.
     pub days_to_expiry: Option<i64>,
-    /// `signature_valid_until`, Unix ms (`None`: no lease, or no license).
-    pub lease_ends_at_ms: Option<u64>,
+    /// `signature_valid_until` (`None`: no lease, or no license); `lease_ends_at_ms` in JSON.
+    #[serde(rename = "lease_ends_at_ms")]
+    pub lease_ends_at: Option<WallTime>,
     pub ms_to_lease_end: Option<i64>,
     pub days_to_lease_end: Option<i64>,
     /// What admission does in this state.
@@ -168,12 +174,12 @@ pub fn evaluate(
             usage,
         );
     }
-    let now = context.now_ms;
+    let now = context.now;
     let policy = document.policy;
     let limits = limit_statuses(Some(document), usage);
-    let expired = document.valid_until_ms.is_some_and(|until| now >= until);
+    let expired = document.valid_until.is_some_and(|until| now >= until);
     let lease_ended = document
-        .signature_valid_until_ms
+        .signature_valid_until
         .is_some_and(|until| now >= until);
     let license_status = if expired {
         StatusCode::Expired
@@ -278,11 +284,11 @@ fn unlicensed(
             kind: None,
             usage: *usage,
             limits,
-            now_ms: context.now_ms,
-            expires_at_ms: None,
+            now: context.now,
+            expires_at: None,
             ms_to_expiry: None,
             days_to_expiry: None,
-            lease_ends_at_ms: None,
+            lease_ends_at: None,
             ms_to_lease_end: None,
             days_to_lease_end: None,
             admission,
@@ -306,9 +312,9 @@ fn times(
     usage: &Usage,
     limits: LimitStatuses,
 ) -> Evaluation {
-    let now = context.now_ms;
-    let valid_until = document.valid_until_ms;
-    let lease_end = document.signature_valid_until_ms;
+    let now = context.now;
+    let valid_until = document.valid_until;
+    let lease_end = document.signature_valid_until;
     Evaluation {
         status: StatusCode::Ok,
         license_status: StatusCode::Ok,
@@ -318,11 +324,11 @@ fn times(
         kind: Some(document.kind),
         usage: *usage,
         limits,
-        now_ms: now,
-        expires_at_ms: valid_until,
+        now,
+        expires_at: valid_until,
         ms_to_expiry: valid_until.map(|at| ms_until(now, at)),
         days_to_expiry: valid_until.map(|at| days_until(now, at)),
-        lease_ends_at_ms: lease_end,
+        lease_ends_at: lease_end,
         ms_to_lease_end: lease_end.map(|at| ms_until(now, at)),
         days_to_lease_end: lease_end.map(|at| days_until(now, at)),
         admission: AdmissionPlan::ADMIT_ALL,
@@ -382,7 +388,7 @@ impl Evaluation {
     fn explain_license(&self) -> String {
         let reason = self.reason.as_deref().unwrap_or("no reason given");
         let date =
-            |ms: Option<u64>| ms.map_or_else(|| "an unknown date".to_owned(), format_rfc3339);
+            |at: Option<WallTime>| at.map_or_else(|| "an unknown date".to_owned(), format_rfc3339);
         match self.license_status {
             StatusCode::NoLicense => format!("no license is installed: {}", self.unlicensed_tail()),
             StatusCode::Invalid => {
@@ -411,7 +417,7 @@ impl Evaluation {
             StatusCode::Expired => format!(
                 "the {} license expired on {}: new calls are denied whatever the mode{}",
                 self.kind.map_or("", Kind::as_str),
-                date(self.expires_at_ms),
+                date(self.expires_at),
                 self.emergency_note()
             ),
             StatusCode::LeaseExpired => {
@@ -424,17 +430,17 @@ impl Evaluation {
                 format!(
                     "the signature lease ended on {} and the license was not renewed from the \
                      license server: {tail}",
-                    date(self.lease_ends_at_ms)
+                    date(self.lease_ends_at)
                 )
             }
             _ => {
-                let until = match (self.expires_at_ms, self.days_to_expiry) {
+                let until = match (self.expires_at, self.days_to_expiry) {
                     (Some(at), Some(days)) => {
                         format!("valid until {} ({days} days left)", format_rfc3339(at))
                     }
                     _ => "valid with no end date".to_owned(),
                 };
-                let lease = match (self.lease_ends_at_ms, self.days_to_lease_end) {
+                let lease = match (self.lease_ends_at, self.days_to_lease_end) {
                     (Some(at), Some(days)) => format!(
                         ", signature valid until {} ({days} days left)",
                         format_rfc3339(at)

@@ -28,13 +28,13 @@
 //!     "license_key = \"K-1\"\ncustomer = \"Example\"\nkind = \"perpetual\"\nserial = 1\n\
 //!      [limits]\ncalls = 100\n[policy]\nmode = \"enforce\"\n",
 //! )?;
-//! let now_ms = 1_800_000_000_000;
-//! let text = tollgate_license::sign(&spec.to_document(key.key_id(), now_ms)?, &key)?;
+//! let now = tollgate_events::WallTime::from_unix_ms(1_800_000_000_000);
+//! let text = tollgate_license::sign(&spec.to_document(key.key_id(), now)?, &key)?;
 //!
 //! let trusted = TrustedKeys::single(key.public_key());
 //! let license = tollgate_license::verify(text.as_bytes(), &trusted)?;
 //! let usage = Usage { calls: 95, ..Usage::default() };
-//! let evaluation = tollgate_license::evaluate(Some(&license), &Context::at(now_ms), &usage);
+//! let evaluation = tollgate_license::evaluate(Some(&license), &Context::at(now), &usage);
 //! assert_eq!(evaluation.status, StatusCode::Warning);
 //! assert!(evaluation.admission.decide(109, false).is_admit()); // the 110th call
 //! assert!(!evaluation.admission.decide(110, false).is_admit()); // the 111th
@@ -51,10 +51,12 @@
 //! - Whatever [`sign`] writes, [`parse`] reads back identically (asserted in debug builds).
 //!
 //! **What this crate deliberately lacks:** files, sockets, threads, logging and clocks. Time
-//! comes in as Unix milliseconds (`u64`, the same unit as `tollgate_usage::Timestamp`);
-//! the highest serial seen and the latest recorded time come in through [`Context`] and are
-//! persisted by the caller. Key generation reads the OS random generator; nothing else
-//! touches the system. It depends on no other tollgate crate.
+//! comes in as a [`tollgate_events::WallTime`] (licenses are judged by the wall clock, or a
+//! trusted one), durations as [`std::time::Duration`]; the documents keep RFC 3339 text and
+//! the JSON views Unix milliseconds (`issued_at_ms`, `now_ms`, …). The highest serial seen
+//! and the latest recorded time come in through [`Context`] and are persisted by the caller.
+//! Entropy comes in as an argument too ([`SigningKey::generate_with`]). Its only tollgate
+//! dependency is `tollgate-events`, for the time types.
 
 pub mod admission;
 pub mod armor;
@@ -79,7 +81,7 @@ pub use eval::{
 };
 pub use keys::{KeyError, KeyId, PublicKey, SigningKey, TRUSTED_KEY_COUNT_MAX, TrustedKeys};
 pub use signing::{
-    CLOCK_BACK_TOLERANCE_MS, Context, LicenseError, ParsedLicense, Refusal, VerifiedLicense,
+    CLOCK_BACK_TOLERANCE, Context, LicenseError, ParsedLicense, Refusal, VerifiedLicense,
     VerifyError, parse, sign, verify, verify_and_check,
 };
 pub use status::StatusCode;

@@ -8,6 +8,10 @@
 //!    the clock has not been set back, no rollback, this host is listed, already valid.
 //!    Expiry and lease end are not refusals: they are statuses ([`crate::evaluate`]).
 
+use std::time::Duration;
+
+use tollgate_events::WallTime;
+
 use crate::armor::{Armor, FormatError};
 use crate::document::{Document, DocumentError, Mode};
 use crate::keys::{KeyId, SigningKey, TrustedKeys};
@@ -16,7 +20,7 @@ use crate::timestamp::format_rfc3339;
 
 /// How far the clock may go back behind the latest time the agent recorded before a
 /// license is refused: 5 minutes ("beyond 5 min" is refused, exactly 5 min is fine).
-pub const CLOCK_BACK_TOLERANCE_MS: u64 = 5 * 60 * 1000;
+pub const CLOCK_BACK_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 
 /// Why a license text is not an authentic license.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,15 +46,15 @@ impl VerifyError {
 pub enum Refusal {
     #[error(
         "the clock was set back: it is {} but this agent already recorded {}",
-        format_rfc3339(*now_ms), format_rfc3339(*recorded_ms)
+        format_rfc3339(*now), format_rfc3339(*recorded)
     )]
-    ClockSetBack { now_ms: u64, recorded_ms: u64 },
+    ClockSetBack { now: WallTime, recorded: WallTime },
     #[error("serial {serial} is lower than {serial_seen_max}, the highest seen (rollback)")]
     Rollback { serial: u64, serial_seen_max: u64 },
     #[error("not valid on this host (host id {})", host_id.as_deref().unwrap_or("unknown"))]
     HostNotListed { host_id: Option<String> },
-    #[error("not valid before {}", format_rfc3339(*valid_from_ms))]
-    NotYetValid { valid_from_ms: u64, now_ms: u64 },
+    #[error("not valid before {}", format_rfc3339(*valid_from))]
+    NotYetValid { valid_from: WallTime, now: WallTime },
 }
 
 impl Refusal {
@@ -88,27 +92,27 @@ impl LicenseError {
 /// clock and no files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Context<'a> {
-    /// The current time, Unix ms.
-    pub now_ms: u64,
+    /// The current time (the wall clock, or a trusted clock while this one is skewed).
+    pub now: WallTime,
     /// This host's id, if it has one (a host-bound license needs it).
     pub host_id: Option<&'a str>,
     /// The highest serial this agent has accepted (persisted), if any.
     pub serial_seen_max: Option<u64>,
-    /// The latest time this agent recorded (persisted), Unix ms, if any.
-    pub time_recorded_max_ms: Option<u64>,
+    /// The latest time this agent recorded (persisted), if any.
+    pub time_recorded_max: Option<WallTime>,
     /// The mode that applies when there is no acceptable license (none, invalid, refused):
     /// the agent's configuration, not the document's (default warn).
     pub unlicensed_mode: Mode,
 }
 
 impl Context<'static> {
-    /// At `now_ms`, with no host id, no history, and warn mode when unlicensed.
-    pub fn at(now_ms: u64) -> Context<'static> {
+    /// At `now`, with no host id, no history, and warn mode when unlicensed.
+    pub fn at(now: WallTime) -> Context<'static> {
         Context {
-            now_ms,
+            now,
             host_id: None,
             serial_seen_max: None,
-            time_recorded_max_ms: None,
+            time_recorded_max: None,
             unlicensed_mode: Mode::Warn,
         }
     }
@@ -139,12 +143,12 @@ impl VerifiedLicense {
     /// checked here.
     pub fn check(&self, context: &Context<'_>) -> Result<(), Refusal> {
         let document = &self.document;
-        if let Some(recorded_ms) = context.time_recorded_max_ms
-            && context.now_ms.saturating_add(CLOCK_BACK_TOLERANCE_MS) < recorded_ms
+        if let Some(recorded) = context.time_recorded_max
+            && context.now.saturating_add(CLOCK_BACK_TOLERANCE) < recorded
         {
             return Err(Refusal::ClockSetBack {
-                now_ms: context.now_ms,
-                recorded_ms,
+                now: context.now,
+                recorded,
             });
         }
         if let Some(serial_seen_max) = context.serial_seen_max
@@ -160,10 +164,10 @@ impl VerifiedLicense {
                 host_id: context.host_id.map(str::to_owned),
             });
         }
-        if context.now_ms < document.valid_from_ms {
+        if context.now < document.valid_from {
             return Err(Refusal::NotYetValid {
-                valid_from_ms: document.valid_from_ms,
-                now_ms: context.now_ms,
+                valid_from: document.valid_from,
+                now: context.now,
             });
         }
         Ok(())

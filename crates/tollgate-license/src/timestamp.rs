@@ -1,19 +1,27 @@
-//! Timestamps: Unix milliseconds (`u64`) everywhere in the API, RFC 3339 UTC in documents,
-//! the NGCP `%a %b %e %H:%M:%S %Y` form in log lines. Never reads a clock.
+//! Timestamps: [`WallTime`] (Unix milliseconds) everywhere in the API, RFC 3339 UTC in
+//! documents, the NGCP `%a %b %e %H:%M:%S %Y` form in log lines. Never reads a clock.
+
+use std::time::Duration;
 
 use time::OffsetDateTime;
 use time::macros::format_description;
+use tollgate_events::WallTime;
 
-/// One day in milliseconds.
+/// One day.
+pub const DAY: Duration = Duration::from_secs(86_400);
+
+/// One day in milliseconds, for the edges that count in milliseconds (SQL columns, JSON
+/// fields, tests written against them); everything else uses [`DAY`].
 pub const DAY_MS: u64 = 86_400_000;
 
 /// The latest time a document may name: `9999-12-31T23:59:59.999Z`.
-pub const TIMESTAMP_MS_MAX: u64 = 253_402_300_799_999;
+pub const TIMESTAMP_MAX: WallTime = WallTime::from_unix_ms(253_402_300_799_999);
 
-/// Formats `ms` (Unix milliseconds, at most [`TIMESTAMP_MS_MAX`]) as RFC 3339 UTC:
-/// `2030-01-01T00:00:00Z`, or `2030-01-01T00:00:00.250Z` when the milliseconds are not zero.
-pub fn format_rfc3339(ms: u64) -> String {
-    let at = datetime(ms);
+/// Formats `at` (at most [`TIMESTAMP_MAX`]) as RFC 3339 UTC: `2030-01-01T00:00:00Z`, or
+/// `2030-01-01T00:00:00.250Z` when the milliseconds are not zero.
+pub fn format_rfc3339(at: WallTime) -> String {
+    let ms = at.unix_ms();
+    let at = datetime(at);
     let base = at
         .format(format_description!(
             "[year]-[month]-[day]T[hour]:[minute]:[second]"
@@ -29,7 +37,7 @@ pub fn format_rfc3339(ms: u64) -> String {
 /// upper case, exactly three fraction digits, year 1970..=9999) into Unix milliseconds.
 /// Anything else (offsets, lower case, other precisions, leap seconds) is refused, so
 /// that [`format_rfc3339`] of the result gives back the same text.
-pub fn parse_rfc3339(text: &str) -> Result<u64, &'static str> {
+pub fn parse_rfc3339(text: &str) -> Result<WallTime, &'static str> {
     const PROBLEM: &str = "expected a UTC time like 2030-01-01T00:00:00Z";
     let bytes = text.as_bytes();
     let (main, millis) = match bytes.len() {
@@ -60,12 +68,12 @@ pub fn parse_rfc3339(text: &str) -> Result<u64, &'static str> {
         .map_err(|_| "no such time of day")?;
     let seconds = date.with_time(clock).assume_utc().unix_timestamp();
     let seconds = u64::try_from(seconds).map_err(|_| PROBLEM)?;
-    Ok(seconds * 1000 + u64::from(millis))
+    Ok(WallTime::from_unix_ms(seconds * 1000 + u64::from(millis)))
 }
 
-/// Formats `ms` like `ctime` and the NGCP log line: `Tue Jan  1 00:00:00 2030` (UTC).
-pub fn format_ngcp(ms: u64) -> String {
-    datetime(ms)
+/// Formats `at` like `ctime` and the NGCP log line: `Tue Jan  1 00:00:00 2030` (UTC).
+pub fn format_ngcp(at: WallTime) -> String {
+    datetime(at)
         .format(format_description!(
             "[weekday repr:short] [month repr:short] [day padding:space] \
              [hour]:[minute]:[second] [year]"
@@ -73,21 +81,20 @@ pub fn format_ngcp(ms: u64) -> String {
         .unwrap_or_default()
 }
 
-/// Whole days from `now_ms` until `at_ms`, rounded down (negative once `at_ms` has passed:
-/// one millisecond late is day -1).
-pub fn days_until(now_ms: u64, at_ms: u64) -> i64 {
-    ms_until(now_ms, at_ms).div_euclid(DAY_MS as i64)
+/// Whole days from `now` until `at`, rounded down (negative once `at` has passed: one
+/// millisecond late is day -1).
+pub fn days_until(now: WallTime, at: WallTime) -> i64 {
+    ms_until(now, at).div_euclid(DAY_MS as i64)
 }
 
-/// Milliseconds from `now_ms` until `at_ms`, negative once `at_ms` has passed.
-pub fn ms_until(now_ms: u64, at_ms: u64) -> i64 {
-    // Both are at most a few times 2^48 in practice; saturate anyway.
-    let difference = i128::from(at_ms) - i128::from(now_ms);
-    i64::try_from(difference).unwrap_or(if difference < 0 { i64::MIN } else { i64::MAX })
+/// Milliseconds from `now` until `at`, negative once `at` has passed (a signed difference,
+/// so not a `Duration`).
+pub fn ms_until(now: WallTime, at: WallTime) -> i64 {
+    now.signed_ms_until(at)
 }
 
-fn datetime(ms: u64) -> OffsetDateTime {
-    let nanos = i128::from(ms.min(TIMESTAMP_MS_MAX)) * 1_000_000;
+fn datetime(at: WallTime) -> OffsetDateTime {
+    let nanos = i128::from(at.min(TIMESTAMP_MAX).unix_ms()) * 1_000_000;
     OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
@@ -104,7 +111,7 @@ mod tests {
     #[track_caller]
     fn check_parse(text: &str, expected: Result<u64, ()>) {
         let parsed = parse_rfc3339(text).map_err(|_| ());
-        assert_eq!(parsed, expected, "{text}");
+        assert_eq!(parsed, expected.map(WallTime::from_unix_ms), "{text}");
         if let Ok(ms) = parsed {
             assert_eq!(format_rfc3339(ms), text, "round trip");
         }
@@ -115,7 +122,7 @@ mod tests {
         check_parse("1970-01-01T00:00:00Z", Ok(0));
         check_parse("2030-01-01T00:00:00Z", Ok(1_893_456_000_000));
         check_parse("2030-01-01T00:00:00.250Z", Ok(1_893_456_000_250));
-        check_parse("9999-12-31T23:59:59.999Z", Ok(TIMESTAMP_MS_MAX));
+        check_parse("9999-12-31T23:59:59.999Z", Ok(TIMESTAMP_MAX.unix_ms()));
         check_parse("2024-02-29T12:00:00Z", Ok(1_709_208_000_000));
         for bad in [
             "",
@@ -143,16 +150,25 @@ mod tests {
 
     #[test]
     fn ngcp_dates_pad_the_day_with_a_space() {
-        assert_eq!(format_ngcp(1_893_456_000_000), "Tue Jan  1 00:00:00 2030");
-        assert_eq!(format_ngcp(1_514_305_243_000), "Tue Dec 26 16:20:43 2017");
+        assert_eq!(
+            format_ngcp(WallTime::from_unix_ms(1_893_456_000_000)),
+            "Tue Jan  1 00:00:00 2030"
+        );
+        assert_eq!(
+            format_ngcp(WallTime::from_unix_ms(1_514_305_243_000)),
+            "Tue Dec 26 16:20:43 2017"
+        );
     }
 
     #[test]
     fn days_round_down() {
-        assert_eq!(days_until(0, DAY_MS), 1);
-        assert_eq!(days_until(0, DAY_MS - 1), 0);
-        assert_eq!(days_until(1, 0), -1);
-        assert_eq!(days_until(DAY_MS, 0), -1);
-        assert_eq!(days_until(DAY_MS + 1, 0), -2);
+        let t = WallTime::from_unix_ms;
+        let day = DAY_MS;
+        assert_eq!(days_until(t(0), t(day)), 1);
+        assert_eq!(days_until(t(0), t(day - 1)), 0);
+        assert_eq!(days_until(t(1), t(0)), -1);
+        assert_eq!(days_until(t(day), t(0)), -1);
+        assert_eq!(days_until(t(day + 1), t(0)), -2);
+        assert_eq!(DAY.as_millis(), u128::from(day));
     }
 }

@@ -11,8 +11,8 @@ fn the_ngcp_log_line() {
     doc.limits.calls = Some(10_000);
     doc.limits.subscribers = Some(1_000_000);
     doc.limits.registered_subscribers = Some(2_000_000);
-    doc.valid_until_ms = Some(at("2030-01-01T00:00:00Z"));
-    doc.signature_valid_until_ms = Some(at("2017-12-26T16:20:43Z"));
+    doc.valid_until = Some(at("2030-01-01T00:00:00Z"));
+    doc.signature_valid_until = Some(at("2017-12-26T16:20:43Z"));
     assert_eq!(
         tollgate_license::log_line(&doc),
         "Valid license: [ABCDEFGHI_123456789_a1b2c3d4e5f6]: 10000 calls, 1000000 subscribers, \
@@ -20,8 +20,8 @@ fn the_ngcp_log_line() {
          until Tue Dec 26 16:20:43 2017)"
     );
     doc.kind = Kind::Perpetual;
-    doc.valid_until_ms = None;
-    doc.signature_valid_until_ms = None;
+    doc.valid_until = None;
+    doc.signature_valid_until = None;
     doc.limits.subscribers = None;
     assert_eq!(
         tollgate_license::log_line(&doc),

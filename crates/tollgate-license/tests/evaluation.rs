@@ -4,7 +4,14 @@
 mod common;
 
 use common::{at, document, now, signed, trusted};
-use tollgate_license::timestamp::DAY_MS;
+use std::time::Duration;
+
+use tollgate_events::WallTime;
+use tollgate_license::CLOCK_BACK_TOLERANCE;
+use tollgate_license::timestamp::DAY;
+
+/// One millisecond, the clock's resolution.
+const MS: Duration = Duration::from_millis(1);
 use tollgate_license::{
     AdmissionGate, Context, Decision, Document, Evaluation, Kind, Mode, StatusCode, Usage, evaluate,
 };
@@ -201,7 +208,7 @@ fn statuses_and_admission() {
         Case {
             name: "lease ended, warn mode: admits",
             document: Some(|_| {}),
-            context: |c| c.now_ms += 14 * DAY_MS,
+            context: |c| c.now += 14 * DAY,
             usage: calls(95),
             status: LeaseExpired,
             calls_status: Warning,
@@ -210,7 +217,7 @@ fn statuses_and_admission() {
         Case {
             name: "lease ends in 1 ms",
             document: Some(enforce),
-            context: |c| c.now_ms += 14 * DAY_MS - 1,
+            context: |c| c.now += 14 * DAY - MS,
             usage: calls(0),
             status: Ok,
             calls_status: Ok,
@@ -219,7 +226,7 @@ fn statuses_and_admission() {
         Case {
             name: "lease ended, enforce: denies, emergency passes",
             document: Some(enforce),
-            context: |c| c.now_ms += 14 * DAY_MS,
+            context: |c| c.now += 14 * DAY,
             usage: calls(0),
             status: LeaseExpired,
             calls_status: Ok,
@@ -227,8 +234,8 @@ fn statuses_and_admission() {
         },
         Case {
             name: "term expired in warn mode still denies new calls",
-            document: Some(|d| d.signature_valid_until_ms = None),
-            context: |c| c.now_ms = at("2028-01-01T00:00:00Z"),
+            document: Some(|d| d.signature_valid_until = None),
+            context: |c| c.now = at("2028-01-01T00:00:00Z"),
             usage: calls(0),
             status: Expired,
             calls_status: Ok,
@@ -236,8 +243,8 @@ fn statuses_and_admission() {
         },
         Case {
             name: "term one ms before expiry",
-            document: Some(|d| d.signature_valid_until_ms = None),
-            context: |c| c.now_ms = at("2028-01-01T00:00:00Z") - 1,
+            document: Some(|d| d.signature_valid_until = None),
+            context: |c| c.now = at("2028-01-01T00:00:00Z") - MS,
             usage: calls(0),
             status: Ok,
             calls_status: Ok,
@@ -246,7 +253,7 @@ fn statuses_and_admission() {
         Case {
             name: "term expired without emergency exemption denies emergency calls too",
             document: Some(|d| d.policy.emergency_exempt = false),
-            context: |c| c.now_ms = at("2029-01-01T00:00:00Z"),
+            context: |c| c.now = at("2029-01-01T00:00:00Z"),
             usage: calls(0),
             status: Expired,
             calls_status: Ok,
@@ -255,7 +262,7 @@ fn statuses_and_admission() {
         Case {
             name: "lapsed subscription behaves like an expired term",
             document: Some(|d| d.kind = Kind::Subscription),
-            context: |c| c.now_ms = at("2028-02-01T00:00:00Z"),
+            context: |c| c.now = at("2028-02-01T00:00:00Z"),
             usage: calls(0),
             status: Expired,
             calls_status: Ok,
@@ -265,10 +272,10 @@ fn statuses_and_admission() {
             name: "perpetual never expires",
             document: Some(|d| {
                 d.kind = Kind::Perpetual;
-                d.valid_until_ms = None;
-                d.signature_valid_until_ms = None;
+                d.valid_until = None;
+                d.signature_valid_until = None;
             }),
-            context: |c| c.now_ms = at("9999-12-31T23:59:59Z"),
+            context: |c| c.now = at("9999-12-31T23:59:59Z"),
             usage: calls(10),
             status: Ok,
             calls_status: Ok,
@@ -277,7 +284,7 @@ fn statuses_and_admission() {
         Case {
             name: "expired wins over lease expired and over limit",
             document: Some(enforce),
-            context: |c| c.now_ms = at("2028-06-01T00:00:00Z"),
+            context: |c| c.now = at("2028-06-01T00:00:00Z"),
             usage: calls(1000),
             status: Expired,
             calls_status: OverLimit,
@@ -286,7 +293,7 @@ fn statuses_and_admission() {
         Case {
             name: "lease expired wins over limit",
             document: Some(|_| {}),
-            context: |c| c.now_ms += 20 * DAY_MS,
+            context: |c| c.now += 20 * DAY,
             usage: calls(1000),
             status: LeaseExpired,
             calls_status: OverLimit,
@@ -348,7 +355,7 @@ fn statuses_and_admission() {
         },
         Case {
             name: "not yet valid, unlicensed enforce",
-            document: Some(|d| d.valid_from_ms = now() + DAY_MS),
+            document: Some(|d| d.valid_from = now() + DAY),
             context: |c| c.unlicensed_mode = Mode::Enforce,
             usage: calls(0),
             status: NotYetValid,
@@ -359,7 +366,7 @@ fn statuses_and_admission() {
             name: "clock set back: invalid",
             document: Some(|_| {}),
             context: |c| {
-                c.time_recorded_max_ms = Some(c.now_ms + 5 * 60 * 1000 + 1);
+                c.time_recorded_max = Some(c.now + CLOCK_BACK_TOLERANCE + MS);
                 c.unlicensed_mode = Mode::Enforce;
             },
             usage: calls(0),
@@ -370,7 +377,7 @@ fn statuses_and_admission() {
         Case {
             name: "clock set back exactly 5 min: fine",
             document: Some(|_| {}),
-            context: |c| c.time_recorded_max_ms = Some(c.now_ms + 5 * 60 * 1000),
+            context: |c| c.time_recorded_max = Some(c.now + CLOCK_BACK_TOLERANCE),
             usage: calls(0),
             status: Ok,
             calls_status: Ok,
@@ -469,12 +476,37 @@ fn figures_headroom_and_days() {
     assert_eq!(evaluation.days_to_lease_end, Some(13)); // lease 2027-06-15T00:00, 13.5 days
     assert_eq!(
         evaluation.ms_to_lease_end,
-        Some(13 * DAY_MS as i64 + DAY_MS as i64 / 2)
+        Some(13 * 86_400_000 + 86_400_000 / 2)
     );
     let json = serde_json::to_value(&evaluation).expect("serializes");
     assert_eq!(json["status"], "OVER_LIMIT");
     assert_eq!(json["limits"]["calls"]["status"], "OVER_LIMIT");
     assert_eq!(json["limits"]["calls"]["headroom"], -4);
+    // The JSON views keep their Unix-millisecond field names and numbers (the agent's
+    // `GET /api/v1/license` serves these), whatever the Rust types are.
+    assert_eq!(json["now_ms"], now.unix_ms());
+    assert_eq!(json["expires_at_ms"], at("2028-01-01T00:00:00Z").unix_ms());
+    assert_eq!(
+        json["lease_ends_at_ms"],
+        at("2027-06-15T00:00:00Z").unix_ms()
+    );
+    let document = serde_json::to_value(license.document()).expect("serializes");
+    assert_eq!(
+        document["issued_at_ms"],
+        at("2027-01-01T00:00:00Z").unix_ms()
+    );
+    assert_eq!(
+        document["valid_from_ms"],
+        at("2027-01-01T00:00:00Z").unix_ms()
+    );
+    assert_eq!(
+        document["valid_until_ms"],
+        at("2028-01-01T00:00:00Z").unix_ms()
+    );
+    assert_eq!(
+        document["signature_valid_until_ms"],
+        at("2027-06-15T00:00:00Z").unix_ms()
+    );
 
     let lines: Vec<_> = evaluation.explain().lines().map(str::to_owned).collect();
     assert_eq!(
@@ -491,11 +523,11 @@ fn figures_headroom_and_days() {
 }
 
 /// `(name, change to the document, calls in use, now, expected text)`.
-type ExplainCase = (&'static str, fn(&mut Document), u64, u64, &'static str);
+type ExplainCase = (&'static str, fn(&mut Document), u64, WallTime, &'static str);
 
 #[test]
 fn explanations_say_what_admission_does() {
-    let explain = |change: fn(&mut Document), usage: u64, now: u64| {
+    let explain = |change: fn(&mut Document), usage: u64, now: WallTime| {
         let mut doc = document();
         change(&mut doc);
         let license =
@@ -528,7 +560,7 @@ fn explanations_say_what_admission_does() {
             "lease ended",
             |_| {},
             0,
-            now() + 15 * DAY_MS,
+            now() + 15 * DAY,
             "the signature lease ended on 2027-06-15T00:00:00Z and the license was not renewed from the license server: new calls are still admitted because this license only warns",
         ),
         (

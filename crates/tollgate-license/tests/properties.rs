@@ -4,6 +4,7 @@ mod common;
 
 use common::{document, signed, trusted};
 use proptest::prelude::*;
+use tollgate_events::WallTime;
 use tollgate_license::{Document, Kind, Limits, Mode, Policy, TrustedKeys, armor};
 
 fn verifying_text() -> (String, TrustedKeys) {
@@ -99,10 +100,11 @@ fn valid_document() -> impl Strategy<Value = Document> {
                     customer,
                     kind,
                     serial,
-                    issued_at_ms: from,
-                    valid_from_ms: from,
-                    valid_until_ms: (kind != Kind::Perpetual).then_some(from + span),
-                    signature_valid_until_ms: lease,
+                    issued_at: WallTime::from_unix_ms(from),
+                    valid_from: WallTime::from_unix_ms(from),
+                    valid_until: (kind != Kind::Perpetual)
+                        .then_some(WallTime::from_unix_ms(from + span)),
+                    signature_valid_until: lease.map(WallTime::from_unix_ms),
                     limits: Limits {
                         calls,
                         subscribers: subs,

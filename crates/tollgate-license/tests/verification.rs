@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use common::{at, document, key, now, signed, trusted};
@@ -241,7 +243,7 @@ fn signing_is_deterministic_and_sets_the_key_id() {
     let license = tollgate_license::verify(text.as_bytes(), &trusted(&[3])).expect("verifies");
     assert_eq!(license.key_id(), key(3).key_id());
     let mut invalid = document();
-    invalid.valid_until_ms = None;
+    invalid.valid_until = None;
     assert!(tollgate_license::sign(&invalid, &key(1)).is_err());
 }
 
@@ -255,7 +257,8 @@ type Case = (
 
 #[test]
 fn acceptance_refuses_with_a_distinct_reason() {
-    const FIVE_MIN: u64 = 5 * 60 * 1000;
+    const FIVE_MIN: Duration = Duration::from_secs(5 * 60);
+    const MS: Duration = Duration::from_millis(1);
     let cases: &[Case] = &[
         ("plain", |_| {}, |_| {}, None),
         (
@@ -279,19 +282,19 @@ fn acceptance_refuses_with_a_distinct_reason() {
         (
             "clock 5 min behind the record",
             |_| {},
-            |c| c.time_recorded_max_ms = Some(c.now_ms + FIVE_MIN),
+            |c| c.time_recorded_max = Some(c.now + FIVE_MIN),
             None,
         ),
         (
             "clock set back beyond 5 min",
             |_| {},
-            |c| c.time_recorded_max_ms = Some(c.now_ms + FIVE_MIN + 1),
+            |c| c.time_recorded_max = Some(c.now + FIVE_MIN + MS),
             Some(StatusCode::Invalid),
         ),
         (
             "clock ahead of the record",
             |_| {},
-            |c| c.time_recorded_max_ms = Some(c.now_ms - 1),
+            |c| c.time_recorded_max = Some(c.now - MS),
             None,
         ),
         (
@@ -320,13 +323,13 @@ fn acceptance_refuses_with_a_distinct_reason() {
         ),
         (
             "valid from now",
-            |d| d.valid_from_ms = common::now(),
+            |d| d.valid_from = common::now(),
             |_| {},
             None,
         ),
         (
             "valid from 1 ms later",
-            |d| d.valid_from_ms = common::now() + 1,
+            |d| d.valid_from = common::now() + Duration::from_millis(1),
             |_| {},
             Some(StatusCode::NotYetValid),
         ),
@@ -334,7 +337,7 @@ fn acceptance_refuses_with_a_distinct_reason() {
             "rollback wins over host and not yet valid",
             |d| {
                 d.host_ids = vec!["x".into()];
-                d.valid_from_ms = common::now() + 1;
+                d.valid_from = common::now() + Duration::from_millis(1);
             },
             |c| c.serial_seen_max = Some(100),
             Some(StatusCode::Rollback),
@@ -344,14 +347,14 @@ fn acceptance_refuses_with_a_distinct_reason() {
             |_| {},
             |c| {
                 c.serial_seen_max = Some(100);
-                c.time_recorded_max_ms = Some(u64::MAX);
+                c.time_recorded_max = Some(tollgate_events::WallTime::from_unix_ms(u64::MAX));
             },
             Some(StatusCode::Invalid),
         ),
         (
             "expired is not a refusal",
             |_| {},
-            |c| c.now_ms = at("2030-01-01T00:00:00Z"),
+            |c| c.now = at("2030-01-01T00:00:00Z"),
             None,
         ),
     ];

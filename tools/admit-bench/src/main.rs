@@ -149,20 +149,20 @@ impl Admission for LicenseAdmission {
 
 /// The gate as the agent publishes it: a license signed, verified and evaluated by the
 /// license crate (enforce mode, a calls limit).
-fn license_gate(now_ms: u64, calls: u64) -> anyhow::Result<AdmissionGate> {
+fn license_gate(now: tollgate_events::WallTime, calls: u64) -> anyhow::Result<AdmissionGate> {
     let key = SigningKey::from_seed(&[42; 32]);
     let spec = LicenseSpec::parse(&format!(
         "license_key = \"ADMIT-BENCH\"\ncustomer = \"admit-bench\"\nkind = \"perpetual\"\n\
          serial = 1\n[limits]\ncalls = {CALLS_LIMIT}\n[policy]\nmode = \"enforce\"\n"
     ))?;
-    let text = tollgate_license::sign(&spec.to_document(key.key_id(), now_ms)?, &key)?;
+    let text = tollgate_license::sign(&spec.to_document(key.key_id(), now)?, &key)?;
     let license =
         tollgate_license::verify(text.as_bytes(), &TrustedKeys::single(key.public_key()))?;
     let usage = Usage {
         calls,
         ..Usage::default()
     };
-    let evaluation = tollgate_license::evaluate(Some(&license), &Context::at(now_ms), &usage);
+    let evaluation = tollgate_license::evaluate(Some(&license), &Context::at(now), &usage);
     ensure!(
         evaluation.admission.calls_admit_max.is_some(),
         "the bench plan must check calls: {:?}",
@@ -518,7 +518,8 @@ fn main() -> anyhow::Result<()> {
     }
     let calls_now = tables.usage().calls;
     ensure!(calls_now == args.calls, "the tables hold {calls_now} calls");
-    let gate = Arc::new(license_gate(now.unix_ms(), calls_now)?);
+    // Licenses are judged by the wall clock (the tables clock is monotonic).
+    let gate = Arc::new(license_gate(tollgate_ingest::wall_clock(), calls_now)?);
     let plan = gate.plan();
     let expected_admit = format!("{}\n", gate.decide(calls_now, false).as_reply());
     let pipeline = Pipeline {

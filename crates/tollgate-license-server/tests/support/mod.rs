@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tollgate_license::timestamp::{DAY_MS, format_rfc3339};
+use tollgate_events::WallTime;
+use tollgate_license::timestamp::{DAY, DAY_MS, format_rfc3339};
 use tollgate_license::{PublicKey, TrustedKeys};
 use tollgate_license_client::{ClientConfig, LicenseClient, Url};
 use tollgate_license_server::admin::{self, AdminError, AdminPaths, Contract, Ctx};
@@ -54,7 +55,8 @@ impl Harness {
     pub fn start_on(database: Option<Database>) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let key_dir = dir.path().join("keys");
-        let (key, _, _) = keyring::create_key(&key_dir, T0 - DAY_MS).unwrap();
+        let (key, _, _) =
+            keyring::create_key(&key_dir, WallTime::from_unix_ms(T0 - DAY_MS)).unwrap();
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             database: database
@@ -64,9 +66,9 @@ impl Harness {
                 dir: dir.path().join("tls"),
             },
             rules: LeaseRules {
-                lease_ms: 14 * DAY_MS,
-                subscription_period_ms: 30 * DAY_MS,
-                reuse_window_ms: 10 * MINUTE,
+                lease: 14 * DAY,
+                subscription_period: 30 * DAY,
+                reuse_window: Duration::from_millis(10 * MINUTE),
             },
             dev: false,
         };
@@ -131,7 +133,7 @@ impl Harness {
         let paths = AdminPaths {
             database: self.config.database.clone(),
             key_dir: self.config.key_dir.clone(),
-            lease_ms: self.config.rules.lease_ms,
+            lease: self.config.rules.lease,
         };
         let now_ms = self.now();
         std::thread::scope(|s| {
@@ -194,7 +196,12 @@ impl Harness {
             self.act_ok(|ctx, store| admin::add_customer(ctx, store, CUSTOMER));
         }
         let valid_until = valid_until
-            .map(|u| format!("valid_until = \"{}\"\n", format_rfc3339(u)))
+            .map(|u| {
+                format!(
+                    "valid_until = \"{}\"\n",
+                    format_rfc3339(WallTime::from_unix_ms(u))
+                )
+            })
             .unwrap_or_default();
         let spec = format!(
             "license_key = \"{LICENSE_KEY}\"\ncustomer = \"{CUSTOMER}\"\nkind = \"{kind}\"\n\

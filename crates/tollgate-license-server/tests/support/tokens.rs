@@ -22,8 +22,8 @@ fn report(h: &Harness) -> UsageReport {
     UsageReport {
         node_id: "sp1".into(),
         agent_version: "0.1.0".into(),
-        timestamp_ms: h.now(),
-        since_ms: None,
+        timestamp: tollgate_events::WallTime::from_unix_ms(h.now()),
+        since: None,
         license_serial: Some(1),
         node: UsageFigures::default(),
         cluster: None,

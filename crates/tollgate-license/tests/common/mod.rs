@@ -1,16 +1,17 @@
 //! Fixtures shared by the integration tests.
 #![allow(dead_code)]
 
-use tollgate_license::timestamp::{DAY_MS, parse_rfc3339};
+use tollgate_events::WallTime;
+use tollgate_license::timestamp::{DAY, parse_rfc3339};
 use tollgate_license::{Document, Kind, Limits, Policy, SigningKey, TrustedKeys};
 
 /// A UTC time, `2027-01-01T00:00:00Z` style.
-pub fn at(text: &str) -> u64 {
+pub fn at(text: &str) -> WallTime {
     parse_rfc3339(text).expect("a valid test time")
 }
 
 /// The test clock: 2027-06-01T00:00:00Z.
-pub fn now() -> u64 {
+pub fn now() -> WallTime {
     at("2027-06-01T00:00:00Z")
 }
 
@@ -34,10 +35,10 @@ pub fn document() -> Document {
         customer: "Example Telecom".to_owned(),
         kind: Kind::Term,
         serial: 7,
-        issued_at_ms: at("2027-01-01T00:00:00Z"),
-        valid_from_ms: at("2027-01-01T00:00:00Z"),
-        valid_until_ms: Some(at("2028-01-01T00:00:00Z")),
-        signature_valid_until_ms: Some(now() + 14 * DAY_MS),
+        issued_at: at("2027-01-01T00:00:00Z"),
+        valid_from: at("2027-01-01T00:00:00Z"),
+        valid_until: Some(at("2028-01-01T00:00:00Z")),
+        signature_valid_until: Some(now() + 14 * DAY),
         limits: Limits {
             calls: Some(100),
             subscribers: Some(1000),
