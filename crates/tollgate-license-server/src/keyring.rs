@@ -429,7 +429,7 @@ mod tests {
         assert_eq!((cache.reloads(), cache.refusals()), (1, 1));
         assert_eq!(ring.entries().len(), 2, "previous keys kept");
         assert_eq!(
-            ring.signing_key(T0 + 1000).unwrap().key.key_id(),
+            ring.signing_key(T0.plus_ms(1000)).unwrap().key.key_id(),
             second.key_id()
         );
         // Refused once per change, not on every look.
