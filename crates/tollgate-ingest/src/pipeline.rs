@@ -28,7 +28,7 @@ pub const REPLY_BYTES_MAX: usize = 8192;
 pub const RUN_EVENTS_MAX: usize = 1024;
 
 /// Call events decoded and fingerprinted, their table slots prefetched
-/// ([`Tables::call_op`]), waiting to be applied together: a run that goes across the
+/// ([`Tables::call_event`]), waiting to be applied together: a run that goes across the
 /// datagrams of one receive batch, applied with one lock per shard instead of one per event
 /// ([`Tables::apply_calls`]) and with the cache misses of its events overlapping (software
 /// pipelining, as DPDK's bulk hash lookups do). Any other event (a registration, an
