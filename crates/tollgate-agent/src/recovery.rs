@@ -65,9 +65,9 @@ pub fn recover(
 
     // 1. The snapshot.
     let mut replay_from = None;
-    match state_dir.read_snapshot() {
-        Ok(Some(bytes)) => {
-            if state_dir.snapshot_authentic(&bytes) == Some(false) {
+    match state_dir.open_snapshot() {
+        Ok(Some((file, tail))) => {
+            if state_dir.snapshot_authentic(&tail) == Some(false) {
                 resets.record(
                     ResetReason::SnapshotUnauthenticated,
                     wall_ms,
@@ -76,8 +76,9 @@ pub fn recover(
                      known to be what this node wrote",
                 );
             }
-            // As of the time it was taken: the journal replays what came after.
-            match tables.restore_bytes(&bytes) {
+            // As of the time it was taken: the journal replays what came after. Streamed:
+            // checked whole, then restored frame by frame (never the file in memory).
+            match tables.restore_reader(std::io::BufReader::with_capacity(1 << 20, file)) {
                 Ok((r, snapshot)) => {
                     recovery.snapshot_calls = r.calls;
                     recovery.snapshot_contacts = r.contacts;

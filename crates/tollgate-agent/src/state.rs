@@ -258,6 +258,25 @@ impl StateDir {
         }
     }
 
+    /// The snapshot file opened for streaming and its last [`SNAPSHOT_MAC_TAIL_LEN`] bytes
+    /// (what [`StateDir::snapshot_authentic`] judges), or `None` when there is none yet.
+    pub fn open_snapshot(&self) -> Result<Option<(File, Vec<u8>)>, StateError> {
+        use std::io::{Seek, SeekFrom};
+        let path = self.path.join(SNAPSHOT_FILE);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        let tail_len = len.min(SNAPSHOT_MAC_TAIL_LEN as u64);
+        let mut tail = Vec::with_capacity(SNAPSHOT_MAC_TAIL_LEN);
+        file.seek(SeekFrom::Start(len - tail_len))
+            .and_then(|_| (&mut file).take(tail_len).read_to_end(&mut tail))
+            .map_err(io_err(&path))?;
+        Ok(Some((file, tail)))
+    }
+
     /// Moves an unreadable snapshot aside (kept for inspection) and returns its new path.
     pub fn quarantine_snapshot(&self, unix_ms: u64) -> Result<PathBuf, StateError> {
         let from = self.path.join(SNAPSHOT_FILE);
@@ -340,6 +359,10 @@ mod tests {
         s.write_snapshot_with(|w| w.write_all(&bytes(2))).unwrap();
         let on_disk = s.read_snapshot().unwrap().unwrap();
         assert_eq!(s.snapshot_authentic(&on_disk), Some(true));
+        // What the agent judges at start: the tail read from the file.
+        let (_, tail) = s.open_snapshot().unwrap().unwrap();
+        assert_eq!(tail, on_disk[on_disk.len() - SNAPSHOT_MAC_TAIL_LEN..]);
+        assert_eq!(s.snapshot_authentic(&tail), Some(true));
         // A crash before the rename leaves the previous snapshot: still authentic.
         s.write_snapshot(&bytes(3)).unwrap();
         assert_eq!(s.snapshot_authentic(&bytes(2)), Some(true));

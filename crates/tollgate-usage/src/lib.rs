@@ -760,14 +760,25 @@ impl Tables {
         Ok(restored)
     }
 
-    /// Restores snapshot bytes (any format version) as of the time the snapshot was taken,
-    /// streaming: a version-3 file is checked whole first (hash, every frame, the end
-    /// counts) and only then restored frame by frame, so a bad file changes nothing and no
-    /// second copy of the entries is built. Returns what was restored and the snapshot's
-    /// meta.
+    /// Restores snapshot bytes (any format version): [`Tables::restore_reader`] on them.
     pub fn restore_bytes(&self, bytes: &[u8]) -> Result<(Restored, SnapshotMeta), SnapshotError> {
-        let (meta, frames) = match snapshot::open(bytes)? {
-            snapshot::Opened::Whole(s) => {
+        self.restore_reader(std::io::Cursor::new(bytes))
+    }
+
+    /// Restores a snapshot file (any format version) as of the time the snapshot was taken,
+    /// streaming, in two passes over the file with one frame in memory at a time: the first
+    /// checks it whole (trailer, hash, every frame, the end counts) and changes nothing, the
+    /// second restores frame by frame. A bad file therefore changes nothing, and no copy of
+    /// the file or of the entries is built beside the tables. (Only a file rewritten in
+    /// place between the two passes can fail the second one, after some entries went in.)
+    /// Versions 1 and 2 (one body) are read whole. Returns what was restored and the
+    /// snapshot's meta.
+    pub fn restore_reader<R: std::io::Read + std::io::Seek>(
+        &self,
+        input: R,
+    ) -> Result<(Restored, SnapshotMeta), SnapshotError> {
+        let (meta, mut frames) = match snapshot::open_reader(input)? {
+            snapshot::OpenedReader::Whole(s) => {
                 let restored = self.restore(s.taken_at, &s)?;
                 let meta = SnapshotMeta {
                     taken_at: s.taken_at,
@@ -780,24 +791,25 @@ impl Tables {
                 };
                 return Ok((restored, meta));
             }
-            snapshot::Opened::Frames(meta, frames) => (meta, frames),
+            snapshot::OpenedReader::Frames(meta, frames) => (meta, frames),
         };
+        // Pass 1: check every frame and the hash before the first change.
+        while frames.next_frame()?.is_some() {}
         if meta.fingerprint_key_id != self.fingerprint_key_id {
             return Err(SnapshotError::KeyMismatch);
         }
-        // Check every frame before the first change.
-        let mut check = snapshot::open(bytes)?;
-        if let snapshot::Opened::Frames(_, ref mut all) = check {
-            for frame in all {
-                frame?;
-            }
-        }
+        // Pass 2: restore.
+        let snapshot::OpenedReader::Frames(meta, mut frames) =
+            snapshot::open_reader(frames.into_inner())?
+        else {
+            return Err(SnapshotError::Invalid("the file changed while being restored"));
+        };
         let now = meta.taken_at;
         let now_s = now.unix_secs_u32();
         let mut restored = Restored::default();
         let mut ids = Vec::new();
-        for frame in frames {
-            match frame? {
+        while let Some(frame) = frames.next_frame()? {
+            match frame {
                 Frame::Calls(v) => self.restore_calls(now_s, &v, &mut restored),
                 Frame::Tombstones(v) => self.restore_tombstones(now_s, &v),
                 Frame::Registrations(v) => self.restore_registrations(now_s, &v, &mut restored),

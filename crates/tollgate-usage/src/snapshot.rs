@@ -63,7 +63,7 @@
 //! taken with, so it carries [`crate::FingerprintKey::id`] and restore refuses another key.
 //! The format version also pins the fingerprint algorithm.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
@@ -238,6 +238,8 @@ pub enum SnapshotError {
     Invalid(&'static str),
     #[error("snapshot was taken with another fingerprint key")]
     KeyMismatch,
+    #[error("cannot read the snapshot: {0}")]
+    Io(#[from] io::Error),
 }
 
 impl Snapshot {
@@ -588,49 +590,268 @@ impl Frames<'_> {
             Err(e) => return Some(Err(e.into())),
         };
         self.rest = rest;
-        let c = &mut self.counts;
-        let len = match &frame {
-            Frame::Meta(_) => return Some(Err(SnapshotError::Invalid("a second meta frame"))),
-            Frame::End(end) => {
-                if *end != *c {
-                    return Some(Err(SnapshotError::Invalid(
-                        "the end frame's counts do not add up",
-                    )));
-                }
-                if !self.rest.is_empty() {
-                    return Some(Err(SnapshotError::Invalid("frames after the end frame")));
-                }
-                return None;
-            }
-            Frame::Calls(v) => {
-                c.calls += v.len() as u64;
-                v.len()
-            }
-            Frame::Tombstones(v) => {
-                c.tombstones += v.len() as u64;
-                v.len()
-            }
-            Frame::Registrations(v) => {
-                if let Err(e) = validate_aors(v) {
-                    return Some(Err(e));
-                }
-                c.aors += v.len() as u64;
-                c.contacts += v.iter().map(|a| a.contacts.len() as u64).sum::<u64>();
-                v.len()
-            }
-            Frame::Owners(names) => {
-                if let Err(e) = validate_owner_names(names) {
-                    return Some(Err(e));
-                }
-                names.len()
-            }
-            Frame::CallOwners(v) => v.len(),
-            Frame::ContactOwners(v) => v.len(),
-        };
-        if len > FRAME_ENTRIES_MAX {
-            return Some(Err(SnapshotError::Invalid("a frame with too many entries")));
+        match check_frame(&mut self.counts, frame) {
+            Ok(Some(frame)) => Some(Ok(frame)),
+            Ok(None) if self.rest.is_empty() => None,
+            Ok(None) => Some(Err(SnapshotError::Invalid("frames after the end frame"))),
+            Err(e) => Some(Err(e)),
         }
-        Some(Ok(frame))
+    }
+}
+
+/// Checks one decoded frame after the meta against the structure (module doc), adding its
+/// entries to `counts`: `Ok(None)` for a valid end frame.
+fn check_frame(counts: &mut FrameCounts, frame: Frame) -> Result<Option<Frame>, SnapshotError> {
+    let c = counts;
+    let len = match &frame {
+        Frame::Meta(_) => return Err(SnapshotError::Invalid("a second meta frame")),
+        Frame::End(end) => {
+            if *end != *c {
+                return Err(SnapshotError::Invalid(
+                    "the end frame's counts do not add up",
+                ));
+            }
+            return Ok(None);
+        }
+        Frame::Calls(v) => {
+            c.calls += v.len() as u64;
+            v.len()
+        }
+        Frame::Tombstones(v) => {
+            c.tombstones += v.len() as u64;
+            v.len()
+        }
+        Frame::Registrations(v) => {
+            validate_aors(v)?;
+            c.aors += v.len() as u64;
+            c.contacts += v.iter().map(|a| a.contacts.len() as u64).sum::<u64>();
+            v.len()
+        }
+        Frame::Owners(names) => {
+            validate_owner_names(names)?;
+            names.len()
+        }
+        Frame::CallOwners(v) => v.len(),
+        Frame::ContactOwners(v) => v.len(),
+    };
+    if len > FRAME_ENTRIES_MAX {
+        return Err(SnapshotError::Invalid("a frame with too many entries"));
+    }
+    Ok(Some(frame))
+}
+
+/// Bytes read from the file at a time while streaming (more when a frame is larger).
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A snapshot file opened for streaming ([`open_reader`]).
+pub enum OpenedReader<R> {
+    /// Versions 1 and 2: one body, read and decoded whole (only older agents wrote them).
+    Whole(Snapshot),
+    /// Versions 3 and 4: the meta and a reader of the entry frames after it.
+    Frames(SnapshotMeta, FrameReader<R>),
+}
+
+/// The entry frames of a version-3/4 snapshot read from a file, one frame in memory at a
+/// time, every byte hashed on the way: [`FrameReader::next_frame`] returns `Ok(None)` after
+/// the end frame once the whole body matched the trailer's hash. Errors are those of
+/// [`Frames`]; a body whose hash does not match is [`SnapshotError::ChecksumMismatch`],
+/// whatever else is wrong with it (as [`open`] reports it).
+pub struct FrameReader<R> {
+    /// The body after the header, up to the trailer.
+    input: io::Take<R>,
+    hasher: blake3::Hasher,
+    hash: [u8; 32],
+    buf: Vec<u8>,
+    start: usize,
+    counts: FrameCounts,
+    done: bool,
+}
+
+impl<R: io::Read> FrameReader<R> {
+    /// Reads more of the body into `buf`; `false` at its end.
+    fn fill(&mut self) -> Result<bool, SnapshotError> {
+        self.buf.drain(..self.start);
+        self.start = 0;
+        let want = READ_CHUNK.max(self.buf.len());
+        let old = self.buf.len();
+        self.buf.resize(old + want, 0);
+        let mut got = 0;
+        let result = loop {
+            match self.input.read(&mut self.buf[old + got..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    got += n;
+                    if got == want {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.buf.truncate(old + got);
+        self.hasher.update(&self.buf[old..]);
+        result.map_err(SnapshotError::Io)?;
+        Ok(got > 0)
+    }
+
+    /// The rest of the body hashed: a mismatch replaces `error` (the bytes are not what the
+    /// writer wrote, so what they decode to says nothing).
+    fn fail(&mut self, error: SnapshotError) -> SnapshotError {
+        self.done = true;
+        let mut sink = [0u8; 64 * 1024];
+        loop {
+            match self.input.read(&mut sink) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.hasher.update(&sink[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return SnapshotError::Io(e),
+            }
+        }
+        if self.hasher.finalize().as_bytes() != &self.hash {
+            return SnapshotError::ChecksumMismatch;
+        }
+        error
+    }
+
+    /// The next decoded frame (Meta first, from [`open_reader`]).
+    fn decode_next(&mut self) -> Result<Option<Frame>, SnapshotError> {
+        loop {
+            let pending = &self.buf[self.start..];
+            if !pending.is_empty() {
+                match postcard::take_from_bytes::<Frame>(pending) {
+                    Ok((frame, rest)) => {
+                        self.start = self.buf.len() - rest.len();
+                        return Ok(Some(frame));
+                    }
+                    Err(postcard::Error::DeserializeUnexpectedEnd) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !self.fill()? {
+                return if self.buf.len() > self.start {
+                    Err(postcard::Error::DeserializeUnexpectedEnd.into())
+                } else {
+                    Ok(None)
+                };
+            }
+        }
+    }
+
+    /// The file, to read it again.
+    pub fn into_inner(self) -> R {
+        self.input.into_inner()
+    }
+
+    /// The next entry frame, `Ok(None)` once the end frame is read and the body's hash
+    /// matched. After an error, `Ok(None)`.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, SnapshotError> {
+        if self.done {
+            return Ok(None);
+        }
+        let frame = match self.decode_next() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Err(self.fail(SnapshotError::Invalid("no end frame"))),
+            Err(e) => return Err(self.fail(e)),
+        };
+        match check_frame(&mut self.counts, frame) {
+            Ok(Some(frame)) => Ok(Some(frame)),
+            Ok(None) => {
+                if self.start < self.buf.len() || self.fill()? {
+                    return Err(self.fail(SnapshotError::Invalid("frames after the end frame")));
+                }
+                self.done = true;
+                if self.hasher.finalize().as_bytes() != &self.hash {
+                    return Err(SnapshotError::ChecksumMismatch);
+                }
+                Ok(None)
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+}
+
+/// [`open`] for a file: checks the header and the trailer, and opens the frames for reading
+/// one at a time (the body's hash is checked as it streams, see [`FrameReader`]). Memory is
+/// one frame, whatever the file's size. Never panics.
+pub fn open_reader<R: io::Read + io::Seek>(
+    mut input: R,
+) -> Result<OpenedReader<R>, SnapshotError> {
+    let file_len = input.seek(io::SeekFrom::End(0))?;
+    input.seek(io::SeekFrom::Start(0))?;
+    let mut header = Vec::with_capacity(SNAPSHOT_V3_HEADER_LEN);
+    (&mut input)
+        .take(SNAPSHOT_V3_HEADER_LEN as u64)
+        .read_to_end(&mut header)?;
+    let present = header.len().min(SNAPSHOT_MAGIC.len());
+    if header[..present] != SNAPSHOT_MAGIC[..present] {
+        return Err(SnapshotError::BadMagic);
+    }
+    if header.len() < SNAPSHOT_V3_HEADER_LEN {
+        return Err(SnapshotError::Truncated {
+            expected_len: SNAPSHOT_V3_HEADER_LEN as u64,
+            actual_len: file_len,
+        });
+    }
+    let version = u16::from_le_bytes([header[6], header[7]]);
+    match version {
+        1 | 2 => {
+            let mut bytes = header;
+            input.read_to_end(&mut bytes)?;
+            decode_whole(&bytes, version).map(OpenedReader::Whole)
+        }
+        3 | SNAPSHOT_FORMAT_VERSION => {
+            let unterminated = SnapshotError::Unterminated {
+                actual_len: file_len,
+            };
+            let Some(body_end) = file_len.checked_sub(SNAPSHOT_TRAILER_LEN as u64) else {
+                return Err(unterminated);
+            };
+            if body_end < SNAPSHOT_V3_HEADER_LEN as u64 {
+                return Err(unterminated);
+            }
+            input.seek(io::SeekFrom::Start(body_end))?;
+            let mut trailer = [0u8; SNAPSHOT_TRAILER_LEN];
+            input.read_exact(&mut trailer)?;
+            let mut len = [0u8; 8];
+            len.copy_from_slice(&trailer[8..16]);
+            if trailer[..6] != SNAPSHOT_END_MAGIC
+                || trailer[6..8] != [0, 0]
+                || u64::from_le_bytes(len) != body_end
+            {
+                return Err(unterminated);
+            }
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&trailer[16..48]);
+            input.seek(io::SeekFrom::Start(SNAPSHOT_V3_HEADER_LEN as u64))?;
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(&header);
+            let mut reader = FrameReader {
+                input: input.take(body_end - SNAPSHOT_V3_HEADER_LEN as u64),
+                hasher,
+                hash,
+                buf: Vec::new(),
+                start: 0,
+                counts: FrameCounts::default(),
+                done: false,
+            };
+            let meta = match reader.decode_next() {
+                Ok(Some(Frame::Meta(meta))) => match meta.validate() {
+                    Ok(()) => meta,
+                    Err(e) => return Err(reader.fail(e)),
+                },
+                Ok(_) => {
+                    return Err(
+                        reader.fail(SnapshotError::Invalid("the first frame is not the meta"))
+                    );
+                }
+                Err(e) => return Err(reader.fail(e)),
+            };
+            Ok(OpenedReader::Frames(meta, reader))
+        }
+        other => Err(SnapshotError::UnsupportedVersion(other)),
     }
 }
 
@@ -987,6 +1208,105 @@ mod tests {
             ]
         );
         assert_eq!(decode(&bytes).ok(), Some(s));
+    }
+
+    /// Every frame of `bytes` read through [`open_reader`], as [`decode`] reads them.
+    fn decode_streamed(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+        let (meta, mut frames) = match open_reader(io::Cursor::new(bytes))? {
+            OpenedReader::Whole(s) => return Ok(s),
+            OpenedReader::Frames(meta, frames) => (meta, frames),
+        };
+        let mut s = Snapshot {
+            taken_at: meta.taken_at,
+            fingerprint_key_id: meta.fingerprint_key_id,
+            subscribers: meta.subscribers,
+            subscribers_reported_at: meta.subscribers_reported_at,
+            peaks: meta.peaks,
+            wall_at: meta.wall_at,
+            journal_segment: meta.journal_segment,
+            ..Snapshot::default()
+        };
+        while let Some(frame) = frames.next_frame()? {
+            match frame {
+                Frame::Calls(v) => s.calls.extend(v),
+                Frame::Tombstones(v) => s.tombstones.extend(v),
+                Frame::Registrations(v) => s.registrations.extend(v),
+                Frame::Owners(names) => s.owners.names = names,
+                Frame::CallOwners(v) => s.owners.calls.extend(v),
+                Frame::ContactOwners(v) => s.owners.contacts.extend(v),
+                Frame::Meta(_) | Frame::End(_) => unreachable!(),
+            }
+        }
+        Ok(s)
+    }
+
+    /// The error's kind, to compare the two readers.
+    fn kind(r: &Result<Snapshot, SnapshotError>) -> String {
+        match r {
+            Ok(s) => format!("ok {}", s.calls.len()),
+            Err(SnapshotError::Postcard(_)) => "postcard".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_streamed_reader_agrees_with_decode_on_every_cut_and_flip() {
+        let v2 = frame_body(&postcard::to_stdvec(&sample()).unwrap());
+        for bytes in [encode(&sample()), encode(&Snapshot::default()), v2] {
+            assert_eq!(kind(&decode_streamed(&bytes)), kind(&decode(&bytes)));
+            assert_eq!(decode_streamed(&bytes).unwrap(), decode(&bytes).unwrap());
+            for len in 0..bytes.len() {
+                let cut = &bytes[..len];
+                assert_eq!(kind(&decode_streamed(cut)), kind(&decode(cut)), "cut {len}");
+            }
+            for i in 0..bytes.len() {
+                let mut flipped = bytes.clone();
+                flipped[i] ^= 0x10;
+                assert_eq!(
+                    kind(&decode_streamed(&flipped)),
+                    kind(&decode(&flipped)),
+                    "byte {i}"
+                );
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert_eq!(kind(&decode_streamed(&longer)), kind(&decode(&longer)));
+        }
+    }
+
+    #[test]
+    fn the_streamed_reader_reads_frames_larger_than_its_chunk() {
+        let mut s = sample();
+        s.calls = (0..FRAME_ENTRIES_MAX as u32 * 2 + 3)
+            .map(|i| CallRecord {
+                fingerprint: [(i % 251) as u8; 16],
+                deadline_s: i,
+                started_s: i,
+                emergency: i % 7 == 0,
+            })
+            .collect();
+        let bytes = encode(&s);
+        assert!(bytes.len() > 4 * READ_CHUNK);
+        assert_eq!(decode_streamed(&bytes).ok(), Some(s));
+        // A hash mismatch is reported as such even where the frames break too.
+        let mut bad = bytes.clone();
+        bad[SNAPSHOT_V3_HEADER_LEN + 1] ^= 0xff;
+        assert!(matches!(
+            decode_streamed(&bad),
+            Err(SnapshotError::ChecksumMismatch)
+        ));
+        // Structural checks still apply, past a valid hash.
+        let structural = [
+            frames(&[Frame::Calls(Vec::new())]),
+            frames(&[Frame::Meta(SnapshotMeta::default())]),
+            frame_frames(&[0xff; 40]),
+        ];
+        for bad in structural {
+            assert!(matches!(
+                decode_streamed(&bad),
+                Err(SnapshotError::Invalid(_) | SnapshotError::Postcard(_))
+            ));
+        }
     }
 
     /// Encodes frames as a hostile writer would, past the hash.
