@@ -802,7 +802,9 @@ impl Tables {
         let snapshot::OpenedReader::Frames(meta, mut frames) =
             snapshot::open_reader(frames.into_inner())?
         else {
-            return Err(SnapshotError::Invalid("the file changed while being restored"));
+            return Err(SnapshotError::Invalid(
+                "the file changed while being restored",
+            ));
         };
         let now = meta.taken_at;
         let now_s = now.unix_secs_u32();

@@ -5,7 +5,8 @@
 //! them as a frame and moves on. The tables are never copied whole: memory beyond the tables
 //! is one shard's entries. The result is therefore not an atomic cut across shards, only per
 //! shard; the journal makes up for that (see the agent's recovery). Reading is streaming too:
-//! [`crate::Tables::restore_bytes`] checks the whole file's hash and structure first, then
+//! [`crate::Tables::restore_reader`] reads the file through [`open_reader`] in two passes,
+//! one frame in memory at a time: the first checks the hash and structure whole, the second
 //! restores frame by frame. [`encode`] / [`decode`] turn a whole [`Snapshot`] into bytes and
 //! back (tests, tools, the fuzz target); the agent writes through the durable-write module
 //! (no file IO here).
@@ -776,9 +777,7 @@ impl<R: io::Read> FrameReader<R> {
 /// [`open`] for a file: checks the header and the trailer, and opens the frames for reading
 /// one at a time (the body's hash is checked as it streams, see [`FrameReader`]). Memory is
 /// one frame, whatever the file's size. Never panics.
-pub fn open_reader<R: io::Read + io::Seek>(
-    mut input: R,
-) -> Result<OpenedReader<R>, SnapshotError> {
+pub fn open_reader<R: io::Read + io::Seek>(mut input: R) -> Result<OpenedReader<R>, SnapshotError> {
     let file_len = input.seek(io::SeekFrom::End(0))?;
     input.seek(io::SeekFrom::Start(0))?;
     let mut header = Vec::with_capacity(SNAPSHOT_V3_HEADER_LEN);
