@@ -647,9 +647,9 @@ const READ_CHUNK: usize = 256 * 1024;
 /// A snapshot file opened for streaming ([`open_reader`]).
 pub enum OpenedReader<R> {
     /// Versions 1 and 2: one body, read and decoded whole (only older agents wrote them).
-    Whole(Snapshot),
+    Whole(Box<Snapshot>),
     /// Versions 3 and 4: the meta and a reader of the entry frames after it.
-    Frames(SnapshotMeta, FrameReader<R>),
+    Frames(SnapshotMeta, Box<FrameReader<R>>),
 }
 
 /// The entry frames of a version-3/4 snapshot read from a file, one frame in memory at a
@@ -799,7 +799,7 @@ pub fn open_reader<R: io::Read + io::Seek>(mut input: R) -> Result<OpenedReader<
         1 | 2 => {
             let mut bytes = header;
             input.read_to_end(&mut bytes)?;
-            decode_whole(&bytes, version).map(OpenedReader::Whole)
+            decode_whole(&bytes, version).map(|s| OpenedReader::Whole(Box::new(s)))
         }
         3 | SNAPSHOT_FORMAT_VERSION => {
             let unterminated = SnapshotError::Unterminated {
@@ -848,7 +848,7 @@ pub fn open_reader<R: io::Read + io::Seek>(mut input: R) -> Result<OpenedReader<
                 }
                 Err(e) => return Err(reader.fail(e)),
             };
-            Ok(OpenedReader::Frames(meta, reader))
+            Ok(OpenedReader::Frames(meta, Box::new(reader)))
         }
         other => Err(SnapshotError::UnsupportedVersion(other)),
     }
@@ -1212,7 +1212,7 @@ mod tests {
     /// Every frame of `bytes` read through [`open_reader`], as [`decode`] reads them.
     fn decode_streamed(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
         let (meta, mut frames) = match open_reader(io::Cursor::new(bytes))? {
-            OpenedReader::Whole(s) => return Ok(s),
+            OpenedReader::Whole(s) => return Ok(*s),
             OpenedReader::Frames(meta, frames) => (meta, frames),
         };
         let mut s = Snapshot {
