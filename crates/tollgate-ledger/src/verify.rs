@@ -139,10 +139,12 @@ pub enum Verdict {
 /// is `bound_key` (none: whatever key the chain has), and where `held(seq)` answers the
 /// hash of an entry already held at `seq`.
 ///
-/// In order: a bad signature; seq 0 after a head (a reset); another key than the bound one
-/// or the head's (a key change); then by seq: the next one with the right previous hash
-/// (append) or another (chain break), a jump forward (gap), or a seq already held (the same
-/// entry: duplicate; another: fork).
+/// In order: a bad signature; an entry identical to one held at its seq (a duplicate: a
+/// report sent again, in every position, seq 0 included; never a reset or a fork); a
+/// different seq 0 after a head (a reset: a new chain); another key than the bound one or
+/// the head's (a key change); then by seq: the next one with the right previous hash
+/// (append) or another (chain break), a jump forward (gap), or a different entry at a seq
+/// already held (fork), or one older than anything held (out of order).
 pub fn classify(
     head: Option<&Head>,
     bound_key: Option<&PublicKey>,
@@ -152,13 +154,19 @@ pub fn classify(
     if !e.signature_valid() {
         return Verdict::Finding(FindingKind::BadSignature);
     }
+    // Identity is the entry hash (over the whole signed entry, key included): the same
+    // bytes at the same seq were already judged and stored.
+    let hash = e.hash();
+    if head.is_some_and(|h| h.seq == e.seq && h.hash == hash) || held(e.seq) == Some(hash) {
+        return Verdict::Duplicate;
+    }
     let Some(head) = head else {
         if bound_key.is_some_and(|k| *k != e.node_key) {
             return Verdict::Finding(FindingKind::KeyChange);
         }
         return Verdict::Append;
     };
-    if e.seq == 0 && head.hash != e.hash() {
+    if e.seq == 0 {
         return Verdict::Finding(FindingKind::Reset);
     }
     let key = bound_key.unwrap_or(&head.node_key);
@@ -175,7 +183,7 @@ pub fn classify(
         Verdict::Finding(FindingKind::Gap)
     } else {
         match held(e.seq) {
-            Some(h) if h == e.hash() => Verdict::Duplicate,
+            // The same hash returned Duplicate above.
             Some(_) => Verdict::Finding(FindingKind::Fork),
             // Older than anything held: it cannot be placed.
             None => Verdict::Finding(FindingKind::OutOfOrder),
@@ -395,9 +403,17 @@ mod tests {
         forked.push(SignedEntry::sign(&key, 2, es[1].hash(), entry(77_777)));
         assert_eq!(check(&forked, None), Some((FindingKind::Fork, 6)));
 
+        // A new chain: a different seq 0 (the same seq 0 again is a repeat, below).
         let mut reset = es.clone();
-        reset.extend(chain(&key, 2));
+        let mut restarted = Chain::new(None);
+        reset.push(restarted.append(&key, entry(500_000)));
+        reset.push(restarted.append(&key, entry(501_000)));
         assert_eq!(check(&reset, None), Some((FindingKind::Reset, 6)));
+
+        // seq 0 repeated in one file: the same entry twice is out of order, not a reset.
+        let mut repeated = es.clone();
+        repeated.push(es[0].clone());
+        assert_eq!(check(&repeated, None), Some((FindingKind::OutOfOrder, 6)));
 
         let mut rekeyed = es.clone();
         rekeyed.push(SignedEntry::sign(&other, 6, es[5].hash(), entry(50_000)));
@@ -442,6 +458,29 @@ mod tests {
         );
         let next = Chain::new(Some(head)).append(&key, entry(20_000));
         assert_eq!(classify(Some(&head), None, &next, held), Verdict::Append);
+        // seq 0 sent again, as the head and after it: the same entry, never a reset.
+        let first_head = Head::of(&es[0]);
+        assert_eq!(
+            classify(Some(&first_head), Some(&key.public()), &es[0], |_| None),
+            Verdict::Duplicate
+        );
+        assert_eq!(
+            classify(Some(&head), Some(&key.public()), &es[0], held),
+            Verdict::Duplicate
+        );
+        // A different seq 0 from the same key after a head: a new chain.
+        let restarted = Chain::new(None).append(&key, entry(500_000));
+        assert_eq!(
+            classify(Some(&head), Some(&key.public()), &restarted, held),
+            Verdict::Finding(FindingKind::Reset)
+        );
+        // ... and from another key (state dir lost with the key): a reset before a key change.
+        let other_key = NodeKey::from_seed(&[6; 32]);
+        let elsewhere = Chain::new(None).append(&other_key, entry(500_000));
+        assert_eq!(
+            classify(Some(&head), Some(&key.public()), &elsewhere, held),
+            Verdict::Finding(FindingKind::Reset)
+        );
         // A new node key bound at the first lease: a first entry with another key.
         let stranger = NodeKey::from_seed(&[5; 32]);
         let first = Chain::new(None).append(&stranger, entry(20_000));

@@ -153,28 +153,33 @@ pub fn judge(
     held: impl Fn(u64) -> Option<Hash> + Copy,
 ) -> Judgment {
     let mut findings = Vec::new();
-    if !e.signature_valid() {
-        findings.push((
-            FindingKind::BadSignature,
-            format!(
-                "seq {}: the signature does not match the entry's bytes",
-                e.seq
-            ),
-        ));
-        return Judgment {
-            findings,
-            action: Action::Drop,
-            rebind: None,
-        };
-    }
-    // An entry already held (a report resent, seq 0 included) is a duplicate, never a
-    // reset or a fork.
-    if head.is_some_and(|h| e.seq <= h.seq) && held(e.seq) == Some(e.hash()) {
-        return Judgment {
-            findings,
-            action: Action::Drop,
-            rebind: None,
-        };
+    // The key is judged here (a change is flagged and rebinds it), so the chain is judged
+    // under the entry's own key; a duplicate (a report sent again, seq 0 included) or a bad
+    // signature is decided by `classify` before any key is looked at.
+    let verdict = classify(head, Some(&e.node_key), e, held);
+    match verdict {
+        Verdict::Duplicate => {
+            return Judgment {
+                findings,
+                action: Action::Drop,
+                rebind: None,
+            };
+        }
+        Verdict::Finding(FindingKind::BadSignature) => {
+            findings.push((
+                FindingKind::BadSignature,
+                format!(
+                    "seq {}: the signature does not match the entry's bytes",
+                    e.seq
+                ),
+            ));
+            return Judgment {
+                findings,
+                action: Action::Drop,
+                rebind: None,
+            };
+        }
+        _ => {}
     }
     let mut rebind = None;
     if bound_key.is_some_and(|k| *k != e.node_key) {
@@ -189,9 +194,8 @@ pub fn judge(
         ));
         rebind = Some(e.node_key);
     }
-    let key = e.node_key;
     let after = head.map_or("nothing".to_owned(), |h| format!("seq {}", h.seq));
-    let action = match classify(head, Some(&key), e, held) {
+    let action = match verdict {
         Verdict::Append => Action::Extend,
         Verdict::Duplicate => Action::Drop,
         Verdict::Finding(kind) => {
@@ -785,6 +789,15 @@ mod tests {
         let mut reset = es.clone();
         reset.extend(chain_from(&key, 3, 500_000));
         assert_eq!(check(bound, &reset), vec![FindingKind::Reset]);
+
+        // The new chain's entries sent again (seq 0 included, alone or all of them): one
+        // reset, no more.
+        let fresh = chain_from(&key, 3, 500_000);
+        let mut resent = es.clone();
+        resent.extend(fresh.iter().cloned());
+        resent.push(fresh[0].clone());
+        resent.extend(fresh.iter().cloned());
+        assert_eq!(check(bound, &resent), vec![FindingKind::Reset]);
 
         // The state dir lost: a new key and a new chain, each flagged once, then quiet.
         let mut lost = es.clone();
