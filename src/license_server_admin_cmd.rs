@@ -177,6 +177,16 @@ pub(crate) enum LicenseCommand {
     Export {
         license: String,
     },
+    /// Suspend one license: its leases answer 403 `suspended` (agents keep their license
+    /// until its lease ends); usage reports are still stored; other licenses are untouched.
+    Suspend {
+        license: String,
+    },
+    /// Resume a suspended license: leases are signed again (unless its customer is
+    /// suspended).
+    Resume {
+        license: String,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -420,10 +430,7 @@ fn run_with_input(
         }
         AdminCommand::Customer(CustomerCommand::List) => {
             for c in store.read().customers()? {
-                let state = c.suspended_at_ms.map_or_else(
-                    || "active".to_owned(),
-                    |at| format!("suspended {}", rfc3339_ms(at)),
-                );
+                let state = suspension_state(c.suspended_at_ms);
                 writeln!(
                     out,
                     "{}\t{}\t{}\t{state}",
@@ -555,7 +562,7 @@ fn license(
                 let document = parse_stored(&l.document)?;
                 writeln!(
                     out,
-                    "{}\t{}\t{}\tserial {}\tcontract {}\tvalid until {}\tlease until {}",
+                    "{}\t{}\t{}\tserial {}\tcontract {}\tvalid until {}\tlease until {}\t{}",
                     l.license_key,
                     l.customer,
                     document.kind.as_str(),
@@ -567,6 +574,7 @@ fn license(
                     document
                         .signature_valid_until
                         .map_or_else(|| "-".into(), format_rfc3339),
+                    suspension_state(l.suspended_at_ms),
                 )?;
             }
             Ok(())
@@ -579,6 +587,11 @@ fn license(
             writeln!(out, "customer     {}", record.customer)?;
             writeln!(out, "contract     {}", record.contract.as_str())?;
             writeln!(out, "serial       {}", record.serial)?;
+            writeln!(
+                out,
+                "state        {}",
+                suspension_state(record.suspended_at_ms)
+            )?;
             describe_document(&document, out)?;
             let tokens = db.tokens(Some(license))?;
             let count = |state: &str| {
@@ -621,7 +634,37 @@ fn license(
             out.write_all(record.document.as_bytes())?;
             Ok(())
         }
+        LicenseCommand::Suspend { license } => {
+            admin::suspend_license(ctx, store, license, true)?;
+            writeln!(
+                out,
+                "license {license} suspended: its leases answer 403 suspended from now on"
+            )?;
+            Ok(())
+        }
+        LicenseCommand::Resume { license } => {
+            let before = admin::suspend_license(ctx, store, license, false)?;
+            let customer = store.read().customer(&before.customer)?;
+            match customer.and_then(|c| c.suspended_at_ms) {
+                Some(_) => writeln!(
+                    out,
+                    "license {license} resumed, but its customer {} is suspended: no lease \
+                     is signed until the customer is resumed",
+                    before.customer
+                )?,
+                None => writeln!(out, "license {license} resumed: leases are signed again")?,
+            }
+            Ok(())
+        }
     }
+}
+
+/// `active`, or `suspended <since>`.
+fn suspension_state(suspended_at_ms: Option<u64>) -> String {
+    suspended_at_ms.map_or_else(
+        || "active".to_owned(),
+        |at| format!("suspended {}", rfc3339_ms(at)),
+    )
 }
 
 fn user(

@@ -597,6 +597,35 @@ fn admin_cli_prints_what_each_command_did() {
         "{list}"
     );
 
+    // One license: suspended and resumed by the CLI, shown in list and show, audited with
+    // the CLI's actor.
+    let out = vendor.admin_ok(&["license", "suspend", LICENSE_KEY]);
+    assert_eq!(
+        out,
+        format!("license {LICENSE_KEY} suspended: its leases answer 403 suspended from now on\n")
+    );
+    let list = vendor.admin_ok(&["license", "list"]);
+    assert!(list.trim_end().contains("\tsuspended 20"), "{list}");
+    let show = vendor.admin_ok(&["license", "show", LICENSE_KEY]);
+    assert!(show.contains("\nstate        suspended 20"), "{show}");
+    let out = vendor.admin(&["license", "suspend", "NO_SUCH_LICENSE"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stderr.contains("NO_SUCH_LICENSE"), "{}", out.stderr);
+    vendor.admin_ok(&["customer", "suspend", "Acme Telecom"]);
+    let out = vendor.admin_ok(&["license", "resume", LICENSE_KEY]);
+    assert!(
+        out.contains("its customer Acme Telecom is suspended"),
+        "{out}"
+    );
+    vendor.admin_ok(&["customer", "resume", "Acme Telecom"]);
+    let list = vendor.admin_ok(&["license", "list"]);
+    assert!(list.trim_end().ends_with("\tactive"), "{list}");
+    let audit = vendor.admin_ok(&["audit", "--license", LICENSE_KEY, "--json"]);
+    assert!(
+        audit.contains("\"license.suspend\"") && audit.contains("\"license.resume\""),
+        "{audit}"
+    );
+
     let issued = vendor.admin_ok(&[
         "token",
         "issue",

@@ -180,6 +180,32 @@ pub fn suspend_customer(
     })
 }
 
+/// Suspends or resumes one license (audited `license.suspend` / `license.resume`), as
+/// [`suspend_customer`] does every license of a customer; the license as it was before.
+pub fn suspend_license(
+    ctx: &Ctx<'_>,
+    store: &mut Store,
+    license_key: &str,
+    suspend: bool,
+) -> Result<crate::store::LicenseRecord, AdminError> {
+    store.write(|db| {
+        let before = db.set_license_suspended(license_key, suspend.then_some(ctx.now_ms))?;
+        db.audit(&ctx.audit(
+            if suspend {
+                "license.suspend"
+            } else {
+                "license.resume"
+            },
+            Some(license_key),
+            serde_json::json!({
+                "customer": before.customer,
+                "was_suspended": before.suspended_at_ms.is_some(),
+            }),
+        ))?;
+        Ok::<_, AdminError>(before)
+    })
+}
+
 /// Adds a customer (audited `customer.add`).
 pub fn add_customer(
     ctx: &Ctx<'_>,

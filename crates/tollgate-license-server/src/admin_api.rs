@@ -10,6 +10,7 @@
 //! | GET | `/api/v1/admin/customers` | viewer | every customer |
 //! | POST | `/api/v1/admin/customers` | admin | `{"name"}` adds one |
 //! | POST | `/api/v1/admin/customers/{name}/suspend`, `…/resume` | admin | leases answer 403 `suspended` while suspended |
+//! | POST | `/api/v1/admin/licenses/{key}/suspend`, `…/resume` | admin | the same for one license |
 //! | GET | `/api/v1/admin/licenses` | viewer | every license with its document's figures |
 //! | GET | `/api/v1/admin/licenses/{key}` | viewer | one license, its tokens and its history |
 //! | POST | `/api/v1/admin/licenses` | admin | `{"spec": "<TOML>", "contract"?}` creates one |
@@ -433,6 +434,9 @@ pub fn license_json(record: &crate::store::LicenseRecord) -> serde_json::Value {
         "features": features,
         "created_at": format_rfc3339(WallTime::from_unix_ms(record.created_at_ms)),
         "updated_at": format_rfc3339(WallTime::from_unix_ms(record.updated_at_ms)),
+        "suspended_at": record
+            .suspended_at_ms
+            .map(|t| format_rfc3339(WallTime::from_unix_ms(t))),
     })
 }
 

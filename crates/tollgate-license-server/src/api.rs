@@ -95,6 +95,14 @@ pub fn router(service: Arc<Service>, clock: Clock) -> Router {
             get(admin_license).put(admin_license_update),
         )
         .route(
+            "/api/v1/admin/licenses/{license_key}/suspend",
+            post(admin_license_suspend),
+        )
+        .route(
+            "/api/v1/admin/licenses/{license_key}/resume",
+            post(admin_license_resume),
+        )
+        .route(
             "/api/v1/admin/licenses/{license_key}/contract",
             post(admin_contract),
         )
@@ -376,6 +384,42 @@ async fn admin_customer_suspension(
         })?;
         Ok(serde_json::json!({
             "name": name,
+            "suspended": suspend,
+            "was_suspended": before.suspended_at_ms.is_some(),
+        }))
+    })
+    .await
+}
+
+async fn admin_license_suspend(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(license_key): Path<String>,
+) -> Response {
+    admin_license_suspension(state, headers, license_key, true).await
+}
+
+async fn admin_license_resume(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(license_key): Path<String>,
+) -> Response {
+    admin_license_suspension(state, headers, license_key, false).await
+}
+
+async fn admin_license_suspension(
+    state: AppState,
+    headers: HeaderMap,
+    license_key: String,
+    suspend: bool,
+) -> Response {
+    admin_call(&state, &headers, Role::Admin, move |service, user, now| {
+        let before = service.admin_action(user, now, |ctx, store| {
+            admin::suspend_license(ctx, store, &license_key, suspend)
+        })?;
+        Ok(serde_json::json!({
+            "license_key": license_key,
+            "customer": before.customer,
             "suspended": suspend,
             "was_suspended": before.suspended_at_ms.is_some(),
         }))

@@ -14,6 +14,7 @@
 //! | the license key is the token's license | 404 | `unknown_license` |
 //! | the body is well formed | 400 | `bad_request` |
 //! | (lease) the customer is not suspended | 403 | `suspended` |
+//! | (lease) the license is not suspended | 403 | `suspended` |
 //! | (lease) the contract is active, or lapsed with validity left | 403 | `contract_lapsed` |
 //!
 //! A token for another license gets the same 404 as an unknown key, so a token does not
@@ -244,6 +245,19 @@ impl Service {
                     "suspended",
                     format!(
                         "the customer of {license_key} is suspended since {}: no lease is signed \
+                         until the vendor resumes it",
+                        format_rfc3339(WallTime::from_unix_ms(since))
+                    ),
+                );
+                audit_refusal(db, LEASE_REFUSED, Some(token.id), license_key, client, &refused, now_ms)?;
+                return Ok(Err((Some(token.id), refused)));
+            }
+            if let Some(since) = license.suspended_at_ms {
+                let refused = Refused::new(
+                    403,
+                    "suspended",
+                    format!(
+                        "the license {license_key} is suspended since {}: no lease is signed \
                          until the vendor resumes it",
                         format_rfc3339(WallTime::from_unix_ms(since))
                     ),

@@ -165,6 +165,11 @@ pub const MIGRATIONS: &[Migration] = &[
         CREATE INDEX usage_reports_by_node ON usage_reports (license_id, node_id, id);
         ",
     },
+    Migration {
+        version: 6,
+        description: "license suspension",
+        sql: "ALTER TABLE licenses ADD COLUMN suspended_at_ms INTEGER;",
+    },
 ];
 
 /// Why a store operation failed.
@@ -313,6 +318,9 @@ pub struct LicenseRecord {
     pub serial: u64,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// Suspended since (leases answer 403 `suspended`), or active; the customer's own
+    /// suspension is on [`Customer`].
+    pub suspended_at_ms: Option<u64>,
 }
 
 /// One signed document of a license's history.
@@ -1021,7 +1029,7 @@ impl Db<'_> {
     }
 
     const LICENSE_COLUMNS: &'static str = "l.id, l.license_key, c.name, l.contract, l.spec, \
-         l.document, l.serial, l.created_at_ms, l.updated_at_ms";
+         l.document, l.serial, l.created_at_ms, l.updated_at_ms, l.suspended_at_ms";
 
     fn license_row(r: &Row) -> Result<LicenseRecord, StoreError> {
         Ok(LicenseRecord {
@@ -1034,6 +1042,7 @@ impl Db<'_> {
             serial: from_sql_ms(r.int(6)?),
             created_at_ms: from_sql_ms(r.int(7)?),
             updated_at_ms: from_sql_ms(r.int(8)?),
+            suspended_at_ms: r.opt_int(9)?.map(from_sql_ms),
         })
     }
 
@@ -1069,6 +1078,26 @@ impl Db<'_> {
             .iter()
             .map(Self::license_row)
             .collect()
+    }
+
+    /// Suspends (`Some(at)`; a suspension keeps its first time) or resumes (`None`) one
+    /// license, as [`Db::set_customer_suspended`] does a customer; returns it as it was
+    /// before.
+    pub fn set_license_suspended(
+        &self,
+        license_key: &str,
+        at_ms: Option<u64>,
+    ) -> Result<LicenseRecord, StoreError> {
+        let before = self.license_required(license_key)?;
+        let at = match (at_ms, before.suspended_at_ms) {
+            (Some(_), Some(first)) => Some(first),
+            (at, _) => at,
+        };
+        self.h.execute(
+            "UPDATE licenses SET suspended_at_ms = ?2 WHERE id = ?1",
+            &params![before.id, at.map(to_sql_ms)],
+        )?;
+        Ok(before)
     }
 
     /// Sets the contract; returns the previous one.

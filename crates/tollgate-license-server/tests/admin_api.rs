@@ -13,6 +13,22 @@ use tollgate_license_server::Database;
 use tollgate_license_server::admin;
 use tollgate_license_server::admin_api::Role;
 
+const OTHER_KEY: &str = "ACME_0002";
+
+fn usage_report(h: &Harness, serial: u64) -> tollgate_license_client::UsageReport {
+    tollgate_license_client::UsageReport {
+        node_id: "sp1".into(),
+        agent_version: "0.1.0".into(),
+        timestamp: tollgate_events::WallTime::from_unix_ms(h.now()),
+        since: None,
+        license_serial: Some(serial),
+        node: tollgate_license_client::UsageFigures::default(),
+        cluster: None,
+        admissions_denied: Default::default(),
+        ledger: Vec::new(),
+    }
+}
+
 struct Api<'a> {
     h: &'a Harness,
     http: reqwest::Client,
@@ -183,6 +199,97 @@ async fn scenario(h: &Harness) {
         (StatusCode::OK, &json!(true))
     );
 
+    // Suspending one license: a viewer may not; the admin's suspension refuses that
+    // license's leases (403 `suspended`, as a customer's does) while usage reports are
+    // still stored, and leaves the customer's other licenses alone; a resume signs again.
+    let other_spec = spec.replace(LICENSE_KEY, OTHER_KEY);
+    let (status, body) = api
+        .post("licenses", &alice, json!({ "spec": other_spec }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api
+        .post(
+            "tokens",
+            &alice,
+            json!({ "license": OTHER_KEY, "allow": ["127.0.0.1"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut other = h.client_config(body["token"].as_str().unwrap());
+    other.license_key = OTHER_KEY.into();
+    let other = tollgate_license_client::LicenseClient::new(other).unwrap();
+    let suspend = format!("licenses/{LICENSE_KEY}/suspend");
+    let (status, body) = api.post(&suspend, &bob, json!({})).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::FORBIDDEN, &json!("forbidden"))
+    );
+    assert_eq!(
+        h.read(|db| db.license_required(LICENSE_KEY))
+            .suspended_at_ms,
+        None
+    );
+    let (status, body) = api.post(&suspend, &alice, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (
+            &body["suspended"],
+            &body["was_suspended"],
+            &body["customer"]
+        ),
+        (&json!(true), &json!(false), &json!(CUSTOMER))
+    );
+    let (status, body) = api
+        .post("licenses/NO_SUCH_KEY/suspend", &alice, json!({}))
+        .await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::NOT_FOUND, &json!("not_found")),
+        "{body}"
+    );
+    let (_, body) = api.get(&format!("licenses/{LICENSE_KEY}"), &bob).await;
+    assert!(body["suspended_at"].is_string(), "{body}");
+    h.advance(11 * support::MINUTE);
+    match h.client(&token).fetch_lease().await {
+        Err(tollgate_license_client::FetchError::Http { status, error, .. }) => {
+            assert_eq!((status, error.as_deref()), (403, Some("suspended")));
+        }
+        other => panic!("a suspended license's lease: {other:?}"),
+    }
+    h.client(&token)
+        .send_usage(&usage_report(h, lease.serial))
+        .await
+        .unwrap();
+    other.fetch_lease().await.unwrap();
+    assert!(
+        h.audit(Some(LICENSE_KEY))
+            .iter()
+            .any(|a| a.action == "lease.refused" && a.detail.contains("\"error\":\"suspended\"")),
+        "{:?}",
+        h.audit(Some(LICENSE_KEY))
+    );
+    let resume = format!("licenses/{LICENSE_KEY}/resume");
+    let (status, _) = api.post(&resume, &bob, json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = api.post(&resume, &alice, json!({})).await;
+    assert_eq!(
+        (status, &body["suspended"], &body["was_suspended"]),
+        (StatusCode::OK, &json!(false), &json!(true)),
+        "{body}"
+    );
+    let resumed = h.client(&token).fetch_lease().await.unwrap();
+    assert!(
+        resumed.serial > lease.serial,
+        "{} after {}",
+        resumed.serial,
+        lease.serial
+    );
+    assert_eq!(
+        h.read(|db| db.license_required(LICENSE_KEY))
+            .suspended_at_ms,
+        None
+    );
+
     let (status, body) = api
         .post(
             &format!("licenses/{LICENSE_KEY}/contract"),
@@ -222,6 +329,8 @@ async fn scenario(h: &Harness) {
         "token.issue",
         "contract.set",
         "token.revoke",
+        "license.suspend",
+        "license.resume",
     ] {
         assert!(
             actions.contains(&("user:alice".into(), action.into())),
