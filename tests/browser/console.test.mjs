@@ -78,6 +78,14 @@ try {
   await page.click('nav button[data-tab=licenses]');
   await page.locator(`#licenses tr[data-key="${licenseKey}"] .serial`).waitFor();
 
+  step = 'suspend and resume one license';
+  const licenseRow = page.locator(`#licenses tr[data-key="${licenseKey}"]`);
+  await licenseRow.locator('.state').filter({ hasText: 'active' }).waitFor();
+  await licenseRow.locator('button', { hasText: 'Suspend' }).click();
+  await licenseRow.locator('.state').filter({ hasText: /^suspended / }).waitFor();
+  await licenseRow.locator('button', { hasText: 'Resume' }).click();
+  await licenseRow.locator('.state').filter({ hasText: 'active' }).waitFor();
+
   step = 'renew a license from a spec: a new serial';
   const serialBefore = Number(await page.locator(`#licenses tr[data-key="${licenseKey}"] .serial`).textContent());
   await page.fill('#license-spec', `license_key = "${licenseKey}"\ncustomer = "${customer}"\nkind = "perpetual"\nserial = 1\n[limits]\ncalls = 300\n`);
@@ -134,6 +142,8 @@ try {
   await page.click('nav button[data-tab=audit]');
   await page.locator('#audit tr', { hasText: `user:${admin.user}` }).filter({ hasText: 'token.issue' }).waitFor();
   await page.locator('#audit tr', { hasText: 'customer.suspend' }).first().waitFor();
+  await page.locator('#audit tr', { hasText: 'license.suspend' }).first().waitFor();
+  await page.locator('#audit tr', { hasText: 'license.resume' }).first().waitFor();
 
   step = 'log out; a viewer sees no forms';
   await page.click('#logout');

@@ -85,6 +85,13 @@ async function showLicenses() {
     cell(tr, l.valid_until || 'forever');
     cell(tr, l.signature_valid_until);
     cell(tr, limits(l.limits));
+    cell(tr, l.suspended_at ? `suspended ${l.suspended_at}` : 'active', 'state');
+    const td = cell(tr, '');
+    const verb = l.suspended_at ? 'resume' : 'suspend';
+    button(td, verb === 'suspend' ? 'Suspend' : 'Resume', async () => {
+      await api(`licenses/${encodeURIComponent(l.license_key)}/${verb}`, { method: 'POST', body: {} });
+      await showLicenses();
+    });
   });
 }
 
