@@ -191,22 +191,15 @@ impl Pipeline {
 mod tests {
     use std::sync::Arc;
 
-    use tollgate_usage::{FingerprintKey, SequenceTracker, Tables, TablesConfig};
+    use tollgate_usage::{FingerprintKey, Tables, TablesConfig};
 
     use super::*;
-    use crate::AdmitAll;
 
     fn pipeline() -> Pipeline {
-        Pipeline {
-            tables: Arc::new(Tables::new(
-                TablesConfig::default(),
-                FingerprintKey([7; 32]),
-            )),
-            sequences: Arc::new(SequenceTracker::with_key(&FingerprintKey([8; 32]))),
-            admission: Arc::new(AdmitAll),
-            observer: None,
-            journal: None,
-        }
+        Pipeline::for_tests(Arc::new(Tables::new(
+            TablesConfig::default(),
+            FingerprintKey([7; 32]),
+        )))
     }
 
     /// The datagrams of one batch, journalled (encode, then apply the record) and replayed

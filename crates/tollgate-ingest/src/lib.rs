@@ -574,7 +574,7 @@ mod tests {
     use std::net::UdpSocket;
     use std::time::Instant;
 
-    use tollgate_usage::{FingerprintKey, SequenceTracker, Tables, TablesConfig};
+    use tollgate_usage::{FingerprintKey, Tables, TablesConfig};
 
     use super::*;
 
@@ -587,13 +587,7 @@ mod tests {
             TablesConfig::default(),
             FingerprintKey([3; 32]),
         ));
-        let pipeline = Pipeline {
-            tables: Arc::clone(&tables),
-            sequences: Arc::new(SequenceTracker::with_key(&FingerprintKey([8; 32]))),
-            admission: Arc::new(AdmitAll),
-            observer: None,
-            journal: None,
-        };
+        let pipeline = Pipeline::for_tests(Arc::clone(&tables));
         let config = IngestConfig {
             threads_per_socket: 2,
             ..IngestConfig::default()
@@ -632,13 +626,7 @@ mod tests {
             TablesConfig::default(),
             FingerprintKey([3; 32]),
         ));
-        let pipeline = Pipeline {
-            tables: Arc::clone(&tables),
-            sequences: Arc::new(SequenceTracker::with_key(&FingerprintKey([8; 32]))),
-            admission: Arc::new(AdmitAll),
-            observer: None,
-            journal: None,
-        };
+        let pipeline = Pipeline::for_tests(Arc::clone(&tables));
         let config = IngestConfig {
             udp_replies: false,
             admit_udp: Some("127.0.0.1:0".parse().unwrap()),

@@ -98,6 +98,23 @@ pub struct Pipeline {
     pub journal: Option<Arc<crate::Journal>>,
 }
 
+#[cfg(test)]
+impl Pipeline {
+    /// The tests' pipeline over `tables`: a fixed sequence-tracker key, every query
+    /// admitted, no observer, no journal.
+    pub(crate) fn for_tests(tables: Arc<Tables>) -> Self {
+        Pipeline {
+            tables,
+            sequences: Arc::new(SequenceTracker::with_key(&tollgate_usage::FingerprintKey(
+                [8; 32],
+            ))),
+            admission: Arc::new(crate::AdmitAll),
+            observer: None,
+            journal: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline").finish_non_exhaustive()
@@ -444,16 +461,10 @@ mod tests {
     use crate::stats::{OPENSIPS_RESULT_COUNT, OPENSIPS_RESULTS};
 
     fn pipeline() -> Pipeline {
-        Pipeline {
-            tables: Arc::new(Tables::new(
-                TablesConfig::default(),
-                FingerprintKey([7; 32]),
-            )),
-            sequences: Arc::new(SequenceTracker::with_key(&FingerprintKey([8; 32]))),
-            admission: Arc::new(AdmitAll),
-            observer: None,
-            journal: None,
-        }
+        Pipeline::for_tests(Arc::new(Tables::new(
+            TablesConfig::default(),
+            FingerprintKey([7; 32]),
+        )))
     }
 
     fn dialog(old: u8, new: u8) -> String {

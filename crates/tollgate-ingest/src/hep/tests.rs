@@ -2,10 +2,9 @@ use std::net::UdpSocket;
 use std::time::Instant;
 
 use tollgate_hep::{HepBuilder, HepPacket};
-use tollgate_usage::{FingerprintKey, SequenceTracker, Tables, TablesConfig, Usage};
+use tollgate_usage::{FingerprintKey, Tables, TablesConfig, Usage};
 
 use super::*;
-use crate::AdmitAll;
 use crate::stats::EventOutcome;
 
 struct Harness {
@@ -21,13 +20,7 @@ impl Harness {
             TablesConfig::default(),
             FingerprintKey([7; 32]),
         ));
-        let pipeline = Pipeline {
-            tables: Arc::clone(&tables),
-            sequences: Arc::new(SequenceTracker::with_key(&FingerprintKey([8; 32]))),
-            admission: Arc::new(AdmitAll),
-            observer: None,
-            journal: None,
-        };
+        let pipeline = Pipeline::for_tests(Arc::clone(&tables));
         let mut config = HepConfig::new("127.0.0.1:0".parse().unwrap());
         config.auth_key = auth_key.map(<[u8]>::to_vec);
         let hep = HepIngest::start(&config, pipeline).unwrap();
@@ -251,13 +244,7 @@ fn bad_configuration_is_refused() {
         TablesConfig::default(),
         FingerprintKey([7; 32]),
     ));
-    let pipeline = Pipeline {
-        tables,
-        sequences: Arc::new(SequenceTracker::with_key(&FingerprintKey([8; 32]))),
-        admission: Arc::new(AdmitAll),
-        observer: None,
-        journal: None,
-    };
+    let pipeline = Pipeline::for_tests(tables);
     let mut config = HepConfig::new("127.0.0.1:0".parse().unwrap());
     config.auth_key = Some(Vec::new());
     assert!(matches!(
