@@ -988,6 +988,20 @@ fn decode_whole(bytes: &[u8], version: u16) -> Result<Snapshot, SnapshotError> {
 mod tests {
     use super::*;
 
+    /// The sample with enough calls for three frames (two full, one of 3).
+    fn sample_over_three_frames() -> Snapshot {
+        let mut s = sample();
+        s.calls = (0..FRAME_ENTRIES_MAX as u32 * 2 + 3)
+            .map(|i| CallRecord {
+                fingerprint: [(i % 251) as u8; 16],
+                deadline_s: i,
+                started_s: i,
+                emergency: i % 7 == 0,
+            })
+            .collect();
+        s
+    }
+
     fn sample() -> Snapshot {
         Snapshot {
             taken_at: MonoTime::from_unix_secs(1_750_000_000),
@@ -1173,15 +1187,7 @@ mod tests {
 
     #[test]
     fn large_snapshots_are_split_into_bounded_frames() {
-        let mut s = sample();
-        s.calls = (0..FRAME_ENTRIES_MAX as u32 * 2 + 3)
-            .map(|i| CallRecord {
-                fingerprint: [(i % 251) as u8; 16],
-                deadline_s: i,
-                started_s: i,
-                emergency: i % 7 == 0,
-            })
-            .collect();
+        let s = sample_over_three_frames();
         let bytes = encode(&s);
         let Ok(Opened::Frames(meta, frames)) = open(&bytes) else {
             panic!("a version-3 snapshot")
@@ -1275,15 +1281,7 @@ mod tests {
 
     #[test]
     fn the_streamed_reader_reads_frames_larger_than_its_chunk() {
-        let mut s = sample();
-        s.calls = (0..FRAME_ENTRIES_MAX as u32 * 2 + 3)
-            .map(|i| CallRecord {
-                fingerprint: [(i % 251) as u8; 16],
-                deadline_s: i,
-                started_s: i,
-                emergency: i % 7 == 0,
-            })
-            .collect();
+        let s = sample_over_three_frames();
         let bytes = encode(&s);
         assert!(bytes.len() > 4 * READ_CHUNK);
         assert_eq!(decode_streamed(&bytes).ok(), Some(s));
